@@ -1,0 +1,30 @@
+"""Energy measurement: a :class:`Meter` over pluggable power sources.
+
+Sources: ``nvml`` (GPU energy counter or integrated instant power), ``rapl`` (CPU package/DRAM),
+``dcgm`` (dcgm-exporter / Prometheus, for remote and multi-node GPUs), ``replay`` (a recorded
+trace), ``simulated`` (a deterministic model) and ``estimated`` (utilisation x rated power). Every
+figure says which one it came from; see :data:`perwatt.meter.source.SOURCE_LABELS`.
+"""
+
+from perwatt.meter.detect import detect_sources
+from perwatt.meter.meter import IdleBaseline, Measurement, Meter, Sample, WindowHandle
+from perwatt.meter.replay import PowerTrace, ReplaySource, load_trace
+from perwatt.meter.simulated import SimulatedSource
+from perwatt.meter.source import MEASURED_LABELS, SOURCE_LABELS, PowerSource, is_measured
+
+__all__ = [
+    "MEASURED_LABELS",
+    "SOURCE_LABELS",
+    "IdleBaseline",
+    "Measurement",
+    "Meter",
+    "PowerSource",
+    "PowerTrace",
+    "ReplaySource",
+    "Sample",
+    "SimulatedSource",
+    "WindowHandle",
+    "detect_sources",
+    "is_measured",
+    "load_trace",
+]

@@ -1,0 +1,506 @@
+"""The energy meter: windows over one or more power sources, a background power timeline.
+
+How a window is measured::
+
+      begin("decode")                                       end("decode")
+          │  sync GPU, read counters                            │  sync GPU, read counters
+          ▼                                                     ▼
+    ──────┬──────┬──────┬──────┬──────┬──────┬──────┬──────┬────┬──▶ time
+          sampler: instant power every ``sample_interval_s`` (default 0.1 s = 10 Hz)
+
+* Devices with an energy counter (NVML Volta+, RAPL, DCGM, replay, simulated): energy is the
+  difference of the counter read at the two edges. The counter on an H100 changes about every
+  100 ms (GUIDE.md probe), so a window shorter than the source's ``counter_period_s`` is flagged
+  and measured from the power timeline instead.
+* Devices without a counter (pre-Volta GPUs): energy is the trapezoid integral of the sampled
+  instant power, with the edges interpolated.
+* Idle power (``idle_baseline``) is subtracted only when asked; every Measurement says whether it
+  was.
+
+The sampler also records every counter reading, so energy over any sub-interval can be computed
+after the fact (:meth:`Meter.measure_between`), which is how the benchmark takes its
+steady-state window once it knows where saturation started and the drain began.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from perwatt.errors import ConfigError
+from perwatt.meter.integrate import interpolate, trapezoid_between
+from perwatt.meter.source import PowerSource, is_measured
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Measurement:
+    """Energy over one window. All per-device mappings share the same keys."""
+
+    name: str
+    start_s: float
+    end_s: float
+    duration_s: float
+    energy_j: Mapping[str, float]
+    total_energy_j: float
+    avg_power_w: float
+    peak_power_w: float | None
+    sources: Mapping[str, str]
+    idle_subtracted: bool
+    idle_power_w: Mapping[str, float] | None = None
+    warnings: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.duration_s < 0:
+            raise ValueError(f"negative window duration {self.duration_s}")
+        if set(self.energy_j) != set(self.sources):
+            raise ValueError("energy_j and sources must name the same devices")
+
+    @property
+    def source(self) -> str:
+        """One label for the whole measurement: the common label, or ``mixed(a,b)``."""
+        labels = sorted(set(self.sources.values()))
+        return labels[0] if len(labels) == 1 else f"mixed({','.join(labels)})"
+
+    @property
+    def measured(self) -> bool:
+        """True only when every figure comes from real hardware."""
+        return all(is_measured(s) for s in self.sources.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "start_s": self.start_s,
+            "end_s": self.end_s,
+            "duration_s": self.duration_s,
+            "energy_j": dict(self.energy_j),
+            "total_energy_j": self.total_energy_j,
+            "avg_power_w": self.avg_power_w,
+            "peak_power_w": self.peak_power_w,
+            "source": self.source,
+            "sources": dict(self.sources),
+            "measured": self.measured,
+            "idle_subtracted": self.idle_subtracted,
+            "idle_power_w": dict(self.idle_power_w) if self.idle_power_w is not None else None,
+            "warnings": list(self.warnings),
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IdleBaseline:
+    """Idle power per device, measured over ``duration_s``."""
+
+    power_w: Mapping[str, float]
+    duration_s: float
+    sources: Mapping[str, str]
+
+    @property
+    def total_power_w(self) -> float:
+        return sum(self.power_w.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One background reading: power per device and, where a counter exists, its value."""
+
+    t_s: float
+    power_w: Mapping[str, float]
+    energy_j: Mapping[str, float]
+
+
+@dataclass(slots=True)
+class _OpenWindow:
+    name: str
+    start_s: float
+    counters: dict[str, float]
+
+
+@dataclass(slots=True)
+class WindowHandle:
+    """What ``with meter.window(...) as w`` yields; ``w.measurement`` is set on exit."""
+
+    name: str
+    measurement: Measurement | None = field(default=None)
+
+    @property
+    def result(self) -> Measurement:
+        if self.measurement is None:
+            raise RuntimeError(f"window {self.name!r} has not ended yet")
+        return self.measurement
+
+
+def _sync_cuda() -> None:
+    """Wait for queued GPU work so the edge reading covers it. Never imports torch itself."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    cuda = getattr(torch, "cuda", None)
+    if cuda is not None and cuda.is_available() and cuda.is_initialized():
+        cuda.synchronize()
+
+
+class Meter:
+    """Measure energy over named windows on one or more power sources.
+
+    >>> from perwatt.meter import Meter, SimulatedSource
+    >>> with Meter(SimulatedSource(power_w=100.0)) as meter:
+    ...     with meter.window("work") as w:
+    ...         pass
+    >>> w.result.source
+    'simulated'
+    """
+
+    def __init__(
+        self,
+        sources: PowerSource | Sequence[PowerSource],
+        *,
+        sample_interval_s: float = 0.1,
+        sampler: bool = True,
+        sync_cuda: bool = True,
+        subtract_idle: bool = False,
+        clock: Clock = time.monotonic,
+        max_samples: int = 10_000_000,
+    ) -> None:
+        srcs = [sources] if isinstance(sources, PowerSource) else list(sources)
+        if not srcs:
+            raise ConfigError("Meter needs at least one power source")
+        if not (sample_interval_s > 0 and math.isfinite(sample_interval_s)):
+            raise ConfigError(f"sample interval must be a positive number, got {sample_interval_s}")
+        self.sources: tuple[PowerSource, ...] = tuple(srcs)
+        self._owner: dict[str, PowerSource] = {}
+        for src in self.sources:
+            for dev in src.devices:
+                if dev in self._owner:
+                    raise ConfigError(f"device {dev!r} is reported by two sources")
+                self._owner[dev] = src
+        self.sample_interval_s = sample_interval_s
+        self.sync_cuda = sync_cuda
+        self.subtract_idle = subtract_idle
+        self.clock = clock
+        self.idle: IdleBaseline | None = None
+        self._use_sampler = sampler
+        self._max_samples = max_samples
+        self._open: dict[str, _OpenWindow] = {}
+        self._samples: list[Sample] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_counter: dict[str, tuple[float, float]] = {}
+        self._sampler_error: BaseException | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def devices(self) -> tuple[str, ...]:
+        return tuple(self._owner)
+
+    def start(self) -> Meter:
+        """Start the background sampler (idempotent). Takes one sample at once."""
+        self.sample_now()
+        if self._use_sampler and self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="perwatt-sampler", daemon=True)
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop the sampler and close every source."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5 * self.sample_interval_s + 1.0)
+            self._thread = None
+        for src in self.sources:
+            src.close()
+
+    def __enter__(self) -> Meter:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self) -> None:
+        next_t = time.monotonic()
+        while not self._stop.is_set():
+            next_t += self.sample_interval_s
+            try:
+                self.sample_now()
+            except Exception as e:  # keep the caller's windows alive; report on next end()
+                self._sampler_error = e
+            delay = next_t - time.monotonic()
+            if delay < 0:  # fell behind (slow remote source): do not try to catch up in a burst
+                next_t = time.monotonic()
+                delay = 0.0
+            self._stop.wait(delay)
+
+    # ------------------------------------------------------------------ sampling
+    def sample_now(self) -> Sample:
+        """Read every source once and append the result to the timeline."""
+        power: dict[str, float] = {}
+        energy: dict[str, float] = {}
+        t = self.clock()
+        for src in self.sources:
+            e = src.read_energy_j() if src.has_energy_counter else None
+            p = src.read_power_w()
+            if e is not None:
+                energy.update(e)
+            if p is not None:
+                power.update(p)
+            elif e is not None:
+                # Counter-only source (RAPL): power is the slope since the previous reading.
+                for dev, ej in e.items():
+                    prev = self._last_counter.get(dev)
+                    if prev is not None and t > prev[0]:
+                        power[dev] = max(0.0, (ej - prev[1]) / (t - prev[0]))
+            if e is not None:
+                for dev, ej in e.items():
+                    self._last_counter[dev] = (t, ej)
+        s = Sample(t, power, energy)
+        with self._lock:
+            if len(self._samples) < self._max_samples:
+                self._samples.append(s)
+        return s
+
+    def timeline(self) -> tuple[Sample, ...]:
+        with self._lock:
+            return tuple(self._samples)
+
+    def write_timeline(self, path: str | Path) -> None:
+        """Write the power timeline as CSV: ``time_s,device,power_w,energy_j,source``."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["time_s", "device", "power_w", "energy_j", "source"])
+            for s in self.timeline():
+                for dev in self.devices:
+                    if dev not in s.power_w and dev not in s.energy_j:
+                        continue
+                    p = s.power_w.get(dev)
+                    e = s.energy_j.get(dev)
+                    src = self._owner[dev]
+                    label = src.energy_label if e is not None else src.power_label
+                    w.writerow(
+                        [
+                            f"{s.t_s:.6f}",
+                            dev,
+                            "" if p is None else f"{p:.3f}",
+                            "" if e is None else f"{e:.6f}",
+                            label,
+                        ]
+                    )
+        tmp.replace(path)
+
+    # ------------------------------------------------------------------ windows
+    def _read_counters(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for src in self.sources:
+            if src.has_energy_counter:
+                e = src.read_energy_j()
+                if e is not None:
+                    out.update(e)
+        return out
+
+    def begin(self, name: str) -> None:
+        """Open a window. Windows may nest and overlap; open names must be unique."""
+        if name in self._open:
+            raise ConfigError(f"window {name!r} is already open")
+        if self._thread is None and not self._samples:
+            self.start()
+        if self.sync_cuda:
+            _sync_cuda()
+        t = self.clock()
+        self._open[name] = _OpenWindow(name, t, self._read_counters())
+
+    def end(self, name: str) -> Measurement:
+        """Close a window and return its Measurement."""
+        win = self._open.pop(name, None)
+        if win is None:
+            raise ConfigError(f"window {name!r} was never begun (open: {sorted(self._open)})")
+        if self.sync_cuda:
+            _sync_cuda()
+        t = self.clock()
+        counters = self._read_counters()
+        warnings: list[str] = []
+        if self._sampler_error is not None:
+            warnings.append(f"background sampler failed: {self._sampler_error}")
+        # Power at the closing edge, so short windows and counterless devices integrate up to t.
+        # Sources whose counter covers the window are not asked: it would only add edge latency.
+        edge_power: dict[str, float] = {}
+        for src in self.sources:
+            period = src.counter_period_s
+            short = period is not None and t - win.start_s < period
+            if not src.has_energy_counter or short:
+                p = src.read_power_w()
+                if p is not None:
+                    edge_power.update(p)
+        return self._measure(name, win.start_s, t, win.counters, counters, edge_power, warnings)
+
+    @contextlib.contextmanager
+    def window(self, name: str) -> Iterator[WindowHandle]:
+        """``with meter.window("prefill") as w: ...`` then read ``w.result``."""
+        handle = WindowHandle(name)
+        self.begin(name)
+        try:
+            yield handle
+        finally:
+            handle.measurement = self.end(name)
+
+    def measure_between(self, start_s: float, end_s: float, name: str = "interval") -> Measurement:
+        """Energy over ``[start_s, end_s]`` (meter clock) from the recorded timeline.
+
+        Counters are interpolated between samples; counterless devices are integrated. Used for
+        windows chosen after the fact, such as a benchmark's steady state.
+        """
+        if end_s < start_s:
+            raise ConfigError(f"interval ends before it starts: [{start_s}, {end_s}]")
+        samples = self.timeline()
+        if not samples:
+            raise ConfigError("no samples recorded: start the meter before measuring")
+        warnings: list[str] = []
+        if start_s < samples[0].t_s or end_s > samples[-1].t_s:
+            warnings.append("interval extends beyond the recorded timeline; edge values held")
+        c0: dict[str, float] = {}
+        c1: dict[str, float] = {}
+        for dev in self.devices:
+            ts = [s.t_s for s in samples if dev in s.energy_j]
+            es = [s.energy_j[dev] for s in samples if dev in s.energy_j]
+            if ts:
+                c0[dev] = interpolate(ts, es, start_s)
+                c1[dev] = interpolate(ts, es, end_s)
+        return self._measure(name, start_s, end_s, c0, c1, {}, warnings, samples=samples)
+
+    def _measure(
+        self,
+        name: str,
+        t0: float,
+        t1: float,
+        c0: Mapping[str, float],
+        c1: Mapping[str, float],
+        edge_power: Mapping[str, float],
+        warnings: list[str],
+        samples: Sequence[Sample] | None = None,
+    ) -> Measurement:
+        duration = max(0.0, t1 - t0)
+        samples = self.timeline() if samples is None else samples
+        energy: dict[str, float] = {}
+        labels: dict[str, str] = {}
+        short_flagged: set[str] = set()
+        for dev, src in self._owner.items():
+            period = src.counter_period_s
+            use_counter = dev in c0 and dev in c1
+            if use_counter and period is not None and duration < period:
+                if dev in edge_power or any(dev in s.power_w for s in samples):
+                    use_counter = False
+                if src.name not in short_flagged:
+                    short_flagged.add(src.name)
+                    warnings.append(
+                        f"window {duration * 1e3:.1f} ms is shorter than the {src.name} counter "
+                        f"update period (~{period * 1e3:.0f} ms): "
+                        + (
+                            "integrated sampled power instead; treat as approximate"
+                            if not use_counter
+                            else "counter difference is quantized; treat as approximate"
+                        )
+                    )
+            if use_counter:
+                e = c1[dev] - c0[dev]
+                if e < 0:
+                    warnings.append(f"{dev}: counter went backwards ({e:.3f} J); clamped to 0")
+                    e = 0.0
+                energy[dev] = e
+                labels[dev] = src.energy_label
+            else:
+                ts = [s.t_s for s in samples if dev in s.power_w]
+                ps = [s.power_w[dev] for s in samples if dev in s.power_w]
+                if dev in edge_power:
+                    ts.append(t1)
+                    ps.append(edge_power[dev])
+                if not ts:
+                    warnings.append(f"{dev}: no power readings in window; energy unknown (0)")
+                    energy[dev] = 0.0
+                else:
+                    energy[dev] = trapezoid_between(ts, ps, t0, t1)
+                    if len([t for t in ts if t0 <= t <= t1]) < 2:
+                        warnings.append(
+                            f"{dev}: fewer than 2 power samples inside the window; "
+                            "integral rests on interpolated edges"
+                        )
+                labels[dev] = src.power_label
+        idle_subtracted = False
+        idle_power: Mapping[str, float] | None = None
+        if self.idle is not None:
+            idle_power = dict(self.idle.power_w)
+            if self.subtract_idle:
+                idle_subtracted = True
+                for dev in energy:
+                    energy[dev] = max(0.0, energy[dev] - idle_power.get(dev, 0.0) * duration)
+        total = sum(energy.values())
+        in_window = [s for s in samples if t0 <= s.t_s <= t1 and s.power_w]
+        peak: float | None = None
+        if in_window:
+            peak = max(sum(s.power_w.values()) for s in in_window)
+        if edge_power:
+            peak = max(peak or 0.0, sum(edge_power.values()))
+        if idle_subtracted and peak is not None and idle_power is not None:
+            peak = max(0.0, peak - sum(idle_power.values()))
+        return Measurement(
+            name=name,
+            start_s=t0,
+            end_s=t1,
+            duration_s=duration,
+            energy_j=energy,
+            total_energy_j=total,
+            avg_power_w=total / duration if duration > 0 else 0.0,
+            peak_power_w=peak,
+            sources=labels,
+            idle_subtracted=idle_subtracted,
+            idle_power_w=idle_power,
+            warnings=tuple(warnings),
+        )
+
+    # ------------------------------------------------------------------ idle
+    def idle_baseline(self, seconds: float, *, sleep: Callable[[float], None] = time.sleep) -> IdleBaseline:
+        """Measure idle power for ``seconds`` (do nothing else meanwhile) and remember it.
+
+        Subsequent measurements report ``idle_power_w``; they subtract it only when the meter was
+        built with ``subtract_idle=True``.
+        """
+        if not seconds > 0:
+            raise ConfigError(f"idle baseline needs a positive duration, got {seconds}")
+        name = "__idle__"
+        self.begin(name)
+        sleep(seconds)
+        saved, self.idle = self.idle, None
+        try:
+            m = self.end(name)
+        finally:
+            self.idle = saved
+        dur = m.duration_s if m.duration_s > 0 else seconds
+        self.idle = IdleBaseline(
+            power_w={d: e / dur for d, e in m.energy_j.items()},
+            duration_s=dur,
+            sources=dict(m.sources),
+        )
+        return self.idle
+
+
+def median_edge_overhead_s(meter: Meter, repeats: int = 200) -> float:
+    """Median wall time of one window edge (begin or end), for the overhead benchmark."""
+    times: list[float] = []
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        meter.begin(f"o{i}")
+        t1 = time.perf_counter()
+        meter.end(f"o{i}")
+        t2 = time.perf_counter()
+        times += [t1 - t0, t2 - t1]
+    return statistics.median(times)

@@ -1,0 +1,83 @@
+"""The power-source contract every backend implements.
+
+A *source* knows a fixed set of devices (``"gpu0"``, ``"cpu0-package"``, ``"node3/gpu1"``) and
+answers two questions about them:
+
+* ``read_energy_j()`` — a cumulative energy counter per device, in joules, monotonic. Sources whose
+  hardware counter wraps or resets (RAPL, a restarted dcgm-exporter) hide that here, so the meter
+  can always subtract two readings. Sources without a counter return ``None``.
+* ``read_power_w()`` — instantaneous power per device, in watts, or ``None`` when the source only
+  has a counter (RAPL); the meter then derives power from successive counter readings.
+
+Units are converted at this boundary and nowhere else (NVML speaks mW/mJ, RAPL µJ, DCGM mJ).
+
+Every figure the meter produces is labelled with where it came from. A source declares two labels:
+``energy_label`` for figures taken from its counter and ``power_label`` for figures integrated
+from its instant-power readings. The allowed labels are :data:`SOURCE_LABELS`.
+
+Sources must be safe to call from two threads at once (the caller's window edges and the
+background sampler); sources with mutable state guard it with a lock.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from typing import Final
+
+# Where a figure came from. Every energy number perwatt prints or writes carries one of these.
+SOURCE_LABELS: Final = (
+    "nvml-counter",  # nvmlDeviceGetTotalEnergyConsumption difference (Volta and newer)
+    "nvml-power-integral",  # trapezoid integral of sampled NVML instant power
+    "rapl",  # Linux powercap energy_uj counters (CPU package / DRAM)
+    "dcgm",  # dcgm-exporter / Prometheus DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION or POWER_USAGE
+    "replay",  # a recorded power trace played back
+    "simulated",  # a deterministic power model — never a measurement
+    "estimated",  # a model from utilisation and rated power — never a measurement
+)
+
+# Labels that are measurements of real hardware. Anything else must never be shown as measured.
+MEASURED_LABELS: Final = frozenset({"nvml-counter", "nvml-power-integral", "rapl", "dcgm"})
+
+
+def is_measured(label: str) -> bool:
+    """True when ``label`` names a measurement of real hardware (not replay/simulated/estimated)."""
+    return label in MEASURED_LABELS
+
+
+class PowerSource(abc.ABC):
+    """Base class for power/energy backends. See the module docstring for the contract."""
+
+    #: Short backend name, e.g. ``"nvml"``.
+    name: str = "source"
+    #: Label for energy taken from the counter.
+    energy_label: str = "estimated"
+    #: Label for energy integrated from instant power.
+    power_label: str = "estimated"
+    #: How often the counter's value changes, if known (NVML on H100: ~0.1 s, see GUIDE.md).
+    counter_period_s: float | None = None
+
+    @property
+    @abc.abstractmethod
+    def devices(self) -> tuple[str, ...]:
+        """Device labels, unique within this source."""
+
+    @property
+    def has_energy_counter(self) -> bool:
+        """Whether :meth:`read_energy_j` returns readings."""
+        return False
+
+    def read_energy_j(self) -> Mapping[str, float] | None:
+        """Cumulative energy per device in joules (monotonic), or ``None`` without a counter."""
+        return None
+
+    def read_power_w(self) -> Mapping[str, float] | None:
+        """Instant power per device in watts, or ``None`` when only a counter exists."""
+        return None
+
+    def describe(self) -> str:
+        """One line for humans: what this source is and what it measures."""
+        return f"{self.name}: {', '.join(self.devices)}"
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most sources hold nothing
+        """Release handles (NVML shutdown, HTTP client)."""
