@@ -1,0 +1,5 @@
+import sys
+
+from perwatt.cli import main
+
+sys.exit(main())
