@@ -1,0 +1,560 @@
+"""The bench result document: one JSON file per run at one load level.
+
+Layout (``SCHEMA_VERSION = "perwatt.bench.result/1"``; the full field list is the TypedDicts
+below, mirrored from notes/schema.md)::
+
+    {"schema", "status", "partial_reason", "label", "created_utc", "perwatt_version",
+     "config": {...}, "load": {"kind", "value"}, "conditions": {...},
+     "metrics": {...}, "energy": {...} | null, "economics": {...} | null,
+     "accuracy": {...} | null, "timeline": {"t_s": [...], "power_w": [...]},
+     "requests_csv": "file name" | null}
+
+Lifecycle: the runner writes the document first with ``status="running"``, rewrites it atomically
+(``.tmp`` then rename, so a reader never sees half a file) as requests complete, and finishes with
+``complete``, ``partial`` (Ctrl-C, crash, server gone: what was measured is kept, and
+``partial_reason`` says why) or ``failed`` (nothing usable: every request failed).
+
+Readers (compare, report) call :func:`load_result`, which validates the structure and raises
+:class:`perwatt.errors.DataFormatError` naming the file and the offending key, so a truncated or
+foreign JSON file is a one-line error instead of a ``KeyError`` deep inside a plot.
+
+Energy figures from a simulated, replayed or estimated source keep that label in
+``energy.source`` with ``energy.measured = false``; nothing here ever upgrades them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final, Literal, TypedDict
+
+from perwatt.errors import DataFormatError
+
+SCHEMA_VERSION: Final = "perwatt.bench.result/1"
+
+Status = Literal["running", "complete", "partial", "failed"]
+STATUSES: Final = ("running", "complete", "partial", "failed")
+LoadKind = Literal["rate", "concurrency", "batch"]
+LOAD_KINDS: Final = ("rate", "concurrency", "batch")
+TokenCountSource = Literal["usage", "chunks", "engine"]
+TOKEN_COUNT_SOURCES: Final = ("usage", "chunks", "engine")
+PERCENTILE_KEYS: Final = ("mean", "median", "p50", "p90", "p95", "p99", "min", "max")
+ECONOMICS_NOTE: Final = "energy cost only; facility energy = GPU energy x PUE"
+
+
+class Percentiles(TypedDict):
+    """Distribution summary of one latency, in ms. All null when there is no sample."""
+
+    mean: float | None
+    median: float | None
+    p50: float | None
+    p90: float | None
+    p95: float | None
+    p99: float | None
+    min: float | None
+    max: float | None
+
+
+class GoodputSLO(TypedDict, total=False):
+    ttft: float
+    tpot: float
+    e2el: float
+
+
+class RunConfig(TypedDict):
+    engine: Literal["server", "builtin"]
+    url: str | None
+    endpoint: Literal["completions", "chat"]
+    model: str
+    precision: str | None
+    workload: dict[str, Any]
+    num_prompts: int
+    input_len: int | None
+    output_len: int | None
+    request_rate: float | None  # None = infinite (all requests at once, as vLLM's "inf")
+    burstiness: float
+    max_concurrency: int | None
+    batch_size: int | None
+    seed: int
+    goodput_slo_ms: GoodputSLO | None
+    num_gpus: int
+    price_per_kwh: float
+    pue: float
+
+
+class Load(TypedDict):
+    """The load level; compare matches runs on (kind, value)."""
+
+    kind: LoadKind
+    value: float
+
+
+class GPUConditions(TypedDict, total=False):
+    name: str
+    uuid: str
+    driver: str
+    power_limit_w: float | None
+    sm_clock_mhz: float | None
+    max_sm_clock_mhz: float | None
+
+
+class Conditions(TypedDict):
+    gpus: list[GPUConditions]
+    host: str
+    cpu: str
+    python: str
+    torch: str | None
+    energy_source: str
+    date_utc: str
+
+
+class Metrics(TypedDict):
+    completed: int
+    failed: int
+    duration_s: float
+    request_throughput_rps: float
+    output_throughput_tok_s: float
+    total_token_throughput_tok_s: float
+    total_input_tokens: int
+    total_output_tokens: int
+    token_count_source: TokenCountSource
+    ttft_ms: Percentiles
+    tpot_ms: Percentiles
+    itl_ms: Percentiles
+    e2el_ms: Percentiles
+    goodput_rps: float | None
+    errors: dict[str, int]
+
+
+class Energy(TypedDict):
+    source: str
+    measured: bool
+    idle_subtracted: bool
+    whole_run: dict[str, Any]  # Measurement.to_dict()
+    steady_state: dict[str, Any] | None
+    steady_state_window_s: list[float] | None  # [t0, t1] relative to run start
+    j_per_output_token: float | None  # None when no output token was produced
+    output_tokens_per_j: float | None  # None when no energy was recorded
+    j_per_request: float | None
+    avg_power_w: float
+    peak_power_w: float | None
+    idle_power_w: float | None
+    idle_share: float | None
+    output_tokens_per_s_per_gpu: float
+    basis: Literal["steady_state", "whole_run"]
+
+
+class Economics(TypedDict):
+    usd_per_million_output_tokens: float | None
+    output_tokens_per_mwh: float | None
+    price_per_kwh: float
+    pue: float
+    note: str
+
+
+class Accuracy(TypedDict):
+    reference: str
+    kl_mean: float | None
+    top1_agreement: float | None
+    max_rel_err: float | None
+    exact_match: float | None
+    logprob_agreement: float | None
+    perplexity: float | None
+    note: str
+
+
+class Timeline(TypedDict):
+    t_s: list[float]
+    power_w: list[float]
+
+
+class BenchResult(TypedDict):
+    schema: str
+    status: Status
+    partial_reason: str | None
+    label: str
+    created_utc: str
+    perwatt_version: str
+    config: RunConfig
+    load: Load
+    conditions: Conditions
+    metrics: Metrics
+    energy: Energy | None  # None only while running or when the run failed before metering
+    economics: Economics | None
+    accuracy: Accuracy | None
+    timeline: Timeline
+    requests_csv: str | None
+
+
+# --------------------------------------------------------------------------- writing
+def _jsonable(obj: Any) -> Any:
+    """Replace non-finite floats with None: JSON has no NaN/inf and strict readers reject them."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def write_result(path: str | Path, doc: BenchResult | Mapping[str, Any]) -> Path:
+    """Write ``doc`` to ``path`` atomically: a ``.tmp`` sibling, fsync, then rename.
+
+    A reader (or a crash) therefore sees either the previous complete version or the new one,
+    never a torn file. Non-finite floats are written as ``null``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    text = json.dumps(_jsonable(doc), indent=2, allow_nan=False)
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(text)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    return path
+
+
+# --------------------------------------------------------------------------- reading
+_NUM = (int, float)
+
+# key -> (allowed python types, may be null)
+_TOP: Final[dict[str, tuple[tuple[type, ...], bool]]] = {
+    "schema": ((str,), False),
+    "status": ((str,), False),
+    "partial_reason": ((str,), True),
+    "label": ((str,), False),
+    "created_utc": ((str,), False),
+    "perwatt_version": ((str,), False),
+    "config": ((dict,), False),
+    "load": ((dict,), False),
+    "conditions": ((dict,), False),
+    "metrics": ((dict,), False),
+    "energy": ((dict,), True),
+    "economics": ((dict,), True),
+    "accuracy": ((dict,), True),
+    "timeline": ((dict,), False),
+    "requests_csv": ((str,), True),
+}
+_CONFIG: Final[dict[str, tuple[tuple[type, ...], bool]]] = {
+    "engine": ((str,), False),
+    "url": ((str,), True),
+    "endpoint": ((str,), False),
+    "model": ((str,), False),
+    "precision": ((str,), True),
+    "workload": ((dict,), False),
+    "num_prompts": ((int,), False),
+    "input_len": ((int,), True),
+    "output_len": ((int,), True),
+    "request_rate": (_NUM, True),
+    "burstiness": (_NUM, False),
+    "max_concurrency": ((int,), True),
+    "batch_size": ((int,), True),
+    "seed": ((int,), False),
+    "goodput_slo_ms": ((dict,), True),
+    "num_gpus": ((int,), False),
+    "price_per_kwh": (_NUM, False),
+    "pue": (_NUM, False),
+}
+_METRICS: Final[dict[str, tuple[tuple[type, ...], bool]]] = {
+    "completed": ((int,), False),
+    "failed": ((int,), False),
+    "duration_s": (_NUM, False),
+    "request_throughput_rps": (_NUM, False),
+    "output_throughput_tok_s": (_NUM, False),
+    "total_token_throughput_tok_s": (_NUM, False),
+    "total_input_tokens": ((int,), False),
+    "total_output_tokens": ((int,), False),
+    "token_count_source": ((str,), False),
+    "ttft_ms": ((dict,), False),
+    "tpot_ms": ((dict,), False),
+    "itl_ms": ((dict,), False),
+    "e2el_ms": ((dict,), False),
+    "goodput_rps": (_NUM, True),
+    "errors": ((dict,), False),
+}
+_ENERGY: Final[dict[str, tuple[tuple[type, ...], bool]]] = {
+    "source": ((str,), False),
+    "measured": ((bool,), False),
+    "idle_subtracted": ((bool,), False),
+    "whole_run": ((dict,), False),
+    "steady_state": ((dict,), True),
+    "steady_state_window_s": ((list,), True),
+    "j_per_output_token": (_NUM, True),
+    "output_tokens_per_j": (_NUM, True),
+    "j_per_request": (_NUM, True),
+    "avg_power_w": (_NUM, False),
+    "peak_power_w": (_NUM, True),
+    "idle_power_w": (_NUM, True),
+    "idle_share": (_NUM, True),
+    "output_tokens_per_s_per_gpu": (_NUM, False),
+    "basis": ((str,), False),
+}
+_ECONOMICS: Final[dict[str, tuple[tuple[type, ...], bool]]] = {
+    "usd_per_million_output_tokens": (_NUM, True),
+    "output_tokens_per_mwh": (_NUM, True),
+    "price_per_kwh": (_NUM, False),
+    "pue": (_NUM, False),
+    "note": ((str,), False),
+}
+
+
+def _check(
+    where: str,
+    obj: Mapping[str, Any],
+    spec: Mapping[str, tuple[tuple[type, ...], bool]],
+    prefix: str,
+) -> None:
+    for key, (types, nullable) in spec.items():
+        if key not in obj:
+            raise DataFormatError(f"{where}: missing key {prefix}{key}")
+        v = obj[key]
+        if v is None:
+            if not nullable:
+                raise DataFormatError(f"{where}: {prefix}{key} is null")
+            continue
+        # bool is an int subclass: never accept it where a number is expected.
+        if isinstance(v, bool) and bool not in types:
+            raise DataFormatError(f"{where}: {prefix}{key} is a boolean, expected a number")
+        if not isinstance(v, types):
+            want = "/".join(t.__name__ for t in types)
+            raise DataFormatError(f"{where}: {prefix}{key} is {type(v).__name__}, expected {want}")
+
+
+def validate_result(doc: Any, where: str = "result") -> BenchResult:
+    """Check the structure of a result document; raise :class:`DataFormatError` if it is wrong."""
+    if not isinstance(doc, dict):
+        raise DataFormatError(f"{where}: expected a JSON object, got {type(doc).__name__}")
+    schema = doc.get("schema")
+    if schema != SCHEMA_VERSION:
+        if isinstance(schema, str) and schema.startswith("perwatt.bench.result/"):
+            raise DataFormatError(
+                f"{where}: schema {schema!r} is not supported by this perwatt "
+                f"(reads {SCHEMA_VERSION!r}); upgrade perwatt or re-run the benchmark"
+            )
+        raise DataFormatError(
+            f"{where}: not a perwatt bench result (schema {schema!r}, expected {SCHEMA_VERSION!r})"
+        )
+    _check(where, doc, _TOP, "")
+    if doc["status"] not in STATUSES:
+        raise DataFormatError(f"{where}: status {doc['status']!r} is not one of {STATUSES}")
+    _check(where, doc["config"], _CONFIG, "config.")
+    load = doc["load"]
+    if load.get("kind") not in LOAD_KINDS:
+        raise DataFormatError(f"{where}: load.kind {load.get('kind')!r} is not one of {LOAD_KINDS}")
+    v = load.get("value")
+    if isinstance(v, bool) or not isinstance(v, _NUM):
+        raise DataFormatError(f"{where}: load.value must be a number")
+    if not isinstance(doc["conditions"].get("gpus", []), list):
+        raise DataFormatError(f"{where}: conditions.gpus must be a list")
+    _check(where, doc["metrics"], _METRICS, "metrics.")
+    m = doc["metrics"]
+    if m["token_count_source"] not in TOKEN_COUNT_SOURCES:
+        raise DataFormatError(
+            f"{where}: metrics.token_count_source {m['token_count_source']!r} "
+            f"is not one of {TOKEN_COUNT_SOURCES}"
+        )
+    for name in ("ttft_ms", "tpot_ms", "itl_ms", "e2el_ms"):
+        pct = m[name]
+        for k in PERCENTILE_KEYS:
+            if k not in pct:
+                raise DataFormatError(f"{where}: missing key metrics.{name}.{k}")
+            if pct[k] is not None and (isinstance(pct[k], bool) or not isinstance(pct[k], _NUM)):
+                raise DataFormatError(f"{where}: metrics.{name}.{k} must be a number or null")
+    if doc["energy"] is not None:
+        _check(where, doc["energy"], _ENERGY, "energy.")
+        if doc["energy"]["basis"] not in ("steady_state", "whole_run"):
+            raise DataFormatError(f"{where}: energy.basis {doc['energy']['basis']!r} is invalid")
+        win = doc["energy"]["steady_state_window_s"]
+        if win is not None and (len(win) != 2 or not all(isinstance(x, _NUM) for x in win)):
+            raise DataFormatError(f"{where}: energy.steady_state_window_s must be [t0, t1]")
+    if doc["economics"] is not None:
+        _check(where, doc["economics"], _ECONOMICS, "economics.")
+    tl = doc["timeline"]
+    ts, ps = tl.get("t_s"), tl.get("power_w")
+    if not isinstance(ts, list) or not isinstance(ps, list) or len(ts) != len(ps):
+        raise DataFormatError(
+            f"{where}: timeline.t_s and timeline.power_w must be equal-length lists"
+        )
+    return doc  # type: ignore[return-value]
+
+
+def load_result(path: str | Path) -> BenchResult:
+    """Read and validate a result JSON file; :class:`DataFormatError` names the file and key."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataFormatError(f"{path}: no such result file") from None
+    except OSError as e:
+        raise DataFormatError(f"{path}: cannot read ({e.strerror or e})") from e
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataFormatError(
+            f"{path}:{e.lineno}: not valid JSON ({e.msg}); a run still writing? re-run or wait"
+        ) from None
+    return validate_result(doc, str(path))
+
+
+def empty_percentiles() -> Percentiles:
+    """A summary with no samples (all null)."""
+    return {
+        "mean": None,
+        "median": None,
+        "p50": None,
+        "p90": None,
+        "p95": None,
+        "p99": None,
+        "min": None,
+        "max": None,
+    }
+
+
+__all__ = [
+    "ECONOMICS_NOTE",
+    "LOAD_KINDS",
+    "PERCENTILE_KEYS",
+    "SCHEMA_VERSION",
+    "STATUSES",
+    "TOKEN_COUNT_SOURCES",
+    "Accuracy",
+    "BenchResult",
+    "Conditions",
+    "Economics",
+    "Energy",
+    "GPUConditions",
+    "GoodputSLO",
+    "Load",
+    "Metrics",
+    "Percentiles",
+    "RunConfig",
+    "Timeline",
+    "empty_percentiles",
+    "example_result",
+    "load_result",
+    "validate_result",
+    "write_result",
+]
+
+
+def example_result(**overrides: Any) -> BenchResult:
+    """A small valid document (simulated energy), for tests and docs; keys can be overridden.
+
+    Values are made up but consistent: 24 requests x 16 output tokens over 2 s at 200 W.
+    """
+    pct: Percentiles = {
+        "mean": 10.0,
+        "median": 10.0,
+        "p50": 10.0,
+        "p90": 12.0,
+        "p95": 13.0,
+        "p99": 14.0,
+        "min": 8.0,
+        "max": 14.0,
+    }
+    whole = {
+        "name": "whole_run",
+        "start_s": 0.0,
+        "end_s": 2.0,
+        "duration_s": 2.0,
+        "energy_j": {"sim0": 400.0},
+        "total_energy_j": 400.0,
+        "avg_power_w": 200.0,
+        "peak_power_w": 200.0,
+        "source": "simulated",
+        "sources": {"sim0": "simulated"},
+        "measured": False,
+        "idle_subtracted": False,
+        "idle_power_w": None,
+        "warnings": [],
+    }
+    doc: dict[str, Any] = {
+        "schema": SCHEMA_VERSION,
+        "status": "complete",
+        "partial_reason": None,
+        "label": "example",
+        "created_utc": "2026-01-01T00:00:00Z",
+        "perwatt_version": "0.1.0",
+        "config": {
+            "engine": "server",
+            "url": "http://127.0.0.1:8000/v1",
+            "endpoint": "completions",
+            "model": "example-model",
+            "precision": None,
+            "workload": {"kind": "synthetic", "input_len": 32, "output_len": 16},
+            "num_prompts": 24,
+            "input_len": 32,
+            "output_len": 16,
+            "request_rate": None,
+            "burstiness": 1.0,
+            "max_concurrency": 4,
+            "batch_size": None,
+            "seed": 0,
+            "goodput_slo_ms": None,
+            "num_gpus": 1,
+            "price_per_kwh": 0.10,
+            "pue": 1.0,
+        },
+        "load": {"kind": "concurrency", "value": 4.0},
+        "conditions": {
+            "gpus": [],
+            "host": "example-host",
+            "cpu": "example-cpu",
+            "python": "3.12.0",
+            "torch": None,
+            "energy_source": "simulated",
+            "date_utc": "2026-01-01T00:00:00Z",
+        },
+        "metrics": {
+            "completed": 24,
+            "failed": 0,
+            "duration_s": 2.0,
+            "request_throughput_rps": 12.0,
+            "output_throughput_tok_s": 192.0,
+            "total_token_throughput_tok_s": 576.0,
+            "total_input_tokens": 768,
+            "total_output_tokens": 384,
+            "token_count_source": "usage",
+            "ttft_ms": dict(pct),
+            "tpot_ms": dict(pct),
+            "itl_ms": dict(pct),
+            "e2el_ms": dict(pct),
+            "goodput_rps": None,
+            "errors": {},
+        },
+        "energy": {
+            "source": "simulated",
+            "measured": False,
+            "idle_subtracted": False,
+            "whole_run": whole,
+            "steady_state": None,
+            "steady_state_window_s": None,
+            "j_per_output_token": 400.0 / 384,
+            "output_tokens_per_j": 384 / 400.0,
+            "j_per_request": 400.0 / 24,
+            "avg_power_w": 200.0,
+            "peak_power_w": 200.0,
+            "idle_power_w": None,
+            "idle_share": None,
+            "output_tokens_per_s_per_gpu": 192.0,
+            "basis": "whole_run",
+        },
+        "economics": {
+            "usd_per_million_output_tokens": 400.0 / 384 / 3.6e6 * 0.10 * 1e6,
+            "output_tokens_per_mwh": 384 / 400.0 * 3.6e9,
+            "price_per_kwh": 0.10,
+            "pue": 1.0,
+            "note": ECONOMICS_NOTE,
+        },
+        "accuracy": None,
+        "timeline": {"t_s": [0.0, 1.0, 2.0], "power_w": [200.0, 200.0, 200.0]},
+        "requests_csv": None,
+    }
+    doc.update(overrides)
+    return validate_result(doc, "example_result")

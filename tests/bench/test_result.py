@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from perwatt.bench.result import (
+    SCHEMA_VERSION,
+    example_result,
+    load_result,
+    validate_result,
+    write_result,
+)
+from perwatt.errors import DataFormatError
+
+
+def test_roundtrip(tmp_path: Path) -> None:
+    doc = example_result(label="rt")
+    p = write_result(tmp_path / "sub" / "r.json", doc)
+    assert p.exists()
+    assert not (tmp_path / "sub" / "r.json.tmp").exists()
+    back = load_result(p)
+    assert back == json.loads(json.dumps(doc))
+    assert back["schema"] == SCHEMA_VERSION
+
+
+def test_non_finite_written_as_null(tmp_path: Path) -> None:
+    doc: Any = example_result()
+    doc["energy"]["j_per_output_token"] = math.inf
+    doc["energy"]["idle_share"] = math.nan
+    p = write_result(tmp_path / "r.json", doc)
+    back = load_result(p)
+    assert back["energy"] is not None
+    assert back["energy"]["j_per_output_token"] is None
+    assert back["energy"]["idle_share"] is None
+
+
+def test_missing_key_names_it(tmp_path: Path) -> None:
+    doc: Any = json.loads(json.dumps(example_result()))
+    del doc["metrics"]["ttft_ms"]["p99"]
+    p = tmp_path / "bad.json"
+    p.write_text(json.dumps(doc))
+    with pytest.raises(DataFormatError, match=r"bad\.json: missing key metrics\.ttft_ms\.p99"):
+        load_result(p)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d.update(schema="other/1"), "not a perwatt bench result"),
+        (lambda d: d.update(schema="perwatt.bench.result/9"), "not supported"),
+        (lambda d: d.update(status="done"), "status 'done'"),
+        (lambda d: d["load"].update(kind="qps"), "load.kind"),
+        (lambda d: d["metrics"].update(completed="3"), "metrics.completed is str"),
+        (lambda d: d["metrics"].update(completed=True), "boolean"),
+        (lambda d: d["metrics"].update(token_count_source="guess"), "token_count_source"),
+        (lambda d: d["energy"].update(basis="x"), "energy.basis"),
+        (lambda d: d["energy"].update(measured=None), "energy.measured is null"),
+        (lambda d: d["timeline"].update(t_s=[0.0]), "equal-length"),
+        (lambda d: d["config"].pop("seed"), "config.seed"),
+    ],
+)
+def test_validation_errors(mutate: Any, message: str) -> None:
+    doc = json.loads(json.dumps(example_result()))
+    mutate(doc)
+    with pytest.raises(DataFormatError, match=message):
+        validate_result(doc, "x.json")
+
+
+def test_not_json_and_missing(tmp_path: Path) -> None:
+    p = tmp_path / "t.json"
+    p.write_text('{"schema": ')
+    with pytest.raises(DataFormatError, match="not valid JSON"):
+        load_result(p)
+    with pytest.raises(DataFormatError, match="no such result file"):
+        load_result(tmp_path / "nope.json")
+    p.write_text("[1, 2]")
+    with pytest.raises(DataFormatError, match="expected a JSON object"):
+        load_result(p)
+
+
+def test_null_energy_allowed_for_failed_run() -> None:
+    doc = example_result(status="failed", energy=None, economics=None)
+    assert doc["energy"] is None
