@@ -1,0 +1,1 @@
+"""HTML reports and SVG plots over bench results (reads result documents only)."""
