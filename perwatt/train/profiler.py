@@ -1,0 +1,558 @@
+"""Online stage profiler: time and energy of every forward and backward at every SM clock.
+
+The frequency planner needs, for each pipeline stage, the time and energy of one microbatch's
+forward and backward at each GPU SM frequency (the ``stage,instruction,frequency,time,energy``
+CSV of ``shared/data/perseus-sosp24/stage_profile``). This module measures it *during real
+training*: the training loop calls two hooks around each instruction and one at the end of each
+iteration, and the profiler walks the clock down while training runs::
+
+    prof = StageProfiler(stage=rank, meter=meter, clocks=gpu)   # gpu: perwatt NVML wrapper
+    prof.start()                                               # locks the max clock
+    while not prof.done:
+        for inst, mb in my_schedule:                           # "forward" | "backward"
+            prof.on_instruction_begin(inst)
+            run(inst, mb)
+            prof.on_instruction_end(inst)
+        prof.on_iteration_end()                                # may change the clock
+    prof.close()                                               # resets the clocks
+    write_profile_csv(prof.rows(), "stage3.csv")
+
+Sweep (one *step* per frequency, highest first)::
+
+    f_max ─ warm-up iters ─ measured iters ─┐ f_max-Δ ─ warm-up ─ measured ─┐ …  stop
+                                            energy(f) compared to the best so far
+
+* Frequencies: the GPU's supported SM clocks from the maximum down, every ``step``-th one, or an
+  explicit list. After each change ``warmup_iterations`` iterations run unmeasured: the clock
+  change, caches and the power-management loop need time to settle.
+* Early stop: after each step the energy of one forward plus one backward is compared to the
+  lowest so far; once it has not improved by ``min_improvement`` (relative) for ``patience``
+  steps in a row, lower clocks would only be slower *and* costlier, so the sweep ends. Those
+  ``patience`` extra points stay in the profile (the planner drops dominated options itself).
+
+Why aggregate: a microbatch's forward or backward takes 10–100 ms, while the NVML energy counter
+of an H100 only changes about every 100 ms (GUIDE.md probe) and instant power is a ~50 ms
+average. A single instruction's window is therefore quantised to the counter's period and can be
+off by ±100%. The profiler never uses one window alone: at each frequency it sums the time and
+energy of every forward window (and every backward window) over all measured iterations and
+divides by their count. Each window's quantisation error is at most one counter period of
+power; over ``n`` windows the random part of that error averages out as ~1/√n. What does not
+average out is a bias when the power just before a window's start differs systematically from
+the power just before its end (idle bubble → busy step); the estimate reported for the simulated
+H100-like counter in ``tests/train/test_profiler.py`` shows its size. To make it small: measure
+more iterations per frequency (``measure_iterations``), or use a GPU with a finer counter. Time
+figures come from the window edges (the meter synchronises CUDA at each edge), so they are
+exact whatever the counter does.
+
+Overhead: each hook opens or closes a meter window, i.e. one CUDA synchronisation and one
+counter read (~4 ms for NVML on an H100, GUIDE.md). That is only paid while profiling.
+
+PyTorch pipelining: :func:`attach_to_pipeline_stage` wraps a ``torch.distributed.pipelining``
+stage's ``forward_one_chunk`` / ``backward_one_chunk`` so the built-in schedules (``Schedule1F1B``,
+``ScheduleGPipe``, interleaved) call the hooks; call ``on_iteration_end()`` after each
+``schedule.step(...)``. Scripts run by ``perwatt train profile --script`` call the module-level
+:func:`on_instruction_begin`, :func:`on_instruction_end` and :func:`on_iteration_end`, which
+forward to the active profiler (and do nothing when there is none).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from perwatt.errors import ConfigError, DataFormatError
+from perwatt.meter import Meter
+
+INSTRUCTIONS = ("forward", "backward")
+CSV_HEADER = ("stage", "instruction", "frequency", "time", "energy")
+
+
+class ClockControl(Protocol):
+    """What the profiler needs from a GPU: perwatt's NVML wrapper and SimulatedGPU provide it."""
+
+    def supported_sm_clocks_mhz(self) -> Sequence[int]: ...
+
+    def lock_sm_clocks(self, min_mhz: int, max_mhz: int) -> None: ...
+
+    def reset_sm_clocks(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SweepConfig:
+    """How the descending-frequency sweep runs."""
+
+    frequencies_mhz: tuple[int, ...] | None = None  # explicit list; default: supported clocks
+    step: int = 1  # use every step-th supported clock (e.g. 2 → 30 MHz apart on A100/H100)
+    min_freq_mhz: int | None = None  # never go below this clock
+    warmup_iterations: int = 1  # unmeasured iterations after each clock change
+    measure_iterations: int = 2  # measured iterations per clock
+    patience: int = 3  # steps without improvement before stopping
+    min_improvement: float = 0.0  # relative energy drop that counts as an improvement
+
+    def __post_init__(self) -> None:
+        if self.step < 1:
+            raise ConfigError(f"sweep step must be ≥ 1, got {self.step}")
+        if self.warmup_iterations < 0:
+            raise ConfigError(f"warm-up iterations must be ≥ 0, got {self.warmup_iterations}")
+        if self.measure_iterations < 1:
+            raise ConfigError(f"measured iterations must be ≥ 1, got {self.measure_iterations}")
+        if self.patience < 1:
+            raise ConfigError(f"patience must be ≥ 1, got {self.patience}")
+        if not 0.0 <= self.min_improvement < 1.0:
+            raise ConfigError(f"min_improvement must be in [0, 1), got {self.min_improvement}")
+        if self.frequencies_mhz is not None and not self.frequencies_mhz:
+            raise ConfigError("the explicit frequency list is empty")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProfileRow:
+    """Mean time and energy of one instruction of one stage at one SM clock."""
+
+    stage: int
+    instruction: str
+    freq_mhz: int
+    time_s: float
+    energy_j: float
+    count: int  # windows averaged
+    source: str  # the meter's label: nvml-counter, simulated, …
+    warnings: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.stage < 0:
+            raise ValueError(f"negative stage {self.stage}")
+        if self.instruction not in INSTRUCTIONS:
+            raise ValueError(f"unknown instruction {self.instruction!r}")
+        if self.count < 1:
+            raise ValueError("a profile row needs at least one measured window")
+        if not (self.time_s >= 0 and self.energy_j >= 0):
+            raise ValueError("time and energy must be non-negative")
+
+
+@dataclass(slots=True)
+class _Acc:
+    time_s: float = 0.0
+    energy_j: float = 0.0
+    count: int = 0
+    labels: set[str] = field(default_factory=set)
+    warnings: set[str] = field(default_factory=set)
+
+
+def _frequency_list(clocks: ClockControl, config: SweepConfig) -> tuple[int, ...]:
+    supported = sorted({int(f) for f in clocks.supported_sm_clocks_mhz()}, reverse=True)
+    if not supported:
+        raise ConfigError("the GPU reports no supported SM clocks; cannot sweep")
+    if config.frequencies_mhz is not None:
+        bad = [f for f in config.frequencies_mhz if f not in supported]
+        if bad:
+            raise ConfigError(
+                f"frequencies {bad} MHz are not supported by this GPU "
+                f"(supported: {supported[-1]}..{supported[0]} MHz); pick from its list"
+            )
+        freqs = sorted(set(config.frequencies_mhz), reverse=True)
+    else:
+        freqs = supported[:: config.step]
+    if config.min_freq_mhz is not None:
+        freqs = [f for f in freqs if f >= config.min_freq_mhz]
+        if not freqs:
+            raise ConfigError(f"no supported clock is at or above {config.min_freq_mhz} MHz")
+    return tuple(freqs)
+
+
+class StageProfiler:
+    """Profiles one pipeline stage on one GPU; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        stage: int,
+        meter: Meter,
+        clocks: ClockControl,
+        config: SweepConfig | None = None,
+        on_frequency: Callable[[int], None] | None = None,
+    ) -> None:
+        if stage < 0:
+            raise ConfigError(f"stage must be ≥ 0, got {stage}")
+        self.stage = stage
+        self.meter = meter
+        self.clocks = clocks
+        self.config = config or SweepConfig()
+        self.frequencies_mhz = _frequency_list(clocks, self.config)
+        self._on_frequency = on_frequency
+        self._index = -1  # position in frequencies_mhz
+        self._iter_in_step = 0
+        self._open: str | None = None
+        self._window_id = 0
+        self._acc: dict[tuple[str, int], _Acc] = {}
+        self._best_j = math.inf
+        self._since_best = 0
+        self._started = False
+        self.done = False
+        self.stop_reason = ""
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def freq_mhz(self) -> int | None:
+        """The clock the sweep is at, or None before start / after the end."""
+        if self._index < 0 or self.done:
+            return None
+        return self.frequencies_mhz[self._index]
+
+    @property
+    def measuring(self) -> bool:
+        return (
+            not self.done and self._started and self._iter_in_step >= self.config.warmup_iterations
+        )
+
+    def start(self) -> StageProfiler:
+        if self._started:
+            return self
+        self._started = True
+        self._goto(0)
+        return self
+
+    def close(self) -> None:
+        """Stop sweeping and give the GPU its default clocks back. Safe to call twice."""
+        if self._open is not None:
+            self.meter.end(self._window_name(self._open))
+            self._open = None
+        if self._started and not getattr(self, "_reset", False):
+            self._reset = True
+            self.clocks.reset_sm_clocks()
+        self.done = True
+        if not self.stop_reason:
+            self.stop_reason = "closed"
+
+    def __enter__(self) -> StageProfiler:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _goto(self, index: int) -> None:
+        self._index = index
+        self._iter_in_step = 0
+        f = self.frequencies_mhz[index]
+        self.clocks.lock_sm_clocks(f, f)
+        if self._on_frequency is not None:
+            self._on_frequency(f)
+
+    # ------------------------------------------------------------------ hooks
+    def _window_name(self, name: str) -> str:
+        return f"perwatt.profile.s{self.stage}.{name}.{self._window_id}"
+
+    def on_instruction_begin(self, name: str) -> None:
+        """Call right before the stage starts a forward or backward of one microbatch."""
+        if name not in INSTRUCTIONS:
+            raise ConfigError(f"instruction must be 'forward' or 'backward', got {name!r}")
+        if not self._started:
+            raise ConfigError("call StageProfiler.start() before the first instruction")
+        if self._open is not None:
+            raise ConfigError(
+                f"on_instruction_begin({name!r}) while {self._open!r} is still open; "
+                "call on_instruction_end first"
+            )
+        self._open = name
+        if self.measuring:
+            self._window_id += 1
+            self.meter.begin(self._window_name(name))
+
+    def on_instruction_end(self, name: str) -> None:
+        """Call right after the stage's forward or backward of one microbatch returns."""
+        if self._open != name:
+            raise ConfigError(f"on_instruction_end({name!r}) without a matching begin")
+        self._open = None
+        if not self.measuring:
+            return
+        m = self.meter.end(self._window_name(name))
+        acc = self._acc.setdefault((name, self.frequencies_mhz[self._index]), _Acc())
+        acc.time_s += m.duration_s
+        acc.energy_j += m.total_energy_j
+        acc.count += 1
+        acc.labels.add(m.source)
+        acc.warnings.update(w.split(":")[0] for w in m.warnings if "shorter than" in w)
+
+    def on_iteration_end(self) -> None:
+        """Call after each training iteration; the sweep moves on at iteration boundaries."""
+        if self.done or not self._started:
+            return
+        if self._open is not None:
+            raise ConfigError(f"iteration ended while {self._open!r} is still open")
+        self._iter_in_step += 1
+        cfg = self.config
+        if self._iter_in_step < cfg.warmup_iterations + cfg.measure_iterations:
+            return
+        self._finish_step()
+
+    def _finish_step(self) -> None:
+        f = self.frequencies_mhz[self._index]
+        per: dict[str, float] = {}
+        for inst in INSTRUCTIONS:
+            acc = self._acc.get((inst, f))
+            if acc is not None and acc.count:
+                per[inst] = acc.energy_j / acc.count
+        if not per:
+            raise ConfigError(
+                f"no instructions were measured at {f} MHz: the training loop must call "
+                "on_instruction_begin/end between on_iteration_end calls"
+            )
+        energy = sum(per.values())
+        if energy < self._best_j * (1.0 - self.config.min_improvement):
+            self._best_j = energy
+            self._since_best = 0
+        else:
+            self._since_best += 1
+        if self._since_best >= self.config.patience:
+            self.stop_reason = (
+                f"energy has not fallen for {self._since_best} steps below "
+                f"{self.frequencies_mhz[self._index - self._since_best]} MHz"
+            )
+            self.close()
+            return
+        if self._index + 1 >= len(self.frequencies_mhz):
+            self.stop_reason = "reached the lowest frequency in the sweep"
+            self.close()
+            return
+        self._goto(self._index + 1)
+
+    # ------------------------------------------------------------------ results
+    def rows(self) -> list[ProfileRow]:
+        """One row per (instruction, frequency) measured, frequencies descending."""
+        out: list[ProfileRow] = []
+        for f in self.frequencies_mhz:
+            for inst in INSTRUCTIONS:
+                acc = self._acc.get((inst, f))
+                if acc is None or acc.count == 0:
+                    continue
+                out.append(
+                    ProfileRow(
+                        stage=self.stage,
+                        instruction=inst,
+                        freq_mhz=f,
+                        time_s=acc.time_s / acc.count,
+                        energy_j=acc.energy_j / acc.count,
+                        count=acc.count,
+                        source=",".join(sorted(acc.labels)),
+                        warnings=tuple(sorted(acc.warnings)),
+                    )
+                )
+        return out
+
+
+# ---------------------------------------------------------------------- CSV
+def write_profile_csv(rows: Iterable[ProfileRow], path: str | Path) -> Path:
+    """Write ``stage,instruction,frequency,time,energy`` (the Perseus stage-profile format),
+    atomically. Rows are sorted by stage, frequency (descending), forward before backward."""
+    rows = sorted(rows, key=lambda r: (r.stage, -r.freq_mhz, INSTRUCTIONS.index(r.instruction)))
+    seen: set[tuple[int, str, int]] = set()
+    for r in rows:
+        key = (r.stage, r.instruction, r.freq_mhz)
+        if key in seen:
+            raise ConfigError(
+                f"duplicate profile row: stage {r.stage} {r.instruction} {r.freq_mhz} MHz"
+            )
+        seen.add(key)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(CSV_HEADER)
+        for r in rows:
+            w.writerow([r.stage, r.instruction, r.freq_mhz, repr(r.time_s), repr(r.energy_j)])
+    os.replace(tmp, path)
+    return path
+
+
+def read_profile_rows(path: str | Path) -> list[ProfileRow]:
+    """Read a profile CSV back (for merging per-rank files). Strict about the header."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise DataFormatError(f"{path}: cannot read profile: {e.strerror}") from e
+    reader = csv.reader(text.splitlines())
+    header = next(reader, None)
+    if header is None or tuple(h.strip() for h in header) != CSV_HEADER:
+        raise DataFormatError(f"{path}: header must be {','.join(CSV_HEADER)}, got {header}")
+    out = []
+    for lineno, rec in enumerate(reader, start=2):
+        if not rec:
+            continue
+        try:
+            stage, inst, freq, t_s, e_j = rec
+            row = ProfileRow(
+                stage=int(stage),
+                instruction=inst.strip(),
+                freq_mhz=int(float(freq)),
+                time_s=float(t_s),
+                energy_j=float(e_j),
+                count=1,
+                source="file",
+            )
+        except (ValueError, TypeError) as exc:
+            raise DataFormatError(f"{path}:{lineno}: bad profile row {rec}: {exc}") from exc
+        out.append(row)
+    return out
+
+
+def merge_profile_csvs(paths: Sequence[str | Path], out: str | Path) -> Path:
+    """Concatenate per-stage profile files (one per pipeline rank) into one profile CSV."""
+    rows: list[ProfileRow] = []
+    for p in paths:
+        rows.extend(read_profile_rows(p))
+    return write_profile_csv(rows, out)
+
+
+# ---------------------------------------------------------------------- active-profiler hooks
+_active: list[Any] = []
+
+
+def activate(hooks: Any) -> None:
+    """Make ``hooks`` (a StageProfiler or FrequencyController) receive the module-level hooks."""
+    _active.append(hooks)
+
+
+def deactivate(hooks: Any) -> None:
+    if hooks in _active:
+        _active.remove(hooks)
+
+
+def on_instruction_begin(name: str) -> None:
+    """Module-level hook for training scripts: forwards to the active profiler/controller."""
+    for h in _active:
+        h.on_instruction_begin(name)
+
+
+def on_instruction_end(name: str) -> None:
+    for h in _active:
+        h.on_instruction_end(name)
+
+
+def on_iteration_end() -> None:
+    for h in _active:
+        h.on_iteration_end()
+
+
+# ---------------------------------------------------------------------- torch.distributed.pipelining
+def attach_to_pipeline_stage(stage: Any, hooks: Any) -> Callable[[], None]:
+    """Make a ``torch.distributed.pipelining`` stage call ``hooks`` around each microbatch.
+
+    PyTorch's schedules (``Schedule1F1B``, ``ScheduleGPipe``, ``ScheduleInterleaved1F1B``) run a
+    stage's work through ``stage.forward_one_chunk(...)`` and ``stage.backward_one_chunk(...)``
+    (torch/distributed/pipelining/stage.py). This replaces those two bound methods *on this
+    instance* with wrappers that call ``hooks.on_instruction_begin/end("forward"|"backward")``,
+    so the schedule needs no change. ``hooks`` is a :class:`StageProfiler` or a
+    ``FrequencyController``. Call ``hooks.on_iteration_end()`` after each ``schedule.step()``.
+
+    Zero-bubble schedules split backward into ``backward_one_chunk(full_backward=False)`` and
+    ``backward_weight_one_chunk``; Perseus' model has one backward per microbatch, so those
+    schedules are not supported (the wrapper raises). Returns a function that undoes the patch.
+    """
+    for attr in ("forward_one_chunk", "backward_one_chunk"):
+        if not callable(getattr(stage, attr, None)):
+            raise ConfigError(f"{type(stage).__name__} has no {attr}(); is it a PipelineStage?")
+    orig_fwd = stage.forward_one_chunk
+    orig_bwd = stage.backward_one_chunk
+
+    @functools.wraps(orig_fwd)
+    def forward_one_chunk(*args: Any, **kwargs: Any) -> Any:
+        hooks.on_instruction_begin("forward")
+        try:
+            return orig_fwd(*args, **kwargs)
+        finally:
+            hooks.on_instruction_end("forward")
+
+    @functools.wraps(orig_bwd)
+    def backward_one_chunk(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("full_backward", True) is False:
+            raise ConfigError(
+                "split backward (zero-bubble schedules) is not supported: use Schedule1F1B, "
+                "ScheduleGPipe or ScheduleInterleaved1F1B"
+            )
+        hooks.on_instruction_begin("backward")
+        try:
+            return orig_bwd(*args, **kwargs)
+        finally:
+            hooks.on_instruction_end("backward")
+
+    stage.forward_one_chunk = forward_one_chunk
+    stage.backward_one_chunk = backward_one_chunk
+
+    def detach() -> None:
+        # Removing the instance attributes exposes the class methods again.
+        for attr in ("forward_one_chunk", "backward_one_chunk"):
+            if attr in vars(stage):
+                delattr(stage, attr)
+
+    return detach
+
+
+# ---------------------------------------------------------------------- simulated pipeline
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SimulatedProfile:
+    """What :func:`profile_simulated_pipeline` returns: rows plus how each stage's sweep ended."""
+
+    rows: tuple[ProfileRow, ...]
+    stop_reasons: tuple[str, ...]
+    iterations: tuple[int, ...]  # training iterations each stage ran while profiling
+    gpu: str
+    source: str = "simulated"
+
+
+def profile_simulated_pipeline(
+    *,
+    num_stages: int,
+    microbatches: int,
+    gpu: str = "A100",
+    config: SweepConfig | None = None,
+    counter_period_s: float | None = None,
+    comm_gap_s: float = 0.002,
+    max_iterations: int = 10_000,
+) -> SimulatedProfile:
+    """Profile every stage of a simulated 1F1B pipeline end to end, through the same hooks and
+    Meter a real run uses. Each stage runs on its own :class:`SimulatedGPU` (virtual time); a
+    fake training loop executes the stage's 1F1B order with ``comm_gap_s`` idle between
+    instructions (point-to-point communication) and calls the profiler's hooks. Every figure is
+    labelled ``simulated``."""
+    from perwatt.train.simgpu import SimulatedGPU, default_stage_models, one_f_one_b_order
+
+    if comm_gap_s < 0:
+        raise ConfigError(f"communication gap must be ≥ 0, got {comm_gap_s}")
+    models = default_stage_models(num_stages)
+    rows: list[ProfileRow] = []
+    reasons: list[str] = []
+    iters: list[int] = []
+    for s in range(num_stages):
+        sim = SimulatedGPU(gpu, models[s])
+        order = one_f_one_b_order(s, num_stages, microbatches)
+        meter = Meter(
+            sim.source(counter_period_s=counter_period_s, device=f"simgpu{s}"),
+            clock=sim.clock,
+            sampler=False,
+            sync_cuda=False,
+        )
+        with meter, StageProfiler(stage=s, meter=meter, clocks=sim, config=config) as prof:
+            n = 0
+            while not prof.done:
+                if n >= max_iterations:
+                    raise ConfigError(
+                        f"stage {s}: sweep did not finish in {max_iterations} iterations"
+                    )
+                for inst, _mb in order:
+                    sim.wait(comm_gap_s)
+                    prof.on_instruction_begin(inst)
+                    sim.run(inst)
+                    prof.on_instruction_end(inst)
+                prof.on_iteration_end()
+                n += 1
+            rows.extend(prof.rows())
+        reasons.append(prof.stop_reason)
+        iters.append(n)
+    return SimulatedProfile(
+        rows=tuple(rows), stop_reasons=tuple(reasons), iterations=tuple(iters), gpu=gpu
+    )
