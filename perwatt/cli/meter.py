@@ -1,0 +1,120 @@
+"""``perwatt env`` and ``perwatt meter``: argument parsing only; the work is in perwatt.meter."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from perwatt.meter.detect import SPEC_HELP
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    env = subparsers.add_parser(
+        "env",
+        help="what is on this machine: GPUs, clocks, power limits, RAPL, CPU, chosen source",
+        description="Inspect GPUs (driver, power limits, clocks, energy counter, whether perwatt "
+        "could set clocks — a read-only check), RAPL domains, the CPU, and which power source "
+        "auto-detection picks and why others were skipped. Changes nothing.",
+    )
+    env.add_argument("--json", action="store_true", help="print JSON instead of text")
+    env.set_defaults(func=run_env)
+
+    meter = subparsers.add_parser(
+        "meter",
+        help="run a command and print its energy (like `time`), or --watch live power",
+        description="Run CMD and print its energy per device and in total, average and peak "
+        "power and the source of every figure, like `time` prints time (to stderr). The exit "
+        "code is the command's. Ctrl-C is forwarded to the command; what was measured is "
+        "still printed, marked partial.",
+        usage="perwatt meter [options] -- CMD [ARGS...]\n       perwatt meter --watch [options]",
+    )
+    meter.add_argument(
+        "--source", default="auto", metavar="SPEC", help=f"power source: {SPEC_HELP} (default auto)"
+    )
+    meter.add_argument(
+        "--interval",
+        type=float,
+        default=None,
+        metavar="S",
+        help="power sampling interval in seconds (default 0.1; 1.0 with --watch)",
+    )
+    meter.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    meter.add_argument("-o", "--output", metavar="FILE", help="also write the JSON result to FILE")
+    meter.add_argument("--timeline", metavar="FILE", help="write the sampled power timeline (CSV)")
+    meter.add_argument(
+        "--idle",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="measure idle power for SECONDS before the command (reported, not subtracted)",
+    )
+    meter.add_argument(
+        "--subtract-idle", action="store_true", help="subtract the --idle baseline from energy"
+    )
+    meter.add_argument("--watch", action="store_true", help="show a live per-device power table")
+    meter.add_argument(
+        "--count", type=int, default=None, metavar="N", help="with --watch: stop after N refreshes"
+    )
+    meter.add_argument("cmd", nargs=argparse.REMAINDER, help="the command, after --")
+    meter.set_defaults(func=run_meter)
+
+
+def run_env(args: argparse.Namespace) -> int:
+    from perwatt.meter.detect import describe_environment, format_environment
+
+    report = describe_environment()
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(format_environment(report))
+    return 0
+
+
+def run_meter(args: argparse.Namespace) -> int:
+    from perwatt.errors import ConfigError
+    from perwatt.meter.detect import close_sources, open_sources
+    from perwatt.meter.meter import Meter
+    from perwatt.meter.run import (
+        format_command_measurement,
+        measure_command,
+        watch_power,
+        write_json,
+    )
+
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if args.watch and cmd:
+        raise ConfigError("--watch takes no command; use either --watch or -- CMD")
+    if not args.watch and not cmd:
+        raise ConfigError("no command given: perwatt meter -- CMD ARGS... (or --watch)")
+    if args.count is not None and not args.watch:
+        raise ConfigError("--count only applies to --watch")
+    if args.subtract_idle and not args.idle > 0:
+        raise ConfigError("--subtract-idle needs an idle baseline: add --idle SECONDS")
+    interval = args.interval if args.interval is not None else (1.0 if args.watch else 0.1)
+    if not interval > 0:
+        raise ConfigError(f"--interval must be positive, got {interval}")
+    sources = open_sources(args.source)
+    try:
+        meter = Meter(sources, sample_interval_s=interval, subtract_idle=args.subtract_idle)
+    except BaseException:
+        close_sources(sources)
+        raise
+    try:
+        if args.watch:
+            watch_power(meter, interval_s=interval, count=args.count)
+            return 0
+        result = measure_command(cmd, meter, idle_s=args.idle)
+        if args.timeline:
+            meter.write_timeline(args.timeline)
+    finally:
+        meter.close()
+    if args.output:
+        write_json(args.output, result.to_dict())
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(format_command_measurement(result), file=sys.stderr)
+    return result.exit_code
