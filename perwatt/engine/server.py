@@ -1,0 +1,769 @@
+"""``perwatt serve``: the built-in engine behind an OpenAI-compatible HTTP API.
+
+Endpoints (the subset benchmark clients and most SDKs use, shaped like vLLM's)::
+
+    GET  /v1/models              the one served model
+    POST /v1/completions         prompt (text or token ids) -> text, streaming or not
+    POST /v1/chat/completions    messages -> assistant message, streaming or not
+    GET  /health                 200 once the engine thread is up
+
+Streaming is Server-Sent Events exactly as vLLM sends them: one ``data: {json}\\n\\n`` chunk per
+generated token (text may be empty while a multi-byte character is incomplete), the finish reason
+on the chunk of the last token, then — when ``stream_options.include_usage`` is set — one chunk
+with ``"choices": []`` and ``usage``, and finally ``data: [DONE]``. Benchmark clients time
+inter-token latency from these chunks, so one chunk per token is a contract, not a detail.
+
+Threads, and why::
+
+    event loop (uvicorn)                          engine thread (only one touching torch)
+    ─ parse JSON, tokenize ── Request ──▶ Batcher queue ──▶ admit, prefill, decode, sample
+    ◀── asyncio.Queue ◀── loop.call_soon_threadsafe(event) ◀── per-token callback
+    ─ detokenize, write SSE
+
+A decode step holds the GIL only between kernel launches, so HTTP keeps flowing while the GPU
+works; nothing in the event loop ever waits on the device. A client that disconnects cancels its
+request; the batcher frees the slot at the next step boundary.
+
+Errors are OpenAI-style JSON ``{"error": {"message", "type", "param", "code"}}``: 400 for bad
+JSON, bad parameters or a prompt that does not fit ``max_seq_len``; 404 for an unknown model.
+
+The server binds 127.0.0.1 unless told otherwise: it has no authentication.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from perwatt.engine.batcher import Batcher, Event, Request, SamplingParams
+from perwatt.errors import ConfigError
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+SERVER_EXTRA_HINT = "pip install perwatt[server]"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+class Tokenizer(Protocol):
+    """Text <-> token ids. The engine's tokenizer (or its byte-level fallback) implements it."""
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+def require_server_deps() -> None:
+    """Raise a one-line :class:`ConfigError` naming the extra when starlette/uvicorn are absent."""
+    missing = []
+    for mod in ("starlette", "uvicorn"):
+        try:
+            __import__(mod)
+        except ImportError:
+            missing.append(mod)
+    if missing:
+        raise ConfigError(f"perwatt serve needs {' and '.join(missing)}: {SERVER_EXTRA_HINT}")
+
+
+# ---------------------------------------------------------------------- errors
+class APIError(Exception):
+    """An error answered as OpenAI-style JSON with an HTTP status."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+
+    @property
+    def kind(self) -> str:
+        return {
+            400: "BadRequestError",
+            404: "NotFoundError",
+            413: "BadRequestError",
+            500: "InternalServerError",
+            503: "ServiceUnavailableError",
+        }.get(self.status, "BadRequestError")
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.kind,
+                "param": self.param,
+                "code": self.status,
+            }
+        }
+
+
+# ---------------------------------------------------------------------- text
+class IncrementalDetokenizer:
+    """Turn a growing list of token ids into text deltas without splitting characters.
+
+    Byte-level tokens can end in the middle of a UTF-8 character; decoding that alone gives
+    U+FFFD. Like vLLM, decode a short window (``prefix_offset``..end) and emit only what goes
+    beyond the already-emitted part once it no longer ends in a replacement character.
+    """
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tok = tokenizer
+        self.ids: list[int] = []
+        self.prefix_offset = 0
+        self.read_offset = 0
+        self.text = ""
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        prefix = self.tok.decode(self.ids[self.prefix_offset : self.read_offset])
+        full = self.tok.decode(self.ids[self.prefix_offset :])
+        if len(full) > len(prefix) and not full.endswith("\ufffd"):
+            delta = full[len(prefix) :]
+            self.prefix_offset = self.read_offset
+            self.read_offset = len(self.ids)
+            self.text += delta
+            return delta
+        return ""
+
+    def flush(self) -> str:
+        """Whatever is still held back (an incomplete character at the very end)."""
+        prefix = self.tok.decode(self.ids[self.prefix_offset : self.read_offset])
+        full = self.tok.decode(self.ids[self.prefix_offset :])
+        delta = full[len(prefix) :] if len(full) > len(prefix) else ""
+        self.prefix_offset = self.read_offset = len(self.ids)
+        self.text += delta
+        return delta
+
+
+def render_chat(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:
+    """Token ids for a chat: the tokenizer's own template when it has one, else a plain one.
+
+    The plain template (``<|role|>\\ncontent\\n`` per message, then ``<|assistant|>\\n``) is what
+    random-weight shapes get; energy per token does not depend on it.
+    """
+    apply = getattr(tokenizer, "apply_chat_template", None)
+    if callable(apply):
+        with contextlib.suppress(Exception):  # templates that reject a role fall back below
+            out = apply(messages, add_generation_prompt=True)
+            if isinstance(out, str):
+                return list(tokenizer.encode(out))
+            return [int(t) for t in out]
+    text = "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in messages) + "<|assistant|>\n"
+    return list(tokenizer.encode(text))
+
+
+# ---------------------------------------------------------------------- request parsing
+def _get(body: Mapping[str, Any], key: str, types: tuple[type, ...], default: Any) -> Any:
+    v = body.get(key, default)
+    if v is None:
+        return default
+    if isinstance(v, bool) and bool not in types:
+        raise APIError(400, f"'{key}' must be {'/'.join(t.__name__ for t in types)}", param=key)
+    if not isinstance(v, types):
+        raise APIError(400, f"'{key}' must be {'/'.join(t.__name__ for t in types)}", param=key)
+    return v
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ParsedRequest:
+    prompt_ids: list[int]
+    params: SamplingParams
+    stream: bool
+    include_usage: bool
+    chat: bool
+    logprobs_format: str | None  # "completions" | "chat" | None
+
+
+class OpenAIServer:
+    """The HTTP layer over a running :class:`Batcher`. Build the app with :meth:`app`."""
+
+    def __init__(
+        self,
+        batcher: Batcher,
+        tokenizer: Tokenizer,
+        *,
+        model_name: str,
+        max_seq_len: int,
+        aliases: Sequence[str] = (),
+    ) -> None:
+        self.batcher = batcher
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.names = {model_name, *aliases}
+        self.max_seq_len = max_seq_len
+        self.created = int(time.time())
+
+    # ------------------------------------------------------------------ parsing
+    def _check_model(self, body: Mapping[str, Any]) -> None:
+        model = body.get("model")
+        if model is not None and model not in self.names:
+            raise APIError(
+                404,
+                f"The model `{model}` does not exist. This server serves `{self.model_name}`.",
+                param="model",
+            )
+
+    def parse(self, body: Any, *, chat: bool) -> ParsedRequest:
+        if not isinstance(body, dict):
+            raise APIError(400, "the request body must be a JSON object")
+        self._check_model(body)
+        n = _get(body, "n", (int,), 1)
+        if n != 1:
+            raise APIError(400, "n > 1 is not supported; send one request per sample", param="n")
+        if body.get("stop"):
+            raise APIError(
+                400, "'stop' strings are not supported; use 'stop_token_ids'", param="stop"
+            )
+        if chat:
+            messages = body.get("messages")
+            if not isinstance(messages, list) or not messages:
+                raise APIError(400, "'messages' must be a non-empty list", param="messages")
+            norm: list[dict[str, Any]] = []
+            for m in messages:
+                if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+                    raise APIError(
+                        400, "each message needs a 'role' and 'content'", param="messages"
+                    )
+                content = m.get("content", "")
+                if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
+                    content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+                if not isinstance(content, str):
+                    raise APIError(400, "message 'content' must be text", param="messages")
+                norm.append({"role": m["role"], "content": content})
+            prompt_ids = render_chat(self.tokenizer, norm)
+            max_tokens = _get(body, "max_completion_tokens", (int,), None)
+            if max_tokens is None:
+                max_tokens = _get(body, "max_tokens", (int,), None)
+        else:
+            prompt_ids = self._prompt_ids(body.get("prompt"))
+            max_tokens = _get(body, "max_tokens", (int,), 16)  # OpenAI/vLLM default
+        if max_tokens is None:
+            max_tokens = max(1, self.max_seq_len - len(prompt_ids))
+        if max_tokens < 1:
+            raise APIError(400, "'max_tokens' must be at least 1", param="max_tokens")
+        try:
+            self.batcher.check(len(prompt_ids), max_tokens)
+        except ConfigError as e:
+            raise APIError(400, str(e), param="max_tokens") from None
+        if chat:
+            lp = bool(_get(body, "logprobs", (bool,), False))
+            top = _get(body, "top_logprobs", (int,), 0)
+            logprobs: int | None = top if lp else None
+        else:
+            logprobs = _get(body, "logprobs", (int,), None)
+        stop_ids = _get(body, "stop_token_ids", (list,), [])
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in stop_ids):
+            raise APIError(
+                400, "'stop_token_ids' must be a list of integers", param="stop_token_ids"
+            )
+        stream_options = _get(body, "stream_options", (dict,), {})
+        try:
+            params = SamplingParams(
+                max_tokens=max_tokens,
+                temperature=float(_get(body, "temperature", (int, float), 1.0)),
+                top_p=float(_get(body, "top_p", (int, float), 1.0)),
+                seed=_get(body, "seed", (int,), None),
+                ignore_eos=bool(_get(body, "ignore_eos", (bool,), False)),
+                min_tokens=_get(body, "min_tokens", (int,), 0),
+                stop_token_ids=frozenset(stop_ids),
+                logprobs=logprobs,
+            )
+        except ConfigError as e:
+            raise APIError(400, str(e)) from None
+        return ParsedRequest(
+            prompt_ids=prompt_ids,
+            params=params,
+            stream=bool(_get(body, "stream", (bool,), False)),
+            include_usage=bool(stream_options.get("include_usage", False)),
+            chat=chat,
+            logprobs_format=None if logprobs is None else ("chat" if chat else "completions"),
+        )
+
+    def _prompt_ids(self, prompt: Any) -> list[int]:
+        # One prompt: a string, a list of token ids, or a one-element list of either.
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
+            prompt = prompt[0]
+        if isinstance(prompt, str):
+            return list(self.tokenizer.encode(prompt))
+        if (
+            isinstance(prompt, list)
+            and prompt
+            and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
+        ):
+            return list(prompt)
+        if isinstance(prompt, list) and len(prompt) > 1 and all(isinstance(p, str) for p in prompt):
+            raise APIError(
+                400,
+                "batched prompts are not supported; send one request per prompt",
+                param="prompt",
+            )
+        raise APIError(400, "'prompt' must be a string or a list of token ids", param="prompt")
+
+    # ------------------------------------------------------------------ generation
+    def submit(self, parsed: ParsedRequest) -> tuple[Request, asyncio.Queue[Event]]:
+        """Hand the request to the engine thread; events come back on the returned queue."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+
+        def on_event(ev: Event) -> None:  # runs on the engine thread
+            loop.call_soon_threadsafe(queue.put_nowait, ev)
+
+        req = Request(prompt_ids=tuple(parsed.prompt_ids), params=parsed.params, on_event=on_event)
+        try:
+            self.batcher.submit(req)
+        except ConfigError as e:
+            raise APIError(400, str(e)) from None
+        except RuntimeError as e:
+            raise APIError(503, f"the engine is shutting down: {e}") from None
+        return req, queue
+
+    async def _events(self, req: Request, queue: asyncio.Queue[Event]) -> AsyncIterator[Event]:
+        """Yield a submitted request's events; cancel it if the consumer goes away early."""
+        finished = False
+        try:
+            while True:
+                ev = await queue.get()
+                finished = ev.finish_reason is not None
+                yield ev
+                if finished:
+                    return
+        finally:
+            if not finished:
+                self.batcher.cancel(req)
+
+    def _token_text(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id])
+
+    def _logprobs_entry(self, ev: Event, fmt: str, offset: int) -> dict[str, Any] | None:
+        if ev.token_id is None or ev.logprob is None:
+            return None
+        tok = self._token_text(ev.token_id)
+        if fmt == "chat":
+            return {
+                "token": tok,
+                "logprob": ev.logprob,
+                "bytes": list(tok.encode("utf-8")),
+                "top_logprobs": [
+                    {"token": (t := self._token_text(i)), "logprob": lp, "bytes": list(t.encode())}
+                    for i, lp in (ev.top_logprobs or ())
+                ],
+            }
+        return {
+            "token": tok,
+            "logprob": ev.logprob,
+            "offset": offset,
+            "top": {self._token_text(i): lp for i, lp in ev.top_logprobs}
+            if ev.top_logprobs
+            else None,
+        }
+
+    @staticmethod
+    def _completion_logprobs(entries: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "tokens": [e["token"] for e in entries],
+            "token_logprobs": [e["logprob"] for e in entries],
+            "top_logprobs": [e["top"] for e in entries]
+            if any(e["top"] is not None for e in entries)
+            else None,
+            "text_offset": [e["offset"] for e in entries],
+        }
+
+    @staticmethod
+    def _usage(prompt: int, completion: int) -> dict[str, int]:
+        return {
+            "prompt_tokens": prompt,
+            "total_tokens": prompt + completion,
+            "completion_tokens": completion,
+        }
+
+    async def complete(
+        self, parsed: ParsedRequest, req: Request, queue: asyncio.Queue[Event]
+    ) -> dict[str, Any]:
+        """Run a submitted non-streaming request to the end; return the response body."""
+        detok = IncrementalDetokenizer(self.tokenizer)
+        entries: list[dict[str, Any]] = []
+        finish: str | None = None
+        n_out = 0
+        async for ev in self._events(req, queue):
+            if ev.token_id is not None:
+                offset = len(detok.text)
+                detok.push(ev.token_id)
+                n_out += 1
+                if parsed.logprobs_format:
+                    e = self._logprobs_entry(ev, parsed.logprobs_format, offset)
+                    if e is not None:
+                        entries.append(e)
+            finish = ev.finish_reason
+            if ev.finish_reason == "error":
+                raise APIError(500, ev.error or "the engine failed")
+            if ev.finish_reason == "abort":
+                raise APIError(503, "the request was aborted (server shutting down)")
+        detok.flush()
+        rid = uuid.uuid4().hex
+        usage = self._usage(len(parsed.prompt_ids), n_out)
+        if parsed.chat:
+            lp_chat = {"content": entries} if parsed.logprobs_format else None
+            return {
+                "id": f"chatcmpl-{rid}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": self.model_name,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": detok.text},
+                        "logprobs": lp_chat,
+                        "finish_reason": finish,
+                        "stop_reason": None,
+                    }
+                ],
+                "usage": usage,
+            }
+        return {
+            "id": f"cmpl-{rid}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": self.model_name,
+            "choices": [
+                {
+                    "index": 0,
+                    "text": detok.text,
+                    "logprobs": self._completion_logprobs(entries)
+                    if parsed.logprobs_format
+                    else None,
+                    "finish_reason": finish,
+                    "stop_reason": None,
+                }
+            ],
+            "usage": usage,
+        }
+
+    async def stream(
+        self, parsed: ParsedRequest, req: Request, queue: asyncio.Queue[Event]
+    ) -> AsyncIterator[bytes]:
+        """SSE chunks for a streaming request (see the module docstring for the framing)."""
+        rid = f"{'chatcmpl' if parsed.chat else 'cmpl'}-{uuid.uuid4().hex}"
+        created = int(time.time())
+        obj = "chat.completion.chunk" if parsed.chat else "text_completion"
+        detok = IncrementalDetokenizer(self.tokenizer)
+        n_out = 0
+
+        def chunk(choice: dict[str, Any]) -> bytes:
+            doc = {
+                "id": rid,
+                "object": obj,
+                "created": created,
+                "model": self.model_name,
+                "choices": [choice],
+            }
+            return b"data: " + json.dumps(doc).encode() + b"\n\n"
+
+        if parsed.chat:
+            yield chunk(
+                {
+                    "index": 0,
+                    "delta": {"role": "assistant", "content": ""},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            )
+        async for ev in self._events(req, queue):
+            if ev.finish_reason in ("error", "abort"):
+                err = APIError(500 if ev.finish_reason == "error" else 503, ev.error or "aborted")
+                yield b"data: " + json.dumps(err.body()).encode() + b"\n\n"
+                break
+            assert ev.token_id is not None
+            n_out += 1
+            offset = len(detok.text)
+            text = detok.push(ev.token_id)
+            if ev.finish_reason is not None:
+                text += detok.flush()
+            lp: dict[str, Any] | None = None
+            if parsed.logprobs_format:
+                e = self._logprobs_entry(ev, parsed.logprobs_format, offset)
+                if e is not None:
+                    lp = {"content": [e]} if parsed.chat else self._completion_logprobs([e])
+            if parsed.chat:
+                choice: dict[str, Any] = {
+                    "index": 0,
+                    "delta": {"content": text},
+                    "logprobs": lp,
+                    "finish_reason": ev.finish_reason,
+                }
+            else:
+                choice = {
+                    "index": 0,
+                    "text": text,
+                    "logprobs": lp,
+                    "finish_reason": ev.finish_reason,
+                    "stop_reason": None,
+                }
+            yield chunk(choice)
+        else:
+            if parsed.include_usage:
+                doc = {
+                    "id": rid,
+                    "object": obj,
+                    "created": created,
+                    "model": self.model_name,
+                    "choices": [],
+                    "usage": self._usage(len(parsed.prompt_ids), n_out),
+                }
+                yield b"data: " + json.dumps(doc).encode() + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+    def models(self) -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": self.model_name,
+                    "object": "model",
+                    "created": self.created,
+                    "owned_by": "perwatt",
+                    "root": self.model_name,
+                    "parent": None,
+                    "max_model_len": self.max_seq_len,
+                }
+            ],
+        }
+
+    # ------------------------------------------------------------------ ASGI app
+    def app(self) -> Starlette:
+        require_server_deps()
+        from starlette.applications import Starlette
+        from starlette.requests import Request as HTTPRequest
+        from starlette.responses import JSONResponse, Response, StreamingResponse
+        from starlette.routing import Route
+        from starlette.types import Receive, Scope, Send
+
+        def error_response(e: APIError) -> Response:
+            return JSONResponse(e.body(), status_code=e.status)
+
+        async def wait_disconnect(receive: Receive) -> None:
+            while True:
+                msg = await receive()
+                if msg["type"] == "http.disconnect":
+                    return
+
+        class EventStream(StreamingResponse):
+            """SSE body that also watches for the client going away and cancels its request.
+
+            Starlette's own StreamingResponse notices a disconnect only when a write fails
+            (ASGI spec >= 2.4) or not at all for a request whose body is still buffered; a
+            decode can run for minutes, so this one listens for ``http.disconnect`` itself.
+            """
+
+            def __init__(self, body: AsyncIterator[bytes], on_close: Callable[[], None]) -> None:
+                super().__init__(
+                    body,
+                    media_type="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                )
+                self.body_iter = body
+                self.on_close = on_close
+
+            async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+                async def pump() -> None:
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": self.status_code,
+                            "headers": self.raw_headers,
+                        }
+                    )
+                    async for data in self.body_iter:
+                        await send({"type": "http.response.body", "body": data, "more_body": True})
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+                pump_task = asyncio.ensure_future(pump())
+                watch_task = asyncio.ensure_future(wait_disconnect(receive))
+                try:
+                    await asyncio.wait({pump_task, watch_task}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for t in (pump_task, watch_task):
+                        t.cancel()
+                    for t in (pump_task, watch_task):
+                        # The client going away surfaces here as OSError/ClientDisconnect.
+                        with contextlib.suppress(asyncio.CancelledError, Exception):
+                            await t
+                    aclose = getattr(self.body_iter, "aclose", None)
+                    if aclose is not None:
+                        with contextlib.suppress(Exception):
+                            await aclose()
+                    # Client gone or stream done: the slot is freed at the next step boundary
+                    # (a no-op for a request that already finished).
+                    self.on_close()
+
+        async def read_json(request: HTTPRequest) -> Any:
+            raw = await request.body()
+            try:
+                return json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise APIError(400, f"the request body is not valid JSON: {e}") from None
+
+        async def generate(request: HTTPRequest, *, chat: bool) -> Response:
+            try:
+                parsed = self.parse(await read_json(request), chat=chat)
+                req, queue = self.submit(parsed)  # errors here are still a proper 4xx
+                if parsed.stream:
+                    return EventStream(
+                        self.stream(parsed, req, queue), lambda: self.batcher.cancel(req)
+                    )
+                result_task = asyncio.ensure_future(self.complete(parsed, req, queue))
+                watch_task = asyncio.ensure_future(wait_disconnect(request.receive))
+                try:
+                    await asyncio.wait(
+                        {result_task, watch_task}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    watch_task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await watch_task
+                if not result_task.done():  # client gone: drop the request, free its slot
+                    self.batcher.cancel(req)
+                    result_task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, APIError):
+                        await result_task
+                    return Response(status_code=499)
+                return JSONResponse(result_task.result())
+            except APIError as e:
+                return error_response(e)
+
+        async def completions(request: HTTPRequest) -> Response:
+            return await generate(request, chat=False)
+
+        async def chat_completions(request: HTTPRequest) -> Response:
+            return await generate(request, chat=True)
+
+        async def models(request: HTTPRequest) -> Response:
+            return JSONResponse(self.models())
+
+        async def health(request: HTTPRequest) -> Response:
+            return Response(status_code=200)
+
+        async def not_found(request: HTTPRequest, exc: Exception) -> Response:
+            return error_response(APIError(404, f"no route {request.method} {request.url.path}"))
+
+        async def bad_method(request: HTTPRequest, exc: Exception) -> Response:
+            return error_response(
+                APIError(405, f"method {request.method} not allowed on {request.url.path}")
+            )
+
+        return Starlette(
+            routes=[
+                Route("/v1/models", models, methods=["GET"]),
+                Route("/v1/completions", completions, methods=["POST"]),
+                Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+                Route("/health", health, methods=["GET"]),
+            ],
+            exception_handlers={404: not_found, 405: bad_method},
+        )
+
+
+# ---------------------------------------------------------------------- serve
+def bind(host: str, port: int) -> socket.socket:
+    """Bind a listening TCP socket; a busy port is a one-line error naming the fix."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port "
+            "(0 = any free port) or stop the process using it"
+        ) from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(
+    *,
+    model: str,
+    precision: str = "bf16",
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_batch_size: int = 8,
+    max_seq_len: int = 2048,
+    device: str = "auto",
+    seed: int = 0,
+    quantized_path: str | None = None,
+    served_model_name: str | None = None,
+    log_level: str = "warning",
+    out: Callable[[str], None] = print,
+) -> int:
+    """Load the engine, start the engine thread, and serve the API until Ctrl-C."""
+    require_server_deps()
+    import uvicorn
+
+    if max_batch_size < 1:
+        raise ConfigError(f"--max-batch-size must be at least 1, got {max_batch_size}")
+    if max_seq_len < 2:
+        raise ConfigError(f"--max-seq-len must be at least 2, got {max_seq_len}")
+    sock = bind(host, port)  # before loading: a busy port should fail in a second, not a minute
+    try:
+        from perwatt.engine import load_engine
+
+        engine = load_engine(
+            model,
+            precision=precision,
+            device=device,
+            max_batch_size=max_batch_size,
+            max_seq_len=max_seq_len,
+            seed=seed,
+            quantized_path=quantized_path,
+        )
+        tokenizer = engine.tokenizer
+        batcher = Batcher(
+            engine,
+            num_slots=max_batch_size,
+            max_seq_len=max_seq_len,
+            eos_token_ids=_eos_ids(engine, tokenizer),
+        )
+        name = served_model_name or model
+        server = OpenAIServer(batcher, tokenizer, model_name=name, max_seq_len=max_seq_len)
+        app = server.app()
+        batcher.start()
+        bound_host, bound_port = sock.getsockname()[:2]
+        shown = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
+        scope = (
+            "localhost only; pass --host 0.0.0.0 to accept other machines"
+            if host in LOOPBACK_HOSTS
+            else "reachable from other machines: the API has no authentication"
+        )
+        out(
+            f"perwatt serve: {name} ({precision}, {max_batch_size} slots x {max_seq_len} tokens) "
+            f"on http://{shown}:{bound_port}/v1 ({scope})"
+        )
+        sys.stdout.flush()
+        config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="off")
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        finally:
+            batcher.stop()
+    finally:
+        sock.close()
+    return 0
+
+
+def _eos_ids(engine: Any, tokenizer: Any) -> list[int]:
+    """EOS token ids from wherever the engine or tokenizer keeps them."""
+    ids: list[int] = []
+    for obj in (tokenizer, getattr(engine, "config", None)):
+        for attr in ("eos_token_ids", "eos_token_id"):
+            v = getattr(obj, attr, None)
+            if isinstance(v, int) and not isinstance(v, bool):
+                ids.append(v)
+            elif isinstance(v, list | tuple | frozenset | set):
+                ids.extend(int(x) for x in v)
+    return sorted(set(ids))

@@ -1,0 +1,303 @@
+"""The OpenAI-compatible server over the batcher, with a fake engine (no torch) on loopback."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import pytest
+
+from perwatt.engine.batcher import Batcher
+from perwatt.engine.server import IncrementalDetokenizer, OpenAIServer, bind
+
+uvicorn = pytest.importorskip("uvicorn")
+
+VOCAB = 256
+
+
+class ByteTokenizer:
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return bytes(ids).decode("utf-8", errors="replace")
+
+
+class SlowFakeEngine:
+    """Next token = last + 1 (mod 256); each decode step sleeps so batching is observable."""
+
+    def __init__(self, step_s: float = 0.002) -> None:
+        self.step_s = step_s
+        self.decode_batches: list[int] = []
+        self.busy: set[int] = set()
+
+    @staticmethod
+    def _row(nxt: int) -> list[float]:
+        row = [0.0] * VOCAB
+        row[nxt % VOCAB] = 4.0
+        return row
+
+    def prefill(
+        self, slot_ids: Sequence[int], token_ids: Sequence[Sequence[int]]
+    ) -> list[list[float]]:
+        assert not self.busy & set(slot_ids)
+        self.busy |= set(slot_ids)
+        return [self._row(t[-1] + 1) for t in token_ids]
+
+    def decode(self, slot_ids: Sequence[int], tokens: Sequence[int]) -> list[list[float]]:
+        assert set(slot_ids) <= self.busy
+        self.decode_batches.append(len(slot_ids))
+        time.sleep(self.step_s)
+        return [self._row(t + 1) for t in tokens]
+
+    def free(self, slot_id: int) -> None:
+        self.busy.discard(slot_id)
+
+
+@contextmanager
+def running_server(
+    engine: Any, *, num_slots: int = 2, max_seq_len: int = 128
+) -> Iterator[tuple[str, Batcher]]:
+    batcher = Batcher(engine, num_slots=num_slots, max_seq_len=max_seq_len, eos_token_ids=[0])
+    batcher.start()
+    app = OpenAIServer(batcher, ByteTokenizer(), model_name="fake", max_seq_len=max_seq_len).app()
+    sock = bind("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="error", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}", batcher
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        batcher.stop()
+        sock.close()
+
+
+@pytest.fixture
+def srv() -> Iterator[tuple[str, Batcher, SlowFakeEngine]]:
+    eng = SlowFakeEngine()
+    with running_server(eng) as (url, batcher):
+        yield url, batcher, eng
+
+
+def sse(lines: Sequence[str]) -> list[Any]:
+    """Parse an SSE body into JSON payloads, with "[DONE]" kept as a string."""
+    out: list[Any] = []
+    for line in lines:
+        if not line:
+            continue
+        assert line.startswith("data: "), line
+        payload = line[len("data: ") :]
+        out.append(payload if payload == "[DONE]" else json.loads(payload))
+    return out
+
+
+def test_models(srv: tuple[str, Batcher, SlowFakeEngine]) -> None:
+    url, _, _ = srv
+    r = httpx.get(f"{url}/v1/models")
+    assert r.status_code == 200
+    data = r.json()["data"]
+    assert [m["id"] for m in data] == ["fake"] and data[0]["max_model_len"] == 128
+
+
+def test_completion_non_streaming_with_usage_and_logprobs(
+    srv: tuple[str, Batcher, SlowFakeEngine],
+) -> None:
+    url, _, _ = srv
+    body = {"model": "fake", "prompt": "a", "max_tokens": 5, "temperature": 0, "logprobs": 1}
+    r = httpx.post(f"{url}/v1/completions", json=body)
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    choice = doc["choices"][0]
+    assert choice["text"] == "bcdef"  # byte after 'a', greedily
+    assert choice["finish_reason"] == "length"
+    assert doc["usage"] == {"prompt_tokens": 1, "completion_tokens": 5, "total_tokens": 6}
+    lp = choice["logprobs"]
+    assert lp["tokens"] == list("bcdef")
+    assert all(x < 0 for x in lp["token_logprobs"])
+    assert lp["text_offset"] == [0, 1, 2, 3, 4]
+    assert list(lp["top_logprobs"][0]) == ["b"]
+
+
+def test_completion_streaming_sse_like_vllm(srv: tuple[str, Batcher, SlowFakeEngine]) -> None:
+    url, _, _ = srv
+    body = {
+        "model": "fake",
+        "prompt": "a",
+        "max_tokens": 4,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    with httpx.stream("POST", f"{url}/v1/completions", json=body) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        raw = r.read().decode()
+    assert raw.endswith("data: [DONE]\n\n")
+    assert all(part.startswith("data: ") for part in raw.split("\n\n") if part)
+    events = sse(raw.split("\n"))
+    assert events[-1] == "[DONE]"
+    tokens = events[:-2]
+    assert len(tokens) == 4  # one chunk per generated token
+    assert "".join(c["choices"][0]["text"] for c in tokens) == "bcde"
+    assert [c["choices"][0]["finish_reason"] for c in tokens] == [None, None, None, "length"]
+    assert all(c["object"] == "text_completion" for c in tokens)
+    usage = events[-2]
+    assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == 4
+    assert usage["usage"]["prompt_tokens"] == 1
+
+
+def test_chat_streaming_role_first_then_content(srv: tuple[str, Batcher, SlowFakeEngine]) -> None:
+    url, _, _ = srv
+    body = {
+        "model": "fake",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 3,
+        "stream": True,
+        "temperature": 0,
+        "logprobs": True,
+    }
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
+        events = sse(list(r.iter_lines()))
+    assert events[-1] == "[DONE]"
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    content = events[1:-1]
+    assert len(content) == 3 and all(c["object"] == "chat.completion.chunk" for c in content)
+    assert content[-1]["choices"][0]["finish_reason"] == "length"
+    assert content[0]["choices"][0]["logprobs"]["content"][0]["logprob"] < 0
+    # no usage chunk unless asked for
+    assert all(c["choices"] for c in content)
+
+
+def test_chat_non_streaming(srv: tuple[str, Batcher, SlowFakeEngine]) -> None:
+    url, _, _ = srv
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "temperature": 0}
+    doc = httpx.post(f"{url}/v1/chat/completions", json=body).json()
+    assert doc["object"] == "chat.completion"
+    assert doc["choices"][0]["message"]["role"] == "assistant"
+    assert len(doc["choices"][0]["message"]["content"]) == 2
+    assert doc["usage"]["completion_tokens"] == 2
+
+
+def test_ignore_eos_and_min_tokens(srv: tuple[str, Batcher, SlowFakeEngine]) -> None:
+    url, _, _ = srv
+    # token 255 -> next is 0 == EOS
+    stop = httpx.post(
+        f"{url}/v1/completions", json={"prompt": [254], "max_tokens": 5, "temperature": 0}
+    ).json()
+    assert stop["choices"][0]["finish_reason"] == "stop"
+    assert stop["usage"]["completion_tokens"] == 2
+    go = httpx.post(
+        f"{url}/v1/completions",
+        json={"prompt": [254], "max_tokens": 5, "temperature": 0, "ignore_eos": True},
+    ).json()
+    assert go["choices"][0]["finish_reason"] == "length"
+    assert go["usage"]["completion_tokens"] == 5
+
+
+@pytest.mark.parametrize(
+    ("path", "content", "status", "needle"),
+    [
+        ("/v1/completions", b"{not json", 400, "not valid JSON"),
+        ("/v1/completions", b'{"model": "gpt-4", "prompt": "x"}', 404, "does not exist"),
+        ("/v1/completions", b'{"prompt": "' + b"x" * 200 + b'"}', 400, "maximum context length"),
+        ("/v1/completions", b'{"prompt": "x", "max_tokens": 0}', 400, "max_tokens"),
+        ("/v1/completions", b'{"prompt": "x", "temperature": "hot"}', 400, "temperature"),
+        ("/v1/completions", b'{"prompt": 5}', 400, "prompt"),
+        ("/v1/completions", b'{"prompt": "x", "n": 2}', 400, "n > 1"),
+        ("/v1/chat/completions", b'{"messages": []}', 400, "messages"),
+        ("/v1/nope", b"{}", 404, "no route"),
+    ],
+)
+def test_errors_are_openai_json(
+    srv: tuple[str, Batcher, SlowFakeEngine], path: str, content: bytes, status: int, needle: str
+) -> None:
+    url, _, _ = srv
+    r = httpx.post(f"{url}{path}", content=content, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert needle in err["message"]
+    assert err["code"] == status and isinstance(err["type"], str)
+
+
+def test_streaming_error_is_4xx_before_stream(srv: tuple[str, Batcher, SlowFakeEngine]) -> None:
+    url, _, _ = srv
+    body = {"prompt": "x" * 500, "stream": True}
+    r = httpx.post(f"{url}/v1/completions", json=body)
+    assert r.status_code == 400 and "maximum context length" in r.json()["error"]["message"]
+
+
+def test_more_requests_than_slots_are_batched_and_all_complete(
+    srv: tuple[str, Batcher, SlowFakeEngine],
+) -> None:
+    url, batcher, eng = srv
+    results: dict[int, str] = {}
+
+    def one(i: int) -> None:
+        body = {"prompt": chr(65 + i), "max_tokens": 6, "temperature": 0, "stream": True}
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=30) as r:
+            events = sse(list(r.iter_lines()))
+        results[i] = "".join(e["choices"][0]["text"] for e in events[:-1])
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert results == {i: "".join(chr(66 + i + k) for k in range(6)) for i in range(6)}
+    assert batcher.stats.max_active == 2  # the pool has 2 slots: the rest queued
+    assert max(eng.decode_batches) == 2  # and decoded together
+    assert batcher.stats.completed == 6
+    assert batcher.free_slots == (0, 1)
+
+
+def test_client_disconnect_cancels_and_frees_slot(srv: tuple[str, Batcher, SlowFakeEngine]) -> None:
+    url, batcher, eng = srv
+    body = {"prompt": "a", "max_tokens": 100, "ignore_eos": True, "stream": True}
+    with httpx.Client(timeout=10) as client:
+        with client.stream("POST", f"{url}/v1/completions", json=body) as r:
+            lines = r.iter_lines()
+            got = [next(lines) for _ in range(3)]
+            assert got[0].startswith("data: ")
+        # leaving the block closes the connection mid-stream
+    deadline = time.monotonic() + 10
+    while (batcher.stats.aborted < 1 or batcher.num_active) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert batcher.stats.aborted == 1
+    assert batcher.num_active == 0 and batcher.free_slots == (0, 1)
+    assert not eng.busy
+    # and the server still answers
+    ok = httpx.post(f"{url}/v1/completions", json={"prompt": "a", "max_tokens": 2}).json()
+    assert ok["usage"]["completion_tokens"] == 2
+
+
+def test_non_streaming_disconnect_cancels() -> None:
+    eng = SlowFakeEngine(step_s=0.02)
+    with running_server(eng, num_slots=1, max_seq_len=4096) as (url, batcher):
+        body = {"prompt": "a", "max_tokens": 2000, "ignore_eos": True}
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/v1/completions", json=body, timeout=0.3)
+        deadline = time.monotonic() + 10
+        while batcher.stats.aborted < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert batcher.stats.aborted == 1 and batcher.free_slots == (0,)
+
+
+def test_incremental_detokenizer_holds_split_characters() -> None:
+    d = IncrementalDetokenizer(ByteTokenizer())
+    data = "é€".encode()  # 2 + 3 bytes
+    deltas = [d.push(b) for b in data]
+    assert deltas == ["", "é", "", "", "€"]
+    d2 = IncrementalDetokenizer(ByteTokenizer())
+    assert d2.push(0xC3) == ""
+    assert d2.flush() == "\ufffd"  # an incomplete character at the end is flushed, not lost
