@@ -264,12 +264,14 @@ def test_more_requests_than_slots_are_batched_and_all_complete(
 def test_client_disconnect_cancels_and_frees_slot(srv: tuple[str, Batcher, SlowFakeEngine]) -> None:
     url, batcher, eng = srv
     body = {"prompt": "a", "max_tokens": 100, "ignore_eos": True, "stream": True}
-    with httpx.Client(timeout=10) as client:
-        with client.stream("POST", f"{url}/v1/completions", json=body) as r:
-            lines = r.iter_lines()
-            got = [next(lines) for _ in range(3)]
-            assert got[0].startswith("data: ")
-        # leaving the block closes the connection mid-stream
+    with (
+        httpx.Client(timeout=10) as client,
+        client.stream("POST", f"{url}/v1/completions", json=body) as r,
+    ):
+        lines = r.iter_lines()
+        got = [next(lines) for _ in range(3)]
+        assert got[0].startswith("data: ")
+    # leaving the block closed the connection mid-stream
     deadline = time.monotonic() + 10
     while (batcher.stats.aborted < 1 or batcher.num_active) and time.monotonic() < deadline:
         time.sleep(0.01)
