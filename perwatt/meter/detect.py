@@ -23,7 +23,8 @@ GPUs with the energy counter in one, counterless (pre-Volta) GPUs in another.
 **Test/demo hook**: with ``PERWATT_FAKE_NVML=H100,A100`` in the environment, every NVML source
 uses :class:`perwatt.meter.testing.FakeNVML` with those presets instead of the real library. Its
 figures are labelled ``simulated`` and every description says "FAKE NVML"; it exists so the CLI
-can be exercised end to end without a GPU, never for real measurements.
+can be exercised end to end without a GPU, never for real measurements. ``PERWATT_FAKE_NVML=missing``
+behaves like a machine without the NVIDIA driver.
 """
 
 from __future__ import annotations

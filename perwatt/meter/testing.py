@@ -36,6 +36,7 @@ of the real library, for tests and demos only; every output then says the GPUs a
 from __future__ import annotations
 
 import bisect
+import math
 import string
 import threading
 import time
@@ -128,18 +129,22 @@ class NVMLError(Exception):
     """Same shape as ``pynvml.NVMLError``: ``NVMLError(code)`` returns the code's subclass."""
 
     _valClassMapping: ClassVar[dict[int, type[NVMLError]]] = {}
+    _code: ClassVar[int | None] = None
     value: int
 
-    def __new__(cls, value: int) -> NVMLError:
+    def __new__(cls, value: int | None = None) -> NVMLError:
+        # Like pynvml: NVMLError(15) is an NVMLError_GpuIsLost, NVMLError_GpuIsLost() has value 15.
+        code = cls._code if value is None else value
+        if code is None:
+            raise TypeError("NVMLError needs an NVML error code")
         if cls is NVMLError:
-            cls = NVMLError._valClassMapping.get(value, cls)
+            cls = NVMLError._valClassMapping.get(code, cls)
         obj = Exception.__new__(cls)
-        obj.value = value
+        obj.value = code
         return obj
 
-    def __init__(self, value: int) -> None:
-        super().__init__(value)
-        self.value = value
+    def __init__(self, value: int | None = None) -> None:
+        super().__init__(self.value)
 
     def __str__(self) -> str:
         return _ERROR_STRINGS.get(self.value, f"NVML Error with code {self.value}")
@@ -156,7 +161,7 @@ def _make_error_classes() -> dict[str, type[NVMLError]]:
     for const, code in list(globals().items()):
         if not const.startswith("NVML_ERROR_"):
             continue
-        cls = type(_error_class_name(const), (NVMLError,), {"__module__": __name__})
+        cls = type(_error_class_name(const), (NVMLError,), {"__module__": __name__, "_code": code})
         NVMLError._valClassMapping[code] = cls
         out[cls.__name__] = cls
     return out
@@ -427,7 +432,8 @@ class FakeGPU:
         """The energy counter as NVML would report it: updated only every ``period_s``."""
         t = self.clock()
         if period_s > 0:
-            t = self._t0 + ((t - self._t0) // period_s) * period_s
+            # The epsilon keeps float round-off (1000.1 - 1000 = 0.09999…) from losing a tick.
+            t = self._t0 + math.floor((t - self._t0) / period_s + 1e-9) * period_s
         return self.counter_offset_mj + int(self.energy_at_j(t) * 1000.0)
 
 
@@ -759,7 +765,10 @@ class FakeNVML:
 
 
 def fake_from_env(spec: str, *, clock: Callable[[], float] = time.monotonic) -> FakeNVML:
-    """Build the fake named by ``PERWATT_FAKE_NVML`` (``"H100,A100"``)."""
+    """Build the fake named by ``PERWATT_FAKE_NVML``: presets (``"H100,A100"``), or ``missing``
+    for a machine whose NVIDIA driver library cannot be loaded."""
+    if spec.strip().lower() == "missing":
+        return FakeNVML([], clock=clock, library_missing=True, label_simulated=True)
     keys = [k for k in spec.split(",") if k.strip()]
     if not keys:
         raise ConfigError(
