@@ -1,0 +1,686 @@
+"""``run_server_bench``: tokens per joule of an OpenAI-compatible server at one or more loads.
+
+One call::
+
+    check the server (GET /models) and the workload  ── errors here write no file
+    open the power sources, start the meter; optional idle baseline (--idle-seconds)
+    for each load level (a sweep over --request-rate or --max-concurrency):
+        write <label>_<level>.json with status "running"; open <label>_<level>.requests.csv
+        meter window "whole_run" ── send every request ── close the window
+            each finished request: one CSV row; every ``checkpoint_s``: the JSON rewritten
+        steady-state window from the request timings → Meter.measure_between
+        final JSON: status complete | partial (Ctrl-C, crash, server gone) | failed (no success)
+
+Energy comes from whatever :func:`perwatt.meter.detect.open_sources` opens for the spec (local
+NVML, ``dcgm:URL``/``prometheus:URL`` for a remote server's GPUs, ``PERWATT_DCGM_URL`` with
+``auto``); a simulated or replayed source is labelled so in every figure. When the source is
+:class:`~perwatt.meter.SimulatedSource`, its load follows the benchmark's requests in flight (a
+simulated GPU busy in proportion to the batch) — a demo model, never a measurement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import datetime as _dt
+import importlib.metadata
+import math
+import platform
+import re
+import socket
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from perwatt.bench import metrics as M
+from perwatt.bench.client import Endpoint, OpenAIClient, RequestRecord, resolve_model
+from perwatt.bench.loadgen import LoadLevel, LoadRun, process_cpu_s, run_level
+from perwatt.bench.result import (
+    SCHEMA_VERSION,
+    Conditions,
+    GoodputSLO,
+    GPUConditions,
+    LoadKind,
+    write_result,
+)
+from perwatt.bench.workload import LengthDist, Workload, from_file, synthetic
+from perwatt.errors import ConfigError
+from perwatt.meter.meter import Measurement, Meter
+from perwatt.meter.simulated import SimulatedSource
+from perwatt.meter.source import PowerSource
+
+CSV_COLUMNS = (
+    "index",
+    "start_s",
+    "ttft_ms",
+    "tpot_ms",
+    "e2el_ms",
+    "itl_mean_ms",
+    "n_itl",
+    "prompt_tokens",
+    "prompt_tokens_source",
+    "output_tokens",
+    "output_tokens_chunks",
+    "output_tokens_usage",
+    "token_count_source",
+    "finish_reason",
+    "http_status",
+    "error_kind",
+    "error_detail",
+)
+
+
+def _default_price() -> float:
+    from perwatt.economics import DEFAULT_PRICE_PER_KWH_USD
+
+    return float(DEFAULT_PRICE_PER_KWH_USD)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerBenchConfig:
+    """Everything one ``perwatt bench --engine server`` invocation needs."""
+
+    url: str
+    endpoint: Endpoint = "completions"
+    model: str | None = None
+    api_key: str | None = None
+    stream: bool = True
+    # workload
+    dataset: Path | None = None
+    dataset_format: Literal["auto", "sharegpt", "jsonl"] = "auto"
+    num_prompts: int = 100
+    input_len: int = 1024  # vLLM's --random-input-len default
+    output_len: int | None = 128  # vLLM's --random-output-len default
+    input_dist: str = "fixed"
+    output_dist: str = "fixed"
+    ignore_eos: bool = True
+    # load
+    request_rates: tuple[float | None, ...] = (None,)  # None = inf
+    burstiness: float = 1.0
+    max_concurrencies: tuple[int | None, ...] = (None,)
+    goodput: GoodputSLO | None = None
+    # output
+    result_dir: Path = Path("bench-results")
+    label: str | None = None
+    seed: int = 0
+    # energy and money
+    energy_source: str = "auto"
+    sources: tuple[PowerSource, ...] | None = None  # overrides energy_source (tests, library)
+    idle_seconds: float = 0.0
+    subtract_idle: bool = False
+    num_gpus: int = 1
+    price_per_kwh: float = field(default_factory=_default_price)
+    pue: float = 1.0
+    # mechanics
+    timeout_s: float = 600.0
+    extra_body: Mapping[str, Any] | None = None
+    sample_interval_s: float = 0.1
+    checkpoint_s: float = 2.0
+    progress: bool = False
+    log: Callable[[str], None] | None = None
+
+    def __post_init__(self) -> None:
+        from perwatt.economics import check_price, check_pue
+
+        if self.endpoint not in ("completions", "chat"):
+            raise ConfigError(f"--endpoint must be completions or chat, got {self.endpoint!r}")
+        if self.num_prompts < 1:
+            raise ConfigError(f"--num-prompts must be >= 1, got {self.num_prompts}")
+        if self.num_gpus < 1:
+            raise ConfigError(f"--num-gpus must be >= 1, got {self.num_gpus}")
+        if self.idle_seconds < 0:
+            raise ConfigError("--idle-seconds must be >= 0")
+        if self.subtract_idle and self.idle_seconds <= 0:
+            raise ConfigError("--subtract-idle needs an idle baseline: pass --idle-seconds N")
+        if not self.timeout_s > 0:
+            raise ConfigError("--timeout must be > 0")
+        check_pue(self.pue)
+        check_price(self.price_per_kwh)
+        if not self.request_rates or not self.max_concurrencies:
+            raise ConfigError("give at least one --request-rate and --max-concurrency value")
+        if len(self.request_rates) > 1 and len(self.max_concurrencies) > 1:
+            raise ConfigError(
+                "sweep one of --request-rate or --max-concurrency at a time "
+                "(results are matched by one load axis)"
+            )
+        if self.dataset is None and self.output_len is None:
+            raise ConfigError("--output-len is needed for a synthetic workload")
+        self.levels()  # validates each level
+
+    def levels(self) -> list[LoadLevel]:
+        return [
+            LoadLevel(request_rate=r, burstiness=self.burstiness, max_concurrency=c)
+            for r in self.request_rates
+            for c in self.max_concurrencies
+        ]
+
+
+# --------------------------------------------------------------------------- helpers
+def _now_utc() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _slug(text: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9._-]+", "-", text.strip()).strip("-.")
+    return s or "run"
+
+
+def _unique(path: Path) -> Path:
+    """``path``, or ``name-2.json``, ``name-3.json`` … if taken: never overwrite a result."""
+    if not path.exists():
+        return path
+    stem = path.name.removesuffix(".json")
+    for i in range(2, 10_000):
+        cand = path.with_name(f"{stem}-{i}.json")
+        if not cand.exists():
+            return cand
+    raise ConfigError(f"too many results named {stem} in {path.parent}")
+
+
+def _version() -> str:
+    try:
+        from perwatt import __version__
+
+        return str(__version__)
+    except ImportError:  # pragma: no cover - the package always has it
+        return "unknown"
+
+
+def _torch_version() -> str | None:
+    mod = sys.modules.get("torch")
+    if mod is not None:
+        return str(getattr(mod, "__version__", "unknown"))
+    try:  # metadata only: importing torch would cost seconds and memory for nothing
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _gpu_conditions(sources: Sequence[PowerSource]) -> list[GPUConditions]:
+    """Name, driver, power limit and clocks of the local GPUs, when NVML is among the sources."""
+    if not any(s.name == "nvml" for s in sources):
+        return []
+    try:
+        from perwatt.meter.detect import nvml_module
+        from perwatt.meter.nvml import gpu_inventory
+
+        inv = gpu_inventory(nvml=nvml_module())
+    except Exception:  # conditions are descriptive; a failing query must not lose the run
+        return []
+    return [
+        {
+            "name": g.name,
+            "uuid": g.uuid,
+            "driver": g.driver_version,
+            "power_limit_w": g.power_limit_w,
+            "sm_clock_mhz": g.sm_clock_mhz,
+            "max_sm_clock_mhz": g.max_sm_clock_mhz,
+        }
+        for g in inv
+    ]
+
+
+def _source_label(sources: Sequence[PowerSource]) -> str:
+    labels = sorted({s.energy_label if s.has_energy_counter else s.power_label for s in sources})
+    return labels[0] if len(labels) == 1 else f"mixed({','.join(labels)})"
+
+
+def _open_sources(config: ServerBenchConfig) -> tuple[tuple[PowerSource, ...], bool]:
+    """The sources, and whether we opened them (and so must close them)."""
+    if config.sources is not None:
+        if not config.sources:
+            raise ConfigError("sources= is empty")
+        return tuple(config.sources), False
+    from perwatt.meter.detect import open_sources
+
+    return tuple(open_sources(config.energy_source)), True
+
+
+def _build_workload(config: ServerBenchConfig) -> Workload:
+    if config.dataset is not None:
+        return from_file(
+            config.dataset,
+            num_prompts=config.num_prompts,
+            seed=config.seed,
+            output_len=config.output_len,
+            fmt=config.dataset_format,
+        )
+    assert config.output_len is not None  # checked in __post_init__
+    return synthetic(
+        num_prompts=config.num_prompts,
+        input_len=config.input_len,
+        output_len=config.output_len,
+        seed=config.seed,
+        input_dist=LengthDist.parse(config.input_dist),
+        output_dist=LengthDist.parse(config.output_dist),
+    )
+
+
+def _fmt(v: float | None, nd: int = 3) -> str:
+    return "" if v is None else f"{v * 1e3:.{nd}f}"
+
+
+def _csv_row(rec: RequestRecord, t0: float) -> list[object]:
+    itl_mean = sum(rec.itl_s) / len(rec.itl_s) if rec.itl_s else None
+    return [
+        rec.index,
+        f"{rec.start_s - t0:.6f}",
+        _fmt(rec.ttft_s),
+        _fmt(rec.tpot_s),
+        _fmt(rec.e2el_s),
+        _fmt(itl_mean),
+        len(rec.itl_s),
+        rec.prompt_tokens,
+        rec.prompt_tokens_source,
+        rec.output_tokens,
+        rec.output_tokens_chunks,
+        "" if rec.output_tokens_usage is None else rec.output_tokens_usage,
+        rec.token_count_source,
+        rec.finish_reason or "",
+        "" if rec.http_status is None else rec.http_status,
+        rec.error_kind or "",
+        rec.error_detail,
+    ]
+
+
+# --------------------------------------------------------------------------- one level
+@dataclass(slots=True)
+class _LevelState:
+    level: LoadLevel
+    json_path: Path
+    csv_path: Path
+    doc: dict[str, Any]
+    records: list[RequestRecord] = field(default_factory=list)
+    run: LoadRun | None = None
+    cpu0: float = 0.0
+    wall0: float = 0.0
+
+
+class _Progress:
+    """A rich progress bar on stderr, or nothing."""
+
+    def __init__(self, enabled: bool, total: int, desc: str) -> None:
+        self._p: Any = None
+        self._task: Any = None
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self._p = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[errors]} errors"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        self._p.start()
+        self._task = self._p.add_task(desc, total=total, errors=0)
+
+    def advance(self, errors: int) -> None:
+        if self._p is not None:
+            self._p.update(self._task, advance=1, errors=errors)
+
+    def close(self) -> None:
+        if self._p is not None:
+            self._p.stop()
+            self._p = None
+
+
+def _skeleton(
+    config: ServerBenchConfig,
+    *,
+    label: str,
+    model: str,
+    workload: Workload,
+    level: LoadLevel,
+    conditions: Conditions,
+    csv_name: str,
+) -> dict[str, Any]:
+    kind: LoadKind
+    value: float
+    if level.request_rate is not None:
+        kind, value = "rate", float(level.request_rate)
+    else:
+        kind, value = "concurrency", float(level.saturation_target(len(workload.requests)) or 0)
+    return {
+        "schema": SCHEMA_VERSION,
+        "status": "running",
+        "partial_reason": None,
+        "label": label,
+        "created_utc": _now_utc(),
+        "perwatt_version": _version(),
+        "config": {
+            "engine": "server",
+            "url": config.url,
+            "endpoint": config.endpoint,
+            "model": model,
+            "precision": None,
+            "workload": workload.describe(),
+            "num_prompts": len(workload.requests),
+            "input_len": config.input_len if workload.kind == "synthetic" else None,
+            "output_len": config.output_len,
+            "request_rate": level.request_rate,
+            "burstiness": level.burstiness,
+            "max_concurrency": level.max_concurrency,
+            "batch_size": None,
+            "seed": config.seed,
+            "goodput_slo_ms": dict(config.goodput) if config.goodput else None,
+            "num_gpus": config.num_gpus,
+            "price_per_kwh": config.price_per_kwh,
+            "pue": config.pue,
+            "stream": config.stream,
+            "ignore_eos": config.ignore_eos and workload.fixed_output,
+            "timeout_s": config.timeout_s,
+        },
+        "load": {"kind": kind, "value": value},
+        "conditions": dict(conditions),
+        "metrics": M.run_metrics([], duration_s=0.0, slo=config.goodput),
+        "energy": None,
+        "economics": None,
+        "accuracy": None,
+        "timeline": {"t_s": [], "power_w": []},
+        "requests_csv": csv_name,
+    }
+
+
+def _drive_simulated(sources: Sequence[PowerSource], target: int) -> Callable[[int], None] | None:
+    sims = [s for s in sources if isinstance(s, SimulatedSource)]
+    if not sims:
+        return None
+
+    def on_inflight(n: int) -> None:
+        load = min(1.0, n / target)
+        for s in sims:
+            s.set_load(load)
+
+    return on_inflight
+
+
+def _finish_level(
+    st: _LevelState,
+    *,
+    config: ServerBenchConfig,
+    meter: Meter,
+    whole: Measurement | None,
+    clock_offset_s: float,
+    status: str,
+    reason: str | None,
+) -> None:
+    """Compute every figure from what was recorded and write the final document."""
+    run = st.run
+    recs = st.records
+    t0 = run.start_s if run is not None else 0.0
+    t_end = run.end_s if run is not None and run.end_s else t0
+    duration = max(0.0, t_end - t0)
+    cpu = process_cpu_s() - st.cpu0
+    met: dict[str, Any] = dict(
+        M.run_metrics(recs, duration_s=duration, slo=config.goodput, client_cpu_s=cpu)
+    )
+    doc = st.doc
+    doc["metrics"] = met
+    completed = met["completed"]
+    if status == "complete" and completed == 0:
+        status = "failed"
+        kinds = ", ".join(f"{k}: {n}" for k, n in met["errors"].items())
+        reason = f"every request failed ({kinds})"
+    elif status == "complete":
+        # Server gone: the run ended with requests that could not even connect.
+        last = max(recs, key=lambda r: r.start_s) if recs else None
+        if last is not None and last.error_kind == "connect_error":
+            status, reason = "partial", "the server stopped accepting connections during the run"
+    if whole is not None and duration > 0:
+        target = st.level.saturation_target(len(recs))
+        win = M.steady_state_window(recs, target=target)
+        steady = None
+        steady_tokens = None
+        win_rel = None
+        if win is not None:
+            steady = meter.measure_between(
+                win[0] + clock_offset_s, win[1] + clock_offset_s, name="steady_state"
+            )
+            steady_tokens = M.tokens_between(recs, win[0], win[1])
+            win_rel = (win[0] - t0, win[1] - t0)
+        energy = M.energy_block(
+            whole=whole,
+            steady=steady,
+            window_rel_s=win_rel,
+            output_tokens=met["total_output_tokens"],
+            steady_tokens=steady_tokens,
+            completed=completed,
+            num_gpus=config.num_gpus,
+        )
+        doc["energy"] = energy
+        doc["economics"] = M.economics_block(
+            energy, price_per_kwh=config.price_per_kwh, pue=config.pue
+        )
+        samples = [(s.t_s, s.power_w) for s in meter.timeline()]
+        doc["timeline"] = M.timeline_block(samples, t0 + clock_offset_s, t_end + clock_offset_s)
+    doc["status"] = status
+    doc["partial_reason"] = reason
+    write_result(st.json_path, doc)
+
+
+def _checkpoint(st: _LevelState, config: ServerBenchConfig) -> None:
+    """Rewrite the running document with the metrics so far (energy comes at the end)."""
+    run = st.run
+    if run is None:
+        return
+    dur = time.perf_counter() - run.start_s
+    st.doc["metrics"] = M.run_metrics(st.records, duration_s=dur, slo=config.goodput)
+    write_result(st.json_path, st.doc)
+
+
+def _run_level(
+    config: ServerBenchConfig,
+    *,
+    level: LoadLevel,
+    label: str,
+    model: str,
+    workload: Workload,
+    meter: Meter,
+    sources: Sequence[PowerSource],
+    conditions: Conditions,
+    log: Callable[[str], None],
+) -> Path:
+    config.result_dir.mkdir(parents=True, exist_ok=True)
+    json_path = _unique(config.result_dir / f"{label}_{level.tag()}.json")
+    csv_path = json_path.with_name(json_path.name.removesuffix(".json") + ".requests.csv")
+    doc = _skeleton(
+        config,
+        label=label,
+        model=model,
+        workload=workload,
+        level=level,
+        conditions=conditions,
+        csv_name=csv_path.name,
+    )
+    st = _LevelState(level=level, json_path=json_path, csv_path=csv_path, doc=doc)
+    write_result(json_path, doc)
+    n = len(workload.requests)
+    target = level.saturation_target(n) or 16
+    on_inflight = _drive_simulated(sources, target)
+    progress = _Progress(config.progress, n, f"{label} {level.tag()}")
+    errors = 0
+    status, reason = "complete", None
+    whole: Measurement | None = None
+    run = LoadRun(records=st.records)
+    st.run = run
+    window = f"whole_run:{json_path.name}"
+    f: IO[str]
+    with csv_path.open("w", newline="", buffering=1) as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_COLUMNS)
+
+        def on_record(rec: RequestRecord) -> None:
+            nonlocal errors
+            writer.writerow(_csv_row(rec, run.start_s))
+            if not rec.ok:
+                errors += 1
+            progress.advance(errors)
+
+        async def main() -> None:
+            client = OpenAIClient(config.url, api_key=config.api_key, timeout_s=config.timeout_s)
+            try:
+                await run_level(
+                    client,
+                    workload.requests,
+                    level,
+                    endpoint=config.endpoint,
+                    model=model,
+                    records=st.records,
+                    stream=config.stream,
+                    ignore_eos=config.ignore_eos and workload.fixed_output,
+                    seed=config.seed,
+                    extra_body=dict(config.extra_body) if config.extra_body else None,
+                    on_record=on_record,
+                    on_inflight=on_inflight,
+                    on_tick=lambda: _checkpoint(st, config),
+                    tick_s=config.checkpoint_s,
+                    run=run,
+                )
+            finally:
+                await client.aclose()
+
+        st.cpu0 = process_cpu_s()
+        clock_offset = meter.clock() - time.perf_counter()
+        meter.begin(window)
+        try:
+            asyncio.run(main())
+        except KeyboardInterrupt:
+            status, reason = "partial", "interrupted (Ctrl-C); results cover the requests finished"
+            raise
+        except BaseException as e:
+            status, reason = "partial", f"crashed: {type(e).__name__}: {e}"
+            raise
+        finally:
+            progress.close()
+            whole = meter.end(window)
+            if on_inflight is not None:
+                on_inflight(0)
+            f.flush()
+            _finish_level(
+                st,
+                config=config,
+                meter=meter,
+                whole=whole,
+                clock_offset_s=clock_offset,
+                status=status,
+                reason=reason,
+            )
+            log(f"wrote {json_path} ({st.doc['status']})")
+    return json_path
+
+
+# --------------------------------------------------------------------------- public
+def run_server_bench(config: ServerBenchConfig) -> list[Path]:
+    """Benchmark the server at every load level of ``config``; return the result files.
+
+    Raises :class:`ConfigError` (nothing written) when the server cannot be reached, the model
+    is not served or the workload is unusable. A level interrupted by Ctrl-C is written with
+    status ``partial`` and the ``KeyboardInterrupt`` propagates.
+    """
+    log = config.log or (lambda msg: print(msg, file=sys.stderr))
+    model = resolve_model(config.url, config.model, api_key=config.api_key)
+    workload = _build_workload(config)
+    if workload.skipped_rows:
+        log(
+            f"warning: {workload.skipped_rows} of {workload.rows_read} rows skipped in "
+            f"{workload.source} (e.g. {workload.bad_row_examples[0]}); counted in the result"
+        )
+    label = _slug(config.label or model.rstrip("/").split("/")[-1])
+    sources, opened = _open_sources(config)
+    try:
+        meter = Meter(
+            sources,
+            sample_interval_s=config.sample_interval_s,
+            subtract_idle=config.subtract_idle,
+            sync_cuda=False,  # the GPUs are the server's, not this process's
+        )
+        energy_label = _source_label(sources)
+        conditions: Conditions = {
+            "gpus": _gpu_conditions(sources),
+            "host": socket.gethostname(),
+            "cpu": _cpu_model(),
+            "python": platform.python_version(),
+            "torch": _torch_version(),
+            "energy_source": energy_label,
+            "date_utc": _now_utc(),
+        }
+        paths: list[Path] = []
+        with meter:
+            if config.idle_seconds > 0:
+                log(f"measuring idle power for {config.idle_seconds:g} s (keep the server idle)")
+                meter.idle_baseline(config.idle_seconds)
+            for level in config.levels():
+                paths.append(
+                    _run_level(
+                        config,
+                        level=level,
+                        label=label,
+                        model=model,
+                        workload=workload,
+                        meter=meter,
+                        sources=sources,
+                        conditions=conditions,
+                        log=log,
+                    )
+                )
+        return paths
+    finally:
+        if opened:
+            from perwatt.meter.detect import close_sources
+
+            close_sources(sources)
+
+
+def parse_rate_list(text: str) -> tuple[float | None, ...]:
+    """``"1,2,inf"`` -> ``(1.0, 2.0, None)``."""
+    out: list[float | None] = []
+    for part in text.split(","):
+        p = part.strip().lower()
+        if p in ("inf", "infinity"):
+            out.append(None)
+            continue
+        try:
+            v = float(p)
+        except ValueError:
+            raise ConfigError(f"--request-rate {part!r} is not a number or inf") from None
+        if not (v > 0 and math.isfinite(v)):
+            raise ConfigError(f"--request-rate {part!r} must be positive (or inf)")
+        out.append(v)
+    return tuple(out)
+
+
+def parse_int_list(text: str, flag: str) -> tuple[int, ...]:
+    """``"1,4,16"`` -> ``(1, 4, 16)``."""
+    out: list[int] = []
+    for part in text.split(","):
+        try:
+            v = int(part.strip())
+        except ValueError:
+            raise ConfigError(f"{flag} {part!r} is not an integer") from None
+        if v < 1:
+            raise ConfigError(f"{flag} {part!r} must be >= 1")
+        out.append(v)
+    return tuple(out)
