@@ -260,10 +260,6 @@ def describe_environment() -> EnvReport:
             rapl.close()
     except (SourceUnavailableError, DeviceError) as e:
         rapl_error = str(e)
-    except ModuleNotFoundError as e:  # TODO(integration): the rapl backend lands separately
-        if e.name != "perwatt.meter.rapl":
-            raise
-        rapl_error = "this perwatt build has no RAPL backend"
 
     auto_sources: tuple[str, ...] = ()
     auto_labels: tuple[str, ...] = ()

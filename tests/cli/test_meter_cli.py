@@ -1,0 +1,207 @@
+"""`perwatt env` and `perwatt meter`, invoked as a user would: `python -m perwatt ...`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def perwatt(
+    *args: str, fake: str | None = None, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    e = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PERWATT_FAKE_NVML", "CUDA_VISIBLE_DEVICES")
+    }
+    if fake is not None:
+        e["PERWATT_FAKE_NVML"] = fake
+    e.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "perwatt", *args],
+        capture_output=True,
+        text=True,
+        env=e,
+        cwd=ROOT,
+        timeout=timeout,
+    )
+
+
+def test_env_on_fake_gpus_says_they_are_fake() -> None:
+    r = perwatt("env", fake="H100,A100")
+    assert r.returncode == 0, r.stderr
+    first = r.stdout.splitlines()[0]
+    assert "FAKE" in first
+    for text in ("gpu0: NVIDIA H100 80GB HBM3 [FAKE]", "gpu1: NVIDIA A100-SXM4-40GB", "driver 550"):
+        assert text in r.stdout
+    assert "power limit 700 W (default 700 W, range 200 W-700 W)" in r.stdout
+    assert "can set clocks/power limit:" in r.stdout
+    assert "Auto-detected source" in r.stdout and "CPU:" in r.stdout
+
+
+def test_env_json() -> None:
+    r = perwatt("env", "--json", fake="P100")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["fake_nvml"] is True
+    (gpu,) = d["gpus"]
+    assert gpu["has_energy_counter"] is False and gpu["can_set_clocks"] is False
+    assert "Volta" in gpu["can_set_clocks_reason"]
+
+
+def test_env_without_nvml_still_reports_the_machine() -> None:
+    r = perwatt("env", fake="missing")
+    assert r.returncode == 0, r.stderr
+    assert "none usable: NVML unavailable" in r.stdout
+    assert "skipped nvml:" in r.stdout
+
+
+def test_meter_sleep_prints_energy_with_its_source() -> None:
+    # This machine: no GPU, so NVML is skipped and auto-detect falls back to RAPL or the
+    # estimated model; either way the source is printed next to the energy.
+    r = perwatt("meter", "--", "sleep", "1", fake="missing")
+    assert r.returncode == 0, r.stderr
+    err = r.stderr
+    assert "perwatt meter: sleep 1" in err
+    assert "duration    1.0" in err
+    line = next(x for x in err.splitlines() if x.strip().startswith("energy"))
+    assert " J " in line and ("[estimated]" in line or "[rapl]" in line)
+    assert "source      " in err
+    if "estimated" in err:
+        assert "NOT a measurement" in err
+
+
+def test_meter_json_and_exit_code_of_the_command() -> None:
+    r = perwatt("meter", "--json", "--source", "simulated", "--", "sh", "-c", "exit 3")
+    assert r.returncode == 3
+    d = json.loads(r.stdout)
+    assert d["exit_code"] == 3 and d["partial"] is False
+    assert d["source"] == "simulated" and d["measured"] is False
+    assert d["command"] == ["sh", "-c", "exit 3"]
+    assert d["total_energy_j"] > 0
+
+
+def test_meter_on_fake_gpus_with_timeline_and_output(tmp_path: Path) -> None:
+    tl, out = tmp_path / "tl.csv", tmp_path / "m.json"
+    r = perwatt(
+        "meter",
+        "--timeline",
+        str(tl),
+        "-o",
+        str(out),
+        "--idle",
+        "0.2",
+        "--",
+        "sleep",
+        "0.5",
+        fake="H100,A100",
+    )
+    assert r.returncode == 0, r.stderr
+    assert "FAKE GPUs" in r.stderr and "NOT a measurement" in r.stderr
+    assert "idle        " in r.stderr and "not subtracted" in r.stderr
+    rows = list(csv.DictReader(tl.read_text().splitlines()))
+    assert {row["device"] for row in rows} == {"gpu0", "gpu1"}
+    assert all(row["source"] == "simulated" for row in rows)
+    d = json.loads(out.read_text())
+    assert set(d["energy_j"]) == {"gpu0", "gpu1"} and d["fake_gpus"] is True
+    assert not (tmp_path / "m.json.tmp").exists()
+
+
+def test_unknown_device_index_is_one_line() -> None:
+    r = perwatt("meter", "--source", "nvml:5", "--", "true", fake="H100,A100")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "perwatt: error: GPU index 5 does not exist: 2 GPU(s) visible (gpu0-gpu1); see `perwatt env`"
+    ]
+
+
+def test_missing_nvml_is_one_line() -> None:
+    r = perwatt("meter", "--source", "nvml", "--", "true", fake="missing")
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr
+    assert lines[0].startswith("perwatt: error: NVML unavailable")
+
+
+def test_bad_cuda_visible_devices_is_one_line() -> None:
+    r = perwatt("meter", "--", "true", fake="H100", env={"CUDA_VISIBLE_DEVICES": "GPU-nope"})
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "CUDA_VISIBLE_DEVICES" in r.stderr
+
+
+def test_command_not_found_is_one_line() -> None:
+    r = perwatt("meter", "--source", "simulated", "--", "no-such-command-perwatt")
+    assert r.returncode == 2
+    assert r.stderr.strip() == "perwatt: error: command not found: no-such-command-perwatt"
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        ((), "no command given"),
+        (("--watch", "--", "true"), "--watch takes no command"),
+        (("--count", "2", "--", "true"), "--count only applies to --watch"),
+        (("--interval", "0", "--", "true"), "--interval must be positive"),
+        (("--subtract-idle", "--", "true"), "--subtract-idle needs an idle baseline"),
+        (("--source", "bogus", "--", "true"), "unknown --source 'bogus'"),
+    ],
+)
+def test_bad_flags(args: tuple[str, ...], match: str) -> None:
+    r = perwatt("meter", *args)
+    assert r.returncode == 2
+    assert match in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_watch_prints_a_table_per_refresh() -> None:
+    r = perwatt("meter", "--watch", "--count", "2", "--interval", "0.05", fake="H100,P100")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("perwatt power") == 2
+    assert "FAKE GPUs" in r.stdout
+    for dev in ("gpu0", "gpu1", "total"):
+        assert dev in r.stdout
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_ctrl_c_forwards_and_prints_partial() -> None:
+    e = {k: v for k, v in os.environ.items() if k != "PERWATT_FAKE_NVML"}
+    p = subprocess.Popen(
+        [sys.executable, "-m", "perwatt", "meter", "--source", "simulated", "--", "sleep", "30"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=e,
+        cwd=ROOT,
+    )
+    # Wait until perwatt has launched `sleep` (a loaded CI machine may take seconds to start).
+    deadline = time.monotonic() + 30
+    while not _children(p.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _children(p.pid), "perwatt never started the command"
+    p.send_signal(signal.SIGINT)  # to perwatt only: it must forward to `sleep`
+    _out, err = p.communicate(timeout=30)
+    assert p.returncode == 130, err
+    assert "PARTIAL: interrupted" in err
+    assert "interrupted by Ctrl-C" in err
+    assert "energy      sim0" in err

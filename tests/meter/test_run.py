@@ -1,0 +1,60 @@
+"""measure_command and its report, in-process on the simulated source."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from perwatt.errors import ConfigError
+from perwatt.meter import Meter, SimulatedSource
+from perwatt.meter.run import format_command_measurement, measure_command
+
+
+def test_measure_command_energy_covers_the_child() -> None:
+    meter = Meter(SimulatedSource(power_w=100.0), sample_interval_s=0.05, sync_cuda=False)
+    try:
+        cm = measure_command([sys.executable, "-c", "import time; time.sleep(0.3)"], meter)
+    finally:
+        meter.close()
+    m = cm.measurement
+    assert cm.exit_code == 0 and not cm.partial
+    assert m.duration_s >= 0.3
+    assert m.energy_j["sim0"] == pytest.approx(100.0 * m.duration_s, rel=1e-2)
+    text = format_command_measurement(cm)
+    assert "avg power   100.0 W" in text
+    assert "source      simulated — a model, NOT a measurement" in text
+
+
+def test_signal_death_maps_to_shell_exit_code() -> None:
+    meter = Meter(SimulatedSource(), sync_cuda=False)
+    try:
+        cm = measure_command(["sh", "-c", "kill -TERM $$"], meter)
+    finally:
+        meter.close()
+    assert cm.exit_code == 128 + 15
+
+
+def test_idle_baseline_is_reported() -> None:
+    meter = Meter(SimulatedSource(power_w=50.0), sync_cuda=False)
+    try:
+        cm = measure_command(["true"], meter, idle_s=0.1)
+    finally:
+        meter.close()
+    assert cm.measurement.idle_power_w == {"sim0": pytest.approx(50.0, rel=1e-2)}
+    assert "50.0 W measured before the command, not subtracted" in format_command_measurement(cm)
+
+
+def test_bad_arguments() -> None:
+    meter = Meter(SimulatedSource(), sync_cuda=False)
+    try:
+        with pytest.raises(ConfigError, match="no command"):
+            measure_command([], meter)
+        with pytest.raises(ConfigError, match="--idle"):
+            measure_command(["true"], meter, idle_s=-1)
+        with pytest.raises(ConfigError, match="command not found: nope-perwatt"):
+            measure_command(["nope-perwatt"], meter)
+        # The failed launch closed its window: the next one can reuse the name.
+        assert measure_command(["true"], meter).exit_code == 0
+    finally:
+        meter.close()
