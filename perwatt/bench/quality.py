@@ -1,0 +1,555 @@
+"""Accuracy guard: do two servers give the same answers? (e.g. BF16 reference vs FP8 candidate)
+
+A setting that raises tokens per joule by changing the answers is not a free win. This module
+sends a fixed prompt set, with greedy decoding (``temperature=0``, ``top_p=1``, fixed
+``max_tokens`` and ``seed``), to a *reference* server A and a *candidate* server B (any
+OpenAI-compatible API) and reports how far B's outputs agree with A's:
+
+* **exact match** — share of prompts whose generated text is identical.
+* **greedy prefix agreement** — per prompt, the number of leading tokens both produced before
+  the first difference; ``top1_agreement`` = Σ common prefix / Σ positions compared (the prefix
+  plus the first diverging position). Under greedy decoding each chosen token *is* the server's
+  top-1, and only positions with the same preceding text are comparable, so this is the top-1
+  agreement rate up to divergence. Tokens come from the server's ``logprobs``; a server that
+  returns none is compared on whitespace-separated words instead, and the report says so.
+* **log-prob agreement** (when both servers return logprobs) — over the common prefix, the mean
+  absolute difference of the chosen tokens' log-probabilities (nats), and ``logprob_agreement`` =
+  exp(−mean |Δlogprob|), 1.0 for identical distributions. With ``top_logprobs`` it also reports an
+  approximate KL(A‖B) over the tokens both servers list in their top-k (renormalised), which
+  under-counts mass outside the top-k: a lower bound on a trend, not the true divergence.
+
+Even at temperature 0 a server can be nondeterministic (batch composition changes kernels'
+reduction order). ``control=True`` queries A a second time and reports A-vs-A agreement: the noise
+floor B has to be judged against.
+
+Prompts file: JSONL, one object per line with ``"prompt"`` (text, for ``/completions``) or
+``"messages"`` (for ``/chat/completions``), and an optional ``"id"``; blank lines and ``#``
+comments are skipped. The report can be attached to bench results as their ``accuracy`` block
+(:func:`attach_accuracy`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import httpx
+
+from perwatt.bench.result import load_result, write_result
+from perwatt.errors import ConfigError, DataFormatError, RemoteSourceError
+
+Endpoint = Literal["completions", "chat"]
+QUALITY_SCHEMA: Final = "perwatt.bench.quality/1"
+DEFAULT_MAX_TOKENS: Final = 64
+DEFAULT_TOP_LOGPROBS: Final = 5
+
+
+# --------------------------------------------------------------------------- prompts
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QualityPrompt:
+    """One prompt of the fixed set: text for /completions or messages for /chat/completions."""
+
+    id: str
+    prompt: str | None = None
+    messages: tuple[Mapping[str, Any], ...] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise ConfigError(f"prompt {self.id}: give exactly one of prompt or messages")
+
+
+def load_prompts(path: str | Path) -> list[QualityPrompt]:
+    """Read a JSONL prompt set; :class:`DataFormatError` names the file and line of a bad row."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise DataFormatError(f"{path}: cannot read prompt file ({e.strerror or e})") from e
+    prompts: list[QualityPrompt] = []
+    ids: set[str] = set()
+    for n, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataFormatError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+        if isinstance(obj, str):
+            obj = {"prompt": obj}
+        if not isinstance(obj, dict):
+            raise DataFormatError(f"{path}:{n}: expected an object with 'prompt' or 'messages'")
+        pid = str(obj.get("id", len(prompts)))
+        if pid in ids:
+            raise DataFormatError(f"{path}:{n}: duplicate id {pid!r}")
+        prompt, messages = obj.get("prompt"), obj.get("messages")
+        if prompt is not None and not isinstance(prompt, str):
+            raise DataFormatError(f"{path}:{n}: 'prompt' must be a string")
+        if messages is not None and not (
+            isinstance(messages, list)
+            and messages
+            and all(isinstance(m, dict) and "role" in m and "content" in m for m in messages)
+        ):
+            raise DataFormatError(
+                f"{path}:{n}: 'messages' must be a non-empty list of {{role, content}} objects"
+            )
+        if (prompt is None) == (messages is None):
+            raise DataFormatError(f"{path}:{n}: give exactly one of 'prompt' or 'messages'")
+        ids.add(pid)
+        prompts.append(
+            QualityPrompt(
+                id=pid, prompt=prompt, messages=tuple(messages) if messages is not None else None
+            )
+        )
+    if not prompts:
+        raise DataFormatError(f"{path}: no prompts (expected JSONL with 'prompt' or 'messages')")
+    return prompts
+
+
+# --------------------------------------------------------------------------- generation
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Generation:
+    """One greedy completion, with per-token log-probs when the server returned them."""
+
+    text: str
+    tokens: tuple[str, ...] | None = None
+    logprobs: tuple[float | None, ...] | None = None
+    top_logprobs: tuple[Mapping[str, float], ...] | None = None
+    finish_reason: str | None = None
+
+
+def _parse_completion_logprobs(lp: Any) -> tuple[Any, Any, Any]:
+    """Legacy /completions shape: {tokens, token_logprobs, top_logprobs: [{tok: lp}]}."""
+    if not isinstance(lp, dict) or not isinstance(lp.get("tokens"), list):
+        return None, None, None
+    tokens = tuple(str(t) for t in lp["tokens"])
+    lps = lp.get("token_logprobs")
+    logprobs = (
+        tuple(None if x is None else float(x) for x in lps) if isinstance(lps, list) else None
+    )
+    tops = lp.get("top_logprobs")
+    top = (
+        tuple({str(k): float(v) for k, v in (d or {}).items()} for d in tops)
+        if isinstance(tops, list)
+        else None
+    )
+    return tokens, logprobs, top
+
+
+def _parse_chat_logprobs(lp: Any) -> tuple[Any, Any, Any]:
+    """Chat shape: {content: [{token, logprob, top_logprobs: [{token, logprob}]}]}."""
+    if not isinstance(lp, dict) or not isinstance(lp.get("content"), list):
+        return None, None, None
+    items = lp["content"]
+    tokens = tuple(str(i.get("token", "")) for i in items)
+    logprobs = tuple(None if i.get("logprob") is None else float(i["logprob"]) for i in items)
+    top = tuple(
+        {str(t.get("token", "")): float(t["logprob"]) for t in (i.get("top_logprobs") or [])}
+        for i in items
+    )
+    return tokens, logprobs, top
+
+
+@dataclass(slots=True)
+class _Server:
+    """One OpenAI-compatible endpoint and what we learned about it while querying."""
+
+    base_url: str
+    model: str | None
+    api_key: str | None
+    logprobs_supported: bool = True
+    notes: list[str] = field(default_factory=list)
+
+
+def _generate(
+    client: httpx.Client,
+    server: _Server,
+    p: QualityPrompt,
+    *,
+    max_tokens: int,
+    seed: int,
+    top_logprobs: int,
+) -> Generation:
+    chat = p.messages is not None
+    url = server.base_url.rstrip("/") + ("/chat/completions" if chat else "/completions")
+    body: dict[str, Any] = {
+        "max_tokens": max_tokens,
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "seed": seed,
+        "stream": False,
+    }
+    if server.model:
+        body["model"] = server.model
+    if chat:
+        body["messages"] = [dict(m) for m in p.messages or ()]
+    else:
+        body["prompt"] = p.prompt
+    if server.logprobs_supported:
+        if chat:
+            body["logprobs"] = True
+            body["top_logprobs"] = top_logprobs
+        else:
+            body["logprobs"] = top_logprobs
+    headers = {"Authorization": f"Bearer {server.api_key}"} if server.api_key else {}
+    try:
+        r = client.post(url, json=body, headers=headers)
+        if r.status_code == 400 and server.logprobs_supported:
+            # Many servers reject logprobs (or top_logprobs > their limit): retry without, once,
+            # and remember, so the report can say the log-prob figures are missing and why.
+            server.logprobs_supported = False
+            server.notes.append(f"logprobs rejected (HTTP 400: {r.text[:120]}); text only")
+            return _generate(
+                client, server, p, max_tokens=max_tokens, seed=seed, top_logprobs=top_logprobs
+            )
+    except httpx.HTTPError as e:
+        raise RemoteSourceError(f"{url}: request failed ({type(e).__name__}: {e})") from e
+    if r.status_code != 200:
+        raise RemoteSourceError(f"{url}: HTTP {r.status_code} for prompt {p.id}: {r.text[:200]}")
+    try:
+        data = r.json()
+        choice = data["choices"][0]
+        if chat:
+            text = choice["message"]["content"] or ""
+            tokens, logprobs, top = _parse_chat_logprobs(choice.get("logprobs"))
+        else:
+            text = choice["text"]
+            tokens, logprobs, top = _parse_completion_logprobs(choice.get("logprobs"))
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+        raise RemoteSourceError(
+            f"{url}: response for prompt {p.id} is not an OpenAI completion ({e!r})"
+        ) from None
+    return Generation(
+        text=str(text),
+        tokens=tokens,
+        logprobs=logprobs,
+        top_logprobs=top,
+        finish_reason=choice.get("finish_reason"),
+    )
+
+
+# --------------------------------------------------------------------------- agreement
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PromptAgreement:
+    """How one prompt's candidate output agrees with the reference's."""
+
+    id: str
+    exact: bool
+    unit: Literal["token", "word"]
+    common_prefix: int
+    compared: int  # common prefix + the first differing position (when there is one)
+    len_a: int
+    len_b: int
+    mean_abs_dlogprob: float | None
+    kl_topk: float | None
+    text_a: str
+    text_b: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "exact": self.exact,
+            "unit": self.unit,
+            "common_prefix": self.common_prefix,
+            "compared": self.compared,
+            "len_a": self.len_a,
+            "len_b": self.len_b,
+            "mean_abs_dlogprob": self.mean_abs_dlogprob,
+            "kl_topk": self.kl_topk,
+            "text_a": self.text_a,
+            "text_b": self.text_b,
+        }
+
+
+def _kl_topk(pa: Mapping[str, float], pb: Mapping[str, float]) -> float | None:
+    shared = [t for t in pa if t in pb]
+    if not shared:
+        return None
+    la = [pa[t] for t in shared]
+    lb = [pb[t] for t in shared]
+    ma, mb = max(la), max(lb)
+    za = math.log(sum(math.exp(x - ma) for x in la)) + ma
+    zb = math.log(sum(math.exp(x - mb) for x in lb)) + mb
+    return max(
+        0.0, sum(math.exp(x - za) * ((x - za) - (y - zb)) for x, y in zip(la, lb, strict=True))
+    )
+
+
+def agreement(pid: str, a: Generation, b: Generation) -> PromptAgreement:
+    """Compare one prompt's reference output ``a`` with candidate output ``b``."""
+    if a.tokens is not None and b.tokens is not None:
+        unit: Literal["token", "word"] = "token"
+        ta, tb = list(a.tokens), list(b.tokens)
+    else:
+        unit = "word"
+        ta, tb = a.text.split(), b.text.split()
+    n = 0
+    while n < len(ta) and n < len(tb) and ta[n] == tb[n]:
+        n += 1
+    diverged = n < max(len(ta), len(tb))
+    compared = n + (1 if diverged else 0)
+    dlp: float | None = None
+    kl: float | None = None
+    if unit == "token" and a.logprobs is not None and b.logprobs is not None:
+        diffs = [
+            abs(x - y)
+            for x, y in zip(a.logprobs[:n], b.logprobs[:n], strict=True)
+            if x is not None and y is not None
+        ]
+        dlp = sum(diffs) / len(diffs) if diffs else None
+        if a.top_logprobs is not None and b.top_logprobs is not None:
+            kls = [
+                k
+                for k in (
+                    _kl_topk(x, y)
+                    for x, y in zip(a.top_logprobs[:n], b.top_logprobs[:n], strict=True)
+                )
+                if k is not None
+            ]
+            kl = sum(kls) / len(kls) if kls else None
+    return PromptAgreement(
+        id=pid,
+        exact=a.text == b.text,
+        unit=unit,
+        common_prefix=n,
+        compared=compared,
+        len_a=len(ta),
+        len_b=len(tb),
+        mean_abs_dlogprob=dlp,
+        kl_topk=kl,
+        text_a=a.text,
+        text_b=b.text,
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgreementSummary:
+    """Aggregate agreement over the prompt set."""
+
+    n_prompts: int
+    exact_match: float
+    top1_agreement: float | None
+    unit: Literal["token", "word", "mixed"]
+    mean_abs_dlogprob: float | None
+    logprob_agreement: float | None
+    kl_topk_mean: float | None
+    mean_common_prefix: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n_prompts": self.n_prompts,
+            "exact_match": self.exact_match,
+            "top1_agreement": self.top1_agreement,
+            "unit": self.unit,
+            "mean_abs_dlogprob": self.mean_abs_dlogprob,
+            "logprob_agreement": self.logprob_agreement,
+            "kl_topk_mean": self.kl_topk_mean,
+            "mean_common_prefix": self.mean_common_prefix,
+        }
+
+
+def summarize_agreement(items: Sequence[PromptAgreement]) -> AgreementSummary:
+    """Exact-match share, pooled top-1 agreement and mean log-prob figures over prompts."""
+    if not items:
+        raise ConfigError("no prompt results to summarise")
+    compared = sum(i.compared for i in items)
+    units = {i.unit for i in items}
+    dlps = [i.mean_abs_dlogprob for i in items if i.mean_abs_dlogprob is not None]
+    kls = [i.kl_topk for i in items if i.kl_topk is not None]
+    dlp = sum(dlps) / len(dlps) if dlps else None
+    return AgreementSummary(
+        n_prompts=len(items),
+        exact_match=sum(i.exact for i in items) / len(items),
+        top1_agreement=sum(i.common_prefix for i in items) / compared if compared else None,
+        unit=units.pop() if len(units) == 1 else "mixed",
+        mean_abs_dlogprob=dlp,
+        logprob_agreement=math.exp(-dlp) if dlp is not None else None,
+        kl_topk_mean=sum(kls) / len(kls) if kls else None,
+        mean_common_prefix=sum(i.common_prefix for i in items) / len(items),
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QualityReport:
+    """Reference vs candidate (and optionally reference vs itself) over one prompt set."""
+
+    reference_url: str
+    candidate_url: str
+    reference_model: str | None
+    candidate_model: str | None
+    prompts_file: str
+    max_tokens: int
+    seed: int
+    summary: AgreementSummary
+    control: AgreementSummary | None
+    prompts: tuple[PromptAgreement, ...]
+    notes: tuple[str, ...]
+    duration_s: float
+
+    def accuracy_block(self) -> dict[str, Any]:
+        """The bench result's ``accuracy`` block (notes/schema.md) for the candidate's runs."""
+        s = self.summary
+        parts = [
+            f"greedy (temperature 0, max_tokens {self.max_tokens}, seed {self.seed}) on "
+            f"{s.n_prompts} prompts from {Path(self.prompts_file).name}",
+            f"top1_agreement = greedy {s.unit} agreement up to first divergence",
+        ]
+        if s.logprob_agreement is not None:
+            parts.append(
+                f"logprob_agreement = exp(-mean|dlogprob|), mean|dlogprob| = "
+                f"{s.mean_abs_dlogprob:.4g} nats"
+            )
+        if s.kl_topk_mean is not None:
+            parts.append("kl_mean = KL(ref||cand) over shared top-k tokens (approximate)")
+        if self.control is not None:
+            parts.append(
+                f"control (reference vs itself): exact {self.control.exact_match:.3f}, "
+                f"top1 {self.control.top1_agreement}"
+            )
+        parts.extend(self.notes)
+        return {
+            "reference": self.reference_url
+            + (f" ({self.reference_model})" if self.reference_model else ""),
+            "kl_mean": s.kl_topk_mean,
+            "top1_agreement": s.top1_agreement,
+            "max_rel_err": None,
+            "exact_match": s.exact_match,
+            "logprob_agreement": s.logprob_agreement,
+            "perplexity": None,
+            "note": "; ".join(parts),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": QUALITY_SCHEMA,
+            "reference": {"url": self.reference_url, "model": self.reference_model},
+            "candidate": {"url": self.candidate_url, "model": self.candidate_model},
+            "prompts_file": self.prompts_file,
+            "decoding": {
+                "temperature": 0.0,
+                "top_p": 1.0,
+                "max_tokens": self.max_tokens,
+                "seed": self.seed,
+            },
+            "summary": self.summary.to_dict(),
+            "control": self.control.to_dict() if self.control else None,
+            "accuracy": self.accuracy_block(),
+            "notes": list(self.notes),
+            "duration_s": self.duration_s,
+            "prompts": [p.to_dict() for p in self.prompts],
+        }
+
+
+def run_quality(
+    prompts_file: str | Path,
+    reference_url: str,
+    candidate_url: str,
+    *,
+    reference_model: str | None = None,
+    candidate_model: str | None = None,
+    api_key: str | None = None,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    seed: int = 0,
+    top_logprobs: int = DEFAULT_TOP_LOGPROBS,
+    control: bool = False,
+    timeout_s: float = 120.0,
+) -> QualityReport:
+    """Send the prompt set to both servers with greedy decoding and measure agreement.
+
+    Model names default to the first one each server lists at ``/v1/models``.
+    """
+    if max_tokens < 1:
+        raise ConfigError(f"max_tokens must be >= 1, got {max_tokens}")
+    if not 0 <= top_logprobs <= 20:
+        raise ConfigError(f"top_logprobs must be in [0, 20] (OpenAI's limit), got {top_logprobs}")
+    for u in (reference_url, candidate_url):
+        if not u.startswith(("http://", "https://")):
+            raise ConfigError(f"server URL must start with http:// or https://, got {u!r}")
+    prompts = load_prompts(prompts_file)
+    t0 = time.perf_counter()
+    ref = _Server(reference_url, reference_model, api_key)
+    cand = _Server(candidate_url, candidate_model, api_key)
+    with httpx.Client(timeout=timeout_s) as client:
+        for srv in (ref, cand):
+            if srv.model is None:
+                srv.model = _discover_model(client, srv)
+        kw: dict[str, Any] = {"max_tokens": max_tokens, "seed": seed, "top_logprobs": top_logprobs}
+        items: list[PromptAgreement] = []
+        ctrl: list[PromptAgreement] = []
+        for p in prompts:
+            a = _generate(client, ref, p, **kw)
+            b = _generate(client, cand, p, **kw)
+            items.append(agreement(p.id, a, b))
+            if control:
+                ctrl.append(agreement(p.id, a, _generate(client, ref, p, **kw)))
+    notes = [f"reference: {n}" for n in ref.notes] + [f"candidate: {n}" for n in cand.notes]
+    return QualityReport(
+        reference_url=reference_url,
+        candidate_url=candidate_url,
+        reference_model=ref.model,
+        candidate_model=cand.model,
+        prompts_file=str(prompts_file),
+        max_tokens=max_tokens,
+        seed=seed,
+        summary=summarize_agreement(items),
+        control=summarize_agreement(ctrl) if control else None,
+        prompts=tuple(items),
+        notes=tuple(notes),
+        duration_s=time.perf_counter() - t0,
+    )
+
+
+def _discover_model(client: httpx.Client, srv: _Server) -> str | None:
+    url = srv.base_url.rstrip("/") + "/models"
+    headers = {"Authorization": f"Bearer {srv.api_key}"} if srv.api_key else {}
+    try:
+        r = client.get(url, headers=headers)
+    except httpx.HTTPError as e:
+        raise RemoteSourceError(f"{url}: server unreachable ({type(e).__name__}: {e})") from e
+    if r.status_code != 200:
+        srv.notes.append(f"/models answered HTTP {r.status_code}; no model name sent")
+        return None
+    try:
+        data = r.json()["data"]
+        return str(data[0]["id"]) if data else None
+    except (ValueError, KeyError, IndexError, TypeError):
+        srv.notes.append("/models answer not understood; no model name sent")
+        return None
+
+
+def write_quality_report(report: QualityReport, path: str | Path) -> Path:
+    """Write the report JSON atomically (``.tmp`` then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def attach_accuracy(result_path: str | Path, accuracy: Mapping[str, Any]) -> Path:
+    """Set a bench result's ``accuracy`` block (validated, rewritten atomically)."""
+    doc: Any = load_result(result_path)
+    doc["accuracy"] = dict(accuracy)
+    return write_result(result_path, doc)
+
+
+__all__ = [
+    "QUALITY_SCHEMA",
+    "AgreementSummary",
+    "Generation",
+    "PromptAgreement",
+    "QualityPrompt",
+    "QualityReport",
+    "agreement",
+    "attach_accuracy",
+    "load_prompts",
+    "run_quality",
+    "summarize_agreement",
+    "write_quality_report",
+]

@@ -1,0 +1,257 @@
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from perwatt.bench import quality as q
+from perwatt.bench.result import load_result
+from perwatt.errors import DataFormatError, RemoteSourceError
+
+DATA = Path(__file__).parent / "data"
+VOCAB = ["the", " cat", " sat", " on", " a", " mat", ".", " It", " was", " warm"]
+
+
+class ToyLM:
+    """A deterministic 'model': token i of a prompt's answer is a hash of (prompt, i)."""
+
+    def __init__(
+        self,
+        *,
+        diverge_at: dict[str, int] | None = None,
+        logprob_shift: float = 0.0,
+        logprobs: bool = True,
+        flaky: bool = False,
+    ) -> None:
+        self.diverge_at = diverge_at or {}
+        self.logprob_shift = logprob_shift
+        self.logprobs = logprobs
+        self.flaky = flaky
+        self.calls = 0
+        self.requests: list[dict[str, Any]] = []
+
+    def tokens(self, prompt: str, n: int) -> list[str]:
+        out = []
+        for i in range(n):
+            h = int(hashlib.sha256(f"{prompt}|{i}".encode()).hexdigest(), 16)
+            tok = VOCAB[h % len(VOCAB)]
+            d = self.diverge_at.get(prompt)
+            if d is not None and i >= d:
+                tok = VOCAB[(h + 1) % len(VOCAB)]  # a different answer from position d on
+            if self.flaky and self.calls % 2 == 0 and i == n - 1:
+                tok = VOCAB[(h + 3) % len(VOCAB)]  # nondeterministic last token
+            out.append(tok)
+        return out
+
+    def answer(self, body: dict[str, Any], chat: bool) -> dict[str, Any]:
+        self.calls += 1
+        self.requests.append(body)
+        prompt = body["messages"][-1]["content"] if chat else body["prompt"]
+        toks = self.tokens(prompt, int(body["max_tokens"]))
+        lps = [-0.05 - 0.01 * i + self.logprob_shift for i in range(len(toks))]
+        tops = [
+            {t: lp, "<alt1>": lp - 2.0 - self.logprob_shift, "<alt2>": lp - 3.0}
+            for t, lp in zip(toks, lps, strict=True)
+        ]
+        text = "".join(toks)
+        want_lp = body.get("logprobs") not in (None, False, 0)
+        if chat:
+            choice: dict[str, Any] = {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": "length",
+                "logprobs": None,
+            }
+            if want_lp:
+                choice["logprobs"] = {
+                    "content": [
+                        {
+                            "token": t,
+                            "logprob": lp,
+                            "top_logprobs": [{"token": k, "logprob": v} for k, v in top.items()],
+                        }
+                        for t, lp, top in zip(toks, lps, tops, strict=True)
+                    ]
+                }
+        else:
+            choice = {"index": 0, "text": text, "finish_reason": "length", "logprobs": None}
+            if want_lp:
+                choice["logprobs"] = {"tokens": toks, "token_logprobs": lps, "top_logprobs": tops}
+        return {"id": "x", "object": "text_completion", "model": "toy", "choices": [choice]}
+
+
+def _serve(lm: ToyLM) -> tuple[ThreadingHTTPServer, str]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _send(self, status: int, obj: Any) -> None:
+            data = json.dumps(obj).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            if self.path == "/v1/models":
+                self._send(200, {"object": "list", "data": [{"id": "toy-model"}]})
+            else:
+                self._send(404, {"error": "not found"})
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if self.path not in ("/v1/completions", "/v1/chat/completions"):
+                self._send(404, {"error": "not found"})
+                return
+            if not lm.logprobs and body.get("logprobs") not in (None, False):
+                self._send(400, {"error": {"message": "logprobs not supported"}})
+                return
+            self._send(200, lm.answer(body, self.path.endswith("chat/completions")))
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+    return srv, f"http://127.0.0.1:{srv.server_address[1]}/v1"
+
+
+@pytest.fixture
+def servers() -> Iterator[tuple[ToyLM, str, ToyLM, str]]:
+    ref = ToyLM()
+    cand = ToyLM(diverge_at={"Name a colour.": 3}, logprob_shift=-0.02)
+    s1, u1 = _serve(ref)
+    s2, u2 = _serve(cand)
+    yield ref, u1, cand, u2
+    for s in (s1, s2):
+        s.shutdown()
+        s.server_close()
+
+
+def _prompts(tmp: Path) -> Path:
+    p = tmp / "prompts.jsonl"
+    lines = [
+        json.dumps({"id": "a", "prompt": "Say hello."}),
+        "# a comment",
+        "",
+        json.dumps({"id": "b", "prompt": "Name a colour."}),
+        json.dumps({"id": "c", "messages": [{"role": "user", "content": "Count to three."}]}),
+        json.dumps("Plain string prompt."),
+    ]
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+def test_agreement_between_two_servers(
+    servers: tuple[ToyLM, str, ToyLM, str], tmp_path: Path
+) -> None:
+    ref, u1, cand, u2 = servers
+    rep = q.run_quality(_prompts(tmp_path), u1, u2, max_tokens=8, seed=3, control=True)
+    s = rep.summary
+    assert s.n_prompts == 4
+    assert s.exact_match == pytest.approx(3 / 4)
+    # Prompt b diverges at token 3: 3 common + 1 differing position; the others agree on all 8.
+    by_id = {p.id: p for p in rep.prompts}
+    assert by_id["b"].common_prefix == 3 and by_id["b"].compared == 4 and not by_id["b"].exact
+    assert s.top1_agreement == pytest.approx((8 * 3 + 3) / (8 * 3 + 4))
+    assert s.unit == "token"
+    assert s.mean_abs_dlogprob == pytest.approx(0.02)
+    assert s.logprob_agreement == pytest.approx(math.exp(-0.02))
+    assert s.kl_topk_mean is not None and s.kl_topk_mean > 0
+    assert rep.control is not None and rep.control.exact_match == 1.0
+    assert rep.control.mean_abs_dlogprob == 0.0
+    # Greedy, seeded, fixed length, logprobs asked; chat used for the messages prompt.
+    for body in ref.requests + cand.requests:
+        assert body["temperature"] == 0.0 and body["max_tokens"] == 8 and body["seed"] == 3
+        assert body["model"] == "toy-model"
+        assert body["logprobs"] in (True, 5)
+    assert sum("messages" in b for b in cand.requests) == 1
+    block = rep.accuracy_block()
+    assert block["exact_match"] == 0.75 and block["max_rel_err"] is None
+    assert "greedy" in block["note"] and "control" in block["note"]
+    json.dumps(rep.to_dict(), allow_nan=False)
+
+
+def test_server_without_logprobs_falls_back_to_words(tmp_path: Path) -> None:
+    ref = ToyLM()
+    cand = ToyLM(logprobs=False, diverge_at={"Say hello.": 0})
+    s1, u1 = _serve(ref)
+    s2, u2 = _serve(cand)
+    try:
+        rep = q.run_quality(_prompts(tmp_path), u1, u2, max_tokens=6)
+    finally:
+        for s in (s1, s2):
+            s.shutdown()
+            s.server_close()
+    assert rep.summary.unit == "word"
+    assert rep.summary.mean_abs_dlogprob is None and rep.summary.logprob_agreement is None
+    assert any("logprobs rejected" in n for n in rep.notes)
+    assert rep.summary.exact_match == pytest.approx(3 / 4)
+    assert {p.id: p.exact for p in rep.prompts}["a"] is False
+
+
+def test_control_reveals_a_nondeterministic_reference(tmp_path: Path) -> None:
+    ref = ToyLM(flaky=True)  # its last token changes from one call to the next
+    s1, u1 = _serve(ref)
+    s2, u2 = _serve(ToyLM())
+    try:
+        rep = q.run_quality(_prompts(tmp_path), u1, u2, max_tokens=4, control=True)
+    finally:
+        for s in (s1, s2):
+            s.shutdown()
+            s.server_close()
+    assert rep.control is not None and rep.control.exact_match == 0.0
+    assert rep.control.top1_agreement == pytest.approx(3 / 4)
+
+
+def test_attach_accuracy_and_write(servers: tuple[ToyLM, str, ToyLM, str], tmp_path: Path) -> None:
+    _, u1, _, u2 = servers
+    rep = q.run_quality(_prompts(tmp_path), u1, u2, max_tokens=4)
+    out = q.write_quality_report(rep, tmp_path / "q.json")
+    assert json.loads(out.read_text())["schema"] == q.QUALITY_SCHEMA
+    run = tmp_path / "fp8_c4.json"
+    shutil.copy(DATA / "fp8_c4.json", run)
+    q.attach_accuracy(run, rep.accuracy_block())
+    acc = load_result(run)["accuracy"]
+    assert acc is not None and acc["exact_match"] == rep.summary.exact_match
+    assert acc["reference"].startswith(u1)
+
+
+def test_unreachable_server_is_a_clean_error(tmp_path: Path) -> None:
+    with pytest.raises(RemoteSourceError, match="unreachable"):
+        q.run_quality(_prompts(tmp_path), "http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1")
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("{bad json\n", r"prompts.jsonl:1: not valid JSON"),
+        ('{"id": 1, "prompt": "a"}\n{"id": 1, "prompt": "b"}\n', "duplicate id"),
+        ('{"prompt": 3}\n', "'prompt' must be a string"),
+        ('{"messages": [{"content": "x"}]}\n', "'messages' must be"),
+        ('{"prompt": "a", "messages": [{"role": "user", "content": "x"}]}\n', "exactly one"),
+        ("# only a comment\n", "no prompts"),
+        ("[1, 2]\n", "expected an object"),
+    ],
+)
+def test_bad_prompt_files(tmp_path: Path, text: str, match: str) -> None:
+    p = tmp_path / "prompts.jsonl"
+    p.write_text(text)
+    with pytest.raises(DataFormatError, match=match):
+        q.load_prompts(p)
+
+
+def test_agreement_unit_logic() -> None:
+    a = q.Generation(text="a b c", tokens=("a", " b", " c"), logprobs=(-0.1, -0.2, -0.3))
+    b = q.Generation(text="a b", tokens=("a", " b"), logprobs=(-0.1, -0.4))
+    r = q.agreement("x", a, b)
+    assert r.common_prefix == 2 and r.compared == 3 and not r.exact
+    assert r.mean_abs_dlogprob == pytest.approx(0.1)
+    same = q.agreement("y", a, a)
+    assert same.exact and same.compared == 3 and same.common_prefix == 3
