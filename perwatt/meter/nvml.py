@@ -304,7 +304,7 @@ class NVMLGPU:
         self.physical_index = physical_index
         self.label = f"gpu{index}"
         self._has_counter: bool | None = None
-        self._power_field: bool | None = None
+        self._power_method: str | None = None
 
     def _call(self, what: str, fn: str, *args: Any) -> Any:
         return _call(self.nvml, what, self.label, fn, self.handle, *args)
@@ -348,10 +348,24 @@ class NVMLGPU:
 
     @property
     def power_method(self) -> str:
-        """``field-instant`` (NVML_FI_DEV_POWER_INSTANT) or ``power-usage``, probed once."""
-        if self._power_field is None:
-            self._power_field = self._instant_field_mw() is not None
-        return "field-instant" if self._power_field else "power-usage"
+        """How instant power is read, probed once: ``field-instant`` (NVML_FI_DEV_POWER_INSTANT),
+        ``power-usage`` (nvmlDeviceGetPowerUsage) or ``none`` (the GPU reports no power)."""
+        if self._power_method is None:
+            try:
+                field_ok = self._instant_field_mw() is not None
+            except (DeviceLostError, NoPermissionError):
+                raise
+            except DeviceError:  # e.g. a driver that rejects the field id outright
+                field_ok = False
+            if field_ok:
+                self._power_method = "field-instant"
+            else:
+                try:
+                    self._call("reading power", "nvmlDeviceGetPowerUsage")
+                    self._power_method = "power-usage"
+                except NotSupportedError:
+                    self._power_method = "none"
+        return self._power_method
 
     def _instant_field_mw(self) -> int | None:
         fid = getattr(self.nvml, "NVML_FI_DEV_POWER_INSTANT", None)
@@ -373,10 +387,13 @@ class NVMLGPU:
 
     def power_w(self) -> float:
         """Instant power in watts (the field where supported, else nvmlDeviceGetPowerUsage)."""
-        if self.power_method == "field-instant":
+        method = self.power_method
+        if method == "field-instant":
             mw = self._instant_field_mw()
             if mw is not None:
                 return mw / 1000.0
+        elif method == "none":
+            raise NotSupportedError(f"{self.label}: this GPU reports no instant power")
         return int(self._call("reading power", "nvmlDeviceGetPowerUsage")) / 1000.0
 
     # ----------------------------------------------------------------- limits and clocks
@@ -669,8 +686,15 @@ class NVMLSource(PowerSource):
             self._counter_gpus = tuple(
                 g for g in self.gpus if counters[g.label] and use_counter is not False
             )
-            for g in self.gpus:  # probe the power method now, not inside the first window
-                _ = g.power_method
+            # Probe the power method now, not inside the first window.
+            self._power_gpus = tuple(g for g in self.gpus if g.power_method != "none")
+            blind = [g.label for g in self.gpus if g.power_method == "none"]
+            blind = [d for d in blind if d not in {g.label for g in self._counter_gpus}]
+            if blind:
+                raise NotSupportedError(
+                    f"{', '.join(blind)}: NVML reports neither an energy counter nor power for "
+                    "this GPU; exclude it (--source nvml:INDICES) or meter it via dcgm"
+                )
         except BaseException:
             self.session.close()
             raise
@@ -698,8 +722,10 @@ class NVMLSource(PowerSource):
             return None
         return {g.label: g.energy_j() for g in self._counter_gpus}
 
-    def read_power_w(self) -> Mapping[str, float]:
-        return {g.label: g.power_w() for g in self.gpus}
+    def read_power_w(self) -> Mapping[str, float] | None:
+        if not self._power_gpus:
+            return None  # counter only: the meter derives power from successive readings
+        return {g.label: g.power_w() for g in self._power_gpus}
 
     def describe(self) -> str:
         parts = []

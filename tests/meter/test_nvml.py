@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 
 import pynvml
 import pytest
@@ -440,3 +441,60 @@ def test_set_power_limit_bounds_and_units() -> None:
         gpu.set_power_limit_w(gpu.default_power_limit_w())
     assert [c.value for c in fake.changes] == [450_500, 700_000]
     assert fake.state_restored()
+
+
+def test_driver_rejecting_the_power_field_falls_back_to_power_usage() -> None:
+    fake, _ = fake_gpus("H100")
+    fake.fail("nvmlDeviceGetFieldValues", fake.NVML_ERROR_INVALID_ARGUMENT)
+    src = NVMLSource(nvml=fake)
+    assert src.gpus[0].power_method == "power-usage"
+    assert src.read_power_w() == {"gpu0": pytest.approx(70.0)}
+    src.close()
+
+
+def test_counter_gpu_without_power_readings_still_meters() -> None:
+    fake, clock = fake_gpus("H100")
+    fake.fail("nvmlDeviceGetFieldValues", fake.NVML_ERROR_NOT_SUPPORTED)
+    fake.fail("nvmlDeviceGetPowerUsage", fake.NVML_ERROR_NOT_SUPPORTED)
+    src = NVMLSource(nvml=fake)
+    assert src.gpus[0].power_method == "none" and src.read_power_w() is None
+    meter = meter_on(src, clock)
+    meter.begin("w")
+    clock.advance(1.0)
+    meter.sample_now()
+    m = meter.end("w")
+    assert m.energy_j["gpu0"] == pytest.approx(70.0, abs=1e-3)
+    meter.close()
+
+
+def test_gpu_with_neither_counter_nor_power_is_refused() -> None:
+    fake, _ = fake_gpus("P100")
+    fake.fail("nvmlDeviceGetPowerUsage", fake.NVML_ERROR_NOT_SUPPORTED)
+    with pytest.raises(NotSupportedError, match="neither an energy counter nor power"):
+        NVMLSource(nvml=fake)
+    assert fake.init_count == 0
+
+
+@pytest.mark.gpu
+def test_real_h100_counter_agrees_with_integrated_power() -> None:
+    """On a GPU host: 10 s of bf16 matmuls, counter vs integrated instant power within 3%."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs an NVIDIA GPU with CUDA")
+    counter = NVMLSource([0])
+    integral = NVMLSource([0], use_counter=False)
+    meter_c = Meter(counter, sample_interval_s=0.05)
+    meter_i = Meter(integral, sample_interval_s=0.05)
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    with meter_c, meter_i:
+        meter_c.begin("load")
+        meter_i.begin("load")
+        t_end = time.monotonic() + 10.0
+        while time.monotonic() < t_end:
+            for _ in range(10):
+                a = (a @ a).clamp_(-1, 1)
+            torch.cuda.synchronize()
+        mi = meter_i.end("load")
+        mc = meter_c.end("load")
+    assert mc.sources["gpu0"] == "nvml-counter" and mi.sources["gpu0"] == "nvml-power-integral"
+    assert mi.energy_j["gpu0"] == pytest.approx(mc.energy_j["gpu0"], rel=0.03)
