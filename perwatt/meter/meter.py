@@ -468,7 +468,9 @@ class Meter:
         )
 
     # ------------------------------------------------------------------ idle
-    def idle_baseline(self, seconds: float, *, sleep: Callable[[float], None] = time.sleep) -> IdleBaseline:
+    def idle_baseline(
+        self, seconds: float, *, sleep: Callable[[float], None] = time.sleep
+    ) -> IdleBaseline:
         """Measure idle power for ``seconds`` (do nothing else meanwhile) and remember it.
 
         Subsequent measurements report ``idle_power_w``; they subtract it only when the meter was

@@ -13,7 +13,9 @@ energy is the trapezoid integral unless the trace carries its own counter. Figur
 
 from __future__ import annotations
 
+import bisect
 import csv
+import itertools
 import json
 import math
 import threading
@@ -34,6 +36,21 @@ class DeviceTrace:
     times_s: tuple[float, ...]
     power_w: tuple[float, ...]
     energy_j: tuple[float, ...]  # cumulative, from the trace's counter or the trapezoid rule
+    has_counter: bool = False  # energy_j came from the file, not from integrating power_w
+
+    def energy_at_j(self, t: float) -> float:
+        """Cumulative energy at ``t`` (held outside the trace).
+
+        A recorded counter is interpolated linearly. Without one, power is linear between
+        readings, so the energy inside a segment is that segment's partial trapezoid; a linear
+        interpolation of the integrated counter would disagree with :meth:`ReplaySource.read_power_w`.
+        """
+        ts = self.times_s
+        if self.has_counter or t <= ts[0] or t >= ts[-1]:
+            return interpolate(ts, self.energy_j, t)
+        i = bisect.bisect_right(ts, t) - 1
+        p_t = interpolate(ts, self.power_w, t)
+        return self.energy_j[i] + 0.5 * (self.power_w[i] + p_t) * (t - ts[i])
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +70,7 @@ class PowerTrace:
     def energy_between_j(self, start_s: float, end_s: float) -> dict[str, float]:
         """Energy per device over ``[start_s, end_s]`` on the trace clock."""
         return {
-            dev: interpolate(d.times_s, d.energy_j, end_s) - interpolate(d.times_s, d.energy_j, start_s)
-            for dev, d in self.devices.items()
+            dev: d.energy_at_j(end_s) - d.energy_at_j(start_s) for dev, d in self.devices.items()
         }
 
 
@@ -127,7 +143,7 @@ def load_trace(path: str | Path) -> PowerTrace:
         has_counter = all(r[2] is not None for r in rows)
         if has_counter:
             es = [float(r[2]) for r in rows]  # type: ignore[arg-type]
-            if any(b < a for a, b in zip(es, es[1:], strict=False)):
+            if any(b < a for a, b in itertools.pairwise(es)):
                 raise DataFormatError(f"{path}: energy_j of {dev!r} decreases")
             es = [x - es[0] for x in es]
             ps = [r[1] for r in rows]
@@ -141,7 +157,7 @@ def load_trace(path: str | Path) -> PowerTrace:
                 raise DataFormatError(f"{path}: {dev!r} mixes rows with and without power_w")
             ps = [r[1] for r in rows]
             es = cumulative_trapezoid(ts, ps)
-        devices[dev] = DeviceTrace(tuple(ts), tuple(ps), tuple(es))
+        devices[dev] = DeviceTrace(tuple(ts), tuple(ps), tuple(es), has_counter)
     return PowerTrace(devices)
 
 
@@ -188,7 +204,7 @@ class ReplaySource(PowerSource):
 
     def read_energy_j(self) -> Mapping[str, float]:
         t = self.trace_time_s()
-        return {dev: interpolate(d.times_s, d.energy_j, t) for dev, d in self.trace.devices.items()}
+        return {dev: d.energy_at_j(t) for dev, d in self.trace.devices.items()}
 
     def read_power_w(self) -> Mapping[str, float]:
         t = self.trace_time_s()
