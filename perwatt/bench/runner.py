@@ -684,3 +684,115 @@ def parse_int_list(text: str, flag: str) -> tuple[int, ...]:
             raise ConfigError(f"{flag} {part!r} must be >= 1")
         out.append(v)
     return tuple(out)
+
+
+# --------------------------------------------------------------------------- summary
+def _ms(pct: Mapping[str, Any], key: str) -> str:
+    v = pct.get(key)
+    return "-" if v is None else f"{v:.1f}"
+
+
+def summary_table(paths: Sequence[Path]) -> Any:
+    """A rich Table, one column per result file: throughput, latency percentiles, J/token.
+
+    J per output token is always shown with its source label (``simulated``, ``nvml-counter``…)
+    and basis (steady state or whole run), so a simulated figure cannot pass for a measurement.
+    Metrics are rows so that a sweep stays readable in 80 columns.
+    """
+    from rich.table import Table
+
+    from perwatt.bench.result import load_result
+
+    docs = [(p, load_result(p)) for p in paths]
+    t = Table(title="perwatt bench", title_justify="left")
+    t.add_column("", justify="left", no_wrap=True)
+    for _, d in docs:
+        load = d["load"]
+        head = f"{load['kind']} {load['value']:g}"
+        t.add_column(head, justify="right", no_wrap=True)
+
+    def row(name: str, values: list[str]) -> None:
+        t.add_row(name, *values)
+
+    def pct(key: str) -> list[str]:
+        out = []
+        for _, d in docs:
+            m: Any = d["metrics"][key]  # type: ignore[literal-required]
+            out.append(f"{_ms(m, 'p50')} / {_ms(m, 'p90')} / {_ms(m, 'p99')}")
+        return out
+
+    row("status", [d["status"] for _, d in docs])
+    row(
+        "completed / failed",
+        [f"{d['metrics']['completed']} / {d['metrics']['failed']}" for _, d in docs],
+    )
+    row("requests/s", [f"{d['metrics']['request_throughput_rps']:.2f}" for _, d in docs])
+    row("output tok/s", [f"{d['metrics']['output_throughput_tok_s']:.1f}" for _, d in docs])
+    row(
+        "output tokens (counted by)",
+        [
+            f"{d['metrics']['total_output_tokens']} ({d['metrics']['token_count_source']})"
+            for _, d in docs
+        ],
+    )
+    row("TTFT p50/p90/p99 ms", pct("ttft_ms"))
+    row("ITL p50/p90/p99 ms", pct("itl_ms"))
+    row("TPOT p50/p90/p99 ms", pct("tpot_ms"))
+    row("E2EL p50/p90/p99 ms", pct("e2el_ms"))
+    if any(d["metrics"]["goodput_rps"] is not None for _, d in docs):
+        row(
+            "goodput req/s (SLO met)",
+            ["-" if (g := d["metrics"]["goodput_rps"]) is None else f"{g:.2f}" for _, d in docs],
+        )
+    jpt, src, tpj, watts, usd = [], [], [], [], []
+    for _, d in docs:
+        e = d["energy"]
+        econ = d["economics"]
+        if e is None or e["j_per_output_token"] is None:
+            jpt.append("-")
+            src.append("-" if e is None else e["source"])
+            tpj.append("-")
+            watts.append("-")
+        else:
+            basis = "steady state" if e["basis"] == "steady_state" else "whole run"
+            jpt.append(f"{e['j_per_output_token']:.4g}")
+            src.append(f"{e['source']}, {basis}")
+            tpj.append(f"{e['output_tokens_per_j']:.4g}" if e["output_tokens_per_j"] else "-")
+            watts.append(f"{e['avg_power_w']:.1f}")
+        u = econ["usd_per_million_output_tokens"] if econ else None
+        usd.append("-" if u is None else f"{u:.4g}")
+    row("J / output token", jpt)
+    row("  energy source, basis", src)
+    row("output tokens / J", tpj)
+    row("avg power W", watts)
+    row("$ / M output tokens", usd)
+    return t
+
+
+def summary_notes(paths: Sequence[Path]) -> list[str]:
+    """One line per noteworthy fact: errors by kind, token counting, why a run is partial."""
+    from perwatt.bench.result import load_result
+
+    lines: list[str] = []
+    for p in paths:
+        d = load_result(p)
+        m = d["metrics"]
+        if d["partial_reason"]:
+            lines.append(f"{p.name}: {d['status']}: {d['partial_reason']}")
+        if m["errors"]:
+            kinds = ", ".join(f"{k} x{n}" for k, n in m["errors"].items())
+            lines.append(f"{p.name}: errors: {kinds}")
+        if m["token_count_source"] != "usage" and m["completed"]:
+            lines.append(
+                f"{p.name}: output tokens counted from stream chunks (the server sent no usage); "
+                "exact only for servers that send one token per chunk"
+            )
+        econ = d["economics"]
+        if econ is not None:
+            line = (
+                f"$ per M output tokens at {econ['price_per_kwh']:g} USD/kWh, PUE {econ['pue']:g}: "
+                f"{econ['note']}"
+            )
+            if line not in lines:
+                lines.append(line)
+    return lines

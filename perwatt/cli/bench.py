@@ -1,0 +1,247 @@
+"""``perwatt bench``: argument parsing only; the work is in perwatt.bench.runner (server) and
+perwatt.engine.bench (the built-in engine)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from perwatt.economics import DEFAULT_PRICE_PER_KWH_USD
+    from perwatt.meter.detect import SPEC_HELP
+
+    p = subparsers.add_parser(
+        "bench",
+        help="tokens per joule of an OpenAI-compatible server (or the built-in engine)",
+        description="Drive an OpenAI-compatible inference server (vLLM, SGLang, TensorRT-LLM, "
+        "TGI, llama.cpp…) with a workload at one or more load levels while metering energy; "
+        "write one result JSON (+ per-request CSV) per level with latency percentiles, "
+        "J per output token (with its source), tokens per joule and energy cost. Flags follow "
+        "`vllm bench serve`.",
+    )
+    p.add_argument("--engine", choices=("server", "builtin"), default="server")
+    g = p.add_argument_group("server")
+    g.add_argument("--url", help="server base URL including /v1, e.g. http://127.0.0.1:8000/v1")
+    g.add_argument(
+        "--endpoint",
+        default="completions",
+        help="completions | chat (or /v1/completions, /v1/chat/completions); default completions",
+    )
+    g.add_argument(
+        "--model",
+        help="server: model name (default: the first from /v1/models); "
+        "builtin: a model shape name or a checkpoint directory",
+    )
+    g.add_argument(
+        "--api-key",
+        default=os.environ.get("OPENAI_API_KEY"),
+        help="sent as 'Authorization: Bearer KEY' (default: $OPENAI_API_KEY)",
+    )
+    g.add_argument("--no-stream", action="store_true", help="non-streaming requests (no TTFT/ITL)")
+    g.add_argument("--timeout", type=float, default=600.0, help="per-request timeout, s")
+    g.add_argument("--extra-body", metavar="JSON", help="extra JSON fields for every request")
+    w = p.add_argument_group("workload")
+    w.add_argument("--num-prompts", type=int, default=100)
+    w.add_argument(
+        "--input-len", type=int, default=None, help="prompt tokens, approximate (default 1024)"
+    )
+    w.add_argument("--output-len", type=int, default=None, help="output tokens (default 128)")
+    w.add_argument(
+        "--input-dist",
+        default="fixed",
+        help="input length distribution: fixed, uniform:R, normal:CV, lognormal:SIGMA",
+    )
+    w.add_argument("--output-dist", default="fixed", help="output length distribution (as above)")
+    w.add_argument(
+        "--dataset", type=Path, help="ShareGPT JSON or JSONL ({prompt, output_len}) prompt file"
+    )
+    w.add_argument("--dataset-format", choices=("auto", "sharegpt", "jsonl"), default="auto")
+    w.add_argument(
+        "--no-ignore-eos",
+        action="store_true",
+        help="let the model stop at EOS (default: ask for exactly the output length with "
+        "ignore_eos/min_tokens)",
+    )
+    w.add_argument("--seed", type=int, default=0)
+    lg = p.add_argument_group("load")
+    lg.add_argument(
+        "--request-rate",
+        default="inf",
+        help="requests/s, or a sweep '1,2,4' (one result per level); inf = all at once",
+    )
+    lg.add_argument(
+        "--burstiness", type=float, default=1.0, help="gamma shape of arrivals (1 = Poisson)"
+    )
+    lg.add_argument(
+        "--max-concurrency", default=None, help="cap on requests in flight, or a sweep '1,4,16'"
+    )
+    lg.add_argument(
+        "--goodput",
+        nargs="+",
+        metavar="KEY:MS",
+        help="SLOs for goodput, e.g. --goodput ttft:200 tpot:50 e2el:5000",
+    )
+    e = p.add_argument_group("energy and cost")
+    e.add_argument(
+        "--energy-source",
+        default="auto",
+        metavar="SPEC",
+        help=f"power source: {SPEC_HELP}; use dcgm:URL or prometheus:URL (or "
+        "PERWATT_DCGM_URL with auto) when the server's GPUs are on another machine",
+    )
+    e.add_argument(
+        "--idle-seconds", type=float, default=0.0, help="measure idle power first (idle share)"
+    )
+    e.add_argument("--subtract-idle", action="store_true", help="subtract idle power from energy")
+    e.add_argument("--num-gpus", type=int, default=1, help="GPUs serving (per-GPU throughput)")
+    e.add_argument(
+        "--price-per-kwh",
+        type=float,
+        default=DEFAULT_PRICE_PER_KWH_USD,
+        help=f"electricity price, USD/kWh (default {DEFAULT_PRICE_PER_KWH_USD}: US industrial "
+        "average 2023, EIA)",
+    )
+    e.add_argument(
+        "--pue", type=float, default=1.0, help="facility PUE (default 1.0 = GPU energy only)"
+    )
+    o = p.add_argument_group("output")
+    o.add_argument("--result-dir", type=Path, default=Path("bench-results"))
+    o.add_argument("--label", help="name for the results (default: model name)")
+    o.add_argument("--quiet", action="store_true", help="no progress bar")
+    o.add_argument("--json", action="store_true", help="print the result file paths as JSON")
+    b = p.add_argument_group("builtin engine (--engine builtin)")
+    b.add_argument("--precision", default="bf16", help="bf16,fp8,int8,int4 (comma list)")
+    b.add_argument("--batch", default="1", help="batch sizes, e.g. 1,8,64")
+    b.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.set_defaults(func=run_bench)
+
+
+def _endpoint(text: str) -> str:
+    from perwatt.errors import ConfigError
+
+    t = text.strip().lower().rstrip("/")
+    if t in ("completions", "/v1/completions", "openai"):
+        return "completions"
+    if t in ("chat", "chat/completions", "/v1/chat/completions", "openai-chat"):
+        return "chat"
+    raise ConfigError(f"--endpoint {text!r}: use completions or chat")
+
+
+def _builtin(args: argparse.Namespace) -> list[Path]:
+    from perwatt.errors import ConfigError
+
+    if not args.model:
+        raise ConfigError("--engine builtin needs --model SHAPE_OR_DIR")
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise ConfigError("--engine builtin needs PyTorch: pip install 'perwatt[engine]'") from None
+    from perwatt.bench.runner import parse_int_list
+    from perwatt.engine.bench import run_builtin_bench
+
+    kwargs: dict[str, Any] = {}
+    if args.input_len is not None:
+        kwargs["input_len"] = args.input_len
+    if args.output_len is not None:
+        kwargs["output_len"] = args.output_len
+    return list(
+        run_builtin_bench(
+            model=args.model,
+            precisions=[s.strip() for s in args.precision.split(",") if s.strip()],
+            batches=list(parse_int_list(args.batch, "--batch")),
+            result_dir=args.result_dir,
+            energy_source=args.energy_source,
+            device=args.device,
+            seed=args.seed,
+            price_per_kwh=args.price_per_kwh,
+            pue=args.pue,
+            num_gpus=args.num_gpus,
+            label=args.label,
+            **kwargs,
+        )
+    )
+
+
+def _server(args: argparse.Namespace) -> list[Path]:
+    from perwatt.bench.metrics import parse_goodput
+    from perwatt.bench.runner import (
+        ServerBenchConfig,
+        parse_int_list,
+        parse_rate_list,
+        run_server_bench,
+    )
+    from perwatt.errors import ConfigError
+
+    if not args.url:
+        raise ConfigError("--url is required, e.g. --url http://127.0.0.1:8000/v1")
+    extra = None
+    if args.extra_body:
+        try:
+            extra = json.loads(args.extra_body)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--extra-body is not JSON: {e.msg}") from None
+        if not isinstance(extra, dict):
+            raise ConfigError("--extra-body must be a JSON object")
+    conc: tuple[int | None, ...] = (
+        parse_int_list(args.max_concurrency, "--max-concurrency")
+        if args.max_concurrency
+        else (None,)
+    )
+    config = ServerBenchConfig(
+        url=args.url,
+        endpoint=_endpoint(args.endpoint),  # type: ignore[arg-type]
+        model=args.model,
+        api_key=args.api_key,
+        stream=not args.no_stream,
+        dataset=args.dataset,
+        dataset_format=args.dataset_format,
+        num_prompts=args.num_prompts,
+        input_len=1024 if args.input_len is None else args.input_len,
+        output_len=(128 if args.dataset is None else None)
+        if args.output_len is None
+        else args.output_len,
+        input_dist=args.input_dist,
+        output_dist=args.output_dist,
+        ignore_eos=not args.no_ignore_eos,
+        request_rates=parse_rate_list(args.request_rate),
+        burstiness=args.burstiness,
+        max_concurrencies=conc,
+        goodput=parse_goodput(args.goodput),
+        result_dir=args.result_dir,
+        label=args.label,
+        seed=args.seed,
+        energy_source=args.energy_source,
+        idle_seconds=args.idle_seconds,
+        subtract_idle=args.subtract_idle,
+        num_gpus=args.num_gpus,
+        price_per_kwh=args.price_per_kwh,
+        pue=args.pue,
+        timeout_s=args.timeout,
+        extra_body=extra,
+        progress=not args.quiet and sys.stderr.isatty(),
+        log=(lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr)),
+    )
+    return run_server_bench(config)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from perwatt.bench.result import load_result
+    from perwatt.bench.runner import summary_notes, summary_table
+
+    paths = _builtin(args) if args.engine == "builtin" else _server(args)
+    if args.json:
+        print(json.dumps([str(p) for p in paths]))
+    else:
+        from rich.console import Console
+
+        console = Console()
+        console.print(summary_table(paths))
+        for line in summary_notes(paths):
+            console.print(line, highlight=False, markup=False)
+    statuses = [load_result(p)["status"] for p in paths]
+    return 1 if any(s in ("failed", "partial") for s in statuses) else 0
