@@ -602,7 +602,7 @@ class NVMLSession:
             visible = resolve_visible_devices(env, uuids)
         if not visible:
             why = "CUDA_VISIBLE_DEVICES hides every GPU" if env is not None else "NVML found no GPU"
-            raise SourceUnavailableError(f"nvml: {why}")
+            raise SourceUnavailableError(why)
         if indices is None:
             chosen = list(range(len(visible)))
         else:

@@ -224,13 +224,13 @@ def watch_power(
         raise ConfigError(f"--count must be at least 1, got {count}")
     console = Console(file=out or sys.stdout)
     use_live = console.is_terminal if live is None else live
-    labels = {d: src.power_label for src in meter.sources for d in src.devices}
+    owner = {d: src for src in meter.sources for d in src.devices}
     energy = dict.fromkeys(meter.devices, 0.0)
     fake = any(bool(getattr(s, "fake", False)) for s in meter.sources)
     prev = meter.sample_now()
     t_start = prev.t_s
 
-    def table(t: float, power: Mapping[str, float]) -> Table:
+    def table(t: float, power: Mapping[str, float], counted: Mapping[str, float]) -> Table:
         title = f"perwatt power — {t - t_start:.1f} s"
         if fake:
             title += " — FAKE GPUs, simulated"
@@ -241,13 +241,15 @@ def watch_power(
         tab.add_column("source")
         for d in meter.devices:
             p = power.get(d)
-            tab.add_row(d, "…" if p is None else f"{p:.1f}", f"{energy[d]:.1f}", labels[d])
+            # Energy from a counter carries the counter's label; otherwise it is integrated power.
+            label = owner[d].energy_label if d in counted else owner[d].power_label
+            tab.add_row(d, "…" if p is None else f"{p:.1f}", f"{energy[d]:.1f}", label)
         tab.add_row("total", f"{sum(power.values()):.1f}", f"{sum(energy.values()):.1f}", "")
         return tab
 
     shown = 0
     ctx: contextlib.AbstractContextManager[Any] = (
-        Live(table(prev.t_s, prev.power_w), console=console, auto_refresh=False)
+        Live(table(prev.t_s, prev.power_w, prev.energy_j), console=console, auto_refresh=False)
         if use_live
         else contextlib.nullcontext()
     )
@@ -264,7 +266,7 @@ def watch_power(
                         energy[d] += 0.5 * (s.power_w[d] + prev.power_w[d]) * dt
                 prev = s
                 shown += 1
-                tab = table(s.t_s, s.power_w)
+                tab = table(s.t_s, s.power_w, s.energy_j)
                 if live_view is not None:
                     live_view.update(tab, refresh=True)
                 else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import re
 import sys
 
 import pytest
@@ -58,3 +60,29 @@ def test_bad_arguments() -> None:
         assert measure_command(["true"], meter).exit_code == 0
     finally:
         meter.close()
+
+
+def test_watch_power_table_labels_and_energy() -> None:
+    from perwatt.meter.nvml import open_nvml_sources
+    from perwatt.meter.run import watch_power
+    from perwatt.meter.testing import FakeClock, FakeNVML
+
+    clock = FakeClock()
+    fake = FakeNVML.with_gpus(["H100", "P100"], clock=clock)
+    meter = Meter(open_nvml_sources(nvml=fake), clock=clock, sampler=False, sync_cuda=False)
+    out = io.StringIO()
+    try:
+        shown = watch_power(
+            meter, interval_s=0.5, count=2, out=out, live=False, sleep=clock.advance
+        )
+    finally:
+        meter.close()
+    text = out.getvalue()
+    assert shown == 2 and text.count("perwatt power") == 2
+    last = text[text.rindex("perwatt power") :]
+    assert "nvml-counter" in last and "nvml-power-integral" in last
+    # H100 idle 70 W for 1 s (counter), P100 idle 30 W for 1 s (integrated).
+    assert re.search(r"gpu0\s*│\s*70\.0\s*│\s*70\.0\s*│\s*nvml-counter", last)
+    assert re.search(r"gpu1\s*│\s*30\.0\s*│\s*30\.0\s*│\s*nvml-power-integral", last)
+    with pytest.raises(ConfigError, match="--count"):
+        watch_power(meter, count=0)
