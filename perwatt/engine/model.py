@@ -1,0 +1,315 @@
+"""A decoder-only transformer (Llama 2/3, Mistral, Qwen2, Mixtral, Qwen-MoE) with a slot KV cache.
+
+Reads top to bottom like gpt-fast's ``model.py``: RMSNorm → attention (fused QKV, RoPE, grouped
+KV heads) → RMSNorm → SwiGLU MLP or mixture of experts, repeated, then the LM head.
+
+Conventions, chosen so Hugging Face checkpoints load without rewriting:
+
+* RoPE uses the "rotate half" layout (first and second halves of each head form the pairs), as
+  HF does. HF Llama checkpoints were permuted from Meta's interleaved layout for exactly this, so
+  q/k weights load as they are — no un-permutation.
+* ``wqkv`` stacks q, k, v rows (one matmul instead of three); ``w13`` stacks gate then up rows.
+* Norms compute in fp32 and cast back before the weight multiply, as HF's ``LlamaRMSNorm``.
+
+KV cache with slots. Each layer holds ``k_cache``/``v_cache`` of shape
+``[max_batch_size, n_kv_heads, max_seq_len + 1, head_dim]``: one row ("slot") per request. The
+extra last position is a scratch sink: in a decode step every slot computes (static shapes, so
+the step can be captured in a CUDA graph), and inactive slots write their throwaway K/V there,
+where no mask ever looks. Each slot decodes at its own position; the attention mask lets a slot
+see positions ``<= pos`` only.
+
+Decode attention groups the query heads that share a KV head into the query-length axis
+(``[B, Hkv, G, hd]`` against ``[B, Hkv, S, hd]``) so SDPA reads each KV head once, without
+materialising repeated keys.
+
+Shapes in comments: B batch, L new tokens, S cache length, D model dim, H / Hkv heads, hd head dim,
+V vocabulary, E experts.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from perwatt.engine.config import ModelConfig, RopeScaling
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x32 = x.float()
+        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        out: Tensor = self.weight * y.to(x.dtype)
+        return out
+
+
+def rope_inv_freq(cfg: ModelConfig, device: torch.device | str | None = None) -> Tensor:
+    """Per-pair inverse frequencies [hd/2] in fp32, with Llama-3 or linear scaling applied."""
+    hd = cfg.head_dim
+    inv = 1.0 / (
+        cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float64, device=device) / hd)
+    )
+    sc: RopeScaling | None = cfg.rope_scaling
+    if sc is not None:
+        if sc.kind == "linear":
+            inv = inv / sc.factor
+        else:
+            # Llama 3.1: keep high frequencies, divide low ones by `factor`, blend in between.
+            old = sc.original_max_position_embeddings
+            low_wavelen = old / sc.low_freq_factor
+            high_wavelen = old / sc.high_freq_factor
+            wavelen = 2 * torch.pi / inv
+            scaled = torch.where(wavelen > low_wavelen, inv / sc.factor, inv)
+            smooth = (old / wavelen - sc.low_freq_factor) / (
+                sc.high_freq_factor - sc.low_freq_factor
+            )
+            blended = (1 - smooth) * scaled / sc.factor + smooth * scaled
+            medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+            inv = torch.where(medium, blended, scaled)
+    return inv.float()
+
+
+def rope_cos_sin(inv_freq: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
+    """cos, sin of shape [*pos.shape, hd] for integer positions ``pos``."""
+    ang = pos.float().unsqueeze(-1) * inv_freq  # [..., hd/2]
+    ang = torch.cat([ang, ang], dim=-1)  # rotate-half layout
+    return ang.cos(), ang.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x: [B, L, heads, hd]; cos/sin: [B or 1, L, hd]. Computed in fp32, returned in x's dtype."""
+    x32 = x.float()
+    half = x.shape[-1] // 2
+    rot = torch.cat([-x32[..., half:], x32[..., :half]], dim=-1)
+    c, s = cos.unsqueeze(2), sin.unsqueeze(2)
+    return (x32 * c + rot * s).to(x.dtype)
+
+
+class Attention(nn.Module):
+    k_cache: Tensor
+    v_cache: Tensor
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv, self.hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        qkv_out = (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim
+        self.wqkv = nn.Linear(cfg.dim, qkv_out, bias=cfg.qkv_bias)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        self.register_buffer("k_cache", torch.empty(0), persistent=False)
+        self.register_buffer("v_cache", torch.empty(0), persistent=False)
+
+    def _qkv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        b, n, _ = x.shape
+        q_size, kv_size = self.n_heads * self.hd, self.n_kv * self.hd
+        q, k, v = self.wqkv(x).split([q_size, kv_size, kv_size], dim=-1)
+        q = apply_rope(q.view(b, n, self.n_heads, self.hd), cos, sin)
+        k = apply_rope(k.view(b, n, self.n_kv, self.hd), cos, sin)
+        return q, k, v.view(b, n, self.n_kv, self.hd)
+
+    def forward_seq(
+        self, x: Tensor, cos: Tensor, sin: Tensor, slot_idx: Tensor | None = None
+    ) -> Tensor:
+        """Causal attention over a fresh sequence (positions 0..L-1). x: [B, L, D].
+
+        With ``slot_idx`` [B] the new K/V are written to those cache slots at positions 0..L-1.
+        """
+        b, n, _ = x.shape
+        q, k, v = self._qkv(x, cos, sin)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, L, hd]
+        if slot_idx is not None:
+            self.k_cache[slot_idx, :, :n] = k
+            self.v_cache[slot_idx, :, :n] = v
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, enable_gqa=self.n_kv != self.n_heads
+        )
+        out: Tensor = self.wo(y.transpose(1, 2).reshape(b, n, self.n_heads * self.hd))
+        return out
+
+    def forward_decode(
+        self, x: Tensor, cos: Tensor, sin: Tensor, write_pos: Tensor, mask: Tensor
+    ) -> Tensor:
+        """One new token for every slot. x: [B, 1, D] with B = max_batch_size; write_pos: [B];
+        mask: [B, 1, 1, S] (True = may attend)."""
+        b = x.shape[0]
+        q, k, v = self._qkv(x, cos, sin)  # q [B, 1, H, hd], k/v [B, 1, Hkv, hd]
+        rows = torch.arange(b, device=x.device)
+        self.k_cache[rows, :, write_pos] = k[:, 0]
+        self.v_cache[rows, :, write_pos] = v[:, 0]
+        g = self.n_heads // self.n_kv
+        qg = q.view(b, self.n_kv, g, self.hd)  # query heads sharing a KV head, as the L axis
+        y = F.scaled_dot_product_attention(qg, self.k_cache, self.v_cache, attn_mask=mask)
+        out: Tensor = self.wo(y.reshape(b, 1, self.n_heads * self.hd))
+        return out
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(gate(x)) * up(x)), gate and up fused into one matmul."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.w13 = nn.Linear(dim, 2 * hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.w13(x).split(self.hidden, dim=-1)
+        out: Tensor = self.w2(F.silu(gate) * up)
+        return out
+
+
+class MoE(nn.Module):
+    """Top-k routed experts (softmax over all experts, keep k, optionally renormalise) plus an
+    optional shared expert gated by a sigmoid (Qwen-MoE).
+
+    Tokens are grouped by expert and each expert runs once on its tokens, so the work is that of
+    the active parameters. The grouping is data dependent (a host sync per layer), so MoE models
+    run eagerly, never in a CUDA graph.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.k = cfg.num_experts_per_tok
+        self.norm_topk = cfg.norm_topk_prob
+        self.gate = nn.Linear(cfg.dim, cfg.num_experts, bias=False)  # router
+        self.experts = nn.ModuleList(
+            FeedForward(cfg.dim, cfg.moe_intermediate_size) for _ in range(cfg.num_experts)
+        )
+        self.shared_expert: FeedForward | None = None
+        self.shared_expert_gate: nn.Linear | None = None
+        if cfg.shared_expert_intermediate_size:
+            self.shared_expert = FeedForward(cfg.dim, cfg.shared_expert_intermediate_size)
+            if cfg.shared_expert_gate:
+                self.shared_expert_gate = nn.Linear(cfg.dim, 1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = x.shape
+        xf = x.reshape(-1, shape[-1])  # [T, D]
+        probs = F.softmax(self.gate(xf).float(), dim=-1)  # [T, E]
+        weights, chosen = probs.topk(self.k, dim=-1)  # [T, k]
+        if self.norm_topk:
+            weights = weights / weights.sum(-1, keepdim=True)
+        weights = weights.to(x.dtype).reshape(-1)
+        flat = chosen.reshape(-1)  # [T*k]: expert of each (token, choice)
+        order = flat.argsort()
+        counts = torch.bincount(flat, minlength=len(self.experts)).tolist()
+        out = torch.zeros_like(xf)
+        start = 0
+        for e, c in enumerate(counts):
+            if c == 0:
+                continue
+            idx = order[start : start + c]
+            start += c
+            tok = idx // self.k
+            y = self.experts[e](xf[tok]) * weights[idx, None]
+            out.index_add_(0, tok, y)
+        if self.shared_expert is not None:
+            s = self.shared_expert(xf)
+            if self.shared_expert_gate is not None:
+                s = torch.sigmoid(self.shared_expert_gate(xf)) * s
+            out = out + s
+        return out.view(shape)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attention = Attention(cfg)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.feed_forward: nn.Module = (
+            MoE(cfg) if cfg.is_moe else FeedForward(cfg.dim, cfg.intermediate_size)
+        )
+
+
+class Transformer(nn.Module):
+    inv_freq: Tensor
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.output: nn.Module = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+        self.max_batch_size = 0
+        self.max_seq_len = 0
+        self.tie_weights()
+
+    def blocks(self) -> list[Block]:
+        return [b for b in self.layers if isinstance(b, Block)]
+
+    # -- setup ------------------------------------------------------------------------------
+
+    def tie_weights(self) -> None:
+        """Share the LM head with the embedding when the shape says so. Call again after
+        ``to_empty``/``.to``, which copy shared parameters separately; a quantized head stays
+        untied (the embedding is a lookup and keeps the compute dtype)."""
+        if self.cfg.tie_embeddings and isinstance(self.output, nn.Linear):
+            self.output.weight = self.tok_embeddings.weight
+
+    def reset_buffers(self) -> None:
+        """Recompute non-persistent buffers (after building on the meta device)."""
+        self.inv_freq = rope_inv_freq(self.cfg, self.tok_embeddings.weight.device)
+
+    def setup_cache(self, max_batch_size: int, max_seq_len: int, dtype: torch.dtype) -> None:
+        """Allocate the slot KV cache: [max_batch_size, Hkv, max_seq_len + 1 (scratch), hd]."""
+        device = self.tok_embeddings.weight.device
+        shape = (max_batch_size, self.cfg.n_kv_heads, max_seq_len + 1, self.cfg.head_dim)
+        for layer in self.blocks():
+            attn = layer.attention
+            attn.k_cache = torch.zeros(shape, dtype=dtype, device=device)
+            attn.v_cache = torch.zeros(shape, dtype=dtype, device=device)
+        self.max_batch_size, self.max_seq_len = max_batch_size, max_seq_len
+
+    # -- passes -----------------------------------------------------------------------------
+
+    def _blocks_seq(self, tokens: Tensor, slot_idx: Tensor | None) -> Tensor:
+        n = tokens.shape[1]
+        x: Tensor = self.tok_embeddings(tokens)  # [B, L, D]
+        pos = torch.arange(n, device=tokens.device)
+        cos, sin = rope_cos_sin(self.inv_freq, pos[None])  # [1, L, hd]
+        for layer in self.blocks():
+            x = x + layer.attention.forward_seq(layer.attention_norm(x), cos, sin, slot_idx)
+            x = x + layer.feed_forward(layer.ffn_norm(x))
+        return x
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """Full-sequence logits without touching the cache. tokens: [B, T] → [B, T, V]."""
+        x = self._blocks_seq(tokens, None)
+        out: Tensor = self.output(self.norm(x)).float()
+        return out
+
+    def prefill(self, tokens: Tensor, slot_idx: Tensor, last_idx: Tensor) -> Tensor:
+        """Run new sequences (right-padded to a common length) from position 0, filling the cache
+        of ``slot_idx`` [B]; return logits at ``last_idx`` [B] (each row's last real token)."""
+        x = self._blocks_seq(tokens, slot_idx)
+        rows = torch.arange(x.shape[0], device=x.device)
+        last = x[rows, last_idx]  # [B, D]: only the positions that get sampled go through the head
+        out: Tensor = self.output(self.norm(last)).float()
+        return out
+
+    def decode(self, tokens: Tensor, pos: Tensor, write_pos: Tensor) -> Tensor:
+        """One token for every slot. tokens, pos, write_pos: [max_batch_size]; inactive slots
+        carry ``write_pos == max_seq_len`` (the scratch position). Returns logits [B, V] fp32."""
+        x = self.tok_embeddings(tokens[:, None])  # [B, 1, D]
+        cos, sin = rope_cos_sin(self.inv_freq, pos[:, None])  # [B, 1, hd]
+        cache_len = self.max_seq_len + 1
+        keys = torch.arange(cache_len, device=tokens.device)
+        mask = (keys[None, :] <= pos[:, None])[:, None, None, :]  # [B, 1, 1, S]
+        for layer in self.blocks():
+            h = layer.attention_norm(x)
+            x = x + layer.attention.forward_decode(h, cos, sin, write_pos, mask)
+            x = x + layer.feed_forward(layer.ffn_norm(x))
+        out: Tensor = self.output(self.norm(x[:, 0])).float()
+        return out
+
+
+def linear_names(model: Transformer) -> list[str]:
+    """Qualified names of every nn.Linear in the model, in module order."""
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
