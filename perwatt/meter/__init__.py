@@ -6,18 +6,22 @@ trace), ``simulated`` (a deterministic model) and ``estimated`` (utilisation x r
 figure says which one it came from; see :data:`perwatt.meter.source.SOURCE_LABELS`.
 """
 
-from perwatt.meter.detect import detect_sources
+from perwatt.meter.detect import detect_sources, open_sources
 from perwatt.meter.meter import IdleBaseline, Measurement, Meter, Sample, WindowHandle
+from perwatt.meter.nvml import NVMLSource, open_nvml_sources
 from perwatt.meter.replay import PowerTrace, ReplaySource, load_trace
+from perwatt.meter.run import CommandMeasurement, measure_command
 from perwatt.meter.simulated import SimulatedSource
 from perwatt.meter.source import MEASURED_LABELS, SOURCE_LABELS, PowerSource, is_measured
 
 __all__ = [
     "MEASURED_LABELS",
     "SOURCE_LABELS",
+    "CommandMeasurement",
     "IdleBaseline",
     "Measurement",
     "Meter",
+    "NVMLSource",
     "PowerSource",
     "PowerTrace",
     "ReplaySource",
@@ -27,4 +31,7 @@ __all__ = [
     "detect_sources",
     "is_measured",
     "load_trace",
+    "measure_command",
+    "open_nvml_sources",
+    "open_sources",
 ]
