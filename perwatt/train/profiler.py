@@ -556,3 +556,109 @@ def profile_simulated_pipeline(
     return SimulatedProfile(
         rows=tuple(rows), stop_reasons=tuple(reasons), iterations=tuple(iters), gpu=gpu
     )
+
+
+# ---------------------------------------------------------------------- user scripts on a GPU
+def done() -> bool:
+    """True when no active profiler is still sweeping: a script's loop condition.
+
+    ``while not perwatt.train.profiler.done(): train_one_iteration()`` runs until the sweep
+    ends under ``perwatt train profile --script``, and never runs when there is no profiler
+    (use your own iteration count then)."""
+    sweeping = [h for h in _active if isinstance(h, StageProfiler)]
+    return not sweeping or all(h.done for h in sweeping)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScriptProfile:
+    """What :func:`profile_script` returns."""
+
+    path: Path
+    rows: tuple[ProfileRow, ...]
+    stop_reason: str
+    partial: bool  # the script ended (or failed) before the sweep finished: path is *.partial.csv
+    source: str
+
+
+def profile_script(
+    script: str | Path,
+    script_args: Sequence[str] = (),
+    *,
+    stage: int,
+    out: str | Path,
+    gpu_index: int = 0,
+    config: SweepConfig | None = None,
+    allow_clock_changes: bool = False,
+    nvml: Any | None = None,
+) -> ScriptProfile:
+    """Run a training script under the profiler on one GPU and write its stage's profile.
+
+    The script runs in this process (``runpy``, as ``__main__``, with ``sys.argv`` set to
+    ``[script, *script_args]``) and calls the module-level hooks of this module around each
+    forward/backward and at each iteration end, looping while :func:`done` is False. The sweep
+    locks SM clocks, so like :class:`~perwatt.train.controller.FrequencyController` it refuses
+    without ``allow_clock_changes`` and the privilege (checked read-only first). Whatever was
+    measured is written even if the script stops early or raises (``partial=True``); the
+    default clocks are restored in every case.
+    """
+    import runpy
+    import sys
+
+    from perwatt.errors import NoPermissionError
+    from perwatt.meter.nvml import NVMLSource
+
+    script = Path(script)
+    if not script.is_file():
+        raise ConfigError(f"training script {script} does not exist")
+    src = NVMLSource([gpu_index], nvml=nvml)
+    try:
+        gpu = src.gpus[0]
+        check = gpu.can_set_clocks()
+        missing = []
+        if not allow_clock_changes:
+            missing.append("the explicit flag --i-understand-this-changes-clocks")
+        if not check.allowed:
+            missing.append(f"the privilege to change clocks ({check.reason})")
+        if missing:
+            msg = "refusing to sweep GPU clocks: missing " + " and ".join(missing)
+            raise (NoPermissionError if not check.allowed else ConfigError)(msg)
+        meter = Meter(src)
+        prof = StageProfiler(stage=stage, meter=meter, clocks=gpu, config=config)
+        failure: BaseException | None = None
+        old_argv = sys.argv
+        with meter:
+            prof.start()
+            activate(prof)
+            try:
+                sys.argv = [str(script), *script_args]
+                runpy.run_path(str(script), run_name="__main__")
+            except BaseException as e:  # write what was measured, then re-raise
+                failure = e
+            finally:
+                sys.argv = old_argv
+                deactivate(prof)
+                partial = not prof.done
+                prof.close()
+        rows = prof.rows()
+        path = Path(out)
+        if partial:  # an unfinished sweep is never mistaken for a full profile
+            path = path.with_name(f"{path.stem}.partial{path.suffix or '.csv'}")
+        if rows:
+            write_profile_csv(rows, path)
+        if failure is not None:
+            raise failure
+        if not rows:
+            raise ConfigError(
+                f"{script} ran no measured instruction: call perwatt.train.profiler."
+                "on_instruction_begin/end around each forward/backward and on_iteration_end "
+                "after each iteration, looping while not perwatt.train.profiler.done()"
+            )
+        return ScriptProfile(
+            path=path,
+            rows=tuple(rows),
+            stop_reason=prof.stop_reason,
+            partial=partial,
+            source=rows[0].source,
+        )
+    finally:
+        src.close()

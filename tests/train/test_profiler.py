@@ -276,3 +276,126 @@ def test_module_level_hooks_forward_to_active() -> None:
         prof_mod.deactivate(rec)
     prof_mod.on_instruction_begin("forward")  # no active hooks: nothing happens
     assert rec.events == ["+forward", "-forward", "|"]
+
+
+# ---------------------------------------------------------------------- scripts and the CLI
+_SCRIPT = """
+import sys, time
+from perwatt.train import profiler
+
+assert sys.argv[1:] == ["--lr", "0.1"], sys.argv
+n = 0
+while not profiler.done():
+    for inst in ("forward", "forward", "backward", "backward"):
+        profiler.on_instruction_begin(inst)
+        time.sleep(0.001)
+        profiler.on_instruction_end(inst)
+    profiler.on_iteration_end()
+    n += 1
+    if n > 50:
+        raise SystemExit("sweep did not end")
+"""
+
+
+def _fake_nvml() -> Any:
+    from perwatt.meter.testing import FakeNVML
+
+    return FakeNVML.with_gpus(["A100"])
+
+
+def test_profile_script_on_fake_nvml(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(_SCRIPT)
+    nvml = _fake_nvml()
+    cfg = SweepConfig(frequencies_mhz=(1410, 1395), warmup_iterations=0, measure_iterations=1)
+    res = prof_mod.profile_script(
+        script,
+        ["--lr", "0.1"],
+        stage=3,
+        out=tmp_path / "s3.csv",
+        config=cfg,
+        allow_clock_changes=True,
+        nvml=nvml,
+    )
+    assert not res.partial and res.path == tmp_path / "s3.csv"
+    rows = read_profile_rows(res.path)
+    assert [(r.stage, r.instruction, r.freq_mhz) for r in rows] == [
+        (3, "forward", 1410),
+        (3, "backward", 1410),
+        (3, "forward", 1395),
+        (3, "backward", 1395),
+    ]
+    assert all(r.time_s >= 0.001 for r in rows)
+    kinds = [c.kind for c in nvml.changes]
+    assert kinds == ["lock_clocks", "lock_clocks", "reset_clocks"]
+    assert nvml.state_restored()
+
+
+def test_profile_script_refusals_and_partial(tmp_path: Path) -> None:
+    from perwatt.errors import NoPermissionError
+    from perwatt.meter.testing import FakeNVML
+
+    script = tmp_path / "train.py"
+    script.write_text(_SCRIPT)
+    with pytest.raises(ConfigError, match="explicit flag --i-understand-this-changes-clocks"):
+        prof_mod.profile_script(script, stage=0, out=tmp_path / "x.csv", nvml=_fake_nvml())
+    unpriv = FakeNVML.with_gpus(["A100"], privileged=False)
+    with pytest.raises(NoPermissionError, match="privilege"):
+        prof_mod.profile_script(
+            script, stage=0, out=tmp_path / "x.csv", allow_clock_changes=True, nvml=unpriv
+        )
+    with pytest.raises(ConfigError, match="does not exist"):
+        prof_mod.profile_script(tmp_path / "nope.py", stage=0, out=tmp_path / "x.csv")
+    # A script that fails mid-sweep: what was measured is kept, marked partial, clocks reset.
+    failing = tmp_path / "fail.py"
+    failing.write_text(
+        _SCRIPT.replace(
+            "    n += 1\n", "    n += 1\n    if n == 2:\n        raise RuntimeError('OOM')\n"
+        )
+    )
+    nvml = _fake_nvml()
+    cfg = SweepConfig(frequencies_mhz=(1410, 1395, 1380), warmup_iterations=0, measure_iterations=1)
+    with pytest.raises(RuntimeError, match="OOM"):
+        prof_mod.profile_script(
+            failing,
+            ["--lr", "0.1"],
+            stage=0,
+            out=tmp_path / "f.csv",
+            config=cfg,
+            allow_clock_changes=True,
+            nvml=nvml,
+        )
+    assert not (tmp_path / "f.csv").exists()
+    assert len(read_profile_rows(tmp_path / "f.partial.csv")) == 4
+    assert nvml.state_restored()
+
+
+def test_cli_profile_simulate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from perwatt.cli import train_loop
+
+    parser = argparse.ArgumentParser()
+    train_loop.register(parser.add_subparsers(dest="cmd", required=True))
+    out = tmp_path / "p.csv"
+    args = parser.parse_args(
+        [
+            "profile",
+            "--simulate",
+            "--stages",
+            "2",
+            "--microbatches",
+            "2",
+            "--step",
+            "4",
+            "--out",
+            str(out),
+        ]
+    )
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    assert "simulated" in printed and "not a measurement" in printed
+    rows = read_profile_rows(out)
+    assert {r.stage for r in rows} == {0, 1}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["profile", "--out", str(out)])  # needs --simulate or --script

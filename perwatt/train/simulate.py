@@ -1,0 +1,386 @@
+"""Replay a frequency plan on a stage profile: the pipeline timeline, before and after.
+
+An event simulation of one training iteration. Each stage is a GPU that runs its instructions
+in program order; an instruction starts when its GPU is free *and* every instruction it depends
+on (the schedule DAG: activations from the previous stage, gradients from the next) has
+finished. Each instruction takes the profiled time of the clock the plan gives it and costs the
+profiled energy; a GPU that waits draws ``P_block`` (Perseus, SOSP'24 §4)::
+
+    E = Σ_i e_i(f_i) + Σ_s P_block,s · (T − busy_s)
+
+This is written independently of the planner's longest-path code, so matching the planner's
+replay figures (``FrequencyPlan.replay_time_s``/``replay_energy_j``) is a real cross-check.
+Every figure here is a *replay of profiled numbers* — label ``simulated`` — never a measurement
+of the plan in training.
+
+:func:`run_simulation` is what ``perwatt train simulate`` calls: profile → frontier → chosen plan
+→ timelines of the all-max-clock baseline and of the plan → :class:`SimulationReport`, which
+:mod:`perwatt.report.gantt` draws.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from perwatt.errors import ConfigError
+
+SOURCE = "simulated"  # a replay of the profile, not a measurement
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TimelineBar:
+    """One instruction on the timeline."""
+
+    stage: int
+    instruction: str
+    microbatch: int
+    chunk: int
+    start_s: float
+    duration_s: float
+    freq_mhz: int
+    energy_j: float
+
+    def __post_init__(self) -> None:
+        if self.duration_s <= 0 or self.start_s < 0 or self.energy_j < 0:
+            raise ValueError(f"bad timeline bar {self}")
+
+    @property
+    def end_s(self) -> float:
+        return self.start_s + self.duration_s
+
+    @property
+    def power_w(self) -> float:
+        return self.energy_j / self.duration_s
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Timeline:
+    """One simulated iteration: bars per instruction and its time and energy."""
+
+    label: str
+    num_stages: int
+    bars: tuple[TimelineBar, ...]
+    p_block_w: tuple[float, ...]
+    iteration_time_s: float
+    compute_energy_j: float
+    blocking_energy_j: float
+    source: str = SOURCE
+
+    def __post_init__(self) -> None:
+        if len(self.p_block_w) != self.num_stages:
+            raise ValueError("one blocking power per stage")
+        if self.iteration_time_s <= 0:
+            raise ValueError("iteration time must be > 0")
+
+    @property
+    def energy_j(self) -> float:
+        return self.compute_energy_j + self.blocking_energy_j
+
+    def busy_s(self, stage: int) -> float:
+        return sum(b.duration_s for b in self.bars if b.stage == stage)
+
+
+def _stage_plans(plan: Any, num_stages: int) -> list[list[tuple[str, int, int]]]:
+    """Per stage [(instruction, microbatch, freq_mhz)] from a FrequencyPlan or a mapping."""
+    if hasattr(plan, "for_stage") and hasattr(plan, "stages"):
+        n = len(plan.stages)
+        get = plan.for_stage
+    elif isinstance(plan, Mapping):
+        n = len(plan)
+        if sorted(plan) != list(range(n)):
+            raise ConfigError(f"plan stages must be 0..{n - 1}, got {sorted(plan)}")
+
+        def get(s: int) -> list[tuple[str, int, int]]:
+            return [tuple(e) for e in plan[s]]  # type: ignore[misc]
+    else:
+        raise ConfigError(f"cannot read a frequency plan from {type(plan).__name__}")
+    if n != num_stages:
+        raise ConfigError(
+            f"the plan has {n} stages but the schedule has {num_stages}: plan, profile and "
+            "--stages must describe the same pipeline"
+        )
+    return [list(get(s)) for s in range(n)]
+
+
+def _lookup(profile: Any, stage: int, instruction: str, freq: int) -> tuple[float, float]:
+    ip = profile[(stage, instruction)]
+    freqs = [int(f) for f in ip.freq_mhz]
+    if freq not in freqs:
+        raise ConfigError(
+            f"the plan runs stage {stage} {instruction} at {freq} MHz, which the profile does "
+            f"not have (profiled {freqs[-1]}..{freqs[0]} MHz): plan and profile do not match"
+        )
+    k = freqs.index(freq)
+    return float(ip.time_s[k]), float(ip.energy_j[k])
+
+
+def simulate_plan(
+    schedule: Any,
+    profile: Any,
+    plan: Any,
+    *,
+    p_block_w: float | Sequence[float],
+    label: str = "plan",
+) -> Timeline:
+    """Event-simulate one iteration of ``schedule`` with each instruction at ``plan``'s clock.
+
+    ``schedule``: the planner's :class:`~perwatt.train.schedule.Schedule`; ``profile``: a
+    :class:`~perwatt.train.profile.StageProfile`; ``plan``: a ``FrequencyPlan`` or
+    ``{stage: [(instruction, microbatch, freq_mhz), …]}`` in program order.
+    """
+    S = schedule.num_stages
+    chunks = getattr(schedule, "chunks", 1)
+    recompute = bool(getattr(schedule, "recompute", False))
+    pb = (
+        [float(p_block_w)] * S
+        if isinstance(p_block_w, (int, float))
+        else [float(p) for p in p_block_w]
+    )
+    if len(pb) != S or any(not (math.isfinite(p) and p >= 0) for p in pb):
+        raise ConfigError(f"need one non-negative blocking power per stage ({S}), got {p_block_w}")
+    if profile.num_stages not in (S, S * chunks):
+        raise ConfigError(
+            f"the profile has {profile.num_stages} stages but the schedule has {S}"
+            + (f" (x{chunks} chunks)" if chunks > 1 else "")
+            + ": pass --stages to match the profile"
+        )
+    virtual_profile = chunks > 1 and profile.num_stages == S * chunks
+    scale = 1.0 / chunks if chunks > 1 and not virtual_profile else 1.0
+    plans = _stage_plans(plan, S)
+
+    # Node → index; per-node planned clock, checked against the schedule's program order.
+    index = {n: i for i, n in enumerate(schedule.nodes)}
+    n_nodes = len(schedule.nodes)
+    freq = [0] * n_nodes
+    for s, order in enumerate(schedule.order):
+        entries = plans[s]
+        if len(entries) != len(order):
+            raise ConfigError(
+                f"stage {s}: the plan has {len(entries)} instructions, the schedule "
+                f"{len(order)}: plan and schedule do not match (microbatches? schedule?)"
+            )
+        for pos, (node, (inst, mb, f)) in enumerate(zip(order, entries, strict=True)):
+            if node.instruction != inst or node.microbatch != mb:
+                raise ConfigError(
+                    f"stage {s} position {pos}: the plan has {inst} {mb}, the schedule "
+                    f"{node.instruction} {node.microbatch}: plan and schedule do not match"
+                )
+            freq[index[node]] = int(f)
+    dur = [0.0] * n_nodes
+    energy = [0.0] * n_nodes
+    for i, node in enumerate(schedule.nodes):
+        ps = node.chunk * S + node.stage if virtual_profile else node.stage
+        t, e = _lookup(profile, ps, node.instruction, freq[i])
+        if recompute and node.instruction == "backward":
+            tf, ef = _lookup(profile, ps, "forward", freq[i])
+            t, e = t + tf, e + ef
+        dur[i], energy[i] = t * scale, e * scale
+
+    preds: list[list[int]] = [[] for _ in range(n_nodes)]
+    succs: list[list[int]] = [[] for _ in range(n_nodes)]
+    for u, v in schedule.edges.tolist():
+        preds[v].append(u)
+        succs[u].append(v)
+
+    # Event loop: a heap of finish events; each GPU starts its next instruction as soon as it
+    # is idle and that instruction's inputs have arrived.
+    finish = [math.nan] * n_nodes
+    start = [math.nan] * n_nodes
+    next_pos = [0] * S
+    gpu_free = [0.0] * S
+    orders = [[index[n] for n in order] for order in schedule.order]
+    events: list[tuple[float, int]] = []
+
+    def try_start(s: int) -> None:
+        # Start this GPU's next instructions whose inputs are all known to finish.
+        while next_pos[s] < len(orders[s]):
+            i = orders[s][next_pos[s]]
+            if any(math.isnan(finish[u]) for u in preds[i]):
+                return
+            t0 = max([gpu_free[s], *(finish[u] for u in preds[i])])
+            start[i] = t0
+            finish[i] = t0 + dur[i]
+            gpu_free[s] = finish[i]
+            next_pos[s] += 1
+            heapq.heappush(events, (finish[i], i))
+
+    for s in range(S):
+        try_start(s)
+    while events:
+        _now, i = heapq.heappop(events)
+        # A finish can unblock the GPUs that wait for this instruction's output.
+        for s in {schedule.nodes[v].stage for v in succs[i]}:
+            try_start(s)
+    if any(math.isnan(f) for f in finish):
+        raise ConfigError("the schedule deadlocks: some instructions never became ready")
+
+    T = max(finish)
+    bars = tuple(
+        TimelineBar(
+            stage=n.stage,
+            instruction=n.instruction,
+            microbatch=n.microbatch,
+            chunk=n.chunk,
+            start_s=start[i],
+            duration_s=dur[i],
+            freq_mhz=freq[i],
+            energy_j=energy[i],
+        )
+        for i, n in enumerate(schedule.nodes)
+    )
+    busy = [0.0] * S
+    for i, n in enumerate(schedule.nodes):
+        busy[n.stage] += dur[i]
+    blocking = sum(pb[s] * (T - busy[s]) for s in range(S))
+    return Timeline(
+        label=label,
+        num_stages=S,
+        bars=bars,
+        p_block_w=tuple(pb),
+        iteration_time_s=T,
+        compute_energy_j=sum(energy),
+        blocking_energy_j=blocking,
+    )
+
+
+def all_max_plan(schedule: Any, profile: Any) -> dict[int, list[tuple[str, int, int]]]:
+    """Every instruction at its stage's highest profiled clock (the baseline)."""
+    chunks = getattr(schedule, "chunks", 1)
+    S = schedule.num_stages
+    virtual = chunks > 1 and profile.num_stages == S * chunks
+    out: dict[int, list[tuple[str, int, int]]] = {}
+    for s, order in enumerate(schedule.order):
+        out[s] = [
+            (
+                n.instruction,
+                n.microbatch,
+                int(profile[(n.chunk * S + s if virtual else s, n.instruction)].freq_mhz[0]),
+            )
+            for n in order
+        ]
+    return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SimulationReport:
+    """Everything ``perwatt train simulate`` prints and draws."""
+
+    profile_path: str
+    schedule_name: str
+    num_stages: int
+    num_microbatches: int
+    p_block_w: tuple[float, ...]
+    target: str
+    before: Timeline
+    after: Timeline
+    frontier: tuple[tuple[float, float], ...]  # (time_s, energy_j), fastest first (model)
+    chosen: tuple[float, float]  # the chosen frontier point (model figures)
+    planner_replay: tuple[float, float]  # the planner's replay of the chosen plan
+    baseline_replay: tuple[float, float]  # the planner's replay of the all-max baseline
+    time_limit_s: float  # the plan's time limit; both runs are compared up to this horizon
+    source: str = SOURCE
+
+    @property
+    def horizon_s(self) -> float:
+        return max(self.time_limit_s, self.before.iteration_time_s, self.after.iteration_time_s)
+
+    def energy_at_horizon_j(self, tl: Timeline) -> float:
+        """Energy of ``tl`` if every GPU then blocks until the horizon (a straggler's pace)."""
+        return tl.energy_j + sum(tl.p_block_w) * (self.horizon_s - tl.iteration_time_s)
+
+    @property
+    def saved_j(self) -> float:
+        """Saved per iteration, both runs counted up to the same horizon (the planner's rule)."""
+        return self.energy_at_horizon_j(self.before) - self.energy_at_horizon_j(self.after)
+
+    @property
+    def saved_pct(self) -> float:
+        return 100.0 * self.saved_j / self.energy_at_horizon_j(self.before)
+
+    @property
+    def slowdown_pct(self) -> float:
+        return 100.0 * (self.after.iteration_time_s / self.before.iteration_time_s - 1.0)
+
+    def summary_lines(self) -> list[str]:
+        b, a = self.before, self.after
+        return [
+            f"profile {self.profile_path}: {self.schedule_name}, {self.num_stages} stages, "
+            f"{self.num_microbatches} microbatches, P_block {self.p_block_w[0]:g} W",
+            f"plan: {self.target}",
+            f"before (all max clock): iteration {b.iteration_time_s:.4f} s, "
+            f"energy {b.energy_j:.1f} J  [{self.source}: profile replay]",
+            f"after  (plan):          iteration {a.iteration_time_s:.4f} s, "
+            f"energy {a.energy_j:.1f} J  [{self.source}: profile replay]",
+            f"saved {self.saved_j:.1f} J per iteration ({self.saved_pct:.2f}%, both counted to "
+            f"{self.horizon_s:.4f} s), "
+            f"{self.saved_j * 1000 / 3.6e6:.4f} kWh per 1,000 iterations, "
+            f"time {self.slowdown_pct:+.2f}%",
+            f"planner's frontier point: {self.chosen[0]:.4f} s, {self.chosen[1]:.1f} J (model fit)",
+        ]
+
+
+def run_simulation(
+    profile_path: str | Path,
+    *,
+    stages: int,
+    microbatches: int,
+    p_block_w: float,
+    schedule: str = "1f1b",
+    time_quantum_s: float = 1e-3,
+    **choice: Any,
+) -> SimulationReport:
+    """Profile → frontier → chosen plan (``choice`` goes to ``choose_plan``: ``target=``,
+    ``straggler_ratio=`` …) → simulated timelines before/after. Checks the replay against the
+    planner's own figures and fails loudly if they disagree."""
+    from perwatt.train import choose_plan, compute_frontier, gpipe, load_profile, one_f_one_b
+
+    if not (math.isfinite(p_block_w) and p_block_w >= 0):
+        raise ConfigError(f"--p-block must be a non-negative number of watts, got {p_block_w}")
+    builders = {"1f1b": one_f_one_b, "gpipe": gpipe}
+    if schedule not in builders:
+        raise ConfigError(f"unknown schedule {schedule!r}; choose {', '.join(builders)}")
+    profile = load_profile(profile_path)
+    if profile.num_stages != stages:
+        raise ConfigError(
+            f"{profile_path} has {profile.num_stages} stages but --stages is {stages}: "
+            "they must match"
+        )
+    sched = builders[schedule](stages, microbatches)
+    frontier = compute_frontier(profile, sched, p_block_w=p_block_w, time_quantum_s=time_quantum_s)
+    picked = choose_plan(frontier, **choice)
+    plan = picked.plan
+    before = simulate_plan(
+        sched, profile, all_max_plan(sched, profile), p_block_w=p_block_w, label="all max clock"
+    )
+    after = simulate_plan(sched, profile, plan, p_block_w=p_block_w, label="plan")
+    base = frontier.baseline
+    for name, tl, ref in (("plan", after, plan), ("baseline", before, base)):
+        if not (
+            math.isclose(tl.iteration_time_s, ref.replay_time_s, rel_tol=1e-9)
+            and math.isclose(tl.energy_j, ref.replay_energy_j, rel_tol=1e-9)
+        ):
+            raise RuntimeError(
+                f"simulator and planner disagree on the {name}: {tl.iteration_time_s} s / "
+                f"{tl.energy_j} J vs {ref.replay_time_s} s / {ref.replay_energy_j} J"
+            )
+    chosen = (picked.point.time_s, picked.point.energy_j)
+    return SimulationReport(
+        profile_path=str(profile_path),
+        schedule_name=sched.name,
+        num_stages=stages,
+        num_microbatches=microbatches,
+        p_block_w=tuple([float(p_block_w)] * stages),
+        target=picked.target,
+        time_limit_s=picked.time_limit_s,
+        before=before,
+        after=after,
+        frontier=tuple((p.time_s, p.energy_j) for p in frontier.points),
+        chosen=chosen,
+        planner_replay=(plan.replay_time_s, plan.replay_energy_j),
+        baseline_replay=(base.replay_time_s, base.replay_energy_j),
+    )
