@@ -295,24 +295,28 @@ class DCGMSource(PowerSource):
             self._last = _Scrape(now, gpus)
             return self._last
 
-    def _require(self, scrape: _Scrape, what: str) -> None:
-        missing = [
-            d
-            for d in self._devices
-            if d not in scrape.gpus
-            or (what == "energy" and scrape.gpus[d].energy_j is None)
-            or (what == "power" and scrape.gpus[d].power_w is None)
-        ]
+    def _values(self, scrape: _Scrape, what: str) -> dict[str, float]:
+        """``energy_j`` or ``power_w`` of every chosen GPU; a GPU missing from the scrape raises."""
+        out: dict[str, float] = {}
+        missing: list[str] = []
+        for d in self._devices:
+            g = scrape.gpus.get(d)
+            v = None if g is None else (g.energy_j if what == "energy" else g.power_w)
+            if v is None:
+                missing.append(d)
+            else:
+                out[d] = v
         if missing:
-            where = {
-                d: (scrape.gpus[d].url if d in scrape.gpus else "its exporter") for d in missing
-            }
+            urls = sorted(
+                {scrape.gpus[d].url if d in scrape.gpus else "its exporter" for d in missing}
+            )
             raise RemoteSourceError(
                 f"{', '.join(missing)} present in earlier scrapes but missing {what} now "
-                f"({', '.join(sorted(set(where.values())))}): the GPU may have fallen off the bus "
-                "or been reset, or the exporter restarted with other --devices; check nvidia-smi "
-                "and the exporter log on that node"
+                f"({', '.join(urls)}): the GPU may have fallen off the bus or been reset, or the "
+                "exporter restarted with other --devices; check nvidia-smi and the exporter log "
+                "on that node"
             )
+        return out
 
     # ------------------------------------------------------------------ PowerSource
     @property
@@ -331,9 +335,7 @@ class DCGMSource(PowerSource):
     def read_energy_j(self) -> Mapping[str, float] | None:
         if not self._has_counter:
             return None
-        scrape = self._scrape(max_age_s=self.reuse_s)
-        self._require(scrape, "energy")
-        return {d: float(scrape.gpus[d].energy_j) for d in self._devices}  # type: ignore[arg-type]
+        return self._values(self._scrape(max_age_s=self.reuse_s), "energy")
 
     def read_power_w(self) -> Mapping[str, float] | None:
         scrape = self._scrape(max_age_s=self.reuse_s)
@@ -341,8 +343,7 @@ class DCGMSource(PowerSource):
             d in scrape.gpus and scrape.gpus[d].power_w is None for d in self._devices
         ):
             return None  # counter-only exporter: the meter derives power from the counter
-        self._require(scrape, "power")
-        return {d: float(scrape.gpus[d].power_w) for d in self._devices}  # type: ignore[arg-type]
+        return self._values(scrape, "power")
 
     def describe(self) -> str:
         nodes = len({d.split("/", 1)[0] for d in self._devices})
