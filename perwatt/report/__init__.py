@@ -1,1 +1,10 @@
-"""HTML reports and SVG plots over bench results (reads result documents only)."""
+"""HTML reports and SVG plots over bench results (reads result documents only, measures nothing).
+
+``write_html_report(["a.json", "b.json"], "report.html")`` writes one self-contained file (inline
+CSS and SVG, no scripts) that opens offline; see :mod:`perwatt.report.html`. The plot primitives
+are in :mod:`perwatt.report.svg`.
+"""
+
+from perwatt.report.html import pareto_front, render_html_report, write_html_report
+
+__all__ = ["pareto_front", "render_html_report", "write_html_report"]

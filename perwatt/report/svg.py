@@ -181,8 +181,12 @@ def make_frame(
     y_zero: bool = True,
     width: float = 560,
     height: float = 320,
+    right: float = 16,
 ) -> Frame:
-    """A frame whose nice-tick ranges cover all finite ``xs`` and ``ys`` (and 0 when asked)."""
+    """A frame whose nice-tick ranges cover all finite ``xs`` and ``ys`` (and 0 when asked).
+
+    ``right`` is the right margin in pixels; widen it to hold a ``legend(position="right")``.
+    """
     fx, fy = _finite_values(xs), _finite_values(ys)
     if x_zero:
         fx.append(0.0)
@@ -195,6 +199,7 @@ def make_frame(
     return Frame(
         width=width,
         height=height,
+        right=right,
         x_ticks=tuple(nice_ticks(min(fx), max(fx))),
         y_ticks=tuple(nice_ticks(min(fy), max(fy))),
         title=title,
@@ -388,7 +393,7 @@ def band(
     out.append(f"<title>{esc(label)}</title></rect>" if label else "</rect>")
     if label:
         out.append(
-            f'<text x="{_c((p0 + p1) / 2)}" y="{_c(frame.plot_y0 + 13)}" text-anchor="middle" '
+            f'<text x="{_c((p0 + p1) / 2)}" y="{_c(frame.plot_y1 - 6)}" text-anchor="middle" '
             f'font-size="11" fill="{esc(color)}">{esc(label)}</text>'
         )
     return "".join(out)
@@ -401,15 +406,21 @@ def legend(
     frame: Frame,
     entries: Sequence[tuple[str, str, LegendKind]],
     *,
-    position: Literal["top-right", "top-left", "bottom-right"] = "top-right",
+    position: Literal["top-right", "top-left", "bottom-right", "right"] = "top-right",
 ) -> str:
-    """A boxed legend: (label, colour, kind) per entry; kind is a line style, band or marker."""
+    """A boxed legend: (label, colour, kind) per entry; kind is a line style, band or marker.
+
+    ``"right"`` draws it in the frame's right margin, outside the data (make the margin wide
+    enough with ``make_frame(right=...)``); the other positions draw over the plot area.
+    """
     if not entries:
         return ""
     row_h = 16.0
-    w = 30 + 6.6 * max(len(label) for label, _, _ in entries)
+    w = 32 + 6.4 * max(len(label) for label, _, _ in entries)
     h = 8 + row_h * len(entries)
-    if position == "top-left":
+    if position == "right":
+        x, y = frame.plot_x1 + 10, frame.plot_y0
+    elif position == "top-left":
         x, y = frame.plot_x0 + 8, frame.plot_y0 + 6
     elif position == "bottom-right":
         x, y = frame.plot_x1 - w - 6, frame.plot_y1 - h - 6

@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import json
+import re
+import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from perwatt.bench.result import example_result
+from perwatt.errors import ConfigError, DataFormatError
+from perwatt.report import pareto_front, render_html_report, write_html_report
+
+DATA = Path(__file__).parents[1] / "bench" / "data"
+RUNS = sorted(DATA.glob("*.json"))
+
+
+class _Collector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+
+def _doc(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def test_report_is_self_contained_and_offline(tmp_path: Path) -> None:
+    out = write_html_report(RUNS, tmp_path / "sub" / "report.html")
+    assert out.exists() and not (tmp_path / "sub" / "report.html.tmp").exists()
+    text = out.read_text()
+    p = _Collector()
+    p.feed(text)
+    tags = {t for t, _ in p.tags}
+    assert "script" not in tags and "link" not in tags and "img" not in tags
+    assert "iframe" not in tags
+    for _, attrs in p.tags:
+        for k in ("src", "href"):
+            assert not (attrs.get(k) or "").startswith(("http", "//")), attrs
+    assert "@import" not in text and "url(" not in text
+    # Every inline chart is well-formed SVG.
+    svgs = re.findall(r"<svg .*?</svg>", text, flags=re.S)
+    assert len(svgs) == 3 + len(RUNS)  # frontier, vs throughput, vs load, one timeline per run
+    for s in svgs:
+        ET.fromstring(s)
+
+
+def test_banners_sources_and_partial_marking() -> None:
+    text = render_html_report(RUNS)
+    assert "are NOT measurements" in text
+    assert "Incomplete runs" in text and "PARTIAL" in text and "interrupted (Ctrl-C)" in text
+    # Summary table: every J/token and tokens/J cell carries the source badge.
+    summary = text.split("<h2>Summary</h2>")[1].split("</table>")[0]
+    rows = summary.split("<tr>")[2:]
+    assert len(rows) == len(RUNS)
+    for row in rows:
+        assert row.count('<span class="src model">simulated</span>') >= 3
+    # Steady-state window shaded in every timeline.
+    assert text.count("<title>steady state</title>") == len(RUNS)
+    assert "energy cost only" in text.lower()
+    assert "Pareto" in text
+
+
+def test_all_measured_and_complete_has_no_warning_banner() -> None:
+    doc = _doc(DATA / "bf16_c4.json")
+    doc["energy"]["source"] = "nvml-counter"
+    doc["energy"]["measured"] = True
+    doc["conditions"]["energy_source"] = "nvml-counter"
+    text = render_html_report([doc])
+    assert "NOT measurements" not in text
+    assert "Incomplete runs" not in text
+    assert "Conditions differ" not in text
+    assert '<span class="src measured">nvml-counter</span>' in text
+
+
+def test_conditions_banner_and_escaping() -> None:
+    a = _doc(DATA / "bf16_c4.json")
+    b = _doc(DATA / "fp8_c4.json")
+    b["conditions"]["gpus"][0]["power_limit_w"] = 400.0
+    b["label"] = "<script>alert(1)</script>"
+    text = render_html_report([a, b])
+    assert "Conditions differ between runs" in text
+    assert "power limit (W): 1× 700.0" in text
+    assert "<script>" not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+
+
+def test_failed_run_without_energy_still_renders() -> None:
+    doc: Any = example_result(status="failed", partial_reason="every request failed")
+    doc["energy"] = None
+    doc["economics"] = None
+    doc["timeline"] = {"t_s": [], "power_w": []}
+    text = render_html_report([doc, _doc(DATA / "bf16_c4.json")])
+    assert "No energy recorded" in text
+    assert "no power timeline recorded" in text
+    assert "FAILED" in text
+
+
+def test_accuracy_block_is_shown() -> None:
+    doc = _doc(DATA / "fp8_c4.json")
+    doc["accuracy"] = {
+        "reference": "http://ref/v1 (bf16)",
+        "kl_mean": 0.001,
+        "top1_agreement": 0.97,
+        "max_rel_err": None,
+        "exact_match": 0.8,
+        "logprob_agreement": 0.99,
+        "perplexity": None,
+        "note": "greedy",
+    }
+    text = render_html_report([doc])
+    assert "Accuracy guard" in text and "0.97" in text and "http://ref/v1 (bf16)" in text
+
+
+def test_bad_inputs(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        render_html_report([])
+    bad = tmp_path / "x.json"
+    bad.write_text('{"schema": "perwatt.bench.result/7"}')
+    with pytest.raises(DataFormatError, match=r"x\.json"):
+        write_html_report([bad], tmp_path / "r.html")
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_pareto_front() -> None:
+    pts = [(10.0, 3.0), (20.0, 2.0), (30.0, 1.0), (25.0, 2.5), (10.0, 3.5), (40.0, 1.0)]
+    assert pareto_front(pts) == [0, 1, 2]
+    assert pareto_front([(1.0, 1.0), (1.0, 1.0)]) == [0, 1]  # ties dominate neither
+    assert pareto_front([]) == []
