@@ -1,0 +1,153 @@
+"""``perwatt bench`` invoked as a user would, against the loopback server."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from perwatt.bench.result import load_result
+from perwatt.bench.testing import FakeOpenAIServer, Fault, ServerConfig, every
+from perwatt.cli import main
+
+
+def test_done_means(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "DIR"
+    with FakeOpenAIServer(ServerConfig(itl_s=0.001)) as s:
+        rc = main(
+            [
+                "bench",
+                "--url",
+                s.url,
+                "--num-prompts",
+                "24",
+                "--max-concurrency",
+                "4",
+                "--input-len",
+                "32",
+                "--output-len",
+                "16",
+                "--result-dir",
+                str(out),
+                "--energy-source",
+                "simulated",
+            ]
+        )
+    assert rc == 0
+    (path,) = out.glob("*.json")
+    d = load_result(path)
+    assert d["metrics"]["total_output_tokens"] == 384
+    assert d["metrics"]["ttft_ms"]["p50"] is not None
+    assert d["energy"] is not None and d["energy"]["source"] == "simulated"
+    assert (out / str(d["requests_csv"])).exists()
+    text = capsys.readouterr().out
+    assert "J / output token" in text
+    assert "simulated, whole run" in text
+    assert "384 (usage)" in text
+
+
+def test_sweep_chat_goodput_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with FakeOpenAIServer() as s:
+        rc = main(
+            [
+                "bench", "--url", s.url, "--endpoint", "/v1/chat/completions",
+                "--num-prompts", "6", "--request-rate", "100,200", "--input-len", "8",
+                "--output-len", "4", "--goodput", "ttft:1000", "tpot:1000",
+                "--result-dir", str(tmp_path), "--energy-source", "simulated", "--json",
+                "--quiet", "--seed", "7",
+            ]
+        )  # fmt: skip
+        body = s.stats.bodies[-1]
+    assert rc == 0
+    paths = [Path(p) for p in json.loads(capsys.readouterr().out)]
+    assert [p.name for p in paths] == [
+        "perwatt-test-model_r100.json",
+        "perwatt-test-model_r200.json",
+    ]
+    d = load_result(paths[0])
+    assert d["config"]["endpoint"] == "chat" and d["config"]["seed"] == 7
+    assert d["metrics"]["goodput_rps"] is not None
+    assert "messages" in body
+
+
+def test_all_failed_exits_nonzero(tmp_path: Path) -> None:
+    with FakeOpenAIServer(ServerConfig(faults=every(1, Fault(status=500)))) as s:
+        rc = main(
+            ["bench", "--url", s.url, "--num-prompts", "3", "--input-len", "4", "--output-len",
+             "2", "--result-dir", str(tmp_path), "--energy-source", "simulated", "--quiet"]
+        )  # fmt: skip
+    assert rc == 1
+    (path,) = tmp_path.glob("*.json")
+    assert load_result(path)["status"] == "failed"
+
+
+def test_unreachable_is_one_line_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "r"
+    rc = main(["bench", "--url", f"http://127.0.0.1:{port}/v1", "--result-dir", str(out)])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("perwatt: error: cannot reach the server")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--goodput", "ttft"], "--goodput"),
+        (["--request-rate", "fast"], "--request-rate"),
+        (["--max-concurrency", "0"], "--max-concurrency"),
+        (["--endpoint", "embeddings"], "--endpoint"),
+        (["--extra-body", "{"], "--extra-body"),
+        (["--pue", "0.9"], "pue"),
+        (["--input-dist", "weird"], "length distribution"),
+    ],
+)
+def test_bad_flags(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    with FakeOpenAIServer() as s:
+        rc = main(["bench", "--url", s.url, "--result-dir", str(tmp_path / "x"), *args])
+    assert rc == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_missing_url(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench"]) == 2
+    assert "--url is required" in capsys.readouterr().err
+
+
+def test_builtin_dispatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import perwatt.engine.bench as eb
+
+    seen: dict[str, Any] = {}
+    result = tmp_path / "b.json"
+
+    def fake(**kw: Any) -> list[Path]:
+        seen.update(kw)
+        from perwatt.bench.result import example_result, write_result
+
+        write_result(result, example_result())
+        return [result]
+
+    monkeypatch.setattr(eb, "run_builtin_bench", fake)
+    rc = main(
+        ["bench", "--engine", "builtin", "--model", "tiny", "--precision", "bf16,int8",
+         "--batch", "1,8", "--input-len", "16", "--output-len", "8", "--result-dir",
+         str(tmp_path), "--energy-source", "simulated", "--device", "cpu", "--quiet"]
+    )  # fmt: skip
+    assert rc == 0
+    assert seen["model"] == "tiny"
+    assert seen["precisions"] == ["bf16", "int8"]
+    assert seen["batches"] == [1, 8]
+    assert seen["input_len"] == 16 and seen["output_len"] == 8
+    assert seen["device"] == "cpu" and seen["energy_source"] == "simulated"
+    assert main(["bench", "--engine", "builtin"]) == 2
