@@ -197,6 +197,7 @@ class Meter:
         self._thread: threading.Thread | None = None
         self._last_counter: dict[str, tuple[float, float]] = {}
         self._sampler_error: BaseException | None = None
+        self._sampler_error_at = -math.inf  # meter clock of the latest sampler failure
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -234,6 +235,7 @@ class Meter:
             try:
                 self.sample_now()
             except Exception as e:  # keep the caller's windows alive; report on next end()
+                self._sampler_error_at = self.clock()  # first: end() reads the error, then this
                 self._sampler_error = e
             delay = next_t - time.monotonic()
             if delay < 0:  # fell behind (slow remote source): do not try to catch up in a burst
@@ -330,7 +332,8 @@ class Meter:
         t = self.clock()
         counters = self._read_counters()
         warnings: list[str] = []
-        if self._sampler_error is not None:
+        # Only windows that were open when the sampler failed have a gap in their timeline.
+        if self._sampler_error is not None and self._sampler_error_at >= win.start_s:
             warnings.append(f"background sampler failed: {self._sampler_error}")
         # Power at the closing edge, so short windows and counterless devices integrate up to t.
         # Sources whose counter covers the window are not asked: it would only add edge latency.
