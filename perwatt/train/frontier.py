@@ -153,37 +153,30 @@ def _fit_exponential(q: FloatArray, y: FloatArray) -> tuple[float, float, float]
     """
     q0 = float(np.max(q))
     x = q - q0  # ≤ 0: exp(b·x) ≥ 1 and well conditioned for b < 0
+    y_mean = float(y.mean())
+    yc = y - y_mean
 
-    def solve(b: float) -> tuple[float, float, float]:
-        z = np.exp(b * x)
-        zc, yc = z - z.mean(), y - y.mean()
-        denom = float(zc @ zc)
-        a = float(zc @ yc) / denom if denom > 0 else 0.0
-        a = max(a, 0.0)
-        c = float(y.mean() - a * z.mean())
-        r = y - (a * z + c)
-        return float(r @ r), a, c
+    def solve(bs: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
+        z = np.exp(np.outer(bs, x))  # [len(bs), len(q)]
+        z_mean = z.mean(axis=1)
+        zc = z - z_mean[:, None]
+        denom = np.einsum("ij,ij->i", zc, zc)
+        a = np.where(denom > 0, zc @ yc / np.where(denom > 0, denom, 1.0), 0.0)
+        a = np.maximum(a, 0.0)
+        c = y_mean - a * z_mean
+        r = y[None, :] - (a[:, None] * z + c[:, None])
+        return np.einsum("ij,ij->i", r, r), a, c
 
     span = float(np.max(q) - np.min(q)) or 1.0
-    grid = -np.logspace(-4, 2, 121) / span  # b·span from −1e-4 to −100
-    errs = [solve(float(b))[0] for b in grid]
-    k = int(np.argmin(errs))
-    lo, hi = float(grid[min(k + 1, len(grid) - 1)]), float(grid[max(k - 1, 0)])
-    # golden-section on b in [lo, hi] (lo < hi < 0)
-    g = (math.sqrt(5) - 1) / 2
-    c1, c2 = hi - g * (hi - lo), lo + g * (hi - lo)
-    f1, f2 = solve(c1)[0], solve(c2)[0]
-    for _ in range(80):
-        if f1 < f2:
-            hi, c2, f2 = c2, c1, f1
-            c1 = hi - g * (hi - lo)
-            f1 = solve(c1)[0]
-        else:
-            lo, c1, f1 = c1, c2, f2
-            c2 = lo + g * (hi - lo)
-            f2 = solve(c2)[0]
-    b = (lo + hi) / 2
-    _, a, c = solve(b)
+    grid = -np.logspace(-4, 2, 241) / span  # b·span from −1e-4 to −100, descending
+    for _ in range(6):  # zoom in around the best b, 1/120 of the bracket per round
+        err, _, _ = solve(grid)
+        k = int(np.argmin(err))
+        lo, hi = grid[min(k + 1, len(grid) - 1)], grid[max(k - 1, 0)]
+        grid = np.linspace(hi, lo, 241)
+    err, a_s, c_s = solve(grid)
+    k = int(np.argmin(err))
+    a, b, c = float(a_s[k]), float(grid[k]), float(c_s[k])
     return a, b, c
 
 
@@ -405,16 +398,24 @@ def _make_plan(
 
 @dataclass(slots=True)
 class _Dag:
-    """Index arrays for fast longest-path passes over a schedule DAG."""
+    """Index arrays for fast longest-path passes over a schedule DAG.
+
+    Nodes are renumbered by topological level (``rank``), so each level is one contiguous
+    slice and a pass costs a handful of NumPy calls per level rather than per node.
+    """
 
     n: int
-    levels: list[IntArray]  # topological levels (every pred of a level is in an earlier one)
-    preds: IntArray  # [n, k] padded with n (a sentinel)
-    succs: IntArray  # [n, k] padded with n
+    bounds: list[tuple[int, int]]  # level k = ranks bounds[k][0] : bounds[k][1]
+    preds: list[IntArray]  # per level: [size, kp] ranks of predecessors, padded with n
+    succs: list[IntArray]  # per level: [size, ks] ranks of successors, padded with n
+    rank: IntArray  # node id → rank
+    node: IntArray  # rank → node id
     edges: IntArray
 
     @classmethod
     def build(cls, schedule: Schedule) -> _Dag:
+        from perwatt.train.schedule import topological_order
+
         n = schedule.num_nodes
         edges = schedule.edges
         pl: list[list[int]] = [[] for _ in range(n)]
@@ -422,49 +423,55 @@ class _Dag:
         for u, v in edges.tolist():
             pl[v].append(u)
             sl[u].append(v)
-        kp = max(1, max(len(p) for p in pl))
-        ks = max(1, max(len(s) for s in sl))
-        preds = np.full((n, kp), n, dtype=np.int64)
-        succs = np.full((n, ks), n, dtype=np.int64)
-        for i in range(n):
-            preds[i, : len(pl[i])] = pl[i]
-            succs[i, : len(sl[i])] = sl[i]
         level = np.zeros(n, dtype=np.int64)
-        from perwatt.train.schedule import topological_order
-
         for v in topological_order(n, edges).tolist():
             if pl[v]:
                 level[v] = 1 + max(int(level[u]) for u in pl[v])
-        levels = [np.nonzero(level == k)[0] for k in range(int(level.max()) + 1)]
-        return cls(n=n, levels=levels, preds=preds, succs=succs, edges=edges)
+        node = np.argsort(level, kind="stable")
+        rank = np.empty(n, dtype=np.int64)
+        rank[node] = np.arange(n)
+        counts = np.bincount(level)
+        ends = np.cumsum(counts)
+        bounds = [(int(e - c), int(e)) for c, e in zip(counts, ends, strict=True)]
+        kp = max(1, max(len(p) for p in pl))
+        ks = max(1, max(len(x) for x in sl))
+        preds, succs = [], []
+        for lo, hi in bounds:
+            pm = np.full((hi - lo, kp), n, dtype=np.int64)
+            sm = np.full((hi - lo, ks), n, dtype=np.int64)
+            for r in range(lo, hi):
+                v = int(node[r])
+                pm[r - lo, : len(pl[v])] = rank[pl[v]]
+                sm[r - lo, : len(sl[v])] = rank[sl[v]]
+            preds.append(pm)
+            succs.append(sm)
+        return cls(n=n, bounds=bounds, preds=preds, succs=succs, rank=rank, node=node, edges=edges)
 
     def earliest_start(self, d: npt.NDArray[np.float64] | IntArray) -> FloatArray:
+        dr = np.asarray(d, dtype=np.float64)[self.node]
         ef = np.zeros(self.n + 1, dtype=np.float64)  # sentinel finish 0
-        es = np.zeros(self.n, dtype=np.float64)
-        dd = d.astype(np.float64)
-        for lv in self.levels:
-            s = ef[self.preds[lv]].max(axis=1)
-            es[lv] = s
-            ef[lv] = s + dd[lv]
+        for (lo, hi), pm in zip(self.bounds, self.preds, strict=True):
+            ef[lo:hi] = ef[pm].max(axis=1) + dr[lo:hi]
+        es = np.empty(self.n, dtype=np.float64)
+        es[self.node] = ef[: self.n] - dr
         return es
 
     def longest(self, d: IntArray) -> tuple[IntArray, IntArray, int]:
-        """Integer earliest start and latest start, and the makespan."""
+        """Integer earliest start and latest start (node order), and the makespan."""
         n = self.n
+        dr = d[self.node]
         ef = np.zeros(n + 1, dtype=np.int64)
-        es = np.zeros(n, dtype=np.int64)
-        for lv in self.levels:
-            s = ef[self.preds[lv]].max(axis=1)
-            es[lv] = s
-            ef[lv] = s + d[lv]
+        for (lo, hi), pm in zip(self.bounds, self.preds, strict=True):
+            ef[lo:hi] = ef[pm].max(axis=1) + dr[lo:hi]
         t = int(ef[:n].max())
-        ls_ = np.full(n + 1, t, dtype=np.int64)  # sentinel latest start = T
-        ls = np.zeros(n, dtype=np.int64)
-        for lv in reversed(self.levels):
-            lf = ls_[self.succs[lv]].min(axis=1)
-            ls[lv] = lf - d[lv]
-            ls_[lv] = ls[lv]
-        return es, ls, t
+        ls = np.full(n + 1, t, dtype=np.int64)  # sentinel latest start = T
+        for (lo, hi), sm in zip(reversed(self.bounds), reversed(self.succs), strict=True):
+            ls[lo:hi] = ls[sm].min(axis=1) - dr[lo:hi]
+        es = np.empty(n, dtype=np.int64)
+        out_ls = np.empty(n, dtype=np.int64)
+        es[self.node] = ef[:n] - dr
+        out_ls[self.node] = ls[:n]
+        return es, out_ls, t
 
 
 def compute_frontier(
@@ -618,6 +625,16 @@ def _sweep(
     Returns, per step (slowest first): makespan in quanta, model cost, and the nodes changed
     (with ±1) since the previous step; plus checkpoints of all durations every
     ``_CHECKPOINT_EVERY`` steps.
+
+    Three facts keep each step cheap. (1) A step shortens *every* critical path by exactly one
+    quantum, so critical instructions stay critical; the critical sub-DAG only grows, and it
+    can only grow when some other path's slack reaches zero. Slack falls by at most
+    ``1 + (instructions slowed this step)`` per step, so the longest-path pass is redone only
+    when the smallest slack could have run out. (2) While the critical sub-DAG is one chain the
+    minimum cut is its cheapest instruction, taken without any flow. (3) Otherwise the flow of
+    the previous step stays feasible after the step (convex costs: a sped-up instruction's new
+    lower bound is its old capacity, a slowed one's new capacity is its old lower bound), so
+    each step only augments the previous maximum flow instead of starting over.
     """
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import breadth_first_order, maximum_flow
@@ -625,121 +642,26 @@ def _sweep(
     n = dag.n
     d = qmax.copy()
     edges = dag.edges
-    has_pred = np.zeros(n, dtype=bool)
-    has_pred[edges[:, 1]] = True
-    has_succ = np.zeros(n, dtype=bool)
-    has_succ[edges[:, 0]] = True
+    nv = 2 * n + 4  # node-split network: in(i)=2i, out(i)=2i+1, then src, snk, s', t'
+    src, snk, sp, tp = 2 * n, 2 * n + 1, 2 * n + 2, 2 * n + 3
     steps_t: list[int] = []
     steps_cost: list[float] = []
     changes: list[tuple[IntArray, IntArray]] = []
     checkpoints: list[IntArray] = []
     empty = np.zeros(0, dtype=np.int64)
 
-    def slope_caps(d: IntArray) -> tuple[IntArray, IntArray]:
-        """Integer (lb, ub) per node, lowtime's convention (|Δcost| per quantum)."""
-        c0 = flat[base + d]
-        up = np.abs(flat[base + np.maximum(d - 1, qmin)] - c0)  # cost of one quantum faster
-        down = np.abs(c0 - flat[base + np.minimum(d + 1, qmax)])  # saving of one slower
-        can_fast = d > qmin
-        can_slow = d < qmax
-        ub = np.where(can_fast, np.floor(up / _FLOW_UNIT_J) + np.where(can_slow, 1, 0), _INF_CAP)
-        lb = np.where(can_slow & can_fast, np.floor(down / _FLOW_UNIT_J), 0)
-        lb = np.where(~can_fast & can_slow, np.floor(down / _FLOW_UNIT_J), lb)
+    def caps(idx: IntArray) -> tuple[IntArray, IntArray]:
+        """Integer (lb, ub) of nodes ``idx``, lowtime's convention (|Δcost| per quantum)."""
+        dd, lo_q, hi_q, b = d[idx], qmin[idx], qmax[idx], base[idx]
+        c0 = flat[b + dd]
+        up = np.abs(flat[b + np.maximum(dd - 1, lo_q)] - c0)  # cost of one quantum faster
+        down = np.abs(c0 - flat[b + np.minimum(dd + 1, hi_q)])  # saving of one quantum slower
+        can_fast, can_slow = dd > lo_q, dd < hi_q
+        ub = np.where(can_fast, np.floor(up / _FLOW_UNIT_J) + can_slow, _INF_CAP)
+        lb = np.where(can_slow, np.floor(down / _FLOW_UNIT_J), 0)
         return lb.astype(np.int64), np.minimum(ub, _INF_CAP).astype(np.int64)
 
-    src, snk = 2 * n, 2 * n + 1
-    while True:
-        es, ls, t = dag.longest(d)
-        crit = es == ls
-        ce = edges[crit[edges[:, 0]] & crit[edges[:, 1]]]
-        ce = ce[es[ce[:, 0]] + d[ce[:, 0]] == es[ce[:, 1]]]
-        cn = np.nonzero(crit)[0]
-        starts = cn[es[cn] == 0]
-        ends = cn[es[cn] + d[cn] == t]
-        if steps_t:
-            pass
-        lb, ub = slope_caps(d)
-        # ---- fast path: the critical sub-DAG is one chain → cut its cheapest instruction ----
-        indeg = np.bincount(ce[:, 1], minlength=n)[cn]
-        outdeg = np.bincount(ce[:, 0], minlength=n)[cn]
-        if (
-            len(starts) == 1
-            and len(ends) == 1
-            and indeg.max(initial=0) <= 1
-            and outdeg.max(initial=0) <= 1
-        ):
-            k = cn[int(np.argmin(ub[cn]))]
-            if ub[k] >= _INF_CAP:
-                break
-            speed = np.array([k], dtype=np.int64)
-            slow = empty
-        else:
-            # ---- min cut with lower bounds on the critical sub-DAG (node-split arcs) -------
-            # arcs: op i: (2i → 2i+1) [lb_i, ub_i]; dep u→v: (2u+1 → 2v) [0, inf];
-            #       src → 2i for starts; 2i+1 → snk for ends.
-            tails = np.concatenate(
-                [2 * cn, 2 * ce[:, 0] + 1, np.full(len(starts), src), 2 * ends + 1]
-            )
-            heads = np.concatenate([2 * cn + 1, 2 * ce[:, 1], 2 * starts, np.full(len(ends), snk)])
-            lo = np.concatenate(
-                [lb[cn], np.zeros(len(ce) + len(starts) + len(ends), dtype=np.int64)]
-            )
-            hi = np.concatenate(
-                [ub[cn], np.full(len(ce) + len(starts) + len(ends), _INF_CAP, dtype=np.int64)]
-            )
-            hi = np.maximum(hi, lo)
-            sp, tp = 2 * n + 2, 2 * n + 3
-            excess = np.zeros(2 * n + 4, dtype=np.int64)
-            np.add.at(excess, heads, lo)
-            np.subtract.at(excess, tails, lo)
-            pos = np.nonzero(excess > 0)[0]
-            neg = np.nonzero(excess < 0)[0]
-            t1 = np.concatenate([tails, [snk], np.full(len(pos), sp), neg])
-            h1 = np.concatenate([heads, [src], pos, np.full(len(neg), tp)])
-            c1 = np.concatenate([hi - lo, [_INF_CAP], excess[pos], -excess[neg]])
-            g1 = csr_matrix((c1.astype(np.int32), (t1, h1)), shape=(2 * n + 4, 2 * n + 4))
-            r1 = maximum_flow(g1, sp, tp, method="dinic")
-            if r1.flow_value < int(excess[pos].sum()):
-                break  # no feasible flow: lowtime stops here too
-            # residual of the original arcs (drop s', t' and the t→s arc)
-            f1 = r1.flow.tocsr()
-            cap_m = csr_matrix(((hi - lo).astype(np.int64), (tails, heads)), shape=g1.shape)
-            res = (cap_m - f1).tocoo()
-            keep = (res.data > 0) & (res.row < sp) & (res.col < sp)
-            keep &= ~((res.row == snk) & (res.col == src)) & ~((res.row == src) & (res.col == snk))
-            g2 = csr_matrix(
-                (
-                    np.minimum(res.data[keep], _INF_CAP).astype(np.int32),
-                    (res.row[keep], res.col[keep]),
-                ),
-                shape=g1.shape,
-            )
-            r2 = maximum_flow(g2, src, snk, method="dinic")
-            g3 = (g2 - r2.flow.tocsr()).tocsr()
-            g3.data = (g3.data > 0).astype(np.int32)
-            g3.eliminate_zeros()
-            reach = breadth_first_order(g3, src, directed=True, return_predecessors=False)
-            in_s = np.zeros(2 * n + 4, dtype=bool)
-            in_s[reach] = True
-            # speed up: op arcs S→T; slow down: op arcs T→S; a cut dependency arc is infinite
-            speed = cn[in_s[2 * cn] & ~in_s[2 * cn + 1]]
-            slow = cn[~in_s[2 * cn] & in_s[2 * cn + 1]]
-            dep_cut = np.any(in_s[2 * ce[:, 0] + 1] & ~in_s[2 * ce[:, 1]])
-            dep_cut |= bool(np.any(~in_s[2 * starts])) or bool(np.any(in_s[2 * ends + 1]))
-            if (
-                len(speed) == 0
-                or dep_cut
-                or np.any(d[speed] <= qmin[speed])
-                or np.any(d[slow] >= qmax[slow])
-            ):
-                break
-        d[speed] -= 1
-        d[slow] += 1
-        nodes = np.concatenate([speed, slow])
-        delta = np.concatenate(
-            [-np.ones(len(speed), dtype=np.int64), np.ones(len(slow), dtype=np.int64)]
-        )
-        _, _, t_new = dag.longest(d)
+    def record(nodes: IntArray, delta: IntArray, t_new: int, cost: float) -> None:
         if not steps_t:
             checkpoints.append(d.copy())
             changes.append((empty, empty))
@@ -748,7 +670,228 @@ def _sweep(
                 checkpoints.append(d.copy())
             changes.append((nodes, delta))
         steps_t.append(t_new)
-        steps_cost.append(float(flat[base + d].sum()))
-        if t_new >= t:  # no progress (should not happen with an exact min cut)
+        steps_cost.append(cost)
+
+    cost = float(flat[base + d].sum())
+    t = -1
+    slack_budget = 0  # steps left before the critical sub-DAG may change
+    net: dict[str, IntArray] | None = None  # arcs of the critical network and their flow
+    chain: IntArray | None = None
+    while True:
+        if slack_budget <= 0:
+            es, ls, t = dag.longest(d)
+            crit = es == ls
+            ce = edges[crit[edges[:, 0]] & crit[edges[:, 1]]]
+            ce = ce[es[ce[:, 0]] + d[ce[:, 0]] == es[ce[:, 1]]]
+            cn = np.nonzero(crit)[0]
+            starts = cn[es[cn] == 0]
+            ends = cn[es[cn] + d[cn] == t]
+            # smallest slack of any non-critical path: through a non-critical node, or through
+            # a non-tight edge
+            node_slack = (ls - es)[~crit]
+            eslack = ls[edges[:, 1]] - (es[edges[:, 0]] + d[edges[:, 0]])
+            eslack = eslack[eslack > 0]
+            slack_budget = int(min(node_slack.min(initial=t + 1), eslack.min(initial=t + 1)))
+            indeg = np.bincount(ce[:, 1], minlength=n)[cn]
+            outdeg = np.bincount(ce[:, 0], minlength=n)[cn]
+            is_chain = (
+                len(starts) == 1 and len(ends) == 1 and indeg.max() <= 1 and outdeg.max() <= 1
+            )
+            chain = cn if is_chain else None
+            if not is_chain and (net is None or not _same_network(net, cn, ce, starts, ends)):
+                net = _grow_network(net, cn, ce, starts, ends, n)
+        if chain is not None:
+            # ---- one chain: cut its cheapest instruction, step after step, no flow --------
+            _, ub = caps(chain)
+            k = int(np.argmin(ub))
+            if ub[k] >= _INF_CAP:
+                break
+            node = chain[k : k + 1]
+            old = float(flat[base[node[0]] + d[node[0]]])
+            d[node] -= 1
+            cost += float(flat[base[node[0]] + d[node[0]]]) - old
+            t -= 1
+            slack_budget -= 1
+            record(node, -np.ones(1, dtype=np.int64), t, cost)
+            continue
+        assert net is not None
+        speed, slow = _min_cut(
+            net, caps, n, nv, src, snk, sp, tp, csr_matrix, maximum_flow, breadth_first_order
+        )
+        if speed is None or slow is None:
             break
+        if len(speed) == 0 or np.any(d[speed] <= qmin[speed]) or np.any(d[slow] >= qmax[slow]):
+            break
+        moved = np.concatenate([speed, slow])
+        old_c = flat[base[moved] + d[moved]].sum()
+        d[speed] -= 1
+        d[slow] += 1
+        cost += float(flat[base[moved] + d[moved]].sum() - old_c)
+        t -= 1
+        slack_budget -= 1 + len(slow)
+        delta = np.concatenate(
+            [-np.ones(len(speed), dtype=np.int64), np.ones(len(slow), dtype=np.int64)]
+        )
+        record(moved, delta, t, cost)
+    # Re-add the cost from scratch once: the running sum must not drift.
+    if steps_t:
+        _, _, t_check = dag.longest(d)
+        if t_check != steps_t[-1]:
+            raise RuntimeError(
+                f"frontier sweep lost track of the makespan ({t_check} != {steps_t[-1]})"
+            )
     return steps_t, steps_cost, changes, checkpoints
+
+
+def _same_network(
+    net: dict[str, IntArray], cn: IntArray, ce: IntArray, starts: IntArray, ends: IntArray
+) -> bool:
+    """True when the critical sub-DAG has the same arcs as ``net`` (it can only grow)."""
+    return len(net["tails"]) == len(cn) + len(ce) + len(starts) + len(ends) and bool(
+        np.array_equal(net["node"][: len(cn)], cn)
+    )
+
+
+def _grow_network(
+    net: dict[str, IntArray] | None,
+    cn: IntArray,
+    ce: IntArray,
+    starts: IntArray,
+    ends: IntArray,
+    n: int,
+) -> dict[str, IntArray]:
+    """Arcs of the critical network, keeping the flow of arcs that were already there."""
+    src, snk = 2 * n, 2 * n + 1
+    tails = np.concatenate([2 * cn, 2 * ce[:, 0] + 1, np.full(len(starts), src), 2 * ends + 1])
+    heads = np.concatenate([2 * cn + 1, 2 * ce[:, 1], 2 * starts, np.full(len(ends), snk)])
+    is_op = np.zeros(len(tails), dtype=bool)
+    is_op[: len(cn)] = True
+    node = np.full(len(tails), -1, dtype=np.int64)
+    node[: len(cn)] = cn
+    key = tails * (2 * n + 4) + heads
+    x = np.zeros(len(tails), dtype=np.int64)
+    valid = np.zeros(1, dtype=np.int64)
+    if net is not None:
+        old_key, old_x = net["key"], net["x"]
+        order = np.argsort(old_key)
+        pos = np.searchsorted(old_key[order], key)
+        pos = np.minimum(pos, len(order) - 1)
+        hit = old_key[order][pos] == key
+        x[hit] = old_x[order][pos[hit]]
+        # every old arc must survive (critical paths stay critical); else start the flow over
+        valid[0] = int(hit.sum() == len(old_key))
+    # CSR layout of the residual graph (every arc forward and backward), fixed until the
+    # network grows again: each step then only refills the capacities.
+    nv = 2 * n + 4
+    r_t = np.concatenate([tails, heads])
+    r_h = np.concatenate([heads, tails])
+    perm = np.lexsort((r_h, r_t))
+    indptr = np.zeros(nv + 1, dtype=np.int32)
+    np.cumsum(np.bincount(r_t, minlength=nv), out=indptr[1:])
+    return {
+        "tails": tails,
+        "heads": heads,
+        "is_op": is_op,
+        "node": node,
+        "key": key,
+        "rkeys": np.sort(r_t * nv + r_h),
+        "rorder": np.argsort(r_t * nv + r_h),
+        "x": x,
+        "valid": valid,
+        "perm": perm,
+        "indices": r_h[perm].astype(np.int32),
+        "indptr": indptr,
+    }
+
+
+def _min_cut(
+    net: dict[str, IntArray],
+    caps: object,
+    n: int,
+    nv: int,
+    src: int,
+    snk: int,
+    sp: int,
+    tp: int,
+    csr_matrix: object,
+    maximum_flow: object,
+    breadth_first_order: object,
+) -> tuple[IntArray | None, IntArray | None]:
+    """Minimum cut (with lower bounds) of the critical network, warm-started from its flow."""
+    tails, heads, x = net["tails"], net["heads"], net["x"]
+    op = net["is_op"]
+    lo = np.zeros(len(tails), dtype=np.int64)
+    hi = np.full(len(tails), _INF_CAP, dtype=np.int64)
+    lb, ub = caps(net["node"][op])  # type: ignore[operator]
+    lo[op], hi[op] = lb, np.maximum(ub, lb)
+    if not net["valid"][0] or np.any(x < lo) or np.any(x > hi):
+        fresh = _feasible_flow(tails, heads, lo, hi, nv, src, snk, sp, tp, csr_matrix, maximum_flow)
+        if fresh is None:
+            return None, None
+        x = fresh
+        net["valid"][0] = 1
+    # Augment s → t along shortest residual paths until none is left (Edmonds–Karp, warm
+    # started: the previous step's flow is already close to maximal, so this takes a few
+    # paths). Residual entries: arc a forward (cap hi − x) is entry a, backward (x − lo) a + A.
+    n_arcs = len(tails)
+    perm, indices, indptr, sorted_keys = net["perm"], net["indices"], net["indptr"], net["rkeys"]
+    rc = np.concatenate([hi - x, x - lo])
+    while True:
+        data = (rc[perm] > 0).astype(np.int8)
+        g = csr_matrix((data, indices.copy(), indptr.copy()), shape=(nv, nv))  # type: ignore[operator]
+        g.eliminate_zeros()
+        reach, pred = breadth_first_order(g, src, directed=True, return_predecessors=True)  # type: ignore[operator]
+        if pred[snk] < 0:
+            break
+        path: list[int] = []
+        pl = pred.tolist()
+        v = snk
+        while v != src:
+            u = pl[v]
+            path.append(u * nv + v)
+            v = u
+        entries = net["rorder"][np.searchsorted(sorted_keys, np.array(path, dtype=np.int64))]
+        delta = int(rc[entries].min())
+        rc[entries] -= delta
+        partner = np.where(entries < n_arcs, entries + n_arcs, entries - n_arcs)
+        rc[partner] += delta
+    x = hi - rc[:n_arcs]
+    net["x"] = x
+    in_s = np.zeros(nv, dtype=bool)
+    in_s[reach] = True
+    crossing_fwd = in_s[tails] & ~in_s[heads]
+    crossing_bwd = ~in_s[tails] & in_s[heads]
+    if np.any(crossing_fwd & ~op):  # a dependency (infinite) arc is cut: nothing to speed up
+        return None, None
+    nodes = net["node"]
+    return nodes[crossing_fwd & op], nodes[crossing_bwd & op]
+
+
+def _feasible_flow(
+    tails: IntArray,
+    heads: IntArray,
+    lo: IntArray,
+    hi: IntArray,
+    nv: int,
+    src: int,
+    snk: int,
+    sp: int,
+    tp: int,
+    csr_matrix: object,
+    maximum_flow: object,
+) -> IntArray | None:
+    """A flow with ``lo ≤ x ≤ hi`` on every arc (classic s'/t' construction), or None."""
+    excess = np.zeros(nv, dtype=np.int64)
+    np.add.at(excess, heads, lo)
+    np.subtract.at(excess, tails, lo)
+    pos = np.nonzero(excess > 0)[0]
+    neg = np.nonzero(excess < 0)[0]
+    t1 = np.concatenate([tails, [snk], np.full(len(pos), sp), neg])
+    h1 = np.concatenate([heads, [src], pos, np.full(len(neg), tp)])
+    c1 = np.concatenate([hi - lo, [_INF_CAP], excess[pos], -excess[neg]])
+    g1 = csr_matrix((c1.astype(np.int32), (t1, h1)), shape=(nv, nv))  # type: ignore[operator]
+    r1 = maximum_flow(g1, sp, tp, method="dinic")  # type: ignore[operator]
+    if r1.flow_value < int(excess[pos].sum()):
+        return None
+    f = np.asarray(r1.flow[tails, heads]).ravel().astype(np.int64)
+    return np.asarray(lo + f, dtype=np.int64)
