@@ -442,6 +442,7 @@ class _Run:
     rows: RequestRows | None = None
     rows_note: str | None = None
     blocks: EnergyBlocks | None = None
+    blocks_note: str | None = None
 
     @property
     def level(self) -> tuple[str, float]:
@@ -492,6 +493,12 @@ def _load_rows(run: _Run) -> None:
     t_s = run.doc["timeline"]["t_s"]
     run.rows = _aligned_rows(rows, float(t_s[-1])) if t_s else rows
     run.blocks = energy_blocks(run.doc, run.rows)
+    if run.blocks is None:
+        n = len(run.doc["timeline"]["t_s"])
+        run.blocks_note = (
+            f"{run.path.name}: too few power samples ({n}) or requests in the energy window "
+            "to cut into time blocks"
+        )
 
 
 # --------------------------------------------------------------------------- conditions
@@ -532,20 +539,28 @@ _CONDITIONS: Final[tuple[tuple[str, Any, bool], ...]] = (
 
 
 def _condition_diffs(runs: list[_Run]) -> tuple[list[str], list[str]]:
-    """(loud differences, informational differences) across all runs."""
+    """(loud, informational) differences between series *at the same load level*.
+
+    Conditions may legitimately change along one series (a sweep's levels have their own
+    windows and prompt counts); what matters is whether the runs a ratio is taken between differ.
+    """
+    levels: dict[tuple[str, float], list[_Run]] = {}
+    for r in runs:
+        levels.setdefault(r.level, []).append(r)
     loud: list[str] = []
     info: list[str] = []
     for name, get, is_loud in _CONDITIONS:
-        per_series: dict[str, set[str]] = {}
-        for r in runs:
-            per_series.setdefault(r.series, set()).add(str(get(r.doc)))
-        all_vals = set().union(*per_series.values())
-        if len(all_vals) <= 1:
-            continue
-        text = f"{name} differs: " + "; ".join(
-            f"{s}={'/'.join(sorted(v))}" for s, v in per_series.items()
-        )
-        (loud if is_loud else info).append(text)
+        found: dict[str, list[str]] = {}  # description of the difference -> load levels
+        for (kind, value), group in sorted(levels.items()):
+            if len({r.series for r in group}) < 2:
+                continue
+            per_series = {r.series: str(get(r.doc)) for r in group}
+            if len(set(per_series.values())) > 1:
+                desc = "; ".join(f"{k}={v}" for k, v in per_series.items())
+                found.setdefault(desc, []).append(f"{kind} {value:g}")
+        for desc, where in found.items():
+            text = f"{name} differs: {desc} (at {', '.join(where)})"
+            (loud if is_loud else info).append(text)
     return loud, info
 
 
@@ -663,7 +678,13 @@ def _ratio_ci(
         return None, None
     if spec.ci in ("blocks_jpt", "inverse_jpt", "blocks_rate"):
         if a.blocks is None or b.blocks is None:
-            return None, "no power timeline / requests CSV to resample"
+            return None, (
+                a.blocks_note
+                or b.blocks_note
+                or a.rows_note
+                or b.rows_note
+                or "nothing to resample"
+            )
         if spec.ci == "blocks_rate":
             ci = bootstrap_ratio_of_sums_ci(
                 a.blocks.tokens, a.blocks.duration_s, b.blocks.tokens, b.blocks.duration_s, **kw
@@ -906,7 +927,12 @@ def render_comparison(cmp: Comparison, console: Any | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    con = console if console is not None else Console()
+    con = console
+    if con is None:
+        con = Console()
+        if not con.is_terminal:
+            # Piped into a file or a CI log: 80 columns would wrap every metric name.
+            con = Console(width=180)
     for w in cmp.warnings:
         style = "bold red" if w.isupper() or w.split(":")[0].isupper() else "yellow"
         con.print(f"[{style}]⚠ {w}[/]", highlight=False, markup=True)
@@ -920,7 +946,7 @@ def render_comparison(cmp: Comparison, console: Any | None = None) -> None:
             title_justify="left",
             show_lines=False,
         )
-        t.add_column("metric")
+        t.add_column("metric", no_wrap=True)
         sources: list[str] = []
         for s, run in zip(cmp.series, lv.runs, strict=True):
             src = run.energy_source if run else "–"

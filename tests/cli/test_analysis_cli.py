@@ -1,0 +1,189 @@
+"""``perwatt compare``, ``perwatt report`` and ``perwatt quality`` invoked as a user would."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from perwatt.bench.result import load_result
+from perwatt.cli import main
+
+DATA = Path(__file__).parents[1] / "bench" / "data"
+
+
+def test_compare_text_and_json(capsys: pytest.CaptureFixture[str]) -> None:
+    files = [str(DATA / f) for f in ("bf16_c1.json", "bf16_c4.json", "fp8_c1.json", "fp8_c4.json")]
+    assert main(["compare", *files, "--resamples", "300"]) == 0
+    out = capsys.readouterr().out
+    assert "J / output token" in out and "(simulated)" in out
+    assert "fp8 / bf16" in out and "better" in out
+    assert main(["compare", *files, "--resamples", "300", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["baseline"] == "bf16" and doc["series"] == ["bf16", "fp8"]
+    assert [lv["load"]["value"] for lv in doc["levels"]] == [1.0, 4.0]
+    jpt = doc["levels"][0]["metrics"][0]
+    assert jpt["key"] == "j_per_output_token"
+    assert jpt["ratios_vs_baseline"][0]["verdict"] == "better"
+
+
+def test_report_writes_html(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "r.html"
+    rc = main(["report", str(DATA / "bf16_c4.json"), str(DATA / "fp8_c4.json"), "--out", str(out)])
+    assert rc == 0
+    assert out.read_text().startswith("<!DOCTYPE html>")
+    assert f"wrote {out}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["compare", "report"])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{oops", "not valid JSON"),
+        ('{"schema": "perwatt.bench.result/2"}', "not supported"),
+        ('{"schema": "perwatt.bench.result/1"}', "missing key"),
+    ],
+)
+def test_malformed_result_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, content: str, message: str
+) -> None:
+    bad = tmp_path / "broken.json"
+    bad.write_text(content)
+    args = [command, str(DATA / "bf16_c4.json"), str(bad)]
+    if command == "report":
+        args += ["--out", str(tmp_path / "r.html")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    assert "broken.json" in err and message in err
+    assert "Traceback" not in err
+
+
+class _Echo(BaseHTTPRequestHandler):
+    """Greedy 'model': answers the prompt reversed; the candidate changes the last word."""
+
+    candidate = False
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self._send({"data": [{"id": "echo"}]})
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        words = body["prompt"].split()[::-1]
+        if self.candidate and len(words) > 2:
+            words[-1] = "CHANGED"
+        toks = [w + " " for w in words]
+        lps = [-0.1] * len(toks)
+        if self.candidate:
+            lps = [-0.15] * len(toks)
+        self._send(
+            {
+                "choices": [
+                    {
+                        "text": "".join(toks),
+                        "finish_reason": "length",
+                        "logprobs": {"tokens": toks, "token_logprobs": lps, "top_logprobs": None},
+                    }
+                ]
+            }
+        )
+
+    def _send(self, obj: Any) -> None:
+        data = json.dumps(obj).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+class _Candidate(_Echo):
+    candidate = True
+
+
+@pytest.fixture
+def echo_servers() -> Iterator[tuple[str, str]]:
+    servers = [ThreadingHTTPServer(("127.0.0.1", 0), h) for h in (_Echo, _Candidate)]
+    for s in servers:
+        threading.Thread(
+            target=s.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        ).start()
+    yield tuple(f"http://127.0.0.1:{s.server_address[1]}/v1" for s in servers)  # type: ignore[misc]
+    for s in servers:
+        s.shutdown()
+        s.server_close()
+
+
+def test_quality_cli_attach(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], echo_servers: tuple[str, str]
+) -> None:
+    ref, cand = echo_servers
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "one two three"}\n{"prompt": "short"}\n')
+    run = tmp_path / "fp8_c4.json"
+    shutil.copy(DATA / "fp8_c4.json", run)
+    q = tmp_path / "q.json"
+    rc = main(
+        [
+            "quality", "--quality", str(prompts), "--url", ref, "--url", cand,
+            "--max-tokens", "8", "--out", str(q), "--attach", str(run), "--control",
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "exact match        0.5000" in out
+    assert "control A vs A     exact 1.0000" in out
+    acc = load_result(run)["accuracy"]
+    assert acc is not None and acc["exact_match"] == 0.5
+    assert acc["logprob_agreement"] == pytest.approx(0.951229, rel=1e-5)  # exp(-0.05)
+    assert json.loads(q.read_text())["summary"]["top1_agreement"] == pytest.approx(3 / 4)
+
+
+def test_quality_cli_needs_two_urls(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "x"}\n')
+    assert main(["quality", "--prompts", str(prompts), "--url", "http://127.0.0.1:1/v1"]) == 2
+    assert "give --url twice" in capsys.readouterr().err
+
+
+def test_done_means_bench_then_compare_and_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The issue's acceptance path: two `perwatt bench` runs, then compare and report on them."""
+    from perwatt.bench.testing import FakeOpenAIServer, ServerConfig
+
+    for label, itl_s in (("slow", 0.004), ("fast", 0.002)):
+        with FakeOpenAIServer(ServerConfig(itl_s=itl_s)) as s:
+            rc = main(
+                [
+                    "bench", "--url", s.url, "--num-prompts", "24", "--max-concurrency", "4",
+                    "--input-len", "32", "--output-len", "16", "--result-dir",
+                    str(tmp_path / label), "--energy-source", "simulated", "--label", label,
+                    "--quiet",
+                ]
+            )  # fmt: skip
+            assert rc == 0
+    capsys.readouterr()
+    a = next((tmp_path / "slow").glob("*.json"))
+    b = next((tmp_path / "fast").glob("*.json"))
+    assert main(["compare", str(a), str(b), "--json", "--resamples", "300"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    (level,) = doc["levels"]
+    assert level["load"] == {"kind": "concurrency", "value": 4.0}
+    tpot = next(m for m in level["metrics"] if m["key"] == "tpot_ms.p50")
+    r = tpot["ratios_vs_baseline"][0]
+    assert r["ratio"] < 1.0 and r["ci_low"] is not None  # per-request rows from the real CSV
+    assert any("simulated" in w for w in doc["warnings"])
+    out = tmp_path / "report.html"
+    assert main(["report", str(a), str(b), "--out", str(out)]) == 0
+    html = out.read_text()
+    assert "are NOT measurements" in html and "steady state" in html
