@@ -6,9 +6,12 @@ trace), ``simulated`` (a deterministic model) and ``estimated`` (utilisation x r
 figure says which one it came from; see :data:`perwatt.meter.source.SOURCE_LABELS`.
 """
 
+from perwatt.meter.dcgm import DCGMSource, PrometheusSource, prometheus_energy_between
 from perwatt.meter.detect import detect_sources, open_sources
+from perwatt.meter.estimated import EstimatedCPUSource
 from perwatt.meter.meter import IdleBaseline, Measurement, Meter, Sample, WindowHandle
 from perwatt.meter.nvml import NVMLSource, open_nvml_sources
+from perwatt.meter.rapl import RAPLSource
 from perwatt.meter.replay import PowerTrace, ReplaySource, load_trace
 from perwatt.meter.run import CommandMeasurement, measure_command
 from perwatt.meter.simulated import SimulatedSource
@@ -18,12 +21,16 @@ __all__ = [
     "MEASURED_LABELS",
     "SOURCE_LABELS",
     "CommandMeasurement",
+    "DCGMSource",
+    "EstimatedCPUSource",
     "IdleBaseline",
     "Measurement",
     "Meter",
     "NVMLSource",
     "PowerSource",
     "PowerTrace",
+    "PrometheusSource",
+    "RAPLSource",
     "ReplaySource",
     "Sample",
     "SimulatedSource",
@@ -34,4 +41,5 @@ __all__ = [
     "measure_command",
     "open_nvml_sources",
     "open_sources",
+    "prometheus_energy_between",
 ]
