@@ -318,6 +318,15 @@ class Frontier:
         p = self.points[idx]
         return _make_plan(self.schedule, self.profile, self.p_block_w, freqs, p.time_s, p.energy_j)
 
+    def frequencies_for(self, point: FrontierPoint | int) -> list[list[int]]:
+        """Per stage, the clock (MHz) of each instruction in program order — no replay."""
+        idx = point if isinstance(point, int) else point.index
+        d = self.durations_q(idx)
+        freqs = [
+            self.options[int(k)].knob_for(int(di)) for k, di in zip(self._spec, d, strict=True)
+        ]
+        return [freqs[sl] for sl in self.schedule.stage_slices()]
+
     def to_csv_rows(self) -> list[tuple[float, float]]:
         """``(time, energy)`` slowest first — the layout of the Perseus reference files."""
         return [(p.time_s, p.energy_j) for p in reversed(self.points)]

@@ -22,13 +22,37 @@ comparison is at equal iteration time.
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from perwatt.errors import ConfigError
-from perwatt.train.frontier import FrequencyPlan, Frontier, FrontierPoint
+from perwatt.train.frontier import (
+    CostModel,
+    FrequencyPlan,
+    Frontier,
+    FrontierPoint,
+    compute_frontier,
+)
+from perwatt.train.profile import combine_ranks, load_profile
+from perwatt.train.schedule import gpipe, interleaved_one_f_one_b, one_f_one_b
 
-__all__ = ["ENERGY_SOURCE", "PlanChoice", "Savings", "choose_plan"]
+__all__ = [
+    "ENERGY_SOURCE",
+    "PlanChoice",
+    "PlanReport",
+    "Savings",
+    "choice_as_dict",
+    "choose_plan",
+    "format_choice",
+    "plan_pipeline",
+    "write_frontier_csv",
+    "write_plans",
+]
 
 ENERGY_SOURCE = "simulated (profile replay)"
 _J_PER_KWH = 3.6e6
@@ -195,4 +219,222 @@ def choose_plan(
             reference_energy_j=at_horizon(fastest),
             chosen_energy_j=chosen_e,
         ),
+    )
+
+
+# ---- end-to-end: what `perwatt train plan` runs ------------------------------------------
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_frontier_csv(frontier: Frontier, path: str | Path) -> None:
+    """``time,energy`` rows, slowest first — the layout of the Perseus reference files."""
+    lines = ["time,energy"] + [f"{t!r},{e!r}" for t, e in frontier.to_csv_rows()]
+    _atomic_write(Path(path), "\n".join(lines) + "\n")
+
+
+def write_plans(frontier: Frontier, path: str | Path) -> int:
+    """Every frontier point's plan: one JSON document (``*.json``) or one file per point.
+
+    Each plan lists, per stage, the clock (MHz) of each instruction in program order; the
+    order itself (instruction, microbatch, chunk) is written once. Returns the number of plans.
+    """
+    p = Path(path)
+    order = [
+        [[n.instruction, n.microbatch, n.chunk] for n in stage_nodes]
+        for stage_nodes in frontier.schedule.order
+    ]
+    plans = [
+        {
+            "index": pt.index,
+            "time_s": pt.time_s,
+            "energy_j": pt.energy_j,
+            "freq_mhz": frontier.frequencies_for(pt),
+        }
+        for pt in frontier.points
+    ]
+    meta = {
+        "schedule": frontier.schedule.name,
+        "stages": frontier.schedule.num_stages,
+        "microbatches": frontier.schedule.num_microbatches,
+        "chunks": frontier.schedule.chunks,
+        "p_block_w": list(frontier.p_block_w),
+        "time_quantum_s": frontier.time_quantum_s,
+        "cost_model": frontier.cost_model,
+        "energy_source": "model (planner cost model, from the profile)",
+        "order": order,
+    }
+    if p.suffix == ".json":
+        _atomic_write(p, json.dumps({**meta, "plans": plans}))
+    else:
+        p.mkdir(parents=True, exist_ok=True)
+        _atomic_write(p / "schedule.json", json.dumps(meta))
+        for plan in plans:
+            _atomic_write(p / f"plan_{plan['index']:05d}.json", json.dumps(plan))
+    return len(plans)
+
+
+def choice_as_dict(choice: PlanChoice, frontier: Frontier) -> dict[str, object]:
+    return {
+        "target": choice.target,
+        "time_limit_s": choice.time_limit_s,
+        "t_min_s": frontier.t_min_s,
+        "t_max_s": frontier.t_max_s,
+        "frontier_points": len(frontier.points),
+        "chosen": {
+            "index": choice.point.index,
+            "time_s": choice.point.time_s,
+            "model_energy_j": choice.point.energy_j,
+            "replay_time_s": choice.plan.replay_time_s,
+            "replay_energy_j": choice.plan.replay_energy_j,
+            "slowdown_pct": choice.slowdown_pct,
+            "freq_mhz": [[p.freq_mhz for p in stage] for stage in choice.plan.stages],
+        },
+        "baseline_all_max": {
+            "replay_time_s": choice.baseline.replay_time_s,
+            "replay_energy_j": choice.baseline.replay_energy_j,
+        },
+        "vs_baseline": choice.vs_baseline.as_dict(),
+        "vs_fastest": choice.vs_fastest.as_dict(),
+        "notes": list(frontier.notes),
+    }
+
+
+def _compress(freqs: list[int]) -> str:
+    """``1410 1080×11 1095`` — runs of equal clocks collapsed."""
+    out, i = [], 0
+    while i < len(freqs):
+        j = i
+        while j + 1 < len(freqs) and freqs[j + 1] == freqs[i]:
+            j += 1
+        out.append(f"{freqs[i]}" + (f"×{j - i + 1}" if j > i else ""))
+        i = j + 1
+    return " ".join(out)
+
+
+def format_choice(choice: PlanChoice, frontier: Frontier) -> str:
+    """The chosen plan and its savings, as the CLI prints them."""
+    b, f = choice.vs_baseline, choice.vs_fastest
+    lines = [
+        f"frontier: {len(frontier.points)} points, T_min {frontier.t_min_s:.4f} s, "
+        f"T_max {frontier.t_max_s:.4f} s ({frontier.schedule.name}, "
+        f"{frontier.schedule.num_stages} stages, {frontier.schedule.num_microbatches} microbatches)",
+        f"target: {choice.target}",
+        f"chosen: {choice.point.time_s:.4f} s/iteration (+{choice.slowdown_pct:.2f}% vs T_min), "
+        f"model energy {choice.point.energy_j:.1f} J",
+        f"replay of the chosen clocks on the profile: {choice.plan.replay_time_s:.4f} s, "
+        f"{choice.plan.replay_energy_j:.1f} J; all max clock: "
+        f"{choice.baseline.replay_time_s:.4f} s, {choice.baseline.replay_energy_j:.1f} J",
+        "plan (MHz per instruction in program order, F/B interleaved as scheduled):",
+    ]
+    for s, stage in enumerate(choice.plan.stages):
+        lines.append(f"  stage {s}: {_compress([p.freq_mhz for p in stage])}")
+    for sv in (b, f):
+        lines.append(
+            f"saved vs {sv.reference}: {sv.saved_pct:.2f}% ({sv.saved_j:.1f} J/iteration, "
+            f"{sv.saved_j_per_1000_iterations / 1e3:.1f} kJ = "
+            f"{sv.saved_kwh_per_1000_iterations:.4f} kWh per 1,000 iterations)"
+        )
+    lines.append(
+        f"energy source: {b.source}; P_block {', '.join(f'{p:g}' for p in frontier.p_block_w)} W"
+    )
+    lines.extend(f"note: {n}" for n in frontier.notes)
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanReport:
+    """What ``perwatt train plan`` computed: the frontier, the choice, files written."""
+
+    frontier: Frontier
+    choice: PlanChoice
+    frontier_csv: str | None
+    plans_path: str | None
+    solve_s: float
+
+
+def plan_pipeline(
+    profile_paths: Sequence[str | Path],
+    *,
+    stages: int,
+    microbatches: int,
+    p_block_w: float | Sequence[float],
+    schedule: str = "1f1b",
+    chunks: int = 1,
+    recompute: bool = False,
+    time_quantum_s: float = 1e-3,
+    cost_model: CostModel = "exponential",
+    noise_factor: float = 1.0,
+    supported_freqs_mhz: Sequence[int] | None = None,
+    frontier_csv: str | Path | None = None,
+    plans_path: str | Path | None = None,
+    target: str | None = None,
+    straggler_s: float | None = None,
+    straggler_ratio: float | None = None,
+    deadline_s: float | None = None,
+    max_slowdown_pct: float | None = None,
+) -> PlanReport:
+    """Profile(s) → schedule → frontier → chosen plan, writing the frontier and plans.
+
+    Several profiles are the data/tensor-parallel ranks of one pipeline: they are combined
+    (max time, summed energy) and each stage's blocking power is counted once per rank.
+    """
+    if not profile_paths:
+        raise ConfigError("give at least one profile CSV")
+    profiles = [load_profile(p) for p in profile_paths]
+    profile = profiles[0] if len(profiles) == 1 else combine_ranks(profiles)
+    if supported_freqs_mhz is not None:
+        profile.check_supported(supported_freqs_mhz)
+    expected = {stages, stages * chunks}
+    if profile.num_stages not in expected:
+        raise ConfigError(
+            f"{profile_paths[0]} has {profile.num_stages} stages but --stages is {stages}; "
+            "they must match"
+        )
+    if schedule == "1f1b":
+        sched = one_f_one_b(stages, microbatches, recompute=recompute)
+    elif schedule == "gpipe":
+        sched = gpipe(stages, microbatches, recompute=recompute)
+    elif schedule == "interleaved":
+        sched = interleaved_one_f_one_b(stages, microbatches, chunks, recompute=recompute)
+    else:
+        raise ConfigError(f"unknown schedule {schedule!r}; use 1f1b, gpipe or interleaved")
+    ranks = len(profiles)
+    if isinstance(p_block_w, (int, float)):
+        pb: float | list[float] = float(p_block_w) * ranks
+    else:
+        pb = [float(x) * ranks for x in p_block_w]
+    t0 = time.perf_counter()
+    frontier = compute_frontier(
+        profile,
+        sched,
+        p_block_w=pb,
+        time_quantum_s=time_quantum_s,
+        cost_model=cost_model,
+        noise_factor=noise_factor,
+    )
+    solve_s = time.perf_counter() - t0
+    choice = choose_plan(
+        frontier,
+        target=target,
+        straggler_s=straggler_s,
+        straggler_ratio=straggler_ratio,
+        deadline_s=deadline_s,
+        max_slowdown_pct=max_slowdown_pct,
+    )
+    if frontier_csv is not None:
+        write_frontier_csv(frontier, frontier_csv)
+    if plans_path is not None:
+        write_plans(frontier, plans_path)
+    return PlanReport(
+        frontier=frontier,
+        choice=choice,
+        frontier_csv=None if frontier_csv is None else str(frontier_csv),
+        plans_path=None if plans_path is None else str(plans_path),
+        solve_s=solve_s,
     )
