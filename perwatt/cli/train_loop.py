@@ -122,7 +122,10 @@ def run_profile(args: argparse.Namespace) -> int:
             f"[source: {res.source} — a model, not a measurement]"
         )
         for s, why in enumerate(res.stop_reasons):
-            print(f"  stage {s}: {why} ({res.iterations[s]} iterations)")
+            print(
+                f"  stage {s}: {why} ({res.iterations[s]} iterations); blocking power "
+                f"{res.blocking_power_w[s]:.1f} W at the top clock [{res.source}]"
+            )
         return 0
     extra = list(args.script_args)
     if extra[:1] == ["--"]:
@@ -138,6 +141,9 @@ def run_profile(args: argparse.Namespace) -> int:
     )
     note = " (PARTIAL: the script ended before the sweep did)" if out.partial else ""
     print(f"wrote {out.path}: {len(out.rows)} rows [source: {out.source}]{note}; {out.stop_reason}")
+    if out.blocking_power_w:
+        top = max(out.blocking_power_w)
+        print(f"blocking power at {top} MHz: {out.blocking_power_w[top]:.1f} W (use as --p-block)")
     return 0
 
 

@@ -52,6 +52,8 @@ def test_exact_counter_recovers_model_and_stops_after_minimum() -> None:
         # Early stop: exactly `patience` steps measured below the minimum, none further.
         assert freqs[-1] == best - 3 * 30
         assert "has not fallen for 3 steps" in res.stop_reasons[s]
+    # The gaps between instructions are the simulated GPU's idle power: a measured P_block.
+    assert res.blocking_power_w == pytest.approx((80.0, 80.0, 80.0))
     # warm-up + measure iterations per step
     n_steps = len({r.freq_mhz for r in res.rows if r.stage == 0})
     assert res.iterations[0] == n_steps * 3
@@ -92,6 +94,28 @@ def test_frequency_is_locked_per_step_and_reset_on_close() -> None:
     # Warm-up iterations are not measured: one window per frequency.
     assert [(r.freq_mhz, r.count) for r in rows] == [(1410, 1), (1305, 1)]
     assert p.stop_reason == "reached the lowest frequency in the sweep"
+
+
+def test_optimizer_step_between_iterations_is_not_blocking_power() -> None:
+    from perwatt.train.simgpu import InstructionModel
+
+    insts = dict(default_stage_models(1)[0])
+    insts["optimizer"] = InstructionModel(sm_bound_s=0.2, activity=1.0)
+    gpu = SimulatedGPU("A100", insts)
+    meter = Meter(gpu.source(), clock=gpu.clock, sampler=False, sync_cuda=False)
+    cfg = SweepConfig(frequencies_mhz=(1410,), warmup_iterations=0, measure_iterations=3)
+    with meter, StageProfiler(stage=0, meter=meter, clocks=gpu, config=cfg) as p:
+        while not p.done:
+            for inst in ("forward", "backward"):
+                gpu.wait(0.01)
+                p.on_instruction_begin(inst)
+                gpu.run(inst)
+                p.on_instruction_end(inst)
+            gpu.run("optimizer")  # busy, but neither an instruction nor blocking
+            p.on_iteration_end()
+    assert p.blocking_power_w() == {1410: pytest.approx(gpu.model.idle_w)}
+    fwd = p.rows()[0]
+    assert fwd.energy_j == pytest.approx(gpu.instruction_energy_j("forward", 1410))
 
 
 def test_hook_misuse_is_a_clear_error() -> None:
