@@ -200,13 +200,28 @@ _COND_KEYS: Final[tuple[tuple[str, Any], ...]] = (
 
 
 def _condition_diffs(runs: Sequence[_Run]) -> list[str]:
+    """Conditions that differ between series at the same load level.
+
+    Along one series conditions may change by design (a power-limit sweep, or the energy basis
+    of a short level); what a reader must be warned about is runs side by side at one load that
+    were measured differently.
+    """
+    levels: dict[str, list[_Run]] = {}
+    for r in runs:
+        levels.setdefault(_load_text(r.doc), []).append(r)
     out = []
     for name, get in _COND_KEYS:
-        vals: dict[str, list[str]] = {}
-        for r in runs:
-            vals.setdefault(str(get(r.doc)), []).append(r.name)
-        if len(vals) > 1:
-            out.append(f"{name}: " + "; ".join(f"{v} ({', '.join(ns)})" for v, ns in vals.items()))
+        for load, group in levels.items():
+            if len({r.series for r in group}) < 2:
+                continue
+            vals: dict[str, list[str]] = {}
+            for r in group:
+                vals.setdefault(str(get(r.doc)), []).append(r.name)
+            if len(vals) > 1:
+                out.append(
+                    f"{name} at {load}: "
+                    + "; ".join(f"{v} ({', '.join(ns)})" for v, ns in vals.items())
+                )
     return out
 
 

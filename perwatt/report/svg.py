@@ -196,12 +196,17 @@ def make_frame(
         fx = [0.0, 1.0]
     if not fy:
         fy = [0.0, 1.0]
+    y_ticks = nice_ticks(min(fy), max(fy))
+    if len(y_ticks) >= 2 and y_ticks[-1] - max(fy) < 0.02 * (y_ticks[-1] - y_ticks[0]):
+        # The highest value sits on the top edge, where a flat series (a power cap, a
+        # simulated constant) would merge with the frame: add one tick of headroom.
+        y_ticks.append(round(2 * y_ticks[-1] - y_ticks[-2], 12))
     return Frame(
         width=width,
         height=height,
         right=right,
         x_ticks=tuple(nice_ticks(min(fx), max(fx))),
-        y_ticks=tuple(nice_ticks(min(fy), max(fy))),
+        y_ticks=tuple(y_ticks),
         title=title,
         x_label=x_label,
         y_label=y_label,

@@ -85,9 +85,19 @@ def test_conditions_banner_and_escaping() -> None:
     b["label"] = "<script>alert(1)</script>"
     text = render_html_report([a, b])
     assert "Conditions differ between runs" in text
-    assert "power limit (W): 1× 700.0" in text
+    assert "power limit (W) at concurrency 4: 1× 700.0 (result 1); 1× 400.0 (result 2)" in text
     assert "<script>" not in text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+
+
+def test_differences_along_one_series_are_not_flagged() -> None:
+    docs = [_doc(DATA / f"{s}.json") for s in ("bf16_c1", "bf16_c4", "fp8_c1", "fp8_c4")]
+    for d in docs:
+        if d["load"]["value"] == 4.0:
+            d["energy"]["basis"] = "whole_run"  # both series, same level: consistent
+    assert "Conditions differ" not in render_html_report(docs)
+    docs[3]["energy"]["basis"] = "steady_state"
+    assert "energy basis at concurrency 4" in render_html_report(docs)
 
 
 def test_failed_run_without_energy_still_renders() -> None:

@@ -46,8 +46,12 @@ def test_fmt() -> None:
 
 def test_frame_maps_data_to_pixels() -> None:
     f = svg.make_frame([0, 10], [0, 100], width=600, height=400)
+    assert f.x_ticks[0] == 0 and f.x_ticks[-1] == 10
     assert f.sx(0) == f.plot_x0 and f.sx(10) == f.plot_x1
-    assert f.sy(0) == f.plot_y1 and f.sy(100) == f.plot_y0  # y grows downwards
+    assert f.sy(0) == f.plot_y1 and f.sy(f.y_hi) == f.plot_y0  # y grows downwards
+    # A maximum on the top tick gets one tick of headroom, so a flat line stays visible.
+    assert f.y_ticks == (0.0, 20.0, 40.0, 60.0, 80.0, 100.0, 120.0)
+    assert svg.make_frame([0, 1], [0, 93]).y_hi == 100.0
     assert f.sx(5) == pytest.approx((f.plot_x0 + f.plot_x1) / 2)
 
 
