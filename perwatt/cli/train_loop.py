@@ -64,6 +64,12 @@ def register(train_subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     prof.add_argument(
         "--min-improvement", type=float, default=0.0, help="relative drop that counts (e.g. 0.002)"
     )
+    prof.add_argument(
+        "--noise-tolerance",
+        type=float,
+        default=0.0,
+        help="rises within this fraction of the minimum do not stop the sweep (0.03 for H100)",
+    )
     prof.add_argument("script_args", nargs=argparse.REMAINDER, help="-- arguments for --script")
     prof.set_defaults(func=run_profile)
 
@@ -101,6 +107,7 @@ def _sweep_config(args: argparse.Namespace) -> object:
         measure_iterations=args.iterations,
         patience=args.patience,
         min_improvement=args.min_improvement,
+        noise_tolerance=args.noise_tolerance,
     )
 
 
@@ -122,10 +129,13 @@ def run_profile(args: argparse.Namespace) -> int:
             f"[source: {res.source} — a model, not a measurement]"
         )
         for s, why in enumerate(res.stop_reasons):
-            print(
-                f"  stage {s}: {why} ({res.iterations[s]} iterations); blocking power "
-                f"{res.blocking_power_w[s]:.1f} W at the top clock [{res.source}]"
+            pb = res.blocking_power_w[s]
+            block = (
+                f"blocking power {pb:.1f} W at the top clock [{res.source}]"
+                if pb == pb
+                else "no gap long enough to measure blocking power"
             )
+            print(f"  stage {s}: {why} ({res.iterations[s]} iterations); {block}")
         return 0
     extra = list(args.script_args)
     if extra[:1] == ["--"]:

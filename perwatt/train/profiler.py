@@ -26,8 +26,9 @@ Sweep (one *step* per frequency, highest first)::
   explicit list. After each change ``warmup_iterations`` iterations run unmeasured: the clock
   change, caches and the power-management loop need time to settle.
 * Early stop: after each step the energy of one forward plus one backward is compared to the
-  lowest so far; once it has not improved by ``min_improvement`` (relative) for ``patience``
-  steps in a row, lower clocks would only be slower *and* costlier, so the sweep ends. Those
+  lowest so far; once it has been above that minimum (by more than ``noise_tolerance``) for
+  ``patience`` steps without a new minimum, lower clocks would only be slower *and* costlier,
+  so the sweep ends. Those
   ``patience`` extra points stay in the profile (the planner drops dominated options itself).
 
 How it measures: at every hook edge the profiler synchronises CUDA and reads the meter once
@@ -49,8 +50,12 @@ is a bias when the power just before an interval's start differs systematically 
 just before its end (idle bubble → busy step). Simulated here (3-stage 1F1B, 8 microbatches,
 H100-like 100 ms counter, ``profile_simulated_pipeline``), mean |error| of a row against the
 model is 10% with 2 measured iterations per clock, 2.5% with 10 and 1.8% with 30 (worst row
-82%, 11%, 4.6%); with an exact counter it is 0. So on an H100 use ``measure_iterations ≥ 10``
-(or a coarser ``step``, so adjacent clocks differ by more than the noise). A least-squares
+82%, 11%, 4.6%); with an exact counter it is 0. That noise also ends the sweep too early: on
+the simulated H100 (step 3 = 45 MHz, 10 measured iterations) the sweep stopped 450–630 MHz above
+the energy minimum on two of four stages; with ``noise_tolerance=0.03`` every stage swept past
+it and the measured minimum landed within one step of the model's. So on an H100 use
+``measure_iterations ≥ 10`` and ``noise_tolerance ≈ 0.03`` (CLI ``--iterations 10
+--noise-tolerance 0.03``). A least-squares
 deconvolution of the counter's box filter was tried and rejected: in 1F1B forward and backward
 alternate faster than the counter updates, so their powers are not separable from the counter
 alone. Time figures come from the edges (CUDA synchronised), so they are exact whatever the
@@ -109,6 +114,9 @@ class SweepConfig:
     measure_iterations: int = 2  # measured iterations per clock
     patience: int = 3  # steps without improvement before stopping
     min_improvement: float = 0.0  # relative energy drop that counts as an improvement
+    # A step counts towards `patience` only if its energy is above the minimum by more than this
+    # (relative): measurement noise then cannot end the sweep early. ~0.03 suits a 100 ms counter.
+    noise_tolerance: float = 0.0
 
     def __post_init__(self) -> None:
         if self.step < 1:
@@ -119,6 +127,8 @@ class SweepConfig:
             raise ConfigError(f"measured iterations must be ≥ 1, got {self.measure_iterations}")
         if self.patience < 1:
             raise ConfigError(f"patience must be ≥ 1, got {self.patience}")
+        if not 0.0 <= self.noise_tolerance < 1.0:
+            raise ConfigError(f"noise_tolerance must be in [0, 1), got {self.noise_tolerance}")
         if not 0.0 <= self.min_improvement < 1.0:
             raise ConfigError(f"min_improvement must be in [0, 1), got {self.min_improvement}")
         if self.frequencies_mhz is not None and not self.frequencies_mhz:
@@ -265,6 +275,7 @@ class StageProfiler:
         self._begin_t = 0.0
         self._steps: dict[int, _Step] = {}
         self._best_j = math.inf
+        self._best_f = 0
         self._since_best = 0
         self._started = False
         self.done = False
@@ -405,15 +416,18 @@ class StageProfiler:
         self._estimate(step)
         per = [r.energy_j for r in self._rows_for(step)]
         energy = sum(per)
-        if energy < self._best_j * (1.0 - self.config.min_improvement):
+        cfg = self.config
+        if energy < self._best_j * (1.0 - cfg.min_improvement):
             self._best_j = energy
+            self._best_f = f
             self._since_best = 0
-        else:
-            self._since_best += 1
-        if self._since_best >= self.config.patience:
+        elif energy >= self._best_j * (1.0 + cfg.noise_tolerance):
+            self._since_best += 1  # clearly no better; within the tolerance counts as neither
+        if self._since_best >= cfg.patience:
+            tol = f" by more than {cfg.noise_tolerance:.1%}" if cfg.noise_tolerance else ""
             self.stop_reason = (
-                f"energy has not fallen for {self._since_best} steps below "
-                f"{self.frequencies_mhz[self._index - self._since_best]} MHz"
+                f"energy has not fallen below its minimum (at {self._best_f} MHz){tol} "
+                f"for {self._since_best} steps"
             )
             self.close()
             return
@@ -460,9 +474,29 @@ class StageProfiler:
         return out
 
     def blocking_power_w(self) -> dict[int, float]:
-        """Estimated power while the GPU waits between instructions, per clock (MHz → W): a
-        measured ``P_block`` for the planner (labelled like the rows)."""
-        return {f: st.power_w[_GAP] for f, st in self._steps.items() if _GAP in st.power_w}
+        """Power while the GPU waits between instructions, per clock (MHz → W): a measured
+        ``P_block`` for the planner (labelled like the rows).
+
+        Only gaps at least two counter periods long count: a short gap's counter difference is
+        dominated by the busy energy the counter's lag shifts into it (a 2 ms gap after a
+        forward, read through a 100 ms counter, can show several hundred watts). Clocks with no
+        such gap are left out; in steady-state 1F1B the long gaps are the warm-up and cool-down
+        bubbles of the middle and last stages.
+        """
+        out: dict[int, float] = {}
+        min_len = 2.0 * self.counter_period_s
+        for f, st in self._steps.items():
+            if not st.c or not all(math.isfinite(c) for c in st.c):
+                continue
+            e = t = 0.0
+            for j in range(len(st.t) - 1):
+                dt = st.t[j + 1] - st.t[j]
+                if st.state[j] == _GAP and dt >= min_len and dt > 0:
+                    e += max(0.0, st.c[j + 1] - st.c[j])
+                    t += dt
+            if t > 0:
+                out[f] = e / t
+        return out
 
 
 # ---------------------------------------------------------------------- CSV
@@ -619,7 +653,7 @@ class SimulatedProfile:
     """What :func:`profile_simulated_pipeline` returns: rows plus how each stage's sweep ended."""
 
     rows: tuple[ProfileRow, ...]
-    blocking_power_w: tuple[float, ...]  # per stage, gap power at the highest clock
+    blocking_power_w: tuple[float, ...]  # per stage, gap power at the top clock (NaN: no long gap)
     stop_reasons: tuple[str, ...]
     iterations: tuple[int, ...]  # training iterations each stage ran while profiling
     gpu: str
@@ -675,7 +709,7 @@ def profile_simulated_pipeline(
                 n += 1
             rows.extend(prof.rows())
             pb = prof.blocking_power_w()
-            blocking.append(pb[max(pb)] if pb else math.nan)
+            blocking.append(pb[max(pb)] if pb else math.nan)  # NaN: no gap long enough
         reasons.append(prof.stop_reason)
         iters.append(n)
     return SimulatedProfile(
