@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from perwatt.engine.config import ModelConfig
@@ -498,7 +499,7 @@ def read_quantized_metadata(path: str | Path) -> dict[str, Any]:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as fh:
             meta = fh.metadata() or {}
-    except (OSError, RuntimeError, ValueError) as e:
+    except (OSError, RuntimeError, ValueError, SafetensorError) as e:
         raise DataFormatError(f"{path}: cannot read quantized weights: {e}") from e
     if "perwatt.precision" not in meta:
         raise DataFormatError(f"{path}: not a perwatt quantized file (no perwatt.precision)")
@@ -616,7 +617,7 @@ def load_quantized_into(
     materialize_meta_(model, target)
     try:
         sd = load_file(str(path), device=str(target))
-    except (OSError, RuntimeError, ValueError) as e:
+    except (OSError, RuntimeError, ValueError, SafetensorError) as e:
         raise DataFormatError(f"{path}: cannot read quantized weights: {e}") from e
     try:
         model.load_state_dict(sd, strict=True)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from perwatt.engine.config import ModelConfig, config_from_hf
@@ -224,7 +225,7 @@ def load_hf_weights(model: Transformer, directory: str | Path) -> None:
                             f"{list(slot.shape)} from config.json"
                         )
                     found[name] = f
-        except (OSError, RuntimeError) as e:
+        except (OSError, RuntimeError, SafetensorError) as e:
             raise DataFormatError(f"{f}: cannot read safetensors: {e}") from e
     missing = [n for n in plan if n not in found]
     if missing:

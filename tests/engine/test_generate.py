@@ -1,0 +1,144 @@
+"""Engine construction, the slot API's error paths, sampling and GenerationResult."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from perwatt.engine import Engine, GenerationResult, get_config, load_engine, sample
+from perwatt.errors import ConfigError, UnknownDeviceError
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine("tiny", precision="fp32", device="cpu", max_batch_size=3, max_seq_len=24)
+
+
+def test_result_fields(engine: Engine) -> None:
+    res = engine.generate([[256, 1, 2], [256, 9]], 5)
+    assert isinstance(res, GenerationResult)
+    assert res.batch_size == 2 and res.new_tokens == 10 and res.prompt_tokens == 5
+    assert all(len(t) == 5 for t in res.tokens)
+    assert res.prefill_s > 0 and res.decode_s > 0 and res.warmup_s > 0
+    assert res.tokens_per_s == pytest.approx(10 / (res.prefill_s + res.decode_s))
+    assert res.decode_tokens_per_s == pytest.approx(8 / res.decode_s)
+    d = res.to_dict()
+    assert d["precision"] == "fp32" and d["emulated"] is False and d["device"] == "cpu"
+    assert engine.free_slots() == [0, 1, 2]  # generate frees what it used
+    with pytest.raises(ValueError, match="new_tokens"):
+        GenerationResult(
+            tokens=((1,),),
+            batch_size=1,
+            prompt_tokens=1,
+            new_tokens=2,
+            prefill_s=0,
+            decode_s=0,
+            warmup_s=0,
+            precision="fp32",
+            device="cpu",
+            emulated=False,
+        )
+
+
+def test_seeded_sampling_is_reproducible(engine: Engine) -> None:
+    a = engine.generate([[256, 5]], 8, temperature=1.0, seed=1)
+    b = engine.generate([[256, 5]], 8, temperature=1.0, seed=1)
+    c = engine.generate([[256, 5]], 8, temperature=1.0, seed=2)
+    assert a.tokens == b.tokens and a.tokens != c.tokens
+    greedy = engine.generate([[256, 5]], 8)
+    assert engine.generate([[256, 5]], 8, temperature=0.7, top_k=1, seed=3).tokens == greedy.tokens
+
+
+def test_sample_top_k_restricts_support() -> None:
+    logits = torch.tensor([[0.0, 5.0, 4.9, -1.0]]).repeat(200, 1)
+    g = torch.Generator().manual_seed(0)
+    picks = sample(logits, temperature=1.0, top_k=2, generator=g)
+    assert set(picks.tolist()) == {1, 2}
+    assert sample(logits[:1]).tolist() == [1]
+
+
+def test_eos_stops_generation() -> None:
+    free_run = Engine("tiny", precision="fp32", device="cpu", max_seq_len=32).generate(
+        [[256, 7]], 6
+    )
+    eos = free_run.tokens[0][2]
+    cfg = get_config("tiny").replace(eos_token_id=eos)
+    engine = Engine(cfg, precision="fp32", device="cpu", max_seq_len=32)
+    stopped = engine.generate([[256, 7]], 6, ignore_eos=False)
+    first = free_run.tokens[0].index(eos)
+    assert stopped.tokens[0] == free_run.tokens[0][: first + 1]
+    assert engine.generate([[256, 7]], 6, ignore_eos=True).tokens == free_run.tokens
+
+
+def test_slot_errors(engine: Engine) -> None:
+    with pytest.raises(ConfigError, match="slot 1 is free"):
+        engine.decode([1], [3])
+    with pytest.raises(ConfigError, match="out of range"):
+        engine.prefill([3], [[1]])
+    with pytest.raises(ConfigError, match="prompt of 25 tokens"):
+        engine.prefill([0], [[1] * 25])
+    with pytest.raises(ConfigError, match="outside the vocabulary"):
+        engine.prefill([0], [[1, 5000]])
+    with pytest.raises(ConfigError, match="slot twice"):
+        engine.prefill([0, 0], [[1], [2]])
+    engine.prefill([0], [[1] * 23])
+    engine.decode([0], [2])  # writes position 23, the last one
+    with pytest.raises(ConfigError, match="slot 0 is full"):
+        engine.decode([0], [2])
+    engine.free(0)
+    assert engine.position(0) == -1
+
+
+def test_generate_errors(engine: Engine) -> None:
+    with pytest.raises(ConfigError, match="use a batch of at most 3"):
+        engine.generate([[1]] * 4, 2)
+    with pytest.raises(ConfigError, match="exceed max_seq_len"):
+        engine.generate([[1] * 20], 10)
+    with pytest.raises(ConfigError, match="max_new_tokens"):
+        engine.generate([[1]], 0)
+    engine.prefill([0, 1], [[1], [2]])
+    try:
+        with pytest.raises(ConfigError, match="only 1 free slots"):
+            engine.generate([[1], [2]], 2)
+        assert len(engine.generate([[1]], 2).tokens) == 1  # uses slot 2, leaves 0 and 1 alone
+        assert engine.position(0) == 1 and engine.position(1) == 1
+    finally:
+        engine.free(0)
+        engine.free(1)
+
+
+def test_construction_errors() -> None:
+    with pytest.raises(ConfigError, match="unknown model shape 'nope'"):
+        load_engine("nope", device="cpu")
+    with pytest.raises(ConfigError, match="unknown precision"):
+        load_engine("tiny", precision="int3", device="cpu")
+    with pytest.raises(ConfigError, match="max_seq_len"):
+        load_engine("tiny", device="cpu", max_seq_len=10**6)
+    with pytest.raises(ConfigError, match="max_batch_size"):
+        load_engine("tiny", device="cpu", max_batch_size=0)
+    if not torch.cuda.is_available():
+        with pytest.raises(UnknownDeviceError, match="device='cpu'"):
+            load_engine("tiny", device="cuda")
+    with pytest.raises(ConfigError, match="bad device"):
+        load_engine("tiny", device="tpu:x")
+
+
+def test_bf16_engine_runs_and_info() -> None:
+    engine = load_engine(
+        "tiny-moe", precision="bf16", device="cpu", max_batch_size=2, max_seq_len=16
+    )
+    assert engine.model.tok_embeddings.weight.dtype == torch.bfloat16
+    assert engine.model.layers[0].attention.k_cache.dtype == torch.bfloat16
+    res = engine.generate([[256, 1], [256, 2, 3]], 3)
+    assert res.new_tokens == 6
+    info = engine.info()
+    assert info["compiled"] is False and info["tokenizer"] == "byte" and info["model"] == "tiny-moe"
+
+
+def test_same_seed_same_weights_across_precisions() -> None:
+    a = Engine("tiny", precision="fp32", device="cpu", max_seq_len=8, seed=5)
+    b = Engine("tiny", precision="bf16", device="cpu", max_seq_len=8, seed=5)
+    c = Engine("tiny", precision="fp32", device="cpu", max_seq_len=8, seed=6)
+    wa = a.model.layers[1].feed_forward.w2.weight
+    assert torch.equal(wa.bfloat16(), b.model.layers[1].feed_forward.w2.weight)
+    assert not torch.equal(wa, c.model.layers[1].feed_forward.w2.weight)
