@@ -124,3 +124,14 @@ def test_large_sample_is_chunked_and_fast() -> None:
     a, b = rng.normal(100, 10, 20_000), rng.normal(100, 10, 20_000)
     ci = stats.bootstrap_ratio_ci(a, b, statistic="mean", n_resamples=200)
     assert ci is not None and ci.n_a == 20_000
+
+
+@pytest.mark.parametrize("q", [0.0, 37.3, 50.0, 99.0, 100.0])
+def test_counting_percentile_equals_numpy_percentile(q: float) -> None:
+    """The fast resampled percentile is numpy's percentile of the same resamples, exactly."""
+    x = np.sort(np.random.default_rng(6).lognormal(3, 0.4, 257))
+    fast = stats._bootstrap_percentile(x, q, 300, np.random.default_rng(1))
+    rng = np.random.default_rng(1)
+    idx = rng.integers(0, x.size, size=(300, x.size))
+    slow = np.percentile(x[idx], q, axis=-1)
+    np.testing.assert_allclose(fast, slow, rtol=0, atol=1e-12)
