@@ -14,7 +14,7 @@ It is a raw asyncio HTTP/1.1 server (keep-alive, chunked transfer encoding) runn
 thread, so it can serve tens of thousands of SSE chunks per second on one core and never limits
 the client under test. What it imitates, each switchable in :class:`ServerConfig`:
 
-* ``GET /v1/models``; ``POST /v1/completions`` and ``/v1/chat/completions``, streamed (SSE,
+* ``GET /v1/models`` and ``/health``; ``POST /v1/completions`` and ``/v1/chat/completions``, streamed (SSE,
   ``data: {...}`` events ending with ``data: [DONE]``) or not;
 * a time to first token (``ttft_s``) and inter-token latency (``itl_s``);
 * ``usage`` in a final chunk (with empty ``choices``) only when the request asks for it with
@@ -203,6 +203,8 @@ class ServerStats:
     max_in_flight: int = 0
     chunks_sent: int = 0
     tokens_sent: int = 0
+    #: generation requests answered in full (stream ended with [DONE], or whole JSON sent)
+    completed: int = 0
     bodies: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     keep_bodies: bool = True
@@ -401,6 +403,25 @@ class FakeOpenAIServer:
         if cfg.api_key is not None and headers.get("authorization") != f"Bearer {cfg.api_key}":
             await self._send_error(writer, 401, "invalid API key")
             return True
+        if path in ("/health", "/v1/health"):
+            # vLLM, SGLang and TGI answer GET /health with 200; some clients probe it first.
+            writer.write(self._head(200, "application/json", length=0))
+            await writer.drain()
+            return True
+        if path == "/perwatt/stats":
+            # Counters for benchmarks that measure a client by what the server saw.
+            st = self.stats
+            counts = {
+                "requests": st.requests,
+                "generation_requests": st.generation_requests,
+                "in_flight": st.in_flight,
+                "max_in_flight": st.max_in_flight,
+                "chunks_sent": st.chunks_sent,
+                "tokens_sent": st.tokens_sent,
+                "completed": st.completed,
+            }
+            await self._send_json(writer, 200, counts)
+            return True
         if path.rstrip("/") == "/v1/models":
             if method != "GET":
                 await self._send_error(writer, 405, "use GET")
@@ -533,6 +554,7 @@ class FakeOpenAIServer:
             obj["usage"] = usage
         self.stats.tokens_sent += len(words)
         await self._send_json(writer, 200, obj)
+        self.stats.completed += 1
 
     async def _stream(
         self,
@@ -618,6 +640,7 @@ class FakeOpenAIServer:
         send(b"data: [DONE]\n\n")
         writer.write(b"0\r\n\r\n")
         await writer.drain()
+        self.stats.completed += 1
 
 
 def every(n: int, fault: Fault, *, offset: int = 0) -> FaultFn:

@@ -299,3 +299,15 @@ def test_empty_stream_is_an_error() -> None:
         (r,) = send(f"http://127.0.0.1:{srv.getsockname()[1]}/v1")
     t.join(5)
     assert r.error_kind == "empty_response"
+
+
+def test_health_and_stats_endpoints(server: FakeOpenAIServer) -> None:
+    import httpx
+
+    send(server.url, n=3, max_tokens=4)
+    base = server.url.removesuffix("/v1")
+    assert httpx.get(base + "/health").status_code == 200
+    st = httpx.get(base + "/perwatt/stats").json()
+    assert st["generation_requests"] == 3 and st["completed"] == 3
+    assert st["tokens_sent"] == 12
+    assert httpx.get(base + "/nope").status_code == 404
