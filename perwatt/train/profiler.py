@@ -51,7 +51,7 @@ just before its end (idle bubble → busy step). Simulated here (3-stage 1F1B, 8
 H100-like 100 ms counter, ``profile_simulated_pipeline``), mean |error| of a row against the
 model is 10% with 2 measured iterations per clock, 2.5% with 10 and 1.8% with 30 (worst row
 82%, 11%, 4.6%); with an exact counter it is 0. That noise also ends the sweep too early: on
-the simulated H100 (step 3 = 45 MHz, 10 measured iterations) the sweep stopped 450–630 MHz above
+the simulated H100 (step 3 = 45 MHz, 10 measured iterations) the sweep stopped 450–495 MHz above
 the energy minimum on two of four stages; with ``noise_tolerance=0.03`` every stage swept past
 it and the measured minimum landed within one step of the model's. So on an H100 use
 ``measure_iterations ≥ 10`` and ``noise_tolerance ≈ 0.03`` (CLI ``--iterations 10
