@@ -145,6 +145,9 @@ def run_client(
         "cpu_s": ru.ru_utime + ru.ru_stime,
         "cpu_util": (ru.ru_utime + ru.ru_stime) / wall,
         "requests_completed": after["completed"] - before["completed"],
+        # Efficiency, independent of whether the server or the client was the bottleneck.
+        "text_chunks_per_client_cpu_s": (after["tokens_sent"] - before["tokens_sent"])
+        / max(1e-9, ru.ru_utime + ru.ru_stime),
         **res,
         "output_tail": tail,
     }
@@ -309,7 +312,8 @@ def main() -> int:
         elif r.get("ok"):
             print(
                 f"{r['name']:>22}: {r['requests_per_s']:8.1f} req/s  {r['text_chunks_per_s']:9.0f} "
-                f"chunks/s  client CPU {r['cpu_util']:.2f} cores  rc={r['rc']}"
+                f"chunks/s  client CPU {r['cpu_util']:.2f} cores  "
+                f"{r['text_chunks_per_client_cpu_s']:8.0f} chunks/CPU-s  rc={r['rc']}"
             )
         else:
             print(

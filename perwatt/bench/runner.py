@@ -627,6 +627,8 @@ def run_server_bench(config: ServerBenchConfig) -> list[Path]:
             "energy_source": energy_label,
             "date_utc": _now_utc(),
         }
+        # Beyond the schema: which sources exactly (a DCGM URL, the GPUs an NVML source covers).
+        conditions["energy_source_detail"] = "; ".join(s.describe() for s in sources)  # type: ignore[typeddict-unknown-key]
         paths: list[Path] = []
         with meter:
             if config.idle_seconds > 0:
