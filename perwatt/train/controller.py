@@ -49,7 +49,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -95,23 +95,27 @@ def _parse_plan(plan: Sequence[Any]) -> list[PlanEntry]:
 
 
 def stage_plan(plan: Any, stage: int) -> list[PlanEntry]:
-    """This stage's (instruction, microbatch, freq_mhz) list from the planner's FrequencyPlan
-    (anything with a ``stages``/mapping of stage → entries) or from a plain mapping."""
-    stages = getattr(plan, "stages", plan)
-    if callable(stages):
-        stages = stages()
-    try:
-        keys = sorted(stages.keys()) if hasattr(stages, "keys") else list(range(len(stages)))
-    except TypeError:
-        raise ConfigError(f"cannot read per-stage entries from {type(plan).__name__}") from None
-    if stage not in keys:
+    """This stage's (instruction, microbatch, freq_mhz) list from the planner's
+    :class:`~perwatt.train.frontier.FrequencyPlan` or from ``{stage: entries}``."""
+    if hasattr(plan, "for_stage") and hasattr(plan, "stages"):
+        n = len(plan.stages)
+        if not 0 <= stage < n:
+            raise ConfigError(
+                f"the plan has stages 0..{n - 1} but this is stage {stage}: "
+                "plan and pipeline do not match"
+            )
+        return _parse_plan(plan.for_stage(stage))
+    if not isinstance(plan, Mapping):
+        raise ConfigError(f"cannot read per-stage entries from {type(plan).__name__}")
+    keys = sorted(plan)
+    if stage not in plan:
         raise ConfigError(
             f"the plan has stages {keys[0]}..{keys[-1]} but this is stage {stage}: "
             "plan and pipeline do not match"
             if keys
             else "the plan has no stages"
         )
-    return _parse_plan(stages[stage])
+    return _parse_plan(plan[stage])
 
 
 def snap_frequency(freq_mhz: int, supported: Sequence[int]) -> int:
@@ -234,6 +238,9 @@ class FrequencyController:
         self._closed = False
         self._old_handlers: dict[int, Any] = {}
         self._lock = threading.Lock()
+        # Forked children (DataLoader workers) inherit handlers and the pipe: only the process
+        # that started the worker may stop it.
+        self._owner_pid = os.getpid()
 
     @classmethod
     def from_plan(cls, plan: Any, stage: int, **kwargs: Any) -> FrequencyController:
@@ -310,6 +317,7 @@ class FrequencyController:
             self._kill_worker()
             raise DeviceError(f"the clock worker could not open the GPU: {msg[1]}")
         self._started = True
+        self._owner_pid = os.getpid()
         atexit.register(self.close)
         if self.install_signal_handlers and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -390,6 +398,8 @@ class FrequencyController:
     # ------------------------------------------------------------------ stop
     def close(self) -> None:
         """Restore the default clocks and stop the worker. Safe to call more than once."""
+        if os.getpid() != self._owner_pid:
+            return
         with self._lock:
             if self._closed:
                 return
@@ -420,7 +430,7 @@ class FrequencyController:
             proc.join(timeout=5.0)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        old = self._old_handlers.get(signum)
+        old = self._old_handlers.get(signum, signal.SIG_DFL)
         self.close()
         if callable(old):
             old(signum, frame)

@@ -237,3 +237,44 @@ def test_close_is_idempotent(tmp_path: Path) -> None:
     assert pid is not None
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_from_planner_plan(tmp_path: Path) -> None:
+    from perwatt.train import compute_frontier, load_profile, one_f_one_b
+
+    rows = ["stage,instruction,frequency,time,energy"]
+    for s in range(2):
+        for f, k in ((1980, 1.0), (1500, 1.3)):
+            rows.append(f"{s},forward,{f},{0.010 * k * (1 + s)},{3.0 / k}")
+            rows.append(f"{s},backward,{f},{0.020 * k * (1 + s)},{6.0 / k}")
+    (tmp_path / "p.csv").write_text("\n".join(rows) + "\n")
+    frontier = compute_frontier(load_profile(tmp_path / "p.csv"), one_f_one_b(2, 3), p_block_w=30.0)
+    plan = frontier.plan_for(frontier.fastest)
+    c = FrequencyController.from_plan(plan, 0, dry_run=True)
+    assert c.plan == plan.for_stage(0)
+    with c:
+        _run(c, c.plan)
+    with pytest.raises(ConfigError, match=r"stages 0\.\.1 but this is stage 2"):
+        FrequencyController.from_plan(plan, 2, dry_run=True)
+
+
+def test_no_driver_is_a_clean_error() -> None:
+    from perwatt.errors import SourceUnavailableError
+
+    missing = functools.partial(FakeNVML.with_gpus, ["H100"], library_missing=True)
+    c = FrequencyController(PLAN, allow_clock_changes=True, nvml_factory=missing)
+    with pytest.raises(SourceUnavailableError):
+        c.start()
+    assert c._proc is None
+
+
+def test_forked_child_cannot_stop_the_worker(tmp_path: Path) -> None:
+    j = tmp_path / "j"
+    with FrequencyController(
+        PLAN, allow_clock_changes=True, nvml_factory=H100, journal_path=j
+    ) as c:
+        c._owner_pid = -1  # as seen from a forked DataLoader worker
+        c.close()
+        assert c._proc.is_alive() and "reset" not in _journal(j)
+        c._owner_pid = os.getpid()
+    assert _journal(j)[-1] == "reset"
