@@ -128,6 +128,8 @@ def run_profile(args: argparse.Namespace) -> int:
             f"wrote {path}: {len(res.rows)} rows, {args.stages} stages, simulated {res.gpu} "
             f"[source: {res.source} — a model, not a measurement]"
         )
+        for note in sorted({w for r in res.rows for w in r.warnings})[:3]:
+            print(f"  note: {note}")
         for s, why in enumerate(res.stop_reasons):
             pb = res.blocking_power_w[s]
             block = (

@@ -28,8 +28,11 @@ Sweep (one *step* per frequency, highest first)::
 * Early stop: after each step the energy of one forward plus one backward is compared to the
   lowest so far; once it has been above that minimum (by more than ``noise_tolerance``) for
   ``patience`` steps without a new minimum, lower clocks would only be slower *and* costlier,
-  so the sweep ends. Those
-  ``patience`` extra points stay in the profile (the planner drops dominated options itself).
+  so the sweep ends. Those ``patience`` extra points stay in the profile (the planner drops
+  dominated options itself).
+* The sweep locks clocks. :func:`profile_script` (and ``perwatt train profile --script``)
+  refuses without the explicit flag and the privilege; a caller building a
+  :class:`StageProfiler` on a real GPU takes that responsibility itself.
 
 How it measures: at every hook edge the profiler synchronises CUDA and reads the meter once
 (:meth:`perwatt.meter.Meter.sample_now`: the energy counter and instant power of every source,
@@ -144,7 +147,7 @@ class ProfileRow:
     freq_mhz: int
     time_s: float
     energy_j: float
-    count: int  # windows averaged
+    count: int  # instructions averaged
     source: str  # the meter's label: nvml-counter, simulated, …
     warnings: tuple[str, ...] = ()
 
@@ -154,7 +157,7 @@ class ProfileRow:
         if self.instruction not in INSTRUCTIONS:
             raise ValueError(f"unknown instruction {self.instruction!r}")
         if self.count < 1:
-            raise ValueError("a profile row needs at least one measured window")
+            raise ValueError("a profile row needs at least one measured instruction")
         if not (self.time_s >= 0 and self.energy_j >= 0):
             raise ValueError("time and energy must be non-negative")
 
