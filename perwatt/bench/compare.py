@@ -925,6 +925,7 @@ _VERDICT_STYLE: Final = {
 def render_comparison(cmp: Comparison, console: Any | None = None) -> None:
     """Print the comparison as rich tables (one per load level) with warnings first."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     con = console
@@ -934,15 +935,20 @@ def render_comparison(cmp: Comparison, console: Any | None = None) -> None:
             # Piped into a file or a CI log: 80 columns would wrap every metric name.
             con = Console(width=180)
     for w in cmp.warnings:
-        style = "bold red" if w.isupper() or w.split(":")[0].isupper() else "yellow"
-        con.print(f"[{style}]⚠ {w}[/]", highlight=False, markup=True)
+        # Upper-case first word (MIXED, CONDITIONS, PARTIAL, RUNNING, FAILED): changes what the
+        # ratios mean, so red; the rest are notes, yellow.
+        first = w.split()[0] if w.split() else ""
+        style = "bold red" if len(first) > 1 and first.isupper() else "yellow"
+        con.print(f"[{style}]⚠ {escape(w)}[/]", highlight=False)
     info = [d for d in cmp.condition_diffs if f"CONDITIONS DIFFER: {d}" not in cmp.warnings]
     for d in info:
-        con.print(f"[dim]· {d}[/]", highlight=False)
+        con.print(f"[dim]· {escape(d)}[/]", highlight=False)
     pct = round(cmp.confidence * 100)
     for lv in cmp.levels:
         t = Table(
-            title=f"{lv.load_text}  —  B/A with {pct}% bootstrap CI, baseline A = {cmp.baseline}",
+            title=escape(
+                f"{lv.load_text}  —  B/A with {pct}% bootstrap CI, baseline A = {cmp.baseline}"
+            ),
             title_justify="left",
             show_lines=False,
         )
@@ -952,34 +958,36 @@ def render_comparison(cmp: Comparison, console: Any | None = None) -> None:
             src = run.energy_source if run else "–"
             sources.append(src)
             flag = " PARTIAL" if run is not None and run.partial else ""
-            t.add_column(f"{s}{flag}", justify="right")
+            t.add_column(escape(f"{s}{flag}"), justify="right")
         for s in cmp.series[1:]:
-            t.add_column(f"{s} / {cmp.baseline}", justify="right")
+            t.add_column(escape(f"{s} / {cmp.baseline}"), justify="right")
             t.add_column("verdict")
         for m in lv.metrics:
             cells = []
             for v, src in zip(m.values, sources, strict=True):
                 txt = _fmt(v)
-                cells.append(f"{txt} ({src})" if m.energy and v is not None else txt)
-            row = [f"{m.name} ({m.unit})", *cells]
+                cells.append(escape(f"{txt} ({src})") if m.energy and v is not None else txt)
+            row = [escape(f"{m.name} ({m.unit})"), *cells]
             for r in m.ratios:
-                row.append(_ratio_text(r, pct))
+                row.append(escape(_ratio_text(r, pct)))
                 if r is None:
                     row.append("")
                 else:
                     style = _VERDICT_STYLE.get(r.verdict, "")
-                    extra = f" ⚠ {r.note}" if r.note else ""
+                    extra = escape(f" ⚠ {r.note}") if r.note else ""
                     row.append(f"[{style}]{r.verdict}[/]{extra}" if style else r.verdict + extra)
             t.add_row(*row)
         con.print(t)
         for w in lv.warnings:
-            con.print(f"[yellow]  {w}[/]", highlight=False)
+            con.print(f"[yellow]  {escape(w)}[/]", highlight=False)
     if cmp.unmatched:
         con.print("[bold]Unmatched load levels[/] (not in every series):")
         for u in cmp.unmatched:
             con.print(
-                f"  {u.load_kind} {u.load_value:g}: in {', '.join(u.present_in)}; "
-                f"missing in {', '.join(u.missing_in)}",
+                escape(
+                    f"  {u.load_kind} {u.load_value:g}: in {', '.join(u.present_in)}; "
+                    f"missing in {', '.join(u.missing_in)}"
+                ),
                 highlight=False,
             )
     for path, acc in cmp.accuracy:
@@ -989,10 +997,12 @@ def render_comparison(cmp: Comparison, console: Any | None = None) -> None:
             if acc.get(k) is not None
         ]
         con.print(
-            f"accuracy of {path} vs {acc.get('reference')}: {', '.join(parts) or 'no figures'}",
+            escape(
+                f"accuracy of {path} vs {acc.get('reference')}: {', '.join(parts) or 'no figures'}"
+            ),
             highlight=False,
         )
-    con.print(f"[dim]{cmp.method}[/]", highlight=False)
+    con.print(f"[dim]{escape(cmp.method)}[/]", highlight=False)
 
 
 __all__ = [

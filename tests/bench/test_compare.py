@@ -177,6 +177,13 @@ def test_same_label_in_two_folders_becomes_two_series(tmp_path: Path) -> None:
     cmp = compare_results([a, b], **FAST)
     assert cmp.series == ("llama @ before", "llama @ after")
     assert len(cmp.levels) == 1
+    # Same folder, same label, same level: series are named by file, brackets and all.
+    c = _copy(tmp_path / "before", "fp8_c4", "other", label="llama")
+    cmp2 = compare_results([a, c], **FAST)
+    assert cmp2.series == ("llama [bf16_c4.json]", "llama [other.json]")
+    out = io.StringIO()
+    render_comparison(cmp2, Console(file=out, width=220, color_system=None))
+    assert "llama [other.json] / llama [bf16_c4.json]" in out.getvalue()  # not eaten as markup
 
 
 def test_bad_inputs(tmp_path: Path) -> None:
