@@ -283,10 +283,40 @@ def test_pipeline_stage_adapter_wraps_and_detaches() -> None:
         attach_to_pipeline_stage(SimpleNamespace(), rec)
 
 
-def test_pipeline_adapter_has_torch_method_names() -> None:
-    stage_mod = pytest.importorskip("torch.distributed.pipelining.stage")
-    cls = stage_mod._PipelineStageBase
-    assert callable(cls.forward_one_chunk) and callable(cls.backward_one_chunk)
+def test_adapter_on_a_real_torch_pipeline_schedule(tmp_path: Path) -> None:
+    # torch.distributed.pipelining's own Schedule1F1B on one CPU stage (gloo, world size 1),
+    # driving a dry-run FrequencyController through the adapter: the controller checks that
+    # the schedule runs the plan's instructions in the plan's order.
+    torch = pytest.importorskip("torch")
+    dist = pytest.importorskip("torch.distributed")
+    pipelining = pytest.importorskip("torch.distributed.pipelining")
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    from perwatt.train.controller import FrequencyController
+    from perwatt.train.simgpu import one_f_one_b_order
+
+    dist.init_process_group(
+        "gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1
+    )
+    try:
+        model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+        stage = pipelining.PipelineStage(model, 0, 1, torch.device("cpu"))
+        plan = [(i, m, 1410 if i == "forward" else 1200) for i, m in one_f_one_b_order(0, 1, 4)]
+        with FrequencyController(plan, dry_run=True) as ctl:
+            detach = attach_to_pipeline_stage(stage, ctl)
+            sched = pipelining.Schedule1F1B(
+                stage, n_microbatches=4, loss_fn=lambda o, t: ((o - t) ** 2).mean()
+            )
+            losses: list[Any] = []
+            for _ in range(2):
+                sched.step(torch.randn(16, 8), target=torch.randn(16, 1), losses=losses)
+                ctl.on_iteration_end()
+            detach()
+        assert len(losses) == 4  # the schedule refills the list at each step
+        # Forward at 1410, backward at 1200, alternating: a change before every instruction.
+        assert [c.freq_mhz for c in ctl.changes] == [1410, 1200] * 8
+    finally:
+        dist.destroy_process_group()
 
 
 def test_module_level_hooks_forward_to_active() -> None:
