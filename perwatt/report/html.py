@@ -679,7 +679,7 @@ def render_html_report(
             _figure(
                 _series_chart(
                     sub,
-                    {s: c for s, c in colors.items() if any(r.series == s for r in sub)},
+                    colors,  # all series, so a series keeps its marker in every chart
                     x_of=lambda r: float(r.doc["load"]["value"]),
                     x_label=unit,
                     title=f"Tokens per joule vs load ({kind})",

@@ -100,6 +100,16 @@ def test_differences_along_one_series_are_not_flagged() -> None:
     assert "energy basis at concurrency 4" in render_html_report(docs)
 
 
+def test_each_load_kind_gets_its_own_chart() -> None:
+    a = _doc(DATA / "bf16_c4.json")
+    b = _doc(DATA / "fp8_c4.json")
+    b["load"] = {"kind": "rate", "value": 2.5}
+    text = render_html_report([a, b])
+    assert "Tokens per joule vs load (concurrency)" in text
+    assert "Tokens per joule vs load (rate)" in text
+    assert "request rate (req/s)" in text
+
+
 def test_failed_run_without_energy_still_renders() -> None:
     doc: Any = example_result(status="failed", partial_reason="every request failed")
     doc["energy"] = None
