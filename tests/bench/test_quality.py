@@ -255,3 +255,14 @@ def test_agreement_unit_logic() -> None:
     assert r.mean_abs_dlogprob == pytest.approx(0.1)
     same = q.agreement("y", a, a)
     assert same.exact and same.compared == 3 and same.common_prefix == 3
+
+
+def test_against_the_bench_fake_server(tmp_path: Path) -> None:
+    """perwatt's own loopback server returns no logprobs: text agreement only, said so."""
+    from perwatt.bench.testing import FakeOpenAIServer, ServerConfig
+
+    with FakeOpenAIServer(ServerConfig()) as a, FakeOpenAIServer(ServerConfig()) as b:
+        rep = q.run_quality(_prompts(tmp_path), a.url, b.url, max_tokens=8)
+    assert rep.summary.exact_match == 1.0
+    assert rep.summary.unit == "word" and rep.summary.logprob_agreement is None
+    assert all(p.len_a == 8 for p in rep.prompts)
