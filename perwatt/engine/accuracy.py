@@ -66,7 +66,7 @@ class AccuracyReport:
         }
 
 
-def compare_logits(ref: Tensor, test: Tensor) -> tuple[float, float, float]:
+def logit_metrics(ref: Tensor, test: Tensor) -> tuple[float, float, float]:
     """(kl_mean, top1_agreement, max_rel_err) of ``test`` against ``ref``, both [..., V]."""
     if ref.shape != test.shape:
         raise ValueError(f"logit shapes differ: {tuple(ref.shape)} vs {tuple(test.shape)}")
@@ -78,6 +78,27 @@ def compare_logits(ref: Tensor, test: Tensor) -> tuple[float, float, float]:
     scale = r.abs().amax(-1).clamp(min=1e-12)
     rel = ((t - r).abs().amax(-1) / scale).max()
     return float(kl.mean()), float(top1), float(rel)
+
+
+def compare_logits(
+    ref: Tensor,
+    test: Tensor,
+    *,
+    precision: str = "",
+    reference: str = "",
+    note: str = "",
+) -> AccuracyReport:
+    """An :class:`AccuracyReport` of logits ``test`` against ``ref`` (same shape [..., V])."""
+    kl, top1, rel = logit_metrics(ref, test)
+    return AccuracyReport(
+        precision=precision,
+        reference=reference,
+        kl_mean=kl,
+        top1_agreement=top1,
+        max_rel_err=rel,
+        positions=int(ref.numel() // ref.shape[-1]),
+        note=note,
+    )
 
 
 def random_inputs(
@@ -171,7 +192,7 @@ def compare_to_reference(engine: Engine, ref: ReferenceRun) -> AccuracyReport:
     if engine.cfg.to_dict() != ref.shape:
         raise ConfigError("accuracy: engine and reference have different shapes")
     test = full_logits(engine, ref.inputs)
-    kl, top1, rel = compare_logits(ref.logits, test)
+    kl, top1, rel = logit_metrics(ref.logits, test)
     ppl = None
     notes = [engine.note] if engine.note else []
     if ref.text_path is not None:

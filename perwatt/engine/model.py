@@ -12,8 +12,9 @@ Conventions, chosen so Hugging Face checkpoints load without rewriting:
 * Norms compute in fp32 and cast back before the weight multiply, as HF's ``LlamaRMSNorm``.
 
 KV cache with slots. Each layer holds ``k_cache``/``v_cache`` of shape
-``[max_batch_size, n_kv_heads, max_seq_len + 1, head_dim]``: one row ("slot") per request. The
-extra last position is a scratch sink: in a decode step every slot computes (static shapes, so
+``[max_batch_size, n_kv_heads, cache_len, head_dim]``: one row ("slot") per request, with
+``cache_len`` = ``max_seq_len + 1`` rounded up to a multiple of 16 (aligned rows suit the fused
+attention kernels). Position ``max_seq_len`` is a scratch sink: in a decode step every slot computes (static shapes, so
 the step can be captured in a CUDA graph), and inactive slots write their throwaway K/V there,
 where no mask ever looks. Each slot decodes at its own position; the attention mask lets a slot
 see positions ``<= pos`` only.
@@ -239,6 +240,7 @@ class Transformer(nn.Module):
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
         self.max_batch_size = 0
         self.max_seq_len = 0
+        self.cache_len = 0
         self.tie_weights()
 
     def blocks(self) -> list[Block]:
@@ -258,9 +260,10 @@ class Transformer(nn.Module):
         self.inv_freq = rope_inv_freq(self.cfg, self.tok_embeddings.weight.device)
 
     def setup_cache(self, max_batch_size: int, max_seq_len: int, dtype: torch.dtype) -> None:
-        """Allocate the slot KV cache: [max_batch_size, Hkv, max_seq_len + 1 (scratch), hd]."""
+        """Allocate the slot KV cache: [max_batch_size, Hkv, cache_len, hd] (see module doc)."""
         device = self.tok_embeddings.weight.device
-        shape = (max_batch_size, self.cfg.n_kv_heads, max_seq_len + 1, self.cfg.head_dim)
+        self.cache_len = -(-(max_seq_len + 1) // 16) * 16
+        shape = (max_batch_size, self.cfg.n_kv_heads, self.cache_len, self.cfg.head_dim)
         for layer in self.blocks():
             attn = layer.attention
             attn.k_cache = torch.zeros(shape, dtype=dtype, device=device)
@@ -299,8 +302,7 @@ class Transformer(nn.Module):
         carry ``write_pos == max_seq_len`` (the scratch position). Returns logits [B, V] fp32."""
         x = self.tok_embeddings(tokens[:, None])  # [B, 1, D]
         cos, sin = rope_cos_sin(self.inv_freq, pos[:, None])  # [B, 1, hd]
-        cache_len = self.max_seq_len + 1
-        keys = torch.arange(cache_len, device=tokens.device)
+        keys = torch.arange(self.cache_len, device=tokens.device)
         mask = (keys[None, :] <= pos[:, None])[:, None, None, :]  # [B, 1, 1, S]
         for layer in self.blocks():
             h = layer.attention_norm(x)

@@ -14,6 +14,7 @@ from perwatt.engine.accuracy import (
     accuracy_guard,
     check_accuracy,
     compare_logits,
+    logit_metrics,
     perplexity,
     random_inputs,
 )
@@ -23,9 +24,9 @@ from perwatt.errors import ConfigError
 
 def test_compare_logits_identity_and_known_values() -> None:
     ref = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
-    assert compare_logits(ref, ref) == (0.0, 1.0, 0.0)
+    assert logit_metrics(ref, ref) == (0.0, 1.0, 0.0)
     test = torch.tensor([[2.0, 0.0, -1.0], [1.0, 0.0, 0.0]])
-    kl, top1, rel = compare_logits(ref, test)
+    kl, top1, rel = logit_metrics(ref, test)
     p = torch.softmax(torch.tensor([0.0, 1.0, 0.0]), 0)
     q = torch.softmax(torch.tensor([1.0, 0.0, 0.0]), 0)
     want_kl = float((p * (p.log() - q.log())).sum()) / 2
@@ -34,6 +35,9 @@ def test_compare_logits_identity_and_known_values() -> None:
     assert rel == pytest.approx(1.0)  # row 2: max |diff| 1 over max |ref| 1
     with pytest.raises(ValueError, match="shapes differ"):
         compare_logits(ref, ref[:1])
+    report = compare_logits(ref, test, precision="int8", reference="fp32")
+    assert report.to_dict()["kl_mean"] == kl and report.positions == 2
+    assert report.reference == "fp32" and report.perplexity is None
 
 
 def test_report_validation_and_keys() -> None:
