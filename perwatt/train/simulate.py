@@ -282,12 +282,15 @@ class SimulationReport:
     chosen: tuple[float, float]  # the chosen frontier point (model figures)
     planner_replay: tuple[float, float]  # the planner's replay of the chosen plan
     baseline_replay: tuple[float, float]  # the planner's replay of the all-max baseline
-    time_limit_s: float  # the plan's time limit; both runs are compared up to this horizon
+    time_limit_s: float  # the plan's time limit
+    # Both runs are counted up to this time (GPUs that finish early block until the straggler),
+    # the planner's rule for its savings figures.
+    horizon_s: float
     source: str = SOURCE
 
-    @property
-    def horizon_s(self) -> float:
-        return max(self.time_limit_s, self.before.iteration_time_s, self.after.iteration_time_s)
+    def __post_init__(self) -> None:
+        if self.horizon_s < max(self.before.iteration_time_s, self.after.iteration_time_s) - 1e-12:
+            raise ValueError("the horizon must cover both iterations")
 
     def energy_at_horizon_j(self, tl: Timeline) -> float:
         """Energy of ``tl`` if every GPU then blocks until the horizon (a straggler's pace)."""
@@ -369,6 +372,18 @@ def run_simulation(
                 f"{tl.energy_j} J vs {ref.replay_time_s} s / {ref.replay_energy_j} J"
             )
     chosen = (picked.point.time_s, picked.point.energy_j)
+    # The planner's comparison horizon (perwatt.train.plan.choose_plan): the untoleranced limit
+    # or the slowest of the plans it compares, whichever is later.
+    limit = picked.time_limit_s - frontier.time_quantum_s / 2
+    horizon = max(limit, plan.replay_time_s, picked.fastest_plan.replay_time_s, base.replay_time_s)
+    saved_planner = picked.vs_baseline.saved_j
+    saved_here = (before.energy_j - after.energy_j) + sum(before.p_block_w) * (
+        after.iteration_time_s - before.iteration_time_s
+    )
+    if not math.isclose(saved_here, saved_planner, rel_tol=1e-9, abs_tol=1e-6):
+        raise RuntimeError(
+            f"simulator and planner disagree on the energy saved: {saved_here} J vs {saved_planner} J"
+        )
     return SimulationReport(
         profile_path=str(profile_path),
         schedule_name=sched.name,
@@ -377,6 +392,7 @@ def run_simulation(
         p_block_w=tuple([float(p_block_w)] * stages),
         target=picked.target,
         time_limit_s=picked.time_limit_s,
+        horizon_s=horizon,
         before=before,
         after=after,
         frontier=tuple((p.time_s, p.energy_j) for p in frontier.points),

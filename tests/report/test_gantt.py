@@ -69,6 +69,7 @@ def _report() -> SimulationReport:
         planner_replay=(after.iteration_time_s, after.energy_j),
         baseline_replay=(before.iteration_time_s, before.energy_j),
         time_limit_s=0.072,
+        horizon_s=0.072,
     )
 
 

@@ -73,6 +73,13 @@ def test_run_simulation_report() -> None:
     assert r.after.iteration_time_s <= r.time_limit_s
     assert (r.after.iteration_time_s, r.after.energy_j) == pytest.approx(r.planner_replay)
     assert len(r.frontier) > 10 and r.frontier[0][0] < r.frontier[-1][0]
+    # The saving printed is the planner's own (same horizon, same reference).
+    picked = choose_plan(
+        compute_frontier(load_profile(GPT3_A100), one_f_one_b(8, 12), p_block_w=83.64),
+        straggler_ratio=1.2,
+    )
+    assert r.saved_j == pytest.approx(picked.vs_baseline.saved_j, rel=1e-9)
+    assert r.saved_pct == pytest.approx(picked.vs_baseline.saved_pct, rel=1e-9)
     text = "\n".join(r.summary_lines())
     assert "simulated" in text and "kWh per 1,000 iterations" in text
 
