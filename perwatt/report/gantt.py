@@ -252,6 +252,8 @@ _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 24px; color: #222; }
 h1 { font-size: 20px; } h2 { font-size: 16px; margin-top: 28px; }
 pre { background: #f6f6f6; padding: 10px; font-size: 13px; }
+table { border-collapse: collapse; font-size: 13px; }
+td, th { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
 .note { color: #8a4b00; font-size: 13px; }
 svg text { font-size: 11px; font-family: inherit; }
 svg text.t { font-size: 13px; font-weight: 600; }
@@ -263,6 +265,34 @@ line.grid { stroke: #e4e4e4; } line.limit { stroke: #c00; stroke-dasharray: 4 3;
 path.front { fill: none; stroke: #21918c; stroke-width: 2; }
 rect.base { fill: #fc8961; stroke: #333; } circle.chosen { fill: #440154; stroke: #fff; stroke-width: 1.5; }
 """
+
+
+def stage_table_html(report: SimulationReport) -> str:
+    """Per stage: busy time, compute and blocking energy, before and after (both counted to
+    their own iteration end), and the clocks the plan uses."""
+    head = (
+        "<tr><th>stage</th><th>busy before (s)</th><th>busy after (s)</th>"
+        "<th>energy before (J)</th><th>energy after (J)</th><th>saved</th>"
+        "<th>plan clocks (MHz)</th></tr>"
+    )
+    rows = []
+    for s in range(report.num_stages):
+        cells = []
+        energies = []
+        for tl in (report.before, report.after):
+            busy = tl.busy_s(s)
+            compute = sum(b.energy_j for b in tl.bars if b.stage == s)
+            energies.append(compute + tl.p_block_w[s] * (tl.iteration_time_s - busy))
+            cells.append(busy)
+        freqs = sorted({b.freq_mhz for b in report.after.bars if b.stage == s})
+        clocks = f"{freqs[0]}–{freqs[-1]}" if len(freqs) > 1 else str(freqs[0])
+        saved = 100.0 * (1 - energies[1] / energies[0]) if energies[0] > 0 else 0.0
+        rows.append(
+            f"<tr><td>{s}</td><td>{cells[0]:.4f}</td><td>{cells[1]:.4f}</td>"
+            f"<td>{energies[0]:.1f}</td><td>{energies[1]:.1f}</td><td>{saved:.1f}%</td>"
+            f"<td>{clocks}</td></tr>"
+        )
+    return f"<table>{head}{''.join(rows)}</table>"
 
 
 def render_html(report: SimulationReport, *, title: str = "perwatt train simulate") -> str:
@@ -317,6 +347,10 @@ def render_html(report: SimulationReport, *, title: str = "perwatt train simulat
         "<p>Bars: F<i>n</i>/B<i>n</i> = forward/backward of microbatch <i>n</i> (backward bars have "
         "a dark outline); grey = blocked on communication. Hover a bar for its clock, time, "
         "energy and power.</p>",
+        "<h2>Per stage</h2>",
+        stage_table_html(report),
+        "<p>Energy = the stage's instructions + P_block × its blocked time, each run to its own "
+        "iteration end (the summary's saving counts both runs to the same horizon).</p>",
         "<h2>Iteration time–energy frontier</h2>",
         frontier_svg(
             report.frontier,

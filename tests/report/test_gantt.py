@@ -138,4 +138,20 @@ def test_helpers() -> None:
     assert nice_ticks(1, 1) == [1]
     assert colour(-5) == colour(0) and colour(7) == colour(1)
     assert colour(float("nan")) == colour(0)
-    assert render_html(_report()).count("<h2>") == 3
+    assert render_html(_report()).count("<h2>") == 4
+
+
+def test_stage_table() -> None:
+    from perwatt.report.gantt import stage_table_html
+
+    r = _report()
+    table = stage_table_html(r)
+    assert table.count("<tr>") == 3  # header + 2 stages
+    # Stage 0 ran at 1005 and 1200 MHz in the plan.
+    assert "<td>1005–1200</td>" in table
+    total_before = sum(
+        sum(b.energy_j for b in r.before.bars if b.stage == s)
+        + 50.0 * (r.before.iteration_time_s - r.before.busy_s(s))
+        for s in (0, 1)
+    )
+    assert total_before == pytest.approx(r.before.energy_j)
