@@ -281,12 +281,14 @@ def main() -> int:
             else:
                 cmd = [*pin(client_cpu), str(exe), "profile", "--model", MODEL, "--url", base,
                        "--endpoint-type", "completions", "--streaming", "--concurrency", str(c),
-                       "--request-count", str(n), "--synthetic-input-tokens-mean", str(in_len),
-                       "--output-tokens-mean", str(out_len), "--artifact-dir",
-                       str(tmp / "aiperf"), "--ui-type", "none"]  # fmt: skip
+                       "--request-count", str(n), "--prompt-input-tokens-mean", str(in_len),
+                       "--prompt-output-tokens-mean", str(out_len), "--output-artifact-dir",
+                       str(tmp / "aiperf"), "--ui-type", "none", "--no-auto-plot"]  # fmt: skip
                 if tok is not None:
                     cmd += ["--tokenizer", str(tok)]
-                results.append(run_client("aiperf", cmd, base, n, args.timeout, env))
+                # Not offline: AIPerf's offline mode only loads tokenizers from the HF cache, not
+                # from a local directory; nothing is downloaded for a local path either way.
+                results.append(run_client("aiperf", cmd, base, n, args.timeout))
     finally:
         server.terminate()
         server.wait(10)

@@ -71,6 +71,7 @@ CSV_COLUMNS = (
     "http_status",
     "error_kind",
     "error_detail",
+    "itl_ms",  # every inter-token gap, space-separated (compare bootstraps over them)
 )
 
 
@@ -292,6 +293,7 @@ def _csv_row(rec: RequestRecord, t0: float) -> list[object]:
         "" if rec.http_status is None else rec.http_status,
         rec.error_kind or "",
         rec.error_detail,
+        " ".join(f"{x * 1e3:.3f}" for x in rec.itl_s),
     ]
 
 

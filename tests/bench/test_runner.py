@@ -78,6 +78,9 @@ def test_done_means_exact_tokens_and_energy(tmp_path: Path) -> None:
     assert len(rows) == 24
     assert {r["output_tokens"] for r in rows} == {"16"}
     assert sum(int(r["output_tokens"]) for r in rows) == m["total_output_tokens"]
+    itls = [float(x) for r in rows for x in r["itl_ms"].split()]
+    assert len(itls) == 24 * 15
+    assert sum(itls) / len(itls) == pytest.approx(m["itl_ms"]["mean"], rel=1e-3)
     assert len(d["timeline"]["t_s"]) == len(d["timeline"]["power_w"]) >= 1
 
 
