@@ -15,10 +15,10 @@ Timing of one streamed request (``perf_counter``, stamped once per socket read):
     │◄──── TTFT ────►│◄── ITL ──►│◄ ITL ►│                              │
     │◄──────────────────────────── E2EL ──────────────────────────────────►│
 
-* TTFT is the arrival of the first chunk that carries text (``text``, ``delta.content`` or
-  ``delta.reasoning_content``). A chat stream's role-only first chunk and empty chunks are not
-  tokens: counting them, as ``vllm bench serve`` does for chat, makes TTFT look better than what a
-  user sees.
+* TTFT is the arrival of the first chunk that carries text (``text``, ``delta.content``,
+  ``delta.reasoning_content`` or ``delta.reasoning``). A chat stream's role-only first chunk and
+  empty chunks are not tokens: counting them, as ``vllm bench serve`` does for chat, makes TTFT
+  look better than what a user sees.
 * ITLs are the gaps between successive text-bearing chunks. A chunk with several tokens yields one
   ITL (what the client observes), as in vLLM's benchmark.
 * Output tokens: ``usage.completion_tokens`` when the server sends usage (we ask with
@@ -365,7 +365,12 @@ class OpenAIClient:
                     c0 = choices[0]
                     if chat:
                         delta = c0.get("delta") or {}
-                        text = delta.get("content") or delta.get("reasoning_content") or ""
+                        text = (
+                            delta.get("content")
+                            or delta.get("reasoning_content")
+                            or delta.get("reasoning")
+                            or ""
+                        )
                     else:
                         text = c0.get("text") or ""
                     if c0.get("finish_reason"):

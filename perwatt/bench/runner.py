@@ -786,6 +786,9 @@ def summary_notes(paths: Sequence[Path]) -> list[str]:
         if m["errors"]:
             kinds = ", ".join(f"{k} x{n}" for k, n in m["errors"].items())
             lines.append(f"{p.name}: errors: {kinds}")
+            examples: Any = m.get("error_examples") or {}
+            for kind, detail in list(examples.items())[:3]:
+                lines.append(f"  {kind}: {detail}")
         if m["token_count_source"] != "usage" and m["completed"]:
             lines.append(
                 f"{p.name}: output tokens counted from stream chunks (the server sent no usage); "

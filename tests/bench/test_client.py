@@ -311,3 +311,20 @@ def test_health_and_stats_endpoints(server: FakeOpenAIServer) -> None:
     assert st["generation_requests"] == 3 and st["completed"] == 3
     assert st["tokens_sent"] == 12
     assert httpx.get(base + "/nope").status_code == 404
+
+
+def test_reasoning_deltas_count_as_tokens() -> None:
+    events = [
+        {"choices": [{"delta": {"role": "assistant", "content": ""}}]},
+        {"choices": [{"delta": {"reasoning_content": "think"}}]},
+        {"choices": [{"delta": {"reasoning": "more"}}]},
+        {"choices": [{"delta": {"content": "answer"}, "finish_reason": "stop"}]},
+        "[DONE]",
+    ]
+    body = _sse(*events)
+    resp = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    srv, t = _raw_server([resp])
+    with srv:
+        (r,) = send(f"http://127.0.0.1:{srv.getsockname()[1]}/v1", endpoint="chat")
+    t.join(5)
+    assert r.ok and r.output_tokens == 3 and len(r.itl_s) == 2
