@@ -61,6 +61,7 @@ __all__ = [
     "compute_frontier",
     "operation_options",
     "replay",
+    "time_bounds",
 ]
 
 CostModel = Literal["exponential", "convex-hull"]
@@ -73,6 +74,8 @@ FloatArray = npt.NDArray[np.float64]
 _FLOW_UNIT_J: Final = 1e-5
 _INF_CAP: Final = 2**30
 _CHECKPOINT_EVERY: Final = 64
+# Above this many arcs SciPy's compiled BFS beats a plain-Python one (measured: 2-core VM).
+_PY_BFS_MAX_ARCS: Final = 1500
 
 
 class NoisyProfileWarning(UserWarning):
@@ -266,6 +269,11 @@ class Frontier:
     options: tuple[OperationOptions, ...]
     baseline: FrequencyPlan
     notes: tuple[str, ...]
+    #: per option set (see ``node_spec``): model cost (J, blocking power already subtracted)
+    #: at each integer duration ``q[0] .. q[-1]`` quanta
+    cost_tables: tuple[FloatArray, ...] = field(repr=False)
+    #: False when ``stop_at_s`` cut the sweep short (the fastest point is then not T_min)
+    complete: bool = True
     _spec: IntArray = field(repr=False)
     _checkpoints: tuple[IntArray, ...] = field(repr=False)
     _changes: tuple[tuple[IntArray, IntArray], ...] = field(repr=False)
@@ -276,6 +284,11 @@ class Frontier:
         times = [p.time_s for p in self.points]
         if any(b <= a for a, b in itertools.pairwise(times)):
             raise ValueError("frontier points must be strictly increasing in time")
+
+    @property
+    def node_spec(self) -> IntArray:
+        """For each schedule node, the index of its entry in ``options``/``cost_tables``."""
+        return np.asarray(self._spec, dtype=np.int64).copy()
 
     @property
     def fastest(self) -> FrontierPoint:
@@ -491,8 +504,13 @@ def compute_frontier(
     time_quantum_s: float = 1e-3,
     cost_model: CostModel = "exponential",
     noise_factor: float = 1.0,
+    stop_at_s: float | None = None,
 ) -> Frontier:
     """Compute the whole iteration time–energy frontier of ``schedule`` on ``profile``.
+
+    ``stop_at_s`` ends the sweep (which runs from ``T_max`` down) once the iteration time is at
+    or below it: the frontier then covers ``[stop_at_s, T_max]`` only (``complete`` is False) —
+    enough to plan for a straggler or deadline above ``stop_at_s``, at a fraction of the cost.
 
     ``p_block_w`` is the power a GPU draws while blocked on communication: one figure, or one
     per stage for a heterogeneous pipeline (for a stage of several data/tensor-parallel GPUs,
@@ -569,7 +587,12 @@ def compute_frontier(
     base = offset[:-1][spec] - qmin  # flat[base[i] + d] = cost of node i at duration d
 
     dag = _Dag.build(schedule)
-    steps_t, steps_cost, changes, checkpoints = _sweep(dag, qmin, qmax, flat, base)
+    stop_q = -1 if stop_at_s is None else math.floor(stop_at_s / time_quantum_s + 1e-9)
+    steps_t, steps_cost, changes, checkpoints, complete = _sweep(
+        dag, qmin, qmax, flat, base, stop_q
+    )
+    if not complete:
+        notes.append(f"partial frontier: sweep stopped at {stop_at_s:g} s (stop_at_s)")
     if not steps_t:
         raise ConfigError(
             "the iteration time cannot be reduced at all (every instruction on the critical "
@@ -604,10 +627,44 @@ def compute_frontier(
         options=tuple(options),
         baseline=baseline,
         notes=tuple(notes),
+        cost_tables=tuple(tables),
+        complete=complete,
         _spec=spec,
         _checkpoints=tuple(checkpoints),
         _changes=tuple(changes),
     )
+
+
+def time_bounds(
+    profile: StageProfile,
+    schedule: Schedule,
+    *,
+    time_quantum_s: float = 1e-3,
+    noise_factor: float = 1.0,
+) -> tuple[float, float]:
+    """``(T_min, T_start)``: the iteration time with every instruction at its fastest option,
+    and with every one at its slowest (the sweep's starting plan; the frontier's slowest point
+    is one quantum faster, because the starting plan is dominated once P_block is counted).
+    Cheap — no sweep."""
+    q_fast = np.empty(schedule.num_nodes, dtype=np.int64)
+    q_slow = np.empty(schedule.num_nodes, dtype=np.int64)
+    cache: dict[tuple[int, InstructionName], tuple[int, int]] = {}
+    scale = _chunk_scale(schedule, profile)
+    for i, n in enumerate(schedule.nodes):
+        key = (_profile_stage(schedule, profile, n.stage, n.chunk), n.instruction)
+        if key not in cache:
+            ip = profile[key]
+            t, e = ip.time_s * scale, ip.energy_j * scale
+            if schedule.recompute and n.instruction == "backward":
+                fp = profile[(key[0], "forward")]
+                t, e = t + fp.time_s * scale, e + fp.energy_j * scale
+            o = operation_options(
+                ip.freq_mhz, t, e, quantum_s=time_quantum_s, noise_factor=noise_factor
+            )
+            cache[key] = (int(o.q[0]), int(o.q[-1]))
+        q_fast[i], q_slow[i] = cache[key]
+    dag = _Dag.build(schedule)
+    return dag.longest(q_fast)[2] * time_quantum_s, dag.longest(q_slow)[2] * time_quantum_s
 
 
 def _warn_if_noisy(
@@ -627,8 +684,8 @@ def _warn_if_noisy(
 
 
 def _sweep(
-    dag: _Dag, qmin: IntArray, qmax: IntArray, flat: FloatArray, base: IntArray
-) -> tuple[list[int], list[float], list[tuple[IntArray, IntArray]], list[IntArray]]:
+    dag: _Dag, qmin: IntArray, qmax: IntArray, flat: FloatArray, base: IntArray, stop_q: int = -1
+) -> tuple[list[int], list[float], list[tuple[IntArray, IntArray]], list[IntArray], bool]:
     """Phillips–Dessouky sweep from every node at ``qmax`` down to the minimum makespan.
 
     Returns, per step (slowest first): makespan in quanta, model cost, and the nodes changed
@@ -686,7 +743,11 @@ def _sweep(
     slack_budget = 0  # steps left before the critical sub-DAG may change
     net: dict[str, IntArray] | None = None  # arcs of the critical network and their flow
     chain: IntArray | None = None
+    complete = True
     while True:
+        if steps_t and steps_t[-1] <= stop_q:
+            complete = False
+            break
         if slack_budget <= 0:
             es, ls, t = dag.longest(d)
             crit = es == ls
@@ -742,14 +803,23 @@ def _sweep(
             [-np.ones(len(speed), dtype=np.int64), np.ones(len(slow), dtype=np.int64)]
         )
         record(moved, delta, t, cost)
-    # Re-add the cost from scratch once: the running sum must not drift.
+    # The makespan and cost were tracked incrementally; check both once against a recount.
     if steps_t:
         _, _, t_check = dag.longest(d)
-        if t_check != steps_t[-1]:
+        exact = float(flat[base + d].sum())
+        if t_check != steps_t[-1] or abs(exact - steps_cost[-1]) > 1e-6 * max(1.0, abs(exact)):
             raise RuntimeError(
-                f"frontier sweep lost track of the makespan ({t_check} != {steps_t[-1]})"
+                f"frontier sweep lost track: makespan {t_check} vs {steps_t[-1]}, "
+                f"cost {exact} vs {steps_cost[-1]}"
             )
-    return steps_t, steps_cost, changes, checkpoints
+    return steps_t, steps_cost, changes, checkpoints, complete
+
+
+def _adjacency(r_t: IntArray, nv: int) -> list[list[int]]:
+    adj: list[list[int]] = [[] for _ in range(nv)]
+    for e, u in enumerate(r_t.tolist()):
+        adj[u].append(e)
+    return adj
 
 
 def _same_network(
@@ -804,6 +874,10 @@ def _grow_network(
         "node": node,
         "key": key,
         "rkeys": np.sort(r_t * nv + r_h),
+        # plain-Python adjacency (entry ids per tail node) for the small-network BFS
+        "adj": _adjacency(r_t, nv),  # type: ignore[dict-item]
+        "ent_head_l": r_h.tolist(),  # type: ignore[dict-item]
+        "ent_tail_l": r_t.tolist(),  # type: ignore[dict-item]
         "rorder": np.argsort(r_t * nv + r_h),
         "x": x,
         "valid": valid,
@@ -842,16 +916,87 @@ def _min_cut(
     # Augment s → t along shortest residual paths until none is left (Edmonds–Karp, warm
     # started: the previous step's flow is already close to maximal, so this takes a few
     # paths). Residual entries: arc a forward (cap hi − x) is entry a, backward (x − lo) a + A.
+    # Small networks: breadth-first search in plain Python over prebuilt adjacency lists (no
+    # per-search allocation of SciPy matrices); large ones: SciPy's compiled BFS.
     n_arcs = len(tails)
-    perm, indices, indptr, sorted_keys = net["perm"], net["indices"], net["indptr"], net["rkeys"]
     rc = np.concatenate([hi - x, x - lo])
+    if n_arcs <= _PY_BFS_MAX_ARCS:
+        reached = _augment_py(net, rc, n_arcs, nv, src, snk)
+    else:
+        reached = _augment_scipy(net, rc, n_arcs, nv, src, snk, csr_matrix, breadth_first_order)
+    x = hi - rc[:n_arcs]
+    net["x"] = x
+    in_s = np.zeros(nv, dtype=bool)
+    in_s[reached] = True
+    crossing_fwd = in_s[tails] & ~in_s[heads]
+    crossing_bwd = ~in_s[tails] & in_s[heads]
+    if np.any(crossing_fwd & ~op):  # a dependency (infinite) arc is cut: nothing to speed up
+        return None, None
+    nodes = net["node"]
+    return nodes[crossing_fwd & op], nodes[crossing_bwd & op]
+
+
+def _augment_py(
+    net: dict[str, IntArray], rc: IntArray, n_arcs: int, nv: int, src: int, snk: int
+) -> IntArray:
+    """Augment along BFS paths until the sink is unreachable; ``rc`` is updated in place.
+
+    Returns the nodes reachable from ``src`` in the final residual network.
+    """
+    adj = net["adj"]  # type: ignore[assignment]
+    ent_head, ent_tail = net["ent_head_l"], net["ent_tail_l"]  # type: ignore[assignment]
+    cap: list[int] = rc.tolist()
+    while True:
+        pred = [-2] * nv
+        pred[src] = -1
+        queue = [src]
+        found = False
+        for u in queue:
+            for e in adj[u]:  # type: ignore[union-attr]
+                if cap[e] > 0:
+                    v = ent_head[e]  # type: ignore[index]
+                    if pred[v] == -2:
+                        pred[v] = e
+                        if v == snk:
+                            found = True
+                            break
+                        queue.append(v)
+            if found:
+                break
+        if not found:
+            rc[:] = cap
+            return np.array(queue, dtype=np.int64)
+        path = []
+        v = snk
+        while v != src:
+            e = pred[v]
+            path.append(e)
+            v = ent_tail[e]  # type: ignore[index]
+        delta = min(cap[e] for e in path)
+        for e in path:
+            cap[e] -= delta
+            cap[e + n_arcs if e < n_arcs else e - n_arcs] += delta
+
+
+def _augment_scipy(
+    net: dict[str, IntArray],
+    rc: IntArray,
+    n_arcs: int,
+    nv: int,
+    src: int,
+    snk: int,
+    csr_matrix: object,
+    breadth_first_order: object,
+) -> IntArray:
+    """Same as :func:`_augment_py` with SciPy's BFS, for large networks."""
+    perm, indices, indptr, sorted_keys = net["perm"], net["indices"], net["indptr"], net["rkeys"]
     while True:
         data = (rc[perm] > 0).astype(np.int8)
         g = csr_matrix((data, indices.copy(), indptr.copy()), shape=(nv, nv))  # type: ignore[operator]
         g.eliminate_zeros()
         reach, pred = breadth_first_order(g, src, directed=True, return_predecessors=True)  # type: ignore[operator]
         if pred[snk] < 0:
-            break
+            return np.asarray(reach, dtype=np.int64)
         path: list[int] = []
         pl = pred.tolist()
         v = snk
@@ -864,16 +1009,6 @@ def _min_cut(
         rc[entries] -= delta
         partner = np.where(entries < n_arcs, entries + n_arcs, entries - n_arcs)
         rc[partner] += delta
-    x = hi - rc[:n_arcs]
-    net["x"] = x
-    in_s = np.zeros(nv, dtype=bool)
-    in_s[reach] = True
-    crossing_fwd = in_s[tails] & ~in_s[heads]
-    crossing_bwd = ~in_s[tails] & in_s[heads]
-    if np.any(crossing_fwd & ~op):  # a dependency (infinite) arc is cut: nothing to speed up
-        return None, None
-    nodes = net["node"]
-    return nodes[crossing_fwd & op], nodes[crossing_bwd & op]
 
 
 def _feasible_flow(

@@ -1,0 +1,277 @@
+"""The frontier solver: exact against a MILP on small DAGs, plans consistent with points."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from perwatt.errors import ConfigError, DataFormatError
+from perwatt.train.frontier import (
+    Frontier,
+    NoisyProfileWarning,
+    compute_frontier,
+    operation_options,
+    replay,
+)
+from perwatt.train.profile import StageProfile, load_profile
+from perwatt.train.schedule import Schedule, gpipe, interleaved_one_f_one_b, one_f_one_b
+
+DATA = Path(__file__).resolve().parent / "data"
+SHARED = Path(__file__).resolve().parents[3] / "shared/data/perseus-sosp24"
+
+
+@pytest.fixture(scope="module")
+def tiny() -> StageProfile:
+    return load_profile(DATA / "tiny_profile.csv")
+
+
+def _milp(schedule: Schedule, choices: list[list[tuple[int, float]]], horizon_q: int) -> float:
+    """Exact discrete optimum: each node picks one (duration, cost); makespan ≤ horizon."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    n = schedule.num_nodes
+    col = []  # (node, duration, cost)
+    for i, opts in enumerate(choices):
+        col.extend((i, q, c) for q, c in opts)
+    ny = len(col)
+    nvar = ny + n  # y's, then start times
+    cost = np.array([c for _, _, c in col] + [0.0] * n)
+    rows, lo, hi = [], [], []
+
+    def row() -> np.ndarray:
+        return np.zeros(nvar)
+
+    for i in range(n):
+        r = row()
+        for k, (node, _, _) in enumerate(col):
+            if node == i:
+                r[k] = 1.0
+        rows.append(r), lo.append(1.0), hi.append(1.0)
+    dur = [[(k, q) for k, (node, q, _) in enumerate(col) if node == i] for i in range(n)]
+    for u, v in schedule.edges.tolist():
+        r = row()
+        r[ny + v], r[ny + u] = 1.0, -1.0
+        for k, q in dur[u]:
+            r[k] = -q
+        rows.append(r), lo.append(0.0), hi.append(np.inf)
+    for i in range(n):
+        r = row()
+        r[ny + i] = 1.0
+        for k, q in dur[i]:
+            r[k] = q
+        rows.append(r), lo.append(-np.inf), hi.append(float(horizon_q))
+    integrality = np.array([1] * ny + [0] * n)
+    bounds = Bounds(np.zeros(nvar), np.array([1.0] * ny + [np.inf] * n))
+    res = milp(
+        cost,
+        constraints=LinearConstraint(np.array(rows), np.array(lo), np.array(hi)),
+        integrality=integrality,
+        bounds=bounds,
+    )
+    assert res.success, res.message
+    return float(res.fun)
+
+
+def _model_choices(fr: Frontier) -> list[list[tuple[int, float]]]:
+    out = []
+    for k in fr.node_spec.tolist():
+        q = fr.options[k].q
+        out.append([(int(q[0]) + j, float(c)) for j, c in enumerate(fr.cost_tables[k])])
+    return out
+
+
+SCHEDULES = [
+    pytest.param(lambda: one_f_one_b(2, 3), id="1f1b-2x3"),
+    pytest.param(lambda: gpipe(2, 2), id="gpipe-2x2"),
+    pytest.param(lambda: interleaved_one_f_one_b(2, 2, 2), id="interleaved-2x2x2"),
+    pytest.param(lambda: one_f_one_b(2, 2, recompute=True), id="1f1b-recompute"),
+]
+
+
+@pytest.mark.parametrize("make", SCHEDULES)
+@pytest.mark.parametrize("model", ["exponential", "convex-hull"])
+def test_every_point_is_the_milp_optimum_of_the_model(
+    tiny: StageProfile, make: object, model: str
+) -> None:
+    schedule = make()  # type: ignore[operator]
+    fr = compute_frontier(tiny, schedule, p_block_w=60.0, cost_model=model)  # type: ignore[arg-type]
+    choices = _model_choices(fr)
+    psum = sum(fr.p_block_w)
+    worst = 0.0
+    for p in fr.points:
+        q = round(p.time_s / fr.time_quantum_s)
+        best = _milp(schedule, choices, q) + psum * p.time_s
+        worst = max(worst, abs(p.energy_j - best))
+        # cut capacities are integers of 1e-5 J, like lowtime's 1e-6 J rounding
+        assert p.energy_j == pytest.approx(best, abs=1e-3), f"T={p.time_s}"
+    assert worst < 1e-3
+
+
+def test_frontier_against_exact_discrete_optimum() -> None:
+    """Perseus profile, 3 stages x 3 microbatches: the planner's plans vs the true optimum.
+
+    The convex-hull model is a relaxation, so its frontier lower-bounds the discrete optimum;
+    every plan (the slowest clock within each planned duration) is a feasible discrete
+    solution, so it upper-bounds it. The gap is printed (see benchmarks/results/train.md).
+    """
+    path = SHARED / "stage_profile/gpt3-175b+a100_sxm_bf16.csv"
+    if not path.exists():
+        pytest.skip(f"shared Perseus data not found at {SHARED}")
+    full = load_profile(path)
+    prof = StageProfile(entries={k: v for k, v in full.entries.items() if k[0] < 3})
+    schedule = one_f_one_b(3, 3)
+    pb = 83.64
+    gaps = []
+    for model in ("convex-hull", "exponential"):
+        fr = compute_frontier(prof, schedule, p_block_w=pb, cost_model=model)  # type: ignore[arg-type]
+        discrete = []
+        for k in fr.node_spec.tolist():
+            o = fr.options[k]
+            discrete.append(
+                [
+                    (int(q), float(e - pb * q * fr.time_quantum_s))
+                    for q, e in zip(o.q, o.energy_j, strict=True)
+                ]
+            )
+        for p in fr.points[:: max(1, len(fr.points) // 12)]:
+            q = round(p.time_s / fr.time_quantum_s)
+            exact = _milp(schedule, discrete, q) + 3 * pb * p.time_s
+            d = fr.durations_q(p)
+            picked = []
+            for i, k in enumerate(fr.node_spec.tolist()):
+                o = fr.options[k]
+                j = max(1, int(np.searchsorted(o.q, d[i], side="right"))) - 1
+                picked.append((int(o.q[j]), float(o.energy_j[j] - pb * o.q[j] * fr.time_quantum_s)))
+            plan_cost = sum(c for _, c in picked) + 3 * pb * p.time_s
+            assert plan_cost >= exact - 1e-6
+            if model == "convex-hull":
+                assert p.energy_j <= exact + 1e-3
+            gaps.append((model, p.time_s, (plan_cost - exact) / exact))
+    worst = max(g for _, _, g in gaps)
+    print(f"worst plan-vs-MILP gap: {worst:.3%}")
+    assert worst < 0.02
+
+
+def test_plan_matches_its_point(tiny: StageProfile) -> None:
+    schedule = one_f_one_b(2, 4)
+    fr = compute_frontier(tiny, schedule, p_block_w=50.0)
+    for p in (fr.fastest, fr.points[len(fr.points) // 2], fr.slowest):
+        d = fr.durations_q(p)
+        t, _ = replay(schedule, d.astype(float))
+        assert round(t) == round(p.time_s / fr.time_quantum_s)
+        model = sum(
+            fr.cost_tables[k][int(di) - int(fr.options[k].q[0])]
+            for k, di in zip(fr.node_spec.tolist(), d, strict=True)
+        )
+        assert p.energy_j == pytest.approx(model + 2 * 50.0 * p.time_s, rel=1e-12)
+        plan = fr.plan_for(p)
+        assert [[x.freq_mhz for x in st] for st in plan.stages] == fr.frequencies_for(p)
+        assert [(x.instruction, x.microbatch) for x in plan.stages[1]] == [
+            (n.instruction, n.microbatch) for n in schedule.order[1]
+        ]
+        assert plan.for_stage(0)[0][0] == "forward"
+        # each clock's real time is within one quantum of the duration planned for it
+        slack = (2 * schedule.num_microbatches + 2) * fr.time_quantum_s
+        assert abs(plan.replay_time_s - p.time_s) < slack
+    times = [p.time_s for p in fr.points]
+    assert times == sorted(times)
+    assert fr.t_min_s < fr.t_max_s
+
+
+def test_baseline_is_all_max_clock(tiny: StageProfile) -> None:
+    schedule = one_f_one_b(2, 3)
+    fr = compute_frontier(tiny, schedule, p_block_w=50.0)
+    assert all(x.freq_mhz == 1400 for st in fr.baseline.stages for x in st)
+    t_f = np.array([0.010, 0.020] * 3 + [0.012, 0.024] * 3)
+    assert fr.baseline.replay_time_s > 0
+    # energy = compute + P_block * idle, idle = T - busy per stage
+    busy = [0.03 * 3, 0.036 * 3]
+    compute = 3 * (3.0 + 6.0) + 3 * (3.6 + 7.2)
+    expect = compute + sum(50.0 * (fr.baseline.replay_time_s - b) for b in busy)
+    assert fr.baseline.replay_energy_j == pytest.approx(expect)
+    assert len(t_f) == schedule.num_nodes
+
+
+def test_heterogeneous_blocking_power(tiny: StageProfile) -> None:
+    schedule = one_f_one_b(2, 3)
+    a = compute_frontier(tiny, schedule, p_block_w=[80.0, 40.0])
+    assert a.p_block_w == (80.0, 40.0)
+    for p in a.points:
+        d = a.durations_q(p)
+        model = sum(
+            a.cost_tables[k][int(di) - int(a.options[k].q[0])]
+            for k, di in zip(a.node_spec.tolist(), d, strict=True)
+        )
+        assert p.energy_j == pytest.approx(model + 120.0 * p.time_s)
+
+
+def test_pareto_filter_and_quantisation() -> None:
+    f = np.array([1400, 1300, 1200, 1100, 1000])
+    t = np.array([0.0100, 0.0101, 0.0115, 0.0100, 0.0140])
+    e = np.array([5.0, 4.5, 4.0, 4.8, 3.9])
+    o = operation_options(f, t, e, quantum_s=1e-3)
+    # Nothing is strictly slower *and* costlier here; 1400, 1300 and 1100 MHz all land on
+    # q = 10 and, as in lowtime, the costliest of a quantum is kept (1400 MHz, 5.0 J).
+    assert o.q.tolist() == [10, 11, 14]
+    assert o.freq_mhz.tolist() == [1400, 1200, 1000]
+    assert o.knob_for(12) == 1200 and o.knob_for(9) == 1400 and o.knob_for(99) == 1000
+    # a strictly dominated point is dropped before quantisation
+    o2 = operation_options(
+        f[[0, 2, 4]], np.array([0.010, 0.0115, 0.0140]), np.array([5.0, 5.5, 3.9]), quantum_s=1e-3
+    )
+    assert o2.freq_mhz.tolist() == [1400, 1000]
+    assert o.dropped == 2
+
+
+def test_noisy_profile_warns() -> None:
+    rows = []
+    for s in range(2):
+        for inst, base in (("forward", 0.01), ("backward", 0.02)):
+            for f, k in ((1400, 1.0), (1200, 1.1), (1000, 0.9), (800, 1.6)):
+                rows.append((s, inst, f, base * k, 3.0 * (2.2 - k)))
+    prof = StageProfile.from_rows(rows)
+    with pytest.warns(NoisyProfileWarning, match="faster than a higher"):
+        fr = compute_frontier(prof, one_f_one_b(2, 2), p_block_w=50.0)
+    assert len(fr.points) > 1
+
+
+def test_clean_profile_does_not_warn(tiny: StageProfile) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compute_frontier(tiny, one_f_one_b(2, 2), p_block_w=50.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"time_quantum_s": 0.0}, ConfigError, "quantum"),
+        ({"time_quantum_s": math.nan}, ConfigError, "quantum"),
+        ({"p_block_w": [1.0, 2.0, 3.0]}, ConfigError, "one blocking power per stage"),
+        ({"p_block_w": -1.0}, ConfigError, "≥ 0"),
+        ({"cost_model": "cubic"}, ConfigError, "cost model"),
+        ({"noise_factor": 0.5}, ConfigError, "noise"),
+        ({"time_quantum_s": 0.05}, ConfigError, "shorter than the time quantum"),
+    ],
+)
+def test_bad_arguments(
+    tiny: StageProfile, kwargs: dict[str, object], exc: type, match: str
+) -> None:
+    args: dict[str, object] = {"p_block_w": 50.0}
+    args.update(kwargs)
+    with pytest.raises(exc, match=match):
+        compute_frontier(tiny, one_f_one_b(2, 2), **args)  # type: ignore[arg-type]
+
+
+def test_stage_count_mismatch(tiny: StageProfile) -> None:
+    with pytest.raises(DataFormatError, match="stages"):
+        compute_frontier(tiny, one_f_one_b(3, 2), p_block_w=50.0)
+
+
+def test_single_clock_cannot_be_planned() -> None:
+    rows = [(s, i, 1400, 0.01 * (1 + s), 3.0) for s in range(2) for i in ("forward", "backward")]
+    with pytest.raises(ConfigError, match="cannot be reduced"):
+        compute_frontier(StageProfile.from_rows(rows), one_f_one_b(2, 2), p_block_w=50.0)
