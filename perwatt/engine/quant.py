@@ -132,6 +132,8 @@ class Int4Linear(QuantLinear):
         self.kernel = "dequant"
         self._tg_weight: Tensor | None = None
         self._tg_sz: Tensor | None = None
+        self._cpu_weight: Tensor | None = None
+        self._cpu_sz: Tensor | None = None
 
     @staticmethod
     def quantize_weight(w: Tensor, group_size: int) -> dict[str, Tensor]:
@@ -172,12 +174,35 @@ class Int4Linear(QuantLinear):
         self.kernel = "tinygemm"
         return True
 
+    def use_cpu_kernel(self) -> bool:
+        """Switch to ``aten._weight_int4pack_mm_for_cpu`` (same (q - 8) * scale + zero format,
+        fp32 activations). False when this torch build lacks it; the layer keeps dequantizing."""
+        if self.packed.device.type != "cpu" or self.in_features % (_TINYGEMM_INNER_K_TILES * 16):
+            return False
+        try:
+            codes = unpack_nibbles(self.packed).to(torch.int32)
+            w = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, _TINYGEMM_INNER_K_TILES)
+            sz = torch.stack([self.scales, self.zeros], dim=-1).transpose(0, 1).contiguous()
+            x = torch.zeros(1, self.in_features)
+            torch.ops.aten._weight_int4pack_mm_for_cpu(x, w, self.group_size, sz.float())
+        except (RuntimeError, NotImplementedError, AttributeError):
+            return False
+        self._cpu_weight, self._cpu_sz = w, sz.float()
+        self.kernel = "int4pack-cpu"
+        return True
+
     def forward(self, x: Tensor) -> Tensor:
+        shape = x.shape
         if self._tg_weight is not None and self._tg_sz is not None:
-            shape = x.shape
             x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
             y = torch.ops.aten._weight_int4pack_mm(
                 x2, self._tg_weight, self.group_size, self._tg_sz
+            )
+            return self._add_bias(y.to(x.dtype).reshape(*shape[:-1], self.out_features))
+        if self._cpu_weight is not None and self._cpu_sz is not None:
+            x2 = x.reshape(-1, self.in_features).float()
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(
+                x2, self._cpu_weight, self.group_size, self._cpu_sz
             )
             return self._add_bias(y.to(x.dtype).reshape(*shape[:-1], self.out_features))
         return self._add_bias(F.linear(x, self.dequantize().to(x.dtype)))
@@ -325,13 +350,18 @@ def plan_quantized(
             precision="int8", compute_dtype=dtype, emulated=False, kernel="int8 weight-only"
         )
     if precision == "int4":
-        kernel = "tinygemm" if cap is not None and cap >= (8, 0) else "dequant"
+        if cap is None:
+            kernel = "int4pack-cpu"
+        elif cap >= (8, 0):
+            kernel = "tinygemm"
+        else:
+            kernel = "dequant"
         return PrecisionPlan(
             precision="int4",
             compute_dtype=dtype,
             emulated=False,
-            kernel=f"int4 weight-only ({kernel})",
-            note="" if kernel == "tinygemm" else "int4 dequantized in the matmul (no int4 kernel)",
+            kernel=f"int4 weight-only ({kernel}; dequantize where a layer's shape does not fit)",
+            note="" if kernel != "dequant" else "int4 dequantized in the matmul (no int4 kernel)",
         )
     if precision == "fp8":
         why = f"no FP8 tensor cores on {where} (needs sm_89+: Ada, Hopper or newer)"
@@ -524,6 +554,8 @@ def finalize_for_device(model: nn.Module, plan: PrecisionPlan) -> None:
     for mod in model.modules():
         if isinstance(mod, Int4Linear) and "tinygemm" in plan.kernel:
             mod.use_tinygemm()
+        elif isinstance(mod, Int4Linear) and "int4pack-cpu" in plan.kernel:
+            mod.use_cpu_kernel()
         elif isinstance(mod, FP8Linear):
             mod.native = not plan.emulated
 

@@ -77,6 +77,26 @@ def test_int4_error_bound_and_forward_matches_dequantized(group: int) -> None:
     assert (deq - w).pow(2).mean() < w.pow(2).mean() * 0.02
 
 
+@pytest.mark.parametrize("group", [32, 128])
+def test_int4_cpu_kernel_matches_dequantized(group: int) -> None:
+    w = _weight(64, 256, seed=4)
+    mod = Int4Linear(256, 64, True, torch.float32, group)
+    _load(mod, Int4Linear.quantize_weight(w, group))
+    mod.bias.copy_(torch.randn(64))  # type: ignore[union-attr]
+    x = torch.randn(2, 3, 256)
+    want = F.linear(x, mod.dequantize(), mod.bias)
+    if not mod.use_cpu_kernel():
+        pytest.skip("this torch build has no _weight_int4pack_mm_for_cpu")
+    assert mod.kernel == "int4pack-cpu"
+    torch.testing.assert_close(mod(x), want, rtol=1e-4, atol=1e-4)
+
+
+def test_int4_engine_uses_cpu_kernel() -> None:
+    engine = Engine("tiny", precision="int4", device="cpu", max_seq_len=16)
+    kernels = {m.kernel for m in engine.model.modules() if isinstance(m, Int4Linear)}
+    assert kernels <= {"int4pack-cpu", "dequant"} and kernels
+
+
 def test_fp8_weights_and_emulated_forward() -> None:
     w = _weight()
     t = FP8Linear.quantize_weight(w)
