@@ -142,6 +142,52 @@ class IncrementalDetokenizer:
         return delta
 
 
+class VisibleByteTokenizer:
+    """A byte-level tokenizer whose ids beyond the 256 bytes decode to visible text.
+
+    Random-weight shapes use the engine's byte tokenizer: ids 0..255 are UTF-8 bytes and every
+    other id (most of a 128k vocabulary) decodes to nothing. A server whose tokens are mostly
+    invisible breaks every benchmark client, which times TTFT and inter-token latency from chunks
+    that carry text. So the server renders such an id as ``<t1234>`` (BOS/EOS stay invisible):
+    one token, one piece of text, as with a real vocabulary.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.kind = "byte-visible"
+        self.special = {
+            i
+            for i in (getattr(inner, "bos_id", None), getattr(inner, "eos_id", None))
+            if i is not None
+        }
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.inner.encode(text))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        parts: list[str] = []
+        run = bytearray()
+        for i in ids:
+            if 0 <= i < 256:
+                run.append(i)
+                continue
+            if run:
+                parts.append(run.decode("utf-8", errors="replace"))
+                run.clear()
+            if i not in self.special:
+                parts.append(f"<t{i}>")
+        if run:
+            parts.append(run.decode("utf-8", errors="replace"))
+        return "".join(parts)
+
+
+def serving_tokenizer(tokenizer: Any) -> Any:
+    """The tokenizer the server uses: the engine's, with byte tokenizers made visible."""
+    return (
+        VisibleByteTokenizer(tokenizer) if getattr(tokenizer, "kind", "") == "byte" else tokenizer
+    )
+
+
 def render_chat(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:
     """Token ids for a chat: the tokenizer's own template when it has one, else a plain one.
 
@@ -712,7 +758,7 @@ def serve(
         raise ConfigError(f"--max-seq-len must be at least 2, got {max_seq_len}")
     sock = bind(host, port)  # before loading: a busy port should fail in a second, not a minute
     try:
-        from perwatt.engine import load_engine
+        from perwatt.engine.generate import load_engine
 
         engine = load_engine(
             model,
@@ -723,7 +769,7 @@ def serve(
             seed=seed,
             quantized_path=quantized_path,
         )
-        tokenizer = engine.tokenizer
+        tokenizer = serving_tokenizer(engine.tokenizer)
         batcher = Batcher(
             engine,
             num_slots=max_batch_size,
@@ -759,8 +805,8 @@ def serve(
 def _eos_ids(engine: Any, tokenizer: Any) -> list[int]:
     """EOS token ids from wherever the engine or tokenizer keeps them."""
     ids: list[int] = []
-    for obj in (tokenizer, getattr(engine, "config", None)):
-        for attr in ("eos_token_ids", "eos_token_id"):
+    for obj in (tokenizer, getattr(tokenizer, "inner", None), getattr(engine, "cfg", None)):
+        for attr in ("eos_token_ids", "eos_token_id", "eos_id"):
             v = getattr(obj, attr, None)
             if isinstance(v, int) and not isinstance(v, bool):
                 ids.append(v)

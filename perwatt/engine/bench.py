@@ -1,0 +1,846 @@
+"""Tokens per joule of the built-in engine, precision by precision and batch by batch.
+
+``perwatt bench --engine builtin`` lands here. Each (precision, batch) point is one controlled
+experiment in which only the precision or the batch changes: same shape, same seeded weights, same
+prompts, fixed output length (EOS ignored). One point, on the meter's clock::
+
+    load ─▶ warm-up ─▶ ┌ round 1 ──────────────────┐ ┌ round 2 ─ … ┐ ─▶ accuracy guard
+    (timed, (compile,   │ prefill │ decode × (N-1) │ │ prefill │ … │   (teacher-forced logits
+     own     graphs;    └─────────┴────────────────┘ └─────────┴── ┘    vs the reference
+     window) own window)          ▲ steady state ▲     ... until Σ decode ≥ min_window_s)
+
+* Load and warm-up (first-call compilation, CUDA-graph capture, allocator growth) are measured
+  in their own windows and reported separately, never mixed into the figures (gpt-fast runs a
+  warm-up iteration for the same reason).
+* The steady state is decode only: every slot decodes every step, so the batch is full for the
+  whole window by construction. Rounds repeat until the decode windows add up to at least
+  ``min_window_s`` (5 s on a GPU: the NVML counter updates about every 100 ms, so a 5 s window is
+  quantized by < 2 %); prefill is measured and reported beside it.
+* Tokens per joule = decode output tokens / decode energy over the same windows, with the label of
+  the source (``nvml-counter``, ``rapl``, ``estimated``, ``simulated`` ...) written next to it.
+* The accuracy guard runs the same prompts through the reference precision (bf16) and the point's
+  engine, feeding both the reference's greedy tokens (teacher forcing) so every step compares
+  logits on identical inputs: KL(ref || test), top-1 agreement, max relative error.
+
+A point that cannot run (out of memory, a precision this device lacks) is written as a
+``failed`` document whose reason names the fix, and the sweep goes on.
+
+Each point becomes one bench result document (engine ``builtin``, load kind ``batch``), the same
+schema the server benchmark writes, so ``perwatt compare`` and ``perwatt report`` read it as is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import gc
+import platform
+import random
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from perwatt.bench.result import SCHEMA_VERSION, load_result, write_result
+from perwatt.economics import DEFAULT_PRICE_PER_KWH_USD, DEFAULT_PUE, economics_for_run
+from perwatt.errors import ConfigError, DataFormatError, PerwattError
+from perwatt.meter.meter import Measurement, Meter
+from perwatt.meter.source import PowerSource, is_measured
+
+#: Decode window for figures meant for publication on a GPU (GUIDE.md: windows >= 5 s).
+GPU_MIN_WINDOW_S = 5.0
+#: Rounds are repeated at most this many times to reach the window (a guard, not a target).
+MAX_ROUNDS = 10_000
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PointSpec:
+    """One point of a sweep."""
+
+    precision: str
+    batch_size: int
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"batch sizes must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AccuracyReference:
+    """Teacher-forced reference run: the prompts, the forced tokens, and the logits per step."""
+
+    precision: str
+    prompts: list[list[int]]
+    forced: list[list[int]]  # [steps][n]: token fed at each decode step (reference argmax)
+    logits: list[Any]  # [steps + 1] tensors [n, V] (prefill, then each decode step), fp32 CPU
+
+
+# ---------------------------------------------------------------------- helpers
+def _now_utc() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "model"
+
+
+def _model_slug(model: str) -> str:
+    p = Path(model)
+    return _slug(p.name if p.exists() else model)
+
+
+def make_prompts(n: int, length: int, vocab_size: int, seed: int) -> list[list[int]]:
+    """Seeded random token ids. Random weights have no vocabulary, so random ids are as
+    representative as any text; real checkpoints see the same ids for every precision."""
+    rng = random.Random(seed)
+    return [[rng.randrange(vocab_size) for _ in range(length)] for _ in range(n)]
+
+
+def _is_oom(e: BaseException) -> bool:
+    if isinstance(e, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None) if torch else None
+    if oom is not None and isinstance(e, oom):
+        return True
+    return isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
+
+
+def failure_reason(e: BaseException, spec: PointSpec) -> str:
+    """One line saying what failed and which knob fixes it."""
+    if _is_oom(e):
+        return (
+            f"out of memory at {spec.precision} batch {spec.batch_size}: use a smaller --batch, "
+            "a lower-memory precision (int8, int4) or shorter --input-len/--output-len"
+        )
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if isinstance(e, PerwattError):
+        return f"{spec.precision} batch {spec.batch_size}: {msg}"
+    return (
+        f"{spec.precision} batch {spec.batch_size} failed ({type(e).__name__}: {msg}); "
+        "try another --precision or --batch"
+    )
+
+
+def _release_device() -> None:
+    gc.collect()
+    torch = sys.modules.get("torch")
+    cuda = getattr(torch, "cuda", None) if torch else None
+    if cuda is not None and cuda.is_available() and cuda.is_initialized():
+        cuda.empty_cache()
+
+
+def _argmax(logits: Any) -> Any:
+    """Greedy next tokens as the engine's decode takes them (a device tensor: no host sync)."""
+    return logits.argmax(dim=-1)
+
+
+def _merge(name: str, parts: Sequence[Measurement]) -> Measurement:
+    """Sum several windows (decode of every round) into one Measurement."""
+    if not parts:
+        raise ValueError("nothing to merge")
+    energy: dict[str, float] = {}
+    for m in parts:
+        for dev, e in m.energy_j.items():
+            energy[dev] = energy.get(dev, 0.0) + e
+    duration = sum(m.duration_s for m in parts)
+    total = sum(energy.values())
+    peaks = [m.peak_power_w for m in parts if m.peak_power_w is not None]
+    warnings: list[str] = []
+    for m in parts:
+        for w in m.warnings:
+            if w not in warnings:
+                warnings.append(w)
+    if len(parts) > 1:
+        warnings.append(f"sum of {len(parts)} decode windows (one per round; prefill excluded)")
+    return Measurement(
+        name=name,
+        start_s=parts[0].start_s,
+        end_s=parts[-1].end_s,
+        duration_s=duration,
+        energy_j=energy,
+        total_energy_j=total,
+        avg_power_w=total / duration if duration > 0 else 0.0,
+        peak_power_w=max(peaks) if peaks else None,
+        sources=dict(parts[0].sources),
+        idle_subtracted=parts[0].idle_subtracted,
+        idle_power_w=parts[0].idle_power_w,
+        warnings=tuple(warnings),
+    )
+
+
+def _summary(values: Sequence[float]) -> dict[str, float | None]:
+    from perwatt.bench.stats import summarize
+
+    return summarize(values)
+
+
+def _empty_pct() -> dict[str, float | None]:
+    return dict.fromkeys(("mean", "median", "p50", "p90", "p95", "p99", "min", "max"))
+
+
+def _conditions(device: str, energy_label: str) -> dict[str, Any]:
+    gpus: list[dict[str, Any]] = []
+    if device.startswith("cuda"):
+        with contextlib.suppress(Exception):  # conditions are best effort, never fatal
+            from perwatt.meter.detect import nvml_module
+            from perwatt.meter.nvml import gpu_inventory
+
+            for g in gpu_inventory(nvml=nvml_module()):
+                gpus.append(
+                    {
+                        "name": g.name,
+                        "uuid": g.uuid,
+                        "driver": g.driver_version,
+                        "power_limit_w": g.power_limit_w,
+                        "sm_clock_mhz": g.sm_clock_mhz,
+                        "max_sm_clock_mhz": g.max_sm_clock_mhz,
+                    }
+                )
+    torch = sys.modules.get("torch")
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "gpus": gpus,
+        "host": platform.node(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "torch": getattr(torch, "__version__", None) if torch else None,
+        "energy_source": energy_label,
+        "date_utc": _now_utc(),
+    }
+
+
+def _timeline(meter: Meter, t0: float, t1: float) -> dict[str, list[float]]:
+    ts: list[float] = []
+    ps: list[float] = []
+    for s in meter.timeline():
+        if t0 <= s.t_s <= t1 and s.power_w:
+            ts.append(round(s.t_s - t0, 6))
+            ps.append(round(sum(s.power_w.values()), 3))
+    return {"t_s": ts, "power_w": ps}
+
+
+def _base_doc(
+    *,
+    label: str,
+    model: str,
+    spec: PointSpec,
+    input_len: int,
+    output_len: int,
+    seed: int,
+    num_gpus: int,
+    price_per_kwh: float,
+    pue: float,
+    device: str,
+    energy_label: str,
+) -> dict[str, Any]:
+    from perwatt import __version__
+
+    return {
+        "schema": SCHEMA_VERSION,
+        "status": "running",
+        "partial_reason": None,
+        "label": label,
+        "created_utc": _now_utc(),
+        "perwatt_version": __version__,
+        "config": {
+            "engine": "builtin",
+            "url": None,
+            "endpoint": "completions",
+            "model": model,
+            "precision": spec.precision,
+            "workload": {
+                "kind": "random-tokens",
+                "input_len": input_len,
+                "output_len": output_len,
+                "seed": seed,
+                "ignore_eos": True,
+            },
+            "num_prompts": spec.batch_size,
+            "input_len": input_len,
+            "output_len": output_len,
+            "request_rate": None,
+            "burstiness": 1.0,
+            "max_concurrency": spec.batch_size,
+            "batch_size": spec.batch_size,
+            "seed": seed,
+            "goodput_slo_ms": None,
+            "num_gpus": num_gpus,
+            "price_per_kwh": price_per_kwh,
+            "pue": pue,
+        },
+        "load": {"kind": "batch", "value": float(spec.batch_size)},
+        "conditions": _conditions(device, energy_label),
+        "metrics": {
+            "completed": 0,
+            "failed": 0,
+            "duration_s": 0.0,
+            "request_throughput_rps": 0.0,
+            "output_throughput_tok_s": 0.0,
+            "total_token_throughput_tok_s": 0.0,
+            "total_input_tokens": 0,
+            "total_output_tokens": 0,
+            "token_count_source": "engine",
+            "ttft_ms": _empty_pct(),
+            "tpot_ms": _empty_pct(),
+            "itl_ms": _empty_pct(),
+            "e2el_ms": _empty_pct(),
+            "goodput_rps": None,
+            "errors": {},
+        },
+        "energy": None,
+        "economics": None,
+        "accuracy": None,
+        "timeline": {"t_s": [], "power_w": []},
+        "requests_csv": None,
+        "builtin": None,
+    }
+
+
+# ---------------------------------------------------------------------- engine driving
+def require_engine_deps() -> None:
+    """One-line error naming the extra when torch is missing."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise ConfigError("the built-in engine needs torch: pip install perwatt[engine]") from None
+
+
+def _load(model: str, precision: str, *, batch: int, seq_len: int, **kw: Any) -> Any:
+    from perwatt.engine.generate import load_engine
+
+    return load_engine(model, precision=precision, max_batch_size=batch, max_seq_len=seq_len, **kw)
+
+
+def _free_all(engine: Any, slots: Sequence[int]) -> None:
+    for s in slots:
+        engine.free(s)
+
+
+def _decode_steps(engine: Any, slots: list[int], lengths: list[int], first: Any, steps: int) -> Any:
+    """``steps`` greedy decode steps over ``slots`` without a host sync per step.
+
+    The engine's public ``decode`` takes host token lists (a sync per step, fine for a server that
+    must stream each token). A benchmark of the steady state must not pay that, so it drives the
+    engine's full-batch step directly, the way ``Engine.generate`` does; engines without it fall
+    back to the public API.
+    """
+    step = getattr(engine, "_decode_full", None)
+    if step is None:
+        tok = first
+        for _ in range(steps):
+            tok = _argmax(engine.decode(slots, tok.tolist()))
+        return tok
+    import torch
+
+    dev, mb = engine.device, engine.max_batch_size
+    rows = torch.tensor(slots, dtype=torch.long, device=dev)
+    tok = torch.zeros(mb, dtype=torch.long, device=dev)
+    pos = torch.zeros(mb, dtype=torch.long, device=dev)
+    write = torch.full((mb,), engine.max_seq_len, dtype=torch.long, device=dev)
+    start = torch.tensor(lengths, dtype=torch.long, device=dev)
+    pos[rows] = start
+    write[rows] = start
+    nxt = first
+    for _ in range(steps):
+        tok[rows] = nxt
+        nxt = _argmax(step(tok, pos, write)[rows])
+        pos[rows] += 1
+        write[rows] += 1
+    return nxt
+
+
+def _round(
+    engine: Any, prompts: list[list[int]], steps: int, meter: Meter, tag: str
+) -> tuple[Measurement, Measurement]:
+    """Prefill every slot, then ``steps`` decode steps over all of them; one window each."""
+    slots = list(range(len(prompts)))
+    try:
+        with meter.window(f"prefill-{tag}") as pw:  # window edges synchronize the device
+            first = _argmax(engine.prefill(slots, prompts))
+        with meter.window(f"decode-{tag}") as dw:
+            _decode_steps(engine, slots, [len(p) for p in prompts], first, steps)
+    finally:
+        _free_all(engine, slots)
+    return pw.result, dw.result
+
+
+def teacher_forced_logits(
+    engine: Any, prompts: list[list[int]], forced: list[list[int]] | None, steps: int, chunk: int
+) -> tuple[list[list[int]], list[Any]]:
+    """Logits for ``prompts`` then ``steps`` decode steps, ``chunk`` prompts at a time.
+
+    With ``forced`` None the engine's own greedy tokens are fed (and returned), which is how the
+    reference run picks the tokens every other precision is then forced to follow.
+    """
+    import torch
+
+    n = len(prompts)
+    out_logits: list[list[Any]] = [[] for _ in range(steps + 1)]
+    fed: list[list[int]] = [[0] * n for _ in range(steps)]
+    for c0 in range(0, n, chunk):
+        idx = list(range(c0, min(n, c0 + chunk)))
+        slots = list(range(len(idx)))
+        logits = engine.prefill(slots, [prompts[i] for i in idx])
+        out_logits[0].append(logits.float().cpu())
+        for k in range(steps):
+            toks = [forced[k][i] for i in idx] if forced is not None else logits.argmax(-1).tolist()
+            for j, i in enumerate(idx):
+                fed[k][i] = int(toks[j])
+            logits = engine.decode(slots, [int(t) for t in toks])
+            out_logits[k + 1].append(logits.float().cpu())
+        _free_all(engine, slots)
+    return fed, [torch.cat(parts, dim=0) for parts in out_logits]
+
+
+def reference_run(
+    model: str,
+    *,
+    precision: str,
+    n_prompts: int,
+    prompt_len: int,
+    steps: int,
+    vocab_seed: int,
+    load_kw: Mapping[str, Any],
+) -> AccuracyReference:
+    engine = _load(model, precision, batch=n_prompts, seq_len=prompt_len + steps + 1, **load_kw)
+    try:
+        prompts = make_prompts(n_prompts, prompt_len, _vocab_size(engine), vocab_seed + 1)
+        forced, logits = teacher_forced_logits(engine, prompts, None, steps, n_prompts)
+    finally:
+        del engine
+        _release_device()
+    return AccuracyReference(precision=precision, prompts=prompts, forced=forced, logits=logits)
+
+
+def _vocab_size(engine: Any) -> int:
+    cfg = getattr(engine, "config", None) or getattr(engine, "cfg", None)
+    v = getattr(cfg, "vocab_size", None)
+    if not isinstance(v, int):
+        raise ConfigError("the engine does not say its vocabulary size (engine.config.vocab_size)")
+    return v
+
+
+def accuracy_guard(engine: Any, ref: AccuracyReference, chunk: int) -> dict[str, Any]:
+    """Compare ``engine`` with the reference on the reference's inputs (see module docstring)."""
+    import torch
+
+    from perwatt.engine.accuracy import compare_logits
+
+    _, logits = teacher_forced_logits(engine, ref.prompts, ref.forced, len(ref.forced), chunk)
+    report = compare_logits(torch.cat(ref.logits, dim=0), torch.cat(logits, dim=0))
+    d: dict[str, Any] = dict(report.to_dict())
+    n, steps = len(ref.prompts), len(ref.forced)
+    out: dict[str, Any] = {
+        "reference": ref.precision,
+        "kl_mean": d.get("kl_mean"),
+        "top1_agreement": d.get("top1_agreement"),
+        "max_rel_err": d.get("max_rel_err"),
+        "exact_match": None,
+        "logprob_agreement": None,
+        "perplexity": None,
+        "note": (
+            f"teacher-forced next-token logits vs {ref.precision} on the same weights: "
+            f"{n} random prompts x {steps + 1} positions ({len(ref.prompts[0])}-token prompts)"
+        ),
+    }
+    for k, v in d.items():
+        out.setdefault(k, v)
+    return out
+
+
+# ---------------------------------------------------------------------- one point
+def _measure_point(
+    *,
+    doc: dict[str, Any],
+    path: Path,
+    engine_kw: dict[str, Any],
+    model: str,
+    spec: PointSpec,
+    input_len: int,
+    output_len: int,
+    seed: int,
+    meter: Meter,
+    min_window_s: float | None,
+    warmup_steps: int | None,
+    reference: AccuracyReference | None,
+    num_gpus: int,
+    price_per_kwh: float,
+    pue: float,
+) -> dict[str, Any]:
+    b = spec.batch_size
+    t_start = meter.clock()
+    with meter.window("load") as lw:
+        engine = _load(model, spec.precision, batch=b, seq_len=input_len + output_len, **engine_kw)
+    try:
+        device = str(getattr(engine, "device", engine_kw.get("device", "cpu")))
+        on_gpu = device.startswith("cuda")
+        window_s = (GPU_MIN_WINDOW_S if on_gpu else 0.0) if min_window_s is None else min_window_s
+        prompts = make_prompts(b, input_len, _vocab_size(engine), seed)
+        steps = output_len - 1  # the first output token comes from prefill
+        wsteps = steps if warmup_steps is None else max(1, min(steps, warmup_steps))
+        with meter.window("warmup") as ww:
+            _round(engine, prompts, wsteps, meter, "warmup")
+        write_result(path, doc)  # still "running": a crash from here on leaves a trace
+
+        prefills: list[Measurement] = []
+        decodes: list[Measurement] = []
+        with meter.window("run") as rw:
+            while True:
+                pm, dm = _round(engine, prompts, steps, meter, str(len(decodes)))
+                prefills.append(pm)
+                decodes.append(dm)
+                if sum(d.duration_s for d in decodes) >= window_s or len(decodes) >= MAX_ROUNDS:
+                    break
+        whole = rw.result
+        run_t0 = whole.start_s
+        accuracy = accuracy_guard(engine, reference, b) if reference is not None else None
+    finally:
+        del engine
+        _release_device()
+
+    rounds = len(decodes)
+    decode = _merge("steady_state", decodes)
+    prefill = _merge("prefill", prefills)
+    decode_tokens = b * steps * rounds
+    out_tokens = b * output_len * rounds
+    in_tokens = b * input_len * rounds
+    decode_tps = decode_tokens / decode.duration_s if decode.duration_s > 0 else 0.0
+    e_dec = decode.total_energy_j
+    label = decode.source
+    ttft = [p.duration_s * 1e3 for p in prefills for _ in range(b)]
+    tpot = [d.duration_s / steps * 1e3 for d in decodes for _ in range(b)] if steps else []
+    e2el = [(p.duration_s + d.duration_s) * 1e3 for p, d in zip(prefills, decodes, strict=True)]
+    duration = whole.duration_s
+    warnings: list[str] = []
+    if on_gpu and decode.duration_s < GPU_MIN_WINDOW_S:
+        warnings.append(
+            f"decode window {decode.duration_s:.2f} s < {GPU_MIN_WINDOW_S:g} s: "
+            "too short for published figures (raise --min-window-s)"
+        )
+    if not is_measured(label):
+        warnings.append(f"energy source is {label!r}: not a hardware measurement")
+    doc["status"] = "complete"
+    doc["conditions"] = _conditions(device, label)
+    doc["metrics"].update(
+        {
+            "completed": b * rounds,
+            "failed": 0,
+            "duration_s": duration,
+            "request_throughput_rps": b * rounds / duration if duration > 0 else 0.0,
+            "output_throughput_tok_s": out_tokens / duration if duration > 0 else 0.0,
+            "total_token_throughput_tok_s": (in_tokens + out_tokens) / duration
+            if duration > 0
+            else 0.0,
+            "total_input_tokens": in_tokens,
+            "total_output_tokens": out_tokens,
+            "ttft_ms": _summary(ttft),
+            "tpot_ms": _summary(tpot),
+            "itl_ms": _summary(tpot),  # one token per step for every sequence: ITL == TPOT
+            "e2el_ms": _summary([x for x in e2el for _ in range(b)]),
+        }
+    )
+    doc["energy"] = {
+        "source": label,
+        "measured": decode.measured,
+        "idle_subtracted": decode.idle_subtracted,
+        "whole_run": whole.to_dict(),
+        "steady_state": decode.to_dict(),
+        "steady_state_window_s": [decodes[0].start_s - run_t0, decodes[-1].end_s - run_t0],
+        "j_per_output_token": e_dec / decode_tokens if decode_tokens else None,
+        "output_tokens_per_j": decode_tokens / e_dec if e_dec > 0 else None,
+        "j_per_request": whole.total_energy_j / (b * rounds),
+        "avg_power_w": decode.avg_power_w,
+        "peak_power_w": decode.peak_power_w,
+        "idle_power_w": None,
+        "idle_share": None,
+        "output_tokens_per_s_per_gpu": decode_tps / max(1, num_gpus),
+        "basis": "steady_state",
+    }
+    doc["economics"] = economics_for_run(
+        e_dec, decode_tokens, price_per_kwh=price_per_kwh, pue=pue
+    ).to_dict()
+    doc["accuracy"] = accuracy
+    doc["timeline"] = _timeline(meter, t_start, whole.end_s)
+    doc["builtin"] = {
+        "device": device,
+        "rounds": rounds,
+        "min_window_s": window_s,
+        "load": {"duration_s": lw.result.duration_s, "energy_j": lw.result.total_energy_j},
+        "warmup": {
+            "decode_steps": wsteps,
+            "duration_s": ww.result.duration_s,
+            "energy_j": ww.result.total_energy_j,
+            "source": ww.result.source,
+        },
+        "prefill": {
+            "tokens": in_tokens,
+            "duration_s": prefill.duration_s,
+            "tokens_per_s": in_tokens / prefill.duration_s if prefill.duration_s > 0 else None,
+            "energy_j": prefill.total_energy_j,
+            "j_per_input_token": prefill.total_energy_j / in_tokens,
+            "source": prefill.source,
+        },
+        "decode": {
+            "tokens": decode_tokens,
+            "steps": steps * rounds,
+            "duration_s": decode.duration_s,
+            "tokens_per_s": decode_tps,
+            "energy_j": e_dec,
+            "tokens_per_j": decode_tokens / e_dec if e_dec > 0 else None,
+            "source": label,
+        },
+        "warnings": warnings,
+    }
+    return doc
+
+
+# ---------------------------------------------------------------------- the sweep
+def _open_meter(
+    energy_source: str | PowerSource | Sequence[PowerSource], sample_interval_s: float
+) -> Meter:
+    if isinstance(energy_source, str):
+        from perwatt.meter.detect import open_sources
+
+        sources: Sequence[PowerSource] = open_sources(energy_source)
+    elif isinstance(energy_source, PowerSource):
+        sources = [energy_source]
+    else:
+        sources = list(energy_source)
+    return Meter(sources, sample_interval_s=sample_interval_s)
+
+
+def parse_list(text: str | Sequence[Any], what: str) -> list[str]:
+    items = text.split(",") if isinstance(text, str) else [str(x) for x in text]
+    out = [s.strip() for s in items if s.strip()]
+    if not out:
+        raise ConfigError(f"--{what} needs at least one value")
+    return out
+
+
+def run_builtin_bench(
+    *,
+    model: str,
+    precisions: str | Sequence[str],
+    batches: str | Sequence[int],
+    input_len: int = 128,
+    output_len: int = 256,
+    result_dir: str | Path,
+    energy_source: str | PowerSource | Sequence[PowerSource] = "auto",
+    device: str = "auto",
+    seed: int = 0,
+    price_per_kwh: float = DEFAULT_PRICE_PER_KWH_USD,
+    pue: float = DEFAULT_PUE,
+    num_gpus: int = 1,
+    label: str | None = None,
+    min_window_s: float | None = None,
+    warmup_steps: int | None = 16,
+    reference_precision: str | None = None,
+    accuracy_prompts: int = 4,
+    accuracy_steps: int = 8,
+    quantized_path: str | None = None,
+    sample_interval_s: float = 0.1,
+    progress: Progress | None = None,
+) -> list[Path]:
+    """Measure every (precision, batch) point; write one result document each; return paths.
+
+    ``energy_source`` is a ``--source`` spec (``auto``, ``nvml``, ``rapl``, ``simulated`` ...;
+    ``auto`` falls back to ``estimated`` on a machine without any energy counter) or already-open
+    sources. ``min_window_s`` defaults to 5 s on a GPU and one round on the CPU. The accuracy
+    reference defaults to bf16 on a GPU and fp32 on the CPU.
+    """
+    say = progress or (lambda line: print(line, file=sys.stderr))
+    precs = [p.lower() for p in parse_list(precisions, "precision")]
+    try:
+        bs = [
+            int(x)
+            for x in parse_list(batches if isinstance(batches, str) else list(batches), "batch")
+        ]
+    except ValueError:
+        raise ConfigError(
+            f"--batch must be integers separated by commas, got {batches!r}"
+        ) from None
+    if input_len < 1 or output_len < 2:
+        raise ConfigError(
+            f"--input-len must be >= 1 and --output-len >= 2, got {input_len} and {output_len}"
+        )
+    if min_window_s is not None and min_window_s < 0:
+        raise ConfigError(f"--min-window-s must be >= 0, got {min_window_s}")
+    if num_gpus < 1:
+        raise ConfigError(f"--num-gpus must be >= 1, got {num_gpus}")
+    specs = [PointSpec(precision=p, batch_size=b) for p in precs for b in bs]
+    require_engine_deps()
+    out_dir = Path(result_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    engine_kw: dict[str, Any] = {"device": device, "seed": seed, "quantized_path": quantized_path}
+    base = label or f"builtin-{_model_slug(model)}"
+    paths: list[Path] = []
+
+    meter = _open_meter(energy_source, sample_interval_s)
+    with meter:
+        energy_label = _meter_label(meter)
+        say(f"perwatt bench (builtin): {model}, energy source: {energy_label}")
+        reference: AccuracyReference | None = None
+        ref_error: str | None = None
+        if reference_precision is None:
+            reference_precision = default_reference_precision(device)
+        if accuracy_prompts > 0:
+            try:
+                reference = reference_run(
+                    model,
+                    precision=reference_precision,
+                    n_prompts=accuracy_prompts,
+                    prompt_len=max(1, min(input_len, 64)),
+                    steps=max(0, min(output_len - 1, accuracy_steps)),
+                    vocab_seed=seed,
+                    load_kw=engine_kw,
+                )
+            except (
+                Exception
+            ) as e:  # the sweep still measures energy; accuracy says why it is absent
+                ref_error = failure_reason(
+                    e, PointSpec(precision=reference_precision, batch_size=accuracy_prompts)
+                )
+                say(f"  accuracy reference unavailable: {ref_error}")
+        for spec in specs:
+            point_label = f"{base}-{spec.precision}"
+            path = out_dir / f"{_slug(point_label)}_b{spec.batch_size}.json"
+            doc = _base_doc(
+                label=point_label,
+                model=model,
+                spec=spec,
+                input_len=input_len,
+                output_len=output_len,
+                seed=seed,
+                num_gpus=num_gpus,
+                price_per_kwh=price_per_kwh,
+                pue=pue,
+                device=str(device),
+                energy_label=energy_label,
+            )
+            try:
+                doc = _measure_point(
+                    doc=doc,
+                    path=path,
+                    engine_kw=engine_kw,
+                    model=model,
+                    spec=spec,
+                    input_len=input_len,
+                    output_len=output_len,
+                    seed=seed,
+                    meter=meter,
+                    min_window_s=min_window_s,
+                    warmup_steps=warmup_steps,
+                    reference=reference,
+                    num_gpus=num_gpus,
+                    price_per_kwh=price_per_kwh,
+                    pue=pue,
+                )
+                if doc["accuracy"] is None and ref_error is not None:
+                    doc["builtin"]["accuracy_error"] = ref_error
+                say("  " + format_point(doc))
+            except KeyboardInterrupt:
+                doc["status"] = "failed"
+                doc["partial_reason"] = "interrupted (Ctrl-C) before this point finished"
+                write_result(path, doc)
+                paths.append(path)
+                raise
+            except Exception as e:
+                _release_device()
+                doc["status"] = "failed"
+                doc["partial_reason"] = failure_reason(e, spec)
+                say(f"  {spec.precision} batch {spec.batch_size}: FAILED: {doc['partial_reason']}")
+            write_result(path, doc)
+            paths.append(path)
+    return paths
+
+
+def default_reference_precision(device: str) -> str:
+    """bf16 on a GPU (what the issue's accuracy guard compares with); fp32 on the CPU, where the
+    engine computes quantized layers around fp32 and bf16 is itself an approximation."""
+    from perwatt.engine.generate import resolve_device
+
+    return "bf16" if resolve_device(device).type == "cuda" else "fp32"
+
+
+def _meter_label(meter: Meter) -> str:
+    labels = sorted(
+        {s.energy_label if s.has_energy_counter else s.power_label for s in meter.sources}
+    )
+    return labels[0] if len(labels) == 1 else f"mixed({','.join(labels)})"
+
+
+# ---------------------------------------------------------------------- printing
+def _fmt(v: Any, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def format_point(doc: Mapping[str, Any]) -> str:
+    """One line: precision, batch, tokens/s, J/token and tokens/J with their source, accuracy."""
+    cfg = doc["config"]
+    head = f"{cfg['precision']:>5} b{cfg['batch_size']:<4}"
+    if doc["status"] == "failed":
+        return f"{head} FAILED: {doc.get('partial_reason')}"
+    e = doc["energy"] or {}
+    b = doc.get("builtin") or {}
+    acc = doc.get("accuracy") or {}
+    return (
+        f"{head} {_fmt((b.get('decode') or {}).get('tokens_per_s'), '10.1f')} tok/s  "
+        f"{_fmt(e.get('j_per_output_token'), '.4g')} J/tok  "
+        f"{_fmt(e.get('output_tokens_per_j'), '.4g')} tok/J ({e.get('source')})  "
+        f"KL {_fmt(acc.get('kl_mean'), '.2e')}  top1 {_fmt(acc.get('top1_agreement'), '.3f')}"
+    )
+
+
+def format_summary(paths: Sequence[str | Path]) -> str:
+    """A table of a sweep's documents, the energy source beside every energy figure."""
+    rows = [
+        (
+            "precision",
+            "batch",
+            "status",
+            "decode tok/s",
+            "J/token",
+            "tokens/J",
+            "source",
+            "KL vs ref",
+            "top-1",
+        )
+    ]
+    for p in paths:
+        try:
+            doc: Mapping[str, Any] = load_result(p)
+        except DataFormatError as err:
+            rows.append((str(p), "", f"unreadable: {err}", "", "", "", "", "", ""))
+            continue
+        cfg = doc["config"]
+        e = doc["energy"] or {}
+        b: Mapping[str, Any] = doc.get("builtin") or {}  # type: ignore[assignment]
+        acc = doc["accuracy"] or {}
+        rows.append(
+            (
+                str(cfg["precision"]),
+                str(cfg["batch_size"]),
+                doc["status"] if doc["status"] != "failed" else f"failed: {doc['partial_reason']}",
+                _fmt((b.get("decode") or {}).get("tokens_per_s"), ".1f"),
+                _fmt(e.get("j_per_output_token"), ".4g"),
+                _fmt(e.get("output_tokens_per_j"), ".4g"),
+                str(e.get("source", "-")),
+                _fmt(acc.get("kl_mean"), ".2e"),
+                _fmt(acc.get("top1_agreement"), ".3f"),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows if i < len(r)) for i in range(len(rows[0]))]
+    lines = []
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())
+    return "\n".join(lines)
