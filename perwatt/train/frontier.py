@@ -288,7 +288,8 @@ class Frontier:
     @property
     def node_spec(self) -> IntArray:
         """For each schedule node, the index of its entry in ``options``/``cost_tables``."""
-        return np.asarray(self._spec, dtype=np.int64).copy()
+        out: IntArray = np.array(self._spec, dtype=np.int64)
+        return out
 
     @property
     def fastest(self) -> FrontierPoint:

@@ -166,8 +166,8 @@ def _limit(
         return f"max slowdown {max_slowdown_pct:g}% (T′ = {limit:.4f} s)", limit
     limit = float(straggler_s if straggler_s is not None else deadline_s)  # type: ignore[arg-type]
     what = "straggler time" if straggler_s is not None else "deadline"
-    # Half a quantum of slack: a limit typed as 2.818 must admit the point at 2.818 s.
-    if limit < t_min - frontier.time_quantum_s / 2:
+    # A hair of slack: a limit typed as 2.818 must admit the point at 2.818 s.
+    if limit < t_min * (1 - 1e-9):
         raise ConfigError(
             f"{what} {limit:.4f} s is below this pipeline's minimum iteration time "
             f"T_min = {t_min:.4f} s; no plan can meet it (use ≥ T_min, or --target fastest)"
@@ -188,7 +188,7 @@ def choose_plan(
     label, limit = _limit(
         frontier, target, straggler_s, straggler_ratio, deadline_s, max_slowdown_pct
     )
-    tol = frontier.time_quantum_s / 2
+    tol = 1e-9 * limit
     eligible = [p for p in frontier.points if p.time_s <= limit + tol]
     best = min(eligible, key=lambda p: (p.energy_j, -p.time_s))
     plan = frontier.plan_for(best)

@@ -1,0 +1,134 @@
+"""Choosing a plan on the frontier, and the savings report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from perwatt.errors import ConfigError, DataFormatError
+from perwatt.train import Frontier, choose_plan, compute_frontier, load_profile, one_f_one_b
+from perwatt.train.plan import (
+    choice_as_dict,
+    format_choice,
+    plan_pipeline,
+    write_frontier_csv,
+    write_plans,
+)
+
+DATA = Path(__file__).resolve().parent / "data"
+TINY = DATA / "tiny_profile.csv"
+
+
+@pytest.fixture(scope="module")
+def frontier() -> Frontier:
+    return compute_frontier(load_profile(TINY), one_f_one_b(2, 4), p_block_w=50.0)
+
+
+def test_fastest_is_t_min(frontier: Frontier) -> None:
+    c = choose_plan(frontier, target="fastest")
+    assert c.point == frontier.fastest
+    assert c.slowdown_pct == pytest.approx(0.0)
+    assert c.vs_fastest.saved_j == pytest.approx(0.0)
+    # slowing instructions off the critical path must save energy against all-max clocks
+    assert c.vs_baseline.saved_pct > 0
+    assert choose_plan(frontier).point == c.point  # fastest is the default
+
+
+def test_straggler_picks_least_energy_within_limit(frontier: Frontier) -> None:
+    limit = frontier.t_min_s * 1.2
+    c = choose_plan(frontier, straggler_s=limit)
+    eligible = [p for p in frontier.points if p.time_s <= limit * (1 + 1e-9)]
+    assert c.point.energy_j == min(p.energy_j for p in eligible)
+    assert c.point.time_s <= limit + 1e-9
+    r = choose_plan(frontier, straggler_ratio=1.2)
+    assert r.point == c.point
+    assert c.vs_fastest.saved_j > 0  # extrinsic bloat removed too
+    assert c.vs_baseline.saved_pct > choose_plan(frontier).vs_baseline.saved_pct
+
+
+def test_deadline_and_max_slowdown(frontier: Frontier) -> None:
+    a = choose_plan(frontier, max_slowdown_pct=5.0)
+    b = choose_plan(frontier, deadline_s=frontier.t_min_s * 1.05)
+    assert a.point == b.point
+    assert a.slowdown_pct <= 5.0 + 1e-9
+
+
+def test_savings_units(frontier: Frontier) -> None:
+    s = choose_plan(frontier, straggler_ratio=1.1).vs_baseline
+    assert s.saved_j == pytest.approx(s.reference_energy_j - s.chosen_energy_j)
+    assert s.saved_pct == pytest.approx(100 * s.saved_j / s.reference_energy_j)
+    assert s.saved_j_per_1000_iterations == pytest.approx(1000 * s.saved_j)
+    assert s.saved_kwh_per_1000_iterations == pytest.approx(1000 * s.saved_j / 3.6e6)
+    assert "simulated" in s.source
+
+
+def test_straggler_below_t_min_is_a_clear_error(frontier: Frontier) -> None:
+    with pytest.raises(ConfigError, match="below this pipeline's minimum iteration time"):
+        choose_plan(frontier, straggler_s=frontier.t_min_s * 0.9)
+    with pytest.raises(ConfigError, match="≥ 1"):
+        choose_plan(frontier, straggler_ratio=0.9)
+    with pytest.raises(ConfigError, match="one target"):
+        choose_plan(frontier, straggler_ratio=1.2, deadline_s=1.0)
+    with pytest.raises(ConfigError, match="unknown target"):
+        choose_plan(frontier, target="slowest")
+    with pytest.raises(ConfigError, match="≥ 0"):
+        choose_plan(frontier, max_slowdown_pct=-1)
+
+
+def test_limit_beyond_t_max_takes_the_cheapest_point(frontier: Frontier) -> None:
+    c = choose_plan(frontier, straggler_s=frontier.t_max_s * 10)
+    assert c.point.energy_j == min(p.energy_j for p in frontier.points)
+
+
+def test_writers(frontier: Frontier, tmp_path: Path) -> None:
+    out = tmp_path / "f.csv"
+    write_frontier_csv(frontier, out)
+    lines = out.read_text().splitlines()
+    assert lines[0] == "time,energy"
+    assert len(lines) == len(frontier.points) + 1
+    assert float(lines[1].split(",")[0]) == frontier.t_max_s  # slowest first, like Perseus
+    assert not list(tmp_path.glob("*.tmp"))
+    n = write_plans(frontier, tmp_path / "plans.json")
+    doc = json.loads((tmp_path / "plans.json").read_text())
+    assert n == len(doc["plans"]) == len(frontier.points)
+    assert len(doc["plans"][0]["freq_mhz"]) == 2
+    assert doc["order"][0][0] == ["forward", 0, 0]
+    write_plans(frontier, tmp_path / "plans")
+    assert (tmp_path / "plans" / "schedule.json").exists()
+    assert len(list((tmp_path / "plans").glob("plan_*.json"))) == len(frontier.points)
+
+
+def test_format_and_dict(frontier: Frontier) -> None:
+    c = choose_plan(frontier, straggler_ratio=1.2)
+    text = format_choice(c, frontier)
+    assert "saved vs all GPUs at max clock" in text and "kWh per 1,000 iterations" in text
+    assert "stage 1:" in text
+    d = choice_as_dict(c, frontier)
+    json.dumps(d)
+    assert d["chosen"]["index"] == c.point.index  # type: ignore[index]
+
+
+def test_plan_pipeline_ranks_and_heterogeneous(tmp_path: Path) -> None:
+    one = plan_pipeline([TINY], stages=2, microbatches=3, p_block_w=50.0)
+    two = plan_pipeline([TINY, TINY], stages=2, microbatches=3, p_block_w=50.0)
+    # two identical ranks: same times, twice the energy, twice the blocking power
+    assert two.frontier.t_min_s == one.frontier.t_min_s
+    assert two.choice.point.energy_j == pytest.approx(2 * one.choice.point.energy_j)
+    assert two.frontier.p_block_w == (100.0, 100.0)
+    het = plan_pipeline([TINY], stages=2, microbatches=3, p_block_w=[80.0, 40.0])
+    assert het.frontier.p_block_w == (80.0, 40.0)
+    gp = plan_pipeline([TINY], stages=2, microbatches=2, p_block_w=50.0, schedule="gpipe")
+    assert gp.frontier.schedule.name == "gpipe"
+
+
+def test_plan_pipeline_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="they must match"):
+        plan_pipeline([TINY], stages=3, microbatches=3, p_block_w=50.0)
+    with pytest.raises(ConfigError, match="unknown schedule"):
+        plan_pipeline([TINY], stages=2, microbatches=3, p_block_w=50.0, schedule="zb")
+    with pytest.raises(DataFormatError, match="not supported"):
+        plan_pipeline([TINY], stages=2, microbatches=3, p_block_w=50.0, supported_freqs_mhz=[1400])
+    with pytest.raises(ConfigError, match="at least one"):
+        plan_pipeline([], stages=2, microbatches=3, p_block_w=50.0)
