@@ -142,3 +142,27 @@ def test_same_seed_same_weights_across_precisions() -> None:
     wa = a.model.layers[1].feed_forward.w2.weight
     assert torch.equal(wa.bfloat16(), b.model.layers[1].feed_forward.w2.weight)
     assert not torch.equal(wa, c.model.layers[1].feed_forward.w2.weight)
+
+
+# ----------------------------------------------------------------------------- GPU host only
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_compiled_decode_matches_eager() -> None:
+    prompts = [[256, 1, 2, 3], [256, 9]]
+    compiled = Engine("tiny", precision="bf16", device="cuda", max_batch_size=2, max_seq_len=64)
+    eager = Engine(
+        "tiny", precision="bf16", device="cuda", max_batch_size=2, max_seq_len=64, compile=False
+    )
+    assert compiled.compiled and not eager.compiled
+    a = compiled.generate(prompts, 12)
+    b = eager.generate(prompts, 12)
+    assert a.tokens == b.tokens
+    la = compiled.prefill([0], [prompts[0]])
+    lb = eager.prefill([0], [prompts[0]])
+    for t in (5, 6, 7):
+        la, lb = compiled.decode([0], [t]), eager.decode([0], [t])
+    torch.testing.assert_close(la, lb, rtol=2e-2, atol=2e-2)

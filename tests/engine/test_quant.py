@@ -232,3 +232,43 @@ def test_emulated_results_say_so() -> None:
     res = engine.generate([[256, 1]], 2, warmup=False)
     assert res.emulated and "no energy claim" in res.to_dict()["note"]
     assert engine.info()["emulated"] is True
+
+
+# ----------------------------------------------------------------------------- GPU host only
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_int4_tinygemm_matches_dequantized() -> None:
+    dev = torch.device("cuda")
+    if torch.cuda.get_device_capability(dev) < (8, 0):
+        pytest.skip("tinygemm needs sm_80+")
+    w = _weight(256, 512, seed=5).to(dev)
+    mod = Int4Linear(512, 256, False, torch.bfloat16, 128).to(dev)
+    _load(mod, Int4Linear.quantize_weight(w, 128))
+    x = torch.randn(3, 512, device=dev, dtype=torch.bfloat16)
+    want = F.linear(x.float(), mod.dequantize())
+    assert mod.use_tinygemm(), "tinygemm unavailable on an sm_80+ GPU"
+    torch.testing.assert_close(mod(x).float(), want, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_fp8_native_matches_emulation() -> None:
+    dev = torch.device("cuda")
+    plan = plan_precision("fp8", dev)
+    if plan.emulated:
+        pytest.skip(f"no native fp8 here: {plan.note}")
+    w = _weight(256, 512, seed=6).to(dev)
+    mod = FP8Linear(512, 256, False, torch.bfloat16).to(dev)
+    _load(mod, FP8Linear.quantize_weight(w))
+    x = torch.randn(5, 512, device=dev, dtype=torch.bfloat16)
+    emulated = mod(x).float()
+    mod.native = True
+    native = mod(x).float()
+    torch.testing.assert_close(native, emulated, rtol=3e-2, atol=3e-2)
+    engine = Engine("tiny", precision="fp8", device="cuda", max_batch_size=2, max_seq_len=32)
+    assert not engine.emulated
+    assert engine.generate([[256, 1], [256, 2]], 4).new_tokens == 8
