@@ -341,6 +341,13 @@ class Engine:
                 f"out of memory loading {self.cfg.name} in {self.precision} on {self.device}; "
                 "use a smaller shape or a lower precision (int8, int4)"
             ) from e
+        stray = {
+            str(t.device)
+            for t in (*model.parameters(), *model.buffers())
+            if t.device != self.device
+        }
+        if stray:  # a construction bug, not a user error: fail here rather than mid-matmul
+            raise RuntimeError(f"engine build left tensors on {sorted(stray)}, not {self.device}")
         model.eval()
         model.requires_grad_(False)
         return model

@@ -590,9 +590,10 @@ def quantize_in_place(
             bias = None if lin.bias is None else fetch(lin.bias, f"{name}.bias")
             # Quantize the compute-dtype weights: the unquantized reference holds exactly these.
             qt = _quantize_weight(precision, w.to(dtype), group)
-            q = empty_module(
-                precision, lin.in_features, lin.out_features, bias is not None, dtype, group
-            ).to(w.device)
+            with torch.device(w.device):  # allocate the new buffers where the weights live
+                q = empty_module(
+                    precision, lin.in_features, lin.out_features, bias is not None, dtype, group
+                )
             for leaf, t in qt.items():
                 getattr(q, leaf).copy_(t)
             if bias is not None:
@@ -638,13 +639,11 @@ def load_quantized_into(
     for name in target_linears(model):
         lin = model.get_submodule(name)
         assert isinstance(lin, nn.Linear)
-        _swap(
-            model,
-            name,
-            empty_module(
+        with torch.device(device):  # straight onto the engine's device
+            q = empty_module(
                 precision, lin.in_features, lin.out_features, lin.bias is not None, dtype, group
-            ),
-        )
+            )
+        _swap(model, name, q)
     target = device
     materialize_meta_(model, target)
     try:
