@@ -23,10 +23,19 @@ by one quantum at a time; each step takes the cheapest way to do so — a minimu
 *critical* sub-DAG whose forward arcs speed instructions up (capacity: cost of one quantum
 faster) and whose backward arcs slow them down (lower bound: the saving), the
 Phillips–Dessouky algorithm. With convex costs every step is optimal, so each point is the
-minimum model energy at its iteration time. Two things make it fast: steps whose critical
-sub-DAG is a single chain (the common case away from ``T_min``) are taken in closed form, and
-the minimum cuts use SciPy's compiled max-flow on index arrays, not a Python graph library.
-The sweep stops when no cut is finite (``T_min``: every critical path is at top speed).
+minimum model energy at its iteration time (checked against a MILP in the tests). The sweep
+stops when no cut is finite (``T_min``: every critical path is at top speed). The first point
+is one quantum below the all-slowest plan, as in lowtime: with P_block counted, that plan is
+slower *and* costlier than the next one.
+
+What makes it fast (lowtime rebuilds the critical graph in networkx and solves a bounded
+max-flow from zero at every step): (1) a step shortens every critical path by exactly one quantum, so the critical
+sub-DAG only grows, and the longest-path pass is redone only when some other path's slack
+could have run out; (2) while the critical sub-DAG is one chain, the cut is its cheapest
+instruction — no flow at all; (3) otherwise the previous step's maximum flow stays feasible
+(convex costs), so each step only augments it along a few paths (plain-Python BFS on small
+networks, SciPy's compiled BFS on large ones); (4) longest paths are NumPy passes over
+topological levels.
 
 Each point's *model* energy is ``Σ cost_model(d_i) + T · Σ_s P_block,s``; a plan's
 *profile-replay* energy (the measured time/energy of the clocks it picks, replayed on the DAG)
@@ -800,6 +809,8 @@ def _sweep(
         cost += float(flat[base[moved] + d[moved]].sum() - old_c)
         t -= 1
         slack_budget -= 1 + len(slow)
+        if net["recheck"][0]:
+            slack_budget = 0
         delta = np.concatenate(
             [-np.ones(len(speed), dtype=np.int64), np.ones(len(slow), dtype=np.int64)]
         )
@@ -882,6 +893,7 @@ def _grow_network(
         "rorder": np.argsort(r_t * nv + r_h),
         "x": x,
         "valid": valid,
+        "recheck": np.zeros(1, dtype=np.int64),
         "perm": perm,
         "indices": r_h[perm].astype(np.int32),
         "indptr": indptr,
@@ -934,6 +946,9 @@ def _min_cut(
     if np.any(crossing_fwd & ~op):  # a dependency (infinite) arc is cut: nothing to speed up
         return None, None
     nodes = net["node"]
+    # A dependency arc crossing backwards lets some critical path shorten by more than one
+    # quantum, so criticality must be recomputed before the next step (flagged via "recheck").
+    net["recheck"][0] = int(bool(np.any(crossing_bwd & ~op)))
     return nodes[crossing_fwd & op], nodes[crossing_bwd & op]
 
 
