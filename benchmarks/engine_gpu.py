@@ -60,7 +60,9 @@ from perwatt.engine.accuracy import compare_to_reference, random_inputs, run_ref
 from perwatt.engine.config import (
     ModelConfig,
     active_params,
+    bandwidth_ceiling_tok_s,
     decode_bytes_per_step,
+    energy_ceiling_tok_per_j,
     flops_per_token,
 )
 from perwatt.meter import Measurement, Meter, detect_sources
@@ -229,9 +231,14 @@ def ceilings(
         "avg_context": avg_ctx,
     }
     if spec is not None:
-        bw = spec.hbm_bandwidth_gbs * 1e9
         out["hbm_bandwidth_gbs"] = spec.hbm_bandwidth_gbs
-        out["bandwidth_tok_s"] = batch * bw / step_bytes
+        out["bandwidth_tok_s"] = bandwidth_ceiling_tok_s(
+            cfg,
+            batch_size=batch,
+            context_len=avg_ctx,
+            precision=precision,
+            hbm_bandwidth_gbs=spec.hbm_bandwidth_gbs,
+        )
         peak = spec.peak_tflops("fp8" if precision == "fp8" else "bf16")
         out["peak_tflops"] = peak
         out["gpu_spec_sources"] = dict(spec.sources)
@@ -244,7 +251,9 @@ def ceilings(
     else:
         out["matmul_tflop_per_j"] = ISSUE_MATMUL_TFLOP_PER_J[mm_dtype]
         out["matmul_tflop_per_j_source"] = "issue 5 H100 probe (another run)"
-    out["energy_tok_per_j"] = out["matmul_tflop_per_j"] * 1e12 / fpt
+    out["energy_tok_per_j"] = energy_ceiling_tok_per_j(
+        cfg, context_len=avg_ctx, matmul_tflop_per_j=out["matmul_tflop_per_j"]
+    )
     return out
 
 

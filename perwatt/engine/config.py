@@ -576,6 +576,41 @@ def flops_per_token(cfg: ModelConfig, *, context_len: int = 0) -> float:
     return 2.0 * active_params(cfg, include_embedding=False) + attn
 
 
+def bandwidth_ceiling_tok_s(
+    cfg: ModelConfig,
+    *,
+    batch_size: int,
+    context_len: int,
+    precision: str,
+    hbm_bandwidth_gbs: float,
+    kv_dtype_bytes: int = 2,
+) -> float:
+    """Decode tokens/s no engine can beat when every step must stream
+    :func:`decode_bytes_per_step` through ``hbm_bandwidth_gbs`` (GB/s, 1e9; from
+    :mod:`perwatt.hardware`). The bound that matters at small batch."""
+    if hbm_bandwidth_gbs <= 0:
+        raise ConfigError(f"bandwidth must be > 0 GB/s, got {hbm_bandwidth_gbs}")
+    step_bytes = decode_bytes_per_step(
+        cfg,
+        batch_size=batch_size,
+        context_len=context_len,
+        precision=precision,
+        kv_dtype_bytes=kv_dtype_bytes,
+    )
+    return batch_size * hbm_bandwidth_gbs * 1e9 / step_bytes
+
+
+def energy_ceiling_tok_per_j(
+    cfg: ModelConfig, *, context_len: int, matmul_tflop_per_j: float
+) -> float:
+    """Tokens per joule no engine can beat if every FLOP of a token cost what a large, efficient
+    matmul costs (``matmul_tflop_per_j``, measured on the same GPU in the same precision). The
+    bound that matters at large batch, where decode is compute-bound."""
+    if matmul_tflop_per_j <= 0:
+        raise ConfigError(f"matmul efficiency must be > 0 TFLOP/J, got {matmul_tflop_per_j}")
+    return matmul_tflop_per_j * 1e12 / flops_per_token(cfg, context_len=context_len)
+
+
 def describe(cfg: ModelConfig) -> str:
     """One line: name, total/active parameters in billions or millions."""
 
@@ -592,9 +627,11 @@ __all__ = [
     "ModelConfig",
     "RopeScaling",
     "active_params",
+    "bandwidth_ceiling_tok_s",
     "config_from_hf",
     "decode_bytes_per_step",
     "describe",
+    "energy_ceiling_tok_per_j",
     "flops_per_token",
     "get_config",
     "kv_bytes_per_token",

@@ -8,8 +8,10 @@ from perwatt.engine.config import (
     ModelConfig,
     RopeScaling,
     active_params,
+    bandwidth_ceiling_tok_s,
     config_from_hf,
     decode_bytes_per_step,
+    energy_ceiling_tok_per_j,
     flops_per_token,
     get_config,
     kv_bytes_per_token,
@@ -112,3 +114,28 @@ def test_moe_bytes_grow_with_batch() -> None:
     assert one == pytest.approx(2 * active_params(cfg, include_embedding=False))
     # with 256 tokens essentially every expert is touched: close to all weights
     assert many == pytest.approx(2 * (total_params(cfg) - 32_000 * 4096), rel=1e-6)
+
+
+def test_ceilings() -> None:
+    cfg = get_config("llama-3.1-8b")
+    w = active_params(cfg, include_embedding=False)
+    # batch 1, no context, 3350 GB/s (H100 SXM datasheet): ~208 tok/s for ~16 GB of bf16 weights
+    tok_s = bandwidth_ceiling_tok_s(
+        cfg, batch_size=1, context_len=0, precision="bf16", hbm_bandwidth_gbs=3350
+    )
+    assert tok_s == pytest.approx(3350e9 / (2 * w))
+    assert 200 < tok_s < 230
+    # int4 moves ~4.25 bits per weight: about 3.8x the bf16 ceiling
+    int4 = bandwidth_ceiling_tok_s(
+        cfg, batch_size=1, context_len=0, precision="int4", hbm_bandwidth_gbs=3350
+    )
+    assert int4 / tok_s == pytest.approx(16 / 4.25)
+    # 0.99 TFLOP/J (issue 5's H100 bf16 matmul probe) over ~15 GFLOP per token: ~66 tok/J
+    tpj = energy_ceiling_tok_per_j(cfg, context_len=0, matmul_tflop_per_j=0.99)
+    assert tpj == pytest.approx(0.99e12 / (2 * w))
+    with pytest.raises(ConfigError):
+        energy_ceiling_tok_per_j(cfg, context_len=0, matmul_tflop_per_j=0)
+    with pytest.raises(ConfigError):
+        bandwidth_ceiling_tok_s(
+            cfg, batch_size=1, context_len=0, precision="bf16", hbm_bandwidth_gbs=0
+        )
