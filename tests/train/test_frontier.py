@@ -102,7 +102,7 @@ def test_every_point_is_the_milp_optimum_of_the_model(
     choices = _model_choices(fr)
     psum = sum(fr.p_block_w)
     worst = 0.0
-    sample = list(fr.points[:: max(1, len(fr.points) // 10)]) + [fr.slowest]
+    sample = [*fr.points[:: max(1, len(fr.points) // 10)], fr.slowest]
     for p in sample:
         q = round(p.time_s / fr.time_quantum_s)
         best = _milp(schedule, choices, q) + psum * p.time_s
