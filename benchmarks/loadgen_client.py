@@ -94,7 +94,6 @@ def sustained(
         "requests_per_s": d["completed"] / dt,
         "text_chunks_per_s": d["tokens_sent"] / dt,
         "all_chunks_per_s": d["chunks_sent"] / dt,
-        "max_in_flight": pts[-1][1].get("max_in_flight", 0) + before.get("max_in_flight", 0),
     }
 
 
