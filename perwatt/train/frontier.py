@@ -955,43 +955,66 @@ def _min_cut(
 def _augment_py(
     net: dict[str, IntArray], rc: IntArray, n_arcs: int, nv: int, src: int, snk: int
 ) -> IntArray:
-    """Augment along BFS paths until the sink is unreachable; ``rc`` is updated in place.
-
-    Returns the nodes reachable from ``src`` in the final residual network.
+    """Augment to a maximum flow (Dinic: BFS levels, then blocking flow by DFS); ``rc`` is
+    updated in place. Returns the nodes reachable from ``src`` in the final residual network.
     """
-    adj = net["adj"]  # type: ignore[assignment]
-    ent_head, ent_tail = net["ent_head_l"], net["ent_tail_l"]  # type: ignore[assignment]
+    adj: list[list[int]] = net["adj"]  # type: ignore[assignment]
+    ent_head: list[int] = net["ent_head_l"]  # type: ignore[assignment]
+    ent_tail: list[int] = net["ent_tail_l"]  # type: ignore[assignment]
     cap: list[int] = rc.tolist()
     while True:
-        pred = [-2] * nv
-        pred[src] = -1
+        level = [-1] * nv
+        level[src] = 0
         queue = [src]
-        found = False
         for u in queue:
-            for e in adj[u]:  # type: ignore[union-attr]
+            lu = level[u] + 1
+            for e in adj[u]:
                 if cap[e] > 0:
-                    v = ent_head[e]  # type: ignore[index]
-                    if pred[v] == -2:
-                        pred[v] = e
-                        if v == snk:
-                            found = True
-                            break
+                    v = ent_head[e]
+                    if level[v] < 0:
+                        level[v] = lu
                         queue.append(v)
-            if found:
-                break
-        if not found:
+        if level[snk] < 0:
             rc[:] = cap
             return np.array(queue, dtype=np.int64)
-        path = []
-        v = snk
-        while v != src:
-            e = pred[v]
-            path.append(e)
-            v = ent_tail[e]  # type: ignore[index]
-        delta = min(cap[e] for e in path)
-        for e in path:
-            cap[e] -= delta
-            cap[e + n_arcs if e < n_arcs else e - n_arcs] += delta
+        # blocking flow on the level graph; ptr[u] = next adjacency entry to try at u
+        ptr = [0] * nv
+        path: list[int] = []
+        u = src
+        while True:
+            if u == snk:
+                delta = min(cap[e] for e in path)
+                back = len(path)
+                for k, e in enumerate(path):
+                    cap[e] -= delta
+                    cap[e + n_arcs if e < n_arcs else e - n_arcs] += delta
+                    if cap[e] == 0 and k < back:
+                        back = k
+                # retreat to the tail of the first saturated arc
+                del path[back:]
+                u = src if not path else ent_head[path[-1]]
+                continue
+            lst = adj[u]
+            i = ptr[u]
+            lu = level[u] + 1
+            while i < len(lst):
+                e = lst[i]
+                if cap[e] > 0 and level[ent_head[e]] == lu:
+                    break
+                i += 1
+            ptr[u] = i
+            if i < len(lst):
+                e = lst[i]
+                path.append(e)
+                u = ent_head[e]
+                continue
+            # dead end: prune u and step back
+            level[u] = -1
+            if not path:
+                break
+            e = path.pop()
+            u = ent_tail[e]
+            ptr[u] += 1
 
 
 def _augment_scipy(
