@@ -431,31 +431,42 @@ def _vocab_size(engine: Any) -> int:
 
 
 def accuracy_guard(engine: Any, ref: AccuracyReference, chunk: int) -> dict[str, Any]:
-    """Compare ``engine`` with the reference on the reference's inputs (see module docstring)."""
+    """Compare ``engine`` with the reference on the reference's inputs (see module docstring).
+
+    The logits come from the code path the benchmark timed (prefill, then cached decode steps
+    with up to ``chunk`` = the point's batch rows), so a kernel that misbehaves only at some
+    batch size shows up at that point; the metrics are :func:`perwatt.engine.accuracy.logit_metrics`.
+    """
     import torch
 
     from perwatt.engine.accuracy import compare_logits
 
     _, logits = teacher_forced_logits(engine, ref.prompts, ref.forced, len(ref.forced), chunk)
-    report = compare_logits(torch.cat(ref.logits, dim=0), torch.cat(logits, dim=0))
-    d: dict[str, Any] = dict(report.to_dict())
     n, steps = len(ref.prompts), len(ref.forced)
-    out: dict[str, Any] = {
+    note = (
+        f"teacher-forced next-token logits vs {ref.precision} on the same weights: "
+        f"{n} random prompts x {steps + 1} positions ({len(ref.prompts[0])}-token prompts), "
+        f"prefill + cached decode at batch {min(chunk, n)}"
+    )
+    engine_note = str(getattr(engine, "note", "") or "")
+    report = compare_logits(
+        torch.cat(ref.logits, dim=0),
+        torch.cat(logits, dim=0),
+        precision=str(getattr(engine, "precision", "")),
+        reference=ref.precision,
+        note=f"{note}; {engine_note}" if engine_note else note,
+    )
+    return {
         "reference": ref.precision,
-        "kl_mean": d.get("kl_mean"),
-        "top1_agreement": d.get("top1_agreement"),
-        "max_rel_err": d.get("max_rel_err"),
+        "kl_mean": report.kl_mean,
+        "top1_agreement": report.top1_agreement,
+        "max_rel_err": report.max_rel_err,
         "exact_match": None,
         "logprob_agreement": None,
         "perplexity": None,
-        "note": (
-            f"teacher-forced next-token logits vs {ref.precision} on the same weights: "
-            f"{n} random prompts x {steps + 1} positions ({len(ref.prompts[0])}-token prompts)"
-        ),
+        "note": report.note,
+        "positions": report.positions,
     }
-    for k, v in d.items():
-        out.setdefault(k, v)
-    return out
 
 
 # ---------------------------------------------------------------------- one point
@@ -483,6 +494,9 @@ def _measure_point(
         engine = _load(model, spec.precision, batch=b, seq_len=input_len + output_len, **engine_kw)
     try:
         device = str(getattr(engine, "device", engine_kw.get("device", "cpu")))
+        info: dict[str, Any] = engine.info() if hasattr(engine, "info") else {}
+        emulated = bool(getattr(engine, "emulated", False))
+        engine_note = str(getattr(engine, "note", "") or "")
         on_gpu = device.startswith("cuda")
         window_s = (GPU_MIN_WINDOW_S if on_gpu else 0.0) if min_window_s is None else min_window_s
         prompts = make_prompts(b, input_len, _vocab_size(engine), seed)
@@ -526,6 +540,11 @@ def _measure_point(
         warnings.append(
             f"decode window {decode.duration_s:.2f} s < {GPU_MIN_WINDOW_S:g} s: "
             "too short for published figures (raise --min-window-s)"
+        )
+    if emulated:
+        warnings.append(
+            f"{spec.precision} is emulated on this device: numerics only, no energy claim"
+            + (f" ({engine_note})" if engine_note else "")
         )
     if not is_measured(label):
         warnings.append(f"energy source is {label!r}: not a hardware measurement")
@@ -573,7 +592,10 @@ def _measure_point(
     doc["timeline"] = _timeline(meter, t_start, whole.end_s)
     doc["builtin"] = {
         "device": device,
+        "emulated": emulated,
+        "engine": info,
         "rounds": rounds,
+        "round_decode_s": [d.duration_s for d in decodes],
         "min_window_s": window_s,
         "load": {"duration_s": lw.result.duration_s, "energy_j": lw.result.total_energy_j},
         "warmup": {
@@ -702,7 +724,7 @@ def run_builtin_bench(
                     prompt_len=max(1, min(input_len, 64)),
                     steps=max(0, min(output_len - 1, accuracy_steps)),
                     vocab_seed=seed,
-                    load_kw=engine_kw,
+                    load_kw={"device": device, "seed": seed, "compile": False},
                 )
             except (
                 Exception
@@ -765,11 +787,11 @@ def run_builtin_bench(
 
 
 def default_reference_precision(device: str) -> str:
-    """bf16 on a GPU (what the issue's accuracy guard compares with); fp32 on the CPU, where the
-    engine computes quantized layers around fp32 and bf16 is itself an approximation."""
+    """bf16 on a GPU, fp32 on the CPU (:func:`perwatt.engine.accuracy.reference_precision`)."""
+    from perwatt.engine.accuracy import reference_precision
     from perwatt.engine.generate import resolve_device
 
-    return "bf16" if resolve_device(device).type == "cuda" else "fp32"
+    return reference_precision(resolve_device(device))
 
 
 def _meter_label(meter: Meter) -> str:
@@ -782,6 +804,14 @@ def _meter_label(meter: Meter) -> str:
 # ---------------------------------------------------------------------- printing
 def _fmt(v: Any, spec: str) -> str:
     return "-" if v is None else format(v, spec)
+
+
+def _status(doc: Mapping[str, Any]) -> str:
+    if doc["status"] == "failed":
+        return f"failed: {doc['partial_reason']}"
+    if (doc.get("builtin") or {}).get("emulated"):
+        return f"{doc['status']} (emulated: no energy claim)"
+    return str(doc["status"])
 
 
 def format_point(doc: Mapping[str, Any]) -> str:
@@ -798,6 +828,7 @@ def format_point(doc: Mapping[str, Any]) -> str:
         f"{_fmt(e.get('j_per_output_token'), '.4g')} J/tok  "
         f"{_fmt(e.get('output_tokens_per_j'), '.4g')} tok/J ({e.get('source')})  "
         f"KL {_fmt(acc.get('kl_mean'), '.2e')}  top1 {_fmt(acc.get('top1_agreement'), '.3f')}"
+        + ("  [emulated: no energy claim]" if b.get("emulated") else "")
     )
 
 
@@ -830,7 +861,7 @@ def format_summary(paths: Sequence[str | Path]) -> str:
             (
                 str(cfg["precision"]),
                 str(cfg["batch_size"]),
-                doc["status"] if doc["status"] != "failed" else f"failed: {doc['partial_reason']}",
+                _status(doc),
                 _fmt((b.get("decode") or {}).get("tokens_per_s"), ".1f"),
                 _fmt(e.get("j_per_output_token"), ".4g"),
                 _fmt(e.get("output_tokens_per_j"), ".4g"),

@@ -1,0 +1,200 @@
+"""``run_builtin_bench``: the tiny preset on the CPU, energy from an exact simulated source."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from perwatt.bench.result import load_result
+from perwatt.engine import bench as B
+from perwatt.errors import ConfigError
+from perwatt.meter import SimulatedSource
+
+pytest.importorskip("torch")
+
+POWER_W = 100.0
+SMALL: dict[str, Any] = {
+    "model": "tiny",
+    "input_len": 4,
+    "output_len": 3,
+    "device": "cpu",
+    "min_window_s": 0.0,
+    "warmup_steps": 1,
+    "accuracy_prompts": 2,
+    "accuracy_steps": 2,
+    "progress": lambda line: None,
+}
+
+
+def docs(paths: list[Path]) -> list[dict[str, Any]]:
+    return [dict(load_result(p)) for p in paths]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    out = tmp_path_factory.mktemp("sweep")
+    paths = B.run_builtin_bench(
+        precisions="bf16,int8,int4",
+        batches="1,2",
+        result_dir=out,
+        energy_source=SimulatedSource(power_w=POWER_W),
+        label="t",
+        **SMALL,
+    )
+    assert [p.name for p in paths] == [
+        f"t-{p}_b{b}.json" for p in ("bf16", "int8", "int4") for b in (1, 2)
+    ]
+    assert not list(out.glob("*.tmp"))
+    return docs(paths)
+
+
+def test_every_point_has_tokens_per_joule_with_source(sweep: list[dict[str, Any]]) -> None:
+    for doc in sweep:
+        assert doc["status"] == "complete", doc["partial_reason"]
+        assert doc["config"]["engine"] == "builtin"
+        assert doc["load"] == {"kind": "batch", "value": float(doc["config"]["batch_size"])}
+        e = doc["energy"]
+        assert e["source"] == "simulated" and e["measured"] is False
+        assert e["basis"] == "steady_state"
+        steady = e["steady_state"]
+        dec = doc["builtin"]["decode"]
+        b = doc["config"]["batch_size"]
+        assert dec["tokens"] == b * (3 - 1) * doc["builtin"]["rounds"]
+        # a constant 100 W source: energy is power x decode time (up to the few-µs gap between
+        # the meter reading its clock and the source reading its own, which CPU load stretches)
+        assert steady["total_energy_j"] == pytest.approx(POWER_W * steady["duration_s"], rel=1e-2)
+        assert e["output_tokens_per_j"] == pytest.approx(
+            dec["tokens"] / (POWER_W * steady["duration_s"]), rel=1e-2
+        )
+        assert e["j_per_output_token"] * e["output_tokens_per_j"] == pytest.approx(1.0)
+        assert dec["tokens_per_s"] == pytest.approx(dec["tokens"] / steady["duration_s"])
+        assert e["avg_power_w"] == pytest.approx(POWER_W, rel=1e-2)
+        # prefill and warm-up are reported separately from the steady state
+        assert doc["builtin"]["prefill"]["energy_j"] > 0
+        assert doc["builtin"]["warmup"]["duration_s"] > 0
+        assert doc["builtin"]["load"]["duration_s"] > 0
+        w0, w1 = e["steady_state_window_s"]
+        assert 0 <= w0 < w1 <= e["whole_run"]["duration_s"] + 1e-9
+        assert doc["economics"]["usd_per_million_output_tokens"] > 0
+        assert doc["metrics"]["total_output_tokens"] == b * 3 * doc["builtin"]["rounds"]
+        assert doc["metrics"]["token_count_source"] == "engine"
+        assert any("not a hardware measurement" in w for w in doc["builtin"]["warnings"])
+
+
+def test_every_point_has_the_accuracy_guard(sweep: list[dict[str, Any]]) -> None:
+    by_prec: dict[str, list[dict[str, Any]]] = {}
+    for doc in sweep:
+        acc = doc["accuracy"]
+        assert acc["reference"] == "fp32"  # the CPU reference
+        assert acc["kl_mean"] >= 0 and 0 <= acc["top1_agreement"] <= 1
+        assert acc["max_rel_err"] >= 0 and acc["positions"] == 2 * 3
+        by_prec.setdefault(doc["config"]["precision"], []).append(acc)
+    # int4 moves the logits further from the reference than int8 does
+    kl = {p: max(a["kl_mean"] for a in accs) for p, accs in by_prec.items()}
+    assert kl["int4"] > kl["int8"]
+
+
+def test_summary_names_the_source(sweep: list[dict[str, Any]], tmp_path: Path) -> None:
+    paths = []
+    for i, doc in enumerate(sweep[:2]):
+        p = tmp_path / f"{i}.json"
+        p.write_text(json.dumps(doc))
+        paths.append(p)
+    table = B.format_summary(paths)
+    assert table.count("simulated") == 2
+    assert "tokens/J" in table and "KL vs ref" in table
+    assert "simulated" in B.format_point(sweep[0])
+
+
+def test_window_repeats_rounds_until_long_enough(tmp_path: Path) -> None:
+    args = {**SMALL, "min_window_s": 0.4, "accuracy_prompts": 0}
+    [path] = B.run_builtin_bench(
+        precisions="bf16",
+        batches="1",
+        result_dir=tmp_path,
+        energy_source=SimulatedSource(power_w=POWER_W),
+        **args,
+    )
+    doc = load_result(path)
+    steady = doc["energy"]["steady_state"]
+    assert steady is not None and steady["duration_s"] >= 0.4
+    per_round = doc["builtin"]["round_decode_s"]  # type: ignore[typeddict-item]
+    assert len(per_round) == doc["builtin"]["rounds"]  # type: ignore[typeddict-item]
+    # stops at the first round that reaches the window, not later
+    assert sum(per_round[:-1]) < 0.4 <= sum(per_round)
+    assert steady["duration_s"] == pytest.approx(sum(per_round))
+    assert doc["accuracy"] is None
+
+
+def test_failed_points_are_recorded_and_the_sweep_continues(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    real_load = B._load
+
+    def load(model: str, precision: str, *, batch: int, seq_len: int, **kw: Any) -> Any:
+        if batch == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+        return real_load(model, precision, batch=batch, seq_len=seq_len, **kw)
+
+    monkeypatch.setattr(B, "_load", load)
+    paths = B.run_builtin_bench(
+        precisions="fp7,bf16",
+        batches="1,3",
+        result_dir=tmp_path,
+        energy_source=SimulatedSource(power_w=POWER_W),
+        **{**SMALL, "accuracy_prompts": 0},
+    )
+    by_name = {p.name: load_result(p) for p in paths}
+    assert len(by_name) == 4
+    bad_prec = by_name["builtin-tiny-fp7_b1.json"]
+    assert bad_prec["status"] == "failed"
+    assert "fp7" in (bad_prec["partial_reason"] or "")
+    oom = by_name["builtin-tiny-bf16_b3.json"]
+    assert oom["status"] == "failed"
+    assert "smaller --batch" in (oom["partial_reason"] or "")
+    assert oom["energy"] is None
+    ok = by_name["builtin-tiny-bf16_b1.json"]
+    assert ok["status"] == "complete" and ok["energy"] is not None
+    assert "failed:" in B.format_summary(paths)
+
+
+def test_estimated_source_is_labelled_estimated(tmp_path: Path) -> None:
+    [path] = B.run_builtin_bench(
+        precisions="bf16",
+        batches="1",
+        result_dir=tmp_path,
+        energy_source="estimated",
+        **{**SMALL, "accuracy_prompts": 0},
+    )
+    doc = load_result(path)
+    assert doc["energy"] is not None
+    assert doc["energy"]["source"] == "estimated" and doc["energy"]["measured"] is False
+    assert doc["conditions"]["energy_source"] == "estimated"
+
+
+@pytest.mark.parametrize(
+    ("kw", "needle"),
+    [
+        ({"batches": "1,x"}, "--batch"),
+        ({"batches": "0"}, ">= 1"),
+        ({"precisions": ""}, "--precision"),
+        ({"output_len": 1}, "--output-len"),
+        ({"min_window_s": -1.0}, "--min-window-s"),
+    ],
+)
+def test_bad_arguments(tmp_path: Path, kw: dict[str, Any], needle: str) -> None:
+    args: dict[str, Any] = {
+        **SMALL,
+        "precisions": "bf16",
+        "batches": "1",
+        "result_dir": tmp_path,
+        "energy_source": SimulatedSource(power_w=1.0),
+        **kw,
+    }
+    with pytest.raises(ConfigError, match=needle):
+        B.run_builtin_bench(**args)
