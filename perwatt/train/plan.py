@@ -114,7 +114,7 @@ class PlanChoice:
     vs_fastest: Savings
 
     def __post_init__(self) -> None:
-        if self.time_limit_s < self.point.time_s - 1e-12:
+        if self.point.time_s > self.time_limit_s * (1 + 1e-9):
             raise ValueError("chosen point is slower than the time limit")
 
     @property
@@ -204,7 +204,7 @@ def choose_plan(
     chosen_e = at_horizon(plan)
     return PlanChoice(
         target=label,
-        time_limit_s=limit + tol,
+        time_limit_s=limit,
         point=best,
         plan=plan,
         fastest_plan=fastest,
