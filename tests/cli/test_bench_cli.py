@@ -151,3 +151,13 @@ def test_builtin_dispatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert seen["input_len"] == 16 and seen["output_len"] == 8
     assert seen["device"] == "cpu" and seen["energy_source"] == "simulated"
     assert main(["bench", "--engine", "builtin"]) == 2
+
+
+def test_builtin_without_torch_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
+    assert main(["bench", "--engine", "builtin", "--model", "tiny"]) == 2
+    assert "pip install 'perwatt[engine]'" in capsys.readouterr().err
