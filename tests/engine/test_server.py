@@ -303,3 +303,42 @@ def test_incremental_detokenizer_holds_split_characters() -> None:
     d2 = IncrementalDetokenizer(ByteTokenizer())
     assert d2.push(0xC3) == ""
     assert d2.flush() == "\ufffd"  # an incomplete character at the end is flushed, not lost
+
+
+@pytest.mark.parametrize("endpoint", ["completions", "chat"])
+def test_benchmark_client_streams_from_server(
+    srv: tuple[str, Batcher, SlowFakeEngine], endpoint: str
+) -> None:
+    import asyncio
+
+    from perwatt.bench.client import OpenAIClient
+
+    url, batcher, _ = srv
+
+    async def run() -> list[Any]:
+        client = OpenAIClient(f"{url}/v1", timeout_s=30)
+        try:
+            payload = client.build_payload(
+                endpoint,  # type: ignore[arg-type]
+                "fake",
+                "abc",
+                8,
+                ignore_eos=True,
+            )
+            return list(
+                await asyncio.gather(
+                    *(client.request(endpoint, payload, index=i) for i in range(5))  # type: ignore[arg-type]
+                )
+            )
+        finally:
+            await client.aclose()
+
+    records = asyncio.run(run())
+    for rec in records:
+        assert rec.ok, (rec.error_kind, rec.error_detail)
+        assert rec.output_tokens == 8 and rec.token_count_source == "usage"
+        assert rec.output_tokens_chunks == 8  # one text-bearing chunk per token
+        assert rec.ttft_s is not None and rec.ttft_s > 0
+        assert len(rec.itl_s) == 7
+        assert rec.finish_reason == "length"
+    assert batcher.stats.max_active == 2 and batcher.stats.completed == 5
