@@ -340,9 +340,12 @@ def format_choice(choice: PlanChoice, frontier: Frontier) -> str:
             f"{sv.saved_j_per_1000_iterations / 1e3:.1f} kJ = "
             f"{sv.saved_kwh_per_1000_iterations:.4f} kWh per 1,000 iterations)"
         )
-    lines.append(
-        f"energy source: {b.source}; P_block {', '.join(f'{p:g}' for p in frontier.p_block_w)} W"
-    )
+    pbs = sorted(set(frontier.p_block_w))
+    if len(pbs) == 1:
+        pb_text = f"{pbs[0]:g} W per stage"
+    else:
+        pb_text = ", ".join(f"{p:g}" for p in frontier.p_block_w) + " W by stage"
+    lines.append(f"energy source: {b.source}; P_block {pb_text}")
     lines.extend(f"note: {n}" for n in frontier.notes)
     return "\n".join(lines)
 
