@@ -122,7 +122,7 @@ def test_latencies_follow_server(server: FakeOpenAIServer) -> None:
     (r,) = send(server.url, max_tokens=6)
     assert r.ok and r.ttft_s is not None and r.tpot_s is not None
     assert 0.03 <= r.ttft_s < 0.2
-    assert 0.009 <= r.tpot_s < 0.05
+    assert 0.009 <= r.tpot_s < 0.1
     assert all(0.005 < x < 0.1 for x in r.itl_s)
 
 

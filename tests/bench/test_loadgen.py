@@ -88,7 +88,7 @@ def test_rate_spreads_sends() -> None:
     starts = sorted(r.start_s - run.start_s for r in run.records)
     offs = arrival_offsets_s(10, LoadLevel(request_rate=50.0), seed=0)
     for got, want in zip(starts, offs, strict=True):
-        assert got == pytest.approx(want, abs=0.03)
+        assert want - 0.005 <= got <= want + 0.1  # never early; late only by scheduling
 
 
 def test_records_collected_in_callers_list() -> None:

@@ -113,8 +113,8 @@ def test_steady_state_window_used_when_long_enough(tmp_path: Path) -> None:
     tokens = e["basis_output_tokens"]  # type: ignore[typeddict-item]
     assert 0 < tokens < d["metrics"]["total_output_tokens"]
     assert e["j_per_output_token"] == pytest.approx(steady["total_energy_j"] / tokens)
-    # Two requests decode at a time at ~50 tok/s each in the window.
-    assert e["output_tokens_per_s_per_gpu"] == pytest.approx(100.0, rel=0.3)
+    # Two requests decode at a time at <= 50 tok/s each (20 ms ITL; slower on a loaded machine).
+    assert 40.0 < e["output_tokens_per_s_per_gpu"] <= 105.0
 
 
 def test_replay_source(tmp_path: Path) -> None:
