@@ -966,14 +966,19 @@ def _augment_py(
         level = [-1] * nv
         level[src] = 0
         queue = [src]
+        limit = nv  # once the sink is labelled, deeper levels cannot be on a shortest path
         for u in queue:
             lu = level[u] + 1
+            if lu > limit:
+                break
             for e in adj[u]:
                 if cap[e] > 0:
                     v = ent_head[e]
                     if level[v] < 0:
                         level[v] = lu
                         queue.append(v)
+                        if v == snk:
+                            limit = lu
         if level[snk] < 0:
             rc[:] = cap
             return np.array(queue, dtype=np.int64)
