@@ -789,6 +789,11 @@ def summary_notes(paths: Sequence[Path]) -> list[str]:
             examples: Any = m.get("error_examples") or {}
             for kind, detail in list(examples.items())[:3]:
                 lines.append(f"  {kind}: {detail}")
+        if m.get("input_tokens_source") == "approximate" and m["completed"]:
+            lines.append(
+                f"{p.name}: input tokens are approximate (word count; the server reported no "
+                "prompt usage)"
+            )
         if m["token_count_source"] != "usage" and m["completed"]:
             lines.append(
                 f"{p.name}: output tokens counted from stream chunks (the server sent no usage); "
