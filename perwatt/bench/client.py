@@ -294,10 +294,13 @@ class OpenAIClient:
         chunked = False
         length: int | None = None
         close = status_line[0] == "HTTP/1.0"
+        json_body = False
         for line in lines[1:]:
             k, _, v = line.partition(":")
             k = k.strip().lower()
-            if k == "transfer-encoding":
+            if k == "content-type":
+                json_body = "json" in v.lower()
+            elif k == "transfer-encoding":
                 chunked = "chunked" in v.lower()
             elif k == "content-length":
                 length = int(v.strip())
@@ -309,7 +312,7 @@ class OpenAIClient:
             rec.error_kind = f"http_{status}"
             rec.error_detail = _error_message(text)
             return not close and body.done
-        if stream:
+        if stream and not json_body:
             await self._read_sse(body, rec, chat)
         else:
             self._read_whole(await body.read_all(), rec, chat)

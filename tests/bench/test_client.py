@@ -328,3 +328,21 @@ def test_reasoning_deltas_count_as_tokens() -> None:
         (r,) = send(f"http://127.0.0.1:{srv.getsockname()[1]}/v1", endpoint="chat")
     t.join(5)
     assert r.ok and r.output_tokens == 3 and len(r.itl_s) == 2
+
+
+def test_json_answer_to_a_stream_request() -> None:
+    """A server that ignores "stream": true and answers one JSON document."""
+    body = json.dumps(
+        {"choices": [{"text": " a b c"}], "usage": {"prompt_tokens": 4, "completion_tokens": 3}}
+    ).encode()
+    resp = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+        % len(body)
+        + body
+    )
+    srv, t = _raw_server([resp])
+    with srv:
+        (r,) = send(f"http://127.0.0.1:{srv.getsockname()[1]}/v1")
+    t.join(5)
+    assert r.ok and r.output_tokens == 3 and r.token_count_source == "usage"
+    assert r.ttft_s is None
