@@ -11,7 +11,10 @@ Targets (Perseus, SOSP'24 §3):
 
 Among the points no slower than ``T′`` the one with the least energy is chosen (with P_block
 counted, points just below ``T_max`` can cost more than faster ones, so "the slowest point that
-meets ``T′``" is not always the cheapest; ties go to the slower point).
+meets ``T′``" is not always the cheapest; ties go to the slower point). Because frontier times
+are quantised, the chosen point's clocks are replayed on the profile and a point is only taken
+if the replayed iteration meets ``T′`` too (for ratio and slowdown targets: the same ratio over
+the fastest plan's replay); otherwise the next cheapest is tried.
 
 Savings compare *profile-replay* energies — each plan's profiled per-clock time and energy
 replayed on the DAG with blocking power for the gaps (simulated from measured profiles, not
@@ -55,6 +58,8 @@ __all__ = [
 ]
 
 ENERGY_SOURCE = "simulated (profile replay)"
+# Candidates whose replay is checked against a time limit before falling back to T_min.
+_MAX_REPLAY_TRIES = 400
 _J_PER_KWH = 3.6e6
 
 
@@ -190,9 +195,21 @@ def choose_plan(
     )
     tol = 1e-9 * limit
     eligible = [p for p in frontier.points if p.time_s <= limit + tol]
-    best = min(eligible, key=lambda p: (p.energy_j, -p.time_s))
-    plan = frontier.plan_for(best)
     fastest = frontier.plan_for(frontier.fastest)
+    # Frontier times are quantised (each clock's time rounded down), so a plan's replayed
+    # iteration can run a little past its point's time. Under a limit, keep the cheapest point
+    # whose *replay* still meets it: the limit itself for an absolute time (straggler,
+    # deadline), the same ratio over the fastest plan's replay for a relative one.
+    relative = straggler_ratio is not None or max_slowdown_pct is not None
+    replay_limit = fastest.replay_time_s * limit / frontier.t_min_s if relative else limit
+    best, plan = frontier.fastest, fastest
+    if limit > frontier.t_min_s + tol:
+        ordered = sorted(eligible, key=lambda p: (p.energy_j, -p.time_s))
+        for cand in ordered[:_MAX_REPLAY_TRIES]:
+            cand_plan = frontier.plan_for(cand)
+            if cand_plan.replay_time_s <= replay_limit * (1 + 1e-9):
+                best, plan = cand, cand_plan
+                break
     baseline = frontier.baseline
     # Compare at equal iteration time: whoever finishes before the limit blocks until it.
     horizon = max(limit, plan.replay_time_s, fastest.replay_time_s, baseline.replay_time_s)

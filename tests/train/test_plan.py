@@ -132,3 +132,12 @@ def test_plan_pipeline_errors(tmp_path: Path) -> None:
         plan_pipeline([TINY], stages=2, microbatches=3, p_block_w=50.0, supported_freqs_mhz=[1400])
     with pytest.raises(ConfigError, match="at least one"):
         plan_pipeline([], stages=2, microbatches=3, p_block_w=50.0)
+
+
+@pytest.mark.parametrize("ratio", [1.05, 1.1, 1.3])
+def test_replayed_plan_meets_an_absolute_limit(frontier: Frontier, ratio: float) -> None:
+    limit = frontier.t_min_s * ratio
+    c = choose_plan(frontier, straggler_s=limit)
+    assert c.plan.replay_time_s <= limit * (1 + 1e-9) or c.point == frontier.fastest
+    d = choose_plan(frontier, straggler_ratio=ratio)
+    assert d.plan.replay_time_s <= ratio * d.fastest_plan.replay_time_s * (1 + 1e-9)
