@@ -25,7 +25,9 @@ import contextlib
 import csv
 import datetime as _dt
 import importlib.metadata
+import ipaddress
 import math
+import os
 import platform
 import re
 import socket
@@ -35,6 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
+from urllib.parse import urlsplit
 
 from perwatt.bench import metrics as M
 from perwatt.bench.client import Endpoint, OpenAIClient, RequestRecord, resolve_model
@@ -238,6 +241,15 @@ def _source_label(sources: Sequence[PowerSource]) -> str:
     return labels[0] if len(labels) == 1 else f"mixed({','.join(labels)})"
 
 
+def _is_local_host(host: str) -> bool:
+    if host in ("localhost", socket.gethostname(), "0.0.0.0"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def _open_sources(config: ServerBenchConfig) -> tuple[tuple[PowerSource, ...], bool]:
     """The sources, and whether we opened them (and so must close them)."""
     if config.sources is not None:
@@ -245,6 +257,21 @@ def _open_sources(config: ServerBenchConfig) -> tuple[tuple[PowerSource, ...], b
             raise ConfigError("sources= is empty")
         return tuple(config.sources), False
     from perwatt.meter.detect import open_sources
+
+    host = urlsplit(config.url).hostname or ""
+    if (
+        config.energy_source.strip().lower() == "auto"
+        and not os.environ.get("PERWATT_DCGM_URL")
+        and not _is_local_host(host)
+    ):
+        # Auto-detection sees this machine's GPUs/CPU, not the remote server's: J/token would be
+        # a silent wrong number. Make the user say which power the tokens cost.
+        raise ConfigError(
+            f"the server {host} is not on this machine, so --energy-source auto would meter the "
+            "wrong hardware; pass --energy-source dcgm:URL or prometheus:URL for the server's "
+            "GPUs (or set PERWATT_DCGM_URL), or name a local source (nvml, rapl) if the server "
+            "really runs here"
+        )
 
     return tuple(open_sources(config.energy_source)), True
 

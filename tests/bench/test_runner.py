@@ -277,3 +277,20 @@ def test_idle_baseline_share(tmp_path: Path) -> None:
     assert e["idle_power_w"] == pytest.approx(40.0, rel=1e-4)
     assert e["idle_share"] is not None and 0.1 < e["idle_share"] <= 1.0
     assert e["idle_subtracted"] is False
+
+
+def test_auto_energy_source_refuses_a_remote_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from perwatt.bench.runner import _is_local_host, _open_sources
+
+    monkeypatch.delenv("PERWATT_DCGM_URL", raising=False)
+    remote = cfg("http://10.1.2.3:8000/v1", tmp_path, sources=None, energy_source="auto")
+    with pytest.raises(ConfigError, match="dcgm:URL"):
+        _open_sources(remote)
+    assert _is_local_host("127.0.0.1") and _is_local_host("localhost") and _is_local_host("[::1]")
+    assert not _is_local_host("10.1.2.3") and not _is_local_host("gpu-node-7")
+    # A named source is the user's choice and is honoured.
+    named = cfg("http://10.1.2.3:8000/v1", tmp_path, sources=None, energy_source="simulated")
+    sources, opened = _open_sources(named)
+    assert opened and [s.name for s in sources] == ["simulated"]
