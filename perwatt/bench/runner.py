@@ -13,7 +13,8 @@ One call::
 
 Energy comes from whatever :func:`perwatt.meter.detect.open_sources` opens for the spec (local
 NVML, ``dcgm:URL``/``prometheus:URL`` for a remote server's GPUs, ``PERWATT_DCGM_URL`` with
-``auto``); a simulated or replayed source is labelled so in every figure. When the source is
+``auto``); a simulated or replayed source is labelled so in every figure. ``auto`` with a server
+that is not on this machine is refused: it would meter the wrong hardware. When the source is
 :class:`~perwatt.meter.SimulatedSource`, its load follows the benchmark's requests in flight (a
 simulated GPU busy in proportion to the batch) — a demo model, never a measurement.
 """

@@ -91,8 +91,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--energy-source",
         default="auto",
         metavar="SPEC",
-        help=f"power source: {SPEC_HELP}; use dcgm:URL or prometheus:URL (or "
-        "PERWATT_DCGM_URL with auto) when the server's GPUs are on another machine",
+        help=f"power source: {SPEC_HELP}; auto only for a server on this machine: use "
+        "dcgm:URL or prometheus:URL (or PERWATT_DCGM_URL with auto) when the server's GPUs are "
+        "on another machine",
     )
     e.add_argument(
         "--idle-seconds", type=float, default=0.0, help="measure idle power first (idle share)"
