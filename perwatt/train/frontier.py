@@ -361,11 +361,17 @@ def _node_profile(
     """Profiled (time, energy) of each node at its planned clock."""
     t = np.empty(schedule.num_nodes)
     e = np.empty(schedule.num_nodes)
+    scale = _chunk_scale(schedule, profile)
+    index: dict[tuple[int, str], dict[int, int]] = {}
+    fl = freqs.tolist()
     for i, n in enumerate(schedule.nodes):
         pstage = _profile_stage(schedule, profile, n.stage, n.chunk)
-        scale = _chunk_scale(schedule, profile)
         ip = profile[(pstage, n.instruction)]
-        k = int(np.nonzero(ip.freq_mhz == freqs[i])[0][0])
+        pos = index.get((pstage, n.instruction))
+        if pos is None:
+            pos = {int(f): j for j, f in enumerate(ip.freq_mhz.tolist())}
+            index[(pstage, n.instruction)] = pos
+        k = pos[fl[i]]
         ti, ei = ip.time_s[k], ip.energy_j[k]
         if schedule.recompute and n.instruction == "backward":
             fp = profile[(pstage, "forward")]
@@ -387,9 +393,24 @@ def _chunk_scale(schedule: Schedule, profile: StageProfile) -> float:
     return 1.0
 
 
+_DAG_CACHE: dict[int, tuple[Schedule, _Dag]] = {}
+
+
+def _dag_of(schedule: Schedule) -> _Dag:
+    """The index arrays of ``schedule`` (built once per schedule object; schedules are frozen)."""
+    hit = _DAG_CACHE.get(id(schedule))
+    if hit is not None and hit[0] is schedule:
+        return hit[1]
+    dag = _Dag.build(schedule)
+    if len(_DAG_CACHE) > 32:
+        _DAG_CACHE.clear()
+    _DAG_CACHE[id(schedule)] = (schedule, dag)
+    return dag
+
+
 def replay(schedule: Schedule, durations_s: FloatArray) -> tuple[float, FloatArray]:
     """Longest path of the DAG with the given node durations: (iteration time, start times)."""
-    dag = _Dag.build(schedule)
+    dag = _dag_of(schedule)
     start = dag.earliest_start(durations_s)
     return float(np.max(start + durations_s)), start
 
@@ -596,7 +617,7 @@ def compute_frontier(
     flat = np.concatenate(tables)
     base = offset[:-1][spec] - qmin  # flat[base[i] + d] = cost of node i at duration d
 
-    dag = _Dag.build(schedule)
+    dag = _dag_of(schedule)
     stop_q = -1 if stop_at_s is None else math.floor(stop_at_s / time_quantum_s + 1e-9)
     steps_t, steps_cost, changes, checkpoints, complete = _sweep(
         dag, qmin, qmax, flat, base, stop_q
@@ -673,7 +694,7 @@ def time_bounds(
             )
             cache[key] = (int(o.q[0]), int(o.q[-1]))
         q_fast[i], q_slow[i] = cache[key]
-    dag = _Dag.build(schedule)
+    dag = _dag_of(schedule)
     return dag.longest(q_fast)[2] * time_quantum_s, dag.longest(q_slow)[2] * time_quantum_s
 
 
