@@ -741,8 +741,13 @@ def _sweep(
     lower bound is its old capacity, a slowed one's new capacity is its old lower bound), so
     each step only augments the previous maximum flow instead of starting over.
     """
-    from scipy.sparse import csr_matrix
-    from scipy.sparse.csgraph import breadth_first_order, maximum_flow
+    try:
+        from scipy.sparse import csr_matrix
+        from scipy.sparse.csgraph import breadth_first_order, maximum_flow
+    except ImportError as err:  # scipy is not a core dependency of perwatt
+        raise ConfigError(
+            "the frontier solver needs SciPy's compiled max-flow: pip install 'scipy>=1.11'"
+        ) from err
 
     n = dag.n
     d = qmax.copy()
