@@ -779,6 +779,7 @@ def serve(
         name = served_model_name or model
         server = OpenAIServer(batcher, tokenizer, model_name=name, max_seq_len=max_seq_len)
         app = server.app()
+        warm_s = warm_up(engine)
         batcher.start()
         bound_host, bound_port = sock.getsockname()[:2]
         shown = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
@@ -789,7 +790,7 @@ def serve(
         )
         out(
             f"perwatt serve: {name} ({precision}, {max_batch_size} slots x {max_seq_len} tokens) "
-            f"on http://{shown}:{bound_port}/v1 ({scope})"
+            f"on http://{shown}:{bound_port}/v1 ({scope}); warm-up {warm_s:.1f} s"
         )
         sys.stdout.flush()
         config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="off")
@@ -800,6 +801,19 @@ def serve(
     finally:
         sock.close()
     return 0
+
+
+def warm_up(engine: Any, steps: int = 3) -> float:
+    """Run one short request through slot 0 before accepting traffic, so compilation and CUDA-graph
+    capture (tens of seconds on a GPU) do not land on the first client's TTFT. Returns seconds."""
+    t0 = time.perf_counter()
+    logits = engine.prefill([0], [[1, 2, 3, 4]])
+    try:
+        for _ in range(steps):
+            logits = engine.decode([0], [int(logits.argmax(dim=-1)[0])])
+    finally:
+        engine.free(0)
+    return time.perf_counter() - t0
 
 
 def _eos_ids(engine: Any, tokenizer: Any) -> list[int]:
