@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--energy-source", default="auto", help="auto (best present), nvml, rapl, ...")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--label", help="result label prefix (default builtin-<model>)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch intra-op CPU threads (default: torch's choice; 1 avoids OpenMP thrashing on "
+        "a busy shared machine)",
+    )
     p.add_argument("--report", type=Path, help="HTML report path (default RESULT_DIR/report.html)")
     return p
 
@@ -97,6 +103,10 @@ def _run(args: argparse.Namespace) -> int:
         return preset[name] if v is None else v
 
     model = pick("model")
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     print(
         f"make bench: built-in engine, {model} on {'GPU' if gpu else 'CPU'} "
         f"({'embedded default' if args.model is None else 'as asked'}); results in "

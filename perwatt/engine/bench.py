@@ -590,8 +590,10 @@ def _measure_point(
     ).to_dict()
     doc["accuracy"] = accuracy
     doc["timeline"] = _timeline(meter, t_start, whole.end_s)
+    torch = sys.modules.get("torch")
     doc["builtin"] = {
         "device": device,
+        "torch_threads": torch.get_num_threads() if torch is not None else None,
         "emulated": emulated,
         "engine": info,
         "rounds": rounds,

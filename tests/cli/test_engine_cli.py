@@ -51,7 +51,8 @@ def test_serve_unknown_model_is_one_line_error(capsys: pytest.CaptureFixture[str
 
 
 def test_serve_subprocess_answers_streaming_completion() -> None:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # one intra-op thread: two OpenMP threads thrash on a busy shared 2-core runner
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     with subprocess.Popen(
         [
             sys.executable,

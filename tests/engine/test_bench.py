@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,18 @@ SMALL: dict[str, Any] = {
     "accuracy_steps": 2,
     "progress": lambda line: None,
 }
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: on a shared 2-core runner, two OpenMP threads spinning against other
+    processes made a tiny decode step 10-50x slower (4 ms vs 60-280 ms measured here)."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
 
 
 def docs(paths: list[Path]) -> list[dict[str, Any]]:
