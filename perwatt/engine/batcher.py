@@ -232,6 +232,11 @@ class Batcher:
         return len(self._active)
 
     @property
+    def running(self) -> bool:
+        """Whether the engine thread is alive (what ``/health`` reports)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
     def free_slots(self) -> tuple[int, ...]:
         return tuple(sorted(self._free))
 

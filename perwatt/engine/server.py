@@ -267,6 +267,14 @@ class OpenAIServer:
             raise APIError(
                 400, "'stop' strings are not supported; use 'stop_token_ids'", param="stop"
             )
+        if body.get("echo"):
+            raise APIError(400, "'echo' is not supported", param="echo")
+        for key in ("presence_penalty", "frequency_penalty", "repetition_penalty"):
+            v = body.get(key)
+            neutral = 1.0 if key == "repetition_penalty" else 0.0
+            if v is not None and v != neutral:
+                # Refused rather than ignored: silently dropping it would change the answers.
+                raise APIError(400, f"'{key}' is not supported (only {neutral:g})", param=key)
         if chat:
             messages = body.get("messages")
             if not isinstance(messages, list) or not messages:
@@ -693,6 +701,8 @@ class OpenAIServer:
             return JSONResponse(self.models())
 
         async def health(request: HTTPRequest) -> Response:
+            if not self.batcher.running:
+                return error_response(APIError(503, "the engine thread is not running"))
             return Response(status_code=200)
 
         async def not_found(request: HTTPRequest, exc: Exception) -> Response:

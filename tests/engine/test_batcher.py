@@ -314,3 +314,30 @@ def test_sampling_params_validation() -> None:
         SamplingParams(max_tokens=4, min_tokens=5)
     with pytest.raises(ConfigError):
         SamplingParams(max_tokens=4, top_p=0)
+
+
+def test_real_engine_outputs_do_not_depend_on_batching() -> None:
+    """Continuous batching on the real tiny engine (fp32, greedy) gives every request exactly the
+    tokens it gets alone: slot reuse, mixed positions and padded prefill must not leak."""
+    torch = pytest.importorskip("torch")
+    from perwatt.engine.generate import load_engine
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        eng = load_engine("tiny", precision="fp32", device="cpu", max_batch_size=2, max_seq_len=64)
+        prompts = [[1 + i, 5, 9, 200 + 7 * i][: 2 + i % 3] for i in range(5)]
+        lengths = [6, 3, 9, 4, 5]
+        alone = [
+            list(eng.generate([p], n, warmup=False).tokens[0])
+            for p, n in zip(prompts, lengths, strict=True)
+        ]
+        b = Batcher(eng, num_slots=2, max_seq_len=64)
+        reqs = [make_request(p, max_tokens=n, ignore_eos=True) for p, n in zip(prompts, lengths)]
+        for r, _ in reqs:
+            b.submit(r)
+        drain(b)
+    finally:
+        torch.set_num_threads(saved)
+    assert [r.output_ids for r, _ in reqs] == alone
+    assert b.stats.max_active == 2 and eng.free_slots() == [0, 1]

@@ -102,8 +102,11 @@ def sse(lines: Sequence[str]) -> list[Any]:
     return out
 
 
-def test_models(srv: tuple[str, Batcher, SlowFakeEngine]) -> None:
-    url, _, _ = srv
+def test_models_and_health(srv: tuple[str, Batcher, SlowFakeEngine]) -> None:
+    url, batcher, _ = srv
+    assert httpx.get(f"{url}/health").status_code == 200
+    batcher.stop()
+    assert httpx.get(f"{url}/health").status_code == 503
     r = httpx.get(f"{url}/v1/models")
     assert r.status_code == 200
     data = r.json()["data"]
@@ -216,6 +219,8 @@ def test_ignore_eos_and_min_tokens(srv: tuple[str, Batcher, SlowFakeEngine]) -> 
         ("/v1/completions", b'{"prompt": 5}', 400, "prompt"),
         ("/v1/completions", b'{"prompt": "x", "n": 2}', 400, "n > 1"),
         ("/v1/chat/completions", b'{"messages": []}', 400, "messages"),
+        ("/v1/completions", b'{"prompt": "x", "echo": true}', 400, "echo"),
+        ("/v1/completions", b'{"prompt": "x", "presence_penalty": 0.5}', 400, "presence_penalty"),
         ("/v1/nope", b"{}", 404, "no route"),
     ],
 )
