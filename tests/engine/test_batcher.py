@@ -333,7 +333,10 @@ def test_real_engine_outputs_do_not_depend_on_batching() -> None:
             for p, n in zip(prompts, lengths, strict=True)
         ]
         b = Batcher(eng, num_slots=2, max_seq_len=64)
-        reqs = [make_request(p, max_tokens=n, ignore_eos=True) for p, n in zip(prompts, lengths)]
+        reqs = [
+            make_request(p, max_tokens=n, ignore_eos=True)
+            for p, n in zip(prompts, lengths, strict=True)
+        ]
         for r, _ in reqs:
             b.submit(r)
         drain(b)
