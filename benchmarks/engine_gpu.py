@@ -579,8 +579,11 @@ def main(argv: list[str] | None = None) -> int:
     write_json(out_path, doc)
     print(table(doc["points"]))
     print()
-    for line in check_targets(doc["points"]):
-        print(line)
+    if args.model == "llama-3.1-8b" and device.type == "cuda":
+        for line in check_targets(doc["points"]):
+            print(line)
+    else:
+        print("issue 5 targets apply to the llama-3.1-8b shape on an H100 GPU: not checked here")
     print(f"\nwrote {out_path}")
     return 0
 
