@@ -489,7 +489,6 @@ def _measure_point(
     pue: float,
 ) -> dict[str, Any]:
     b = spec.batch_size
-    t_start = meter.clock()
     with meter.window("load") as lw:
         engine = _load(model, spec.precision, batch=b, seq_len=input_len + output_len, **engine_kw)
     try:
@@ -549,6 +548,7 @@ def _measure_point(
     if not is_measured(label):
         warnings.append(f"energy source is {label!r}: not a hardware measurement")
     doc["status"] = "complete"
+    doc["config"]["num_prompts"] = b * rounds  # sequences generated in the measured rounds
     doc["conditions"] = _conditions(device, label)
     doc["metrics"].update(
         {
@@ -589,7 +589,7 @@ def _measure_point(
         e_dec, decode_tokens, price_per_kwh=price_per_kwh, pue=pue
     ).to_dict()
     doc["accuracy"] = accuracy
-    doc["timeline"] = _timeline(meter, t_start, whole.end_s)
+    doc["timeline"] = _timeline(meter, run_t0, whole.end_s)  # same origin as the window above
     torch = sys.modules.get("torch")
     doc["builtin"] = {
         "device": device,
