@@ -37,6 +37,7 @@ import contextlib
 import json
 import socket
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -789,22 +790,22 @@ def serve(
         name = served_model_name or model
         server = OpenAIServer(batcher, tokenizer, model_name=name, max_seq_len=max_seq_len)
         app = server.app()
-        warm_s = warm_up(engine)
         batcher.start()
-        bound_host, bound_port = sock.getsockname()[:2]
-        shown = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
-        scope = (
-            "localhost only; pass --host 0.0.0.0 to accept other machines"
-            if host in LOOPBACK_HOSTS
-            else "reachable from other machines: the API has no authentication"
-        )
-        out(
-            f"perwatt serve: {name} ({precision}, {max_batch_size} slots x {max_seq_len} tokens) "
-            f"on http://{shown}:{bound_port}/v1 ({scope}); warm-up {warm_s:.1f} s"
-        )
-        sys.stdout.flush()
-        config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="off")
         try:
+            warm_s = warm_up(batcher)
+            bound_host, bound_port = sock.getsockname()[:2]
+            shown = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
+            scope = (
+                "localhost only; pass --host 0.0.0.0 to accept other machines"
+                if host in LOOPBACK_HOSTS
+                else "reachable from other machines: the API has no authentication"
+            )
+            out(
+                f"perwatt serve: {name} ({precision}, {max_batch_size} slots x {max_seq_len} "
+                f"tokens) on http://{shown}:{bound_port}/v1 ({scope}); warm-up {warm_s:.1f} s"
+            )
+            sys.stdout.flush()
+            config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="off")
             uvicorn.Server(config).run(sockets=[sock])
         finally:
             batcher.stop()
@@ -813,16 +814,30 @@ def serve(
     return 0
 
 
-def warm_up(engine: Any, steps: int = 3) -> float:
-    """Run one short request through slot 0 before accepting traffic, so compilation and CUDA-graph
-    capture (tens of seconds on a GPU) do not land on the first client's TTFT. Returns seconds."""
+def warm_up(batcher: Batcher, steps: int = 4, timeout_s: float = 900.0) -> float:
+    """Run one short request through the batcher before accepting traffic, so compilation and
+    CUDA-graph capture (tens of seconds on a GPU) do not land on the first client's TTFT.
+
+    It goes through the engine thread on purpose: torch.compile's CUDA-graph trees are kept per
+    thread, so a warm-up on any other thread would be recorded again on the first request.
+    Returns the seconds it took.
+    """
+    done = threading.Event()
+    failure: list[str] = []
+
+    def on_event(ev: Event) -> None:
+        if ev.finish_reason is not None:
+            if ev.finish_reason in ("error", "abort"):
+                failure.append(ev.error or ev.finish_reason)
+            done.set()
+
     t0 = time.perf_counter()
-    logits = engine.prefill([0], [[1, 2, 3, 4]])
-    try:
-        for _ in range(steps):
-            logits = engine.decode([0], [int(logits.argmax(dim=-1)[0])])
-    finally:
-        engine.free(0)
+    params = SamplingParams(max_tokens=steps, ignore_eos=True)
+    batcher.submit(Request(prompt_ids=(1, 2, 3, 4), params=params, on_event=on_event))
+    if not done.wait(timeout_s):
+        raise ConfigError(f"the engine did not finish a {steps}-token warm-up in {timeout_s:g} s")
+    if failure:
+        raise ConfigError(f"the engine failed its warm-up request: {failure[0]}")
     return time.perf_counter() - t0
 
 

@@ -347,3 +347,30 @@ def test_benchmark_client_streams_from_server(
         assert len(rec.itl_s) == 7
         assert rec.finish_reason == "length"
     assert batcher.stats.max_active == 2 and batcher.stats.completed == 5
+
+
+def test_warm_up_runs_on_the_engine_thread() -> None:
+    from perwatt.engine.server import warm_up
+    from perwatt.errors import ConfigError
+
+    class RecordingEngine(SlowFakeEngine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.threads: set[str] = set()
+
+        def decode(self, slot_ids: Sequence[int], tokens: Sequence[int]) -> list[list[float]]:
+            self.threads.add(threading.current_thread().name)
+            return super().decode(slot_ids, tokens)
+
+    eng = RecordingEngine()
+    b = Batcher(eng, num_slots=1, max_seq_len=16)
+    b.start()
+    try:
+        assert warm_up(b, steps=3) > 0
+        assert b.stats.completed == 1 and eng.decode_batches == [1, 1]
+        assert eng.threads == {"perwatt-engine"}
+        eng.step_s = -1.0  # time.sleep(-1) raises: the engine fails the warm-up request
+        with pytest.raises(ConfigError, match="warm-up"):
+            warm_up(b, steps=3)
+    finally:
+        b.stop()
