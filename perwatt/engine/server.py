@@ -238,9 +238,11 @@ class OpenAIServer:
         *,
         model_name: str,
         max_seq_len: int,
+        vocab_size: int | None = None,
         aliases: Sequence[str] = (),
     ) -> None:
         self.batcher = batcher
+        self.vocab_size = vocab_size
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.names = {model_name, *aliases}
@@ -352,6 +354,11 @@ class OpenAIServer:
             and prompt
             and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
         ):
+            v = self.vocab_size
+            if v is not None and not all(0 <= t < v for t in prompt):
+                raise APIError(
+                    400, f"prompt token ids must be in 0..{v - 1} (the vocabulary)", param="prompt"
+                )
             return list(prompt)
         if isinstance(prompt, list) and len(prompt) > 1 and all(isinstance(p, str) for p in prompt):
             raise APIError(
@@ -788,7 +795,13 @@ def serve(
             eos_token_ids=_eos_ids(engine, tokenizer),
         )
         name = served_model_name or model
-        server = OpenAIServer(batcher, tokenizer, model_name=name, max_seq_len=max_seq_len)
+        server = OpenAIServer(
+            batcher,
+            tokenizer,
+            model_name=name,
+            max_seq_len=max_seq_len,
+            vocab_size=int(engine.cfg.vocab_size),
+        )
         app = server.app()
         batcher.start()
         try:

@@ -65,7 +65,9 @@ def running_server(
 ) -> Iterator[tuple[str, Batcher]]:
     batcher = Batcher(engine, num_slots=num_slots, max_seq_len=max_seq_len, eos_token_ids=[0])
     batcher.start()
-    app = OpenAIServer(batcher, ByteTokenizer(), model_name="fake", max_seq_len=max_seq_len).app()
+    app = OpenAIServer(
+        batcher, ByteTokenizer(), model_name="fake", max_seq_len=max_seq_len, vocab_size=VOCAB
+    ).app()
     sock = bind("127.0.0.1", 0)
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="error", lifespan="off"))
@@ -217,6 +219,7 @@ def test_ignore_eos_and_min_tokens(srv: tuple[str, Batcher, SlowFakeEngine]) -> 
         ("/v1/completions", b'{"prompt": "x", "max_tokens": 0}', 400, "max_tokens"),
         ("/v1/completions", b'{"prompt": "x", "temperature": "hot"}', 400, "temperature"),
         ("/v1/completions", b'{"prompt": 5}', 400, "prompt"),
+        ("/v1/completions", b'{"prompt": [1, 256]}', 400, "vocabulary"),
         ("/v1/completions", b'{"prompt": "x", "n": 2}', 400, "n > 1"),
         ("/v1/chat/completions", b'{"messages": []}', 400, "messages"),
         ("/v1/completions", b'{"prompt": "x", "echo": true}', 400, "echo"),
