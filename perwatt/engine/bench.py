@@ -32,6 +32,7 @@ schema the server benchmark writes, so ``perwatt compare`` and ``perwatt report`
 from __future__ import annotations
 
 import contextlib
+import csv
 import datetime as dt
 import gc
 import platform
@@ -469,6 +470,51 @@ def accuracy_guard(engine: Any, ref: AccuracyReference, chunk: int) -> dict[str,
     }
 
 
+def _write_requests_csv(
+    json_path: Path,
+    prefills: Sequence[Measurement],
+    decodes: Sequence[Measurement],
+    t0: float,
+    *,
+    batch: int,
+    input_len: int,
+    output_len: int,
+) -> str:
+    """One row per sequence per round, in the server benchmark's column names, so ``perwatt
+    compare`` can bootstrap latency and cut the energy window into blocks. Every sequence of a
+    round shares its round's times: they were prefilled and decoded together."""
+    csv_path = json_path.with_name(json_path.name.removesuffix(".json") + ".requests.csv")
+    tmp = csv_path.with_name(csv_path.name + ".tmp")
+    steps = output_len - 1
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(
+            [
+                "index",
+                "start_s",
+                "ttft_ms",
+                "tpot_ms",
+                "e2el_ms",
+                "prompt_tokens",
+                "output_tokens",
+                "token_count_source",
+                "finish_reason",
+                "error_kind",
+            ]
+        )
+        i = 0
+        for p, d in zip(prefills, decodes, strict=True):
+            ttft = p.duration_s * 1e3
+            tpot = f"{d.duration_s / steps * 1e3:.6f}" if steps else ""
+            e2el = (p.duration_s + d.duration_s) * 1e3  # as metrics.e2el_ms
+            for _ in range(batch):
+                row = [i, f"{p.start_s - t0:.6f}", f"{ttft:.6f}", tpot, f"{e2el:.6f}"]
+                w.writerow([*row, input_len, output_len, "engine", "length", ""])
+                i += 1
+    tmp.replace(csv_path)
+    return csv_path.name
+
+
 # ---------------------------------------------------------------------- one point
 def _measure_point(
     *,
@@ -590,6 +636,9 @@ def _measure_point(
     ).to_dict()
     doc["accuracy"] = accuracy
     doc["timeline"] = _timeline(meter, run_t0, whole.end_s)  # same origin as the window above
+    doc["requests_csv"] = _write_requests_csv(
+        path, prefills, decodes, run_t0, batch=b, input_len=input_len, output_len=output_len
+    )
     torch = sys.modules.get("torch")
     doc["builtin"] = {
         "device": device,

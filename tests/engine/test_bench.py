@@ -101,6 +101,21 @@ def test_every_point_has_tokens_per_joule_with_source(sweep: list[dict[str, Any]
         assert any("not a hardware measurement" in w for w in doc["builtin"]["warnings"])
 
 
+def test_requests_csv_is_readable_by_compare(
+    sweep: list[dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from perwatt.bench.compare import load_requests_csv
+
+    out = next(iter(tmp_path_factory.getbasetemp().glob("sweep*")))
+    for doc in sweep:
+        rows = load_requests_csv(out / doc["requests_csv"])
+        b, rounds = doc["config"]["batch_size"], doc["builtin"]["rounds"]
+        assert rows.n == b * rounds
+        assert list(rows.output_tokens) == [3.0] * (b * rounds)
+        assert float(rows.ttft_ms.mean()) == pytest.approx(doc["metrics"]["ttft_ms"]["mean"])
+        assert float(rows.e2el_ms.mean()) == pytest.approx(doc["metrics"]["e2el_ms"]["mean"])
+
+
 def test_every_point_has_the_accuracy_guard(sweep: list[dict[str, Any]]) -> None:
     by_prec: dict[str, list[dict[str, Any]]] = {}
     for doc in sweep:
