@@ -594,7 +594,6 @@ def _measure_point(
     if not is_measured(label):
         warnings.append(f"energy source is {label!r}: not a hardware measurement")
     doc["status"] = "complete"
-    doc["config"]["num_prompts"] = b * rounds  # sequences generated in the measured rounds
     doc["conditions"] = _conditions(device, label)
     doc["metrics"].update(
         {
