@@ -5,8 +5,8 @@ source present, writes one result document per (precision, batch) point and an H
 prints a table with the source next to every energy figure:
 
 * **CUDA GPU present**: the Llama-3.2-1B shape (random weights: energy per token depends on the
-  shape, not on trained values), 128 prompt / 256 output tokens, precisions bf16, fp8, int8, int4,
-  batches 1, 16, 64; a steady-state decode window of at least 5 s per point, energy from the NVML
+  shape, not on trained values), 128 prompt / 256 output tokens (the issue's lengths), precisions
+  bf16, fp8, int8, int4, batches 1, 64, 256; a steady-state decode window of at least 5 s per point, energy from the NVML
   counter (``nvml-counter``).
 * **CPU only**: the ``tiny`` preset, 32 / 32 tokens, precisions bf16, int8, int4, batches 1 and 4,
   decode rounds repeated to a 2 s window per point; under a minute on 2 idle cores. Energy from RAPL where the kernel exposes it, else
@@ -32,7 +32,7 @@ from typing import Any
 GPU_DEFAULT: dict[str, Any] = {
     "model": "llama-3.2-1b",
     "precisions": "bf16,fp8,int8,int4",
-    "batches": "1,16,64",
+    "batches": "1,64,256",
     "input_len": 128,
     "output_len": 256,
     "min_window_s": 5.0,
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--result-dir", type=Path, default=Path("bench-results"))
     p.add_argument("--model", help="shape or HF directory (default: llama-3.2-1b on GPU, tiny)")
     p.add_argument("--precisions", help="comma list (default: bf16,fp8,int8,int4 / bf16,int8,int4)")
-    p.add_argument("--batches", help="comma list (default: 1,16,64 on GPU / 1,4 on CPU)")
+    p.add_argument("--batches", help="comma list (default: 1,64,256 on GPU / 1,4 on CPU)")
     p.add_argument("--input-len", type=int, help="prompt tokens (default 128 GPU / 32 CPU)")
     p.add_argument("--output-len", type=int, help="generated tokens (default 256 GPU / 32 CPU)")
     p.add_argument(

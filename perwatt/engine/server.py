@@ -5,7 +5,8 @@ Endpoints (the subset benchmark clients and most SDKs use, shaped like vLLM's)::
     GET  /v1/models              the one served model
     POST /v1/completions         prompt (text or token ids) -> text, streaming or not
     POST /v1/chat/completions    messages -> assistant message, streaming or not
-    GET  /health                 200 once the engine thread is up
+    GET  /health                 200 while the engine thread is up, else 503
+    GET  /metrics                Prometheus text: running/waiting requests, slots, counters
 
 Streaming is Server-Sent Events exactly as vLLM sends them: one ``data: {json}\\n\\n`` chunk per
 generated token (text may be empty while a multi-byte character is incomplete), the finish reason
@@ -581,6 +582,36 @@ class OpenAIServer:
                 yield b"data: " + json.dumps(doc).encode() + b"\n\n"
         yield b"data: [DONE]\n\n"
 
+    def metrics_text(self) -> str:
+        """Prometheus text exposition of the scheduler's state (names follow vLLM's gauges)."""
+        st = self.batcher.stats
+        lines = [
+            "# HELP perwatt_num_requests_running Requests holding a KV-cache slot.",
+            "# TYPE perwatt_num_requests_running gauge",
+            f"perwatt_num_requests_running {self.batcher.num_active}",
+            "# HELP perwatt_num_requests_waiting Requests queued for a free slot.",
+            "# TYPE perwatt_num_requests_waiting gauge",
+            f"perwatt_num_requests_waiting {self.batcher.num_pending}",
+            "# HELP perwatt_num_slots KV-cache slots (max batch size).",
+            "# TYPE perwatt_num_slots gauge",
+            f"perwatt_num_slots {self.batcher.num_slots}",
+        ]
+        counters = {
+            "requests_completed": (st.completed, "Requests finished by length or stop."),
+            "requests_aborted": (st.aborted, "Requests cancelled (client gone, shutdown)."),
+            "requests_failed": (st.failed, "Requests failed by an engine error."),
+            "decode_steps": (st.decode_calls, "Decode steps run."),
+            "decode_tokens": (st.decode_tokens, "Tokens produced by decode steps."),
+            "prefill_calls": (st.prefill_calls, "Batched prefill calls."),
+        }
+        for name, (value, help_text) in counters.items():
+            lines += [
+                f"# HELP perwatt_{name}_total {help_text}",
+                f"# TYPE perwatt_{name}_total counter",
+                f"perwatt_{name}_total {value}",
+            ]
+        return "\n".join(lines) + "\n"
+
     def models(self) -> dict[str, Any]:
         return {
             "object": "list",
@@ -713,6 +744,11 @@ class OpenAIServer:
                 return error_response(APIError(503, "the engine thread is not running"))
             return Response(status_code=200)
 
+        async def metrics(request: HTTPRequest) -> Response:
+            return Response(
+                self.metrics_text(), media_type="text/plain; version=0.0.4; charset=utf-8"
+            )
+
         async def not_found(request: HTTPRequest, exc: Exception) -> Response:
             return error_response(APIError(404, f"no route {request.method} {request.url.path}"))
 
@@ -727,6 +763,7 @@ class OpenAIServer:
                 Route("/v1/completions", completions, methods=["POST"]),
                 Route("/v1/chat/completions", chat_completions, methods=["POST"]),
                 Route("/health", health, methods=["GET"]),
+                Route("/metrics", metrics, methods=["GET"]),
             ],
             exception_handlers={404: not_found, 405: bad_method},
         )

@@ -267,6 +267,9 @@ def test_more_requests_than_slots_are_batched_and_all_complete(
     assert max(eng.decode_batches) == 2  # and decoded together
     assert batcher.stats.completed == 6
     assert batcher.free_slots == (0, 1)
+    metrics = httpx.get(f"{url}/metrics").text
+    assert "perwatt_requests_completed_total 6" in metrics
+    assert "perwatt_num_requests_running 0" in metrics and "perwatt_num_slots 2" in metrics
 
 
 def test_client_disconnect_cancels_and_frees_slot(srv: tuple[str, Batcher, SlowFakeEngine]) -> None:
