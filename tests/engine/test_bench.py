@@ -232,3 +232,26 @@ def test_bad_arguments(tmp_path: Path, kw: dict[str, Any], needle: str) -> None:
     }
     with pytest.raises(ConfigError, match=needle):
         B.run_builtin_bench(**args)
+
+
+def test_make_bench_main_job_writes_results_and_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """benchmarks/main.py (what `make bench` runs), shrunk to one quick point."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "main.py"
+    spec = importlib.util.spec_from_file_location("perwatt_make_bench_main", script)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    argv = ["--result-dir", str(tmp_path), "--device", "cpu", "--energy-source", "simulated"]
+    argv += ["--model", "tiny", "--precisions", "bf16", "--batches", "2"]
+    argv += ["--input-len", "4", "--output-len", "3", "--min-window-s", "0"]
+    assert mod.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "simulated" in out and "tokens/J" in out
+    assert (tmp_path / "report.html").stat().st_size > 0
+    [doc_path] = tmp_path.glob("*.json")
+    doc = load_result(doc_path)
+    assert doc["status"] == "complete" and doc["accuracy"] is not None
