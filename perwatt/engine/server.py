@@ -106,6 +106,11 @@ class APIError(Exception):
         }
 
 
+def _sse(doc: Mapping[str, Any]) -> bytes:
+    """One Server-Sent Event, compact JSON as vLLM (pydantic) writes it."""
+    return b"data: " + json.dumps(doc, separators=(",", ":")).encode() + b"\n\n"
+
+
 # ---------------------------------------------------------------------- text
 class IncrementalDetokenizer:
     """Turn a growing list of token ids into text deltas without splitting characters.
@@ -526,7 +531,7 @@ class OpenAIServer:
                 "model": self.model_name,
                 "choices": [choice],
             }
-            return b"data: " + json.dumps(doc).encode() + b"\n\n"
+            return _sse(doc)
 
         if parsed.chat:
             yield chunk(
@@ -540,7 +545,7 @@ class OpenAIServer:
         async for ev in self._events(req, queue):
             if ev.finish_reason in ("error", "abort"):
                 err = APIError(500 if ev.finish_reason == "error" else 503, ev.error or "aborted")
-                yield b"data: " + json.dumps(err.body()).encode() + b"\n\n"
+                yield _sse(err.body())
                 break
             assert ev.token_id is not None
             n_out += 1
@@ -579,7 +584,7 @@ class OpenAIServer:
                     "choices": [],
                     "usage": self._usage(len(parsed.prompt_ids), n_out),
                 }
-                yield b"data: " + json.dumps(doc).encode() + b"\n\n"
+                yield _sse(doc)
         yield b"data: [DONE]\n\n"
 
     def metrics_text(self) -> str:
