@@ -330,12 +330,12 @@ def _free_all(engine: Any, slots: Sequence[int]) -> None:
 def _decode_steps(engine: Any, slots: list[int], lengths: list[int], first: Any, steps: int) -> Any:
     """``steps`` greedy decode steps over ``slots`` without a host sync per step.
 
-    The engine's public ``decode`` takes host token lists (a sync per step, fine for a server that
+    The engine's slot ``decode`` takes host token lists (a sync per step, fine for a server that
     must stream each token). A benchmark of the steady state must not pay that, so it drives the
-    engine's full-batch step directly, the way ``Engine.generate`` does; engines without it fall
-    back to the public API.
+    engine's full-batch step (``Engine.decode_full``) directly, the way ``Engine.generate`` does;
+    engines without it fall back to the slot API.
     """
-    step = getattr(engine, "_decode_full", None)
+    step = getattr(engine, "decode_full", None)
     if step is None:
         tok = first
         for _ in range(steps):
