@@ -339,7 +339,7 @@ def run_hf_point(
     with torch.device(engine.device):
         hf = transformers.AutoModelForCausalLM.from_config(hf_cfg, torch_dtype=torch.bfloat16)
     params = dict(engine.model.named_parameters(remove_duplicate=False))
-    state = {s.hf_name: params[s.target][s.row0 : s.row0 + s.shape[0]] for s in hf_tensor_plan(cfg)}
+    state = {s.hf_name: s.view(params[s.target]) for s in hf_tensor_plan(cfg)}
     missing, unexpected = hf.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("rotary_emb.inv_freq")]
     if missing or unexpected:

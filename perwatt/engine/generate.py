@@ -28,6 +28,7 @@ slow, and the CPU accuracy reference is fp32).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -238,7 +239,21 @@ class Engine:
             )
         self.cfg = cfg
         self.device = resolve_device(device)
-        self.plan = plan_precision(precision, self.device, allow_emulated=allow_emulated)
+        plan = plan_precision(precision, self.device, allow_emulated=allow_emulated)
+        if cfg.is_moe and plan.precision in QUANTIZED_PRECISIONS:
+            # Stacked experts dequantize the weights they gather and multiply in the compute
+            # dtype: bytes are those of the format, the arithmetic is not.
+            if plan.precision == "fp8" and not plan.emulated:
+                plan = dataclasses.replace(
+                    plan,
+                    emulated=True,
+                    note="fp8 MoE: expert matmuls run on dequantized weights, not FP8 tensor "
+                    "cores: emulated, no energy claim",
+                )
+            elif not plan.emulated:
+                extra = "MoE experts dequantize gathered weights (no fused quantized kernel)"
+                plan = dataclasses.replace(plan, note="; ".join(n for n in (plan.note, extra) if n))
+        self.plan = plan
         self.precision = self.plan.precision
         self.dtype = self.plan.compute_dtype
         self.max_batch_size = max_batch_size
@@ -263,13 +278,12 @@ class Engine:
                 f"{max_seq_len} positions; use a smaller batch or max_seq_len"
             ) from e
         self._slots = _Slots(pos=[-1] * max_batch_size)
-        # MoE routing is data dependent (host sync per layer): never captured in a graph.
-        want_compile = self.device.type == "cuda" and not cfg.is_moe
-        self.compiled = want_compile if compile is None else bool(compile)
-        self._decode_fn: Callable[[Tensor, Tensor, Tensor], Tensor] = self.model.decode
+        self.compiled = self.device.type == "cuda" if compile is None else bool(compile)
+        self._decode_fn: Callable[[Tensor, Tensor, Tensor, bool], Tensor] = self.model.decode
         if self.compiled:
+            # MoE layers switch to their static-shape paths (gather / dense) inside the graph.
             self._decode_fn = torch.compile(  # type: ignore[assignment]
-                self.model.decode, mode="reduce-overhead", fullgraph=not cfg.is_moe
+                self.model.decode, mode="reduce-overhead", fullgraph=True
             )
         self._warm_shapes: set[tuple[int, ...]] = set()
 
@@ -449,7 +463,7 @@ class Engine:
         engine's device; rows not decoding must have ``write_pos == max_seq_len`` (scratch).
         Returns logits [B, V]; with CUDA graphs the tensor is overwritten by the next step, so
         index or copy it before calling again. Slot positions are not tracked here."""
-        return self._decode_fn(tokens, pos, write_pos)
+        return self._decode_fn(tokens, pos, write_pos, self.compiled)
 
     _decode_full = decode_full  # the name the benchmark driver first used
 

@@ -29,6 +29,8 @@ V vocabulary, E experts.
 
 from __future__ import annotations
 
+from typing import Protocol, cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -163,23 +165,58 @@ class FeedForward(nn.Module):
         return out
 
 
+class ExpertWeights(Protocol):
+    """What the MoE needs from its experts (float :class:`Experts` or quantized ones)."""
+
+    def weight(self, name: str, idx: Tensor | int | None, dtype: torch.dtype) -> Tensor: ...
+
+    def prepare_input(self, x: Tensor) -> Tensor: ...
+
+
+class Experts(nn.Module):
+    """``n`` SwiGLU experts stacked: ``w13`` [E, 2H, D] (gate rows, then up rows), ``w2``
+    [E, D, H]. :meth:`weight` is the one accessor the MoE uses, so quantized experts
+    (:class:`perwatt.engine.quant.QuantExperts`) can stand in by dequantizing only what is
+    gathered."""
+
+    def __init__(self, n: int, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.n, self.dim, self.hidden = n, dim, hidden
+        self.w13 = nn.Parameter(torch.empty(n, 2 * hidden, dim))
+        self.w2 = nn.Parameter(torch.empty(n, dim, hidden))
+
+    def weight(self, name: str, idx: Tensor | int | None, dtype: torch.dtype) -> Tensor:
+        """Stacked weight ``name`` ("w13" or "w2") of experts ``idx`` (None: all of them)."""
+        w: Tensor = getattr(self, name)
+        return (w if idx is None else w[idx]).to(dtype)
+
+    def prepare_input(self, x: Tensor) -> Tensor:
+        return x
+
+
 class MoE(nn.Module):
     """Top-k routed experts (softmax over all experts, keep k, optionally renormalise) plus an
     optional shared expert gated by a sigmoid (Qwen-MoE).
 
-    Tokens are grouped by expert and each expert runs once on its tokens, so the work is that of
-    the active parameters. The grouping is data dependent (a host sync per layer), so MoE models
-    run eagerly, never in a CUDA graph.
+    Three ways to run the same arithmetic:
+
+    * ``grouped`` (eager; prefill and eager decode): tokens sorted by expert, each expert runs
+      once on its tokens — the FLOPs of the active parameters, but a host sync per layer;
+    * ``gather`` (static shapes, CUDA-graph friendly; used in the compiled decode step while
+      tokens x k <= experts): each (token, choice) gathers its expert's weights, so only the
+      chosen experts are read, as gpt-fast does;
+    * ``dense`` (static; compiled decode with more tokens x k than experts): every expert on
+      every token, weighted by a gate that is zero off the top-k — each expert's weights are read
+      once, at E/k times the FFN FLOPs.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.k = cfg.num_experts_per_tok
+        self.n_experts = cfg.num_experts
         self.norm_topk = cfg.norm_topk_prob
         self.gate = nn.Linear(cfg.dim, cfg.num_experts, bias=False)  # router
-        self.experts = nn.ModuleList(
-            FeedForward(cfg.dim, cfg.moe_intermediate_size) for _ in range(cfg.num_experts)
-        )
+        self.experts: nn.Module = Experts(cfg.num_experts, cfg.dim, cfg.moe_intermediate_size)
         self.shared_expert: FeedForward | None = None
         self.shared_expert_gate: nn.Linear | None = None
         if cfg.shared_expert_intermediate_size:
@@ -187,18 +224,43 @@ class MoE(nn.Module):
             if cfg.shared_expert_gate:
                 self.shared_expert_gate = nn.Linear(cfg.dim, 1, bias=False)
 
-    def forward(self, x: Tensor) -> Tensor:
+    @property
+    def ex(self) -> ExpertWeights:
+        return cast(ExpertWeights, self.experts)
+
+    def forward(self, x: Tensor, static: bool = False) -> Tensor:
         shape = x.shape
         xf = x.reshape(-1, shape[-1])  # [T, D]
         probs = F.softmax(self.gate(xf).float(), dim=-1)  # [T, E]
         weights, chosen = probs.topk(self.k, dim=-1)  # [T, k]
         if self.norm_topk:
             weights = weights / weights.sum(-1, keepdim=True)
-        weights = weights.to(x.dtype).reshape(-1)
+        weights = weights.to(x.dtype)
+        xe = self.ex.prepare_input(xf)
+        if not static:
+            out = self._grouped(xe, weights, chosen)
+        elif xf.shape[0] * self.k <= self.n_experts:
+            out = self._gather(xe, weights, chosen)
+        else:
+            out = self._dense(xe, weights, chosen)
+        if self.shared_expert is not None:
+            s = self.shared_expert(xf)
+            if self.shared_expert_gate is not None:
+                s = torch.sigmoid(self.shared_expert_gate(xf)) * s
+            out = out + s
+        return out.view(shape)
+
+    def _swiglu(self, h: Tensor) -> Tensor:
+        gate, up = h.chunk(2, dim=-1)
+        out: Tensor = F.silu(gate) * up
+        return out
+
+    def _grouped(self, x: Tensor, weights: Tensor, chosen: Tensor) -> Tensor:
         flat = chosen.reshape(-1)  # [T*k]: expert of each (token, choice)
+        w_flat = weights.reshape(-1)
         order = flat.argsort()
-        counts = torch.bincount(flat, minlength=len(self.experts)).tolist()
-        out = torch.zeros_like(xf)
+        counts = torch.bincount(flat, minlength=self.n_experts).tolist()  # host sync
+        out = torch.zeros_like(x)
         start = 0
         for e, c in enumerate(counts):
             if c == 0:
@@ -206,14 +268,29 @@ class MoE(nn.Module):
             idx = order[start : start + c]
             start += c
             tok = idx // self.k
-            y = self.experts[e](xf[tok]) * weights[idx, None]
-            out.index_add_(0, tok, y)
-        if self.shared_expert is not None:
-            s = self.shared_expert(xf)
-            if self.shared_expert_gate is not None:
-                s = torch.sigmoid(self.shared_expert_gate(xf)) * s
-            out = out + s
-        return out.view(shape)
+            h = F.linear(x[tok], self.ex.weight("w13", e, x.dtype))
+            y = F.linear(self._swiglu(h), self.ex.weight("w2", e, x.dtype))
+            out.index_add_(0, tok, y * w_flat[idx, None])
+        return out
+
+    def _gather(self, x: Tensor, weights: Tensor, chosen: Tensor) -> Tensor:
+        t = x.shape[0]
+        idx = chosen.reshape(-1)  # [P = T*k]
+        xr = x.repeat_interleave(self.k, dim=0)  # [P, D]
+        w13 = self.ex.weight("w13", idx, x.dtype)  # [P, 2H, D]
+        h = torch.bmm(w13, xr.unsqueeze(-1)).squeeze(-1)  # [P, 2H]
+        w2 = self.ex.weight("w2", idx, x.dtype)  # [P, D, H]
+        y = torch.bmm(w2, self._swiglu(h).unsqueeze(-1)).squeeze(-1)  # [P, D]
+        return (y.view(t, self.k, -1) * weights.unsqueeze(-1)).sum(dim=1)
+
+    def _dense(self, x: Tensor, weights: Tensor, chosen: Tensor) -> Tensor:
+        w13 = self.ex.weight("w13", None, x.dtype)  # [E, 2H, D]
+        h = torch.einsum("td,ehd->teh", x, w13)  # [T, E, 2H]
+        w2 = self.ex.weight("w2", None, x.dtype)  # [E, D, H]
+        y = torch.einsum("teh,edh->ted", self._swiglu(h), w2)  # [T, E, D]
+        gate = torch.zeros(x.shape[0], self.n_experts, dtype=x.dtype, device=x.device)
+        gate = gate.scatter(1, chosen, weights)  # [T, E], zero off the top-k
+        return torch.einsum("ted,te->td", y, gate)
 
 
 class Block(nn.Module):
@@ -225,6 +302,11 @@ class Block(nn.Module):
         self.feed_forward: nn.Module = (
             MoE(cfg) if cfg.is_moe else FeedForward(cfg.dim, cfg.intermediate_size)
         )
+
+    def ffn(self, x: Tensor, *, static: bool) -> Tensor:
+        ff = self.feed_forward
+        out: Tensor = ff(x, static=static) if isinstance(ff, MoE) else ff(x)
+        return out
 
 
 class Transformer(nn.Module):
@@ -279,7 +361,7 @@ class Transformer(nn.Module):
         cos, sin = rope_cos_sin(self.inv_freq, pos[None])  # [1, L, hd]
         for layer in self.blocks():
             x = x + layer.attention.forward_seq(layer.attention_norm(x), cos, sin, slot_idx)
-            x = x + layer.feed_forward(layer.ffn_norm(x))
+            x = x + layer.ffn(layer.ffn_norm(x), static=False)
         return x
 
     def forward(self, tokens: Tensor) -> Tensor:
@@ -297,9 +379,12 @@ class Transformer(nn.Module):
         out: Tensor = self.output(self.norm(last)).float()
         return out
 
-    def decode(self, tokens: Tensor, pos: Tensor, write_pos: Tensor) -> Tensor:
+    def decode(
+        self, tokens: Tensor, pos: Tensor, write_pos: Tensor, static_moe: bool = False
+    ) -> Tensor:
         """One token for every slot. tokens, pos, write_pos: [max_batch_size]; inactive slots
-        carry ``write_pos == max_seq_len`` (the scratch position). Returns logits [B, V] fp32."""
+        carry ``write_pos == max_seq_len`` (the scratch position). Returns logits [B, V] fp32.
+        ``static_moe`` picks the MoE's static-shape paths (for torch.compile / CUDA graphs)."""
         x = self.tok_embeddings(tokens[:, None])  # [B, 1, D]
         cos, sin = rope_cos_sin(self.inv_freq, pos[:, None])  # [B, 1, hd]
         keys = torch.arange(self.cache_len, device=tokens.device)
@@ -307,7 +392,7 @@ class Transformer(nn.Module):
         for layer in self.blocks():
             h = layer.attention_norm(x)
             x = x + layer.attention.forward_decode(h, cos, sin, write_pos, mask)
-            x = x + layer.feed_forward(layer.ffn_norm(x))
+            x = x + layer.ffn(layer.ffn_norm(x), static=static_moe)
         out: Tensor = self.output(self.norm(x[:, 0])).float()
         return out
 

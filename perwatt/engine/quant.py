@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from perwatt.engine.config import ModelConfig
 from perwatt.engine.generate import PrecisionPlan
+from perwatt.engine.model import Experts
 from perwatt.errors import ConfigError, DataFormatError
 
 NO_ENERGY_CLAIM = "emulated, no energy claim"
@@ -93,27 +94,27 @@ class Int8Linear(QuantLinear):
 
     @staticmethod
     def quantize_weight(w: Tensor) -> dict[str, Tensor]:
-        w32 = w.float()
-        scales = (w32.abs().amax(dim=1) / 127.0).clamp(min=1e-10)
-        q = torch.round(w32 / scales[:, None]).clamp(-127, 127).to(torch.int8)
+        w32 = w.float()  # [..., N, K]: one scale per output channel
+        scales = (w32.abs().amax(dim=-1) / 127.0).clamp(min=1e-10)
+        q = torch.round(w32 / scales[..., None]).clamp(-127, 127).to(torch.int8)
         return {"weight": q, "scales": scales}
 
     def forward(self, x: Tensor) -> Tensor:
         return self._add_bias(F.linear(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype))
 
     def dequantize(self) -> Tensor:
-        return self.weight.float() * self.scales.float()[:, None]
+        return dequantize_tensors("int8", {"weight": self.weight, "scales": self.scales}, 0)
 
 
 def pack_nibbles(q: Tensor) -> Tensor:
-    """[N, K] codes in 0..15 → uint8 [N, K/2], even k in the high nibble (tinygemm's order)."""
+    """[..., K] codes in 0..15 → uint8 [..., K/2], even k in the high nibble (tinygemm's order)."""
     q = q.to(torch.uint8)
-    return (q[:, ::2] << 4) | q[:, 1::2]
+    return (q[..., ::2] << 4) | q[..., 1::2]
 
 
 def unpack_nibbles(p: Tensor) -> Tensor:
-    """Inverse of :func:`pack_nibbles`: uint8 [N, K/2] → uint8 [N, K]."""
-    return torch.stack([p >> 4, p & 0x0F], dim=-1).reshape(p.shape[0], -1)
+    """Inverse of :func:`pack_nibbles`: uint8 [..., K/2] → uint8 [..., K]."""
+    return torch.stack([p >> 4, p & 0x0F], dim=-1).reshape(*p.shape[:-1], -1)
 
 
 class Int4Linear(QuantLinear):
@@ -137,8 +138,8 @@ class Int4Linear(QuantLinear):
 
     @staticmethod
     def quantize_weight(w: Tensor, group_size: int) -> dict[str, Tensor]:
-        n, k = w.shape
-        wg = w.float().reshape(n, k // group_size, group_size)
+        *lead, k = w.shape
+        wg = w.float().reshape(*lead, k // group_size, group_size)
         lo, hi = wg.amin(dim=-1), wg.amax(dim=-1)
         # Scales and zeros are stored in bf16: quantize against the rounded values so that
         # dequantization reproduces the nearest grid point exactly.
@@ -146,13 +147,11 @@ class Int4Linear(QuantLinear):
         zeros = (lo + scales.float() * 8.0).to(torch.bfloat16)
         base = zeros.float() - 8.0 * scales.float()  # value of code 0
         q = torch.round((wg - base[..., None]) / scales.float()[..., None]).clamp(0, 15)
-        return {"packed": pack_nibbles(q.reshape(n, k)), "scales": scales, "zeros": zeros}
+        return {"packed": pack_nibbles(q.reshape(*lead, k)), "scales": scales, "zeros": zeros}
 
     def dequantize(self) -> Tensor:
-        n, k, g = self.out_features, self.in_features, self.group_size
-        q = unpack_nibbles(self.packed).float().reshape(n, k // g, g)
-        w = (q - 8.0) * self.scales.float()[..., None] + self.zeros.float()[..., None]
-        return w.reshape(n, k)
+        t = {"packed": self.packed, "scales": self.scales, "zeros": self.zeros}
+        return dequantize_tensors("int4", t, self.group_size)
 
     def use_tinygemm(self) -> bool:
         """Switch to ``aten._weight_int4pack_mm`` (CUDA, sm_80+). False when the shape or this
@@ -229,12 +228,12 @@ class FP8Linear(QuantLinear):
     @staticmethod
     def quantize_weight(w: Tensor) -> dict[str, Tensor]:
         w32 = w.float()
-        scale = (w32.abs().amax(dim=1) / FP8_MAX).clamp(min=1e-12)
-        q = (w32 / scale[:, None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+        scale = (w32.abs().amax(dim=-1) / FP8_MAX).clamp(min=1e-12)
+        q = (w32 / scale[..., None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
         return {"weight": q, "w_scale": scale}
 
     def dequantize(self) -> Tensor:
-        return self.weight.float() * self.w_scale[:, None]
+        return dequantize_tensors("fp8", {"weight": self.weight, "w_scale": self.w_scale}, 0)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.native:
@@ -286,8 +285,8 @@ class NVFP4Linear(QuantLinear):
 
     @staticmethod
     def quantize_weight(w: Tensor) -> dict[str, Tensor]:
-        n, k = w.shape
-        wb = w.float().reshape(n, k // NVFP4_BLOCK, NVFP4_BLOCK)
+        *lead, k = w.shape
+        wb = w.float().reshape(*lead, k // NVFP4_BLOCK, NVFP4_BLOCK)
         # Global scale maps the tensor's absmax onto (largest E2M1) x (largest E4M3).
         gscale = (w.float().abs().amax() / (6.0 * FP8_MAX)).clamp(min=1e-12)
         bscale = (wb.abs().amax(dim=-1) / 6.0 / gscale).clamp(max=FP8_MAX).to(torch.float8_e4m3fn)
@@ -297,20 +296,116 @@ class NVFP4Linear(QuantLinear):
         mag = torch.bucketize(scaled.abs(), _E2M1_EDGES.to(w.device))
         code = mag + 8 * ((scaled < 0) & (mag > 0)).to(mag.dtype)
         return {
-            "packed": pack_nibbles(code.reshape(n, k)),
+            "packed": pack_nibbles(code.reshape(*lead, k)),
             "block_scale": bscale,
             "global_scale": gscale,
         }
 
     def dequantize(self) -> Tensor:
-        n, k = self.out_features, self.in_features
-        codes = unpack_nibbles(self.packed).long()
-        vals = _E2M1_SIGNED.to(self.packed.device)[codes].reshape(n, k // NVFP4_BLOCK, NVFP4_BLOCK)
-        w = vals * (self.block_scale.float() * self.global_scale)[..., None]
-        return w.reshape(n, k)
+        t = {
+            "packed": self.packed,
+            "block_scale": self.block_scale,
+            "global_scale": self.global_scale,
+        }
+        return dequantize_tensors("nvfp4", t, 0)
 
     def forward(self, x: Tensor) -> Tensor:
         return self._add_bias(F.linear(x, self.dequantize().to(x.dtype)))
+
+
+def dequantize_tensors(precision: str, t: dict[str, Tensor], group_size: int) -> Tensor:
+    """fp32 weights [..., N, K] from a format's stored tensors (any leading dims)."""
+    if precision == "int8":
+        return t["weight"].float() * t["scales"].float()[..., None]
+    if precision == "fp8":
+        return t["weight"].float() * t["w_scale"].float()[..., None]
+    if precision == "int4":
+        q = unpack_nibbles(t["packed"]).float()
+        *lead, k = q.shape
+        q = q.reshape(*lead, k // group_size, group_size)
+        w = (q - 8.0) * t["scales"].float()[..., None] + t["zeros"].float()[..., None]
+        return w.reshape(*lead, k)
+    if precision == "nvfp4":
+        codes = unpack_nibbles(t["packed"]).long()
+        *lead, k = codes.shape
+        vals = _E2M1_SIGNED.to(codes.device)[codes].reshape(*lead, k // NVFP4_BLOCK, NVFP4_BLOCK)
+        w = vals * (t["block_scale"].float() * t["global_scale"])[..., None]
+        return w.reshape(*lead, k)
+    raise ConfigError(f"not a quantized precision: {precision!r}")
+
+
+def _buffer_specs(
+    precision: str, lead: tuple[int, ...], n: int, k: int, dtype: torch.dtype, group: int
+) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Shapes and dtypes of a format's stored tensors for weights [*lead, N, K]."""
+    if precision == "int8":
+        return {"weight": ((*lead, n, k), torch.int8), "scales": ((*lead, n), dtype)}
+    if precision == "fp8":
+        return {
+            "weight": ((*lead, n, k), torch.float8_e4m3fn),
+            "w_scale": ((*lead, n), torch.float32),
+        }
+    if precision == "int4":
+        if k % group:
+            raise ConfigError(f"int4: in_features {k} not divisible by group size {group}")
+        return {
+            "packed": ((*lead, n, k // 2), torch.uint8),
+            "scales": ((*lead, n, k // group), torch.bfloat16),
+            "zeros": ((*lead, n, k // group), torch.bfloat16),
+        }
+    if precision == "nvfp4":
+        if k % NVFP4_BLOCK:
+            raise ConfigError(f"nvfp4: in_features {k} not divisible by {NVFP4_BLOCK}")
+        return {
+            "packed": ((*lead, n, k // 2), torch.uint8),
+            "block_scale": ((*lead, n, k // NVFP4_BLOCK), torch.float8_e4m3fn),
+            "global_scale": ((), torch.float32),
+        }
+    raise ConfigError(f"not a quantized precision: {precision!r}")
+
+
+class QuantTensor(nn.Module):
+    """One stacked quantized weight [E, N, K] (expert weights), gathered before dequantizing so
+    only the selected experts' bytes are read."""
+
+    def __init__(
+        self, precision: str, shape: tuple[int, int, int], dtype: torch.dtype, group: int
+    ) -> None:
+        super().__init__()
+        self.precision, self.shape, self.group = precision, shape, group
+        e, n, k = shape
+        for name, (shp, dt) in _buffer_specs(precision, (e,), n, k, dtype, group).items():
+            init = torch.ones if name in ("scales", "w_scale", "global_scale") else torch.zeros
+            self.register_buffer(name, init(shp, dtype=dt))
+
+    def dequant(self, idx: Tensor | int | None) -> Tensor:
+        t: dict[str, Tensor] = {}
+        for name, buf in self.named_buffers(recurse=False):
+            t[name] = buf if idx is None or buf.dim() == 0 else buf[idx]
+        return dequantize_tensors(self.precision, t, self.group)
+
+
+class QuantExperts(nn.Module):
+    """Quantized stand-in for :class:`perwatt.engine.model.Experts` (same ``weight`` accessor).
+
+    Experts always dequantize the gathered weights and multiply in the compute dtype (no int4 or
+    FP8 kernel for batched experts here); for fp8 the activations are fake-quantized per row so
+    the numerics match the dense layers."""
+
+    def __init__(
+        self, precision: str, n: int, dim: int, hidden: int, dtype: torch.dtype, group: int
+    ) -> None:
+        super().__init__()
+        self.precision, self.n, self.dim, self.hidden = precision, n, dim, hidden
+        self.w13 = QuantTensor(precision, (n, 2 * hidden, dim), dtype, group)
+        self.w2 = QuantTensor(precision, (n, dim, hidden), dtype, group)
+
+    def weight(self, name: str, idx: Tensor | int | None, dtype: torch.dtype) -> Tensor:
+        qt = self.w13 if name == "w13" else self.w2
+        return qt.dequant(idx).to(dtype)
+
+    def prepare_input(self, x: Tensor) -> Tensor:
+        return fake_quant_fp8_rows(x) if self.precision == "fp8" else x
 
 
 # ----------------------------------------------------------------------------- planning
@@ -412,6 +507,11 @@ def _is_target(name: str, mod: nn.Module) -> bool:
     return not (name.endswith("feed_forward.gate") or name.endswith("shared_expert_gate"))
 
 
+def target_experts(model: nn.Module) -> list[str]:
+    """Names of the stacked MoE expert modules a quantized precision replaces."""
+    return [n for n, m in model.named_modules() if isinstance(m, Experts)]
+
+
 def target_linears(model: nn.Module) -> list[str]:
     """Names of the linear layers a quantized precision replaces."""
     return [n for n, m in model.named_modules() if _is_target(n, m)]
@@ -425,6 +525,10 @@ def choose_group_size(model: nn.Module, group_size: int | None) -> int:
         lin = model.get_submodule(n)
         assert isinstance(lin, nn.Linear)
         ks[n] = lin.in_features
+    for n in target_experts(model):
+        ex = model.get_submodule(n)
+        assert isinstance(ex, Experts)
+        ks[f"{n}.w13"], ks[f"{n}.w2"] = ex.dim, ex.hidden
     fits = [g for g in INT4_GROUP_SIZES if all(k % g == 0 for k in ks.values())]
     if group_size is None:
         if not fits:
@@ -469,18 +573,16 @@ def empty_module(
 def quantize(
     model: nn.Module, precision: str, *, group_size: int | None = None
 ) -> dict[str, Tensor]:
-    """Phase 1: the state dict of ``model`` with every target linear quantized to ``precision``.
-
-    ``model`` is left unchanged. Save the result with :func:`save_quantized`."""
+    """Phase 1: the state dict of ``model`` with every target linear (and stacked MoE experts)
+    quantized to ``precision``. ``model`` is left unchanged. Save with :func:`save_quantized`."""
     group = choose_group_size(model, group_size) if precision == "int4" else 0
     targets = set(target_linears(model))
+    experts = set(target_experts(model))
     out: dict[str, Tensor] = {}
     with torch.no_grad():
         for name, t in model.state_dict().items():
             mod_name, _, leaf = name.rpartition(".")
-            if mod_name in targets:
-                if leaf == "bias":
-                    out[name] = t.detach().clone()
+            if mod_name in experts or (mod_name in targets and leaf != "bias"):
                 continue
             out[name] = t.detach().clone()
         for name in targets:
@@ -488,6 +590,13 @@ def quantize(
             assert isinstance(lin, nn.Linear)
             for leaf, t in _quantize_weight(precision, lin.weight, group).items():
                 out[f"{name}.{leaf}"] = t
+        for name in experts:
+            ex = model.get_submodule(name)
+            assert isinstance(ex, Experts)
+            for wname in ("w13", "w2"):
+                w = getattr(ex, wname)
+                for leaf, t in _quantize_weight(precision, w, group).items():
+                    out[f"{name}.{wname}.{leaf}"] = t
     return out
 
 
@@ -574,18 +683,18 @@ def quantize_in_place(
     device (seeded random weights); otherwise each layer's own tensors are used and released."""
     group = choose_group_size(model, group_size) if precision == "int4" else 0
     dtype = plan.compute_dtype
+
+    def fetch(t: Tensor, pname: str) -> Tensor:
+        if not t.is_meta:
+            return t
+        if weight_source is None:
+            raise ConfigError(f"{pname} has no values to quantize")
+        return weight_source(pname, t.shape)
+
     with torch.no_grad():
         for name in target_linears(model):
             lin = model.get_submodule(name)
             assert isinstance(lin, nn.Linear)
-
-            def fetch(t: Tensor, pname: str) -> Tensor:
-                if not t.is_meta:
-                    return t
-                if weight_source is None:
-                    raise ConfigError(f"{pname} has no values to quantize")
-                return weight_source(pname, t.shape)
-
             w = fetch(lin.weight, f"{name}.weight")
             bias = None if lin.bias is None else fetch(lin.bias, f"{name}.bias")
             # Quantize the compute-dtype weights: the unquantized reference holds exactly these.
@@ -601,6 +710,18 @@ def quantize_in_place(
                 q.bias.copy_(bias)
             _swap(model, name, q)
             del lin, w, bias
+        for name in target_experts(model):
+            ex = model.get_submodule(name)
+            assert isinstance(ex, Experts)
+            w13 = fetch(ex.w13, f"{name}.w13")
+            w2 = fetch(ex.w2, f"{name}.w2")
+            with torch.device(w13.device):
+                qe = QuantExperts(precision, ex.n, ex.dim, ex.hidden, dtype, group)
+            for holder, w in ((qe.w13, w13), (qe.w2, w2)):
+                for leaf, t in _quantize_weight(precision, w.to(dtype), group).items():
+                    getattr(holder, leaf).copy_(t)
+            _swap(model, name, qe)
+            del ex, w13, w2
     finalize_for_device(model, plan)
     return group
 
@@ -644,6 +765,12 @@ def load_quantized_into(
                 precision, lin.in_features, lin.out_features, lin.bias is not None, dtype, group
             )
         _swap(model, name, q)
+    for name in target_experts(model):
+        ex = model.get_submodule(name)
+        assert isinstance(ex, Experts)
+        with torch.device(device):
+            qe = QuantExperts(precision, ex.n, ex.dim, ex.hidden, dtype, group)
+        _swap(model, name, qe)
     target = device
     materialize_meta_(model, target)
     try:

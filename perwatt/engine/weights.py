@@ -77,22 +77,36 @@ def materialize_meta_(model: nn.Module, device: torch.device) -> None:
 
 @dataclass(frozen=True, slots=True)
 class _Slot:
-    """Where one HF tensor goes: rows ``[row0, row0 + shape[0])`` of parameter ``target``."""
+    """Where one HF tensor goes: rows ``[row0, row0 + shape[0])`` of parameter ``target``
+    (of its entry ``index`` along the first axis for stacked experts)."""
 
     hf_name: str
     target: str
     row0: int
     shape: tuple[int, ...]
+    index: int | None = None
+
+    def view(self, param: Tensor) -> Tensor:
+        base = param if self.index is None else param[self.index]
+        return base[self.row0 : self.row0 + self.shape[0]]
 
 
 def _mlp_slots(
-    hf_prefix: str, ours: str, dim: int, hidden: int, names: tuple[str, str, str]
+    hf_prefix: str,
+    ours: str,
+    dim: int,
+    hidden: int,
+    names: tuple[str, str, str],
+    expert: int | None = None,
 ) -> list[_Slot]:
+    """Gate/up rows into ``w13``, down into ``w2``: of a FeedForward (``ours.w13.weight``) or of
+    entry ``expert`` of stacked Experts (``ours.w13``)."""
     gate, up, down = names
+    suffix = "" if expert is not None else ".weight"
     return [
-        _Slot(f"{hf_prefix}.{gate}.weight", f"{ours}.w13.weight", 0, (hidden, dim)),
-        _Slot(f"{hf_prefix}.{up}.weight", f"{ours}.w13.weight", hidden, (hidden, dim)),
-        _Slot(f"{hf_prefix}.{down}.weight", f"{ours}.w2.weight", 0, (dim, hidden)),
+        _Slot(f"{hf_prefix}.{gate}.weight", f"{ours}.w13{suffix}", 0, (hidden, dim), expert),
+        _Slot(f"{hf_prefix}.{up}.weight", f"{ours}.w13{suffix}", hidden, (hidden, dim), expert),
+        _Slot(f"{hf_prefix}.{down}.weight", f"{ours}.w2{suffix}", 0, (dim, hidden), expert),
     ]
 
 
@@ -130,10 +144,11 @@ def hf_tensor_plan(cfg: ModelConfig) -> list[_Slot]:
             for j in range(e):
                 slots += _mlp_slots(
                     f"{hf}.mlp.experts.{j}",
-                    f"{ff}.experts.{j}",
+                    f"{ff}.experts",
                     d,
                     h,
                     ("gate_proj", "up_proj", "down_proj"),
+                    expert=j,
                 )
             slots += _mlp_slots(
                 f"{hf}.mlp.shared_expert",
@@ -156,7 +171,7 @@ def hf_tensor_plan(cfg: ModelConfig) -> list[_Slot]:
             slots.append(_Slot(f"{moe}.gate.weight", f"{ff}.gate.weight", 0, (e, d)))
             for j in range(e):
                 slots += _mlp_slots(
-                    f"{moe}.experts.{j}", f"{ff}.experts.{j}", d, h, ("w1", "w3", "w2")
+                    f"{moe}.experts.{j}", f"{ff}.experts", d, h, ("w1", "w3", "w2"), expert=j
                 )
     slots.append(_Slot("model.norm.weight", "norm.weight", 0, (d,)))
     if not cfg.tie_embeddings:
@@ -243,9 +258,7 @@ def load_hf_weights(model: Transformer, directory: str | Path) -> None:
             with safe_open(str(f), framework="pt", device="cpu") as fh:
                 for name in names:
                     slot = plan[name]
-                    p = params[slot.target]
-                    t = fh.get_tensor(name)
-                    p[slot.row0 : slot.row0 + slot.shape[0]].copy_(t)
+                    slot.view(params[slot.target]).copy_(fh.get_tensor(name))
     model.tie_weights()
 
 
@@ -338,7 +351,7 @@ def export_hf(
     shards: list[dict[str, Tensor]] = [{}]
     size = 0
     for s in hf_tensor_plan(model.cfg):
-        t = params[s.target][s.row0 : s.row0 + s.shape[0]].detach()
+        t = s.view(params[s.target]).detach()
         t = (t.to(dtype) if dtype is not None else t).contiguous().cpu()
         nbytes = t.numel() * t.element_size()
         if size and size + nbytes > max_shard_bytes:

@@ -15,15 +15,18 @@ from perwatt.engine.quant import (
     Int4Linear,
     Int8Linear,
     NVFP4Linear,
+    QuantExperts,
     choose_group_size,
     fake_quant_fp8_rows,
     pack_nibbles,
     quantize,
     read_quantized_metadata,
     save_quantized,
+    target_experts,
     target_linears,
     unpack_nibbles,
 )
+from perwatt.engine.quant import _quantize_weight as _quantize
 from perwatt.errors import ConfigError, DataFormatError
 
 CPU = torch.device("cpu")
@@ -151,8 +154,32 @@ def test_group_size_choice_and_errors() -> None:
 def test_targets_skip_router() -> None:
     engine = Engine("tiny-moe", precision="fp32", device="cpu", max_seq_len=16)
     names = target_linears(engine.model)
-    assert "output" in names and "layers.0.feed_forward.experts.3.w13" in names
+    assert "output" in names and "layers.0.attention.wqkv" in names
     assert not any(n.endswith("feed_forward.gate") for n in names)
+    assert target_experts(engine.model) == [f"layers.{i}.feed_forward.experts" for i in range(4)]
+
+
+@pytest.mark.parametrize("precision", ["int8", "int4", "fp8", "nvfp4"])
+def test_quantized_experts_match_dequantized_reference(precision: str) -> None:
+    """QuantExperts gathers then dequantizes: equal to dequantizing everything, then indexing."""
+    ref = Engine("tiny-moe", precision="fp32", device="cpu", max_seq_len=16)
+    w13 = ref.model.layers[0].feed_forward.experts.w13.detach()
+    qe = QuantExperts(precision, 8, 256, 256, torch.float32, 128)
+    for leaf, t in _quantize(precision, w13, 128).items():
+        getattr(qe.w13, leaf).copy_(t)
+    full = qe.weight("w13", None, torch.float32)
+    idx = torch.tensor([3, 0, 3, 7])
+    torch.testing.assert_close(qe.weight("w13", idx, torch.float32), full[idx])
+    torch.testing.assert_close(qe.weight("w13", 5, torch.float32), full[5])
+    rel = (full - w13).norm() / w13.norm()
+    assert float(rel) < {"int8": 0.01, "int4": 0.15, "fp8": 0.05, "nvfp4": 0.15}[precision]
+
+
+def test_quantized_moe_engine_runs_and_notes() -> None:
+    engine = Engine("tiny-moe", precision="int4", device="cpu", max_batch_size=2, max_seq_len=32)
+    assert isinstance(engine.model.layers[0].feed_forward.experts, QuantExperts)
+    assert "MoE experts dequantize" in engine.note
+    assert engine.generate([[256, 1], [256, 2, 3]], 4).new_tokens == 8
 
 
 @pytest.mark.parametrize("precision", ["int8", "int4", "fp8", "nvfp4"])
@@ -168,11 +195,11 @@ def test_quantized_engine_close_to_reference(precision: str) -> None:
 
 
 def test_save_load_round_trip(tmp_path: Path) -> None:
-    for precision in ("int4", "fp8"):
-        src = Engine("tiny", precision="fp32", device="cpu", max_seq_len=32, seed=3)
+    for model, precision in (("tiny", "int4"), ("tiny", "fp8"), ("tiny-moe", "int8")):
+        src = Engine(model, precision="fp32", device="cpu", max_seq_len=32, seed=3)
         sd = quantize(src.model, precision)
         path = save_quantized(
-            tmp_path / f"tiny-{precision}.safetensors",
+            tmp_path / f"{model}-{precision}.safetensors",
             sd,
             cfg=src.cfg,
             precision=precision,
@@ -181,9 +208,9 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
         meta = read_quantized_metadata(path)
         assert meta["precision"] == precision and meta["model"]["dim"] == 256
         loaded = Engine(
-            "tiny", precision=precision, device="cpu", max_seq_len=32, quantized_path=path
+            model, precision=precision, device="cpu", max_seq_len=32, quantized_path=path
         )
-        direct = Engine("tiny", precision=precision, device="cpu", max_seq_len=32, seed=3)
+        direct = Engine(model, precision=precision, device="cpu", max_seq_len=32, seed=3)
         x = torch.tensor([[256, 1, 2, 3]])
         with torch.no_grad():
             torch.testing.assert_close(loaded.model(x), direct.model(x), rtol=1e-5, atol=1e-5)
