@@ -593,6 +593,14 @@ def _measure_point(
         )
     if not is_measured(label):
         warnings.append(f"energy source is {label!r}: not a hardware measurement")
+    idle_w: float | None = None
+    idle_share: float | None = None
+    if decode.idle_power_w is not None:
+        # What the device would have drawn doing nothing over the same window, as a share of
+        # what the decode drew: the part of J/token that batching or consolidation could save.
+        idle_w = sum(decode.idle_power_w.values())
+        if e_dec > 0:
+            idle_share = min(1.0, idle_w * decode.duration_s / e_dec)
     doc["status"] = "complete"
     doc["conditions"] = _conditions(device, label)
     doc["metrics"].update(
@@ -625,8 +633,8 @@ def _measure_point(
         "j_per_request": whole.total_energy_j / (b * rounds),
         "avg_power_w": decode.avg_power_w,
         "peak_power_w": decode.peak_power_w,
-        "idle_power_w": None,
-        "idle_share": None,
+        "idle_power_w": idle_w,
+        "idle_share": idle_share,
         "output_tokens_per_s_per_gpu": decode_tps / max(1, num_gpus),
         "basis": "steady_state",
     }
@@ -721,6 +729,7 @@ def run_builtin_bench(
     accuracy_steps: int = 8,
     quantized_path: str | None = None,
     sample_interval_s: float = 0.1,
+    idle_seconds: float = 0.0,
     progress: Progress | None = None,
 ) -> list[Path]:
     """Measure every (precision, batch) point; write one result document each; return paths.
@@ -728,7 +737,9 @@ def run_builtin_bench(
     ``energy_source`` is a ``--source`` spec (``auto``, ``nvml``, ``rapl``, ``simulated`` ...;
     ``auto`` falls back to ``estimated`` on a machine without any energy counter) or already-open
     sources. ``min_window_s`` defaults to 5 s on a GPU and one round on the CPU. The accuracy
-    reference defaults to bf16 on a GPU and fp32 on the CPU.
+    reference defaults to bf16 on a GPU and fp32 on the CPU. ``idle_seconds > 0`` measures idle
+    power first (nothing loaded) and reports ``energy.idle_power_w`` and ``idle_share``; idle is
+    never subtracted from the figures.
     """
     say = progress or (lambda line: print(line, file=sys.stderr))
     precs = [p.lower() for p in parse_list(precisions, "precision")]
@@ -749,6 +760,8 @@ def run_builtin_bench(
         raise ConfigError(f"--min-window-s must be >= 0, got {min_window_s}")
     if num_gpus < 1:
         raise ConfigError(f"--num-gpus must be >= 1, got {num_gpus}")
+    if not idle_seconds >= 0:
+        raise ConfigError(f"--idle-seconds must be >= 0, got {idle_seconds}")
     specs = [PointSpec(precision=p, batch_size=b) for p in precs for b in bs]
     require_engine_deps()
     out_dir = Path(result_dir)
@@ -761,6 +774,11 @@ def run_builtin_bench(
     with meter:
         energy_label = _meter_label(meter)
         say(f"perwatt bench (builtin): {model}, energy source: {energy_label}")
+        if idle_seconds > 0:
+            idle = meter.idle_baseline(idle_seconds)
+            say(
+                f"  idle power: {idle.total_power_w:.1f} W over {idle.duration_s:.1f} s ({energy_label})"
+            )
         reference: AccuracyReference | None = None
         ref_error: str | None = None
         if reference_precision is None:

@@ -197,6 +197,24 @@ def test_failed_points_are_recorded_and_the_sweep_continues(
     assert "failed:" in B.format_summary(paths)
 
 
+def test_idle_baseline_gives_idle_share(tmp_path: Path) -> None:
+    # Nothing sets the simulated load, so the source draws its idle 60 W all the time: the idle
+    # share of the decode energy must be 1 and the idle power 60 W.
+    [path] = B.run_builtin_bench(
+        precisions="bf16",
+        batches="1",
+        result_dir=tmp_path,
+        energy_source=SimulatedSource(idle_w=60.0, busy_w=300.0),
+        idle_seconds=0.05,
+        **{**SMALL, "accuracy_prompts": 0},
+    )
+    e = load_result(path)["energy"]
+    assert e is not None
+    assert e["idle_power_w"] == pytest.approx(60.0, rel=1e-2)
+    assert e["idle_share"] == pytest.approx(1.0, rel=1e-2)
+    assert e["idle_subtracted"] is False
+
+
 def test_estimated_source_is_labelled_estimated(tmp_path: Path) -> None:
     [path] = B.run_builtin_bench(
         precisions="bf16",
@@ -219,6 +237,7 @@ def test_estimated_source_is_labelled_estimated(tmp_path: Path) -> None:
         ({"precisions": ""}, "--precision"),
         ({"output_len": 1}, "--output-len"),
         ({"min_window_s": -1.0}, "--min-window-s"),
+        ({"idle_seconds": -1.0}, "--idle-seconds"),
     ],
 )
 def test_bad_arguments(tmp_path: Path, kw: dict[str, Any], needle: str) -> None:
