@@ -45,15 +45,18 @@ def worker_perwatt(mb: int, profile: Path, quantum_s: float) -> dict[str, object
 
     rss0 = _rss_mib()
     prof = load_profile(profile)
+    c0 = time.process_time()
     t0 = time.perf_counter()
     fr = compute_frontier(
         prof, one_f_one_b(STAGES, mb), p_block_w=P_BLOCK_W, time_quantum_s=quantum_s
     )
     wall = time.perf_counter() - t0
+    cpu = time.process_time() - c0
     return {
         "planner": "perwatt",
         "mb": mb,
         "wall_s": wall,
+        "cpu_s": cpu,
         "rss_before_mib": rss0,
         "peak_rss_mib": _rss_mib(),
         "points": [(p.time_s, p.energy_j) for p in fr.points],
@@ -81,6 +84,7 @@ def worker_lowtime(mb: int, profile: Path, quantum_s: float) -> dict[str, object
     rss0 = _rss_mib()
     with profile.open() as fh:
         rows = list(csv.DictReader(fh))
+    c0 = time.process_time()
     t0 = time.perf_counter()
     specs = {}
     for inst in (Forward, Backward):
@@ -128,10 +132,12 @@ def worker_lowtime(mb: int, profile: Path, quantum_s: float) -> dict[str, object
     for r in PhillipsDessouky(dag).run():
         points.append((r.real_time, r.cost + STAGES * r.real_time * P_BLOCK_W))
     wall = time.perf_counter() - t0
+    cpu = time.process_time() - c0
     return {
         "planner": f"lowtime {getattr(lowtime, '__version__', '0.3.0')}",
         "mb": mb,
         "wall_s": wall,
+        "cpu_s": cpu,
         "setup_s": t_setup,
         "rss_before_mib": rss0,
         "peak_rss_mib": _rss_mib(),
@@ -330,19 +336,26 @@ def main() -> int:
         "(filtering, fits, DAG, sweep), one run each, measured; peak RSS of the worker process "
         "(interpreter and imports included).",
         "",
-        "| microbatches | points | perwatt (s) | lowtime 0.3.0 (s) | speed-up | perwatt peak RSS (MiB) "
+        "| microbatches | points | perwatt wall (s) | lowtime 0.3.0 wall (s) | speed-up (wall) "
+        "| perwatt CPU (s) | lowtime CPU (s) | speed-up (CPU) | perwatt peak RSS (MiB) "
         "| lowtime peak RSS (MiB) | max energy diff | lowtime run |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for mb, pw, lt, where, diff, _n in rows:
+        pw_cpu = f"{float(pw['cpu_s']):.3f}"
+        lt_cpu = cpu_ratio = "—"
         if lt:
             ratio = f"{float(lt['wall_s']) / float(pw['wall_s']):.0f}×"
             lt_s, lt_m = f"{float(lt['wall_s']):.1f}", f"{float(lt['peak_rss_mib']):.0f}"
             d = f"{diff:.1e}"
+            if "cpu_s" in lt:
+                lt_cpu = f"{float(lt['cpu_s']):.1f}"
+                cpu_ratio = f"{float(lt['cpu_s']) / float(pw['cpu_s']):.0f}×"
         else:
             ratio = lt_s = lt_m = d = "—"
         lines.append(
             f"| {mb} | {len(pw['points'])} | {float(pw['wall_s']):.3f} | {lt_s} | {ratio} | "
+            f"{pw_cpu} | {lt_cpu} | {cpu_ratio} | "
             f"{float(pw['peak_rss_mib']):.0f} | {lt_m} | {d} | {where} |"
         )
     text = "\n".join(lines)
