@@ -41,6 +41,8 @@ def _rss_mib() -> float:
 
 def worker_perwatt(mb: int, profile: Path, quantum_s: float) -> dict[str, object]:
     sys.path.insert(0, str(ROOT))
+    import scipy.sparse.csgraph  # noqa: F401  (imported before timing, like lowtime's modules)
+
     from perwatt.train import compute_frontier, load_profile, one_f_one_b
 
     rss0 = _rss_mib()
