@@ -277,10 +277,13 @@ class MoE(nn.Module):
         t = x.shape[0]
         idx = chosen.reshape(-1)  # [P = T*k]
         xr = x.repeat_interleave(self.k, dim=0)  # [P, D]
+        # Written as multiply + sum rather than bmm: under torch.compile the gather (and any
+        # dequantization) fuses into one reduction kernel that reads each chosen expert once,
+        # instead of first materialising a copy of the gathered weights.
         w13 = self.ex.weight("w13", idx, x.dtype)  # [P, 2H, D]
-        h = torch.bmm(w13, xr.unsqueeze(-1)).squeeze(-1)  # [P, 2H]
+        h = (w13 * xr.unsqueeze(1)).sum(-1)  # [P, 2H]
         w2 = self.ex.weight("w2", idx, x.dtype)  # [P, D, H]
-        y = torch.bmm(w2, self._swiglu(h).unsqueeze(-1)).squeeze(-1)  # [P, D]
+        y = (w2 * self._swiglu(h).unsqueeze(1)).sum(-1)  # [P, D]
         return (y.view(t, self.k, -1) * weights.unsqueeze(-1)).sum(dim=1)
 
     def _dense(self, x: Tensor, weights: Tensor, chosen: Tensor) -> Tensor:
