@@ -8,7 +8,8 @@ Conventions, chosen so Hugging Face checkpoints load without rewriting:
 * RoPE uses the "rotate half" layout (first and second halves of each head form the pairs), as
   HF does. HF Llama checkpoints were permuted from Meta's interleaved layout for exactly this, so
   q/k weights load as they are — no un-permutation.
-* ``wqkv`` stacks q, k, v rows (one matmul instead of three); ``w13`` stacks gate then up rows.
+* ``wqkv`` stacks q, k, v rows (one matmul instead of three); ``w13`` stacks gate then up rows;
+  MoE experts are stacked along a leading expert axis (``[E, 2H, D]``, ``[E, D, H]``).
 * Norms compute in fp32 and cast back before the weight multiply, as HF's ``LlamaRMSNorm``.
 
 KV cache with slots. Each layer holds ``k_cache``/``v_cache`` of shape

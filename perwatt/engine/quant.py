@@ -17,7 +17,10 @@ nvfp4   E2M1 codes ``[N, K/2]``, an E4M3 scale per block of 16,     emulated eve
 
 The matmul tensors are all linear layers of the blocks and the LM head; the MoE router and the
 shared-expert gate stay in the compute dtype (tiny, and routing is sensitive to them). Embedding,
-norms, attention and the KV cache stay in the compute dtype too.
+norms, attention and the KV cache stay in the compute dtype too. Stacked MoE experts
+(:class:`QuantExperts`) use the same formats with a leading expert axis; they gather the chosen
+experts' stored bytes and dequantize only those, then multiply in the compute dtype (no fused
+quantized kernel for experts, so an fp8 MoE is marked emulated).
 
 Emulated means the numerics of the format are reproduced but the arithmetic runs in bf16/fp32:
 accuracy figures are meaningful, speed and energy are not. Every result from an emulated path
