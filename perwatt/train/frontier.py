@@ -861,10 +861,11 @@ def _sweep(
     return steps_t, steps_cost, changes, checkpoints, complete
 
 
-def _adjacency(r_t: IntArray, nv: int) -> list[list[int]]:
-    adj: list[list[int]] = [[] for _ in range(nv)]
-    for e, u in enumerate(r_t.tolist()):
-        adj[u].append(e)
+def _adjacency(r_t: IntArray, r_h: IntArray, nv: int) -> list[list[tuple[int, int]]]:
+    """Per node, its residual entries as (entry id, head node)."""
+    adj: list[list[tuple[int, int]]] = [[] for _ in range(nv)]
+    for e, (u, v) in enumerate(zip(r_t.tolist(), r_h.tolist(), strict=True)):
+        adj[u].append((e, v))
     return adj
 
 
@@ -921,7 +922,7 @@ def _grow_network(
         "key": key,
         "rkeys": np.sort(r_t * nv + r_h),
         # plain-Python adjacency (entry ids per tail node) for the small-network BFS
-        "adj": _adjacency(r_t, nv),  # type: ignore[dict-item]
+        "adj": _adjacency(r_t, r_h, nv),  # type: ignore[dict-item]
         "ent_head_l": r_h.tolist(),  # type: ignore[dict-item]
         "ent_tail_l": r_t.tolist(),  # type: ignore[dict-item]
         "rorder": np.argsort(r_t * nv + r_h),
@@ -992,7 +993,7 @@ def _augment_py(
     """Augment to a maximum flow (Dinic: BFS levels, then blocking flow by DFS); ``rc`` is
     updated in place. Returns the nodes reachable from ``src`` in the final residual network.
     """
-    adj: list[list[int]] = net["adj"]  # type: ignore[assignment]
+    adj: list[list[tuple[int, int]]] = net["adj"]  # type: ignore[assignment]
     ent_head: list[int] = net["ent_head_l"]  # type: ignore[assignment]
     ent_tail: list[int] = net["ent_tail_l"]  # type: ignore[assignment]
     cap: list[int] = rc.tolist()
@@ -1005,14 +1006,12 @@ def _augment_py(
             lu = level[u] + 1
             if lu > limit:
                 break
-            for e in adj[u]:
-                if cap[e] > 0:
-                    v = ent_head[e]
-                    if level[v] < 0:
-                        level[v] = lu
-                        queue.append(v)
-                        if v == snk:
-                            limit = lu
+            for e, v in adj[u]:
+                if cap[e] > 0 and level[v] < 0:
+                    level[v] = lu
+                    queue.append(v)
+                    if v == snk:
+                        limit = lu
         if level[snk] < 0:
             rc[:] = cap
             return np.array(queue, dtype=np.int64)
@@ -1034,18 +1033,17 @@ def _augment_py(
                 u = src if not path else ent_head[path[-1]]
                 continue
             lst = adj[u]
-            i = ptr[u]
+            i, n_l = ptr[u], len(lst)
             lu = level[u] + 1
-            while i < len(lst):
-                e = lst[i]
-                if cap[e] > 0 and level[ent_head[e]] == lu:
+            while i < n_l:
+                e, v = lst[i]
+                if cap[e] > 0 and level[v] == lu:
                     break
                 i += 1
             ptr[u] = i
-            if i < len(lst):
-                e = lst[i]
+            if i < n_l:
                 path.append(e)
-                u = ent_head[e]
+                u = v
                 continue
             # dead end: prune u and step back
             level[u] = -1
