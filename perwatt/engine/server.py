@@ -859,6 +859,8 @@ def serve(
                 f"perwatt serve: {name} ({precision}, {max_batch_size} slots x {max_seq_len} "
                 f"tokens) on http://{shown}:{bound_port}/v1 ({scope}); warm-up {warm_s:.1f} s"
             )
+            if getattr(engine, "emulated", False):
+                out(f"perwatt serve: {precision} is emulated on this device: {engine.note}")
             sys.stdout.flush()
             config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="off")
             uvicorn.Server(config).run(sockets=[sock])
