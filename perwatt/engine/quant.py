@@ -377,13 +377,16 @@ class QuantTensor(nn.Module):
         super().__init__()
         self.precision, self.shape, self.group = precision, shape, group
         e, n, k = shape
-        for name, (shp, dt) in _buffer_specs(precision, (e,), n, k, dtype, group).items():
+        specs = _buffer_specs(precision, (e,), n, k, dtype, group)
+        self.buffer_names = tuple(specs)  # a fixed tuple: simple for torch.compile to trace
+        for name, (shp, dt) in specs.items():
             init = torch.ones if name in ("scales", "w_scale", "global_scale") else torch.zeros
             self.register_buffer(name, init(shp, dtype=dt))
 
     def dequant(self, idx: Tensor | int | None) -> Tensor:
         t: dict[str, Tensor] = {}
-        for name, buf in self.named_buffers(recurse=False):
+        for name in self.buffer_names:
+            buf: Tensor = getattr(self, name)
             t[name] = buf if idx is None or buf.dim() == 0 else buf[idx]
         return dequantize_tensors(self.precision, t, self.group)
 

@@ -166,3 +166,20 @@ def test_cuda_compiled_decode_matches_eager() -> None:
     for t in (5, 6, 7):
         la, lb = compiled.decode([0], [t]), eager.decode([0], [t])
     torch.testing.assert_close(la, lb, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize(("model", "precision"), [("tiny", "int8"), ("tiny-moe", "int4")])
+def test_decode_step_traces_as_one_graph(model: str, precision: str) -> None:
+    """The step CUDA graphs capture must trace without graph breaks (fullgraph): checked here with
+    dynamo's eager backend, which needs no compiler or GPU."""
+    engine = Engine(model, precision=precision, device="cpu", max_batch_size=2, max_seq_len=16)
+    engine.prefill([0, 1], [[256, 1, 2], [256, 3]])
+    step = torch.compile(engine.model.decode, backend="eager", fullgraph=True)
+    tok, pos = torch.tensor([5, 6]), torch.tensor([3, 2])
+    try:
+        with torch.no_grad():
+            traced = step(tok, pos, pos.clone(), True)
+            plain = engine.model.decode(tok, pos, pos.clone(), True)
+    finally:
+        torch._dynamo.reset()
+    torch.testing.assert_close(traced, plain)
