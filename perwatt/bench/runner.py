@@ -822,7 +822,7 @@ def summary_notes(paths: Sequence[Path]) -> list[str]:
                 f"{p.name}: input tokens are approximate (word count; the server reported no "
                 "prompt usage)"
             )
-        if m["token_count_source"] != "usage" and m["completed"]:
+        if m["token_count_source"] == "chunks" and m["completed"]:
             lines.append(
                 f"{p.name}: output tokens counted from stream chunks (the server sent no usage); "
                 "exact only for servers that send one token per chunk"

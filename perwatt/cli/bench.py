@@ -119,6 +119,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     b.add_argument("--precision", default="bf16", help="bf16,fp8,int8,int4 (comma list)")
     b.add_argument("--batch", default="1", help="batch sizes, e.g. 1,8,64")
     b.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    b.add_argument(
+        "--min-window-s",
+        type=float,
+        default=None,
+        help="steady-state decode window per point, s (default 5 on a GPU, one round on the CPU)",
+    )
     p.set_defaults(func=run_bench)
 
 
@@ -150,6 +156,9 @@ def _builtin(args: argparse.Namespace) -> list[Path]:
         kwargs["input_len"] = args.input_len
     if args.output_len is not None:
         kwargs["output_len"] = args.output_len
+    if args.min_window_s is not None:
+        kwargs["min_window_s"] = args.min_window_s
+    kwargs["idle_seconds"] = args.idle_seconds
     return list(
         run_builtin_bench(
             model=args.model,
