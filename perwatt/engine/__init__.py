@@ -3,41 +3,82 @@
 Shapes (:mod:`~perwatt.engine.config`), the model with its slot KV cache
 (:mod:`~perwatt.engine.model`), weights (:mod:`~perwatt.engine.weights`), quantization
 (:mod:`~perwatt.engine.quant`), generation (:mod:`~perwatt.engine.generate`) and the accuracy
-guard (:mod:`~perwatt.engine.accuracy`). Needs ``torch`` (the ``engine`` extra); importing this
-package without it raises a one-line error naming the fix.
+guard (:mod:`~perwatt.engine.accuracy`).
+
+The names below are imported lazily: ``import perwatt.engine.batcher`` (pure Python) works without
+PyTorch, and touching a torch-backed name without PyTorch installed raises a one-line
+:class:`~perwatt.errors.ConfigError` naming the fix.
 """
 
 from __future__ import annotations
 
-try:
-    import torch as _torch  # noqa: F401
-except ImportError as e:  # pragma: no cover - exercised only without torch
-    from perwatt.errors import ConfigError
+import importlib
+from typing import TYPE_CHECKING, Any
 
-    raise ConfigError("the built-in engine needs PyTorch: pip install 'perwatt[engine]'") from e
+if TYPE_CHECKING:
+    from perwatt.engine.config import (
+        ModelConfig,
+        RopeScaling,
+        active_params,
+        bandwidth_ceiling_tok_s,
+        decode_bytes_per_step,
+        energy_ceiling_tok_per_j,
+        flops_per_token,
+        get_config,
+        list_configs,
+        total_params,
+    )
+    from perwatt.engine.generate import (
+        PRECISIONS,
+        Engine,
+        GenerationResult,
+        PrecisionPlan,
+        load_engine,
+        plan_precision,
+        resolve_device,
+        sample,
+    )
 
-from perwatt.engine.config import (
-    ModelConfig,
-    RopeScaling,
-    active_params,
-    bandwidth_ceiling_tok_s,
-    decode_bytes_per_step,
-    energy_ceiling_tok_per_j,
-    flops_per_token,
-    get_config,
-    list_configs,
-    total_params,
+_CONFIG_NAMES = (
+    "ModelConfig",
+    "RopeScaling",
+    "active_params",
+    "bandwidth_ceiling_tok_s",
+    "decode_bytes_per_step",
+    "energy_ceiling_tok_per_j",
+    "flops_per_token",
+    "get_config",
+    "list_configs",
+    "total_params",
 )
-from perwatt.engine.generate import (
-    PRECISIONS,
-    Engine,
-    GenerationResult,
-    PrecisionPlan,
-    load_engine,
-    plan_precision,
-    resolve_device,
-    sample,
+_GENERATE_NAMES = (
+    "PRECISIONS",
+    "Engine",
+    "GenerationResult",
+    "PrecisionPlan",
+    "load_engine",
+    "plan_precision",
+    "resolve_device",
+    "sample",
 )
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CONFIG_NAMES:
+        module = "perwatt.engine.config"  # shape arithmetic: no torch needed
+    elif name in _GENERATE_NAMES:
+        module = "perwatt.engine.generate"
+    else:
+        raise AttributeError(f"module 'perwatt.engine' has no attribute {name!r}")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as e:
+        if e.name != "torch":
+            raise
+        from perwatt.errors import ConfigError
+
+        raise ConfigError("the built-in engine needs PyTorch: pip install 'perwatt[engine]'") from e
+
 
 __all__ = [
     "PRECISIONS",
