@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from reference import reference_logits
 from safetensors.torch import save_file
 
 from perwatt.engine import Engine, ModelConfig, RopeScaling, get_config
 from perwatt.engine.weights import hf_config_dict, hf_tensor_plan
+from tests.engine.reference import reference_logits
 
 BASE = {
     "vocab_size": 300,
