@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -49,6 +49,7 @@ from perwatt.bench.result import (
     Percentiles,
     empty_percentiles,
 )
+from perwatt.bench.stats import summarize
 from perwatt.errors import ConfigError
 from perwatt.meter.meter import Measurement
 
@@ -88,18 +89,7 @@ def summarize_ms(values_s: Sequence[float]) -> Percentiles:
     """Mean, median, p50/p90/p95/p99, min, max in milliseconds; all None without samples."""
     if len(values_s) == 0:
         return empty_percentiles()
-    a = np.asarray(values_s, dtype=float) * 1e3
-    p50, p90, p95, p99 = (float(x) for x in np.percentile(a, [50, 90, 95, 99]))
-    return {
-        "mean": float(a.mean()),
-        "median": p50,
-        "p50": p50,
-        "p90": p90,
-        "p95": p95,
-        "p99": p99,
-        "min": float(a.min()),
-        "max": float(a.max()),
-    }
+    return cast(Percentiles, summarize(np.asarray(values_s, dtype=float) * 1e3))
 
 
 def _meets(rec: RequestRecord, slo: GoodputSLO) -> bool:

@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, cast
 from urllib.parse import urlsplit
 
 from perwatt.bench import metrics as M
@@ -224,17 +224,7 @@ def _gpu_conditions(sources: Sequence[PowerSource]) -> list[GPUConditions]:
         inv = gpu_inventory(nvml=nvml_module())
     except Exception:  # conditions are descriptive; a failing query must not lose the run
         return []
-    return [
-        {
-            "name": g.name,
-            "uuid": g.uuid,
-            "driver": g.driver_version,
-            "power_limit_w": g.power_limit_w,
-            "sm_clock_mhz": g.sm_clock_mhz,
-            "max_sm_clock_mhz": g.max_sm_clock_mhz,
-        }
-        for g in inv
-    ]
+    return [cast(GPUConditions, g.conditions()) for g in inv]
 
 
 def _source_label(sources: Sequence[PowerSource]) -> str:

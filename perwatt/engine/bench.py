@@ -191,17 +191,7 @@ def _conditions(device: str, energy_label: str) -> dict[str, Any]:
             from perwatt.meter.detect import nvml_module
             from perwatt.meter.nvml import gpu_inventory
 
-            for g in gpu_inventory(nvml=nvml_module()):
-                gpus.append(
-                    {
-                        "name": g.name,
-                        "uuid": g.uuid,
-                        "driver": g.driver_version,
-                        "power_limit_w": g.power_limit_w,
-                        "sm_clock_mhz": g.sm_clock_mhz,
-                        "max_sm_clock_mhz": g.max_sm_clock_mhz,
-                    }
-                )
+            gpus = [g.conditions() for g in gpu_inventory(nvml=nvml_module())]
     torch = sys.modules.get("torch")
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):

@@ -254,6 +254,17 @@ class GPUInfo:
         if self.index < 0 or self.physical_index < 0:
             raise ValueError("GPU indices must be non-negative")
 
+    def conditions(self) -> dict[str, Any]:
+        """The fields a benchmark result records as its run conditions."""
+        return {
+            "name": self.name,
+            "uuid": self.uuid,
+            "driver": self.driver_version,
+            "power_limit_w": self.power_limit_w,
+            "sm_clock_mhz": self.sm_clock_mhz,
+            "max_sm_clock_mhz": self.max_sm_clock_mhz,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "label": self.label,
