@@ -32,13 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"perwatt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for area in _AREAS:
-        try:
-            module = importlib.import_module(f"perwatt.cli.{area}")
-        except ModuleNotFoundError as e:  # TODO(integration): remove once every area has landed
-            if e.name != f"perwatt.cli.{area}":
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(f"perwatt.cli.{area}").register(sub)
     return parser
 
 
