@@ -120,7 +120,12 @@ def run_plan(args: argparse.Namespace) -> int:
         raise ConfigError("--p-block needs a value in watts")
     slowdown = None
     if args.max_slowdown is not None:
-        slowdown = _floats(args.max_slowdown.rstrip("%"), "--max-slowdown")[0]
+        parsed = _floats(args.max_slowdown.rstrip("%"), "--max-slowdown")
+        if len(parsed) != 1:
+            raise ConfigError(
+                f"--max-slowdown takes one percentage, e.g. 1%, got {args.max_slowdown!r}"
+            )
+        slowdown = parsed[0]
     supported = None
     if args.supported_freqs:
         supported = [int(f) for f in _floats(args.supported_freqs, "--supported-freqs")]
