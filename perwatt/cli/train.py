@@ -1,13 +1,12 @@
 """``perwatt train …``: argument parsing only; the work is in :mod:`perwatt.train`.
 
 ``perwatt train plan`` is here; ``profile`` and ``simulate`` come from
-:mod:`perwatt.cli.train_loop` when it is installed.
+:mod:`perwatt.cli.train_loop`.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 
 from perwatt.errors import ConfigError
@@ -96,13 +95,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     plan.add_argument("--json", action="store_true", help="print JSON instead of text")
     plan.set_defaults(func=run_plan)
 
-    try:
-        loop = importlib.import_module("perwatt.cli.train_loop")
-    except ModuleNotFoundError as e:  # the profiler/simulator area may not be installed
-        if e.name != "perwatt.cli.train_loop":
-            raise
-    else:
-        loop.register(sub)
+    from perwatt.cli import train_loop
+
+    train_loop.register(sub)
 
 
 def _floats(text: str, what: str) -> list[float]:

@@ -58,7 +58,15 @@ __all__ = [
 ]
 
 # Names from the run-time modules, imported on first use.
-_LAZY = {"FrequencyController": "perwatt.train.controller"}
+_LAZY = {
+    "FrequencyController": "perwatt.train.controller",
+    "SimulatedGPU": "perwatt.train.simgpu",
+    "StageProfiler": "perwatt.train.profiler",
+    "SweepConfig": "perwatt.train.profiler",
+    "attach_to_pipeline_stage": "perwatt.train.profiler",
+    "run_simulation": "perwatt.train.simulate",
+    "simulate_plan": "perwatt.train.simulate",
+}
 
 
 def __getattr__(name: str) -> Any:

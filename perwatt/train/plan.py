@@ -117,6 +117,8 @@ class PlanChoice:
     baseline: FrequencyPlan
     vs_baseline: Savings
     vs_fastest: Savings
+    #: Savings count every plan up to this time (a GPU that finishes early blocks until it).
+    horizon_s: float
 
     def __post_init__(self) -> None:
         if self.point.time_s > self.time_limit_s * (1 + 1e-9):
@@ -236,6 +238,7 @@ def choose_plan(
             reference_energy_j=at_horizon(fastest),
             chosen_energy_j=chosen_e,
         ),
+        horizon_s=horizon,
     )
 
 
