@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[engine,server,dev]"
+	$(BIN)/python -m pip install -q -e ".[engine,server,train,dev]"
 	touch $@
 
 setup: $(VENV)/.installed
