@@ -31,8 +31,9 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
+# PERWATT_FULL_REFERENCE=1: check every point of all 16 Perseus reference frontiers, not a sample.
 test: setup lint typecheck
-	$(BIN)/python -m pytest -q
+	PERWATT_FULL_REFERENCE=1 $(BIN)/python -m pytest -q
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache $(BENCH_DIR)
