@@ -276,3 +276,30 @@ def test_single_clock_cannot_be_planned() -> None:
     rows = [(s, i, 1400, 0.01 * (1 + s), 3.0) for s in range(2) for i in ("forward", "backward")]
     with pytest.raises(ConfigError, match="cannot be reduced"):
         compute_frontier(StageProfile.from_rows(rows), one_f_one_b(2, 2), p_block_w=50.0)
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [one_f_one_b(4, 6), gpipe(3, 4), interleaved_one_f_one_b(2, 4, chunks=2)],
+    ids=["1f1b", "gpipe", "interleaved"],
+)
+def test_large_network_path_matches_small(
+    monkeypatch: pytest.MonkeyPatch, schedule: Schedule
+) -> None:
+    """The SciPy max-flow path (large critical networks) gives the same frontier, point for
+    point and plan for plan, as the plain-Python augmentation (small ones)."""
+    import perwatt.train.frontier as frontier_mod
+
+    prof = load_profile(SHARED / "stage_profile/gpt3-175b+a100_sxm_bf16.csv")
+    n_prof = schedule.num_stages * schedule.chunks
+    prof = StageProfile(entries={k: v for k, v in prof.entries.items() if k[0] < n_prof})
+    monkeypatch.setattr(frontier_mod, "_PY_BFS_MAX_ARCS", 10**9)
+    small = compute_frontier(prof, schedule, p_block_w=83.64)
+    monkeypatch.setattr(frontier_mod, "_PY_BFS_MAX_ARCS", 0)
+    large = compute_frontier(prof, schedule, p_block_w=83.64)
+    assert [p.time_s for p in small.points] == [p.time_s for p in large.points]
+    assert [p.energy_j for p in small.points] == pytest.approx(
+        [p.energy_j for p in large.points], rel=1e-12
+    )
+    for k in range(0, len(small.points), 7):
+        assert np.array_equal(small.durations_q(k), large.durations_q(k))
