@@ -24,6 +24,7 @@ steady-state window once it knows where saturation started and the drain began.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import csv
 import math
@@ -192,6 +193,7 @@ class Meter:
         self._max_samples = max_samples
         self._open: dict[str, _OpenWindow] = {}
         self._samples: list[Sample] = []
+        self._times: list[float] = []  # sample times, kept sorted, for bisecting windows
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -268,8 +270,21 @@ class Meter:
         s = Sample(t, power, energy)
         with self._lock:
             if len(self._samples) < self._max_samples:
-                self._samples.append(s)
+                # Two threads may sample at once; insert in time order (almost always the end).
+                i = bisect.bisect_right(self._times, t)
+                self._times.insert(i, t)
+                self._samples.insert(i, s)
         return s
+
+    def _samples_around(self, start_s: float, end_s: float) -> list[Sample]:
+        """Samples inside ``[start_s, end_s]`` plus one on each side, for edge interpolation.
+
+        Bisecting keeps a window's cost independent of how long the meter has been running.
+        """
+        with self._lock:
+            lo = max(0, bisect.bisect_left(self._times, start_s) - 1)
+            hi = bisect.bisect_right(self._times, end_s) + 1
+            return self._samples[lo:hi]
 
     def timeline(self) -> tuple[Sample, ...]:
         with self._lock:
@@ -393,7 +408,7 @@ class Meter:
         samples: Sequence[Sample] | None = None,
     ) -> Measurement:
         duration = max(0.0, t1 - t0)
-        samples = self.timeline() if samples is None else samples
+        samples = self._samples_around(t0, t1) if samples is None else samples
         energy: dict[str, float] = {}
         labels: dict[str, str] = {}
         short_flagged: set[str] = set()

@@ -235,6 +235,40 @@ def test_edge_point_stays_sorted_when_the_sampler_interleaves() -> None:
     assert m.energy_j["sim0"] == pytest.approx(100.0 * 0.2 + 500.0 * 0.2**2)
 
 
+def test_window_reads_only_its_slice_of_a_long_timeline() -> None:
+    """A window after hours of samples integrates exactly the same as on a fresh meter."""
+    clock = Clock(0.0)
+    src = PowerOnly(clock, lambda t: 100.0 + 10.0 * (t % 7.0))
+    with meter_for(src, clock) as meter:
+        for _ in range(5000):  # a long history before the window
+            clock.advance(1.0)
+            meter.sample_now()
+        meter.begin("w")
+        for _ in range(3):
+            clock.advance(1.0)
+            meter.sample_now()
+        m = meter.end("w")
+        t1 = clock()
+        t0 = t1 - 3.0
+        around = meter._samples_around(t0, t1)
+    # The slice holds the window's samples plus one before it, nothing older.
+    assert around[0].t_s == t0 - 1.0 and around[-1].t_s == t1
+    ts = [t0 - 1.0, t0, t0 + 1, t0 + 2, t1]
+    ps = [100.0 + 10.0 * (t % 7.0) for t in ts]
+    want = sum(0.5 * (ps[i] + ps[i - 1]) for i in range(2, len(ts)))
+    assert m.energy_j["gpu0"] == pytest.approx(want)
+
+
+def test_samples_taken_out_of_order_are_kept_sorted() -> None:
+    clock = Clock(10.0)
+    with meter_for(sim(clock, power_w=10.0), clock) as meter:
+        clock.t = 12.0
+        meter.sample_now()
+        clock.t = 11.0  # a second thread whose clock read came earlier appends later
+        meter.sample_now()
+        assert [s.t_s for s in meter.timeline()] == [10.0, 11.0, 12.0]
+
+
 def test_counter_going_backwards_is_clamped_and_warned() -> None:
     class Backwards(SimulatedSource):
         values = iter([10.0, 10.0, 4.0])
