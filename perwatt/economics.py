@@ -19,10 +19,11 @@ site's PUE to include cooling and other facility overhead.
 
 Defaults and the sources they come from:
 
-* :data:`DEFAULT_PRICE_PER_KWH_USD` = 0.0804 $/kWh: U.S. average retail price of electricity to
-  the industrial sector, 2023 annual, 8.04 cents/kWh. EIA, *Electric Power Monthly*, Table 5.3
-  "Average Price of Electricity to Ultimate Customers" —
-  https://www.eia.gov/electricity/monthly/epm_table_grapher.php?t=epmt_5_03 . Tariffs vary by a
+* :data:`DEFAULT_PRICE_PER_KWH_USD` = 0.0806 $/kWh: U.S. average retail price of electricity to
+  the industrial sector, 2023 annual, 8.06 cents/kWh, as EIA published it in March 2024 (EIA
+  series "Average retail electricity price, industrial", reproduced by Statista, statistic
+  190680); EIA revises recent years later, see *Electric Power Annual* and *Electric Power
+  Monthly* Table 5.3 for the current figure. Tariffs vary by a
   factor of three across U.S. states (same publication, Table 5.6.A); pass your own.
 * :data:`DEFAULT_PUE` = 1.0: GPU energy only, no facility overhead — what a GPU meter can see.
 * :data:`TYPICAL_PUE` = 1.56, for reference only (never applied silently): the average annual PUE
@@ -40,8 +41,8 @@ from typing import Any, Final
 
 from perwatt.errors import ConfigError
 
-#: U.S. industrial average, 2023 (EIA Electric Power Monthly, Table 5.3; see module docstring).
-DEFAULT_PRICE_PER_KWH_USD: Final = 0.0804
+#: U.S. industrial average, 2023, as first published by EIA (see module docstring).
+DEFAULT_PRICE_PER_KWH_USD: Final = 0.0806
 #: GPU-only: no facility overhead.
 DEFAULT_PUE: Final = 1.0
 #: Reference only: Uptime Institute Global Data Center Survey 2024 industry average.
