@@ -303,3 +303,20 @@ def test_large_network_path_matches_small(
     )
     for k in range(0, len(small.points), 7):
         assert np.array_equal(small.durations_q(k), large.durations_q(k))
+
+
+def test_batched_exponential_fits_match_one_by_one() -> None:
+    """Fitting several (stage, instruction) series at once gives each series' own fit, and
+    recovers known parameters from exact data."""
+    from perwatt.train.frontier import _fit_exponential, _fit_exponential_batch
+
+    q = np.array([[10.0, 12, 15, 19, 24, 30], [20.0, 21, 23, 26, 30, 35]])
+    truth = [(3.0, -0.2, 1.5), (0.5, -0.05, -2.0)]
+    y = np.stack(
+        [a * np.exp(b * (qq - qq.max())) + c for (a, b, c), qq in zip(truth, q, strict=True)]
+    )
+    a_s, b_s, c_s = _fit_exponential_batch(q, y)
+    for k, (a, b, c) in enumerate(truth):
+        assert (a_s[k], b_s[k], c_s[k]) == pytest.approx((a, b, c), rel=1e-4, abs=1e-6)
+        one = _fit_exponential(q[k], y[k])
+        assert one == pytest.approx((a_s[k], b_s[k], c_s[k]), rel=1e-9, abs=1e-12)
