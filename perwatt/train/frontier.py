@@ -29,13 +29,14 @@ is one quantum below the all-slowest plan, as in lowtime: with P_block counted, 
 slower *and* costlier than the next one.
 
 What makes it fast (lowtime rebuilds the critical graph in networkx and solves a bounded
-max-flow from zero at every step): (1) a step shortens every critical path by exactly one quantum, so the critical
-sub-DAG only grows, and the longest-path pass is redone only when some other path's slack
-could have run out; (2) while the critical sub-DAG is one chain, the cut is its cheapest
-instruction — no flow at all; (3) otherwise the previous step's maximum flow stays feasible
-(convex costs), so each step only augments it along a few paths (plain-Python BFS on small
-networks, one call of SciPy's compiled max-flow on the residual network on large ones); (4) longest paths are NumPy passes over
-topological levels.
+max-flow from zero at every step): (1) a step shortens every critical path by exactly one
+quantum, so the critical sub-DAG only grows, and the longest-path pass is redone only when
+some other path's slack could have run out; (2) while the critical sub-DAG is one chain, the
+cut is its cheapest instruction — no flow at all; (3) otherwise the previous step's maximum
+flow stays feasible (convex costs), so each step only augments it (plain-Python Dinic on
+small networks, one call of SciPy's compiled max-flow on the residual network on mid-sized
+ones, one SciPy BFS per augmenting path on the largest); (4) longest paths are NumPy passes
+over topological levels; (5) the exponential fits run batched over all option sets.
 
 Each point's *model* energy is ``Σ cost_model(d_i) + T · Σ_s P_block,s``; a plan's
 *profile-replay* energy (the measured time/energy of the clocks it picks, replayed on the DAG)
@@ -87,6 +88,9 @@ _CHECKPOINT_EVERY: Final = 64
 # augmentation (measured, 2-core VM: ~380 arcs at 8 stages × 12 microbatches favour Python,
 # ~930 at 24 favour SciPy, 0.42 s vs 0.60 s for the whole frontier).
 _PY_BFS_MAX_ARCS: Final = 600
+# Above this many, a step's few augmenting paths are cheaper found one SciPy BFS at a time
+# than with a whole max-flow call (measured: 96 microbatches 2.26 s vs 2.49 s; equal at 48).
+_MAXFLOW_MAX_ARCS: Final = 2500
 # Warn when a lower clock measured this much faster than a higher one (2%: beyond the
 # run-to-run spread of the Perseus A100 profiles, which the A40 backward passes exceed).
 _NOISE_WARN: Final = 0.02
@@ -955,6 +959,7 @@ def _grow_network(
     r_t = np.concatenate([tails, heads])
     r_h = np.concatenate([heads, tails])
     perm = np.lexsort((r_h, r_t))
+    small = len(tails) <= _PY_BFS_MAX_ARCS  # the same test as _min_cut's
     indptr = np.zeros(nv + 1, dtype=np.int32)
     np.cumsum(np.bincount(r_t, minlength=nv), out=indptr[1:])
     return {
@@ -965,9 +970,10 @@ def _grow_network(
         "key": key,
         "rkeys": np.sort(r_t * nv + r_h),
         # plain-Python adjacency (entry ids per tail node) for the small-network BFS
-        "adj": _adjacency(r_t, r_h, nv),  # type: ignore[dict-item]
-        "ent_head_l": r_h.tolist(),  # type: ignore[dict-item]
-        "ent_tail_l": r_t.tolist(),  # type: ignore[dict-item]
+        # (only built for networks small enough to use it: ~10 ms of a 24-microbatch frontier)
+        "adj": _adjacency(r_t, r_h, nv) if small else [],  # type: ignore[dict-item]
+        "ent_head_l": r_h.tolist() if small else [],  # type: ignore[dict-item]
+        "ent_tail_l": r_t.tolist() if small else [],  # type: ignore[dict-item]
         "rorder": np.argsort(r_t * nv + r_h),
         "x": x,
         "valid": valid,
@@ -1013,8 +1019,12 @@ def _min_cut(
     rc = np.concatenate([hi - x, x - lo])
     if n_arcs <= _PY_BFS_MAX_ARCS:
         reached = _augment_py(net, rc, n_arcs, nv, src, snk)
-    else:
+    elif n_arcs <= _MAXFLOW_MAX_ARCS:
         reached = _augment_scipy(net, rc, n_arcs, nv, src, snk, csr_matrix, breadth_first_order)
+    else:
+        reached = _augment_scipy_paths(
+            net, rc, n_arcs, nv, src, snk, csr_matrix, breadth_first_order
+        )
     x = hi - rc[:n_arcs]
     net["x"] = x
     in_s = np.zeros(nv, dtype=bool)
@@ -1130,6 +1140,40 @@ def _augment_scipy(
     r.eliminate_zeros()
     reach = breadth_first_order(r, src, directed=True, return_predecessors=False)  # type: ignore[operator]
     return np.asarray(reach, dtype=np.int64)
+
+
+def _augment_scipy_paths(
+    net: dict[str, IntArray],
+    rc: IntArray,
+    n_arcs: int,
+    nv: int,
+    src: int,
+    snk: int,
+    csr_matrix: object,
+    breadth_first_order: object,
+) -> IntArray:
+    """Same as :func:`_augment_py` with one SciPy BFS per augmenting path, for the largest
+    networks (there a step needs few paths, and a whole max-flow call costs more)."""
+    perm, indices, indptr, sorted_keys = net["perm"], net["indices"], net["indptr"], net["rkeys"]
+    while True:
+        data = (rc[perm] > 0).astype(np.int8)
+        g = csr_matrix((data, indices.copy(), indptr.copy()), shape=(nv, nv))  # type: ignore[operator]
+        g.eliminate_zeros()
+        reach, pred = breadth_first_order(g, src, directed=True, return_predecessors=True)  # type: ignore[operator]
+        if pred[snk] < 0:
+            return np.asarray(reach, dtype=np.int64)
+        path: list[int] = []
+        pl = pred.tolist()
+        v = snk
+        while v != src:
+            u = pl[v]
+            path.append(u * nv + v)
+            v = u
+        entries = net["rorder"][np.searchsorted(sorted_keys, np.array(path, dtype=np.int64))]
+        delta = int(rc[entries].min())
+        rc[entries] -= delta
+        partner = np.where(entries < n_arcs, entries + n_arcs, entries - n_arcs)
+        rc[partner] += delta
 
 
 def _feasible_flow(

@@ -286,8 +286,9 @@ def test_single_clock_cannot_be_planned() -> None:
 def test_large_network_path_matches_small(
     monkeypatch: pytest.MonkeyPatch, schedule: Schedule
 ) -> None:
-    """The SciPy max-flow path (large critical networks) gives the same frontier, point for
-    point and plan for plan, as the plain-Python augmentation (small ones)."""
+    """The SciPy paths (one max-flow call per step for mid-sized critical networks, one BFS
+    per augmenting path for the largest) give the same frontier, point for point and plan
+    for plan, as the plain-Python augmentation (small ones)."""
     import perwatt.train.frontier as frontier_mod
 
     prof = load_profile(SHARED / "stage_profile/gpt3-175b+a100_sxm_bf16.csv")
@@ -295,14 +296,16 @@ def test_large_network_path_matches_small(
     prof = StageProfile(entries={k: v for k, v in prof.entries.items() if k[0] < n_prof})
     monkeypatch.setattr(frontier_mod, "_PY_BFS_MAX_ARCS", 10**9)
     small = compute_frontier(prof, schedule, p_block_w=83.64)
-    monkeypatch.setattr(frontier_mod, "_PY_BFS_MAX_ARCS", 0)
-    large = compute_frontier(prof, schedule, p_block_w=83.64)
-    assert [p.time_s for p in small.points] == [p.time_s for p in large.points]
-    assert [p.energy_j for p in small.points] == pytest.approx(
-        [p.energy_j for p in large.points], rel=1e-12
-    )
-    for k in range(0, len(small.points), 7):
-        assert np.array_equal(small.durations_q(k), large.durations_q(k))
+    for maxflow_max_arcs in (10**9, 0):  # one max-flow call per step; one BFS per path
+        monkeypatch.setattr(frontier_mod, "_PY_BFS_MAX_ARCS", 0)
+        monkeypatch.setattr(frontier_mod, "_MAXFLOW_MAX_ARCS", maxflow_max_arcs)
+        large = compute_frontier(prof, schedule, p_block_w=83.64)
+        assert [p.time_s for p in small.points] == [p.time_s for p in large.points]
+        assert [p.energy_j for p in small.points] == pytest.approx(
+            [p.energy_j for p in large.points], rel=1e-12
+        )
+        for k in range(0, len(small.points), 7):
+            assert np.array_equal(small.durations_q(k), large.durations_q(k))
 
 
 def test_batched_exponential_fits_match_one_by_one() -> None:
