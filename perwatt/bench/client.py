@@ -4,7 +4,7 @@ Why not httpx: the client must never be the bottleneck of a benchmark. A streame
 hundreds of small SSE chunks, and per-chunk overhead decides how many requests and chunks one
 core can drive. httpx's streaming path (h11 event parsing, several layers of async iterators)
 costs several times more CPU per chunk than reading the socket into a buffer and splitting it
-ourselves (see benchmarks/results/bench.md). So requests go over raw asyncio streams with a
+ourselves (see BENCHMARKS.md). So requests go over raw asyncio streams with a
 small HTTP/1.1 implementation: keep-alive connection pool, ``Content-Length``, chunked and
 read-until-close bodies, TLS via :mod:`ssl`. httpx is still used for the one-off ``/v1/models``
 discovery, where convenience wins.

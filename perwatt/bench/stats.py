@@ -16,7 +16,7 @@ variation, not that the difference would survive a reboot, a different prompt sa
 GPU of the same model. Repeat runs to measure that.
 
 Everything is vectorised over resamples with numpy (2,000 resamples of 10,000 requests take
-~0.3 s for a mean or a percentile on the 2-core CI VM, see benchmarks/results/bench-analysis.md), chunked so memory stays below ~32 MB, and seeded so the same inputs
+~0.3 s for a mean or a percentile on the 2-core CI VM, see BENCHMARKS.md), chunked so memory stays below ~32 MB, and seeded so the same inputs
 give the same interval.
 """
 

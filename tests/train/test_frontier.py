@@ -117,7 +117,7 @@ def test_frontier_against_exact_discrete_optimum() -> None:
 
     The convex-hull model is a relaxation, so its frontier lower-bounds the discrete optimum;
     every plan (the slowest clock within each planned duration) is a feasible discrete
-    solution, so it upper-bounds it. The gap is printed (see benchmarks/results/train.md).
+    solution, so it upper-bounds it. The gap is printed (see BENCHMARKS.md).
     """
     path = SHARED / "stage_profile/gpt3-175b+a100_sxm_bf16.csv"
     if not path.exists():
