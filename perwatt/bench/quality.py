@@ -40,6 +40,7 @@ from typing import Any, Final, Literal
 
 import httpx
 
+from perwatt._files import atomic_write_text
 from perwatt.bench.result import load_result, write_result
 from perwatt.errors import ConfigError, DataFormatError, RemoteSourceError
 
@@ -524,12 +525,7 @@ def _discover_model(client: httpx.Client, srv: _Server) -> str | None:
 
 def write_quality_report(report: QualityReport, path: str | Path) -> Path:
     """Write the report JSON atomically (``.tmp`` then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n")
 
 
 def attach_accuracy(result_path: str | Path, accuracy: Mapping[str, Any]) -> Path:

@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, Literal, TypedDict
 
+from perwatt._files import atomic_write_text
 from perwatt.errors import DataFormatError
 
 SCHEMA_VERSION: Final = "perwatt.bench.result/1"
@@ -207,17 +207,8 @@ def write_result(path: str | Path, doc: BenchResult | Mapping[str, Any]) -> Path
     A reader (or a crash) therefore sees either the previous complete version or the new one,
     never a torn file. Non-finite floats are written as ``null``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     text = json.dumps(_jsonable(doc), indent=2, allow_nan=False)
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, text + "\n", fsync=True)
 
 
 # --------------------------------------------------------------------------- reading

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from perwatt._files import atomic_write_text
 from perwatt.errors import ConfigError
 from perwatt.meter.meter import Measurement, Meter
 
@@ -188,13 +189,10 @@ def format_command_measurement(cm: CommandMeasurement) -> str:
 
 def write_json(path: str | Path, data: Mapping[str, Any]) -> None:
     """Write ``data`` as JSON atomically (``.tmp`` then rename)."""
-    p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
     try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        tmp.replace(p)
+        atomic_write_text(path, json.dumps(data, indent=2) + "\n")
     except OSError as e:
-        raise ConfigError(f"cannot write {p}: {e.strerror or e}") from None
+        raise ConfigError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 # ------------------------------------------------------------------------- watch

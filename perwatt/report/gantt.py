@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import html
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from perwatt._files import atomic_write_text
 from perwatt.train.simulate import SimulationReport, Timeline
 
 # Five anchors of each map; colours in between are linear interpolations in sRGB.
@@ -369,8 +369,4 @@ def write_html(
     report: SimulationReport, path: str | Path, *, title: str = "perwatt train simulate"
 ) -> Path:
     """Write :func:`render_html` to ``path`` atomically (temp file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render_html(report, title=title), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, render_html(report, title=title))

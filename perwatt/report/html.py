@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from perwatt import economics as eco
+from perwatt._files import atomic_write_text
 from perwatt.bench.result import BenchResult, load_result, validate_result
 from perwatt.errors import ConfigError, UserError
 from perwatt.meter.source import is_measured
@@ -722,12 +723,7 @@ def write_html_report(
 ) -> Path:
     """Write one self-contained offline HTML report over ``results`` (files or documents)."""
     text = render_html_report(results, title=title)
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
-    return out
+    return atomic_write_text(out_path, text)
 
 
 __all__ = ["pareto_front", "render_html_report", "write_html_report"]

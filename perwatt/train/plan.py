@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from perwatt._files import atomic_write_text
 from perwatt.errors import ConfigError
 from perwatt.train.frontier import (
     CostModel,
@@ -245,17 +245,10 @@ def choose_plan(
 # ---- end-to-end: what `perwatt train plan` runs ------------------------------------------
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_frontier_csv(frontier: Frontier, path: str | Path) -> None:
     """``time,energy`` rows, slowest first — the layout of the Perseus reference files."""
     lines = ["time,energy"] + [f"{t!r},{e!r}" for t, e in frontier.to_csv_rows()]
-    _atomic_write(Path(path), "\n".join(lines) + "\n")
+    atomic_write_text(Path(path), "\n".join(lines) + "\n")
 
 
 def write_plans(frontier: Frontier, path: str | Path) -> int:
@@ -290,12 +283,12 @@ def write_plans(frontier: Frontier, path: str | Path) -> int:
         "order": order,
     }
     if p.suffix == ".json":
-        _atomic_write(p, json.dumps({**meta, "plans": plans}))
+        atomic_write_text(p, json.dumps({**meta, "plans": plans}))
     else:
         p.mkdir(parents=True, exist_ok=True)
-        _atomic_write(p / "schedule.json", json.dumps(meta))
+        atomic_write_text(p / "schedule.json", json.dumps(meta))
         for plan in plans:
-            _atomic_write(p / f"plan_{plan['index']:05d}.json", json.dumps(plan))
+            atomic_write_text(p / f"plan_{plan['index']:05d}.json", json.dumps(plan))
     return len(plans)
 
 

@@ -1,0 +1,24 @@
+"""Writing files so that a reader, or a crash, never sees half of one."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def atomic_write_text(path: str | Path, text: str, *, fsync: bool = False) -> Path:
+    """Write ``text`` to a ``.tmp`` sibling, then rename it over ``path`` (atomic on POSIX).
+
+    ``fsync`` also flushes the data to disk before the rename, for files rewritten while a run is
+    in progress (a power cut then leaves the previous complete version, not an empty file).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(text)
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
+    tmp.replace(path)
+    return path
