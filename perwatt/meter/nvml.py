@@ -44,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -710,6 +711,14 @@ class NVMLSource(PowerSource):
             self.session.close()
             raise
         self.counter_period_s = COUNTER_PERIOD_S if self._counter_gpus else None
+        # A counter read takes ~4 ms on an H100 (GUIDE.md probe). NVML is thread-safe and ctypes
+        # releases the GIL during the call, so several GPUs are read at once: a window edge then
+        # costs about one read, not one per GPU.
+        self._pool = (
+            ThreadPoolExecutor(len(self._counter_gpus), thread_name_prefix="perwatt-nvml")
+            if len(self._counter_gpus) > 1
+            else None
+        )
         self.fake = is_fake(self.session.nvml)
         if getattr(self.session.nvml, "perwatt_label_simulated", False):
             # A fake NVML in the CLI/demo path: its numbers are a model, so say so everywhere.
@@ -729,9 +738,13 @@ class NVMLSource(PowerSource):
         return tuple(g.label for g in self._counter_gpus)
 
     def read_energy_j(self) -> Mapping[str, float] | None:
-        if not self._counter_gpus:
+        gpus = self._counter_gpus
+        if not gpus:
             return None
-        return {g.label: g.energy_j() for g in self._counter_gpus}
+        if self._pool is None:
+            return {g.label: g.energy_j() for g in gpus}
+        values = self._pool.map(lambda g: g.energy_j(), gpus)
+        return dict(zip((g.label for g in gpus), values, strict=True))
 
     def read_power_w(self) -> Mapping[str, float] | None:
         if not self._power_gpus:
@@ -748,6 +761,8 @@ class NVMLSource(PowerSource):
         return f"nvml (driver {self._driver}): " + ", ".join(parts) + fake
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         self.session.close()
 
 

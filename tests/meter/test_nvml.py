@@ -209,6 +209,41 @@ def test_real_pynvml_errors_are_mapped(error: type, expected: type, hint: str) -
         assert str(mapped).startswith("gpu3: ")
 
 
+def test_several_gpus_are_read_concurrently_with_the_same_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    fake, _ = fake_gpus("H100", "H100", "A100", "H100")
+    src = NVMLSource(nvml=fake)
+    serial = {g.label: g.energy_j() for g in src.gpus}  # one after another
+    threads: set[str] = set()
+    real_read = fake.nvmlDeviceGetTotalEnergyConsumption
+
+    def slow_read(handle: object) -> int:
+        threads.add(threading.current_thread().name)
+        time.sleep(0.02)  # long enough that the four reads overlap
+        return int(real_read(handle))
+
+    monkeypatch.setattr(fake, "nvmlDeviceGetTotalEnergyConsumption", slow_read)
+    got = src.read_energy_j()
+    assert got is not None and list(got) == ["gpu0", "gpu1", "gpu2", "gpu3"]
+    assert got == pytest.approx(serial, abs=1e-3)
+    assert len(threads) > 1 and all(t.startswith("perwatt-nvml") for t in threads)
+    src.close()
+    assert fake.init_count == 0
+
+
+def test_a_lost_gpu_in_a_concurrent_read_is_still_mapped() -> None:
+    fake, _ = fake_gpus("H100", "H100")
+    src = NVMLSource(nvml=fake)
+    fake.lose_gpu(1, after_calls=1)
+    src.read_energy_j()
+    with pytest.raises(DeviceLostError, match="gpu1"):
+        src.read_energy_j()
+    src.close()
+
+
 def test_gpu_lost_during_reads() -> None:
     fake, _ = fake_gpus("H100")
     src = NVMLSource(nvml=fake)
