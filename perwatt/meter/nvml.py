@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -75,6 +76,8 @@ _NOT_FOUND: Final = 6
 
 #: Counter update period: the H100 counter changed about every 100 ms (GUIDE.md probe).
 COUNTER_PERIOD_S: Final = 0.1
+#: Read several GPUs' counters concurrently when reading them one after another takes longer.
+_CONCURRENT_READ_THRESHOLD_S: Final = 0.5e-3
 
 _ARCH_NAMES: Final = {
     2: "Kepler",
@@ -682,6 +685,7 @@ class NVMLSource(PowerSource):
         *,
         nvml: Any | None = None,
         use_counter: bool | None = None,
+        concurrent_reads: bool | None = None,
     ) -> None:
         self.session = NVMLSession(indices, nvml=nvml)
         try:
@@ -712,13 +716,20 @@ class NVMLSource(PowerSource):
             raise
         self.counter_period_s = COUNTER_PERIOD_S if self._counter_gpus else None
         # A counter read takes ~4 ms on an H100 (GUIDE.md probe). NVML is thread-safe and ctypes
-        # releases the GIL during the call, so several GPUs are read at once: a window edge then
-        # costs about one read, not one per GPU.
-        self._pool = (
-            ThreadPoolExecutor(len(self._counter_gpus), thread_name_prefix="perwatt-nvml")
-            if len(self._counter_gpus) > 1
-            else None
-        )
+        # releases the GIL during the call, so several GPUs can be read at once and a window
+        # edge then costs about one read, not one per GPU. A thread pool costs ~20 µs per GPU,
+        # so by default (None) it is used only when one serial read of all counters is slower
+        # than _CONCURRENT_READ_THRESHOLD_S.
+        self._pool: ThreadPoolExecutor | None = None
+        n = len(self._counter_gpus)
+        if n > 1 and concurrent_reads is not False:
+            if concurrent_reads is None:
+                t0 = time.perf_counter()
+                for g in self._counter_gpus:
+                    g.energy_j()
+                concurrent_reads = time.perf_counter() - t0 > _CONCURRENT_READ_THRESHOLD_S
+            if concurrent_reads:
+                self._pool = ThreadPoolExecutor(n, thread_name_prefix="perwatt-nvml")
         self.fake = is_fake(self.session.nvml)
         if getattr(self.session.nvml, "perwatt_label_simulated", False):
             # A fake NVML in the CLI/demo path: its numbers are a model, so say so everywhere.

@@ -215,7 +215,7 @@ def test_several_gpus_are_read_concurrently_with_the_same_values(
     import threading
 
     fake, _ = fake_gpus("H100", "H100", "A100", "H100")
-    src = NVMLSource(nvml=fake)
+    src = NVMLSource(nvml=fake, concurrent_reads=True)
     serial = {g.label: g.energy_j() for g in src.gpus}  # one after another
     threads: set[str] = set()
     real_read = fake.nvmlDeviceGetTotalEnergyConsumption
@@ -234,9 +234,32 @@ def test_several_gpus_are_read_concurrently_with_the_same_values(
     assert fake.init_count == 0
 
 
+def test_concurrent_reads_only_when_serial_reads_are_slow(monkeypatch: pytest.MonkeyPatch) -> None:
+    import perwatt.meter.nvml as nvml_mod
+
+    fake, _ = fake_gpus("H100", "H100")
+    # Thresholds far from both sides so a loaded CI machine cannot flip the decision.
+    monkeypatch.setattr(nvml_mod, "_CONCURRENT_READ_THRESHOLD_S", 10.0)
+    fast = NVMLSource(nvml=fake)
+    assert fast._pool is None
+    fast.close()
+    real_read = fake.nvmlDeviceGetTotalEnergyConsumption
+
+    def slow_read(handle: object) -> int:
+        time.sleep(0.002)  # like a real driver (~4 ms on an H100, GUIDE.md)
+        return int(real_read(handle))
+
+    monkeypatch.setattr(fake, "nvmlDeviceGetTotalEnergyConsumption", slow_read)
+    monkeypatch.setattr(nvml_mod, "_CONCURRENT_READ_THRESHOLD_S", 1e-3)  # 2 reads >= 4 ms
+    slow = NVMLSource(nvml=fake)
+    assert slow._pool is not None
+    slow.close()
+    assert NVMLSource(nvml=fake, concurrent_reads=False)._pool is None
+
+
 def test_a_lost_gpu_in_a_concurrent_read_is_still_mapped() -> None:
     fake, _ = fake_gpus("H100", "H100")
-    src = NVMLSource(nvml=fake)
+    src = NVMLSource(nvml=fake, concurrent_reads=True)
     fake.lose_gpu(1, after_calls=1)
     src.read_energy_j()
     with pytest.raises(DeviceLostError, match="gpu1"):
