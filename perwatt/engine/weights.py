@@ -40,6 +40,10 @@ from perwatt.errors import DataFormatError
 
 # Tensors some checkpoints carry that hold nothing this engine needs.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+# safetensors dtype codes the loader converts losslessly enough into the model's float dtype.
+# Anything else (I32, U8, F8_E4M3 ...) is an integer or pre-quantized tensor that copy_ would
+# silently cast into garbage weights, so it is rejected by name instead.
+_FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})
 
 
 def random_tensor(name: str, shape: Sequence[int], seed: int, device: torch.device) -> Tensor:
@@ -238,6 +242,13 @@ def load_hf_weights(model: Transformer, directory: str | Path) -> None:
                         raise DataFormatError(
                             f"{f.name}: tensor {name!r} has shape {list(shape)}, expected "
                             f"{list(slot.shape)} from config.json"
+                        )
+                    dtype = fh.get_slice(name).get_dtype()
+                    if dtype not in _FLOAT_DTYPES:
+                        raise DataFormatError(
+                            f"{f.name}: tensor {name!r} is {dtype}, expected a floating-point "
+                            "tensor (F32, F16 or BF16); pre-quantized checkpoints are not "
+                            "supported: load the unquantized weights and pick --precision"
                         )
                     found[name] = f
         except (OSError, RuntimeError, SafetensorError) as e:

@@ -82,6 +82,21 @@ def test_missing_and_unexpected_tensors_rejected(tmp_path: Path) -> None:
         load_engine(str(d2), precision="fp32", device="cpu", max_seq_len=32)
 
 
+def test_integer_tensor_rejected_not_cast(tmp_path: Path) -> None:
+    _, d = _tiny_dir(tmp_path)
+    _rewrite(d, {"model.layers.0.mlp.up_proj.weight": torch.ones(768, 256, dtype=torch.int32)})
+    with pytest.raises(
+        DataFormatError, match=r"'model.layers.0.mlp.up_proj.weight' is I32, expected a floating"
+    ):
+        load_engine(str(d), precision="fp32", device="cpu", max_seq_len=32)
+
+
+def test_bf16_checkpoint_loads_into_fp32(tmp_path: Path) -> None:
+    src, d = _tiny_dir(tmp_path)
+    _rewrite(d, {"model.norm.weight": src.model.norm.weight.detach().to(torch.bfloat16)})
+    load_engine(str(d), precision="fp32", device="cpu", max_seq_len=32)
+
+
 def test_ignores_rotary_inv_freq(tmp_path: Path) -> None:
     _, d = _tiny_dir(tmp_path)
     _rewrite(d, {"model.layers.0.self_attn.rotary_emb.inv_freq": torch.zeros(16)})
