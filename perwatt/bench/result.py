@@ -384,6 +384,10 @@ def load_result(path: str | Path) -> BenchResult:
         raise DataFormatError(f"{path}: no such result file") from None
     except OSError as e:
         raise DataFormatError(f"{path}: cannot read ({e.strerror or e})") from e
+    except UnicodeDecodeError as e:
+        raise DataFormatError(
+            f"{path}: not a result JSON file (not UTF-8 text: {e.reason})"
+        ) from None
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:

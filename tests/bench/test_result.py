@@ -85,3 +85,11 @@ def test_not_json_and_missing(tmp_path: Path) -> None:
 def test_null_energy_allowed_for_failed_run() -> None:
     doc = example_result(status="failed", energy=None, economics=None)
     assert doc["energy"] is None
+
+
+def test_not_utf8_is_one_line_error(tmp_path: Path) -> None:
+    # A binary file passed by mistake must not surface as a UnicodeDecodeError traceback.
+    p = tmp_path / "bin.json"
+    p.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(DataFormatError, match=r"bin\.json: not a result JSON file \(not UTF-8"):
+        load_result(p)
