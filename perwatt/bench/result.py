@@ -343,7 +343,17 @@ def validate_result(doc: Any, where: str = "result") -> BenchResult:
         raise DataFormatError(f"{where}: load.value must be a number")
     if not isinstance(doc["conditions"].get("gpus", []), list):
         raise DataFormatError(f"{where}: conditions.gpus must be a list")
-    _check(where, doc["metrics"], _METRICS, "metrics.")
+    try:
+        _check(where, doc["metrics"], _METRICS, "metrics.")
+    except DataFormatError:
+        # The runner's first write holds null throughputs until its first checkpoint; a run
+        # killed before then should read as unfinished, not as a corrupt key.
+        if doc["status"] == "running":
+            raise DataFormatError(
+                f"{where}: no metrics yet (status 'running': the run is still going or was "
+                "killed before its first checkpoint); wait for it to finish or re-run it"
+            ) from None
+        raise
     m = doc["metrics"]
     if m["token_count_source"] not in TOKEN_COUNT_SOURCES:
         raise DataFormatError(

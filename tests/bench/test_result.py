@@ -93,3 +93,14 @@ def test_not_utf8_is_one_line_error(tmp_path: Path) -> None:
     p.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(DataFormatError, match=r"bin\.json: not a result JSON file \(not UTF-8"):
         load_result(p)
+
+
+def test_running_without_metrics_says_unfinished() -> None:
+    # What the runner writes before its first checkpoint (a run killed early leaves this).
+    doc: Any = json.loads(json.dumps(example_result(status="running", energy=None)))
+    doc["metrics"]["request_throughput_rps"] = None
+    with pytest.raises(DataFormatError, match=r"x\.json: no metrics yet \(status 'running'"):
+        validate_result(doc, "x.json")
+    doc["status"] = "complete"
+    with pytest.raises(DataFormatError, match="request_throughput_rps is null"):
+        validate_result(doc, "x.json")
