@@ -71,6 +71,10 @@ def load_prompts(path: str | Path) -> list[QualityPrompt]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as e:
         raise DataFormatError(f"{path}: cannot read prompt file ({e.strerror or e})") from e
+    except UnicodeDecodeError as e:
+        raise DataFormatError(
+            f"{path}: not a JSONL prompt file (not UTF-8 text: {e.reason})"
+        ) from None
     prompts: list[QualityPrompt] = []
     ids: set[str] = set()
     for n, raw in enumerate(lines, 1):

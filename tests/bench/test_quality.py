@@ -247,6 +247,13 @@ def test_bad_prompt_files(tmp_path: Path, text: str, match: str) -> None:
         q.load_prompts(p)
 
 
+def test_non_utf8_prompt_file_is_one_line_error(tmp_path: Path) -> None:
+    p = tmp_path / "prompts.jsonl"
+    p.write_bytes(b"\xff\xfe garbage\n")
+    with pytest.raises(DataFormatError, match=r"prompts\.jsonl: not a JSONL prompt file"):
+        q.load_prompts(p)
+
+
 def test_agreement_unit_logic() -> None:
     a = q.Generation(text="a b c", tokens=("a", " b", " c"), logprobs=(-0.1, -0.2, -0.3))
     b = q.Generation(text="a b", tokens=("a", " b"), logprobs=(-0.1, -0.4))
