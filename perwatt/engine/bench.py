@@ -312,6 +312,19 @@ def _load(model: str, precision: str, *, batch: int, seq_len: int, **kw: Any) ->
     return load_engine(model, precision=precision, max_batch_size=batch, max_seq_len=seq_len, **kw)
 
 
+def _check_model(model: str) -> None:
+    """Resolve ``model``'s config the way :func:`~perwatt.engine.generate.load_engine` does."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        from perwatt.engine.weights import read_hf_config
+
+        read_hf_config(path)
+    else:
+        from perwatt.engine.config import get_config
+
+        get_config(model)
+
+
 def _free_all(engine: Any, slots: Sequence[int]) -> None:
     for s in slots:
         engine.free(s)
@@ -754,6 +767,9 @@ def run_builtin_bench(
         raise ConfigError(f"--idle-seconds must be >= 0, got {idle_seconds}")
     specs = [PointSpec(precision=p, batch_size=b) for p in precs for b in bs]
     require_engine_deps()
+    # An unknown shape name or an unreadable config.json would fail every point the same way:
+    # say so once, before metering, instead of writing one failed document per point.
+    _check_model(model)
     out_dir = Path(result_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     engine_kw: dict[str, Any] = {"device": device, "seed": seed, "quantized_path": quantized_path}

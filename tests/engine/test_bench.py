@@ -11,7 +11,7 @@ import pytest
 
 from perwatt.bench.result import load_result
 from perwatt.engine import bench as B
-from perwatt.errors import ConfigError
+from perwatt.errors import ConfigError, PerwattError
 from perwatt.meter import SimulatedSource
 
 pytest.importorskip("torch")
@@ -195,6 +195,24 @@ def test_failed_points_are_recorded_and_the_sweep_continues(
     ok = by_name["builtin-tiny-bf16_b1.json"]
     assert ok["status"] == "complete" and ok["energy"] is not None
     assert "failed:" in B.format_summary(paths)
+
+
+@pytest.mark.parametrize("model", ["no-such-shape", "DIR"])
+def test_unresolvable_model_is_one_error_before_the_sweep(tmp_path: Path, model: str) -> None:
+    if model == "DIR":
+        (tmp_path / "ckpt").mkdir()
+        (tmp_path / "ckpt" / "config.json").write_text("{not json")
+        model = str(tmp_path / "ckpt")
+    out = tmp_path / "out"
+    with pytest.raises(PerwattError, match=r"unknown model shape|cannot parse"):
+        B.run_builtin_bench(
+            precisions="fp32,bf16",
+            batches="1,2",
+            result_dir=out,
+            energy_source=SimulatedSource(power_w=POWER_W),
+            **{**SMALL, "model": model},
+        )
+    assert not out.exists() or not list(out.iterdir())
 
 
 def test_idle_baseline_gives_idle_share(tmp_path: Path) -> None:
