@@ -801,6 +801,14 @@ def summary_notes(paths: Sequence[Path]) -> list[str]:
         m = d["metrics"]
         if d["partial_reason"]:
             lines.append(f"{p.name}: {d['status']}: {d['partial_reason']}")
+        # The run-time warning is silenced by --quiet; the summary must still say the workload
+        # is not the whole file.
+        wl: Any = d["config"].get("workload") or {}
+        if wl.get("skipped_rows"):
+            lines.append(
+                f"{p.name}: {wl['skipped_rows']} of {wl['rows_read']} workload rows skipped as "
+                "bad (examples in config.workload.bad_row_examples)"
+            )
         if m["errors"]:
             kinds = ", ".join(f"{k} x{n}" for k, n in m["errors"].items())
             lines.append(f"{p.name}: errors: {kinds}")

@@ -247,6 +247,16 @@ def test_nothing_written_on_bad_setup(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+def test_skipped_workload_rows_are_in_the_summary(tmp_path: Path) -> None:
+    data = tmp_path / "w.jsonl"
+    good = '{"prompt": "one two three four five", "output_len": 4}'
+    data.write_text(f'{good}\n{{"prompt": 5}}\n{good}\n[1]\n')
+    with FakeOpenAIServer() as s:
+        (path,) = run_server_bench(cfg(s.url, tmp_path, num_prompts=2, dataset=data))
+    assert load_result(path)["config"]["workload"]["skipped_rows"] == 2
+    assert any("2 of 4 workload rows skipped" in n for n in summary_notes([path]))
+
+
 def test_config_validation(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="sweep one"):
         cfg("http://x/v1", tmp_path, request_rates=(1.0, 2.0), max_concurrencies=(1, 2))
