@@ -81,6 +81,12 @@ def parse_goodput(specs: Sequence[str] | None) -> GoodputSLO | None:
                 raise ConfigError(f"--goodput {item!r}: {val!r} is not a number of ms") from None
             if not (ms > 0 and math.isfinite(ms)):
                 raise ConfigError(f"--goodput {item!r}: the SLO must be a positive number of ms")
+            prev = cast(dict[str, float], out).get(key)
+            if prev is not None and prev != ms:
+                # Last-wins would silently measure goodput against an SLO the user may not mean.
+                raise ConfigError(
+                    f"--goodput sets {key} twice ({prev:g} and {ms:g} ms); give it once"
+                )
             out[key] = ms  # type: ignore[literal-required]
     return out
 

@@ -93,6 +93,9 @@ def test_parse_goodput() -> None:
     assert parse_goodput(["ttft:200", "tpot:50"]) == {"ttft": 200.0, "tpot": 50.0}
     assert parse_goodput(["e2el:1000,ttft:5"]) == {"e2el": 1000.0, "ttft": 5.0}
     assert parse_goodput(None) is None
+    assert parse_goodput(["ttft:200", "ttft:200"]) == {"ttft": 200.0}
+    with pytest.raises(ConfigError, match="sets ttft twice"):
+        parse_goodput(["ttft:100", "ttft:200"])
     for bad in (["ttft"], ["latency:5"], ["ttft:abc"], ["tpot:-1"], ["tpot:nan"]):
         with pytest.raises(ConfigError, match="goodput"):
             parse_goodput(bad)
