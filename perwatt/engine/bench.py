@@ -108,7 +108,12 @@ def _is_oom(e: BaseException) -> bool:
     oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None) if torch else None
     if oom is not None and isinstance(e, oom):
         return True
-    return isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
+    # torch's CPU allocator raises a plain RuntimeError ("DefaultCPUAllocator: can't allocate
+    # memory: ..." as of torch 2.13), not OutOfMemoryError, so match its text as well.
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text or "not enough memory" in text
+    )
 
 
 def failure_reason(e: BaseException, spec: PointSpec) -> str:

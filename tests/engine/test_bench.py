@@ -215,6 +215,19 @@ def test_unresolvable_model_is_one_error_before_the_sweep(tmp_path: Path, model:
     assert not out.exists() or not list(out.iterdir())
 
 
+def test_cpu_allocator_failure_is_reported_as_out_of_memory() -> None:
+    import torch
+
+    try:
+        torch.empty(2**50)  # 4 PiB: past any x86-64/arm64 address space, so malloc fails at once
+    except RuntimeError as e:
+        err: BaseException = e
+    else:
+        pytest.fail("a 4 PiB CPU allocation succeeded")
+    reason = B.failure_reason(err, B.PointSpec(precision="fp32", batch_size=64))
+    assert reason.startswith("out of memory at fp32 batch 64: use a smaller --batch")
+
+
 def test_idle_baseline_gives_idle_share(tmp_path: Path) -> None:
     # Nothing sets the simulated load, so the source draws its idle 60 W all the time: the idle
     # share of the decode energy must be 1 and the idle power 60 W.
