@@ -483,7 +483,16 @@ def from_file(
         kind = fmt
     rows = _sharegpt_rows(path) if kind == "sharegpt" else _jsonl_rows(path)
     if not rows.rows:
-        why = "; ".join(rows.examples) or "every row was filtered out"
+        if rows.read == 0:
+            raise DataFormatError(
+                f"{path}: the file has no rows; give a ShareGPT JSON list or JSONL prompt rows"
+            )
+        # Say how many were dropped for length, not only the malformed ones: a file of valid but
+        # too-short conversations otherwise reads as if only its bad rows were the problem.
+        parts = list(rows.examples)
+        if rows.filtered:
+            parts.append(f"{rows.filtered} filtered out by length")
+        why = "; ".join(parts)
         raise DataFormatError(f"{path}: no usable row ({rows.read} read; {why})")
     rng = random.Random(seed)
     order = list(range(len(rows.rows)))

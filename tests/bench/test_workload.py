@@ -98,6 +98,14 @@ def test_no_usable_rows(tmp_path: Path) -> None:
         from_file(p, num_prompts=1)
     with pytest.raises(DataFormatError, match="no such workload file"):
         from_file(tmp_path / "missing.jsonl", num_prompts=1)
+    for name, text in (("e.jsonl", ""), ("e.json", "[]"), ("blank.jsonl", "\n\n")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(DataFormatError, match=r"the file has no rows"):
+            from_file(tmp_path / name, num_prompts=1)
+    short = tmp_path / "short.json"
+    short.write_text(json.dumps([_conv("hi", "hello there"), {"conversations": []}]))
+    with pytest.raises(DataFormatError, match=r"2 read; .*at least 2 turns; 1 filtered out"):
+        from_file(short, num_prompts=1)
 
 
 def _conv(human: str, gpt: str) -> dict[str, object]:
