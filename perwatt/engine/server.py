@@ -820,15 +820,27 @@ def serve(
     try:
         from perwatt.engine.generate import load_engine
 
-        engine = load_engine(
-            model,
-            precision=precision,
-            device=device,
-            max_batch_size=max_batch_size,
-            max_seq_len=max_seq_len,
-            seed=seed,
-            quantized_path=quantized_path,
-        )
+        try:
+            engine = load_engine(
+                model,
+                precision=precision,
+                device=device,
+                max_batch_size=max_batch_size,
+                max_seq_len=max_seq_len,
+                seed=seed,
+                quantized_path=quantized_path,
+            )
+        except Exception as e:
+            from perwatt.engine.bench import _is_oom
+
+            if not _is_oom(e):
+                raise
+            # The KV cache is max_batch_size x max_seq_len: those are the knobs that fit it.
+            raise ConfigError(
+                f"out of memory loading {model} at {precision} with {max_batch_size} slots x "
+                f"{max_seq_len} tokens: use a smaller --max-batch-size or --max-seq-len, or a "
+                "lower-memory --precision (int8, int4)"
+            ) from e
         tokenizer = serving_tokenizer(engine.tokenizer)
         batcher = Batcher(
             engine,

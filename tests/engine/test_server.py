@@ -380,3 +380,18 @@ def test_warm_up_runs_on_the_engine_thread() -> None:
             warm_up(b, steps=3)
     finally:
         b.stop()
+
+
+def test_out_of_memory_at_load_names_the_knobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    import perwatt.engine.generate as G
+    from perwatt.engine.server import serve
+    from perwatt.errors import ConfigError
+
+    def load(*_a: Any, **_k: Any) -> Any:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+
+    monkeypatch.setattr(G, "load_engine", load)
+    with pytest.raises(ConfigError, match=r"use a smaller --max-batch-size or --max-seq-len"):
+        serve(model="tiny", precision="fp32", device="cpu", port=0, max_batch_size=4096)
