@@ -820,10 +820,19 @@ def summary_notes(paths: Sequence[Path]) -> list[str]:
                 f"{p.name}: input tokens are approximate (word count; the server reported no "
                 "prompt usage)"
             )
-        if m["token_count_source"] == "chunks" and m["completed"]:
+        streamed = bool(cast(dict[str, Any], d["config"]).get("stream", True))
+        if m["token_count_source"] == "chunks" and m["completed"] and streamed:
             lines.append(
                 f"{p.name}: output tokens counted from stream chunks (the server sent no usage); "
                 "exact only for servers that send one token per chunk"
+            )
+        elif m["token_count_source"] == "chunks" and m["completed"]:
+            # Without a stream the client's only count is whitespace words (client.py): saying
+            # "stream chunks" would hide that J/token rests on a words-for-tokens approximation.
+            lines.append(
+                f"{p.name}: output tokens are approximate: whitespace words of the replies "
+                "(non-streaming, the server sent no usage); real tokenizers give more tokens "
+                "per word"
             )
         econ = d["economics"]
         if econ is not None:

@@ -257,6 +257,14 @@ def test_skipped_workload_rows_are_in_the_summary(tmp_path: Path) -> None:
     assert any("2 of 4 workload rows skipped" in n for n in summary_notes([path]))
 
 
+def test_non_streaming_without_usage_says_words_not_chunks(tmp_path: Path) -> None:
+    with FakeOpenAIServer(ServerConfig(usage="never")) as s:
+        (path,) = run_server_bench(cfg(s.url, tmp_path, num_prompts=2, stream=False))
+    notes = summary_notes([path])
+    assert any("approximate: whitespace words" in n for n in notes)
+    assert not any("stream chunks" in n for n in notes)
+
+
 def test_config_validation(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="sweep one"):
         cfg("http://x/v1", tmp_path, request_rates=(1.0, 2.0), max_concurrencies=(1, 2))
