@@ -294,27 +294,32 @@ class Meter:
         """Write the power timeline as CSV: ``time_s,device,power_w,energy_j,source``."""
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["time_s", "device", "power_w", "energy_j", "source"])
-            for s in self.timeline():
-                for dev in self.devices:
-                    if dev not in s.power_w and dev not in s.energy_j:
-                        continue
-                    p = s.power_w.get(dev)
-                    e = s.energy_j.get(dev)
-                    src = self._owner[dev]
-                    label = src.energy_label if e is not None else src.power_label
-                    w.writerow(
-                        [
-                            f"{s.t_s:.6f}",
-                            dev,
-                            "" if p is None else f"{p:.3f}",
-                            "" if e is None else f"{e:.6f}",
-                            label,
-                        ]
-                    )
-        tmp.replace(path)
+        try:
+            with tmp.open("w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["time_s", "device", "power_w", "energy_j", "source"])
+                for s in self.timeline():
+                    for dev in self.devices:
+                        if dev not in s.power_w and dev not in s.energy_j:
+                            continue
+                        p = s.power_w.get(dev)
+                        e = s.energy_j.get(dev)
+                        src = self._owner[dev]
+                        label = src.energy_label if e is not None else src.power_label
+                        w.writerow(
+                            [
+                                f"{s.t_s:.6f}",
+                                dev,
+                                "" if p is None else f"{p:.3f}",
+                                "" if e is None else f"{e:.6f}",
+                                label,
+                            ]
+                        )
+            tmp.replace(path)
+        except OSError as err:
+            # A bad --timeline path is the user's to fix: one line, and no stray .tmp left.
+            tmp.unlink(missing_ok=True)
+            raise ConfigError(f"cannot write {path}: {err.strerror or err}") from err
 
     # ------------------------------------------------------------------ windows
     def _read_counters(self) -> dict[str, float]:

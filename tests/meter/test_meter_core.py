@@ -404,6 +404,17 @@ def test_write_timeline_csv_is_atomic_and_labelled(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_write_timeline_to_a_bad_path_is_a_config_error(tmp_path: Path) -> None:
+    clock = Clock(0.0)
+    with meter_for(sim(clock, power_w=42.0), clock) as meter:
+        meter.sample_now()
+        with pytest.raises(ConfigError, match="cannot write"):
+            meter.write_timeline(tmp_path)  # a directory: the rename fails
+        with pytest.raises(ConfigError, match="cannot write"):
+            meter.write_timeline(tmp_path / "absent" / "tl.csv")
+    assert not list(tmp_path.parent.glob(f"{tmp_path.name}.tmp"))
+
+
 def test_background_sampler_runs_and_stops() -> None:
     src = SimulatedSource(power_w=10.0)
     meter = Meter(src, sample_interval_s=0.01, sync_cuda=False)
