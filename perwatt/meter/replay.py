@@ -86,9 +86,11 @@ def _number(raw: object, what: str, where: str) -> float:
 
 def _rows_from_file(path: Path) -> Iterable[tuple[str, dict[str, object]]]:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise DataFormatError(f"cannot read trace {path}: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise DataFormatError(f"{path}: not a UTF-8 CSV or JSONL trace ({e.reason})") from None
     stripped = text.lstrip()
     if stripped.startswith("{"):
         for n, line in enumerate(text.splitlines(), 1):

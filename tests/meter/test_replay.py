@@ -192,6 +192,13 @@ def test_malformed_whole_file(tmp_path: Path, name: str, text: str, fragment: st
     _fails(tmp_path, name, text, fragment, None)
 
 
+def test_binary_trace_is_a_data_format_error(tmp_path: Path) -> None:
+    path = tmp_path / "bin.csv"
+    path.write_bytes(b"\xff\xfe\x00garbage\n")
+    with pytest.raises(DataFormatError, match="not a UTF-8"):
+        load_trace(path)
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(DataFormatError, match="cannot read trace"):
         load_trace(tmp_path / "absent.csv")
