@@ -167,7 +167,9 @@ class StageProfile:
         return cls(entries=entries, source=source)
 
 
-def _num(text: str, what: str, where: str) -> float:
+def _num(text: str | None, what: str, where: str) -> float:
+    if text is None:  # csv.DictReader fills a short row's missing fields with None
+        raise DataFormatError(f"{where}: row has no {what} column; expected {','.join(_COLUMNS)}")
     try:
         value = float(text)
     except ValueError:
@@ -181,32 +183,41 @@ def load_profile(path: str | Path) -> StageProfile:
     """Read a ``stage,instruction,frequency,time,energy`` CSV (extra columns are ignored)."""
     p = Path(path)
     try:
-        fh = p.open(newline="")
+        fh = p.open(newline="", encoding="utf-8")
     except OSError as err:
         raise DataFormatError(f"cannot read profile {p}: {err.strerror}") from err
-    with fh:
-        reader = csv.DictReader(fh)
-        header = reader.fieldnames or []
-        missing = [c for c in _COLUMNS if c not in header]
-        if missing:
-            raise DataFormatError(
-                f"{p}: missing column(s) {missing}; expected header {','.join(_COLUMNS)}"
-            )
-        rows: list[tuple[int, str, int, float, float]] = []
-        for line, rec in enumerate(reader, start=2):
-            where = f"{p}:{line}"
-            stage_f = _num(rec["stage"], "stage", where)
-            freq_f = _num(rec["frequency"], "frequency", where)
-            if stage_f != int(stage_f) or stage_f < 0:
-                raise DataFormatError(f"{where}: stage must be a non-negative integer")
-            if freq_f != int(freq_f) or freq_f <= 0:
-                raise DataFormatError(f"{where}: frequency must be a positive integer (MHz)")
-            t = _num(rec["time"], "time", where)
-            energy = _num(rec["energy"], "energy", where)
-            if t <= 0 or energy <= 0:
-                raise DataFormatError(f"{where}: time and energy must be > 0")
-            rows.append((int(stage_f), rec["instruction"].strip(), int(freq_f), t, energy))
+    try:
+        with fh:
+            rows = _read_rows(p, fh)
+    except (UnicodeDecodeError, csv.Error) as err:
+        # A binary or mis-encoded file is bad input, not a crash.
+        raise DataFormatError(f"{p}: not a UTF-8 CSV profile ({err})") from None
     return StageProfile.from_rows(rows, source=str(p))
+
+
+def _read_rows(p: Path, fh: Iterable[str]) -> list[tuple[int, str, int, float, float]]:
+    reader = csv.DictReader(fh)
+    header = reader.fieldnames or []
+    missing = [c for c in _COLUMNS if c not in header]
+    if missing:
+        raise DataFormatError(
+            f"{p}: missing column(s) {missing}; expected header {','.join(_COLUMNS)}"
+        )
+    rows: list[tuple[int, str, int, float, float]] = []
+    for line, rec in enumerate(reader, start=2):
+        where = f"{p}:{line}"
+        stage_f = _num(rec["stage"], "stage", where)
+        freq_f = _num(rec["frequency"], "frequency", where)
+        if stage_f != int(stage_f) or stage_f < 0:
+            raise DataFormatError(f"{where}: stage must be a non-negative integer")
+        if freq_f != int(freq_f) or freq_f <= 0:
+            raise DataFormatError(f"{where}: frequency must be a positive integer (MHz)")
+        t = _num(rec["time"], "time", where)
+        energy = _num(rec["energy"], "energy", where)
+        if t <= 0 or energy <= 0:
+            raise DataFormatError(f"{where}: time and energy must be > 0")
+        rows.append((int(stage_f), rec["instruction"].strip(), int(freq_f), t, energy))
+    return rows
 
 
 def combine_ranks(profiles: Sequence[StageProfile]) -> StageProfile:

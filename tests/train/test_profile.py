@@ -80,6 +80,15 @@ def test_missing_column(tmp_path: Path) -> None:
         load_profile(_write(tmp_path, "0,forward,1000,0.1\n", "stage,instruction,frequency,time\n"))
 
 
+def test_binary_file_and_short_row(tmp_path: Path) -> None:
+    binary = tmp_path / "bin.csv"
+    binary.write_bytes(b"\xff\xfe\x00bin\n")
+    with pytest.raises(DataFormatError, match="not a UTF-8 CSV profile"):
+        load_profile(binary)
+    with pytest.raises(DataFormatError, match=r":2: row has no time column"):
+        load_profile(_write(tmp_path, "0,forward,1000\n"))
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(DataFormatError, match="cannot read"):
         load_profile(tmp_path / "nope.csv")
