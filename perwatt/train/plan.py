@@ -443,10 +443,14 @@ def plan_pipeline(
         deadline_s=deadline_s,
         max_slowdown_pct=max_slowdown_pct,
     )
-    if frontier_csv is not None:
-        write_frontier_csv(frontier, frontier_csv)
-    if plans_path is not None:
-        write_plans(frontier, plans_path)
+    # A bad output path is the user's to fix: one line, not an OSError traceback.
+    for out, write in ((frontier_csv, write_frontier_csv), (plans_path, write_plans)):
+        if out is None:
+            continue
+        try:
+            write(frontier, out)
+        except OSError as e:
+            raise ConfigError(f"cannot write {out}: {e.strerror or e}") from e
     return PlanReport(
         frontier=frontier,
         choice=choice,

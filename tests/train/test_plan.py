@@ -141,3 +141,14 @@ def test_replayed_plan_meets_an_absolute_limit(frontier: Frontier, ratio: float)
     assert c.plan.replay_time_s <= limit * (1 + 1e-9) or c.point == frontier.fastest
     d = choose_plan(frontier, straggler_ratio=ratio)
     assert d.plan.replay_time_s <= ratio * d.fastest_plan.replay_time_s * (1 + 1e-9)
+
+
+def test_plan_pipeline_bad_output_paths_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot write"):
+        plan_pipeline([TINY], stages=2, microbatches=3, p_block_w=50.0, frontier_csv=tmp_path)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match="cannot write"):
+        plan_pipeline(
+            [TINY], stages=2, microbatches=3, p_block_w=50.0, plans_path=blocker / "p.json"
+        )
