@@ -517,12 +517,17 @@ def write_profile_csv(rows: Iterable[ProfileRow], path: str | Path) -> Path:
         seen.add(key)
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(CSV_HEADER)
-        for r in rows:
-            w.writerow([r.stage, r.instruction, r.freq_mhz, repr(r.time_s), repr(r.energy_j)])
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", newline="") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(CSV_HEADER)
+            for r in rows:
+                w.writerow([r.stage, r.instruction, r.freq_mhz, repr(r.time_s), repr(r.energy_j)])
+        os.replace(tmp, path)
+    except OSError as e:
+        # A bad --out is the user's to fix: one line, and no stray .tmp left behind.
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write {path}: {e.strerror or e}") from e
     return path
 
 

@@ -201,6 +201,17 @@ def test_csv_format_matches_shared_profile(tmp_path: Path) -> None:
     assert not (tmp_path / "p.csv.tmp").exists()
 
 
+def test_write_profile_csv_to_a_bad_path_is_a_config_error(tmp_path: Path) -> None:
+    res = profile_simulated_pipeline(
+        num_stages=1, microbatches=1, config=SweepConfig(frequencies_mhz=(1410,))
+    )
+    with pytest.raises(ConfigError, match="cannot write"):
+        write_profile_csv(res.rows, tmp_path)
+    assert not list(tmp_path.parent.glob(f"{tmp_path.name}.tmp"))
+    with pytest.raises(ConfigError, match="cannot write"):
+        write_profile_csv(res.rows, tmp_path / "absent" / "p.csv")
+
+
 def test_merge_per_stage_files_and_reject_duplicates(tmp_path: Path) -> None:
     res = profile_simulated_pipeline(
         num_stages=2, microbatches=2, config=SweepConfig(frequencies_mhz=(1410,))
