@@ -598,7 +598,7 @@ def compute_frontier(
     """
     if time_quantum_s <= 0 or not math.isfinite(time_quantum_s):
         raise ConfigError(f"time quantum must be > 0 s, got {time_quantum_s}")
-    if noise_factor < 1.0:
+    if not noise_factor >= 1.0:  # also refuses NaN, which would silently act as 1
         raise ConfigError(f"noise factor must be ≥ 1, got {noise_factor}")
     if cost_model not in ("exponential", "convex-hull"):
         raise ConfigError(f"unknown cost model {cost_model!r}; use exponential or convex-hull")

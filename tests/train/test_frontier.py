@@ -255,6 +255,7 @@ def test_clean_profile_does_not_warn(tiny: StageProfile) -> None:
         ({"p_block_w": -1.0}, ConfigError, "≥ 0"),
         ({"cost_model": "cubic"}, ConfigError, "cost model"),
         ({"noise_factor": 0.5}, ConfigError, "noise"),
+        ({"noise_factor": math.nan}, ConfigError, "noise"),
         ({"time_quantum_s": 0.05}, ConfigError, "shorter than the time quantum"),
     ],
 )
