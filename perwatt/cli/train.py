@@ -7,7 +7,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
+import warnings
+from collections.abc import Iterator
 
 from perwatt.errors import ConfigError
 
@@ -100,6 +104,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     train_loop.register(sub)
 
 
+@contextlib.contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """Show library warnings (e.g. a noisy profile) as ``perwatt: warning: …`` lines on stderr.
+
+    Python's default display adds the file, line and source line of the warn() call, which
+    reads like a crash to a user.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for w in caught:
+                print(f"perwatt: warning: {w.message}", file=sys.stderr)
+
+
 def _floats(text: str, what: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
@@ -124,26 +144,27 @@ def run_plan(args: argparse.Namespace) -> int:
     supported = None
     if args.supported_freqs:
         supported = [int(f) for f in _floats(args.supported_freqs, "--supported-freqs")]
-    report = plan_pipeline(
-        args.profile,
-        stages=args.stages,
-        microbatches=args.microbatches,
-        p_block_w=p_block[0] if len(p_block) == 1 else p_block,
-        schedule=args.schedule,
-        chunks=args.chunks,
-        recompute=args.recompute,
-        time_quantum_s=args.quantum_ms / 1e3,
-        cost_model=args.cost_model,
-        noise_factor=args.noise_factor,
-        supported_freqs_mhz=supported,
-        frontier_csv=args.frontier,
-        plans_path=args.plans,
-        target=args.target,
-        straggler_s=args.straggler,
-        straggler_ratio=args.straggler_ratio,
-        deadline_s=args.deadline,
-        max_slowdown_pct=slowdown,
-    )
+    with one_line_warnings():
+        report = plan_pipeline(
+            args.profile,
+            stages=args.stages,
+            microbatches=args.microbatches,
+            p_block_w=p_block[0] if len(p_block) == 1 else p_block,
+            schedule=args.schedule,
+            chunks=args.chunks,
+            recompute=args.recompute,
+            time_quantum_s=args.quantum_ms / 1e3,
+            cost_model=args.cost_model,
+            noise_factor=args.noise_factor,
+            supported_freqs_mhz=supported,
+            frontier_csv=args.frontier,
+            plans_path=args.plans,
+            target=args.target,
+            straggler_s=args.straggler,
+            straggler_ratio=args.straggler_ratio,
+            deadline_s=args.deadline,
+            max_slowdown_pct=slowdown,
+        )
     if args.json:
         doc = choice_as_dict(report.choice, report.frontier)
         doc["frontier_csv"] = report.frontier_csv

@@ -160,6 +160,8 @@ def run_profile(args: argparse.Namespace) -> int:
 
 
 def run_simulate(args: argparse.Namespace) -> int:
+    from perwatt.cli.train import one_line_warnings
+    from perwatt.errors import ConfigError
     from perwatt.report.gantt import write_html
     from perwatt.train.simulate import run_simulation
 
@@ -174,18 +176,22 @@ def run_simulate(args: argparse.Namespace) -> int:
         choice["max_slowdown_pct"] = args.max_slowdown
     else:
         choice["target"] = args.target or "fastest"
-    report = run_simulation(
-        args.profile,
-        stages=args.stages,
-        microbatches=args.microbatches,
-        p_block_w=args.p_block,
-        schedule=args.schedule,
-        time_quantum_s=args.time_quantum,
-        **choice,
-    )
+    with one_line_warnings():
+        report = run_simulation(
+            args.profile,
+            stages=args.stages,
+            microbatches=args.microbatches,
+            p_block_w=args.p_block,
+            schedule=args.schedule,
+            time_quantum_s=args.time_quantum,
+            **choice,
+        )
     for line in report.summary_lines():
         print(line)
     if args.out:
-        path = write_html(report, args.out)
+        try:
+            path = write_html(report, args.out)
+        except OSError as e:
+            raise ConfigError(f"cannot write {args.out}: {e.strerror or e}") from e
         print(f"wrote {path}", file=sys.stderr)
     return 0

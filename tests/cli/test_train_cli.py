@@ -137,3 +137,32 @@ def test_done_means_gpt3_a100_mb24(capsys: pytest.CaptureFixture[str], tmp_path:
     for (t1, e1), (t2, e2) in zip(mine[1:], theirs[1:], strict=True):
         assert float(t1) == pytest.approx(float(t2), abs=1e-9)
         assert float(e1) == pytest.approx(float(e2), rel=1e-3)
+
+
+def _noisy_profile(tmp_path: Path) -> str:
+    # stage 0 forward measured faster at 1200 MHz than at 1400 MHz: measurement noise
+    text = Path(TINY).read_text().replace("0,forward,1200,0.0110,", "0,forward,1200,0.0095,")
+    path = tmp_path / "noisy.csv"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("command", ["plan", "simulate"])
+def test_noisy_profile_warning_is_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, command: str
+) -> None:
+    args = ["--stages", "2", "--microbatches", "3", "--p-block", "50"]
+    rc = main(["train", command, _noisy_profile(tmp_path), *args])
+    assert rc == 0
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("perwatt: warning: noisy profile"), err
+
+
+def test_simulate_bad_out_path_is_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    args = ["--stages", "2", "--microbatches", "3", "--p-block", "50", "--out", str(tmp_path)]
+    rc = main(["train", "simulate", TINY, *args])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("perwatt: error: cannot write") and err.count("\n") == 1
