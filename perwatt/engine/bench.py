@@ -428,6 +428,11 @@ def reference_run(
     finally:
         del engine
         _release_device()
+    if not all(bool(t.isfinite().all()) for t in logits):
+        raise DataFormatError(
+            f"the {precision} reference logits contain NaN/inf: check the weights for NaN/inf "
+            "(no accuracy guard without a finite reference)"
+        )
     return AccuracyReference(precision=precision, prompts=prompts, forced=forced, logits=logits)
 
 
@@ -451,6 +456,12 @@ def accuracy_guard(engine: Any, ref: AccuracyReference, chunk: int) -> dict[str,
     from perwatt.engine.accuracy import compare_logits
 
     _, logits = teacher_forced_logits(engine, ref.prompts, ref.forced, len(ref.forced), chunk)
+    if not all(bool(t.isfinite().all()) for t in logits):
+        # The reference is finite (reference_run checks), so this precision overflowed.
+        raise ConfigError(
+            f"{getattr(engine, 'precision', '')} logits contain NaN/inf where the {ref.precision} "
+            "reference has none (overflow at this precision): use bf16 or fp32"
+        )
     n, steps = len(ref.prompts), len(ref.forced)
     note = (
         f"teacher-forced next-token logits vs {ref.precision} on the same weights: "

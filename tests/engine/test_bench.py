@@ -228,6 +228,53 @@ def test_cpu_allocator_failure_is_reported_as_out_of_memory() -> None:
     assert reason.startswith("out of memory at fp32 batch 64: use a smaller --batch")
 
 
+def test_nan_weights_measure_without_accuracy_and_say_why(tmp_path: Path) -> None:
+    import torch
+
+    from perwatt.engine.generate import load_engine
+    from perwatt.engine.weights import export_hf
+
+    src = load_engine("tiny", precision="fp32", device="cpu", max_seq_len=16)
+    with torch.no_grad():
+        src.model.norm.weight.fill_(float("nan"))
+    ckpt = export_hf(src.model, tmp_path / "ckpt")
+    (path,) = B.run_builtin_bench(
+        precisions="fp32",
+        batches="1",
+        result_dir=tmp_path / "out",
+        energy_source=SimulatedSource(power_w=POWER_W),
+        **{**SMALL, "model": str(ckpt)},
+    )
+    doc = load_result(path)
+    assert doc["status"] == "complete" and doc["accuracy"] is None
+    assert "reference logits contain NaN/inf" in doc["builtin"]["accuracy_error"]
+
+
+def test_overflowing_precision_fails_naming_a_wider_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = B.teacher_forced_logits
+
+    def tfl(engine: Any, *a: Any) -> Any:
+        fed, logits = real(engine, *a)
+        if engine.precision == "fp16":
+            logits = [t.fill_(float("inf")) for t in logits]
+        return fed, logits
+
+    monkeypatch.setattr(B, "teacher_forced_logits", tfl)
+    paths = B.run_builtin_bench(
+        precisions="fp16,fp32",
+        batches="1",
+        result_dir=tmp_path,
+        energy_source=SimulatedSource(power_w=POWER_W),
+        **SMALL,
+    )
+    bad, ok = (load_result(p) for p in paths)
+    assert bad["status"] == "failed"
+    assert "(overflow at this precision): use bf16 or fp32" in bad["partial_reason"]
+    assert ok["status"] == "complete" and ok["accuracy"] is not None
+
+
 def test_idle_baseline_gives_idle_share(tmp_path: Path) -> None:
     # Nothing sets the simulated load, so the source draws its idle 60 W all the time: the idle
     # share of the decode energy must be 1 and the idle power 60 W.
