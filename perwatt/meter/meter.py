@@ -355,6 +355,13 @@ class Meter:
         # Only windows that were open when the sampler failed have a gap in their timeline.
         if self._sampler_error is not None and self._sampler_error_at >= win.start_s:
             warnings.append(f"background sampler failed: {self._sampler_error}")
+        # A replayed trace has no readings past its end: energy there would read as 0 W.
+        for src in self.sources:
+            if getattr(src, "exhausted", False):
+                warnings.append(
+                    f"{src.name}: the window outlasted the trace; energy after its end is "
+                    "not counted — replay a trace that covers the whole run"
+                )
         # Power at the closing edge, so short windows and counterless devices integrate up to t.
         # Sources whose counter covers the window are not asked: it would only add edge latency.
         edge_power: dict[str, float] = {}

@@ -141,6 +141,9 @@ def load_trace(path: str | Path) -> PowerTrace:
         raise DataFormatError(f"{path}: trace has no readings")
     devices: dict[str, DeviceTrace] = {}
     for dev, rows in per_dev.items():
+        if len(rows) < 2:
+            # One reading spans no time: every window would read 0 J.
+            raise DataFormatError(f"{path}: device {dev!r} has one reading; a trace needs two")
         ts = [r[0] for r in rows]
         has_counter = all(r[2] is not None for r in rows)
         if has_counter:

@@ -111,6 +111,21 @@ def test_replay_speed_and_exhaustion(tmp_path: Path) -> None:
         ReplaySource(path, speed=0)
 
 
+def test_window_past_the_end_of_the_trace_is_flagged(tmp_path: Path) -> None:
+    path, _, _ = record(tmp_path)
+    clock = Clock(0.0)
+    meter = Meter(ReplaySource(path, clock=clock), sampler=False, sync_cuda=False, clock=clock)
+    with meter:
+        meter.begin("inside")
+        clock.advance(10.0)
+        inside = meter.end("inside")
+        meter.begin("past")
+        clock.advance(15.0)  # the trace is 20 s long
+        past = meter.end("past")
+    assert not any("outlasted the trace" in w for w in inside.warnings)
+    assert any("outlasted the trace" in w for w in past.warnings)
+
+
 def test_power_only_csv_integrates_and_jsonl_matches(tmp_path: Path) -> None:
     csv_path = tmp_path / "p.csv"
     csv_path.write_text("time_s,device,power_w,extra\n0,g,100,x\n1,g,200,y\n3,g,200,z\n")
@@ -184,6 +199,7 @@ def test_malformed_trace_names_file_and_line(
     [
         ("empty.csv", "", "empty trace file"),
         ("header.csv", "time_s,device,power_w\n", "no readings"),
+        ("one.csv", "time_s,device,power_w\n0,g,100\n", "has one reading"),
         ("dec.csv", "time_s,device,power_w,energy_j\n0,g,1,10\n1,g,1,5\n", "decreases"),
         ("mix.csv", "time_s,device,power_w,energy_j\n0,g,1,\n1,g,,5\n", "mixes rows"),
     ],
