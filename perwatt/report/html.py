@@ -18,6 +18,7 @@ The file is written atomically (``.tmp`` then rename).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
@@ -723,7 +724,20 @@ def write_html_report(
 ) -> Path:
     """Write one self-contained offline HTML report over ``results`` (files or documents)."""
     text = render_html_report(results, title=title)
-    return atomic_write_text(out_path, text)
+    out = Path(out_path)
+    if out.is_dir():
+        raise ConfigError(
+            f"{out} is a directory; give a file name, e.g. --out {out / 'perwatt-report.html'}"
+        )
+    try:
+        return atomic_write_text(out, text)
+    except OSError as e:
+        # Not a traceback, and no stray .tmp left beside the target.
+        with contextlib.suppress(OSError):
+            out.with_name(out.name + ".tmp").unlink(missing_ok=True)
+        raise ConfigError(
+            f"cannot write the report to {out} ({e.strerror or e}); choose another --out"
+        ) from None
 
 
 __all__ = ["pareto_front", "render_html_report", "write_html_report"]

@@ -147,6 +147,16 @@ def test_bad_inputs(tmp_path: Path) -> None:
     assert not (tmp_path / "r.html").exists()
 
 
+def test_unwritable_out_is_one_line_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a directory; give a file name"):
+        write_html_report(RUNS, tmp_path)
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match="cannot write the report to"):
+        write_html_report(RUNS, blocker / "r.html")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]  # no stray .tmp
+
+
 def test_pareto_front() -> None:
     pts = [(10.0, 3.0), (20.0, 2.0), (30.0, 1.0), (25.0, 2.5), (10.0, 3.5), (40.0, 1.0)]
     assert pareto_front(pts) == [0, 1, 2]
