@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -111,7 +112,7 @@ def measure_command(
     """
     if not argv:
         raise ConfigError("no command given: perwatt meter -- CMD ARGS...")
-    if idle_s < 0:
+    if not 0 <= idle_s < math.inf:  # NaN would silently skip the baseline
         raise ConfigError(f"--idle must be >= 0 seconds, got {idle_s}")
     meter.start()
     if idle_s > 0:

@@ -54,6 +54,8 @@ def test_bad_arguments() -> None:
             measure_command([], meter)
         with pytest.raises(ConfigError, match="--idle"):
             measure_command(["true"], meter, idle_s=-1)
+        with pytest.raises(ConfigError, match="--idle"):
+            measure_command(["true"], meter, idle_s=float("nan"))
         with pytest.raises(ConfigError, match="command not found: nope-perwatt"):
             measure_command(["nope-perwatt"], meter)
         # The failed launch closed its window: the next one can reuse the name.
