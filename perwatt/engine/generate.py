@@ -66,7 +66,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise UnknownDeviceError(
-                f"device {device!r} asked for, but torch sees no CUDA GPU here; use device='cpu'"
+                f"device {device!r} asked for, but torch sees no CUDA GPU here; "
+                "use --device cpu (or auto)"
             )
         index = dev.index if dev.index is not None else torch.cuda.current_device()
         if index >= torch.cuda.device_count():

@@ -117,7 +117,7 @@ def test_construction_errors() -> None:
     with pytest.raises(ConfigError, match="max_batch_size"):
         load_engine("tiny", device="cpu", max_batch_size=0)
     if not torch.cuda.is_available():
-        with pytest.raises(UnknownDeviceError, match="device='cpu'"):
+        with pytest.raises(UnknownDeviceError, match="use --device cpu"):
             load_engine("tiny", device="cuda")
     with pytest.raises(ConfigError, match="bad device"):
         load_engine("tiny", device="tpu:x")
@@ -183,3 +183,12 @@ def test_decode_step_traces_as_one_graph(model: str, precision: str) -> None:
     finally:
         torch._dynamo.reset()
     torch.testing.assert_close(traced, plain)
+
+
+def test_bf16_on_a_pre_ampere_gpu_names_fp16(monkeypatch: pytest.MonkeyPatch) -> None:
+    import perwatt.engine.generate as G
+
+    monkeypatch.setattr(G, "_capability", lambda _dev: (7, 5))  # a T4
+    with pytest.raises(ConfigError, match=r"this GPU is sm_75; use --precision fp16"):
+        G.plan_precision("bf16", torch.device("cpu"))
+    assert G.plan_precision("fp16", torch.device("cpu")).emulated is False
