@@ -30,6 +30,7 @@ comments are skipped. The report can be attached to bench results as their ``acc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -529,7 +530,22 @@ def _discover_model(client: httpx.Client, srv: _Server) -> str | None:
 
 def write_quality_report(report: QualityReport, path: str | Path) -> Path:
     """Write the report JSON atomically (``.tmp`` then rename)."""
-    return atomic_write_text(path, json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n")
+    out = Path(path)
+    if out.is_dir():
+        raise ConfigError(
+            f"{out} is a directory; give a file name, e.g. --out {out / 'quality.json'}"
+        )
+    try:
+        return atomic_write_text(
+            out, json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n"
+        )
+    except OSError as e:
+        # Not a traceback, and no stray .tmp left beside the target.
+        with contextlib.suppress(OSError):
+            out.with_name(out.name + ".tmp").unlink(missing_ok=True)
+        raise ConfigError(
+            f"cannot write the quality report to {out} ({e.strerror or e}); choose another --out"
+        ) from None
 
 
 def attach_accuracy(result_path: str | Path, accuracy: Mapping[str, Any]) -> Path:

@@ -14,7 +14,7 @@ import pytest
 
 from perwatt.bench import quality as q
 from perwatt.bench.result import load_result
-from perwatt.errors import DataFormatError, RemoteSourceError
+from perwatt.errors import ConfigError, DataFormatError, RemoteSourceError
 
 DATA = Path(__file__).parent / "data"
 VOCAB = ["the", " cat", " sat", " on", " a", " mat", ".", " It", " was", " warm"]
@@ -221,6 +221,22 @@ def test_attach_accuracy_and_write(servers: tuple[ToyLM, str, ToyLM, str], tmp_p
     acc = load_result(run)["accuracy"]
     assert acc is not None and acc["exact_match"] == rep.summary.exact_match
     assert acc["reference"].startswith(u1)
+
+
+def test_unwritable_out_is_one_line_error(
+    servers: tuple[ToyLM, str, ToyLM, str], tmp_path: Path
+) -> None:
+    _, u1, _, u2 = servers
+    rep = q.run_quality(_prompts(tmp_path), u1, u2, max_tokens=4)
+    d = tmp_path / "outdir"
+    d.mkdir()
+    with pytest.raises(ConfigError, match="is a directory; give a file name"):
+        q.write_quality_report(rep, d)
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match="cannot write the quality report"):
+        q.write_quality_report(rep, blocker / "q.json")
+    assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_unreachable_server_is_a_clean_error(tmp_path: Path) -> None:
