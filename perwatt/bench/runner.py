@@ -523,7 +523,13 @@ def _run_level(
     conditions: Conditions,
     log: Callable[[str], None],
 ) -> Path:
-    config.result_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        config.result_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(
+            f"cannot create --result-dir {config.result_dir} ({e.strerror or e}); "
+            "choose another directory"
+        ) from None
     json_path = _unique(config.result_dir / f"{label}_{level.tag()}.json")
     csv_path = json_path.with_name(json_path.name.removesuffix(".json") + ".requests.csv")
     doc = _skeleton(
@@ -621,6 +627,9 @@ def run_server_bench(config: ServerBenchConfig) -> list[Path]:
     status ``partial`` and the ``KeyboardInterrupt`` propagates.
     """
     log = config.log or (lambda msg: print(msg, file=sys.stderr))
+    if config.result_dir.exists() and not config.result_dir.is_dir():
+        # Fail before the idle measurement and the model probe, not at the first level.
+        raise ConfigError(f"--result-dir {config.result_dir} is a file; give a directory")
     model = resolve_model(config.url, config.model, api_key=config.api_key)
     workload = _build_workload(config)
     if workload.skipped_rows:

@@ -265,6 +265,18 @@ def test_non_streaming_without_usage_says_words_not_chunks(tmp_path: Path) -> No
     assert not any("stream chunks" in n for n in notes)
 
 
+def test_unusable_result_dir_is_one_line_error(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with FakeOpenAIServer() as s:
+        with pytest.raises(ConfigError, match="is a file; give a directory"):
+            run_server_bench(cfg(s.url, afile, num_prompts=2))
+        with pytest.raises(ConfigError, match="cannot create --result-dir"):
+            run_server_bench(cfg(s.url, afile / "sub", num_prompts=2))
+        assert s.stats.generation_requests == 0
+    assert afile.read_text() == "x"
+
+
 def test_config_validation(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="sweep one"):
         cfg("http://x/v1", tmp_path, request_rates=(1.0, 2.0), max_concurrencies=(1, 2))
