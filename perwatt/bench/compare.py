@@ -725,6 +725,12 @@ def compare_results(
     Raises :class:`DataFormatError` for an unreadable or malformed file (naming it) and
     :class:`ConfigError` for fewer than two runs.
     """
+    # Checked up front: stats only sees these when an interval is computed, so a bad value
+    # would otherwise be printed in the table header ("200% CI") without any error.
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, int) or n_resamples < 100:
+        raise ConfigError(f"--resamples must be an integer >= 100, got {n_resamples}")
+    if not 0 < confidence < 1:
+        raise ConfigError(f"--confidence must be in (0, 1), e.g. 0.95; got {confidence}")
     path_list = [Path(p) for p in paths]
     if len(path_list) < 2:
         raise ConfigError("compare needs at least two result files (A.json B.json …)")

@@ -3,6 +3,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -203,6 +204,22 @@ def test_bad_inputs(tmp_path: Path) -> None:
     future.write_text(json.dumps(doc))
     with pytest.raises(DataFormatError, match=r"fp8_c4.json: schema .* not supported"):
         compare_results([DATA / "bf16_c4.json", future])
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"confidence": 2.0}, "--confidence must be in"),
+        ({"confidence": 0.0}, "--confidence must be in"),
+        ({"confidence": math.nan}, "--confidence must be in"),
+        ({"n_resamples": 0}, "--resamples must be"),
+        ({"n_resamples": -5}, "--resamples must be"),
+    ],
+)
+def test_bad_interval_parameters_are_rejected_up_front(kw: dict[str, Any], match: str) -> None:
+    # Even where no interval is computed, the header would otherwise print e.g. "200% CI".
+    with pytest.raises(ConfigError, match=match):
+        compare_results([DATA / "bf16_c4.json", DATA / "fp8_c4.json"], **kw)
 
 
 def test_requests_csv_reader(tmp_path: Path) -> None:
