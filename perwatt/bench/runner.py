@@ -137,8 +137,11 @@ class ServerBenchConfig:
             raise ConfigError(f"--num-prompts must be >= 1, got {self.num_prompts}")
         if self.num_gpus < 1:
             raise ConfigError(f"--num-gpus must be >= 1, got {self.num_gpus}")
-        if self.idle_seconds < 0:
-            raise ConfigError("--idle-seconds must be >= 0")
+        if not (self.idle_seconds >= 0 and math.isfinite(self.idle_seconds)):
+            # nan slips past "< 0" and then skips the idle measurement without a word.
+            raise ConfigError(
+                f"--idle-seconds must be a finite number >= 0, got {self.idle_seconds}"
+            )
         if self.subtract_idle and self.idle_seconds <= 0:
             raise ConfigError("--subtract-idle needs an idle baseline: pass --idle-seconds N")
         if not self.timeout_s > 0:

@@ -4,6 +4,7 @@ sources so every figure can be checked exactly."""
 from __future__ import annotations
 
 import csv
+import math
 import signal
 import threading
 from pathlib import Path
@@ -284,6 +285,9 @@ def test_config_validation(tmp_path: Path) -> None:
         cfg("http://x/v1", tmp_path, pue=0.5)
     with pytest.raises(ConfigError, match="idle"):
         cfg("http://x/v1", tmp_path, subtract_idle=True)
+    for bad in (math.nan, math.inf, -1.0):
+        with pytest.raises(ConfigError, match="--idle-seconds must be a finite number"):
+            cfg("http://x/v1", tmp_path, idle_seconds=bad, subtract_idle=True)
     with pytest.raises(ConfigError, match="endpoint"):
         cfg("http://x/v1", tmp_path, endpoint="embeddings")
     assert parse_rate_list("1, 2.5,inf") == (1.0, 2.5, None)
