@@ -21,3 +21,11 @@ def test_failed_write_keeps_the_previous_version(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         atomic_write_text(target, "never seen\n")
     assert target.read_text() == "good\n"
+
+
+def test_failed_rename_removes_the_temp_file(tmp_path: Path) -> None:
+    target = tmp_path / "a_directory"
+    target.mkdir()  # a file cannot replace a directory
+    with pytest.raises(OSError):
+        atomic_write_text(target, "text\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_directory"]
