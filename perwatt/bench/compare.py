@@ -963,7 +963,8 @@ def render_comparison(cmp: Comparison, console: Any | None = None) -> None:
         for s, run in zip(cmp.series, lv.runs, strict=True):
             src = run.energy_source if run else "–"
             sources.append(src)
-            flag = " PARTIAL" if run is not None and run.partial else ""
+            # The status itself: a failed or still-running run is not "PARTIAL".
+            flag = f" {run.status.upper()}" if run is not None and run.partial else ""
             t.add_column(escape(f"{s}{flag}"), justify="right")
         for s in cmp.series[1:]:
             t.add_column(escape(f"{s} / {cmp.baseline}"), justify="right")

@@ -158,6 +158,15 @@ def test_partial_run_is_marked() -> None:
     assert "PARTIAL run" in text
 
 
+def test_failed_run_column_says_failed(tmp_path: Path) -> None:
+    failed = _copy(tmp_path, "fp8partial_c4", "fp8failed_c4", status="failed")
+    cmp = compare_results([DATA / "bf16_c4.json", failed], **FAST)
+    out = io.StringIO()
+    render_comparison(cmp, Console(file=out, width=200, color_system=None))
+    header = next(line for line in out.getvalue().splitlines() if "metric" in line)
+    assert "FAILED" in header and "PARTIAL" not in header
+
+
 def test_missing_csv_gives_no_latency_interval(tmp_path: Path) -> None:
     a = _copy(tmp_path, "bf16_c4")
     b = _copy(tmp_path, "fp8_c4")
