@@ -782,6 +782,13 @@ def bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+    except socket.gaierror as e:
+        # A name that does not resolve is not a busy port: the fix is the host, not the port.
+        sock.close()
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: the host does not resolve ({e.strerror or e}); "
+            "use --host 127.0.0.1 (this machine) or 0.0.0.0 (every interface)"
+        ) from None
     except OSError as e:
         sock.close()
         raise ConfigError(

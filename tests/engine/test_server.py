@@ -395,3 +395,10 @@ def test_out_of_memory_at_load_names_the_knobs(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(G, "load_engine", load)
     with pytest.raises(ConfigError, match=r"use a smaller --max-batch-size or --max-seq-len"):
         serve(model="tiny", precision="fp32", device="cpu", port=0, max_batch_size=4096)
+
+
+def test_bind_unresolvable_host_names_the_host_not_the_port() -> None:
+    from perwatt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"does not resolve.*use --host 127\.0\.0\.1"):
+        bind("no-such-host.invalid", 0)  # .invalid never resolves (RFC 2606)
