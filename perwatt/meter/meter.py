@@ -331,6 +331,16 @@ class Meter:
                     out.update(e)
         return out
 
+    def _timed_counters(self) -> tuple[float, dict[str, float]]:
+        """Read the counters, stamped with the midpoint of the read.
+
+        A read can take milliseconds (NVML ~4 ms on an H100, a DCGM scrape longer, or a busy
+        CPU); the midpoint halves the worst error of stamping either end of it.
+        """
+        t_before = self.clock()
+        counters = self._read_counters()
+        return 0.5 * (t_before + self.clock()), counters
+
     def begin(self, name: str) -> None:
         """Open a window. Windows may nest and overlap; open names must be unique."""
         if name in self._open:
@@ -339,8 +349,8 @@ class Meter:
             self.start()
         if self.sync_cuda:
             _sync_cuda()
-        t = self.clock()
-        self._open[name] = _OpenWindow(name, t, self._read_counters())
+        t, counters = self._timed_counters()
+        self._open[name] = _OpenWindow(name, t, counters)
 
     def end(self, name: str) -> Measurement:
         """Close a window and return its Measurement."""
@@ -349,8 +359,7 @@ class Meter:
             raise ConfigError(f"window {name!r} was never begun (open: {sorted(self._open)})")
         if self.sync_cuda:
             _sync_cuda()
-        t = self.clock()
-        counters = self._read_counters()
+        t, counters = self._timed_counters()
         warnings: list[str] = []
         # Only windows that were open when the sampler failed have a gap in their timeline.
         if self._sampler_error is not None and self._sampler_error_at >= win.start_s:

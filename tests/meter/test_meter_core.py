@@ -259,6 +259,28 @@ def test_window_reads_only_its_slice_of_a_long_timeline() -> None:
     assert m.energy_j["gpu0"] == pytest.approx(want)
 
 
+def test_window_edges_are_stamped_at_the_middle_of_a_slow_counter_read() -> None:
+    clock = Clock(100.0)
+
+    class SlowRead(SimulatedSource):
+        def read_energy_j(self) -> Mapping[str, float]:
+            clock.advance(0.01)  # the driver answers after 10 ms...
+            out = super().read_energy_j()  # ...with the counter as it stands then
+            clock.advance(0.01)  # ...and the call returns 10 ms later
+            return out
+
+    src = SlowRead(power_w=100.0, clock=clock)
+    with meter_for(src, clock) as meter:
+        meter.begin("w")
+        clock.advance(1.0)
+        m = meter.end("w")
+    # Each read took 20 ms and saw the counter at its middle: the stamps sit there too, so the
+    # window's duration and energy agree exactly.
+    assert m.start_s == pytest.approx(100.0 + 0.02 + 0.01)
+    assert m.duration_s == pytest.approx(1.02)
+    assert m.energy_j["sim0"] == pytest.approx(100.0 * m.duration_s)
+
+
 def test_samples_taken_out_of_order_are_kept_sorted() -> None:
     clock = Clock(10.0)
     with meter_for(sim(clock, power_w=10.0), clock) as meter:
