@@ -405,6 +405,15 @@ class OpenAIClient:
             rec.error_kind = "connection_dropped"
             rec.error_detail = f"stream ended after {chunks} text chunks without [DONE]"
             return
+        if not saw_done and rec.finish_reason is None:
+            # A close-delimited body (HTTP/1.0, Connection: close) that a crashing server or proxy
+            # ends looks complete at the transport level; with neither [DONE] nor a finish_reason
+            # the answer is cut off, and counting it would understate J per token.
+            rec.error_kind = "connection_dropped"
+            rec.error_detail = (
+                f"stream ended after {chunks} text chunks without [DONE] or a finish_reason"
+            )
+            return
         rec.e2el_s = end - start
         if rec.output_tokens_usage is not None:
             rec.output_tokens = rec.output_tokens_usage

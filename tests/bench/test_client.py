@@ -291,6 +291,23 @@ def test_read_until_close_body_and_truncated_stream() -> None:
     assert r.error_kind == "connection_dropped"
 
 
+def test_close_delimited_stream_without_done_or_finish_reason_is_dropped() -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+    cut = _sse({"choices": [{"text": "x"}]}, {"choices": [{"text": "y"}]})
+    srv, t = _raw_server([head + cut])
+    with srv:
+        (r,) = send(f"http://127.0.0.1:{srv.getsockname()[1]}/v1")
+    t.join(5)
+    assert r.error_kind == "connection_dropped" and "finish_reason" in r.error_detail
+    # A server that ends with a finish_reason but sends no [DONE] is still a complete answer.
+    ended = cut + _sse({"choices": [{"text": "", "finish_reason": "length"}]})
+    srv, t = _raw_server([head + ended])
+    with srv:
+        (r,) = send(f"http://127.0.0.1:{srv.getsockname()[1]}/v1")
+    t.join(5)
+    assert r.ok and r.output_tokens == 2
+
+
 def test_empty_stream_is_an_error() -> None:
     body = _sse({"choices": [{"text": "", "finish_reason": "stop"}]}, "[DONE]")
     resp = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
