@@ -359,7 +359,8 @@ def synthetic(
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        # utf-8-sig: files saved by Windows editors start with a BOM that json.loads rejects.
+        return path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise DataFormatError(f"{path}: no such workload file") from None
     except UnicodeDecodeError as e:

@@ -91,6 +91,17 @@ def test_jsonl_syntax_error_names_line(tmp_path: Path) -> None:
         from_file(p, num_prompts=1)
 
 
+def test_utf8_bom_is_accepted(tmp_path: Path) -> None:
+    row = {"prompt": "one two three four five", "output_len": 4}
+    p = tmp_path / "bom.jsonl"
+    p.write_bytes(b"\xef\xbb\xbf" + json.dumps(row).encode() + b"\n")
+    assert from_file(p, num_prompts=1).skipped_rows == 0
+    sg = tmp_path / "bom.json"
+    long = " ".join(["word"] * 30)
+    sg.write_bytes(b"\xef\xbb\xbf" + json.dumps([_conv(long, long)]).encode())
+    assert from_file(sg, num_prompts=1).requests[0].output_len > 0
+
+
 def test_no_usable_rows(tmp_path: Path) -> None:
     p = tmp_path / "p.jsonl"
     p.write_text('{"text": "no prompt key"}\n')
