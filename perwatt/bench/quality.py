@@ -69,7 +69,8 @@ def load_prompts(path: str | Path) -> list[QualityPrompt]:
     """Read a JSONL prompt set; :class:`DataFormatError` names the file and line of a bad row."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # utf-8-sig: files saved by Windows editors start with a BOM that json.loads rejects.
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except OSError as e:
         raise DataFormatError(f"{path}: cannot read prompt file ({e.strerror or e})") from e
     except UnicodeDecodeError as e:

@@ -270,6 +270,12 @@ def test_non_utf8_prompt_file_is_one_line_error(tmp_path: Path) -> None:
         q.load_prompts(p)
 
 
+def test_utf8_bom_prompt_file_is_accepted(tmp_path: Path) -> None:
+    p = tmp_path / "prompts.jsonl"
+    p.write_bytes(b'\xef\xbb\xbf{"prompt": "hello"}\n')
+    assert [x.prompt for x in q.load_prompts(p)] == ["hello"]
+
+
 def test_agreement_unit_logic() -> None:
     a = q.Generation(text="a b c", tokens=("a", " b", " c"), logprobs=(-0.1, -0.2, -0.3))
     b = q.Generation(text="a b", tokens=("a", " b"), logprobs=(-0.1, -0.4))
