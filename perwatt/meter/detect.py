@@ -163,8 +163,8 @@ def open_sources(spec: str) -> tuple[PowerSource, ...]:
         return (EstimatedCPUSource(),)
     if kind in ("dcgm", "prometheus", "replay"):
         what = "FILE" if kind == "replay" else "URL"
-        raise ConfigError(f"--source {kind} needs a {what}: {kind}:{what}")
-    raise ConfigError(f"unknown --source {spec!r}; use {SPEC_HELP}")
+        raise ConfigError(f"power source {kind} needs a {what}: {kind}:{what}")
+    raise ConfigError(f"unknown power source {spec!r}; use {SPEC_HELP}")
 
 
 def close_sources(sources: Sequence[PowerSource]) -> None:

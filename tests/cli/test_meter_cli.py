@@ -153,7 +153,7 @@ def test_command_not_found_is_one_line() -> None:
         (("--count", "2", "--", "true"), "--count only applies to --watch"),
         (("--interval", "0", "--", "true"), "--interval must be positive"),
         (("--subtract-idle", "--", "true"), "--subtract-idle needs an idle baseline"),
-        (("--source", "bogus", "--", "true"), "unknown --source 'bogus'"),
+        (("--source", "bogus", "--", "true"), "unknown power source 'bogus'"),
     ],
 )
 def test_bad_flags(args: tuple[str, ...], match: str) -> None:

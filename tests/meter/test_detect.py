@@ -60,8 +60,8 @@ def test_nvml_spec_with_indices() -> None:
         ("nvml:", ConfigError, "missing its argument"),
         ("replay", ConfigError, "replay:FILE"),
         ("dcgm", ConfigError, "dcgm:URL"),
-        ("simulated:3", ConfigError, "unknown --source"),
-        ("magic", ConfigError, "unknown --source 'magic'; use auto, nvml"),
+        ("simulated:3", ConfigError, "unknown power source"),
+        ("magic", ConfigError, "unknown power source 'magic'; use auto, nvml"),
     ],
 )
 def test_bad_specs_are_one_line_user_errors(spec: str, error: type, match: str) -> None:
