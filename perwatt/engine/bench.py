@@ -132,6 +132,34 @@ def failure_reason(e: BaseException, spec: PointSpec) -> str:
     )
 
 
+def _prompts(n: int) -> str:
+    return f"{n} prompt" if n == 1 else f"{n} prompts"
+
+
+def reference_failure_reason(
+    e: BaseException, precision: str, *, n_prompts: int, prompt_len: int, steps: int
+) -> str:
+    """One line saying why the accuracy reference is absent.
+
+    The reference is not a benchmark point: it runs ``n_prompts`` teacher-forced prompts, so the
+    message counts prompts and tokens, never a "batch" (which would read as a ``--batch`` point),
+    and it never suggests ``--batch``, which does not size the reference.
+    """
+    what = (
+        f"the {precision} accuracy reference ({_prompts(n_prompts)} of {prompt_len} tokens, "
+        f"{steps} decode steps)"
+    )
+    if _is_oom(e):
+        return (
+            f"out of memory running {what}: the {precision} model does not fit on this device; "
+            "points are measured without the accuracy guard"
+        )
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if isinstance(e, PerwattError):
+        return f"{what}: {msg}"
+    return f"{what} failed ({type(e).__name__}: {msg})"
+
+
 def _release_device() -> None:
     gc.collect()
     torch = sys.modules.get("torch")
@@ -459,14 +487,15 @@ def accuracy_guard(engine: Any, ref: AccuracyReference, chunk: int) -> dict[str,
     if not all(bool(t.isfinite().all()) for t in logits):
         # The reference is finite (reference_run checks), so this precision overflowed.
         raise ConfigError(
-            f"{getattr(engine, 'precision', '')} logits contain NaN/inf where the {ref.precision} "
+            f"accuracy guard: {getattr(engine, 'precision', '')} logits contain NaN/inf where the "
+            f"{ref.precision} "
             "reference has none (overflow at this precision): use bf16 or fp32"
         )
     n, steps = len(ref.prompts), len(ref.forced)
     note = (
         f"teacher-forced next-token logits vs {ref.precision} on the same weights: "
-        f"{n} random prompts x {steps + 1} positions ({len(ref.prompts[0])}-token prompts), "
-        f"prefill + cached decode at batch {min(chunk, n)}"
+        f"{_prompts(n)} of {len(ref.prompts[0])} random tokens x {steps + 1} positions each, "
+        f"prefill + cached decode, {_prompts(min(chunk, n))} at a time"
     )
     engine_note = str(getattr(engine, "note", "") or "")
     report = compare_logits(
@@ -806,21 +835,26 @@ def run_builtin_bench(
         if reference_precision is None:
             reference_precision = default_reference_precision(device)
         if accuracy_prompts > 0:
+            ref_len = max(1, min(input_len, 64))
+            ref_steps = max(0, min(output_len - 1, accuracy_steps))
             try:
                 reference = reference_run(
                     model,
                     precision=reference_precision,
                     n_prompts=accuracy_prompts,
-                    prompt_len=max(1, min(input_len, 64)),
-                    steps=max(0, min(output_len - 1, accuracy_steps)),
+                    prompt_len=ref_len,
+                    steps=ref_steps,
                     vocab_seed=seed,
                     load_kw={"device": device, "seed": seed, "compile": False},
                 )
-            except (
-                Exception
-            ) as e:  # the sweep still measures energy; accuracy says why it is absent
-                ref_error = failure_reason(
-                    e, PointSpec(precision=reference_precision, batch_size=accuracy_prompts)
+            except Exception as e:  # the sweep still measures energy; accuracy says why not
+                _release_device()
+                ref_error = reference_failure_reason(
+                    e,
+                    reference_precision,
+                    n_prompts=accuracy_prompts,
+                    prompt_len=ref_len,
+                    steps=ref_steps,
                 )
                 say(f"  accuracy reference unavailable: {ref_error}")
         for spec in specs:

@@ -272,6 +272,7 @@ def test_overflowing_precision_fails_naming_a_wider_one(
     bad, ok = (load_result(p) for p in paths)
     assert bad["status"] == "failed"
     assert "(overflow at this precision): use bf16 or fp32" in bad["partial_reason"]
+    assert "fp16 batch 1: accuracy guard: fp16 logits" in bad["partial_reason"]
     assert ok["status"] == "complete" and ok["accuracy"] is not None
 
 
@@ -352,3 +353,65 @@ def test_make_bench_main_job_writes_results_and_report(
     [doc_path] = tmp_path.glob("*.json")
     doc = load_result(doc_path)
     assert doc["status"] == "complete" and doc["accuracy"] is not None
+
+
+# ---------------------------------------------------------------------- accuracy guard wording
+def test_reference_out_of_memory_counts_prompts_not_a_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    real_load = B._load
+
+    def load(model: str, precision: str, *, batch: int, seq_len: int, **kw: Any) -> Any:
+        if precision == "fp32":  # the CPU reference only: the int8 point itself fits
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+        return real_load(model, precision, batch=batch, seq_len=seq_len, **kw)
+
+    monkeypatch.setattr(B, "_load", load)
+    lines: list[str] = []
+    (path,) = B.run_builtin_bench(
+        precisions="int8",
+        batches="1",
+        result_dir=tmp_path,
+        energy_source=SimulatedSource(power_w=POWER_W),
+        **{**SMALL, "accuracy_prompts": 4, "progress": lines.append},
+    )
+    doc = load_result(path)
+    assert doc["status"] == "complete" and doc["accuracy"] is None
+    why = doc["builtin"]["accuracy_error"]
+    # 4 prompts of min(input_len, 64) = 4 tokens, min(output_len - 1, 2) = 2 decode steps
+    assert "fp32 accuracy reference (4 prompts of 4 tokens, 2 decode steps)" in why
+    assert "out of memory" in why and "without the accuracy guard" in why
+    assert "batch" not in why  # it is not a benchmark point, and --batch does not size it
+    assert any(why in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("err", "n", "want"),
+    [
+        (
+            ConfigError("bad weights"),
+            1,
+            "the bf16 accuracy reference (1 prompt of 64 tokens, 8 decode steps): bad weights",
+        ),
+        (
+            ValueError("boom"),
+            3,
+            "the bf16 accuracy reference (3 prompts of 64 tokens, 8 decode steps) failed "
+            "(ValueError: boom)",
+        ),
+    ],
+)
+def test_reference_failure_reason_wording(err: Exception, n: int, want: str) -> None:
+    assert B.reference_failure_reason(err, "bf16", n_prompts=n, prompt_len=64, steps=8) == want
+
+
+def test_accuracy_note_counts_prompts_and_positions(sweep: list[dict[str, Any]]) -> None:
+    for doc in sweep:
+        note = doc["accuracy"]["note"]
+        b = doc["config"]["batch_size"]
+        # SMALL: 2 prompts of 4 tokens, 2 forced decode steps -> 3 positions per prompt
+        assert "2 prompts of 4 random tokens x 3 positions each" in note
+        at_a_time = "1 prompt at a time" if b == 1 else "2 prompts at a time"
+        assert at_a_time in note and "batch" not in note
