@@ -27,6 +27,9 @@ request; the batcher frees the slot at the next step boundary.
 
 Errors are OpenAI-style JSON ``{"error": {"message", "type", "param", "code"}}``: 400 for bad
 JSON, bad parameters or a prompt that does not fit ``max_seq_len``; 404 for an unknown model.
+``param`` names the offending field as vLLM does (``max_completion_tokens``,
+``messages[1].content``), and every check runs before a streaming response starts, so a bad
+request is one JSON error, never an SSE stream that fails midway.
 
 The server binds 127.0.0.1 unless told otherwise: it has no authentication.
 """
@@ -224,6 +227,68 @@ def _get(body: Mapping[str, Any], key: str, types: tuple[type, ...], default: An
     return v
 
 
+def parse_messages(messages: Any) -> list[dict[str, str]]:
+    """Chat ``messages`` as ``[{"role", "content"}]`` with text content, or a 400 naming the field.
+
+    Every message needs a string ``role`` and a ``content`` that is a string or a list of text
+    parts (``[{"type": "text", "text": ...}]``, joined). A missing or null ``content``, another
+    type, or a non-text part (an image) is refused rather than read as "": silently dropping
+    it would measure a different prompt than the client sent. The error names the field the
+    way vLLM's validation does (``messages[1].content``).
+    """
+    if not isinstance(messages, list) or not messages:
+        raise APIError(400, "'messages' must be a non-empty list", param="messages")
+    out: list[dict[str, str]] = []
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise APIError(400, f"{where} must be an object with 'role' and 'content'", param=where)
+        role = m.get("role")
+        if not isinstance(role, str) or not role:
+            raise APIError(
+                400, f"{where}.role is required: a string such as 'user'", param=f"{where}.role"
+            )
+        if m.get("content") is None:
+            state = "null" if "content" in m else "missing"
+            raise APIError(
+                400,
+                f"{where}.content is {state}: each message needs 'content', a string or a list "
+                "of text parts",
+                param=f"{where}.content",
+            )
+        content = m["content"]
+        if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
+            texts: list[str] = []
+            for j, part in enumerate(content):
+                pwhere = f"{where}.content[{j}]"
+                if not isinstance(part, dict):
+                    raise APIError(
+                        400,
+                        f"{pwhere} must be an object {{'type': 'text', 'text': ...}}",
+                        param=pwhere,
+                    )
+                kind = part.get("type", "text")
+                if kind != "text":
+                    raise APIError(
+                        400,
+                        f"{pwhere} is of type {kind!r}: only text parts are supported",
+                        param=pwhere,
+                    )
+                if not isinstance(part.get("text"), str):
+                    raise APIError(400, f"{pwhere}.text must be a string", param=f"{pwhere}.text")
+                texts.append(part["text"])
+            content = "".join(texts)
+        if not isinstance(content, str):
+            raise APIError(
+                400,
+                f"{where}.content must be a string or a list of text parts, got "
+                f"{type(content).__name__}",
+                param=f"{where}.content",
+            )
+        out.append({"role": role, "content": content})
+    return out
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ParsedRequest:
     prompt_ids: list[int]
@@ -258,6 +323,8 @@ class OpenAIServer:
     # ------------------------------------------------------------------ parsing
     def _check_model(self, body: Mapping[str, Any]) -> None:
         model = body.get("model")
+        if model is not None and not isinstance(model, str):
+            raise APIError(400, "'model' must be a string", param="model")
         if model is not None and model not in self.names:
             raise APIError(
                 404,
@@ -270,7 +337,9 @@ class OpenAIServer:
             raise APIError(400, "the request body must be a JSON object")
         self._check_model(body)
         n = _get(body, "n", (int,), 1)
-        if n != 1:
+        if n < 1:
+            raise APIError(400, f"'n' must be at least 1, got {n}", param="n")
+        if n > 1:
             raise APIError(400, "n > 1 is not supported; send one request per sample", param="n")
         if body.get("stop"):
             raise APIError(
@@ -284,41 +353,36 @@ class OpenAIServer:
             if v is not None and v != neutral:
                 # Refused rather than ignored: silently dropping it would change the answers.
                 raise APIError(400, f"'{key}' is not supported (only {neutral:g})", param=key)
+        max_key = "max_tokens"
         if chat:
-            messages = body.get("messages")
-            if not isinstance(messages, list) or not messages:
-                raise APIError(400, "'messages' must be a non-empty list", param="messages")
-            norm: list[dict[str, Any]] = []
-            for m in messages:
-                if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-                    raise APIError(
-                        400, "each message needs a 'role' and 'content'", param="messages"
-                    )
-                content = m.get("content", "")
-                if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
-                    content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-                if not isinstance(content, str):
-                    raise APIError(400, "message 'content' must be text", param="messages")
-                norm.append({"role": m["role"], "content": content})
-            prompt_ids = render_chat(self.tokenizer, norm)
+            prompt_key = "messages"
+            prompt_ids = render_chat(self.tokenizer, parse_messages(body.get("messages")))
             max_tokens = _get(body, "max_completion_tokens", (int,), None)
             if max_tokens is None:
                 max_tokens = _get(body, "max_tokens", (int,), None)
+            elif body.get("max_completion_tokens") is not None:
+                max_key = "max_completion_tokens"
         else:
+            prompt_key = "prompt"
             prompt_ids = self._prompt_ids(body.get("prompt"))
             max_tokens = _get(body, "max_tokens", (int,), 16)  # OpenAI/vLLM default
+        if not prompt_ids:
+            raise APIError(400, "the prompt is empty: send at least one token", param=prompt_key)
         if max_tokens is None:
             max_tokens = max(1, self.max_seq_len - len(prompt_ids))
         if max_tokens < 1:
-            raise APIError(400, "'max_tokens' must be at least 1", param="max_tokens")
+            raise APIError(400, f"'{max_key}' must be at least 1, got {max_tokens}", param=max_key)
         try:
             self.batcher.check(len(prompt_ids), max_tokens)
         except ConfigError as e:
-            raise APIError(400, str(e), param="max_tokens") from None
+            raise APIError(400, str(e), param=max_key) from None
         if chat:
             lp = bool(_get(body, "logprobs", (bool,), False))
-            top = _get(body, "top_logprobs", (int,), 0)
-            logprobs: int | None = top if lp else None
+            top = _get(body, "top_logprobs", (int,), None)
+            if top is not None and not lp:
+                # vLLM refuses this too: top_logprobs alone would silently return none.
+                raise APIError(400, "'top_logprobs' needs 'logprobs': true", param="top_logprobs")
+            logprobs: int | None = (top or 0) if lp else None
         else:
             logprobs = _get(body, "logprobs", (int,), None)
         stop_ids = _get(body, "stop_token_ids", (list,), [])
@@ -326,7 +390,17 @@ class OpenAIServer:
             raise APIError(
                 400, "'stop_token_ids' must be a list of integers", param="stop_token_ids"
             )
+        stream = bool(_get(body, "stream", (bool,), False))
         stream_options = _get(body, "stream_options", (dict,), {})
+        if stream_options and not stream:
+            raise APIError(400, "'stream_options' needs 'stream': true", param="stream_options")
+        include_usage = stream_options.get("include_usage", False)
+        if not isinstance(include_usage, bool):
+            raise APIError(
+                400,
+                "'stream_options.include_usage' must be true or false",
+                param="stream_options.include_usage",
+            )
         try:
             params = SamplingParams(
                 max_tokens=max_tokens,
@@ -339,12 +413,16 @@ class OpenAIServer:
                 logprobs=logprobs,
             )
         except ConfigError as e:
-            raise APIError(400, str(e)) from None
+            # SamplingParams names the field first ("top_p must be ..."): say it in `param`.
+            key = str(e).split(" ", 1)[0]
+            if key == "logprobs" and chat:
+                key = "top_logprobs"
+            raise APIError(400, str(e), param=key if key in body else None) from None
         return ParsedRequest(
             prompt_ids=prompt_ids,
             params=params,
-            stream=bool(_get(body, "stream", (bool,), False)),
-            include_usage=bool(stream_options.get("include_usage", False)),
+            stream=stream,
+            include_usage=include_usage,
             chat=chat,
             logprobs_format=None if logprobs is None else ("chat" if chat else "completions"),
         )

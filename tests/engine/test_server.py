@@ -402,3 +402,91 @@ def test_bind_unresolvable_host_names_the_host_not_the_port() -> None:
 
     with pytest.raises(ConfigError, match=r"does not resolve.*use --host 127\.0\.0\.1"):
         bind("no-such-host.invalid", 0)  # .invalid never resolves (RFC 2606)
+
+
+USER_HI = {"role": "user", "content": "hi"}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "param", "needle"),
+    [
+        # chat messages: the field is named the way vLLM's validation names it
+        ("chat", {"messages": [{"role": "user"}]}, 400, "messages[0].content", "is missing"),
+        ("chat", {"messages": [{"role": "user", "content": None}]}, 400, "messages[0].content",
+         "is null"),
+        ("chat", {"messages": [USER_HI, {"role": "assistant"}]}, 400, "messages[1].content",
+         "is missing"),
+        ("chat", {"messages": [{"role": "user", "content": 5}]}, 400, "messages[0].content",
+         "got int"),
+        ("chat", {"messages": [{"role": "user", "content": {"text": "hi"}}]}, 400,
+         "messages[0].content", "got dict"),
+        ("chat", {"messages": [{"role": "user", "content": [{"type": "image_url",
+         "image_url": {"url": "x"}}]}]}, 400, "messages[0].content[0]", "only text parts"),
+        ("chat", {"messages": [{"role": "user", "content": ["hi"]}]}, 400,
+         "messages[0].content[0]", "must be an object"),
+        ("chat", {"messages": [{"role": "user", "content": [{"type": "text", "text": 3}]}]}, 400,
+         "messages[0].content[0].text", "must be a string"),
+        ("chat", {"messages": [{"content": "hi"}]}, 400, "messages[0].role", "role is required"),
+        ("chat", {"messages": ["hi"]}, 400, "messages[0]", "must be an object"),
+        ("chat", {"messages": "hi"}, 400, "messages", "non-empty list"),
+        # lengths and counts
+        ("completions", {"prompt": "x", "max_tokens": -5}, 400, "max_tokens", "at least 1"),
+        ("chat", {"messages": [USER_HI], "max_completion_tokens": -1}, 400,
+         "max_completion_tokens", "at least 1"),
+        ("chat", {"messages": [USER_HI], "max_tokens": 0}, 400, "max_tokens", "at least 1"),
+        ("completions", {"prompt": "x", "n": 0}, 400, "n", "at least 1"),
+        ("completions", {"prompt": "x", "n": 3}, 400, "n", "n > 1 is not supported"),
+        ("chat", {"messages": [USER_HI], "n": 2}, 400, "n", "n > 1 is not supported"),
+        ("completions", {"prompt": "x", "min_tokens": -1}, 400, "min_tokens", "min_tokens"),
+        ("completions", {"prompt": ""}, 400, "prompt", "prompt is empty"),
+        # models
+        ("completions", {"model": "gpt-4", "prompt": "x"}, 404, "model", "does not exist"),
+        ("chat", {"model": "gpt-4", "messages": [USER_HI]}, 404, "model", "does not exist"),
+        ("completions", {"model": 5, "prompt": "x"}, 400, "model", "must be a string"),
+        # sampling and options
+        ("completions", {"prompt": "x", "top_p": 0}, 400, "top_p", "top_p"),
+        ("completions", {"prompt": "x", "temperature": -1}, 400, "temperature", "temperature"),
+        ("completions", {"prompt": "x", "logprobs": 50}, 400, "logprobs", "[0, 20]"),
+        ("chat", {"messages": [USER_HI], "logprobs": True, "top_logprobs": 21}, 400,
+         "top_logprobs", "[0, 20]"),
+        ("chat", {"messages": [USER_HI], "top_logprobs": 2}, 400, "top_logprobs",
+         "needs 'logprobs': true"),
+        ("completions", {"prompt": "x", "stream_options": {"include_usage": True}}, 400,
+         "stream_options", "needs 'stream': true"),
+        ("completions", {"prompt": "x", "stream": True, "stream_options": {"include_usage": 1}},
+         400, "stream_options.include_usage", "true or false"),
+    ],
+)  # fmt: skip
+def test_request_validation_names_the_field(
+    srv: tuple[str, Batcher, SlowFakeEngine],
+    path: str,
+    body: dict[str, Any],
+    status: int,
+    param: str,
+    needle: str,
+) -> None:
+    url, batcher, _ = srv
+    endpoint = "chat/completions" if path == "chat" else "completions"
+    for stream in (False, True):  # a streaming request is refused before any SSE is sent
+        doc = dict(body)
+        if stream and "stream" not in doc and "stream_options" not in doc:
+            doc["stream"] = True
+        r = httpx.post(f"{url}/v1/{endpoint}", json=doc)
+        assert r.status_code == status, r.text
+        assert r.headers["content-type"].startswith("application/json")
+        err = r.json()["error"]
+        assert err["param"] == param, err
+        assert needle in err["message"], err
+        assert err["code"] == status and err["type"] in ("BadRequestError", "NotFoundError")
+    assert batcher.stats.completed == 0 and batcher.num_active == 0  # nothing reached the engine
+
+
+def test_chat_text_parts_are_joined(srv: tuple[str, Batcher, SlowFakeEngine]) -> None:
+    url, _, _ = srv
+    parts = [{"type": "text", "text": "h"}, {"text": "i"}]  # "type" defaults to text
+    body = {"messages": [{"role": "user", "content": parts}], "max_tokens": 2, "temperature": 0}
+    as_parts = httpx.post(f"{url}/v1/chat/completions", json=body).json()
+    plain = {**body, "messages": [USER_HI]}
+    as_text = httpx.post(f"{url}/v1/chat/completions", json=plain).json()
+    assert as_parts["usage"] == as_text["usage"]
+    assert as_parts["choices"][0]["message"] == as_text["choices"][0]["message"]
