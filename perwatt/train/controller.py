@@ -20,8 +20,9 @@ default clocks even when the training process is killed.
 Safety rails:
 
 * It refuses to start unless asked explicitly (``allow_clock_changes=True``, CLI
-  ``--i-understand-this-changes-clocks``) **and** the process may change clocks (root or
-  CAP_SYS_ADMIN, checked read-only through NVML first). The error says which is missing.
+  ``--i-understand-this-changes-clocks``; checked first, before NVML is opened) **and** the
+  process may change clocks (root or CAP_SYS_ADMIN, then checked read-only through NVML). The
+  error says which is missing.
 * ``dry_run=True`` touches no GPU and needs neither: every change it would make is logged (logger
   ``perwatt.train.controller``, INFO) and kept in :attr:`FrequencyController.changes`.
 * Frequencies the GPU does not support are an error naming them, unless
@@ -286,17 +287,17 @@ class FrequencyController:
             self._started = True
             log.info("dry run: %d plan entries, no GPU will be touched", len(self.plan))
             return self
-        supported, why_not = self._read_only_check()
-        missing = []
+        # The flag first, before NVML is even opened: the refusal must not depend on whether
+        # this machine has a driver or the privilege (a dry run elsewhere gives the same answer).
         if not self.allow_clock_changes:
-            missing.append(f"the explicit flag {FLAG_HINT}")
+            raise ConfigError(
+                f"refusing to change GPU clocks: missing the explicit flag {FLAG_HINT}"
+            )
+        supported, why_not = self._read_only_check()
         if why_not is not None:
-            missing.append(f"the privilege to change clocks ({why_not})")
-        if missing:
-            msg = "refusing to change GPU clocks: missing " + " and ".join(missing)
-            if why_not is not None:
-                raise NoPermissionError(msg)
-            raise ConfigError(msg)
+            raise NoPermissionError(
+                f"refusing to change GPU clocks: missing the privilege to change clocks ({why_not})"
+            )
         self._validate(self._supported or supported)
         ctx = multiprocessing.get_context("spawn")
         parent_conn, child_conn = ctx.Pipe()

@@ -390,7 +390,16 @@ class StageProfiler:
             step.power_w, _ = estimate_state_power(step.t, step.c, step.state)
             step.label = src.energy_label
             shortest = min((min(d) for d in step.durations.values() if d), default=0.0)
-            if self.counter_period_s > shortest:
+            measured_s = sum(sum(d) for d in step.durations.values())
+            if measured_s < 2.0 * self.counter_period_s:
+                # Averaging cannot help when the counter ticked at most once or twice in all:
+                # the figure is mostly where the ticks happened to fall (0 J if none did).
+                step.warnings = [
+                    f"only {measured_s * 1e3:.1f} ms measured at {step.freq_mhz} MHz, less than "
+                    f"two energy-counter periods ({self.counter_period_s * 1e3:.0f} ms each): "
+                    "its energy is unreliable; measure more iterations per clock (--iterations)"
+                ]
+            elif self.counter_period_s > shortest:
                 step.warnings = [
                     f"instructions ({shortest * 1e3:.0f} ms) are shorter than the counter period "
                     f"({self.counter_period_s * 1e3:.0f} ms): averaged over "
@@ -750,6 +759,8 @@ class ScriptProfile:
     partial: bool  # the script ended (or failed) before the sweep finished: path is *.partial.csv
     source: str
     blocking_power_w: Mapping[int, float]  # clock (MHz) → power while blocked between instructions
+    # A FakeNVML stood in for the GPU (PERWATT_FAKE_NVML): every figure is a model, not measured.
+    fake: bool = False
 
 
 def profile_script(
@@ -767,33 +778,53 @@ def profile_script(
 
     The script runs in this process (``runpy``, as ``__main__``, with ``sys.argv`` set to
     ``[script, *script_args]``) and calls the module-level hooks of this module around each
-    forward/backward and at each iteration end, looping while :func:`done` is False. The sweep
-    locks SM clocks, so like :class:`~perwatt.train.controller.FrequencyController` it refuses
-    without ``allow_clock_changes`` and the privilege (checked read-only first). Whatever was
-    measured is written even if the script stops early or raises (``partial=True``); the
-    default clocks are restored in every case.
+    forward/backward and at each iteration end, looping while :func:`done` is False.
+
+    The sweep locks SM clocks, so like :class:`~perwatt.train.controller.FrequencyController` it
+    refuses, in this order and before touching any GPU state: without ``allow_clock_changes``
+    (checked first, so the answer does not depend on the machine), then without NVML, then
+    without the privilege (checked read-only). ``nvml`` defaults to the fake named by
+    ``PERWATT_FAKE_NVML`` when that is set (demos and tests, as every perwatt command; the
+    result then has ``fake=True`` and its rows are labelled ``simulated``), else the real
+    library. Whatever was measured is written even if the script stops early or raises
+    (``partial=True``); the default clocks are restored in every case.
     """
     import runpy
     import sys
 
-    from perwatt.errors import NoPermissionError
+    from perwatt.errors import NoPermissionError, NVMLNotFoundError
+    from perwatt.meter.detect import FAKE_NVML_ENV, nvml_module
     from perwatt.meter.nvml import NVMLSource
 
+    if not allow_clock_changes:
+        raise ConfigError(
+            "refusing to sweep GPU clocks without the explicit flag "
+            "--i-understand-this-changes-clocks (Python: allow_clock_changes=True): the sweep "
+            f"locks the SM clock of GPU {gpu_index} (reset at the end); on a real GPU it also "
+            "needs root or CAP_SYS_ADMIN"
+        )
     script = Path(script)
     if not script.is_file():
         raise ConfigError(f"training script {script} does not exist")
-    src = NVMLSource([gpu_index], nvml=nvml)
+    if nvml is None:
+        nvml = nvml_module()
+    try:
+        src = NVMLSource([gpu_index], nvml=nvml)
+    except NVMLNotFoundError as e:
+        why = str(e).split("; ")[0]  # the rest suggests `--source`, which is not ours
+        raise NVMLNotFoundError(
+            f"--script profiles a real NVIDIA GPU, but NVML is unusable here ({why}); "
+            f"without a GPU use --simulate, or set {FAKE_NVML_ENV}=A100 to try the script's "
+            "hooks on a fake GPU (figures simulated)"
+        ) from e
     try:
         gpu = src.gpus[0]
         check = gpu.can_set_clocks()
-        missing = []
-        if not allow_clock_changes:
-            missing.append("the explicit flag --i-understand-this-changes-clocks")
         if not check.allowed:
-            missing.append(f"the privilege to change clocks ({check.reason})")
-        if missing:
-            msg = "refusing to sweep GPU clocks: missing " + " and ".join(missing)
-            raise (NoPermissionError if not check.allowed else ConfigError)(msg)
+            raise NoPermissionError(
+                f"refusing to sweep GPU clocks: missing the privilege to change clocks "
+                f"({check.reason})"
+            )
         meter = Meter(src)
         prof = StageProfiler(stage=stage, meter=meter, clocks=gpu, config=config)
         failure: BaseException | None = None
@@ -832,6 +863,7 @@ def profile_script(
             partial=partial,
             source=rows[0].source,
             blocking_power_w=prof.blocking_power_w(),
+            fake=src.fake,
         )
     finally:
         src.close()

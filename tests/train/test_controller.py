@@ -158,10 +158,23 @@ def test_refuses_without_privilege_and_says_both(tmp_path: Path) -> None:
     with pytest.raises(NoPermissionError, match="privilege to change clocks") as e:
         c.start()
     assert "explicit flag" not in str(e.value)
-    c2 = FrequencyController(PLAN, nvml_factory=H100_UNPRIV)
-    with pytest.raises(NoPermissionError, match=r"explicit flag.*and the privilege"):
-        c2.start()
-    assert c._proc is None and c2._proc is None
+    assert c._proc is None
+
+
+def test_flag_is_checked_before_nvml_is_opened() -> None:
+    # Without the flag the answer is the flag, whatever the machine: no driver, no privilege.
+    opened: list[str] = []
+
+    def missing() -> FakeNVML:
+        opened.append("nvml")
+        return FakeNVML.with_gpus(["H100"], library_missing=True)
+
+    for factory in (missing, H100_UNPRIV):
+        c = FrequencyController(PLAN, nvml_factory=factory)
+        with pytest.raises(ConfigError, match="explicit flag allow_clock_changes=True") as e:
+            c.start()
+        assert "privilege" not in str(e.value) and c._proc is None
+    assert opened == []
 
 
 def test_dry_run_touches_nothing(caplog: pytest.LogCaptureFixture) -> None:

@@ -410,7 +410,9 @@ def test_profile_script_refusals_and_partial(tmp_path: Path) -> None:
             script, stage=0, out=tmp_path / "x.csv", allow_clock_changes=True, nvml=unpriv
         )
     with pytest.raises(ConfigError, match="does not exist"):
-        prof_mod.profile_script(tmp_path / "nope.py", stage=0, out=tmp_path / "x.csv")
+        prof_mod.profile_script(
+            tmp_path / "nope.py", stage=0, out=tmp_path / "x.csv", allow_clock_changes=True
+        )
     # A script that fails mid-sweep: what was measured is kept, marked partial, clocks reset.
     failing = tmp_path / "fail.py"
     failing.write_text(
@@ -433,6 +435,23 @@ def test_profile_script_refusals_and_partial(tmp_path: Path) -> None:
     assert not (tmp_path / "f.csv").exists()
     assert len(read_profile_rows(tmp_path / "f.partial.csv")) == 4
     assert nvml.state_restored()
+
+
+def test_profile_script_asks_for_the_flag_before_touching_nvml(tmp_path: Path) -> None:
+    # Without the flag the answer is the flag, whatever the machine has: no driver (which used
+    # to answer "NVML unavailable") or no privilege (which used to answer NoPermissionError).
+    from perwatt.meter.testing import FakeNVML
+
+    script = tmp_path / "train.py"
+    script.write_text(_SCRIPT)
+    for nvml in (
+        FakeNVML.with_gpus(["A100"], library_missing=True),
+        FakeNVML.with_gpus(["A100"], privileged=False),
+    ):
+        with pytest.raises(ConfigError, match="explicit flag --i-understand-this-changes-clocks"):
+            prof_mod.profile_script(script, stage=0, out=tmp_path / "x.csv", nvml=nvml)
+        assert nvml.changes == []
+    assert not list(tmp_path.glob("x*.csv"))
 
 
 def test_cli_profile_simulate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
