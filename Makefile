@@ -11,7 +11,7 @@ BENCH_DIR ?= bench-results
 
 .PHONY: setup bench test lint typecheck clean
 
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.installed: pyproject.toml setup.py Makefile perwatt/train/_sweep.c
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
@@ -32,8 +32,9 @@ typecheck: setup
 	$(BIN)/mypy
 
 # PERWATT_FULL_REFERENCE=1: check every point of all 16 Perseus reference frontiers, not a sample.
+# PERWATT_REQUIRE_COMPILED=1: fail if the compiled frontier sweep (setup.py) was not built.
 test: setup lint typecheck
-	PERWATT_FULL_REFERENCE=1 $(BIN)/python -m pytest -q
+	PERWATT_FULL_REFERENCE=1 PERWATT_REQUIRE_COMPILED=1 $(BIN)/python -m pytest -q
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache $(BENCH_DIR)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from perwatt.errors import ConfigError, DataFormatError
 from perwatt.train.frontier import (
     Frontier,
     NoisyProfileWarning,
+    compiled_solver_available,
     compute_frontier,
     operation_options,
     replay,
@@ -228,6 +230,23 @@ def test_pareto_filter_and_quantisation() -> None:
     assert o.dropped == 2
 
 
+def test_noise_factor_drops_small_savings_but_keeps_the_fastest_clock() -> None:
+    """With noise factor k, a slower clock stays only if it is cheaper than every faster kept
+    one by more than k; the fastest clock always stays (T_min does not move), and k > 1 never
+    empties the set (lowtime's rule, which also compares an option with itself, does)."""
+    f = np.array([1400, 1300, 1200, 1100, 1000], dtype=np.int64)
+    t = np.array([0.0100, 0.0104, 0.0110, 0.0120, 0.0140])
+    e = np.array([5.00, 4.95, 4.60, 4.55, 4.00])  # saves 1%, 8%, 1%, 12% vs the kept faster
+    plain = operation_options(f, t, e, quantum_s=1e-4)
+    assert plain.freq_mhz.tolist() == [1400, 1300, 1200, 1100, 1000]
+    noisy = operation_options(f, t, e, quantum_s=1e-4, noise_factor=1.02)
+    assert noisy.freq_mhz.tolist() == [1400, 1200, 1000]
+    assert noisy.dropped == 2
+    # one clock, or all within the noise of each other: the fastest stays
+    tied = operation_options(f[:2], t[:2], np.array([5.0, 4.99]), quantum_s=1e-4, noise_factor=1.5)
+    assert tied.freq_mhz.tolist() == [1400]
+
+
 def test_noisy_profile_warns() -> None:
     rows = []
     for s in range(2):
@@ -296,11 +315,12 @@ def test_large_network_path_matches_small(
     n_prof = schedule.num_stages * schedule.chunks
     prof = StageProfile(entries={k: v for k, v in prof.entries.items() if k[0] < n_prof})
     monkeypatch.setattr(frontier_mod, "_PY_BFS_MAX_ARCS", 10**9)
-    small = compute_frontier(prof, schedule, p_block_w=83.64)
+    small = compute_frontier(prof, schedule, p_block_w=83.64, solver="python")
     for maxflow_max_arcs in (10**9, 0):  # one max-flow call per step; one BFS per path
         monkeypatch.setattr(frontier_mod, "_PY_BFS_MAX_ARCS", 0)
         monkeypatch.setattr(frontier_mod, "_MAXFLOW_MAX_ARCS", maxflow_max_arcs)
-        large = compute_frontier(prof, schedule, p_block_w=83.64)
+        large = compute_frontier(prof, schedule, p_block_w=83.64, solver="python")
+        assert large.solver == "python"
         assert [p.time_s for p in small.points] == [p.time_s for p in large.points]
         assert [p.energy_j for p in small.points] == pytest.approx(
             [p.energy_j for p in large.points], rel=1e-12
@@ -324,3 +344,135 @@ def test_batched_exponential_fits_match_one_by_one() -> None:
         assert (a_s[k], b_s[k], c_s[k]) == pytest.approx((a, b, c), rel=1e-4, abs=1e-6)
         one = _fit_exponential(q[k], y[k])
         assert one == pytest.approx((a_s[k], b_s[k], c_s[k]), rel=1e-9, abs=1e-12)
+
+
+def _gpt3(stages: int) -> StageProfile:
+    prof = load_profile(SHARED / "stage_profile/gpt3-175b+a100_sxm_bf16.csv")
+    return StageProfile(entries={k: v for k, v in prof.entries.items() if k[0] < stages})
+
+
+def _assert_same_frontier(a: Frontier, b: Frontier) -> None:
+    assert a.complete == b.complete
+    assert [p.time_s for p in a.points] == [p.time_s for p in b.points]
+    assert [p.energy_j for p in a.points] == pytest.approx(
+        [p.energy_j for p in b.points], rel=1e-12
+    )
+    for k in range(len(a.points)):
+        assert np.array_equal(a.durations_q(k), b.durations_q(k)), k
+
+
+COMPILED = pytest.mark.skipif(
+    not compiled_solver_available(), reason="compiled sweep not built (no C compiler)"
+)
+
+
+@COMPILED
+@pytest.mark.parametrize(
+    ("schedule", "kwargs"),
+    [
+        (one_f_one_b(8, 12), {}),
+        (one_f_one_b(4, 8, recompute=True), {}),
+        (gpipe(4, 6), {}),
+        (interleaved_one_f_one_b(4, 4, chunks=2), {}),
+        (one_f_one_b(4, 6), {"p_block_w": [60.0, 90.0, 75.0, 83.64]}),
+        (one_f_one_b(4, 6), {"cost_model": "convex-hull"}),
+        (one_f_one_b(4, 6), {"noise_factor": 1.05}),
+        (one_f_one_b(8, 12), {"stop_at_s": 3.6}),
+        (one_f_one_b(3, 5), {"time_quantum_s": 2e-4}),
+        (one_f_one_b(1, 4), {}),
+    ],
+    ids=[
+        "1f1b-8x12",
+        "recompute",
+        "gpipe",
+        "interleaved",
+        "heterogeneous",
+        "convex-hull",
+        "noise-factor",
+        "partial",
+        "fine-quantum",
+        "one-stage-chain",
+    ],
+)
+def test_compiled_sweep_matches_python(schedule: Schedule, kwargs: dict[str, object]) -> None:
+    """The C port of the sweep gives the Python reference's frontier: the same times, the same
+    energies, the same durations (so the same plans) at every point."""
+    stages = schedule.num_stages * (schedule.chunks if schedule.chunks > 1 else 1)
+    prof = _gpt3(stages)
+    kw: dict[str, object] = {"p_block_w": 83.64, **kwargs}
+    c = compute_frontier(prof, schedule, solver="compiled", **kw)  # type: ignore[arg-type]
+    py = compute_frontier(prof, schedule, solver="python", **kw)  # type: ignore[arg-type]
+    assert (c.solver, py.solver) == ("compiled", "python")
+    if "stop_at_s" in kwargs:
+        assert not c.complete
+    _assert_same_frontier(c, py)
+    assert c.plan_for(0).stages == py.plan_for(0).stages
+
+
+def test_auto_solver_uses_the_compiled_sweep_when_built(tiny: StageProfile) -> None:
+    fr = compute_frontier(tiny, one_f_one_b(2, 3), p_block_w=50.0)
+    assert fr.solver == ("compiled" if compiled_solver_available() else "python")
+
+
+@pytest.mark.skipif(
+    os.environ.get("PERWATT_REQUIRE_COMPILED") != "1",
+    reason="set PERWATT_REQUIRE_COMPILED=1 (make test does) to require the C build",
+)
+def test_compiled_sweep_is_built() -> None:
+    """`make test` installs with a C compiler present: the fast path must have been built,
+    or the speed figures in BENCHMARKS.md would silently not apply."""
+    assert compiled_solver_available(), "perwatt/train/_sweep.c was not built: pip install -e ."
+
+
+def test_compiled_solver_missing_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tiny: StageProfile
+) -> None:
+    import perwatt.train.frontier as frontier_mod
+
+    monkeypatch.setattr(frontier_mod, "_compiled_sweep", None)
+    with pytest.raises(ConfigError, match="compiled frontier sweep is not built"):
+        compute_frontier(tiny, one_f_one_b(2, 3), p_block_w=50.0, solver="compiled")
+    fr = compute_frontier(tiny, one_f_one_b(2, 3), p_block_w=50.0)  # auto falls back
+    assert fr.solver == "python"
+    with pytest.raises(ConfigError, match="unknown solver"):
+        compute_frontier(tiny, one_f_one_b(2, 3), p_block_w=50.0, solver="fast")  # type: ignore[arg-type]
+
+
+@COMPILED
+def test_compiled_sweep_rejects_malformed_arrays() -> None:
+    """The C entry point checks lengths and index ranges before it reads anything."""
+    from perwatt.train import _sweep
+
+    i = np.zeros(2, dtype=np.int64)
+    good = dict(
+        order=np.array([0, 1]),
+        pred_ptr=np.array([0, 0, 1]),
+        pred_idx=np.array([0]),
+        succ_ptr=np.array([0, 1, 1]),
+        succ_idx=np.array([1]),
+        eu=np.array([0]),
+        ev=np.array([1]),
+        qmin=np.array([1, 1]),
+        qmax=np.array([3, 3]),
+        flat=np.array([3.0, 2.0, 1.0, 3.0, 2.0, 1.0]),
+        base=np.array([-1, 2]),
+    )
+    args = [
+        np.ascontiguousarray(v, dtype=np.float64 if k == "flat" else np.int64)
+        for k, v in good.items()
+    ]
+    steps_t, *_ = _sweep.sweep(*args, -1)
+    # a chain of two instructions of 3 quanta, each can go down to 1: makespan 6 → 2
+    assert np.frombuffer(steps_t, dtype=np.int64).tolist() == [5, 4, 3, 2]
+    bad_len = list(args)
+    bad_len[7] = i[:1]  # qmin too short
+    with pytest.raises(ValueError, match="qmin"):
+        _sweep.sweep(*bad_len, -1)
+    bad_idx = list(args)
+    bad_idx[6] = np.array([7], dtype=np.int64)  # edge to a node that does not exist
+    with pytest.raises(ValueError, match="out of range"):
+        _sweep.sweep(*bad_idx, -1)
+    bad_base = list(args)
+    bad_base[10] = np.array([-1, 5], dtype=np.int64)  # cost table read past its end
+    with pytest.raises(ValueError, match="out of range"):
+        _sweep.sweep(*bad_base, -1)
