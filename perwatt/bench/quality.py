@@ -22,6 +22,12 @@ Even at temperature 0 a server can be nondeterministic (batch composition change
 reduction order). ``control=True`` queries A a second time and reports A-vs-A agreement: the noise
 floor B has to be judged against.
 
+Runs are written as they go: with ``out``, the report file is rewritten (atomically, at most once
+a second) with ``"status": "running"`` as prompts finish and ends ``complete``, or ``partial`` with
+a ``partial_reason`` when Ctrl-C or a failing server stops the run; a partial report keeps the
+prompts compared so far but carries no ``accuracy`` block, so it cannot be attached to bench
+results by mistake. A server that cannot be reached at all is found before any prompt is sent.
+
 Prompts file: JSONL, one object per line with ``"prompt"`` (text, for ``/completions``) or
 ``"messages"`` (for ``/chat/completions``), and an optional ``"id"``; blank lines and ``#``
 comments are skipped. The report can be attached to bench results as their ``accuracy`` block
@@ -43,12 +49,15 @@ import httpx
 
 from perwatt._files import atomic_write_text
 from perwatt.bench.result import load_result, write_result
-from perwatt.errors import ConfigError, DataFormatError, RemoteSourceError
+from perwatt.errors import ConfigError, DataFormatError, PerwattError, RemoteSourceError
 
 Endpoint = Literal["completions", "chat"]
+QualityStatus = Literal["running", "complete", "partial"]
 QUALITY_SCHEMA: Final = "perwatt.bench.quality/1"
 DEFAULT_MAX_TOKENS: Final = 64
 DEFAULT_TOP_LOGPROBS: Final = 5
+#: A running report is rewritten at most this often (each rewrite serialises every prompt so far).
+CHECKPOINT_INTERVAL_S: Final = 1.0
 
 
 # --------------------------------------------------------------------------- prompts
@@ -166,6 +175,7 @@ def _parse_chat_logprobs(lp: Any) -> tuple[Any, Any, Any]:
 class _Server:
     """One OpenAI-compatible endpoint and what we learned about it while querying."""
 
+    role: Literal["reference", "candidate"]
     base_url: str
     model: str | None
     api_key: str | None
@@ -215,7 +225,15 @@ def _generate(
                 client, server, p, max_tokens=max_tokens, seed=seed, top_logprobs=top_logprobs
             )
     except httpx.HTTPError as e:
-        raise RemoteSourceError(f"{url}: request failed ({type(e).__name__}: {e})") from e
+        raise RemoteSourceError(
+            f"the {server.role} server at {server.base_url} failed on prompt {p.id} "
+            f"({type(e).__name__}: {e or 'no detail'})"
+        ) from e
+    if r.status_code == 404 and not server.base_url.rstrip("/").endswith("/v1"):
+        raise RemoteSourceError(
+            f"{url}: HTTP 404 from the {server.role} server: does its --url end with /v1 "
+            "(e.g. http://127.0.0.1:8000/v1)?"
+        )
     if r.status_code != 200:
         raise RemoteSourceError(f"{url}: HTTP {r.status_code} for prompt {p.id}: {r.text[:200]}")
     try:
@@ -383,7 +401,13 @@ def summarize_agreement(items: Sequence[PromptAgreement]) -> AgreementSummary:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QualityReport:
-    """Reference vs candidate (and optionally reference vs itself) over one prompt set."""
+    """Reference vs candidate (and optionally reference vs itself) over one prompt set.
+
+    ``status`` is ``complete`` when every prompt was compared; ``running`` (a checkpoint written
+    while the run goes on) and ``partial`` (stopped early: ``partial_reason`` says why) cover the
+    first ``len(prompts)`` of ``prompts_total`` prompts, and ``summary`` is ``None`` until one
+    prompt is done.
+    """
 
     reference_url: str
     candidate_url: str
@@ -392,15 +416,44 @@ class QualityReport:
     prompts_file: str
     max_tokens: int
     seed: int
-    summary: AgreementSummary
+    summary: AgreementSummary | None
     control: AgreementSummary | None
     prompts: tuple[PromptAgreement, ...]
     notes: tuple[str, ...]
     duration_s: float
+    prompts_total: int
+    status: QualityStatus = "complete"
+    partial_reason: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.prompts_total < len(self.prompts):
+            raise ValueError(
+                f"prompts_total {self.prompts_total} < {len(self.prompts)} prompts compared"
+            )
+        if self.status == "complete" and (
+            self.summary is None or len(self.prompts) != self.prompts_total
+        ):
+            raise ValueError("a complete report needs every prompt and a summary")
+        if (self.status == "partial") != (self.partial_reason is not None):
+            raise ValueError("partial_reason is given exactly when the status is partial")
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "complete"
 
     def accuracy_block(self) -> dict[str, Any]:
-        """The bench result's ``accuracy`` block (notes/schema.md) for the candidate's runs."""
+        """The bench result's ``accuracy`` block (notes/schema.md) for the candidate's runs.
+
+        Only a complete run has one: agreement over part of the prompt set is not the figure
+        the bench result claims.
+        """
         s = self.summary
+        if not self.complete or s is None:
+            raise ConfigError(
+                f"the quality run is {self.status} ({len(self.prompts)} of {self.prompts_total} "
+                f"prompts{': ' + self.partial_reason if self.partial_reason else ''}); "
+                "re-run it to completion before attaching its figures"
+            )
         parts = [
             f"greedy (temperature 0, max_tokens {self.max_tokens}, seed {self.seed}) on "
             f"{s.n_prompts} prompts from {Path(self.prompts_file).name}",
@@ -434,22 +487,52 @@ class QualityReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema": QUALITY_SCHEMA,
+            "status": self.status,
+            "partial_reason": self.partial_reason,
             "reference": {"url": self.reference_url, "model": self.reference_model},
             "candidate": {"url": self.candidate_url, "model": self.candidate_model},
             "prompts_file": self.prompts_file,
+            "prompts_total": self.prompts_total,
             "decoding": {
                 "temperature": 0.0,
                 "top_p": 1.0,
                 "max_tokens": self.max_tokens,
                 "seed": self.seed,
             },
-            "summary": self.summary.to_dict(),
+            "summary": self.summary.to_dict() if self.summary else None,
             "control": self.control.to_dict() if self.control else None,
-            "accuracy": self.accuracy_block(),
+            "accuracy": self.accuracy_block() if self.complete else None,
             "notes": list(self.notes),
             "duration_s": self.duration_s,
             "prompts": [p.to_dict() for p in self.prompts],
         }
+
+
+class QualityInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped :func:`run_quality`; ``report`` holds the prompts finished (partial).
+
+    A ``KeyboardInterrupt``, so code that does not know it still stops as on any Ctrl-C.
+    """
+
+    def __init__(self, report: QualityReport) -> None:
+        super().__init__(report.partial_reason)
+        self.report = report
+
+
+class _Checkpoints:
+    """Writes the report to ``out`` as the run goes: at most every ``interval_s``, or when forced."""
+
+    def __init__(self, out: str | Path | None, interval_s: float) -> None:
+        self.out = None if out is None else Path(out)
+        self.interval_s = interval_s
+        self._last = -math.inf
+
+    def write(self, report: QualityReport, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.out is None or (not force and now - self._last < self.interval_s):
+            return
+        write_quality_report(report, self.out)
+        self._last = now
 
 
 def run_quality(
@@ -465,68 +548,172 @@ def run_quality(
     top_logprobs: int = DEFAULT_TOP_LOGPROBS,
     control: bool = False,
     timeout_s: float = 120.0,
+    out: str | Path | None = None,
+    checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S,
 ) -> QualityReport:
     """Send the prompt set to both servers with greedy decoding and measure agreement.
 
-    Model names default to the first one each server lists at ``/v1/models``.
+    Model names default to the first one each server lists at ``/v1/models``. Both servers are
+    contacted before any prompt is sent: one that cannot be reached is a :class:`ConfigError`
+    naming it (nothing written). With ``out`` the report is written as the run goes (see the
+    module docstring). Ctrl-C raises :class:`QualityInterrupted` carrying the partial report; a
+    server failing mid-run raises :class:`RemoteSourceError` after the partial report is written.
     """
     if max_tokens < 1:
-        raise ConfigError(f"max_tokens must be >= 1, got {max_tokens}")
+        raise ConfigError(f"--max-tokens must be >= 1, got {max_tokens}")
     if not 0 <= top_logprobs <= 20:
-        raise ConfigError(f"top_logprobs must be in [0, 20] (OpenAI's limit), got {top_logprobs}")
-    for u in (reference_url, candidate_url):
+        raise ConfigError(f"--top-logprobs must be in [0, 20] (OpenAI's limit), got {top_logprobs}")
+    if not (timeout_s > 0 and math.isfinite(timeout_s)):
+        raise ConfigError(f"--timeout must be a positive number of seconds, got {timeout_s}")
+    for role, u in (("reference", reference_url), ("candidate", candidate_url)):
         if not u.startswith(("http://", "https://")):
-            raise ConfigError(f"server URL must start with http:// or https://, got {u!r}")
+            raise ConfigError(
+                f"the {role} --url must start with http:// or https://, got {u!r} "
+                "(e.g. http://127.0.0.1:8000/v1)"
+            )
     prompts = load_prompts(prompts_file)
+    if out is not None and Path(out).is_dir():
+        raise ConfigError(
+            f"{out} is a directory; give a file name, e.g. --out {Path(out) / 'quality.json'}"
+        )
     t0 = time.perf_counter()
-    ref = _Server(reference_url, reference_model, api_key)
-    cand = _Server(candidate_url, candidate_model, api_key)
+    ref = _Server("reference", reference_url, reference_model, api_key)
+    cand = _Server("candidate", candidate_url, candidate_model, api_key)
+    items: list[PromptAgreement] = []
+    ctrl: list[PromptAgreement] = []
+    checkpoints = _Checkpoints(out, checkpoint_interval_s)
+
+    def report(status: QualityStatus, reason: str | None = None) -> QualityReport:
+        notes = [f"reference: {n}" for n in ref.notes] + [f"candidate: {n}" for n in cand.notes]
+        return QualityReport(
+            reference_url=reference_url,
+            candidate_url=candidate_url,
+            reference_model=ref.model,
+            candidate_model=cand.model,
+            prompts_file=str(prompts_file),
+            max_tokens=max_tokens,
+            seed=seed,
+            summary=summarize_agreement(items) if items else None,
+            control=summarize_agreement(ctrl) if control and ctrl else None,
+            prompts=tuple(items),
+            notes=tuple(notes),
+            duration_s=time.perf_counter() - t0,
+            prompts_total=len(prompts),
+            status=status,
+            partial_reason=reason,
+        )
+
+    def done() -> str:
+        return f"after {len(items)} of {len(prompts)} prompts"
+
     with httpx.Client(timeout=timeout_s) as client:
         for srv in (ref, cand):
-            if srv.model is None:
-                srv.model = _discover_model(client, srv)
+            _probe(client, srv)
+        # Written before the long part, so a bad --out fails now and a crash leaves a trace.
+        checkpoints.write(report("running"), force=True)
         kw: dict[str, Any] = {"max_tokens": max_tokens, "seed": seed, "top_logprobs": top_logprobs}
-        items: list[PromptAgreement] = []
-        ctrl: list[PromptAgreement] = []
-        for p in prompts:
-            a = _generate(client, ref, p, **kw)
-            b = _generate(client, cand, p, **kw)
-            items.append(agreement(p.id, a, b))
-            if control:
-                ctrl.append(agreement(p.id, a, _generate(client, ref, p, **kw)))
-    notes = [f"reference: {n}" for n in ref.notes] + [f"candidate: {n}" for n in cand.notes]
-    return QualityReport(
-        reference_url=reference_url,
-        candidate_url=candidate_url,
-        reference_model=ref.model,
-        candidate_model=cand.model,
-        prompts_file=str(prompts_file),
-        max_tokens=max_tokens,
-        seed=seed,
-        summary=summarize_agreement(items),
-        control=summarize_agreement(ctrl) if control else None,
-        prompts=tuple(items),
-        notes=tuple(notes),
-        duration_s=time.perf_counter() - t0,
-    )
+        try:
+            for p in prompts:
+                a = _generate(client, ref, p, **kw)
+                b = _generate(client, cand, p, **kw)
+                # Control first: a prompt counts once all of its answers are in.
+                c = _generate(client, ref, p, **kw) if control else None
+                items.append(agreement(p.id, a, b))
+                if c is not None:
+                    ctrl.append(agreement(p.id, a, c))
+                checkpoints.write(report("running"))
+        except KeyboardInterrupt:
+            partial = report("partial", f"interrupted (Ctrl-C) {done()}")
+            checkpoints.write(partial, force=True)
+            raise QualityInterrupted(partial) from None
+        except Exception as e:
+            why = str(e) if isinstance(e, PerwattError) else f"{type(e).__name__}: {e}"
+            partial = report("partial", f"stopped {done()}: {why}")
+            checkpoints.write(partial, force=True)
+            if isinstance(e, PerwattError):
+                kept = (
+                    f"the {len(items)} prompts compared before it are in {out}, marked partial"
+                    if out is not None
+                    else f"stopped {done()}; give --out to keep what was compared"
+                )
+                raise type(e)(f"{e} ({kept})") from e
+            raise
+    final = report("complete")
+    checkpoints.write(final, force=True)
+    return final
 
 
-def _discover_model(client: httpx.Client, srv: _Server) -> str | None:
+def _probe(client: httpx.Client, srv: _Server) -> None:
+    """Reach the server before any prompt is sent; learn its model name if none was given.
+
+    A server that cannot be reached is the user's to fix (start it, or correct --url), so it is
+    a one-line :class:`ConfigError`, not a failure halfway through the run.
+    """
     url = srv.base_url.rstrip("/") + "/models"
     headers = {"Authorization": f"Bearer {srv.api_key}"} if srv.api_key else {}
     try:
         r = client.get(url, headers=headers)
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol) as e:
+        raise ConfigError(
+            f"cannot reach the {srv.role} server at {srv.base_url} ({_why(e)}): is the server "
+            "running? Check the "
+            + ("first" if srv.role == "reference" else "second")
+            + " --url (base URL including /v1, e.g. http://127.0.0.1:8000/v1)"
+        ) from None
     except httpx.HTTPError as e:
-        raise RemoteSourceError(f"{url}: server unreachable ({type(e).__name__}: {e})") from e
+        raise RemoteSourceError(
+            f"the {srv.role} server at {srv.base_url} did not answer {url} "
+            f"({type(e).__name__}: {e or 'no detail'}): is it healthy?"
+        ) from e
+    if srv.model is not None:
+        return
     if r.status_code != 200:
         srv.notes.append(f"/models answered HTTP {r.status_code}; no model name sent")
-        return None
+        return
     try:
         data = r.json()["data"]
-        return str(data[0]["id"]) if data else None
+        srv.model = str(data[0]["id"]) if data else None
     except (ValueError, KeyError, IndexError, TypeError):
         srv.notes.append("/models answer not understood; no model name sent")
-        return None
+
+
+def _why(e: httpx.HTTPError) -> str:
+    """The OS reason of a connection failure, without httpx's exception class names."""
+    text = str(e) or type(e).__name__
+    if "[Errno" in text and "] " in text:
+        text = text.split("] ", 1)[1]  # "[Errno 111] Connection refused" -> "Connection refused"
+    return text.strip().lower() or type(e).__name__
+
+
+def format_quality_summary(report: QualityReport) -> str:
+    """The text summary ``perwatt quality`` prints; a run stopped early says so on line one."""
+
+    def f(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.4f}"
+
+    lines = [f"reference {report.reference_url}  vs  candidate {report.candidate_url}"]
+    if not report.complete:
+        lines.append(
+            f"  PARTIAL: {len(report.prompts)} of {report.prompts_total} prompts compared"
+            + (f" ({report.partial_reason})" if report.partial_reason else "")
+        )
+    s = report.summary
+    if s is None:
+        lines.append("  no prompt was compared: no figures")
+    else:
+        lines += [
+            f"  prompts            {s.n_prompts} (greedy, max_tokens {report.max_tokens})",
+            f"  exact match        {f(s.exact_match)}",
+            f"  top-1 agreement    {f(s.top1_agreement)} ({s.unit}s, up to first divergence)",
+            f"  logprob agreement  {f(s.logprob_agreement)} "
+            f"(mean |dlogprob| {f(s.mean_abs_dlogprob)})",
+            f"  KL top-k (approx)  {f(s.kl_topk_mean)}",
+        ]
+    if report.control is not None:
+        c = report.control
+        lines.append(f"  control A vs A     exact {f(c.exact_match)}, top-1 {f(c.top1_agreement)}")
+    lines += [f"  note: {n}" for n in report.notes]
+    return "\n".join(lines)
 
 
 def write_quality_report(report: QualityReport, path: str | Path) -> Path:
@@ -557,14 +744,18 @@ def attach_accuracy(result_path: str | Path, accuracy: Mapping[str, Any]) -> Pat
 
 
 __all__ = [
+    "CHECKPOINT_INTERVAL_S",
     "QUALITY_SCHEMA",
     "AgreementSummary",
     "Generation",
     "PromptAgreement",
+    "QualityInterrupted",
     "QualityPrompt",
     "QualityReport",
+    "QualityStatus",
     "agreement",
     "attach_accuracy",
+    "format_quality_summary",
     "load_prompts",
     "run_quality",
     "summarize_agreement",

@@ -61,47 +61,95 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     q = subparsers.add_parser(
         "quality",
         help="accuracy guard: do two servers give the same greedy answers?",
-        description='Send a fixed prompt set (JSONL: {"prompt": ...} or {"messages": [...]} '
-        "per line) with greedy decoding (temperature 0, fixed max_tokens and seed) to a "
-        "reference server (first --url) and a candidate (second --url), and report exact match, "
+        description="Send a fixed prompt set with greedy decoding (temperature 0, fixed "
+        "--max-tokens and --seed) to a reference server (first --url) and a candidate (second "
+        "--url), e.g. a BF16 and an FP8 deployment of one model, and report exact match, "
         "greedy token agreement up to the first divergence and, where the servers return "
         "logprobs, log-prob agreement. --attach writes the figures into bench results' "
-        "accuracy block.",
+        "accuracy block. Exit code: 0 done; 2 bad input or a server that cannot be reached "
+        "(checked before any prompt is sent); 1 a server failed mid-run; 130 Ctrl-C. With "
+        "--out, the prompts compared so far are kept, marked partial, in the last two cases.",
+        epilog='prompt file (JSONL), one per line: {"prompt": "text"} for /completions or '
+        '{"messages": [{"role": "user", "content": "text"}]} for /chat/completions, optional '
+        '"id"; blank lines and # comments are skipped. Example: perwatt quality --prompts '
+        "p.jsonl --url http://127.0.0.1:8000/v1 --url http://127.0.0.1:8001/v1 --out q.json",
     )
     q.add_argument(
         "--prompts",
-        "--quality",
         dest="prompts",
-        required=True,
         metavar="FILE",
-        help="JSONL prompt set",
+        help="JSONL prompt set (format below); required",
     )
+    # Old spelling, kept working but not advertised: `perwatt quality --quality FILE` read oddly.
+    q.add_argument("--quality", dest="prompts", help=argparse.SUPPRESS)
     q.add_argument(
         "--url",
         action="append",
         required=True,
         metavar="URL",
-        help="server base URL incl. /v1; give twice: reference, then candidate",
+        help="OpenAI-compatible server base URL including /v1, e.g. http://127.0.0.1:8000/v1; "
+        "give it twice: the reference first, then the candidate",
     )
-    q.add_argument("--model", action="append", metavar="NAME", help="model per --url (optional)")
-    q.add_argument("--api-key", default=None, help="sent as 'Authorization: Bearer KEY'")
-    q.add_argument("--max-tokens", type=int, default=64, help="tokens per answer (default 64)")
-    q.add_argument("--seed", type=int, default=0, help="sampling seed sent to servers")
-    q.add_argument("--top-logprobs", type=int, default=5, help="top-k logprobs (default 5)")
+    q.add_argument(
+        "--model",
+        action="append",
+        metavar="NAME",
+        help="model name to request, given twice in --url order (default: the first model "
+        "each server lists at /v1/models)",
+    )
+    q.add_argument(
+        "--api-key", default=None, metavar="KEY", help="sent to both servers as 'Bearer KEY'"
+    )
+    q.add_argument(
+        "--max-tokens",
+        type=int,
+        default=64,
+        metavar="N",
+        help="tokens generated per answer (default %(default)s)",
+    )
+    q.add_argument(
+        "--seed", type=int, default=0, metavar="N", help="seed sent with every request (default 0)"
+    )
+    q.add_argument(
+        "--top-logprobs",
+        type=int,
+        default=5,
+        metavar="K",
+        help="log-probs of the top K tokens to request per position, 0-20 (default %(default)s); "
+        "a server that rejects logprobs is compared on text and the report says so",
+    )
+    q.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="seconds to wait for one answer (default %(default)g)",
+    )
     q.add_argument(
         "--control",
         action="store_true",
-        help="query the reference twice and report its self-agreement (the noise floor)",
+        help="also query the reference twice and report its self-agreement: the noise floor "
+        "the candidate is judged against (servers can be nondeterministic at temperature 0)",
     )
-    q.add_argument("--out", "-o", default=None, metavar="FILE", help="write the report JSON")
+    q.add_argument(
+        "--out",
+        "-o",
+        default=None,
+        metavar="FILE",
+        help="write the report JSON to FILE, rewritten as prompts finish; its status is "
+        "running, then complete, or partial (with the reason) if the run stops early",
+    )
     q.add_argument(
         "--attach",
         action="append",
         default=[],
         metavar="RESULT.json",
-        help="set this bench result's accuracy block (the candidate's runs); repeatable",
+        help="write the figures into this bench result's accuracy block (a run of the "
+        "candidate); repeatable; only after a complete run",
     )
-    q.add_argument("--json", action="store_true", help="print the report JSON")
+    q.add_argument(
+        "--json", action="store_true", help="print the report JSON on stdout, not the summary"
+    )
     q.set_defaults(func=run_quality)
 
 
@@ -128,54 +176,55 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_quality(args: argparse.Namespace) -> int:
-    from perwatt.bench.quality import attach_accuracy, run_quality, write_quality_report
+    from perwatt.bench.quality import (
+        QualityInterrupted,
+        attach_accuracy,
+        format_quality_summary,
+        run_quality,
+    )
     from perwatt.errors import ConfigError
 
+    if args.prompts is None:
+        raise ConfigError("no prompt set: give --prompts FILE (JSONL, see perwatt quality -h)")
     if len(args.url) != 2:
-        raise ConfigError("give --url twice: the reference server, then the candidate")
+        raise ConfigError(
+            f"give --url twice, the reference server then the candidate (got {len(args.url)})"
+        )
     models = args.model or []
     if len(models) not in (0, 2):
         raise ConfigError("give --model twice (reference, candidate) or not at all")
-    rep = run_quality(
-        args.prompts,
-        args.url[0],
-        args.url[1],
-        reference_model=models[0] if models else None,
-        candidate_model=models[1] if models else None,
-        api_key=args.api_key,
-        max_tokens=args.max_tokens,
-        seed=args.seed,
-        top_logprobs=args.top_logprobs,
-        control=args.control,
-    )
-    if args.out:
-        write_quality_report(rep, args.out)
-    for path in args.attach:
-        attach_accuracy(path, rep.accuracy_block())
+    interrupted = False
+    try:
+        rep = run_quality(
+            args.prompts,
+            args.url[0],
+            args.url[1],
+            reference_model=models[0] if models else None,
+            candidate_model=models[1] if models else None,
+            api_key=args.api_key,
+            max_tokens=args.max_tokens,
+            seed=args.seed,
+            top_logprobs=args.top_logprobs,
+            control=args.control,
+            timeout_s=args.timeout,
+            out=args.out,
+        )
+    except QualityInterrupted as e:
+        rep, interrupted = e.report, True
+    if rep.complete:
+        for path in args.attach:
+            attach_accuracy(path, rep.accuracy_block())
     if args.json:
         json.dump(rep.to_dict(), sys.stdout, indent=2, allow_nan=False)
         sys.stdout.write("\n")
-        return 0
-    s = rep.summary
-
-    def f(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:.4f}"
-
-    print(f"reference {rep.reference_url}  vs  candidate {rep.candidate_url}")
-    print(f"  prompts            {s.n_prompts} (greedy, max_tokens {rep.max_tokens})")
-    print(f"  exact match        {f(s.exact_match)}")
-    print(f"  top-1 agreement    {f(s.top1_agreement)} ({s.unit}s, up to first divergence)")
-    print(
-        f"  logprob agreement  {f(s.logprob_agreement)} (mean |dlogprob| {f(s.mean_abs_dlogprob)})"
-    )
-    print(f"  KL top-k (approx)  {f(s.kl_topk_mean)}")
-    if rep.control is not None:
-        c = rep.control
-        print(f"  control A vs A     exact {f(c.exact_match)}, top-1 {f(c.top1_agreement)}")
-    for n in rep.notes:
-        print(f"  note: {n}")
-    if args.out:
-        print(f"wrote {args.out}")
-    for path in args.attach:
-        print(f"accuracy block attached to {path}")
-    return 0
+    else:
+        print(format_quality_summary(rep))
+        if args.out:
+            print(f"wrote {args.out}" + ("" if rep.complete else f" ({rep.status})"))
+        for path in args.attach:
+            print(
+                f"accuracy block attached to {path}"
+                if rep.complete
+                else f"not attached to {path}: the run is {rep.status}"
+            )
+    return 130 if interrupted else 0

@@ -239,9 +239,13 @@ def test_unwritable_out_is_one_line_error(
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def test_unreachable_server_is_a_clean_error(tmp_path: Path) -> None:
-    with pytest.raises(RemoteSourceError, match="unreachable"):
-        q.run_quality(_prompts(tmp_path), "http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1")
+def test_unreachable_server_is_a_one_line_user_error(tmp_path: Path) -> None:
+    down = _closed_url()
+    with pytest.raises(ConfigError) as ei:
+        q.run_quality(_prompts(tmp_path), down, down)
+    msg = str(ei.value)
+    assert f"cannot reach the reference server at {down}" in msg and "\n" not in msg
+    assert "is the server running" in msg and "--url" in msg
 
 
 @pytest.mark.parametrize(
@@ -295,3 +299,113 @@ def test_against_the_bench_fake_server(tmp_path: Path) -> None:
     assert rep.summary.exact_match == 1.0
     assert rep.summary.unit == "word" and rep.summary.logprob_agreement is None
     assert all(p.len_a == 8 for p in rep.prompts)
+
+
+# ------------------------------------------------------------------ unreachable, partial runs
+def _closed_url() -> str:
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = int(s.getsockname()[1])
+    s.close()  # nothing listens there now: connection refused
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def test_unreachable_candidate_is_a_user_error_naming_it(
+    servers: tuple[ToyLM, str, ToyLM, str], tmp_path: Path
+) -> None:
+    """Checked before any prompt is sent, even when --model makes /models unnecessary."""
+    ref, u1, _, _ = servers
+    down = _closed_url()
+    out = tmp_path / "q.json"
+    with pytest.raises(ConfigError) as ei:
+        q.run_quality(
+            _prompts(tmp_path), u1, down, reference_model="m", candidate_model="m", out=out
+        )
+    msg = str(ei.value)
+    assert "\n" not in msg
+    assert f"candidate server at {down}" in msg
+    assert "is the server running" in msg and "--url" in msg
+    assert not ref.requests  # no prompt was spent on the reference
+    assert not out.exists()
+
+
+class _Interrupting(ToyLM):
+    """Answers ``after`` requests, then simulates Ctrl-C in the main thread (the client's)."""
+
+    def __init__(self, after: int) -> None:
+        super().__init__()
+        self.after = after
+
+    def answer(self, body: dict[str, Any], chat: bool) -> dict[str, Any]:
+        if self.calls == self.after:
+            import _thread
+
+            _thread.interrupt_main()  # raised in the client once this reply arrives
+        return super().answer(body, chat)
+
+
+def test_ctrl_c_writes_the_prompts_finished_marked_partial(tmp_path: Path) -> None:
+    s1, u1 = _serve(ToyLM())
+    s2, u2 = _serve(_Interrupting(after=2))  # the 3rd candidate answer is interrupted
+    out = tmp_path / "q.json"
+    try:
+        with pytest.raises(q.QualityInterrupted) as ei:
+            q.run_quality(_prompts(tmp_path), u1, u2, max_tokens=4, out=out)
+    finally:
+        for s in (s1, s2):
+            s.shutdown()
+            s.server_close()
+    rep = ei.value.report
+    assert rep.status == "partial" and rep.partial_reason is not None
+    assert "interrupted" in rep.partial_reason and "2 of 4 prompts" in rep.partial_reason
+    doc = json.loads(out.read_text())
+    assert doc["status"] == "partial" and doc["partial_reason"] == rep.partial_reason
+    assert doc["prompts_total"] == 4 and len(doc["prompts"]) == 2
+    assert doc["summary"]["n_prompts"] == 2
+    assert doc["accuracy"] is None  # partial figures are never offered as an accuracy block
+    with pytest.raises(ConfigError, match="partial"):
+        rep.accuracy_block()
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_server_dying_mid_run_keeps_what_was_compared(tmp_path: Path) -> None:
+    class _Dying(ToyLM):
+        """Stops listening (as a crashed server would) after its first answer."""
+
+        server: ThreadingHTTPServer | None = None
+
+        def answer(self, body: dict[str, Any], chat: bool) -> dict[str, Any]:
+            if self.calls == 0 and self.server is not None:
+                self.server.shutdown()
+                self.server.server_close()
+            return super().answer(body, chat)
+
+    s1, u1 = _serve(ToyLM())
+    dying = _Dying()
+    s2, u2 = _serve(dying)
+    dying.server = s2
+    out = tmp_path / "q.json"
+    try:
+        with pytest.raises(RemoteSourceError) as ei:
+            q.run_quality(_prompts(tmp_path), u1, u2, max_tokens=4, out=out)
+    finally:
+        s1.shutdown()
+        s1.server_close()
+    assert str(out) in str(ei.value) and "partial" in str(ei.value)
+    doc = json.loads(out.read_text())
+    assert doc["status"] == "partial" and "1 of 4 prompts" in doc["partial_reason"]
+    assert [p["id"] for p in doc["prompts"]] == ["a"]
+
+
+def test_complete_run_file_says_complete(
+    servers: tuple[ToyLM, str, ToyLM, str], tmp_path: Path
+) -> None:
+    _, u1, _, u2 = servers
+    out = tmp_path / "q.json"
+    rep = q.run_quality(_prompts(tmp_path), u1, u2, max_tokens=4, out=out)
+    doc = json.loads(out.read_text())
+    assert rep.status == "complete" and doc["status"] == "complete"
+    assert doc["partial_reason"] is None and doc["prompts_total"] == 4
+    assert doc["accuracy"]["exact_match"] == rep.summary.exact_match

@@ -187,3 +187,80 @@ def test_done_means_bench_then_compare_and_report(
     assert main(["report", str(a), str(b), "--out", str(out)]) == 0
     html = out.read_text()
     assert "are NOT measurements" in html and "steady state" in html
+
+
+def test_quality_cli_unreachable_server_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], echo_servers: tuple[str, str]
+) -> None:
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    down = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    s.close()
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "x"}\n')
+    ref, _ = echo_servers
+    assert main(["quality", "--prompts", str(prompts), "--url", ref, "--url", down]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"perwatt: error: cannot reach the candidate server at {down}")
+    assert "is the server running" in err and "--url" in err
+
+
+class _SlowAfterTwo(_Echo):
+    """Answers two requests at once, then holds each one until ``release`` (time for a Ctrl-C)."""
+
+    answered = 0
+    lock = threading.Lock()
+    release = threading.Event()
+
+    def do_POST(self) -> None:
+        with self.lock:
+            type(self).answered += 1
+            n = type(self).answered
+        if n > 2:
+            self.release.wait(30)
+            return  # the client is gone by now: answer nothing
+        super().do_POST()
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGINT"), reason="needs SIGINT")
+def test_quality_cli_ctrl_c_writes_partial_and_exits_130(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _SlowAfterTwo)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(f'{{"prompt": "w{i} x y"}}\n' for i in range(5)))
+    out = tmp_path / "q.json"
+    try:
+        p = subprocess.Popen(
+            [sys.executable, "-m", "perwatt", "quality", "--prompts", str(prompts),
+             "--url", url, "--url", url, "--out", str(out)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=Path(__file__).parents[2], env={**os.environ},
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while _SlowAfterTwo.answered < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _SlowAfterTwo.answered >= 3, "perwatt never reached the third request"
+        p.send_signal(signal.SIGINT)
+        stdout, stderr = p.communicate(timeout=30)
+    finally:
+        _SlowAfterTwo.release.set()
+        srv.shutdown()
+        srv.server_close()
+    assert p.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    doc = json.loads(out.read_text())
+    assert doc["status"] == "partial" and "interrupted" in doc["partial_reason"]
+    assert len(doc["prompts"]) == 1 and doc["prompts_total"] == 5  # ref + cand per prompt
+    assert "PARTIAL" in stdout and "1 of 5 prompts" in stdout
+    assert f"wrote {out}" in stdout
