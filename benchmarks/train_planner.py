@@ -39,7 +39,9 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def worker_perwatt(mb: int, profile: Path, quantum_s: float) -> dict[str, object]:
+def worker_perwatt(
+    mb: int, profile: Path, quantum_s: float, solver: str = "auto"
+) -> dict[str, object]:
     sys.path.insert(0, str(ROOT))
     import scipy.sparse.csgraph  # noqa: F401  (imported before timing, like lowtime's modules)
 
@@ -50,12 +52,17 @@ def worker_perwatt(mb: int, profile: Path, quantum_s: float) -> dict[str, object
     c0 = time.process_time()
     t0 = time.perf_counter()
     fr = compute_frontier(
-        prof, one_f_one_b(STAGES, mb), p_block_w=P_BLOCK_W, time_quantum_s=quantum_s
+        prof,
+        one_f_one_b(STAGES, mb),
+        p_block_w=P_BLOCK_W,
+        time_quantum_s=quantum_s,
+        solver=solver,  # type: ignore[arg-type]
     )
     wall = time.perf_counter() - t0
     cpu = time.process_time() - c0
     return {
         "planner": "perwatt",
+        "solver": fr.solver,
         "mb": mb,
         "wall_s": wall,
         "cpu_s": cpu,
@@ -241,7 +248,9 @@ def milp_report(stages: int, mbs: int, samples: int) -> str:
     return "\n".join(rows)
 
 
-def _run_worker(kind: str, mb: int, args: argparse.Namespace) -> dict[str, object]:
+def _run_worker(
+    kind: str, mb: int, args: argparse.Namespace, solver: str = "auto"
+) -> dict[str, object]:
     cmd = [
         sys.executable,
         __file__,
@@ -251,6 +260,8 @@ def _run_worker(kind: str, mb: int, args: argparse.Namespace) -> dict[str, objec
         str(mb),
         "--profile",
         str(args.profile),
+        "--solver",
+        solver,
     ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
     return json.loads(out.stdout)  # type: ignore[no-any-return]
@@ -278,6 +289,12 @@ def main() -> int:
     ap.add_argument("--lowtime-results", nargs="*", default=[], help="JSON from background runs")
     ap.add_argument("--worker", choices=("perwatt", "lowtime"), help=argparse.SUPPRESS)
     ap.add_argument("--save", type=Path, help="with --worker: also write the JSON here")
+    ap.add_argument(
+        "--solver",
+        choices=("auto", "compiled", "python"),
+        default="auto",
+        help="with --worker perwatt: which sweep (the table runs compiled and python)",
+    )
     ap.add_argument("--md", type=Path, help="also write the Markdown table here")
     ap.add_argument(
         "--milp", metavar="SxM", help="only: frontier vs MILP on S stages x M microbatches"
@@ -291,8 +308,10 @@ def main() -> int:
         return 0
 
     if args.worker:
-        fn = worker_perwatt if args.worker == "perwatt" else worker_lowtime
-        res = fn(args.mb[0], args.profile, quantum_s)
+        if args.worker == "perwatt":
+            res = worker_perwatt(args.mb[0], args.profile, quantum_s, args.solver)
+        else:
+            res = worker_lowtime(args.mb[0], args.profile, quantum_s)
         text = json.dumps(res)
         if args.save:
             args.save.write_text(text)
@@ -306,8 +325,16 @@ def main() -> int:
             r = json.loads(p.read_text())
             background[int(r["mb"])] = r
     rows = []
+    load_before = os.getloadavg()
+    started = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
     for mb in args.mb:
-        pw = _run_worker("perwatt", mb, args)
+        pw = _run_worker("perwatt", mb, args, "compiled")
+        py = _run_worker("perwatt", mb, args, "python")
+        if (
+            py["points"] != pw["points"]
+            and _max_rel_diff(py["points"], pw["points"], quantum_s)[0] > 1e-9
+        ):
+            raise SystemExit(f"mb={mb}: the compiled and Python sweeps disagree")
         if mb <= args.lowtime_max_mb:
             lt = _run_worker("lowtime", mb, args)
             where = "same run"
@@ -319,9 +346,9 @@ def main() -> int:
             if lt is None
             else _max_rel_diff(lt["points"], pw["points"], quantum_s)
         )
-        rows.append((mb, pw, lt, where, diff, n))
+        rows.append((mb, pw, py, lt, where, diff, n))
         print(
-            f"mb={mb}: perwatt {pw['wall_s']:.3f} s"
+            f"mb={mb}: perwatt {pw['wall_s']:.3f} s (Python sweep {py['wall_s']:.3f} s)"
             + (f", lowtime {lt['wall_s']:.1f} s" if lt else ""),
             file=sys.stderr,
         )
@@ -336,14 +363,19 @@ def main() -> int:
         f"{args.profile.name}, {STAGES} stages, synchronous 1F1B, P_block {P_BLOCK_W} W, quantum "
         f"{args.quantum_ms:g} ms. Wall time from the loaded profile to the whole frontier "
         "(filtering, fits, DAG, sweep), one run each, measured; peak RSS of the worker process "
-        "(interpreter and imports included).",
+        "(interpreter and imports included). perwatt = the compiled sweep (`solver` "
+        f"{rows[0][1]['solver'] if rows else '?'}); *Python sweep* = perwatt's NumPy/SciPy "
+        "fallback on the same input. "
+        f"Run started {started} UTC; load average (1/5/15 min) before "
+        f"{'/'.join(f'{x:.1f}' for x in load_before)}, after "
+        f"{'/'.join(f'{x:.1f}' for x in os.getloadavg())}.",
         "",
         "| microbatches | points | perwatt wall (s) | lowtime 0.3.0 wall (s) | speed-up (wall) "
-        "| perwatt CPU (s) | lowtime CPU (s) | speed-up (CPU) | perwatt peak RSS (MiB) "
-        "| lowtime peak RSS (MiB) | max energy diff | lowtime run |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| perwatt CPU (s) | lowtime CPU (s) | speed-up (CPU) | perwatt Python sweep wall (s) "
+        "| perwatt peak RSS (MiB) | lowtime peak RSS (MiB) | max energy diff | lowtime run |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for mb, pw, lt, where, diff, _n in rows:
+    for mb, pw, py, lt, where, diff, _n in rows:
         pw_cpu = f"{float(pw['cpu_s']):.3f}"
         lt_cpu = cpu_ratio = "—"
         if lt:
@@ -357,7 +389,7 @@ def main() -> int:
             ratio = lt_s = lt_m = d = "—"
         lines.append(
             f"| {mb} | {len(pw['points'])} | {float(pw['wall_s']):.3f} | {lt_s} | {ratio} | "
-            f"{pw_cpu} | {lt_cpu} | {cpu_ratio} | "
+            f"{pw_cpu} | {lt_cpu} | {cpu_ratio} | {float(py['wall_s']):.3f} | "
             f"{float(pw['peak_rss_mib']):.0f} | {lt_m} | {d} | {where} |"
         )
     text = "\n".join(lines)
