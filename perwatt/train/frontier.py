@@ -34,10 +34,14 @@ max-flow from zero at every step): (1) a step shortens every critical path by ex
 quantum, so the critical sub-DAG only grows, and the longest-path pass is redone only when
 some other path's slack could have run out; (2) while the critical sub-DAG is one chain, the
 cut is its cheapest instruction — no flow at all; (3) otherwise the previous step's maximum
-flow stays feasible (convex costs), so each step only augments it (plain-Python Dinic on
-small networks, one call of SciPy's compiled max-flow on the residual network on mid-sized
-ones, one SciPy BFS per augmenting path on the largest); (4) longest paths are NumPy passes
-over topological levels; (5) the exponential fits run batched over all option sets.
+flow stays feasible (convex costs), so each step only augments it; (4) the whole sweep runs
+in C (``_sweep.c``, built at install time when a compiler is present: a few µs per step).
+Without the C build, :func:`_sweep` does the same in Python: plain-Python Dinic on small
+networks, one call of SciPy's compiled max-flow on the residual network on mid-sized ones,
+one SciPy BFS per augmenting path on the largest, longest paths as NumPy passes over
+topological levels. Both take the unique *minimal* minimum cut (the source side reachable in
+the residual network of any maximum flow), so they give the same frontier. The exponential
+fits run batched over all option sets.
 
 Each point's *model* energy is ``Σ cost_model(d_i) + T · Σ_s P_block,s``; a plan's
 *profile-replay* energy (the measured time/energy of the clocks it picks, replayed on the DAG)
