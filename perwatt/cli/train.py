@@ -9,9 +9,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
+import re
 import sys
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 from perwatt.errors import ConfigError
 
@@ -47,40 +50,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    accept_negative_values(plan)
     plan.add_argument("profile", nargs="+", metavar="PROFILE.csv", help="stage profile CSV(s)")
-    plan.add_argument("--stages", type=int, required=True, help="pipeline stages")
-    plan.add_argument("--microbatches", type=int, required=True, help="microbatches per iteration")
+    add_pipeline_options(plan, schedules=("1f1b", "gpipe", "interleaved"))
     plan.add_argument(
-        "--p-block",
-        required=True,
-        metavar="W",
-        help="blocking power per GPU in watts; one value, or one per stage separated by commas",
+        "--chunks", type=int, default=1, help="model chunks per GPU (--schedule interleaved)"
     )
-    plan.add_argument(
-        "--schedule",
-        choices=("1f1b", "gpipe", "interleaved"),
-        default="1f1b",
-        help="(default 1f1b)",
-    )
-    plan.add_argument("--chunks", type=int, default=1, help="model chunks per GPU (interleaved)")
     plan.add_argument(
         "--recompute",
         action="store_true",
         help="activation recomputation: backward re-runs forward",
     )
-    plan.add_argument("--quantum-ms", type=float, default=1.0, help="time quantum (default 1 ms)")
-    plan.add_argument(
-        "--cost-model",
-        choices=("exponential", "convex-hull"),
-        default="exponential",
-        help="per-instruction cost model (default exponential, as Perseus)",
-    )
-    plan.add_argument(
-        "--noise-factor",
-        type=float,
-        default=1.0,
-        help="Pareto-filter slack for noisy profiles (≥ 1)",
-    )
+    add_model_options(plan)
     plan.add_argument(
         "--supported-freqs", metavar="MHZ,…", help="refuse clocks outside this list (MHz, commas)"
     )
@@ -88,20 +69,173 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     plan.add_argument(
         "--plans", metavar="PATH", help="write every point's plan: a .json file, or a directory"
     )
-    tgt = plan.add_mutually_exclusive_group()
-    tgt.add_argument("--target", choices=("fastest",), help="no slowdown (the default)")
-    tgt.add_argument("--straggler", type=float, metavar="T", help="straggler iteration time (s)")
-    tgt.add_argument("--straggler-ratio", type=float, metavar="R", help="T′ = R × T_min")
-    tgt.add_argument("--deadline", type=float, metavar="S", help="iteration time limit (s)")
-    tgt.add_argument(
-        "--max-slowdown", metavar="P%", help="accept up to P percent slower than T_min (e.g. 1%%)"
-    )
+    add_target_options(plan)
     plan.add_argument("--json", action="store_true", help="print JSON instead of text")
     plan.set_defaults(func=run_plan)
 
     from perwatt.cli import train_loop
 
     train_loop.register(sub)
+
+
+# ---------------------------------------------------------------------- options shared with
+# `train simulate` (perwatt.cli.train_loop), so both commands take the same flags, units and
+# ranges, and any flag a library message suggests (e.g. --noise-factor) exists on both.
+
+# argparse before Python 3.13 takes only "-5" and "-0.5" as values; "-5%", "-1e3" or "-inf"
+# look like unknown options, so `--max-slowdown -5%` failed with "expected one argument"
+# instead of reaching the range check below. No train option starts with "-<digit>".
+_NEGATIVE_VALUE = re.compile(r"^-(\.?\d|inf|nan)", re.IGNORECASE)
+
+
+def accept_negative_values(parser: argparse.ArgumentParser) -> None:
+    """Let option values that start with a minus sign reach the range checks."""
+    parser._negative_number_matcher = _NEGATIVE_VALUE
+
+
+def add_pipeline_options(parser: argparse.ArgumentParser, *, schedules: tuple[str, ...]) -> None:
+    parser.add_argument("--stages", type=int, required=True, help="pipeline stages")
+    parser.add_argument(
+        "--microbatches", type=int, required=True, help="microbatches per iteration"
+    )
+    parser.add_argument(
+        "--p-block",
+        required=True,
+        metavar="W",
+        help="power one GPU draws while blocked on communication, in watts (measured by "
+        "`perwatt train profile`); one value, or one per stage separated by commas",
+    )
+    parser.add_argument("--schedule", choices=schedules, default="1f1b", help="(default 1f1b)")
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quantum-ms", metavar="MS", help="time quantum in ms (default 1)")
+    parser.add_argument(
+        "--cost-model",
+        choices=("exponential", "convex-hull"),
+        default="exponential",
+        help="per-instruction cost model (default exponential, as Perseus)",
+    )
+    parser.add_argument(
+        "--noise-factor",
+        metavar="F",
+        default="1",
+        help="Pareto-filter slack for noisy profiles: ≥ 1 (default 1; e.g. 1.02 also drops "
+        "clocks within 2%% of another's time and energy)",
+    )
+
+
+def add_target_options(parser: argparse.ArgumentParser) -> None:
+    tgt = parser.add_mutually_exclusive_group()
+    tgt.add_argument("--target", choices=("fastest",), help="no slowdown (the default)")
+    tgt.add_argument(
+        "--straggler", metavar="S", help="iteration time of a straggling pipeline, in seconds"
+    )
+    tgt.add_argument(
+        "--straggler-ratio", metavar="R", help="straggler at R × T_min (R ≥ 1, e.g. 1.2)"
+    )
+    tgt.add_argument("--deadline", metavar="S", help="iteration time limit, in seconds")
+    tgt.add_argument(
+        "--max-slowdown",
+        metavar="P%",
+        help="accept up to P percent slower than T_min (P ≥ 0, e.g. 1%%)",
+    )
+
+
+def number(
+    text: str,
+    flag: str,
+    *,
+    low: float,
+    low_open: bool = False,
+    what: str,
+    shown: str | None = None,
+) -> float:
+    """``text`` as a finite float ≥ ``low`` (> ``low`` when ``low_open``), else a one-line
+    ConfigError naming ``flag``, the valid range and an example (``what``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and (value > low if low_open else value >= low)):
+        raise ConfigError(f"{flag} must be {what}, got {shown if shown is not None else text!r}")
+    return value
+
+
+def percent(text: str, flag: str) -> float:
+    """A percentage ≥ 0 written ``1%``, ``1 %`` or ``1``."""
+    body = text.strip()
+    body = body[:-1].rstrip() if body.endswith("%") else body
+    return number(body, flag, low=0.0, what="a percentage ≥ 0, e.g. 1%", shown=text)
+
+
+def _p_block(text: str) -> float | list[float]:
+    what = "watts ≥ 0: one value, or one per stage separated by commas (e.g. 83.64)"
+    parts = [x.strip() for x in text.split(",")]
+    if not text.strip() or not all(parts):
+        raise ConfigError(f"--p-block must be {what}, got {text!r}")
+    values = [number(x, "--p-block", low=0.0, what=what) for x in parts]
+    return values[0] if len(values) == 1 else values
+
+
+def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Checked ``stages``, ``microbatches``, ``p_block_w``, ``time_quantum_s``,
+    ``cost_model`` and ``noise_factor``: bad values fail here, before any frontier is solved."""
+    for flag, value in (("--stages", args.stages), ("--microbatches", args.microbatches)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be a whole number ≥ 1, got {value}")
+    quantum_ms = number(
+        "1" if args.quantum_ms is None else args.quantum_ms,
+        "--quantum-ms",
+        low=0.0,
+        low_open=True,
+        what="milliseconds > 0, e.g. 1",
+    )
+    p_block = _p_block(args.p_block)
+    if isinstance(p_block, list) and len(p_block) != args.stages:
+        raise ConfigError(
+            f"--p-block has {len(p_block)} values but --stages is {args.stages}: give one "
+            "value, or one per stage"
+        )
+    return {
+        "stages": args.stages,
+        "microbatches": args.microbatches,
+        "p_block_w": p_block,
+        "schedule": args.schedule,
+        "time_quantum_s": quantum_ms / 1e3,
+        "cost_model": args.cost_model,
+        "noise_factor": number(
+            args.noise_factor, "--noise-factor", low=1.0, what="a number ≥ 1, e.g. 1.02"
+        ),
+    }
+
+
+def target_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The one target option given, checked: ``target=``, ``straggler_s=`` … for choose_plan.
+
+    Ranges that need the frontier (a deadline below T_min) are the planner's to check; these
+    are the ones that are wrong whatever the profile, so they fail before any solving.
+    """
+    seconds = "a time in seconds > 0, e.g. 3.5"
+    if args.straggler is not None:
+        return {
+            "straggler_s": number(args.straggler, "--straggler", low=0, low_open=True, what=seconds)
+        }
+    if args.straggler_ratio is not None:
+        ratio = number(
+            args.straggler_ratio,
+            "--straggler-ratio",
+            low=1.0,
+            what="a ratio ≥ 1 (T′ = R × T_min), e.g. 1.2",
+        )
+        return {"straggler_ratio": ratio}
+    if args.deadline is not None:
+        return {
+            "deadline_s": number(args.deadline, "--deadline", low=0, low_open=True, what=seconds)
+        }
+    if args.max_slowdown is not None:
+        return {"max_slowdown_pct": percent(args.max_slowdown, "--max-slowdown")}
+    return {"target": args.target}
 
 
 @contextlib.contextmanager
@@ -130,40 +264,34 @@ def _floats(text: str, what: str) -> list[float]:
 def run_plan(args: argparse.Namespace) -> int:
     from perwatt.train.plan import choice_as_dict, format_choice, plan_pipeline
 
-    p_block = _floats(args.p_block, "--p-block")
-    if not p_block:
-        raise ConfigError("--p-block needs a value in watts")
-    slowdown = None
-    if args.max_slowdown is not None:
-        parsed = _floats(args.max_slowdown.rstrip("%"), "--max-slowdown")
-        if len(parsed) != 1:
-            raise ConfigError(
-                f"--max-slowdown takes one percentage, e.g. 1%, got {args.max_slowdown!r}"
-            )
-        slowdown = parsed[0]
+    model = model_kwargs(args)
+    choice = target_kwargs(args)
+    if args.chunks < 1:
+        raise ConfigError(f"--chunks must be a whole number ≥ 1, got {args.chunks}")
+    if args.chunks > 1 and args.schedule != "interleaved":
+        raise ConfigError(
+            f"--chunks {args.chunks} needs --schedule interleaved (the {args.schedule} "
+            "schedule runs one model chunk per GPU)"
+        )
     supported = None
     if args.supported_freqs:
-        supported = [int(f) for f in _floats(args.supported_freqs, "--supported-freqs")]
+        freqs = _floats(args.supported_freqs, "--supported-freqs")
+        if not freqs or any(f != int(f) or f <= 0 for f in freqs):
+            raise ConfigError(
+                "--supported-freqs must be whole MHz > 0 separated by commas (e.g. 1410,1395), "
+                f"got {args.supported_freqs!r}"
+            )
+        supported = [int(f) for f in freqs]
     with one_line_warnings():
         report = plan_pipeline(
             args.profile,
-            stages=args.stages,
-            microbatches=args.microbatches,
-            p_block_w=p_block[0] if len(p_block) == 1 else p_block,
-            schedule=args.schedule,
+            **model,
             chunks=args.chunks,
             recompute=args.recompute,
-            time_quantum_s=args.quantum_ms / 1e3,
-            cost_model=args.cost_model,
-            noise_factor=args.noise_factor,
             supported_freqs_mhz=supported,
             frontier_csv=args.frontier,
             plans_path=args.plans,
-            target=args.target,
-            straggler_s=args.straggler,
-            straggler_ratio=args.straggler_ratio,
-            deadline_s=args.deadline,
-            max_slowdown_pct=slowdown,
+            **choice,
         )
     if args.json:
         doc = choice_as_dict(report.choice, report.frontier)

@@ -8,6 +8,35 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from perwatt.cli.train import (
+    accept_negative_values,
+    add_model_options,
+    add_pipeline_options,
+    add_target_options,
+    model_kwargs,
+    number,
+    one_line_warnings,
+    target_kwargs,
+)
+
+if TYPE_CHECKING:
+    from perwatt.train.profiler import ProfileRow
+
+# RawDescriptionHelpFormatter keeps the hook example's layout, so this text is wrapped by hand.
+_PROFILE_DESCRIPTION = """\
+Sweep SM clocks from the maximum down (warm-up iterations at each clock, early stop once
+energy stops falling) while training runs, and write the stage profile CSV
+(stage,instruction,frequency,time,energy) that `perwatt train plan` reads.
+
+  --simulate  profile a simulated pipeline (figures labelled simulated).
+  --script    run your training script under the profiler on one real GPU. The sweep locks
+              SM clocks, so it needs --i-understand-this-changes-clocks and root or
+              CAP_SYS_ADMIN. PERWATT_FAKE_NVML=A100 runs it against a fake GPU instead
+              (for trying the hooks; figures labelled simulated).
+"""
 
 _HOOKS_HELP = """\
 hook API for --script (call these from your training loop):
@@ -22,55 +51,103 @@ PyTorch pipelining: profiler.attach_to_pipeline_stage(stage, hooks) wraps a Pipe
 """
 
 
+# --simulate's pipeline; None in the parser, so a --script run can tell they were given.
+_SIM_GPU, _SIM_STAGES, _SIM_MICROBATCHES = "A100", 8, 8
+_SIMULATE_FLAGS = {
+    "gpu": "--gpu",
+    "stages": "--stages",
+    "microbatches": "--microbatches",
+    "counter_period": "--counter-period",
+}
+_SCRIPT_FLAGS = {
+    "stage": "--stage",
+    "gpu_index": "--gpu-index",
+}
+
+
 def register(train_subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     prof = train_subparsers.add_parser(
         "profile",
         help="measure each stage's forward/backward time and energy at each SM clock",
-        description="Sweep SM clocks from the maximum down (warm-up iterations at each clock, "
-        "early stop once energy stops falling) while training runs, and write the stage "
-        "profile CSV (stage,instruction,frequency,time,energy). --simulate profiles a "
-        "simulated pipeline (figures labelled simulated); --script runs your training script "
-        "on a real GPU under the profiler.",
+        description=_PROFILE_DESCRIPTION,
         epilog=_HOOKS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    accept_negative_values(prof)
     mode = prof.add_mutually_exclusive_group(required=True)
     mode.add_argument("--simulate", action="store_true", help="profile a simulated pipeline")
     mode.add_argument("--script", metavar="PY", help="training script that calls the hooks")
     prof.add_argument("--out", "-o", required=True, metavar="CSV", help="profile CSV to write")
-    prof.add_argument("--gpu", default="A100", help="simulated GPU model: A100 or H100")
-    prof.add_argument("--stages", type=int, default=8, help="pipeline stages (--simulate)")
-    prof.add_argument("--microbatches", type=int, default=8, help="microbatches (--simulate)")
-    prof.add_argument(
+    sim_only = prof.add_argument_group("--simulate options")
+    sim_only.add_argument("--gpu", help=f"simulated GPU model: A100 or H100 (default {_SIM_GPU})")
+    sim_only.add_argument("--stages", type=int, help=f"pipeline stages (default {_SIM_STAGES})")
+    sim_only.add_argument(
+        "--microbatches",
+        type=int,
+        help=f"microbatches per iteration (default {_SIM_MICROBATCHES})",
+    )
+    sim_only.add_argument(
         "--counter-period",
         type=float,
-        default=None,
         metavar="S",
-        help="simulate an energy counter that updates every S seconds (H100: ~0.1)",
+        help="simulate an energy counter that updates every S seconds (H100: ~0.1; default: exact)",
     )
-    prof.add_argument("--stage", type=int, default=0, help="this process's stage (--script)")
-    prof.add_argument("--gpu-index", type=int, default=0, help="GPU to profile (--script)")
-    prof.add_argument(
+    script_only = prof.add_argument_group("--script options")
+    script_only.add_argument(
+        "--stage", type=int, help="this process's pipeline stage, 0-based (default 0)"
+    )
+    script_only.add_argument(
+        "--gpu-index", type=int, metavar="N", help="visible GPU to profile (default 0)"
+    )
+    script_only.add_argument(
         "--i-understand-this-changes-clocks",
         dest="allow_clock_changes",
         action="store_true",
-        help="allow the sweep to lock SM clocks (--script; restored at the end)",
+        help="allow the sweep to lock SM clocks (reset to the defaults at the end)",
     )
-    prof.add_argument("--step", type=int, default=1, help="use every STEP-th supported clock")
-    prof.add_argument("--min-freq", type=int, default=None, metavar="MHZ", help="lowest clock")
-    prof.add_argument("--warmup", type=int, default=1, help="warm-up iterations per clock")
-    prof.add_argument("--iterations", type=int, default=2, help="measured iterations per clock")
-    prof.add_argument("--patience", type=int, default=3, help="clocks without improvement")
-    prof.add_argument(
-        "--min-improvement", type=float, default=0.0, help="relative drop that counts (e.g. 0.002)"
+    sweep = prof.add_argument_group("sweep options (both modes)")
+    sweep.add_argument(
+        "--step", type=int, default=1, help="use every STEP-th supported clock (default 1)"
     )
-    prof.add_argument(
+    sweep.add_argument(
+        "--min-freq", type=int, metavar="MHZ", help="lowest clock to try, in MHz (default: none)"
+    )
+    sweep.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="unmeasured iterations after each clock change (default 1)",
+    )
+    sweep.add_argument(
+        "--iterations",
+        type=int,
+        default=2,
+        help="measured iterations per clock (default 2; 10 on an H100)",
+    )
+    sweep.add_argument(
+        "--patience",
+        type=int,
+        default=3,
+        help="stop after this many clocks without a new energy minimum (default 3)",
+    )
+    sweep.add_argument(
+        "--min-improvement",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="relative energy drop that counts as a new minimum, in [0, 1) (default 0; e.g. 0.002)",
+    )
+    sweep.add_argument(
         "--noise-tolerance",
         type=float,
         default=0.0,
-        help="rises within this fraction of the minimum do not stop the sweep (0.03 for H100)",
+        metavar="FRACTION",
+        help="rises within this fraction of the minimum do not count towards --patience, in "
+        "[0, 1) (default 0; 0.03 on an H100)",
     )
-    prof.add_argument("script_args", nargs=argparse.REMAINDER, help="-- arguments for --script")
+    prof.add_argument(
+        "script_args", nargs=argparse.REMAINDER, help="arguments for --script, after --"
+    )
     prof.set_defaults(func=run_profile)
 
     sim = train_subparsers.add_parser(
@@ -79,20 +156,16 @@ def register(train_subparsers: argparse._SubParsersAction[argparse.ArgumentParse
         description="Compute the frontier, choose a plan, replay the all-max-clock baseline "
         "and the plan on the schedule DAG (profiled times/energies, blocked GPUs at P_block), "
         "print iteration time and energy before/after, and write one self-contained HTML file "
-        "with Gantt charts coloured by clock and power and the frontier. Figures are simulated.",
+        "with Gantt charts coloured by clock and power and the frontier. Figures are simulated. "
+        "Takes the same pipeline, model and target options as `perwatt train plan`.",
     )
-    sim.add_argument("profile", metavar="PROFILE", help="stage profile CSV")
-    sim.add_argument("--stages", type=int, required=True)
-    sim.add_argument("--microbatches", type=int, required=True)
-    sim.add_argument("--p-block", type=float, required=True, metavar="W", help="blocking power")
-    sim.add_argument("--schedule", default="1f1b", choices=("1f1b", "gpipe"))
-    sim.add_argument("--time-quantum", type=float, default=1e-3, metavar="S")
-    pick = sim.add_mutually_exclusive_group()
-    pick.add_argument("--target", choices=("fastest",), help="no slowdown (intrinsic bloat only)")
-    pick.add_argument("--straggler", type=float, metavar="S", help="straggler iteration time T'")
-    pick.add_argument("--straggler-ratio", type=float, metavar="R", help="T' = R x T_min")
-    pick.add_argument("--deadline", type=float, metavar="S", help="iteration time limit")
-    pick.add_argument("--max-slowdown", type=float, metavar="PCT", help="allowed slowdown in %%")
+    accept_negative_values(sim)
+    sim.add_argument("profile", metavar="PROFILE.csv", help="stage profile CSV")
+    add_pipeline_options(sim, schedules=("1f1b", "gpipe"))
+    add_model_options(sim)
+    # Before --quantum-ms (ms, as `train plan`) this command took the quantum in seconds.
+    sim.add_argument("--time-quantum", metavar="S", help=argparse.SUPPRESS)
+    add_target_options(sim)
     sim.add_argument("--out", "-o", metavar="HTML", help="write the HTML report here")
     sim.set_defaults(func=run_simulate)
 
@@ -111,25 +184,68 @@ def _sweep_config(args: argparse.Namespace) -> object:
     )
 
 
+def _print_notes(rows: Sequence[ProfileRow], limit: int = 3) -> None:
+    notes = sorted({w for r in rows for w in r.warnings})
+    for note in notes[:limit]:
+        print(f"  note: {note}")
+    if len(notes) > limit:
+        print(f"  note: … and {len(notes) - limit} more like these")
+
+
+def _given(args: argparse.Namespace, flags: dict[str, str]) -> list[str]:
+    return [flag for dest, flag in flags.items() if getattr(args, dest) not in (None, False)]
+
+
+def _check_mode(args: argparse.Namespace) -> list[str]:
+    """The options of the other mode are an error, not silently ignored. Returns the
+    arguments for --script (without a leading ``--``)."""
+    from perwatt.errors import ConfigError
+
+    extra = list(args.script_args)
+    if extra[:1] == ["--"]:
+        extra = extra[1:]
+    if args.simulate:
+        wrong = _given(args, _SCRIPT_FLAGS)
+        if wrong:
+            raise ConfigError(
+                f"{', '.join(wrong)} only apply to --script; --simulate profiles every stage "
+                "of a simulated pipeline (size it with --stages and --microbatches)"
+            )
+        if extra:
+            raise ConfigError(
+                f"arguments after the options ({' '.join(extra)}) go to a --script; "
+                "--simulate takes none"
+            )
+        return extra
+    wrong = _given(args, _SIMULATE_FLAGS)
+    if wrong:
+        raise ConfigError(
+            f"{', '.join(wrong)} only apply to --simulate; with --script your script runs its "
+            "own pipeline (this process profiles --stage on --gpu-index)"
+        )
+    return extra
+
+
 def run_profile(args: argparse.Namespace) -> int:
     from perwatt.train import profiler
 
+    extra = _check_mode(args)
     cfg = _sweep_config(args)
     if args.simulate:
+        stages = _SIM_STAGES if args.stages is None else args.stages
         res = profiler.profile_simulated_pipeline(
-            num_stages=args.stages,
-            microbatches=args.microbatches,
-            gpu=args.gpu,
+            num_stages=stages,
+            microbatches=_SIM_MICROBATCHES if args.microbatches is None else args.microbatches,
+            gpu=_SIM_GPU if args.gpu is None else args.gpu,
             config=cfg,  # type: ignore[arg-type]
             counter_period_s=args.counter_period,
         )
         path = profiler.write_profile_csv(res.rows, args.out)
         print(
-            f"wrote {path}: {len(res.rows)} rows, {args.stages} stages, simulated {res.gpu} "
+            f"wrote {path}: {len(res.rows)} rows, {stages} stages, simulated {res.gpu} "
             f"[source: {res.source} — a model, not a measurement]"
         )
-        for note in sorted({w for r in res.rows for w in r.warnings})[:3]:
-            print(f"  note: {note}")
+        _print_notes(res.rows)
         for s, why in enumerate(res.stop_reasons):
             pb = res.blocking_power_w[s]
             block = (
@@ -139,53 +255,52 @@ def run_profile(args: argparse.Namespace) -> int:
             )
             print(f"  stage {s}: {why} ({res.iterations[s]} iterations); {block}")
         return 0
-    extra = list(args.script_args)
-    if extra[:1] == ["--"]:
-        extra = extra[1:]
     out = profiler.profile_script(
         args.script,
         extra,
-        stage=args.stage,
+        stage=args.stage or 0,
         out=args.out,
-        gpu_index=args.gpu_index,
+        gpu_index=args.gpu_index or 0,
         config=cfg,  # type: ignore[arg-type]
         allow_clock_changes=args.allow_clock_changes,
     )
+    if out.fake:
+        print("NOTE: FAKE GPU (PERWATT_FAKE_NVML): figures are simulated, not measured")
     note = " (PARTIAL: the script ended before the sweep did)" if out.partial else ""
     print(f"wrote {out.path}: {len(out.rows)} rows [source: {out.source}]{note}; {out.stop_reason}")
+    _print_notes(out.rows)
     if out.blocking_power_w:
         top = max(out.blocking_power_w)
-        print(f"blocking power at {top} MHz: {out.blocking_power_w[top]:.1f} W (use as --p-block)")
+        print(
+            f"blocking power at {top} MHz: {out.blocking_power_w[top]:.1f} W "
+            f"[source: {out.source}] (use as --p-block)"
+        )
     return 0
 
 
 def run_simulate(args: argparse.Namespace) -> int:
-    from perwatt.cli.train import one_line_warnings
     from perwatt.errors import ConfigError
     from perwatt.report.gantt import write_html
     from perwatt.train.simulate import run_simulation
 
-    choice: dict[str, object] = {}
-    if args.straggler is not None:
-        choice["straggler_s"] = args.straggler
-    elif args.straggler_ratio is not None:
-        choice["straggler_ratio"] = args.straggler_ratio
-    elif args.deadline is not None:
-        choice["deadline_s"] = args.deadline
-    elif args.max_slowdown is not None:
-        choice["max_slowdown_pct"] = args.max_slowdown
-    else:
-        choice["target"] = args.target or "fastest"
-    with one_line_warnings():
-        report = run_simulation(
-            args.profile,
-            stages=args.stages,
-            microbatches=args.microbatches,
-            p_block_w=args.p_block,
-            schedule=args.schedule,
-            time_quantum_s=args.time_quantum,
-            **choice,
+    model = model_kwargs(args)
+    if args.time_quantum is not None:
+        if args.quantum_ms is not None:
+            raise ConfigError(
+                "give the time quantum once: --quantum-ms MS (or the old --time-quantum S)"
+            )
+        model["time_quantum_s"] = number(
+            args.time_quantum,
+            "--time-quantum",
+            low=0,
+            low_open=True,
+            what="seconds > 0, e.g. 0.001",
         )
+    choice = target_kwargs(args)
+    if "target" in choice and choice["target"] is None:
+        choice["target"] = "fastest"
+    with one_line_warnings():
+        report = run_simulation(args.profile, **model, **choice)
     for line in report.summary_lines():
         print(line)
     if args.out:

@@ -122,18 +122,27 @@ class SweepConfig:
     noise_tolerance: float = 0.0
 
     def __post_init__(self) -> None:
+        # Each message names the field and its `perwatt train profile` flag.
         if self.step < 1:
-            raise ConfigError(f"sweep step must be ≥ 1, got {self.step}")
+            raise ConfigError(f"sweep step (--step) must be ≥ 1, got {self.step}")
         if self.warmup_iterations < 0:
-            raise ConfigError(f"warm-up iterations must be ≥ 0, got {self.warmup_iterations}")
+            raise ConfigError(
+                f"warm-up iterations (--warmup) must be ≥ 0, got {self.warmup_iterations}"
+            )
         if self.measure_iterations < 1:
-            raise ConfigError(f"measured iterations must be ≥ 1, got {self.measure_iterations}")
+            raise ConfigError(
+                f"measured iterations (--iterations) must be ≥ 1, got {self.measure_iterations}"
+            )
         if self.patience < 1:
-            raise ConfigError(f"patience must be ≥ 1, got {self.patience}")
+            raise ConfigError(f"patience (--patience) must be ≥ 1, got {self.patience}")
         if not 0.0 <= self.noise_tolerance < 1.0:
-            raise ConfigError(f"noise_tolerance must be in [0, 1), got {self.noise_tolerance}")
+            raise ConfigError(
+                f"noise_tolerance (--noise-tolerance) must be in [0, 1), got {self.noise_tolerance}"
+            )
         if not 0.0 <= self.min_improvement < 1.0:
-            raise ConfigError(f"min_improvement must be in [0, 1), got {self.min_improvement}")
+            raise ConfigError(
+                f"min_improvement (--min-improvement) must be in [0, 1), got {self.min_improvement}"
+            )
         if self.frequencies_mhz is not None and not self.frequencies_mhz:
             raise ConfigError("the explicit frequency list is empty")
 

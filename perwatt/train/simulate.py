@@ -25,9 +25,12 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from perwatt.errors import ConfigError
+
+if TYPE_CHECKING:
+    from perwatt.train.frontier import CostModel
 
 SOURCE = "simulated"  # a replay of the profile, not a measurement
 
@@ -309,11 +312,16 @@ class SimulationReport:
     def slowdown_pct(self) -> float:
         return 100.0 * (self.after.iteration_time_s / self.before.iteration_time_s - 1.0)
 
+    def _p_block_text(self) -> str:
+        if len(set(self.p_block_w)) == 1:
+            return f"{self.p_block_w[0]:g} W per stage"
+        return "/".join(f"{p:g}" for p in self.p_block_w) + " W (per stage)"
+
     def summary_lines(self) -> list[str]:
         b, a = self.before, self.after
         return [
             f"profile {self.profile_path}: {self.schedule_name}, {self.num_stages} stages, "
-            f"{self.num_microbatches} microbatches, P_block {self.p_block_w[0]:g} W",
+            f"{self.num_microbatches} microbatches, P_block {self._p_block_text()}",
             f"plan: {self.target}",
             f"before (all max clock): iteration {b.iteration_time_s:.4f} s, "
             f"energy {b.energy_j:.1f} J  [{self.source}: profile replay]",
@@ -332,18 +340,32 @@ def run_simulation(
     *,
     stages: int,
     microbatches: int,
-    p_block_w: float,
+    p_block_w: float | Sequence[float],
     schedule: str = "1f1b",
     time_quantum_s: float = 1e-3,
+    cost_model: CostModel = "exponential",
+    noise_factor: float = 1.0,
     **choice: Any,
 ) -> SimulationReport:
     """Profile → frontier → chosen plan (``choice`` goes to ``choose_plan``: ``target=``,
     ``straggler_ratio=`` …) → simulated timelines before/after. Checks the replay against the
-    planner's own figures and fails loudly if they disagree."""
+    planner's own figures and fails loudly if they disagree.
+
+    ``p_block_w``: one blocking power for every stage, or one per stage; ``time_quantum_s``,
+    ``cost_model`` and ``noise_factor`` go to ``compute_frontier`` as in ``perwatt train plan``.
+    """
     from perwatt.train import choose_plan, compute_frontier, gpipe, load_profile, one_f_one_b
 
-    if not (math.isfinite(p_block_w) and p_block_w >= 0):
+    pb = [p_block_w] * stages if isinstance(p_block_w, (int, float)) else list(p_block_w)
+    if not all(math.isfinite(p) and p >= 0 for p in pb):
         raise ConfigError(f"--p-block must be a non-negative number of watts, got {p_block_w}")
+    if len(pb) != stages:
+        raise ConfigError(
+            f"--p-block has {len(pb)} values but --stages is {stages}: give one value, or one "
+            "per stage"
+        )
+    if cost_model not in ("exponential", "convex-hull"):
+        raise ConfigError(f"unknown cost model {cost_model!r}; choose exponential or convex-hull")
     builders = {"1f1b": one_f_one_b, "gpipe": gpipe}
     if schedule not in builders:
         raise ConfigError(f"unknown schedule {schedule!r}; choose {', '.join(builders)}")
@@ -354,13 +376,20 @@ def run_simulation(
             "they must match"
         )
     sched = builders[schedule](stages, microbatches)
-    frontier = compute_frontier(profile, sched, p_block_w=p_block_w, time_quantum_s=time_quantum_s)
+    frontier = compute_frontier(
+        profile,
+        sched,
+        p_block_w=pb,
+        time_quantum_s=time_quantum_s,
+        cost_model=cost_model,
+        noise_factor=noise_factor,
+    )
     picked = choose_plan(frontier, **choice)
     plan = picked.plan
     before = simulate_plan(
-        sched, profile, all_max_plan(sched, profile), p_block_w=p_block_w, label="all max clock"
+        sched, profile, all_max_plan(sched, profile), p_block_w=pb, label="all max clock"
     )
-    after = simulate_plan(sched, profile, plan, p_block_w=p_block_w, label="plan")
+    after = simulate_plan(sched, profile, plan, p_block_w=pb, label="plan")
     base = frontier.baseline
     for name, tl, ref in (("plan", after, plan), ("baseline", before, base)):
         if not (
@@ -387,7 +416,7 @@ def run_simulation(
         schedule_name=sched.name,
         num_stages=stages,
         num_microbatches=microbatches,
-        p_block_w=tuple([float(p_block_w)] * stages),
+        p_block_w=tuple(float(p) for p in pb),
         target=picked.target,
         time_limit_s=picked.time_limit_s,
         horizon_s=horizon,

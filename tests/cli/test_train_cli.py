@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -69,7 +70,7 @@ def test_plan_straggler_json(capsys: pytest.CaptureFixture[str], tmp_path: Path)
     ("extra", "match"),
     [
         (["--straggler", "0.001"], "below this pipeline's minimum iteration time"),
-        (["--p-block", "abc"], "--p-block must be numbers"),
+        (["--p-block", "abc"], "--p-block must be watts ≥ 0"),
         (["--stages", "3"], "they must match"),
         (["--supported-freqs", "1400,1200"], "not supported"),
     ],
@@ -166,3 +167,188 @@ def test_simulate_bad_out_path_is_one_line(
     assert rc == 2
     err = capsys.readouterr().err
     assert err.startswith("perwatt: error: cannot write") and err.count("\n") == 1
+
+
+# ---------------------------------------------------------------------- train profile --script
+_SCRIPT = """
+from perwatt.train import profiler
+n = 0
+while not profiler.done() and n < 50:
+    for inst in ("forward", "backward"):
+        profiler.on_instruction_begin(inst)
+        sum(range(1000))
+        profiler.on_instruction_end(inst)
+    profiler.on_iteration_end()
+    n += 1
+"""
+_FLAG = "--i-understand-this-changes-clocks"
+
+
+def _profile_args(tmp_path: Path, *extra: str) -> list[str]:
+    script = tmp_path / "train.py"
+    script.write_text(_SCRIPT)
+    out = str(tmp_path / "s0.csv")
+    return ["train", "profile", "--script", str(script), "--out", out, *extra]
+
+
+def test_profile_script_uses_fake_nvml_from_env_and_says_so(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PERWATT_FAKE_NVML", "A100")
+    sweep = ["--min-freq", "1395", "--warmup", "0", "--iterations", "1"]
+    rc = main(_profile_args(tmp_path, _FLAG, *sweep))
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "FAKE GPU (PERWATT_FAKE_NVML): figures are simulated, not measured" in out
+    assert "[source: simulated]" in out
+    # A few ms per clock against a 100 ms counter: the figures are flagged, not trusted.
+    assert "less than two energy-counter periods" in out
+    rows = list(csv.reader((tmp_path / "s0.csv").read_text().splitlines()))
+    assert [r[:3] for r in rows[1:]] == [
+        ["0", "forward", "1410"],
+        ["0", "backward", "1410"],
+        ["0", "forward", "1395"],
+        ["0", "backward", "1395"],
+    ]
+
+
+@pytest.mark.parametrize("fake", ["missing", "A100", None])
+def test_profile_script_without_flag_names_the_flag_first(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fake: str | None,
+) -> None:
+    # No driver (missing), a fake GPU, or whatever this machine has: the flag comes first.
+    if fake is None:
+        monkeypatch.delenv("PERWATT_FAKE_NVML", raising=False)
+    else:
+        monkeypatch.setenv("PERWATT_FAKE_NVML", fake)
+    rc = main(_profile_args(tmp_path))
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert err.startswith("perwatt: error: refusing to sweep GPU clocks without the explicit flag")
+    assert _FLAG in err and "NVML" not in err
+
+
+def test_profile_script_without_nvml_suggests_simulate(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PERWATT_FAKE_NVML", "missing")
+    rc = main(_profile_args(tmp_path, _FLAG))
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1
+    assert "--simulate" in err and "PERWATT_FAKE_NVML" in err
+    assert "--source" not in err  # `train profile` has no --source option
+
+
+# ---------------------------------------------------------------------- option values
+_BASE = ["--stages", "2", "--microbatches", "3", "--p-block", "50"]
+
+
+@pytest.mark.parametrize("command", ["plan", "simulate"])
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        # "-5%" looked like an option to argparse: "expected one argument", with the usage.
+        (["--max-slowdown", "-5%"], "--max-slowdown must be a percentage ≥ 0, e.g. 1%, got '-5%'"),
+        (["--max-slowdown=-5%"], "--max-slowdown must be a percentage ≥ 0"),
+        (["--max-slowdown", "1%%"], "--max-slowdown must be a percentage ≥ 0"),
+        (["--max-slowdown", "nan"], "--max-slowdown must be a percentage ≥ 0"),
+        (["--straggler-ratio", "0.5"], "--straggler-ratio must be a ratio ≥ 1 (T′ = R × T_min)"),
+        (["--straggler-ratio", "-2"], "--straggler-ratio must be a ratio ≥ 1"),
+        (["--straggler-ratio=-inf"], "--straggler-ratio must be a ratio ≥ 1"),
+        (["--deadline", "-1"], "--deadline must be a time in seconds > 0"),
+        (["--deadline=-1.5e0"], "--deadline must be a time in seconds > 0"),
+        (["--deadline", "0"], "--deadline must be a time in seconds > 0"),
+        (["--deadline", "-inf"], "--deadline must be a time in seconds > 0"),
+        (["--straggler", "-.5"], "--straggler must be a time in seconds > 0"),
+        (["--noise-factor", "0.9"], "--noise-factor must be a number ≥ 1"),
+        (["--quantum-ms", "-1"], "--quantum-ms must be milliseconds > 0"),
+        (["--p-block", "-5"], "--p-block must be watts ≥ 0"),
+        (["--p-block", "50,"], "--p-block must be watts ≥ 0"),
+        (["--p-block", "50,50,50"], "--p-block has 3 values but --stages is 2"),
+        (["--stages", "0"], "--stages must be a whole number ≥ 1"),
+    ],
+)
+def test_bad_option_values_are_one_line_before_any_solving(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+    extra: list[str],
+    message: str,
+) -> None:
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a value that is wrong for any profile must fail before solving")
+
+    monkeypatch.setattr("perwatt.train.plan.plan_pipeline", never)
+    monkeypatch.setattr("perwatt.train.simulate.run_simulation", never)
+    rc = main(["train", command, TINY, *_BASE, *extra])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.startswith(f"perwatt: error: {message}") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("command", ["plan", "simulate"])
+@pytest.mark.parametrize("value", ["1%", "1", "0%", "2.5 %"])
+def test_max_slowdown_spellings_agree(
+    capsys: pytest.CaptureFixture[str], command: str, value: str
+) -> None:
+    # `simulate` took only a bare number ("1%" was an argparse 'invalid float value').
+    rc = main(["train", command, TINY, *_BASE, "--max-slowdown", value])
+    assert rc == 0
+    pct = value.rstrip("% ")
+    assert f"max slowdown {float(pct):g}%" in capsys.readouterr().out
+
+
+def test_plan_chunks_needs_interleaved(capsys: pytest.CaptureFixture[str]) -> None:
+    # --chunks 2 with the default 1f1b schedule used to be ignored silently.
+    rc = main(["train", "plan", TINY, *_BASE, "--chunks", "2"])
+    assert rc == 2
+    assert "--chunks 2 needs --schedule interleaved" in capsys.readouterr().err
+
+
+def test_simulate_takes_one_blocking_power_per_stage(capsys: pytest.CaptureFixture[str]) -> None:
+    # As `train plan` does; `simulate` refused "50,60" with an argparse 'invalid float value'.
+    args = ["--stages", "2", "--microbatches", "3", "--p-block", "50,60"]
+    assert main(["train", "simulate", TINY, *args]) == 0
+    assert "P_block 50/60 W (per stage)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["plan", "simulate"])
+def test_noisy_profile_warning_suggests_only_options_the_command_has(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, command: str
+) -> None:
+    noisy = _noisy_profile(tmp_path)
+    assert main(["train", command, noisy, *_BASE]) == 0
+    warning = capsys.readouterr().err
+    suggested = re.findall(r"(--[a-z][a-z-]*) ([0-9.]+)", warning)
+    assert ("--noise-factor", "1.02") in suggested
+    for flag, value in suggested:  # each suggestion, followed, runs and is not repeated
+        assert main(["train", command, noisy, *_BASE, flag, value]) == 0
+        assert flag not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        # Options of the other mode used to be ignored silently.
+        (["--script", "train.py", "--stages", "4"], "--stages only apply to --simulate"),
+        (["--script", "train.py", "--gpu", "H100"], "--gpu only apply to --simulate"),
+        (["--simulate", "--gpu-index", "1"], "--gpu-index only apply to --script"),
+        (["--simulate", "--stage", "3"], "--stage only apply to --script"),
+        (["--simulate", "--", "--lr", "0.1"], "go to a --script; --simulate takes none"),
+        (["--simulate", "--noise-tolerance", "-0.1"], "(--noise-tolerance) must be in [0, 1)"),
+        (["--simulate", "--iterations", "0"], "(--iterations) must be ≥ 1"),
+    ],
+)
+def test_profile_option_errors_name_the_flag(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, extra: list[str], message: str
+) -> None:
+    if "--script" in extra:
+        (tmp_path / "train.py").write_text(_SCRIPT)
+        extra = [str(tmp_path / x) if x == "train.py" else x for x in extra]
+    rc = main(["train", "profile", "--out", str(tmp_path / "p.csv"), *extra])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "p.csv").exists()
