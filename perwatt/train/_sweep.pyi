@@ -1,19 +1,21 @@
 """Type stub of the compiled frontier sweep (perwatt/train/_sweep.c)."""
 
-from _typeshed import ReadableBuffer as Buffer
+from typing import Any
+
+import numpy.typing as npt
 
 def sweep(
-    order: Buffer,
-    pred_ptr: Buffer,
-    pred_idx: Buffer,
-    succ_ptr: Buffer,
-    succ_idx: Buffer,
-    edge_u: Buffer,
-    edge_v: Buffer,
-    qmin: Buffer,
-    qmax: Buffer,
-    flat: Buffer,
-    base: Buffer,
+    order: npt.NDArray[Any],
+    pred_ptr: npt.NDArray[Any],
+    pred_idx: npt.NDArray[Any],
+    succ_ptr: npt.NDArray[Any],
+    succ_idx: npt.NDArray[Any],
+    edge_u: npt.NDArray[Any],
+    edge_v: npt.NDArray[Any],
+    qmin: npt.NDArray[Any],
+    qmax: npt.NDArray[Any],
+    flat: npt.NDArray[Any],
+    base: npt.NDArray[Any],
     stop_q: int,
     /,
 ) -> tuple[bytes, bytes, bytes, bytes, bytes, bytes, bool]: ...

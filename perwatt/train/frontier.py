@@ -68,7 +68,7 @@ from perwatt.train.schedule import InstructionName, Schedule
 try:  # the C port of _sweep, built by `pip install` when a C compiler is present
     from perwatt.train import _sweep as _compiled_sweep
 except ImportError:  # pragma: no cover - depends on the install
-    _compiled_sweep = None
+    _compiled_sweep = None  # type: ignore[assignment]
 
 __all__ = [
     "CostModel",
@@ -1005,7 +1005,7 @@ def _sweep(
                 len(starts) == 1 and len(ends) == 1 and indeg.max() <= 1 and outdeg.max() <= 1
             )
             chain = cn if is_chain else None
-            if not is_chain and (net is None or not _same_network(net, cn, ce, starts, ends)):
+            if not is_chain and (net is None or not _same_network(net, cn, ce, starts, ends, n)):
                 net = _grow_network(net, cn, ce, starts, ends, n)
         if chain is not None:
             # ---- one chain: cut its cheapest instruction, step after step, no flow --------
@@ -1066,12 +1066,31 @@ def _adjacency(r_t: IntArray, r_h: IntArray, nv: int) -> list[list[tuple[int, in
 
 
 def _same_network(
-    net: dict[str, IntArray], cn: IntArray, ce: IntArray, starts: IntArray, ends: IntArray
+    net: dict[str, IntArray],
+    cn: IntArray,
+    ce: IntArray,
+    starts: IntArray,
+    ends: IntArray,
+    n: int,
 ) -> bool:
-    """True when the critical sub-DAG has the same arcs as ``net`` (it can only grow)."""
-    return len(net["tails"]) == len(cn) + len(ce) + len(starts) + len(ends) and bool(
-        np.array_equal(net["node"][: len(cn)], cn)
-    )
+    """True when the critical sub-DAG has exactly the arcs of ``net``. (Equal arc counts are
+    not enough: an instruction can stop ending a critical path in the step where a new
+    critical edge appears, and a stale network then cuts the wrong arcs.)"""
+    if len(net["tails"]) != len(cn) + len(ce) + len(starts) + len(ends):
+        return False
+    tails, heads = _arcs(cn, ce, starts, ends, n)
+    return bool(np.array_equal(net["key"], tails * (2 * n + 4) + heads))
+
+
+def _arcs(
+    cn: IntArray, ce: IntArray, starts: IntArray, ends: IntArray, n: int
+) -> tuple[IntArray, IntArray]:
+    """Tails and heads of the critical network's arcs: instructions (in → out), dependencies
+    (out → in), source → first instructions, last instructions → sink."""
+    src, snk = 2 * n, 2 * n + 1
+    tails = np.concatenate([2 * cn, 2 * ce[:, 0] + 1, np.full(len(starts), src), 2 * ends + 1])
+    heads = np.concatenate([2 * cn + 1, 2 * ce[:, 1], 2 * starts, np.full(len(ends), snk)])
+    return tails, heads
 
 
 def _grow_network(
@@ -1083,9 +1102,7 @@ def _grow_network(
     n: int,
 ) -> dict[str, IntArray]:
     """Arcs of the critical network, keeping the flow of arcs that were already there."""
-    src, snk = 2 * n, 2 * n + 1
-    tails = np.concatenate([2 * cn, 2 * ce[:, 0] + 1, np.full(len(starts), src), 2 * ends + 1])
-    heads = np.concatenate([2 * cn + 1, 2 * ce[:, 1], 2 * starts, np.full(len(ends), snk)])
+    tails, heads = _arcs(cn, ce, starts, ends, n)
     is_op = np.zeros(len(tails), dtype=bool)
     is_op[: len(cn)] = True
     node = np.full(len(tails), -1, dtype=np.int64)

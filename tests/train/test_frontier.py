@@ -476,3 +476,51 @@ def test_compiled_sweep_rejects_malformed_arrays() -> None:
     bad_base[10] = np.array([-1, 5], dtype=np.int64)  # cost table read past its end
     with pytest.raises(ValueError, match="out of range"):
         _sweep.sweep(*bad_base, -1)
+
+
+def _random_profile(rng: np.random.Generator, stages: int) -> StageProfile:
+    """Per (stage, instruction) 4–9 clocks: time grows as the clock falls, energy is U-shaped
+    with noise, so the option sets, fits and critical networks vary from case to case."""
+    rows = []
+    for s in range(stages):
+        k = int(rng.integers(4, 10))
+        freqs = np.linspace(1410, 810, k).round().astype(int)
+        for inst, scale in (("forward", 1.0), ("backward", 2.0)):
+            t0 = scale * rng.uniform(0.01, 0.03)
+            for j, f in enumerate(freqs):
+                t = t0 * (1410 / f) ** rng.uniform(0.3, 1.0)
+                e = t0 * 300 * (1 + 0.4 * (j / k - 0.6) ** 2) * rng.uniform(0.97, 1.03)
+                rows.append((s, inst, int(f), float(t), float(e)))
+    return StageProfile.from_rows(rows)
+
+
+@COMPILED
+@pytest.mark.parametrize("seed", range(24))
+def test_compiled_sweep_matches_python_on_random_profiles(seed: int) -> None:
+    """Random profiles and schedules reach the rarer branches of the sweep (infeasible warm
+    flows, rechecks after a backward-crossing dependency, chains that become networks)."""
+    rng = np.random.default_rng(seed)
+    stages, mbs = int(rng.integers(2, 5)), int(rng.integers(2, 7))
+    kind = seed % 3
+    schedule = (
+        one_f_one_b(stages, mbs)
+        if kind == 0
+        else gpipe(stages, mbs)
+        if kind == 1
+        else interleaved_one_f_one_b(stages, stages * (1 + mbs % 2), chunks=2)
+    )
+    prof = _random_profile(rng, stages * schedule.chunks)
+    pb = [float(x) for x in rng.uniform(20, 120, stages)]
+    quantum = float(rng.choice([1e-3, 5e-4]))
+    model = "exponential" if seed % 4 else "convex-hull"
+    kw = {"p_block_w": pb, "time_quantum_s": quantum, "cost_model": model}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoisyProfileWarning)
+        try:
+            py = compute_frontier(prof, schedule, solver="python", **kw)  # type: ignore[arg-type]
+        except ConfigError:
+            with pytest.raises(ConfigError):
+                compute_frontier(prof, schedule, solver="compiled", **kw)  # type: ignore[arg-type]
+            return
+        c = compute_frontier(prof, schedule, solver="compiled", **kw)  # type: ignore[arg-type]
+    _assert_same_frontier(c, py)
