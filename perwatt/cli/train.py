@@ -14,6 +14,7 @@ import re
 import sys
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from perwatt.errors import ConfigError
@@ -26,8 +27,17 @@ examples:
       --straggler-ratio 1.2 --plans plans.json --json
 
 P_block is the power one GPU draws while blocked on communication (Perseus measured
-83.64 W on A100 SXM and 70.38 W on A40; measure yours with `perwatt meter`). Several
+83.64 W on A100 SXM and 70.38 W on A40; `perwatt train profile` reports yours). Several
 PROFILE files are the data/tensor-parallel ranks of one pipeline (max time, summed energy).
+Times are in seconds, energies in joules; every figure is a replay of the profile
+(labelled simulated), not a measurement of the plan in training.
+"""
+
+# RawDescriptionHelpFormatter keeps the examples' layout, so this text is wrapped by hand.
+_PLAN_DESCRIPTION = """\
+Compute the iteration time-energy Pareto frontier of a pipeline from its stage profile
+(one frequency plan per point), pick a plan for the target, and print it with the energy
+saved versus all GPUs at max clock and versus the frontier's fastest point.
 """
 
 
@@ -35,18 +45,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     train = subparsers.add_parser(
         "train",
         help="training energy: frequency plans for pipeline parallelism (Perseus-class)",
-        description="Remove energy bloat in pipeline-parallel training: plan per-instruction "
-        "GPU clocks from a stage profile (plan), and profile/simulate where available.",
+        description="Remove energy bloat in pipeline-parallel training: measure each stage's "
+        "time and energy per SM clock (profile), plan per-instruction GPU clocks from that "
+        "profile (plan), and replay a plan on the pipeline timeline (simulate).",
     )
     sub = train.add_subparsers(dest="train_command", metavar="SUBCOMMAND", required=True)
 
     plan = sub.add_parser(
         "plan",
         help="compute the time–energy frontier and choose a frequency plan",
-        description="Compute the iteration time–energy Pareto frontier of a pipeline from its "
-        "stage profile (one frequency plan per point), pick a plan for the target, and print "
-        "it with the energy saved versus all GPUs at max clock and versus the frontier's "
-        "fastest point.",
+        description=_PLAN_DESCRIPTION,
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -120,8 +128,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         "--noise-factor",
         metavar="F",
         default="1",
-        help="Pareto-filter slack for noisy profiles: ≥ 1 (default 1; e.g. 1.02 also drops "
-        "clocks within 2%% of another's time and energy)",
+        help="Pareto-filter slack for noisy profiles, ≥ 1 (default 1: the plain Pareto "
+        "filter; 1.02 also drops slower clocks that save under ~2%% energy)",
     )
 
 
@@ -176,6 +184,13 @@ def _p_block(text: str) -> float | list[float]:
         raise ConfigError(f"--p-block must be {what}, got {text!r}")
     values = [number(x, "--p-block", low=0.0, what=what) for x in parts]
     return values[0] if len(values) == 1 else values
+
+
+def not_a_directory(path: str | None, flag: str) -> None:
+    """An output path that is a directory fails now, not after the frontier is solved (which
+    takes minutes on a large pipeline)."""
+    if path is not None and Path(path).is_dir():
+        raise ConfigError(f"cannot write {path}: it is a directory; give {flag} a file name")
 
 
 def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -266,6 +281,7 @@ def run_plan(args: argparse.Namespace) -> int:
 
     model = model_kwargs(args)
     choice = target_kwargs(args)
+    not_a_directory(args.frontier, "--frontier")
     if args.chunks < 1:
         raise ConfigError(f"--chunks must be a whole number ≥ 1, got {args.chunks}")
     if args.chunks > 1 and args.schedule != "interleaved":

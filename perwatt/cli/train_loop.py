@@ -7,7 +7,6 @@ Registered by :mod:`perwatt.cli.train` (``register(train_subparsers)``); the wor
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -17,6 +16,7 @@ from perwatt.cli.train import (
     add_pipeline_options,
     add_target_options,
     model_kwargs,
+    not_a_directory,
     number,
     one_line_warnings,
     target_kwargs,
@@ -156,8 +156,8 @@ def register(train_subparsers: argparse._SubParsersAction[argparse.ArgumentParse
         description="Compute the frontier, choose a plan, replay the all-max-clock baseline "
         "and the plan on the schedule DAG (profiled times/energies, blocked GPUs at P_block), "
         "print iteration time and energy before/after, and write one self-contained HTML file "
-        "with Gantt charts coloured by clock and power and the frontier. Figures are simulated. "
-        "Takes the same pipeline, model and target options as `perwatt train plan`.",
+        "with Gantt charts coloured by clock and power and the frontier. Figures are simulated "
+        "(a replay of the profile). Options mean what they mean in `perwatt train plan`.",
     )
     accept_negative_values(sim)
     sim.add_argument("profile", metavar="PROFILE.csv", help="stage profile CSV")
@@ -249,7 +249,7 @@ def run_profile(args: argparse.Namespace) -> int:
         for s, why in enumerate(res.stop_reasons):
             pb = res.blocking_power_w[s]
             block = (
-                f"blocking power {pb:.1f} W at the top clock [{res.source}]"
+                f"blocking power {pb:.1f} W at the top clock [{res.source}] (use as --p-block)"
                 if pb == pb
                 else "no gap long enough to measure blocking power"
             )
@@ -297,6 +297,7 @@ def run_simulate(args: argparse.Namespace) -> int:
             what="seconds > 0, e.g. 0.001",
         )
     choice = target_kwargs(args)
+    not_a_directory(args.out, "--out")
     if "target" in choice and choice["target"] is None:
         choice["target"] = "fastest"
     with one_line_warnings():
@@ -308,5 +309,5 @@ def run_simulate(args: argparse.Namespace) -> int:
             path = write_html(report, args.out)
         except OSError as e:
             raise ConfigError(f"cannot write {args.out}: {e.strerror or e}") from e
-        print(f"wrote {path}", file=sys.stderr)
+        print(f"report written to {path}")  # as `train plan` says where its files went
     return 0

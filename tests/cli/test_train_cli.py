@@ -289,6 +289,25 @@ def test_bad_option_values_are_one_line_before_any_solving(
     assert err.startswith(f"perwatt: error: {message}") and err.count("\n") == 1, err
 
 
+@pytest.mark.parametrize(("command", "flag"), [("plan", "--frontier"), ("simulate", "--out")])
+def test_output_that_is_a_directory_fails_before_solving(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    command: str,
+    flag: str,
+) -> None:
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("should fail before solving")
+
+    monkeypatch.setattr("perwatt.train.plan.plan_pipeline", never)
+    monkeypatch.setattr("perwatt.train.simulate.run_simulation", never)
+    rc = main(["train", command, TINY, *_BASE, flag, str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert f"cannot write {tmp_path}: it is a directory; give {flag} a file name" in err
+
+
 @pytest.mark.parametrize("command", ["plan", "simulate"])
 @pytest.mark.parametrize("value", ["1%", "1", "0%", "2.5 %"])
 def test_max_slowdown_spellings_agree(
