@@ -7,6 +7,7 @@ Registered by :mod:`perwatt.cli.train` (``register(train_subparsers)``); the wor
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -184,12 +185,15 @@ def _sweep_config(args: argparse.Namespace) -> object:
     )
 
 
-def _print_notes(rows: Sequence[ProfileRow], limit: int = 3) -> None:
-    notes = sorted({w for r in rows for w in r.warnings})
-    for note in notes[:limit]:
-        print(f"  note: {note}")
-    if len(notes) > limit:
-        print(f"  note: … and {len(notes) - limit} more like these")
+def _print_notes(rows: Sequence[ProfileRow]) -> None:
+    """One line per kind of row warning: they differ per clock only in their figures (a 45 ms
+    or a 46 ms instruction), and one line per clock buried the stop reasons below them."""
+    groups: dict[str, list[str]] = {}
+    for note in sorted({w for r in rows for w in r.warnings}):
+        groups.setdefault(re.sub(r"\d+(\.\d+)?", "#", note), []).append(note)
+    for notes in groups.values():
+        more = f" (and {len(notes) - 1} more like it at other clocks)" if len(notes) > 1 else ""
+        print(f"  note: {notes[0]}{more}")
 
 
 def _given(args: argparse.Namespace, flags: dict[str, str]) -> list[str]:

@@ -371,3 +371,16 @@ def test_profile_option_errors_name_the_flag(
     err = capsys.readouterr().err
     assert rc == 2 and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_profile_simulate_notes_one_line_per_kind(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # A 100 ms counter flags every clock; that was one note per clock (up to 3, then "… and 47
+    # more") printed above the per-stage stop reasons.
+    args = ["--simulate", "--gpu", "H100", "--stages", "2", "--microbatches", "2", "--step", "3"]
+    out = str(tmp_path / "p.csv")
+    assert main(["train", "profile", *args, "--counter-period", "0.1", "--out", out]) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if "note:" in line]
+    assert len(notes) == 1, notes
+    assert "shorter than the counter period" in notes[0] and "more like it" in notes[0]
