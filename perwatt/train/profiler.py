@@ -143,6 +143,8 @@ class SweepConfig:
             raise ConfigError(
                 f"min_improvement (--min-improvement) must be in [0, 1), got {self.min_improvement}"
             )
+        if self.min_freq_mhz is not None and self.min_freq_mhz <= 0:
+            raise ConfigError(f"lowest clock (--min-freq) must be > 0 MHz, got {self.min_freq_mhz}")
         if self.frequencies_mhz is not None and not self.frequencies_mhz:
             raise ConfigError("the explicit frequency list is empty")
 

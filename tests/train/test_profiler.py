@@ -159,6 +159,7 @@ def test_iteration_without_instructions_is_an_error() -> None:
         {"min_improvement": 1.5},
         {"frequencies_mhz": ()},
         {"warmup_iterations": -1},
+        {"min_freq_mhz": -5},  # was accepted: every clock is above it
     ],
 )
 def test_bad_sweep_config(kwargs: dict[str, Any]) -> None:
