@@ -8,6 +8,32 @@ import sys
 
 from perwatt.meter.detect import SPEC_HELP
 
+_METER_DESCRIPTION = """\
+Run CMD and print its energy per device and in total, average and peak power, and
+the source of every figure, like `time` prints time (to stderr). The exit code is
+the command's. Ctrl-C is forwarded to the command; what was measured is still
+printed, marked partial."""
+
+_METER_EPILOG = """\
+power sources (--source SPEC):
+  auto            NVIDIA GPUs via NVML if any, else a dcgm-exporter named by
+                  PERWATT_DCGM_URL, else the CPU's RAPL counters, else an estimate
+                  from CPU utilisation (labelled 'estimated': not a measurement)
+  nvml, nvml:0,2  all visible GPUs, or those indices (see `perwatt env`)
+  rapl            CPU package and DRAM (Linux powercap)
+  dcgm:URL        a dcgm-exporter /metrics page; comma-separate URLs for several
+                  nodes. It refreshes every 30 s by default, so figures for shorter
+                  commands are approximate (the report says so)
+  prometheus:URL  a Prometheus server that scrapes dcgm-exporter
+  replay:FILE     a recorded CSV/JSONL power trace
+  simulated       a fixed power model for demos (labelled 'simulated')
+  estimated       the CPU-utilisation estimate, even where a real source exists
+
+examples:
+  perwatt meter -- python train.py
+  perwatt meter --source dcgm:http://node1:9400 -o energy.json -- ./bench.sh
+  perwatt meter --watch"""
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     env = subparsers.add_parser(
@@ -23,14 +49,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     meter = subparsers.add_parser(
         "meter",
         help="run a command and print its energy (like `time`), or --watch live power",
-        description="Run CMD and print its energy per device and in total, average and peak "
-        "power and the source of every figure, like `time` prints time (to stderr). The exit "
-        "code is the command's. Ctrl-C is forwarded to the command; what was measured is "
-        "still printed, marked partial.",
+        description=_METER_DESCRIPTION,
         usage="perwatt meter [options] -- CMD [ARGS...]\n       perwatt meter --watch [options]",
+        epilog=_METER_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     meter.add_argument(
-        "--source", default="auto", metavar="SPEC", help=f"power source: {SPEC_HELP} (default auto)"
+        "--source",
+        default="auto",
+        metavar="SPEC",
+        help=f"power source: {SPEC_HELP} (default auto; see below)",
     )
     meter.add_argument(
         "--interval",
@@ -39,24 +67,45 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="S",
         help="power sampling interval in seconds (default 0.1; 1.0 with --watch)",
     )
-    meter.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    meter.add_argument(
+        "--json",
+        action="store_true",
+        help="print the result as JSON on stdout instead of the text report on stderr (it "
+        "follows anything the command prints to stdout; use -o FILE for the JSON alone)",
+    )
     meter.add_argument("-o", "--output", metavar="FILE", help="also write the JSON result to FILE")
-    meter.add_argument("--timeline", metavar="FILE", help="write the sampled power timeline (CSV)")
+    meter.add_argument(
+        "--timeline",
+        metavar="FILE",
+        help="write the sampled power timeline as CSV (time_s,device,power_w,energy_j,source)",
+    )
     meter.add_argument(
         "--idle",
         type=float,
         default=0.0,
         metavar="SECONDS",
-        help="measure idle power for SECONDS before the command (reported, not subtracted)",
+        help="first measure idle power for SECONDS, with the machine otherwise quiet; it is "
+        "reported, and subtracted only with --subtract-idle",
     )
     meter.add_argument(
-        "--subtract-idle", action="store_true", help="subtract the --idle baseline from energy"
+        "--subtract-idle",
+        action="store_true",
+        help="subtract the --idle power x duration from each device's energy (the report says so)",
     )
-    meter.add_argument("--watch", action="store_true", help="show a live per-device power table")
+    meter.add_argument(
+        "--watch",
+        action="store_true",
+        help="show live power per device every --interval until Ctrl-C (or --count refreshes)",
+    )
     meter.add_argument(
         "--count", type=int, default=None, metavar="N", help="with --watch: stop after N refreshes"
     )
-    meter.add_argument("cmd", nargs=argparse.REMAINDER, help="the command, after --")
+    meter.add_argument(
+        "cmd",
+        nargs=argparse.REMAINDER,
+        metavar="CMD",
+        help="the command to meter and its arguments, after -- (passed on unchanged)",
+    )
     meter.set_defaults(func=run_meter)
 
 
@@ -87,6 +136,24 @@ def run_meter(args: argparse.Namespace) -> int:
         cmd = cmd[1:]
     if args.watch and cmd:
         raise ConfigError("--watch takes no command; use either --watch or -- CMD")
+    if args.watch:
+        # These shape a command's measurement; --watch has none, so they would be ignored.
+        given = [
+            flag
+            for flag, value in (
+                ("--json", args.json),
+                ("-o/--output", args.output),
+                ("--timeline", args.timeline),
+                ("--idle", args.idle),
+                ("--subtract-idle", args.subtract_idle),
+            )
+            if value
+        ]
+        if given:
+            raise ConfigError(
+                f"{', '.join(given)} measure a command and do nothing with --watch; "
+                "drop them, or use -- CMD instead of --watch"
+            )
     if not args.watch and not cmd:
         raise ConfigError("no command given: perwatt meter -- CMD ARGS... (or --watch)")
     if args.count is not None and not args.watch:

@@ -101,8 +101,9 @@ def _normalise_exporter_url(raw: str) -> str:
 def _http_failure(what: str, url: str, e: httpx.HTTPError, timeout_s: float) -> RemoteSourceError:
     if isinstance(e, httpx.TimeoutException):
         return RemoteSourceError(
-            f"{what} at {url} did not answer within {timeout_s:g} s: check it is healthy "
-            f"(curl {url}) or raise timeout_s"
+            f"{what} at {url} did not answer within {timeout_s:g} s: check that it is "
+            f"healthy (curl {url}); a loaded one may need a longer timeout (timeout_s in the "
+            "Python API)"
         )
     if isinstance(e, httpx.ConnectError):
         return RemoteSourceError(

@@ -154,6 +154,8 @@ def test_command_not_found_is_one_line() -> None:
         (("--interval", "0", "--", "true"), "--interval must be positive"),
         (("--subtract-idle", "--", "true"), "--subtract-idle needs an idle baseline"),
         (("--source", "bogus", "--", "true"), "unknown power source 'bogus'"),
+        (("--watch", "--json", "--idle", "2"), "--json, --idle measure a command"),
+        (("--watch", "--timeline", "t.csv"), "--timeline measure a command"),
     ],
 )
 def test_bad_flags(args: tuple[str, ...], match: str) -> None:
