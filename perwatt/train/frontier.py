@@ -53,6 +53,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -358,6 +359,8 @@ class Frontier:
     complete: bool = True
     #: which implementation of the sweep ran (both give the same frontier)
     solver: Literal["compiled", "python"] = "python"
+    #: wall time of :func:`compute_frontier` (options, fits, sweep, baseline), s
+    solve_duration_s: float = math.nan
     _spec: IntArray = field(repr=False)
     #: durations after every ``_CHECKPOINT_EVERY``-th step, and per step the nodes it changed:
     #: step k moved ``_change_node[p[k]:p[k+1]]`` by ``_change_delta[…]`` (p = ``_change_ptr``)
@@ -654,6 +657,7 @@ def compute_frontier(
     ``"python"`` (the NumPy/SciPy reference), or ``"auto"`` — compiled when it is built. Both
     give the same frontier (tested point by point); the compiled one is ~10–30× faster.
     """
+    started = time.perf_counter()
     if time_quantum_s <= 0 or not math.isfinite(time_quantum_s):
         raise ConfigError(f"time quantum must be > 0 s, got {time_quantum_s}")
     if not noise_factor >= 1.0:  # also refuses NaN, which would silently act as 1
@@ -790,6 +794,7 @@ def compute_frontier(
         complete=complete,
         _spec=spec,
         solver=sw.solver,
+        solve_duration_s=time.perf_counter() - started,
         _checkpoints=_checkpoints(qmax, sw),
         _change_ptr=sw.change_ptr,
         _change_node=sw.change_node,
