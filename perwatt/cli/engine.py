@@ -1,8 +1,10 @@
-"""``perwatt serve``: the built-in engine behind an OpenAI-compatible API.
+"""``perwatt serve`` (the built-in engine behind an OpenAI-compatible API) and ``perwatt quantize``
+(quantize a model once, save it for serve and bench).
 
-Parses arguments and calls :func:`perwatt.engine.server.serve`; nothing else lives here. torch,
-starlette and uvicorn are imported only when the command runs, so ``perwatt --help`` stays fast
-and works without the ``engine``/``server`` extras.
+Parses arguments and calls :func:`perwatt.engine.server.serve` or
+:func:`perwatt.engine.quant.quantize_model`; nothing else lives here. torch, starlette and
+uvicorn are imported only when a command runs, so ``perwatt --help`` stays fast and works without
+the ``engine``/``server`` extras.
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ def _port(text: str) -> int:
 
 
 def register(subparsers: Any) -> None:
+    _register_serve(subparsers)
+    _register_quantize(subparsers)
+
+
+def _register_serve(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "serve",
         help="serve the built-in engine behind an OpenAI-compatible API (localhost by default)",
@@ -45,10 +52,16 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--model",
         required=True,
-        help="a shape name (tiny, llama-3.2-1b, llama-3.1-8b, ... : random weights) or a local "
-        "Hugging Face directory (config.json + *.safetensors)",
+        help="a shape name (tiny, llama-3.2-1b, llama-3.1-8b, ... : random weights), a local "
+        "Hugging Face directory (config.json + *.safetensors), or a directory written by "
+        "`perwatt quantize`",
     )
-    p.add_argument("--precision", default="bf16", help="fp32, fp16, bf16, fp8, int8, int4, nvfp4")
+    p.add_argument(
+        "--precision",
+        default=None,
+        help="fp32, fp16, bf16, fp8, int8, int4, nvfp4 (default bf16, or the precision of a "
+        "`perwatt quantize` directory)",
+    )
     p.add_argument(
         "--host",
         default="127.0.0.1",
@@ -69,7 +82,11 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--device", default="auto", help="auto (first GPU, else CPU), cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int, default=0, help="seed for random weights (default 0)")
-    p.add_argument("--quantized-path", help="weights saved by the quantizer, swapped in at load")
+    p.add_argument(
+        "--quantized-path",
+        help="weights saved by the quantizer (a `perwatt quantize` directory or its "
+        ".safetensors file) for the shape or checkpoint given by --model",
+    )
     p.add_argument("--served-model-name", help="model id the API reports (default: --model)")
     p.add_argument(
         "--log-level",
@@ -96,3 +113,75 @@ def _serve(args: argparse.Namespace) -> int:
         served_model_name=args.served_model_name,
         log_level=args.log_level,
     )
+
+
+def _register_quantize(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "quantize",
+        help="quantize a model once to fp8/int8/int4/nvfp4 and save it for serve and bench",
+        description=(
+            "Quantize a model's linear layers once and write a directory that loads without "
+            "quantizing again: `perwatt serve --model OUT` and `perwatt bench --engine builtin "
+            "--model OUT --precision P`. A shape name is quantized from its seeded random "
+            "weights (--seed); a Hugging Face directory from its weights, with its config and "
+            "tokenizer copied. OUT is written under a temporary name and renamed into place."
+        ),
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        help="a shape name (tiny, llama-3.1-8b, ...: random weights) or a local Hugging Face "
+        "directory (config.json + *.safetensors)",
+    )
+    p.add_argument("--precision", required=True, help="fp8, int8, int4 or nvfp4")
+    p.add_argument("--out", required=True, help="directory to write (must not exist)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --out if an earlier `perwatt quantize` wrote it",
+    )
+    p.add_argument(
+        "--group-size",
+        type=_positive_int,
+        default=None,
+        help="int4 group size: 32, 64 or 128 (default: the largest that divides every layer)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed for random weights (default 0)")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="where to quantize: auto (first GPU, else CPU), cpu, cuda, cuda:N; random weights "
+        "depend on the device type, so quantize where you will bench for a matching accuracy "
+        "reference",
+    )
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.set_defaults(func=_quantize)
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    import json
+
+    from perwatt.engine.quant import quantize_model
+
+    qm = quantize_model(
+        args.model,
+        args.precision,
+        args.out,
+        group_size=args.group_size,
+        seed=args.seed,
+        device=args.device,
+        force=args.force,
+    )
+    if args.json:
+        print(json.dumps({**qm.to_dict(), "duration_s": round(qm.duration_s, 3)}))
+        return 0
+    group = f", group {qm.group_size}" if qm.group_size else ""
+    print(
+        f"perwatt quantize: {args.model} -> {qm.directory} ({qm.precision}{group}, "
+        f"{qm.size_bytes / 2**20:.1f} MiB, {qm.duration_s:.1f} s on {qm.weights_device})"
+    )
+    print(f"  serve: perwatt serve --model {qm.directory}")
+    print(
+        f"  bench: perwatt bench --engine builtin --model {qm.directory} --precision {qm.precision}"
+    )
+    return 0

@@ -358,6 +358,54 @@ def _check_model(model: str) -> None:
         get_config(model)
 
 
+def _quantized_source(
+    model: str,
+    precisions: Sequence[str],
+    *,
+    device: str,
+    seed: int,
+    quantized_path: str | None,
+) -> tuple[str, str | None, Any, str, int, str | None]:
+    """Where the points and the accuracy reference load from when ``model`` (or
+    ``quantized_path``) is a ``perwatt quantize`` directory.
+
+    Returns ``(model to load, quantized file, manifest or None, reference model, reference
+    seed, why there is no reference or None)``. The reference must hold the weights the
+    directory was quantized from: the checkpoint it names, or the shape's random weights with
+    the seed it was written with, drawn on the same device type (a CUDA generator draws other
+    values than the CPU one); otherwise the points run without the accuracy guard and say why.
+    """
+    from perwatt.engine.generate import resolve_device
+    from perwatt.engine.quant import resolve_quantized
+
+    load_model, _, qpath, qm = resolve_quantized(model, None, quantized_path)
+    if qm is None:
+        return load_model, qpath, None, model, seed, None
+    other = [p for p in precisions if p != qm.precision]
+    if other:
+        raise ConfigError(
+            f"{qm.directory} holds {qm.precision} weights (written by perwatt quantize), not "
+            f"{other[0]}; bench it with --precision {qm.precision}"
+        )
+    skip: str | None = None
+    ref_seed = seed if qm.seed is None else qm.seed
+    if qm.source_kind == "checkpoint":
+        if not (Path(qm.source) / "config.json").is_file():
+            skip = (
+                f"the checkpoint {qm.source} that {qm.directory} was quantized from is gone: "
+                "no unquantized weights to compare with"
+            )
+    else:
+        here = resolve_device(device).type
+        if here != qm.weights_device:
+            skip = (
+                f"{qm.directory} holds random weights drawn on {qm.weights_device}, and the "
+                f"reference on {here} would draw different ones: quantize with --device {here} "
+                "for an accuracy guard"
+            )
+    return load_model, qpath, qm, qm.source, ref_seed, skip
+
+
 def _free_all(engine: Any, slots: Sequence[int]) -> None:
     for s in slots:
         engine.free(s)
@@ -814,10 +862,13 @@ def run_builtin_bench(
     require_engine_deps()
     # An unknown shape name or an unreadable config.json would fail every point the same way:
     # say so once, before metering, instead of writing one failed document per point.
-    _check_model(model)
+    load_model, qpath, qm, ref_model, ref_seed, ref_skip = _quantized_source(
+        model, precs, device=device, seed=seed, quantized_path=quantized_path
+    )
+    _check_model(load_model)
     out_dir = Path(result_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    engine_kw: dict[str, Any] = {"device": device, "seed": seed, "quantized_path": quantized_path}
+    engine_kw: dict[str, Any] = {"device": device, "seed": seed, "quantized_path": qpath}
     base = label or f"builtin-{_model_slug(model)}"
     paths: list[Path] = []
 
@@ -834,18 +885,21 @@ def run_builtin_bench(
         ref_error: str | None = None
         if reference_precision is None:
             reference_precision = default_reference_precision(device)
-        if accuracy_prompts > 0:
+        if ref_skip is not None:
+            ref_error = ref_skip
+            say(f"  accuracy reference unavailable: {ref_error}")
+        elif accuracy_prompts > 0:
             ref_len = max(1, min(input_len, 64))
             ref_steps = max(0, min(output_len - 1, accuracy_steps))
             try:
                 reference = reference_run(
-                    model,
+                    ref_model,
                     precision=reference_precision,
                     n_prompts=accuracy_prompts,
                     prompt_len=ref_len,
                     steps=ref_steps,
                     vocab_seed=seed,
-                    load_kw={"device": device, "seed": seed, "compile": False},
+                    load_kw={"device": device, "seed": ref_seed, "compile": False},
                 )
             except Exception as e:  # the sweep still measures energy; accuracy says why not
                 _release_device()
@@ -878,7 +932,7 @@ def run_builtin_bench(
                     doc=doc,
                     path=path,
                     engine_kw=engine_kw,
-                    model=model,
+                    model=load_model,
                     spec=spec,
                     input_len=input_len,
                     output_len=output_len,
@@ -891,6 +945,9 @@ def run_builtin_bench(
                     price_per_kwh=price_per_kwh,
                     pue=pue,
                 )
+                if qm is not None:
+                    doc["builtin"]["quantized"] = qm.to_dict()
+                    doc["builtin"]["engine"]["weights"] = str(qm.weights_path)
                 if doc["accuracy"] is None and ref_error is not None:
                     doc["builtin"]["accuracy_error"] = ref_error
                 say("  " + format_point(doc))

@@ -31,13 +31,19 @@ file with the precision, group size and shape in its metadata). Phase 2:
 :func:`load_quantized_into` swaps empty quantized modules into a model skeleton and loads the
 file. :func:`quantize_in_place` does both in memory, one layer at a time, so a model whose bf16
 weights would not fit can still be quantized from random weights.
+
+``perwatt quantize`` is :func:`quantize_model`: phase 1 into a directory (weights, a manifest
+and, for a checkpoint, its config and tokenizer) that ``perwatt serve --model DIR`` and
+``perwatt bench --engine builtin --model DIR`` load through :func:`resolve_quantized`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -792,3 +798,338 @@ def load_quantized_into(
         ) from e
     finalize_for_device(model, plan)
     return group
+
+
+# ----------------------------------------------------------------------------- quantized dirs
+#
+# ``perwatt quantize`` writes phase 1 once into a directory that serve and bench load as
+# ``--model DIR``:
+#
+#     DIR/
+#       perwatt-quantized.json        manifest: precision, group size, source, seed, versions
+#       model.perwatt.safetensors     save_quantized(): quantized linears + every other tensor
+#       config.json, tokenizer*.json  copied from a checkpoint source (none for a named shape)
+#
+# The directory is built under a hidden temporary name beside DIR and renamed into place, so a
+# crash or Ctrl-C leaves either the old DIR or the new one, never half of one.
+
+QUANTIZED_MANIFEST = "perwatt-quantized.json"
+QUANTIZED_WEIGHTS = "model.perwatt.safetensors"
+QUANTIZED_FORMAT = "perwatt.quantized/1"
+QUANTIZE_PRECISIONS = ("fp8", "int8", "int4", "nvfp4")
+# Files of a HF checkpoint besides its weights that the engine (config, tokenizer) or a user
+# (chat template, generation defaults) reads; copied so the directory stands on its own.
+_CHECKPOINT_SIDE_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuantizedModel:
+    """A directory written by :func:`quantize_model`, as its manifest describes it."""
+
+    directory: Path
+    weights_path: Path
+    precision: str
+    group_size: int | None  # int4 only
+    source: str  # a shape name, or the absolute path of the checkpoint it was made from
+    source_kind: str  # "shape" (seeded random weights) or "checkpoint"
+    seed: int | None  # the random weights' seed (shapes only)
+    weights_device: str  # device type the random weights were drawn on: their values depend on it
+    size_bytes: int
+    duration_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.precision not in QUANTIZE_PRECISIONS:
+            raise DataFormatError(f"{self.directory}: unknown precision {self.precision!r}")
+        if self.source_kind not in ("shape", "checkpoint"):
+            raise DataFormatError(f"{self.directory}: unknown source kind {self.source_kind!r}")
+        if self.size_bytes < 0 or self.duration_s < 0:
+            raise DataFormatError(f"{self.directory}: negative size or duration")
+
+    @property
+    def model(self) -> str:
+        """What :func:`~perwatt.engine.generate.load_engine` takes with :attr:`weights_path`:
+        the shape name, or this directory (its copied config.json and tokenizer)."""
+        return self.source if self.source_kind == "shape" else str(self.directory)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "directory": str(self.directory),
+            "weights_file": self.weights_path.name,
+            "precision": self.precision,
+            "group_size": self.group_size,
+            "source": self.source,
+            "source_kind": self.source_kind,
+            "seed": self.seed,
+            "weights_device": self.weights_device,
+            "size_bytes": self.size_bytes,
+        }
+
+
+def is_quantized_dir(path: str | Path) -> bool:
+    p = Path(path).expanduser()
+    return p.is_dir() and (p / QUANTIZED_MANIFEST).is_file()
+
+
+def read_quantized_dir(path: str | Path) -> QuantizedModel:
+    """The :class:`QuantizedModel` of a directory written by :func:`quantize_model`."""
+    directory = Path(path).expanduser()
+    manifest = directory / QUANTIZED_MANIFEST
+    try:
+        raw = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataFormatError(f"{manifest}: cannot read: {e}") from e
+    if not isinstance(raw, dict) or raw.get("format") != QUANTIZED_FORMAT:
+        raise DataFormatError(f"{manifest}: not a {QUANTIZED_FORMAT} manifest")
+    try:
+        weights = directory / str(raw["weights_file"])
+        group = raw.get("group_size")
+        seed = raw.get("seed")
+        qm = QuantizedModel(
+            directory=directory,
+            weights_path=weights,
+            precision=str(raw["precision"]),
+            group_size=None if group is None else int(group),
+            source=str(raw["source"]),
+            source_kind=str(raw["source_kind"]),
+            seed=None if seed is None else int(seed),
+            weights_device=str(raw.get("weights_device", "cpu")),
+            size_bytes=int(raw.get("size_bytes", 0)),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataFormatError(f"{manifest}: missing or malformed field ({e})") from e
+    if not weights.is_file():
+        raise DataFormatError(f"{directory}: {weights.name} is missing; quantize again")
+    return qm
+
+
+def resolve_quantized(
+    model: str, precision: str | None, quantized_path: str | Path | None
+) -> tuple[str, str, str | None, QuantizedModel | None]:
+    """``(model, precision, quantized file, manifest)`` for serve and bench.
+
+    ``model`` may be a directory written by ``perwatt quantize`` (its precision is then the
+    default, and another one is an error naming the right flag); ``quantized_path`` may be such
+    a directory or the safetensors file itself. ``precision`` None means bf16 otherwise.
+    """
+    qm: QuantizedModel | None = None
+    if is_quantized_dir(model):
+        if quantized_path is not None:
+            raise ConfigError(
+                f"--model {model} is already a quantized directory; drop --quantized-path"
+            )
+        qm = read_quantized_dir(model)
+        load_as = qm.model
+    else:
+        load_as = model
+        if quantized_path is not None and is_quantized_dir(quantized_path):
+            qm = read_quantized_dir(quantized_path)
+    if qm is not None:
+        if precision is not None and precision.lower() != qm.precision:
+            raise ConfigError(
+                f"{qm.directory} holds {qm.precision} weights (written by perwatt quantize), "
+                f"not {precision}; use --precision {qm.precision} or leave it out"
+            )
+        return load_as, qm.precision, str(qm.weights_path), qm
+    qpath = None if quantized_path is None else str(quantized_path)
+    return load_as, precision or "bf16", qpath, None
+
+
+def _check_out_dir(out: Path, source_dir: Path | None, force: bool) -> None:
+    if source_dir is not None and (out == source_dir or out in source_dir.parents):
+        raise ConfigError(f"--out {out} would replace the checkpoint it is quantized from")
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not force:
+        raise ConfigError(
+            f"--out {out} already exists; pass --force to replace it, or choose another --out"
+        )
+    if out.is_symlink() or not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a directory; remove it or choose another")
+    if any(out.iterdir()) and not (out / QUANTIZED_MANIFEST).is_file():
+        # --force replaces what this command wrote, never an unrelated directory (a typo in
+        # --out must not delete a home directory).
+        raise ConfigError(
+            f"--out {out} is a non-empty directory perwatt quantize did not write; "
+            "refusing to replace it even with --force: choose another --out"
+        )
+
+
+def _build_quantized(
+    cfg: ModelConfig,
+    checkpoint: Path | None,
+    precision: str,
+    *,
+    device: torch.device,
+    seed: int,
+    group_size: int | None,
+) -> tuple[nn.Module, int]:
+    """The quantized model, built the way :class:`~perwatt.engine.generate.Engine` builds one
+    (same seeded values, same order), without a KV cache or a tokenizer."""
+    from perwatt.engine import weights as W
+    from perwatt.engine.generate import plan_precision
+    from perwatt.engine.model import Transformer
+
+    plan = plan_precision(precision, device, allow_emulated=True)  # storage is the same
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    model.to(plan.compute_dtype)
+    if checkpoint is None:
+
+        def source(pname: str, shape: torch.Size) -> Tensor:
+            if pname == "output.weight" and cfg.tie_embeddings:
+                pname = "tok_embeddings.weight"
+            return W.random_tensor(pname, shape, seed, device)
+
+        group = quantize_in_place(
+            model, precision, plan=plan, group_size=group_size, weight_source=source
+        )
+        W.materialize_meta_(model, device)
+        W.init_random_(model, seed)
+    else:
+        model = model.to_empty(device=device)
+        model.tie_weights()
+        W.load_hf_weights(model, checkpoint)
+        group = quantize_in_place(model, precision, plan=plan, group_size=group_size)
+    model.tie_weights()
+    return model, group
+
+
+def quantize_model(
+    model: str,
+    precision: str,
+    out: str | Path,
+    *,
+    group_size: int | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    force: bool = False,
+) -> QuantizedModel:
+    """Quantize ``model`` (a shape name: seeded random weights; or a local HF directory) to
+    ``precision`` once and write the directory ``out`` that ``perwatt serve --model OUT`` and
+    ``perwatt bench --engine builtin --model OUT`` load (see the layout above).
+
+    Refuses an existing ``out`` unless ``force`` (and even then only a directory this function
+    wrote, or an empty one). Everything is checked before the model is built: unknown precision,
+    unknown shape, unreadable config.json, unwritable ``out``.
+    """
+    import shutil
+    import tempfile
+    import time
+
+    from perwatt import __version__
+    from perwatt.engine.config import get_config
+    from perwatt.engine.generate import resolve_device
+    from perwatt.engine.weights import read_hf_config
+
+    t0 = time.perf_counter()
+    prec = precision.strip().lower()
+    if prec not in QUANTIZE_PRECISIONS:
+        hint = (
+            f"{prec} is not quantized: serve or bench it directly with --precision {prec}"
+            if prec in ("fp32", "fp16", "bf16")
+            else f"unknown precision {precision!r}"
+        )
+        raise ConfigError(f"{hint}; perwatt quantize writes {', '.join(QUANTIZE_PRECISIONS)}")
+    if group_size is not None and prec != "int4":
+        raise ConfigError(f"--group-size applies to int4 only, not {prec}")
+    src = Path(model).expanduser()
+    checkpoint: Path | None = None
+    if src.is_dir():
+        if is_quantized_dir(src):
+            raise ConfigError(
+                f"{model} is already quantized ({read_quantized_dir(src).precision}); "
+                "quantize the checkpoint it was made from"
+            )
+        cfg = read_hf_config(src)
+        checkpoint = src.resolve()
+    else:
+        cfg = get_config(model)  # an unknown name is a ConfigError listing the shapes
+    dev = resolve_device(device)
+    out_dir = Path(out).expanduser().absolute()
+    _check_out_dir(out_dir, checkpoint, force)
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    except OSError as e:
+        raise ConfigError(
+            f"cannot write --out {out_dir}: {e.strerror or e} ({out_dir.parent}); "
+            "choose a writable directory"
+        ) from None
+    try:
+        qmodel, group = _build_quantized(
+            cfg, checkpoint, prec, device=dev, seed=seed, group_size=group_size
+        )
+        sd = qmodel.state_dict()
+        del qmodel
+        save_quantized(
+            tmp / QUANTIZED_WEIGHTS, sd, cfg=cfg, precision=prec, group_size=group or None
+        )
+        del sd
+        if checkpoint is not None:
+            for name in _CHECKPOINT_SIDE_FILES:
+                if (checkpoint / name).is_file():
+                    shutil.copy2(checkpoint / name, tmp / name)
+        qm = QuantizedModel(
+            directory=out_dir,
+            weights_path=out_dir / QUANTIZED_WEIGHTS,
+            precision=prec,
+            group_size=group or None,
+            source=str(checkpoint) if checkpoint is not None else model,
+            source_kind="checkpoint" if checkpoint is not None else "shape",
+            seed=None if checkpoint is not None else seed,
+            weights_device=dev.type,
+            size_bytes=(tmp / QUANTIZED_WEIGHTS).stat().st_size,
+        )
+        manifest = {
+            "format": QUANTIZED_FORMAT,
+            **{k: v for k, v in qm.to_dict().items() if k != "directory"},
+            "model": cfg.to_dict(),
+            "perwatt_version": __version__,
+            "torch": torch.__version__,
+            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        (tmp / QUANTIZED_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        _default_permissions(tmp)
+        _swap_into_place(tmp, out_dir)
+    except OSError as e:
+        raise ConfigError(f"cannot write --out {out_dir}: {e.strerror or e}") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful rename
+    return dataclasses.replace(qm, duration_s=time.perf_counter() - t0)
+
+
+def _default_permissions(directory: Path) -> None:
+    """mkdtemp makes the directory owner-only (0700) and safetensors writes 0600 files; give
+    them what ``mkdir``/``open`` would have (0777/0666 less the umask), as for any output."""
+    umask = os.umask(0)
+    os.umask(umask)
+    directory.chmod(0o777 & ~umask)
+    for f in directory.iterdir():
+        f.chmod(0o666 & ~umask)
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    """Rename ``tmp`` to ``out``; an old ``out`` (checked by :func:`_check_out_dir`) is moved
+    aside first and deleted only once the new one is in place."""
+    import shutil
+    import tempfile
+
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+    os.rename(out, old / "previous")
+    try:
+        os.rename(tmp, out)
+    except OSError:
+        os.rename(old / "previous", out)  # put the old directory back
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)

@@ -881,7 +881,7 @@ def bind(host: str, port: int) -> socket.socket:
 def serve(
     *,
     model: str,
-    precision: str = "bf16",
+    precision: str | None = None,
     host: str = "127.0.0.1",
     port: int = 8000,
     max_batch_size: int = 8,
@@ -893,10 +893,17 @@ def serve(
     log_level: str = "warning",
     out: Callable[[str], None] = print,
 ) -> int:
-    """Load the engine, start the engine thread, and serve the API until Ctrl-C."""
+    """Load the engine, start the engine thread, and serve the API until Ctrl-C.
+
+    ``model`` may be a directory written by ``perwatt quantize``; ``precision`` None is that
+    directory's precision, else bf16."""
     require_server_deps()
     import uvicorn
 
+    from perwatt.engine.quant import resolve_quantized
+
+    served = model
+    model, precision, quantized_path, _ = resolve_quantized(model, precision, quantized_path)
     if max_batch_size < 1:
         raise ConfigError(f"--max-batch-size must be at least 1, got {max_batch_size}")
     if max_seq_len < 2:
@@ -922,7 +929,7 @@ def serve(
                 raise
             # The KV cache is max_batch_size x max_seq_len: those are the knobs that fit it.
             raise ConfigError(
-                f"out of memory loading {model} at {precision} with {max_batch_size} slots x "
+                f"out of memory loading {served} at {precision} with {max_batch_size} slots x "
                 f"{max_seq_len} tokens: use a smaller --max-batch-size or --max-seq-len, or a "
                 "lower-memory --precision (int8, int4)"
             ) from e
@@ -933,7 +940,7 @@ def serve(
             max_seq_len=max_seq_len,
             eos_token_ids=_eos_ids(engine, tokenizer),
         )
-        name = served_model_name or model
+        name = served_model_name or served
         server = OpenAIServer(
             batcher,
             tokenizer,

@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parents[2]
 def test_serve_parser_defaults_to_localhost() -> None:
     args = build_parser().parse_args(["serve", "--model", "tiny"])
     assert args.host == "127.0.0.1" and args.port == 8000
-    assert args.precision == "bf16" and args.device == "auto"
+    # no --precision: bf16, or the precision of a `perwatt quantize` directory (see serve())
+    assert args.precision is None and args.device == "auto"
     assert args.max_batch_size == 8
 
 
@@ -50,26 +51,29 @@ def test_serve_unknown_model_is_one_line_error(capsys: pytest.CaptureFixture[str
     assert err.count("\n") == 1 and "no-such-shape" in err
 
 
+def _serve_argv(*extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "perwatt",
+        "serve",
+        "--port",
+        "0",
+        "--device",
+        "cpu",
+        "--max-batch-size",
+        "2",
+        "--max-seq-len",
+        "64",
+        *extra,
+    ]
+
+
 def test_serve_subprocess_answers_streaming_completion() -> None:
     # one intra-op thread: two OpenMP threads thrash on a busy shared 2-core runner
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     with subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "perwatt",
-            "serve",
-            "--model",
-            "tiny",
-            "--port",
-            "0",
-            "--device",
-            "cpu",
-            "--max-batch-size",
-            "2",
-            "--max-seq-len",
-            "64",
-        ],
+        _serve_argv("--model", "tiny"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -80,13 +84,13 @@ def test_serve_subprocess_answers_streaming_completion() -> None:
         assert proc.returncode in (0, 130)  # graceful: uvicorn drains, then Ctrl-C gives 130
 
 
-def _drive(proc: subprocess.Popen[str]) -> None:
+def _drive(proc: subprocess.Popen[str], first_line: str = "") -> None:
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()  # printed once the engine is loaded and the port bound
         m = re.search(r"http://127\.0\.0\.1:(\d+)/v1", line)
         assert m, f"no URL in {line!r}; stderr: {proc.stderr.read() if proc.stderr else ''}"
-        assert "localhost only" in line
+        assert "localhost only" in line and first_line in line
         base = f"http://127.0.0.1:{m.group(1)}"
         deadline = time.monotonic() + 30
         while True:
@@ -123,3 +127,89 @@ def _drive(proc: subprocess.Popen[str]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             raise
+
+
+# ---------------------------------------------------------------------- perwatt quantize
+def test_quantize_writes_a_dir_and_prints_how_to_use_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "tiny-int8"
+    argv = ["quantize", "--model", "tiny", "--precision", "int8", "--out", str(out)]
+    assert main([*argv, "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert f"perwatt quantize: tiny -> {out} (int8, " in text
+    assert f"perwatt serve --model {out}" in text
+    assert f"perwatt bench --engine builtin --model {out} --precision int8" in text
+    manifest = json.loads((out / "perwatt-quantized.json").read_text())
+    assert manifest["precision"] == "int8" and manifest["source"] == "tiny"
+    # again: refused, one line, exit 2; --force replaces it
+    assert main([*argv, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already exists; pass --force" in err
+    assert main([*argv, "--device", "cpu", "--force", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["precision"] == "int8" and doc["directory"] == str(out)
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--precision", "fp7"], "unknown precision 'fp7'"),
+        (["--precision", "bf16"], "bf16 is not quantized"),
+        (["--precision", "int8", "--model", "no-such-shape"], "no-such-shape"),
+    ],
+)
+def test_quantize_bad_input_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], needle: str
+) -> None:
+    argv = ["quantize", "--model", "tiny", "--out", str(tmp_path / "q"), "--device", "cpu"]
+    assert main([*argv, *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_quantize_unwritable_out_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "f").write_text("x")
+    argv = ["quantize", "--model", "tiny", "--precision", "int4", "--device", "cpu"]
+    assert main([*argv, "--out", str(tmp_path / "f" / "q")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write --out" in err
+
+
+def test_bench_builtin_runs_a_quantized_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "q"
+    q = ["quantize", "--model", "tiny", "--precision", "int4", "--out", str(out)]
+    assert main([*q, "--device", "cpu"]) == 0
+    bench = ["bench", "--engine", "builtin", "--model", str(out), "--batch", "1",
+             "--input-len", "4", "--output-len", "3", "--result-dir", str(tmp_path / "r"),
+             "--energy-source", "simulated", "--device", "cpu", "--quiet", "--json",
+             "--min-window-s", "0"]  # fmt: skip
+    capsys.readouterr()
+    # bench's --precision defaults to bf16: the directory says which one to pass
+    assert main(bench) == 2
+    assert "bench it with --precision int4" in capsys.readouterr().err
+    assert main([*bench, "--precision", "int4"]) == 0
+    (path,) = json.loads(capsys.readouterr().out)
+    doc = json.loads(Path(path).read_text())
+    assert doc["status"] == "complete" and doc["builtin"]["quantized"]["precision"] == "int4"
+
+
+def test_serve_subprocess_serves_a_quantized_dir(tmp_path: Path) -> None:
+    out = tmp_path / "q"
+    q = ["quantize", "--model", "tiny", "--precision", "int8", "--out", str(out)]
+    assert main([*q, "--device", "cpu"]) == 0
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    # no --precision: the directory's; the name clients send is set as for any model
+    argv = _serve_argv("--model", str(out), "--served-model-name", "tiny")
+    with subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env
+    ) as proc:
+        _drive(proc, first_line="perwatt serve: tiny (int8, 2 slots x 64 tokens)")
+        assert proc.returncode in (0, 130)
+    rc = main(["serve", "--model", str(out), "--precision", "int4", "--port", "0"])
+    assert rc == 2  # the directory holds int8

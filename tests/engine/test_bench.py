@@ -415,3 +415,87 @@ def test_accuracy_note_counts_prompts_and_positions(sweep: list[dict[str, Any]])
         assert "2 prompts of 4 random tokens x 3 positions each" in note
         at_a_time = "1 prompt at a time" if b == 1 else "2 prompts at a time"
         assert at_a_time in note and "batch" not in note
+
+
+# ---------------------------------------------------------------------- perwatt quantize dirs
+@pytest.fixture(scope="module")
+def qdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from perwatt.engine.quant import quantize_model
+
+    return quantize_model(
+        "tiny", "int4", tmp_path_factory.mktemp("quant") / "tiny-int4", seed=3, device="cpu"
+    ).directory
+
+
+def test_bench_loads_a_quantize_dir_and_references_its_weights(
+    qdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[str, int]] = []
+    real = B.reference_run
+
+    def spy(model: str, **kw: Any) -> Any:
+        seen.append((model, kw["load_kw"]["seed"]))
+        return real(model, **kw)
+
+    monkeypatch.setattr(B, "reference_run", spy)
+    (path,) = B.run_builtin_bench(
+        precisions="int4",
+        batches="1",
+        result_dir=tmp_path,
+        energy_source=SimulatedSource(power_w=POWER_W),
+        seed=0,  # the prompts' seed; the weights' seed (3) comes from the manifest
+        **{**SMALL, "model": str(qdir)},
+    )
+    doc = load_result(path)
+    assert doc["status"] == "complete", doc["partial_reason"]
+    assert path.name == "builtin-tiny-int4-int4_b1.json"
+    assert doc["config"]["model"] == str(qdir) and doc["config"]["precision"] == "int4"
+    q = doc["builtin"]["quantized"]
+    assert q["source"] == "tiny" and q["seed"] == 3 and q["group_size"] == 128
+    assert doc["builtin"]["engine"]["weights"] == str(qdir / "model.perwatt.safetensors")
+    assert seen == [("tiny", 3)]  # the reference holds the weights that were quantized
+    assert doc["accuracy"] is not None and doc["accuracy"]["reference"] == "fp32"
+
+
+def test_bench_of_a_quantize_dir_at_another_precision_names_the_flag(
+    qdir: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match=r"holds int4 weights .*bench it with --precision int4"):
+        B.run_builtin_bench(
+            precisions="bf16",  # the CLI default
+            batches="1",
+            result_dir=tmp_path / "out",
+            energy_source=SimulatedSource(power_w=POWER_W),
+            **{**SMALL, "model": str(qdir)},
+        )
+    assert not (tmp_path / "out").exists()
+
+
+def test_bench_of_a_quantize_dir_without_its_reference_says_why(tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from perwatt.engine.generate import load_engine
+    from perwatt.engine.quant import QUANTIZED_MANIFEST, quantize_model
+    from perwatt.engine.weights import export_hf
+
+    # random weights drawn on another device type: a reference here would hold other values
+    q = quantize_model("tiny", "int8", tmp_path / "q", device="cpu").directory
+    manifest = json.loads((q / QUANTIZED_MANIFEST).read_text())
+    (q / QUANTIZED_MANIFEST).write_text(json.dumps({**manifest, "weights_device": "cuda"}))
+    # a checkpoint that was deleted after quantizing
+    src = load_engine("tiny", precision="fp32", device="cpu", max_seq_len=16)
+    ckpt = export_hf(src.model, tmp_path / "ckpt")
+    q2 = quantize_model(str(ckpt), "int8", tmp_path / "q2", device="cpu").directory
+    shutil.rmtree(ckpt)
+    for d, why in ((q, "drawn on cuda"), (q2, "is gone")):
+        (path,) = B.run_builtin_bench(
+            precisions="int8",
+            batches="1",
+            result_dir=tmp_path / "out",
+            energy_source=SimulatedSource(power_w=POWER_W),
+            **{**SMALL, "model": str(d)},
+        )
+        doc = load_result(path)
+        assert doc["status"] == "complete" and doc["accuracy"] is None
+        assert why in doc["builtin"]["accuracy_error"]
