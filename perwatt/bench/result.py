@@ -24,11 +24,17 @@ Energy figures from a simulated, replayed or estimated source keep that label in
 
 from __future__ import annotations
 
+import contextlib
+import datetime as _dt
+import importlib.metadata
 import json
 import math
+import platform
+import socket
+import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final, Literal, TypedDict
+from typing import Any, Final, Literal, TypedDict, cast
 
 from perwatt._files import atomic_write_text
 from perwatt.errors import DataFormatError
@@ -187,6 +193,120 @@ class BenchResult(TypedDict):
     accuracy: Accuracy | None
     timeline: Timeline
     requests_csv: str | None
+
+
+# --------------------------------------------------------------------------- building
+# The server benchmark (bench/runner.py) and the built-in engine's (engine/bench.py) both start
+# their documents here, so the identity fields and the run conditions cannot drift apart.
+
+#: The first keys of every document, in this order.
+HEADER_KEYS: Final = (
+    "schema",
+    "status",
+    "partial_reason",
+    "label",
+    "created_utc",
+    "perwatt_version",
+)
+
+
+def utc_now() -> str:
+    """Now, UTC, to the second: ``2026-01-01T00:00:00Z`` (``created_utc``, ``date_utc``)."""
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _perwatt_version() -> str:
+    try:
+        from perwatt import __version__
+
+        return str(__version__)
+    except ImportError:  # pragma: no cover - the package always has it
+        return "unknown"
+
+
+def _torch_version() -> str | None:
+    mod = sys.modules.get("torch")
+    if mod is not None:
+        return str(getattr(mod, "__version__", "unknown"))
+    try:  # metadata only: importing torch would cost seconds and memory for nothing
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def local_gpu_conditions() -> list[GPUConditions]:
+    """Name, driver, power limit and clocks of this machine's GPUs from NVML; [] if it fails."""
+    try:
+        from perwatt.meter.detect import nvml_module
+        from perwatt.meter.nvml import gpu_inventory
+
+        inv = gpu_inventory(nvml=nvml_module())
+    except Exception:  # conditions are descriptive; a failing query must not lose the run
+        return []
+    return [cast(GPUConditions, g.conditions()) for g in inv]
+
+
+def run_conditions(
+    *, energy_source: str, query_gpus: bool, extra: Mapping[str, Any] | None = None
+) -> Conditions:
+    """The ``conditions`` block: this host, its CPU, Python and torch versions, the energy
+    source label and, when ``query_gpus`` (the GPUs are local and metered), each GPU's power
+    limit and clocks. ``extra`` keys go after the schema's (e.g. ``energy_source_detail``)."""
+    cond: Conditions = {
+        "gpus": local_gpu_conditions() if query_gpus else [],
+        "host": socket.gethostname(),
+        "cpu": _cpu_model(),
+        "python": platform.python_version(),
+        "torch": _torch_version(),
+        "energy_source": energy_source,
+        "date_utc": utc_now(),
+    }
+    if extra:
+        cond.update(extra)  # type: ignore[typeddict-item]
+    return cond
+
+
+def new_result(
+    *,
+    label: str,
+    config: Mapping[str, Any],
+    load: Load,
+    conditions: Conditions,
+    metrics: Mapping[str, Any],
+    requests_csv: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A document with ``status="running"``: the header (:data:`HEADER_KEYS`: schema, status,
+    label, creation time, perwatt version), then config, load, conditions, metrics, and empty
+    energy, economics, accuracy and timeline; ``extra`` keys (e.g. ``builtin``) go last."""
+    doc: dict[str, Any] = {
+        "schema": SCHEMA_VERSION,
+        "status": "running",
+        "partial_reason": None,
+        "label": label,
+        "created_utc": utc_now(),
+        "perwatt_version": _perwatt_version(),
+        "config": dict(config),
+        "load": dict(load),
+        "conditions": dict(conditions),
+        "metrics": dict(metrics),
+        "energy": None,
+        "economics": None,
+        "accuracy": None,
+        "timeline": {"t_s": [], "power_w": []},
+        "requests_csv": requests_csv,
+    }
+    if extra:
+        doc.update(extra)
+    return doc
 
 
 # --------------------------------------------------------------------------- writing
@@ -423,6 +543,7 @@ def empty_percentiles() -> Percentiles:
 
 __all__ = [
     "ECONOMICS_NOTE",
+    "HEADER_KEYS",
     "LOAD_KINDS",
     "PERCENTILE_KEYS",
     "SCHEMA_VERSION",
@@ -443,6 +564,10 @@ __all__ = [
     "empty_percentiles",
     "example_result",
     "load_result",
+    "local_gpu_conditions",
+    "new_result",
+    "run_conditions",
+    "utc_now",
     "validate_result",
     "write_result",
 ]

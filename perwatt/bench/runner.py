@@ -22,14 +22,10 @@ simulated GPU busy in proportion to the batch) — a demo model, never a measure
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import csv
-import datetime as _dt
-import importlib.metadata
 import ipaddress
 import math
 import os
-import platform
 import re
 import socket
 import sys
@@ -44,11 +40,11 @@ from perwatt.bench import metrics as M
 from perwatt.bench.client import Endpoint, OpenAIClient, RequestRecord, resolve_model
 from perwatt.bench.loadgen import LoadLevel, LoadRun, process_cpu_s, run_level
 from perwatt.bench.result import (
-    SCHEMA_VERSION,
     Conditions,
     GoodputSLO,
-    GPUConditions,
     LoadKind,
+    new_result,
+    run_conditions,
     write_result,
 )
 from perwatt.bench.workload import LengthDist, Workload, from_file, synthetic
@@ -168,10 +164,6 @@ class ServerBenchConfig:
 
 
 # --------------------------------------------------------------------------- helpers
-def _now_utc() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 def _slug(text: str) -> str:
     s = re.sub(r"[^A-Za-z0-9._-]+", "-", text.strip()).strip("-.")
     return s or "run"
@@ -187,47 +179,6 @@ def _unique(path: Path) -> Path:
         if not cand.exists():
             return cand
     raise ConfigError(f"too many results named {stem} in {path.parent}")
-
-
-def _version() -> str:
-    try:
-        from perwatt import __version__
-
-        return str(__version__)
-    except ImportError:  # pragma: no cover - the package always has it
-        return "unknown"
-
-
-def _torch_version() -> str | None:
-    mod = sys.modules.get("torch")
-    if mod is not None:
-        return str(getattr(mod, "__version__", "unknown"))
-    try:  # metadata only: importing torch would cost seconds and memory for nothing
-        return importlib.metadata.version("torch")
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def _gpu_conditions(sources: Sequence[PowerSource]) -> list[GPUConditions]:
-    """Name, driver, power limit and clocks of the local GPUs, when NVML is among the sources."""
-    if not any(s.name == "nvml" for s in sources):
-        return []
-    try:
-        from perwatt.meter.detect import nvml_module
-        from perwatt.meter.nvml import gpu_inventory
-
-        inv = gpu_inventory(nvml=nvml_module())
-    except Exception:  # conditions are descriptive; a failing query must not lose the run
-        return []
-    return [cast(GPUConditions, g.conditions()) for g in inv]
 
 
 def _source_label(sources: Sequence[PowerSource]) -> str:
@@ -386,14 +337,9 @@ def _skeleton(
         kind, value = "rate", float(level.request_rate)
     else:
         kind, value = "concurrency", float(level.saturation_target(len(workload.requests)) or 0)
-    return {
-        "schema": SCHEMA_VERSION,
-        "status": "running",
-        "partial_reason": None,
-        "label": label,
-        "created_utc": _now_utc(),
-        "perwatt_version": _version(),
-        "config": {
+    return new_result(
+        label=label,
+        config={
             "engine": "server",
             "url": config.url,
             "endpoint": config.endpoint,
@@ -416,15 +362,11 @@ def _skeleton(
             "ignore_eos": config.ignore_eos and workload.fixed_output,
             "timeout_s": config.timeout_s,
         },
-        "load": {"kind": kind, "value": value},
-        "conditions": dict(conditions),
-        "metrics": M.run_metrics([], duration_s=0.0, slo=config.goodput),
-        "energy": None,
-        "economics": None,
-        "accuracy": None,
-        "timeline": {"t_s": [], "power_w": []},
-        "requests_csv": csv_name,
-    }
+        load={"kind": kind, "value": value},
+        conditions=conditions,
+        metrics=M.run_metrics([], duration_s=0.0, slo=config.goodput),
+        requests_csv=csv_name,
+    )
 
 
 def _drive_simulated(sources: Sequence[PowerSource], target: int) -> Callable[[int], None] | None:
@@ -650,17 +592,13 @@ def run_server_bench(config: ServerBenchConfig) -> list[Path]:
             sync_cuda=False,  # the GPUs are the server's, not this process's
         )
         energy_label = _source_label(sources)
-        conditions: Conditions = {
-            "gpus": _gpu_conditions(sources),
-            "host": socket.gethostname(),
-            "cpu": _cpu_model(),
-            "python": platform.python_version(),
-            "torch": _torch_version(),
-            "energy_source": energy_label,
-            "date_utc": _now_utc(),
-        }
-        # Beyond the schema: which sources exactly (a DCGM URL, the GPUs an NVML source covers).
-        conditions["energy_source_detail"] = "; ".join(s.describe() for s in sources)  # type: ignore[typeddict-unknown-key]
+        conditions = run_conditions(
+            energy_source=energy_label,
+            # GPU power limit and clocks only when NVML meters them (local GPUs).
+            query_gpus=any(s.name == "nvml" for s in sources),
+            # Beyond the schema: which sources exactly (a DCGM URL, the GPUs an NVML source covers).
+            extra={"energy_source_detail": "; ".join(s.describe() for s in sources)},
+        )
         paths: list[Path] = []
         with meter:
             if config.idle_seconds > 0:

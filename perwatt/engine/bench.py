@@ -31,11 +31,8 @@ schema the server benchmark writes, so ``perwatt compare`` and ``perwatt report`
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import datetime as dt
 import gc
-import platform
 import random
 import re
 import sys
@@ -44,7 +41,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from perwatt.bench.result import SCHEMA_VERSION, load_result, write_result
+from perwatt.bench.result import (
+    Conditions,
+    load_result,
+    new_result,
+    run_conditions,
+    write_result,
+)
 from perwatt.economics import DEFAULT_PRICE_PER_KWH_USD, DEFAULT_PUE, economics_for_run
 from perwatt.errors import ConfigError, DataFormatError, PerwattError
 from perwatt.meter.meter import Measurement, Meter
@@ -81,10 +84,6 @@ class AccuracyReference:
 
 
 # ---------------------------------------------------------------------- helpers
-def _now_utc() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "model"
 
@@ -217,30 +216,9 @@ def _empty_pct() -> dict[str, float | None]:
     return dict.fromkeys(("mean", "median", "p50", "p90", "p95", "p99", "min", "max"))
 
 
-def _conditions(device: str, energy_label: str) -> dict[str, Any]:
-    gpus: list[dict[str, Any]] = []
-    if device.startswith("cuda"):
-        with contextlib.suppress(Exception):  # conditions are best effort, never fatal
-            from perwatt.meter.detect import nvml_module
-            from perwatt.meter.nvml import gpu_inventory
-
-            gpus = [g.conditions() for g in gpu_inventory(nvml=nvml_module())]
-    torch = sys.modules.get("torch")
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "gpus": gpus,
-        "host": platform.node(),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "torch": getattr(torch, "__version__", None) if torch else None,
-        "energy_source": energy_label,
-        "date_utc": _now_utc(),
-    }
+def _conditions(device: str, energy_label: str) -> Conditions:
+    # GPU power limit and clocks only when the engine runs on a local GPU.
+    return run_conditions(energy_source=energy_label, query_gpus=device.startswith("cuda"))
 
 
 def _timeline(meter: Meter, t0: float, t1: float) -> dict[str, list[float]]:
@@ -267,16 +245,9 @@ def _base_doc(
     device: str,
     energy_label: str,
 ) -> dict[str, Any]:
-    from perwatt import __version__
-
-    return {
-        "schema": SCHEMA_VERSION,
-        "status": "running",
-        "partial_reason": None,
-        "label": label,
-        "created_utc": _now_utc(),
-        "perwatt_version": __version__,
-        "config": {
+    return new_result(
+        label=label,
+        config={
             "engine": "builtin",
             "url": None,
             "endpoint": "completions",
@@ -302,9 +273,9 @@ def _base_doc(
             "price_per_kwh": price_per_kwh,
             "pue": pue,
         },
-        "load": {"kind": "batch", "value": float(spec.batch_size)},
-        "conditions": _conditions(device, energy_label),
-        "metrics": {
+        load={"kind": "batch", "value": float(spec.batch_size)},
+        conditions=_conditions(device, energy_label),
+        metrics={
             "completed": 0,
             "failed": 0,
             "duration_s": 0.0,
@@ -321,13 +292,8 @@ def _base_doc(
             "goodput_rps": None,
             "errors": {},
         },
-        "energy": None,
-        "economics": None,
-        "accuracy": None,
-        "timeline": {"t_s": [], "power_w": []},
-        "requests_csv": None,
-        "builtin": None,
-    }
+        extra={"builtin": None},
+    )
 
 
 # ---------------------------------------------------------------------- engine driving

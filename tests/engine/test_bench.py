@@ -499,3 +499,43 @@ def test_bench_of_a_quantize_dir_without_its_reference_says_why(tmp_path: Path) 
         doc = load_result(path)
         assert doc["status"] == "complete" and doc["accuracy"] is None
         assert why in doc["builtin"]["accuracy_error"]
+
+
+# ---------------------------------------------------------------------- one document header
+def test_server_and_builtin_documents_share_one_header(
+    sweep: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    from perwatt.bench.result import HEADER_KEYS, SCHEMA_VERSION, Conditions
+    from perwatt.bench.runner import ServerBenchConfig, run_server_bench
+    from perwatt.bench.testing import FakeOpenAIServer, ServerConfig
+
+    with FakeOpenAIServer(ServerConfig(itl_s=0.0)) as s:
+        (path,) = run_server_bench(
+            ServerBenchConfig(
+                url=s.url,
+                num_prompts=2,
+                max_concurrencies=(2,),
+                input_len=8,
+                output_len=4,
+                result_dir=tmp_path,
+                sources=(SimulatedSource(power_w=POWER_W),),
+                log=lambda msg: None,
+            )
+        )
+    server = dict(load_result(path))
+    builtin = sweep[0]
+    for doc in (server, builtin):
+        assert tuple(doc)[: len(HEADER_KEYS)] == HEADER_KEYS  # the header, in order
+        assert doc["schema"] == SCHEMA_VERSION
+        assert doc["created_utc"].endswith("Z") and len(doc["created_utc"]) == 20
+    body = ("config", "load", "conditions", "metrics", "energy", "economics", "accuracy")
+    tail = ("timeline", "requests_csv")
+    assert tuple(server) == (*HEADER_KEYS, *body, *tail)
+    assert tuple(builtin) == (*HEADER_KEYS, *body, *tail, "builtin")
+    assert server["perwatt_version"] == builtin["perwatt_version"]
+    # the same conditions, from the same code: the server run only adds which sources exactly
+    schema_keys = tuple(Conditions.__annotations__)
+    assert tuple(builtin["conditions"]) == schema_keys
+    assert tuple(server["conditions"]) == (*schema_keys, "energy_source_detail")
+    same = ("host", "cpu", "python", "torch", "energy_source", "gpus")
+    assert {k: server["conditions"][k] for k in same} == {k: builtin["conditions"][k] for k in same}
