@@ -379,7 +379,9 @@ class OpenAIServer:
         if chat:
             lp = bool(_get(body, "logprobs", (bool,), False))
             top = _get(body, "top_logprobs", (int,), None)
-            if top is not None and not lp:
+            if top is not None and top < 0:
+                raise APIError(400, f"'top_logprobs' must be >= 0, got {top}", param="top_logprobs")
+            if top and not lp:
                 # vLLM refuses this too: top_logprobs alone would silently return none.
                 raise APIError(400, "'top_logprobs' needs 'logprobs': true", param="top_logprobs")
             logprobs: int | None = (top or 0) if lp else None

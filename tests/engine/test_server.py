@@ -451,6 +451,8 @@ USER_HI = {"role": "user", "content": "hi"}
          "top_logprobs", "[0, 20]"),
         ("chat", {"messages": [USER_HI], "top_logprobs": 2}, 400, "top_logprobs",
          "needs 'logprobs': true"),
+        ("chat", {"messages": [USER_HI], "logprobs": True, "top_logprobs": -1}, 400,
+         "top_logprobs", "must be >= 0"),
         ("completions", {"prompt": "x", "stream_options": {"include_usage": True}}, 400,
          "stream_options", "needs 'stream': true"),
         ("completions", {"prompt": "x", "stream": True, "stream_options": {"include_usage": 1}},
@@ -479,6 +481,16 @@ def test_request_validation_names_the_field(
         assert needle in err["message"], err
         assert err["code"] == status and err["type"] in ("BadRequestError", "NotFoundError")
     assert batcher.stats.completed == 0 and batcher.num_active == 0  # nothing reached the engine
+
+
+def test_chat_top_logprobs_zero_without_logprobs_is_accepted(
+    srv: tuple[str, Batcher, SlowFakeEngine],
+) -> None:
+    url, _, _ = srv  # as vLLM: only a positive top_logprobs needs logprobs
+    body = {"messages": [USER_HI], "max_tokens": 1, "top_logprobs": 0}
+    r = httpx.post(f"{url}/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["logprobs"] is None
 
 
 def test_chat_text_parts_are_joined(srv: tuple[str, Batcher, SlowFakeEngine]) -> None:
