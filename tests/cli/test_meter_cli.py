@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -207,3 +211,102 @@ def test_ctrl_c_forwards_and_prints_partial() -> None:
     assert "PARTIAL: interrupted" in err
     assert "interrupted by Ctrl-C" in err
     assert "energy      sim0" in err
+
+
+def _exporter(power_w: float) -> tuple[Any, str]:
+    """A dcgm-exporter on loopback whose energy counter advances at ``power_w`` in real time."""
+    t0 = time.monotonic()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            mj = 1e9 + (time.monotonic() - t0) * power_w * 1e3
+            lab = 'gpu="0",UUID="GPU-0",modelName="NVIDIA H100 80GB HBM3",Hostname="node1"'
+            body = (
+                "# TYPE DCGM_FI_DEV_POWER_USAGE gauge\n"
+                f"DCGM_FI_DEV_POWER_USAGE{{{lab}}} {power_w:f}\n"
+                "# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION counter\n"
+                f"DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{{{lab}}} {mj:.0f}\n"
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+    return srv, f"http://127.0.0.1:{srv.server_address[1]}/metrics"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs the perwatt/meter/run.py change in the meter-CLI report (issue: energy dropped when a source fails mid-run); remove this marker once it is merged",
+)
+def test_dcgm_exporter_dying_mid_run_prints_the_partial_energy(tmp_path: Path) -> None:
+    """The exporter dies while the command runs: what was measured until then is printed and
+    written, marked partial with the reason; perwatt exits non-zero; the command is not orphaned."""
+    srv, url = _exporter(power_w=300.0)
+    pid_file, out = tmp_path / "child.pid", tmp_path / "m.json"
+    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(2)"
+    p = subprocess.Popen(
+        [sys.executable, "-m", "perwatt", "meter", "--source", f"dcgm:{url}", "--interval",
+         "0.05", "-o", str(out), "--", sys.executable, "-c", child],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if k != "PERWATT_FAKE_NVML"},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert pid_file.exists(), "perwatt never started the command"
+        time.sleep(0.5)
+    finally:
+        srv.shutdown()  # the exporter dies mid-run
+        srv.server_close()
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 1, err  # the command exited 0; the measurement is partial
+    assert "Traceback" not in err
+    assert "PARTIAL: power source failed" in err
+    assert "cannot connect to dcgm-exporter at " + url in err
+    assert "the command exited 0" in err
+    d = json.loads(out.read_text())
+    assert d["partial"] is True and d["exit_code"] == 1 and d["command_exit_code"] == 0
+    assert "power source failed" in d["partial_reason"] and url in d["partial_reason"]
+    assert d["source"] == "dcgm" and d["measured"] is True
+    assert 0.3 < d["duration_s"] < 2.0  # up to the exporter's death, not the whole 2 s
+    assert d["total_energy_j"] == pytest.approx(300.0 * d["duration_s"], rel=0.05)
+    child_pid = int(pid_file.read_text())
+    assert not Path(f"/proc/{child_pid}").exists()  # finished and reaped, not orphaned
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs the perwatt/meter/run.py change in the meter-CLI report (SIGTERM forwarding); remove this marker once it is merged",
+)
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_sigterm_is_forwarded_and_the_command_not_orphaned() -> None:
+    """`timeout 60 perwatt meter -- CMD` sends SIGTERM to perwatt alone: it must reach CMD."""
+    e = {k: v for k, v in os.environ.items() if k != "PERWATT_FAKE_NVML"}
+    p = subprocess.Popen(
+        [sys.executable, "-m", "perwatt", "meter", "--source", "simulated", "--", "sleep", "30"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e, cwd=ROOT,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not _children(p.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (child,) = _children(p.pid)
+    try:
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=30)
+        orphaned = Path(f"/proc/{child}").exists()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)  # never leave a stray `sleep 30` behind the test
+    _out, err = p.communicate(timeout=30)  # an orphan would hold the pipes open until killed
+    assert p.returncode == 128 + signal.SIGTERM, err  # sleep died of the forwarded SIGTERM
+    assert "PARTIAL: interrupted" in err and "terminated by SIGTERM" in err
+    assert not orphaned
