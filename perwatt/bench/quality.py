@@ -181,6 +181,7 @@ class _Server:
     api_key: str | None
     logprobs_supported: bool = True
     notes: list[str] = field(default_factory=list)
+    answered: int = 0  # completions received; before the first, an HTTP 404 is a wrong --url
 
 
 def _generate(
@@ -229,11 +230,13 @@ def _generate(
             f"the {server.role} server at {server.base_url} failed on prompt {p.id} "
             f"({type(e).__name__}: {e or 'no detail'})"
         ) from e
-    if r.status_code == 404 and not server.base_url.rstrip("/").endswith("/v1"):
-        raise RemoteSourceError(
-            f"{url}: HTTP 404 from the {server.role} server: does its --url end with /v1 "
-            "(e.g. http://127.0.0.1:8000/v1)?"
+    if r.status_code == 404 and server.answered == 0:
+        hint = (
+            "does its --url end with /v1 (e.g. http://127.0.0.1:8000/v1)?"
+            if not server.base_url.rstrip("/").endswith("/v1")
+            else f"check its --url; does it serve {'chat' if chat else 'text'} completions?"
         )
+        raise ConfigError(f"the {server.role} server answered HTTP 404 for {url}: {hint}")
     if r.status_code != 200:
         raise RemoteSourceError(f"{url}: HTTP {r.status_code} for prompt {p.id}: {r.text[:200]}")
     try:
@@ -249,6 +252,7 @@ def _generate(
         raise RemoteSourceError(
             f"{url}: response for prompt {p.id} is not an OpenAI completion ({e!r})"
         ) from None
+    server.answered += 1
     return Generation(
         text=str(text),
         tokens=tokens,
@@ -631,12 +635,13 @@ def run_quality(
             partial = report("partial", f"stopped {done()}: {why}")
             checkpoints.write(partial, force=True)
             if isinstance(e, PerwattError):
-                kept = (
-                    f"the {len(items)} prompts compared before it are in {out}, marked partial"
-                    if out is not None
-                    else f"stopped {done()}; give --out to keep what was compared"
-                )
-                raise type(e)(f"{e} ({kept})") from e
+                if out is not None:
+                    kept = f" ({out} is marked partial: {len(items)} of {len(prompts)} prompts)"
+                elif items:
+                    kept = f" (stopped {done()}; give --out to keep what was compared)"
+                else:
+                    kept = ""
+                raise type(e)(f"{e}{kept}") from e
             raise
     final = report("complete")
     checkpoints.write(final, force=True)
@@ -736,6 +741,11 @@ def write_quality_report(report: QualityReport, path: str | Path) -> Path:
         ) from None
 
 
+def check_attach_target(result_path: str | Path) -> None:
+    """Fail now, not after the run, when ``result_path`` is not a readable bench result."""
+    load_result(result_path)
+
+
 def attach_accuracy(result_path: str | Path, accuracy: Mapping[str, Any]) -> Path:
     """Set a bench result's ``accuracy`` block (validated, rewritten atomically)."""
     doc: Any = load_result(result_path)
@@ -755,6 +765,7 @@ __all__ = [
     "QualityStatus",
     "agreement",
     "attach_accuracy",
+    "check_attach_target",
     "format_quality_summary",
     "load_prompts",
     "run_quality",

@@ -179,6 +179,7 @@ def run_quality(args: argparse.Namespace) -> int:
     from perwatt.bench.quality import (
         QualityInterrupted,
         attach_accuracy,
+        check_attach_target,
         format_quality_summary,
         run_quality,
     )
@@ -193,6 +194,8 @@ def run_quality(args: argparse.Namespace) -> int:
     models = args.model or []
     if len(models) not in (0, 2):
         raise ConfigError("give --model twice (reference, candidate) or not at all")
+    for path in args.attach:
+        check_attach_target(path)
     interrupted = False
     try:
         rep = run_quality(
@@ -211,9 +214,7 @@ def run_quality(args: argparse.Namespace) -> int:
         )
     except QualityInterrupted as e:
         rep, interrupted = e.report, True
-    if rep.complete:
-        for path in args.attach:
-            attach_accuracy(path, rep.accuracy_block())
+    # The figures first: an --attach that fails below must not swallow what was measured.
     if args.json:
         json.dump(rep.to_dict(), sys.stdout, indent=2, allow_nan=False)
         sys.stdout.write("\n")
@@ -221,7 +222,10 @@ def run_quality(args: argparse.Namespace) -> int:
         print(format_quality_summary(rep))
         if args.out:
             print(f"wrote {args.out}" + ("" if rep.complete else f" ({rep.status})"))
-        for path in args.attach:
+    for path in args.attach:
+        if rep.complete:
+            attach_accuracy(path, rep.accuracy_block())
+        if not args.json:
             print(
                 f"accuracy block attached to {path}"
                 if rep.complete

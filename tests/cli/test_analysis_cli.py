@@ -264,3 +264,48 @@ def test_quality_cli_ctrl_c_writes_partial_and_exits_130(tmp_path: Path) -> None
     assert len(doc["prompts"]) == 1 and doc["prompts_total"] == 5  # ref + cand per prompt
     assert "PARTIAL" in stdout and "1 of 5 prompts" in stdout
     assert f"wrote {out}" in stdout
+
+
+def test_quality_cli_checks_attach_targets_before_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class _Counting(_Echo):
+        posts = 0
+
+        def do_POST(self) -> None:
+            type(self).posts += 1
+            super().do_POST()
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Counting)
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "one two three"}\n')
+    missing = tmp_path / "no-such-run.json"
+    try:
+        rc = main(
+            ["quality", "--prompts", str(prompts), "--url", url, "--url", url,
+             "--attach", str(missing)]
+        )  # fmt: skip
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert rc == 2
+    assert str(missing) in capsys.readouterr().err
+    assert _Counting.posts == 0  # failed before spending a single request
+
+
+def test_quality_cli_url_without_v1_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from perwatt.bench.testing import FakeOpenAIServer, ServerConfig
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "x"}\n')
+    with FakeOpenAIServer(ServerConfig()) as s:
+        bare = s.url.removesuffix("/v1")
+        rc = main(["quality", "--prompts", str(prompts), "--url", s.url, "--url", bare])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "candidate server answered HTTP 404" in err
+    assert "does its --url end with /v1" in err
