@@ -326,7 +326,7 @@ def _check_model(model: str) -> None:
 
 def _quantized_source(
     model: str,
-    precisions: Sequence[str],
+    precisions: Sequence[str] | None,
     *,
     device: str,
     seed: int,
@@ -347,7 +347,7 @@ def _quantized_source(
     load_model, _, qpath, qm = resolve_quantized(model, None, quantized_path)
     if qm is None:
         return load_model, qpath, None, model, seed, None
-    other = [p for p in precisions if p != qm.precision]
+    other = [p for p in precisions or () if p != qm.precision]
     if other:
         raise ConfigError(
             f"{qm.directory} holds {qm.precision} weights (written by perwatt quantize), not "
@@ -772,7 +772,7 @@ def parse_list(text: str | Sequence[Any], what: str) -> list[str]:
 def run_builtin_bench(
     *,
     model: str,
-    precisions: str | Sequence[str],
+    precisions: str | Sequence[str] | None,
     batches: str | Sequence[int],
     input_len: int = 128,
     output_len: int = 256,
@@ -802,9 +802,13 @@ def run_builtin_bench(
     reference defaults to bf16 on a GPU and fp32 on the CPU. ``idle_seconds > 0`` measures idle
     power first (nothing loaded) and reports ``energy.idle_power_w`` and ``idle_share``; idle is
     never subtracted from the figures.
+
+    ``model`` may be a directory written by ``perwatt quantize``: its points load the saved
+    weights, ``precisions`` None means its precision (bf16 otherwise), and the accuracy
+    reference is the checkpoint or seeded shape it was quantized from.
     """
     say = progress or (lambda line: print(line, file=sys.stderr))
-    precs = [p.lower() for p in parse_list(precisions, "precision")]
+    precs = None if precisions is None else [p.lower() for p in parse_list(precisions, "precision")]
     try:
         bs = [
             int(x)
@@ -824,7 +828,6 @@ def run_builtin_bench(
         raise ConfigError(f"--num-gpus must be >= 1, got {num_gpus}")
     if not idle_seconds >= 0:
         raise ConfigError(f"--idle-seconds must be >= 0, got {idle_seconds}")
-    specs = [PointSpec(precision=p, batch_size=b) for p in precs for b in bs]
     require_engine_deps()
     # An unknown shape name or an unreadable config.json would fail every point the same way:
     # say so once, before metering, instead of writing one failed document per point.
@@ -832,6 +835,9 @@ def run_builtin_bench(
         model, precs, device=device, seed=seed, quantized_path=quantized_path
     )
     _check_model(load_model)
+    if precs is None:
+        precs = [qm.precision if qm is not None else "bf16"]
+    specs = [PointSpec(precision=p, batch_size=b) for p in precs for b in bs]
     out_dir = Path(result_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     engine_kw: dict[str, Any] = {"device": device, "seed": seed, "quantized_path": qpath}

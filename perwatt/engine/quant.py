@@ -951,7 +951,10 @@ def _check_out_dir(out: Path, source_dir: Path | None, force: bool) -> None:
             f"--out {out} already exists; pass --force to replace it, or choose another --out"
         )
     if out.is_symlink() or not out.is_dir():
-        raise ConfigError(f"--out {out} is a file, not a directory; remove it or choose another")
+        raise ConfigError(
+            f"--out {out} exists and is not a directory (a file or a link); remove it or "
+            "choose another --out"
+        )
     if any(out.iterdir()) and not (out / QUANTIZED_MANIFEST).is_file():
         # --force replaces what this command wrote, never an unrelated directory (a typo in
         # --out must not delete a home directory).

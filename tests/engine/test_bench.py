@@ -469,6 +469,23 @@ def test_bench_of_a_quantize_dir_at_another_precision_names_the_flag(
             **{**SMALL, "model": str(qdir)},
         )
     assert not (tmp_path / "out").exists()
+    # no precision given (what `perwatt bench` passes once its --precision defaults to None)
+    (path,) = B.run_builtin_bench(
+        precisions=None,
+        batches="1",
+        result_dir=tmp_path / "out",
+        energy_source=SimulatedSource(power_w=POWER_W),
+        **{**SMALL, "model": str(qdir), "accuracy_prompts": 0},
+    )
+    assert load_result(path)["config"]["precision"] == "int4"
+    (path,) = B.run_builtin_bench(
+        precisions=None,
+        batches="1",
+        result_dir=tmp_path / "out",
+        energy_source=SimulatedSource(power_w=POWER_W),
+        **{**SMALL, "accuracy_prompts": 0},
+    )
+    assert load_result(path)["config"]["precision"] == "bf16"
 
 
 def test_bench_of_a_quantize_dir_without_its_reference_says_why(tmp_path: Path) -> None:

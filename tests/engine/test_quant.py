@@ -437,9 +437,14 @@ def test_force_never_replaces_a_directory_quantize_did_not_write(tmp_path: Path)
     assert (mine / "thesis.tex").read_text() == "precious"
     afile = tmp_path / "afile"
     afile.write_text("x")
-    with pytest.raises(ConfigError, match="is a file, not a directory"):
+    with pytest.raises(ConfigError, match="is not a directory"):
         quantize_model("tiny", "int8", afile, device="cpu", force=True)
     assert afile.read_text() == "x"
+    link = tmp_path / "link"
+    link.symlink_to(mine)
+    with pytest.raises(ConfigError, match="is not a directory"):
+        quantize_model("tiny", "int8", link, device="cpu", force=True)
+    assert (mine / "thesis.tex").read_text() == "precious"
 
 
 def test_quantize_model_unwritable_out_is_one_line_error(tmp_path: Path) -> None:
