@@ -9,6 +9,11 @@ below, mirrored from notes/schema.md)::
      "accuracy": {...} | null, "timeline": {"t_s": [...], "power_w": [...]},
      "requests_csv": "file name" | null}
 
+Writers (the server runner and the built-in engine's bench) start every document with
+:func:`new_result` and :func:`run_conditions`, so the header (schema, status, label, creation time,
+perwatt version) and the run conditions (host, CPU, Python, torch, GPUs, energy source) are built
+in one place.
+
 Lifecycle: the runner writes the document first with ``status="running"``, rewrites it atomically
 (``.tmp`` then rename, so a reader never sees half a file) as requests complete, and finishes with
 ``complete``, ``partial`` (Ctrl-C, crash, server gone: what was measured is kept, and
