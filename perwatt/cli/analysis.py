@@ -14,6 +14,28 @@ import sys
 
 from perwatt.bench.stats import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES
 
+_QUALITY_DESCRIPTION = """\
+Send a fixed prompt set with greedy decoding (temperature 0, fixed --max-tokens
+and --seed) to a reference server (first --url) and a candidate (second --url),
+e.g. a BF16 and an FP8 deployment of one model, and report exact match, greedy
+token agreement up to the first divergence and, where the servers return
+logprobs, log-prob agreement. --attach writes the figures into bench results'
+accuracy block."""
+
+_QUALITY_EPILOG = """\
+prompt file: JSONL, one prompt per line, blank lines and # comments skipped:
+  {"prompt": "text"}                                      sent to /completions
+  {"messages": [{"role": "user", "content": "text"}]}     sent to /chat/completions
+  either may carry an "id"
+
+exit code: 0 done; 2 bad input, or a server that cannot be reached (both are
+checked before any prompt is sent); 1 a server failed mid-run; 130 Ctrl-C.
+In the last two cases --out keeps the prompts compared so far, marked partial.
+
+example:
+  perwatt quality --prompts p.jsonl --url http://127.0.0.1:8000/v1 \\
+      --url http://127.0.0.1:8001/v1 --control --out quality.json"""
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cmp = subparsers.add_parser(
@@ -61,24 +83,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     q = subparsers.add_parser(
         "quality",
         help="accuracy guard: do two servers give the same greedy answers?",
-        description="Send a fixed prompt set with greedy decoding (temperature 0, fixed "
-        "--max-tokens and --seed) to a reference server (first --url) and a candidate (second "
-        "--url), e.g. a BF16 and an FP8 deployment of one model, and report exact match, "
-        "greedy token agreement up to the first divergence and, where the servers return "
-        "logprobs, log-prob agreement. --attach writes the figures into bench results' "
-        "accuracy block. Exit code: 0 done; 2 bad input or a server that cannot be reached "
-        "(checked before any prompt is sent); 1 a server failed mid-run; 130 Ctrl-C. With "
-        "--out, the prompts compared so far are kept, marked partial, in the last two cases.",
-        epilog='prompt file (JSONL), one per line: {"prompt": "text"} for /completions or '
-        '{"messages": [{"role": "user", "content": "text"}]} for /chat/completions, optional '
-        '"id"; blank lines and # comments are skipped. Example: perwatt quality --prompts '
-        "p.jsonl --url http://127.0.0.1:8000/v1 --url http://127.0.0.1:8001/v1 --out q.json",
+        usage="perwatt quality --prompts FILE --url REFERENCE_URL --url CANDIDATE_URL [options]",
+        description=_QUALITY_DESCRIPTION,
+        epilog=_QUALITY_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     q.add_argument(
         "--prompts",
         dest="prompts",
         metavar="FILE",
-        help="JSONL prompt set (format below); required",
+        help="the prompt set, JSONL (format below); required",
     )
     # Old spelling, kept working but not advertised: `perwatt quality --quality FILE` read oddly.
     q.add_argument("--quality", dest="prompts", help=argparse.SUPPRESS)
