@@ -409,3 +409,27 @@ def test_complete_run_file_says_complete(
     assert rep.status == "complete" and doc["status"] == "complete"
     assert doc["partial_reason"] is None and doc["prompts_total"] == 4
     assert doc["accuracy"]["exact_match"] == rep.summary.exact_match
+
+
+def test_report_is_checkpointed_while_running(tmp_path: Path) -> None:
+    """A kill -9 mid-run still leaves the prompts done so far on disk, marked running."""
+    out = tmp_path / "q.json"
+    seen: list[dict[str, Any]] = []
+
+    class _Peeking(ToyLM):
+        def answer(self, body: dict[str, Any], chat: bool) -> dict[str, Any]:
+            seen.append(json.loads(out.read_text()))  # what a crash now would leave behind
+            return super().answer(body, chat)
+
+    s1, u1 = _serve(ToyLM())
+    s2, u2 = _serve(_Peeking())
+    try:
+        q.run_quality(_prompts(tmp_path), u1, u2, max_tokens=4, out=out, checkpoint_interval_s=0)
+    finally:
+        for s in (s1, s2):
+            s.shutdown()
+            s.server_close()
+    assert [d["status"] for d in seen] == ["running"] * 4
+    assert [len(d["prompts"]) for d in seen] == [0, 1, 2, 3]
+    assert seen[0]["summary"] is None and seen[1]["summary"]["n_prompts"] == 1
+    assert json.loads(out.read_text())["status"] == "complete"
