@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
+from perwatt.errors import ConfigError
 from perwatt.meter.detect import SPEC_HELP
 
 _METER_DESCRIPTION = """\
@@ -121,7 +123,6 @@ def run_env(args: argparse.Namespace) -> int:
 
 
 def run_meter(args: argparse.Namespace) -> int:
-    from perwatt.errors import ConfigError
     from perwatt.meter.detect import close_sources, open_sources
     from perwatt.meter.meter import Meter
     from perwatt.meter.run import (
@@ -163,6 +164,11 @@ def run_meter(args: argparse.Namespace) -> int:
     interval = args.interval if args.interval is not None else (1.0 if args.watch else 0.1)
     if not interval > 0:
         raise ConfigError(f"--interval must be positive, got {interval}")
+    # A bad output path found after a long command would cost the run: refuse it up front.
+    if args.output:
+        _check_output_path(args.output, "-o/--output", make_parents=True)
+    if args.timeline:
+        _check_output_path(args.timeline, "--timeline", make_parents=False)
     sources = open_sources(args.source)
     try:
         meter = Meter(sources, sample_interval_s=interval, subtract_idle=args.subtract_idle)
@@ -174,14 +180,26 @@ def run_meter(args: argparse.Namespace) -> int:
             watch_power(meter, interval_s=interval, count=args.count)
             return 0
         result = measure_command(cmd, meter, idle_s=args.idle)
-        if args.timeline:
-            meter.write_timeline(args.timeline)
     finally:
         meter.close()
-    if args.output:
-        write_json(args.output, result.to_dict())
+    # The report first: a file that cannot be written below must not swallow the measurement.
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         print(format_command_measurement(result), file=sys.stderr)
+    if args.output:
+        write_json(args.output, result.to_dict())
+    if args.timeline:
+        meter.write_timeline(args.timeline)  # the samples outlive close()
     return result.exit_code
+
+
+def _check_output_path(path: str, flag: str, *, make_parents: bool) -> None:
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{flag} {path} is a directory; give a file name, e.g. {p / 'out'}")
+    parent = next((a for a in (p.parent, *p.parent.parents) if a.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ConfigError(f"{flag} {path}: {parent} is a file, not a directory")
+    if not make_parents and not p.parent.is_dir():
+        raise ConfigError(f"{flag} {path}: directory {p.parent} does not exist")

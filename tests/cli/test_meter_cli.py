@@ -168,6 +168,28 @@ def test_bad_flags(args: tuple[str, ...], match: str) -> None:
     assert match in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("flag", ["-o", "--timeline"])
+@pytest.mark.parametrize("bad", ["a directory", "missing parent", "parent is a file"])
+def test_bad_output_paths_are_refused_before_the_command_runs(
+    tmp_path: Path, flag: str, bad: str
+) -> None:
+    (tmp_path / "file").write_text("x")
+    target = {
+        "a directory": tmp_path,
+        "missing parent": tmp_path / "no" / "such" / "out.json",
+        "parent is a file": tmp_path / "file" / "out.json",
+    }[bad]
+    ran = tmp_path / "ran"
+    r = perwatt("meter", "--source", "simulated", flag, str(target), "--", "touch", str(ran))
+    if flag == "-o" and bad == "missing parent":  # -o creates missing directories
+        assert r.returncode == 0, r.stderr
+        assert json.loads(target.read_text())["command"][0] == "touch"
+        return
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and str(target) in r.stderr
+    assert not ran.exists()  # refused before spending the run
+
+
 def test_watch_prints_a_table_per_refresh() -> None:
     r = perwatt("meter", "--watch", "--count", "2", "--interval", "0.05", fake="H100,P100")
     assert r.returncode == 0, r.stderr
