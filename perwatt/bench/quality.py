@@ -182,6 +182,7 @@ class _Server:
     logprobs_supported: bool = True
     notes: list[str] = field(default_factory=list)
     answered: int = 0  # completions received; before the first, an HTTP 404 is a wrong --url
+    said_no_logprobs: bool = False
 
 
 def _generate(
@@ -253,6 +254,10 @@ def _generate(
             f"{url}: response for prompt {p.id} is not an OpenAI completion ({e!r})"
         ) from None
     server.answered += 1
+    if tokens is None and server.logprobs_supported and not server.said_no_logprobs:
+        # Asked for and not refused, yet absent: say why the log-prob figures read n/a.
+        server.said_no_logprobs = True
+        server.notes.append("answers carry no logprobs; compared on whitespace-separated words")
     return Generation(
         text=str(text),
         tokens=tokens,

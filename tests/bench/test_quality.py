@@ -299,6 +299,9 @@ def test_against_the_bench_fake_server(tmp_path: Path) -> None:
     assert rep.summary.exact_match == 1.0
     assert rep.summary.unit == "word" and rep.summary.logprob_agreement is None
     assert all(p.len_a == 8 for p in rep.prompts)
+    assert "candidate: answers carry no logprobs; compared on whitespace-separated words" in (
+        rep.notes
+    )
 
 
 # ------------------------------------------------------------------ unreachable, partial runs
