@@ -1103,6 +1103,24 @@ def quantize_model(
         _swap_into_place(tmp, out_dir)
     except OSError as e:
         raise ConfigError(f"cannot write --out {out_dir}: {e.strerror or e}") from e
+    except (MemoryError, RuntimeError) as e:
+        # torch.OutOfMemoryError is a RuntimeError; the CPU allocator raises a plain one
+        # ("DefaultCPUAllocator: can't allocate memory", torch 2.13).
+        text = str(e).lower()
+        if not (
+            isinstance(e, MemoryError) or "out of memory" in text or "can't allocate memory" in text
+        ):
+            raise
+        other = "a GPU (--device cuda)" if dev.type == "cpu" else "--device cpu"
+        raise ConfigError(
+            f"out of memory quantizing {model} on {dev}: "
+            + (
+                "the checkpoint is loaded whole before quantizing; "
+                if checkpoint is not None
+                else ""
+            )
+            + f"use a machine with more memory or {other}"
+        ) from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful rename
     return dataclasses.replace(qm, duration_s=time.perf_counter() - t0)

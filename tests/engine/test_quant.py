@@ -534,3 +534,21 @@ def test_read_quantized_dir_rejects_broken_manifests(tmp_path: Path) -> None:
     (out / QUANTIZED_MANIFEST).write_text('{"format": "perwatt.quantized/1"}')
     with pytest.raises(DataFormatError, match="missing or malformed field"):
         read_quantized_dir(out)
+
+
+def test_quantize_model_out_of_memory_is_one_line_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import perwatt.engine.quant as Q
+
+    def oom(*a: object, **k: object) -> None:
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB")
+
+    monkeypatch.setattr(Q, "_build_quantized", oom)
+    with pytest.raises(ConfigError, match=r"out of memory quantizing tiny on cpu: .*a GPU"):
+        Q.quantize_model("tiny", "int4", tmp_path / "q", device="cpu")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(Q, "_build_quantized", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # a bug stays a traceback, and still cleans up
+        Q.quantize_model("tiny", "int4", tmp_path / "q", device="cpu")
+    assert list(tmp_path.iterdir()) == []
