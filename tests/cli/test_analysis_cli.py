@@ -233,6 +233,8 @@ def test_quality_cli_ctrl_c_writes_partial_and_exits_130(tmp_path: Path) -> None
     import sys
     import time
 
+    _SlowAfterTwo.answered = 0
+    _SlowAfterTwo.release.clear()
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _SlowAfterTwo)
     srv.daemon_threads = True
     threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
