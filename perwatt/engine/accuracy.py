@@ -106,7 +106,11 @@ def random_inputs(
 ) -> list[list[int]]:
     """Seeded uniform token sequences (what random-weight shapes are evaluated on)."""
     if n_seqs < 1 or seq_len < 2:
-        raise ConfigError("accuracy inputs need n_seqs >= 1 and seq_len >= 2")
+        raise ConfigError(
+            "the accuracy guard needs at least 1 prompt of at least 2 tokens, got "
+            f"{n_seqs} prompt{'' if n_seqs == 1 else 's'} of {seq_len} "
+            f"token{'' if seq_len == 1 else 's'}"
+        )
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab_size, (n_seqs, seq_len), generator=g).tolist()
 
@@ -114,8 +118,14 @@ def random_inputs(
 @torch.no_grad()
 def full_logits(engine: Engine, inputs: list[list[int]], *, batch: int = 4) -> Tensor:
     """Logits [N, T, V] (fp32, on the CPU) of full forward passes; rows must share a length."""
-    if len({len(s) for s in inputs}) != 1:
-        raise ConfigError("accuracy inputs must all have the same length")
+    lengths = sorted({len(s) for s in inputs})
+    if len(lengths) != 1:
+        raise ConfigError(
+            f"accuracy prompts must all have the same number of tokens, got "
+            f"{len(inputs)} prompts of {', '.join(map(str, lengths))} tokens"
+            if inputs
+            else "the accuracy guard needs at least 1 prompt, got none"
+        )
     out = []
     for i in range(0, len(inputs), batch):
         x = torch.tensor(inputs[i : i + batch], dtype=torch.long, device=engine.device)

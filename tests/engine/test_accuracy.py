@@ -114,3 +114,26 @@ def test_check_accuracy_rejects_different_shapes() -> None:
     b = Engine("tiny-moe", precision="fp32", device="cpu", max_seq_len=8)
     with pytest.raises(ConfigError, match="different shapes"):
         check_accuracy(a, b, [[1, 2, 3]])
+
+
+@pytest.mark.parametrize(
+    ("n", "length", "want"),
+    [
+        (0, 8, "got 0 prompts of 8 tokens"),
+        (1, 1, "got 1 prompt of 1 token"),
+        (3, 0, "got 3 prompts of 0 tokens"),
+    ],
+)
+def test_accuracy_input_errors_count_prompts_and_tokens(n: int, length: int, want: str) -> None:
+    with pytest.raises(ConfigError, match="at least 1 prompt of at least 2 tokens, " + want):
+        random_inputs(1024, n_seqs=n, seq_len=length)
+
+
+def test_ragged_accuracy_prompts_say_their_token_counts() -> None:
+    from perwatt.engine.accuracy import full_logits
+
+    engine = Engine("tiny", precision="fp32", device="cpu", max_seq_len=16)
+    with pytest.raises(ConfigError, match="same number of tokens, got 2 prompts of 3, 4 tokens"):
+        full_logits(engine, [[1, 2, 3], [1, 2, 3, 4]])
+    with pytest.raises(ConfigError, match="needs at least 1 prompt, got none"):
+        full_logits(engine, [])
