@@ -35,8 +35,10 @@ labels on a shared GPU) carry the device-level counter, so the first series per 
 Failure semantics (all :class:`~perwatt.errors.RemoteSourceError`, naming the URL and what to
 check): exporter down, timeout, non-200, a body that is not the Prometheus text format, a page
 with neither field, and **a GPU that was present and is now missing from a scrape**. We raise
-rather than hold the last value: holding would silently under-count the window, and the meter
-turns a failed read at a window edge into a one-line error. If the GPU comes back, reads resume.
+rather than hold the last value: holding would silently under-count the window. A failed read
+at a window edge raises from :meth:`Meter.end`; ``perwatt meter`` (:func:`measure_command`) then
+reports the energy up to the last good reading, marked partial. If the GPU comes back, reads
+resume.
 
 Counter resets (driver reload, node reboot, GPU reset: the raw value goes *down*) are folded
 into a per-device offset, the way Prometheus' ``increase()`` treats counter resets, so

@@ -5,9 +5,17 @@
     [idle baseline, optional]  begin("command") ── child runs ── child exits ── end("command")
 
 The window includes process start-up (interpreter import, CUDA context creation): that is the
-energy the command cost. Ctrl-C is forwarded to the child (a second one kills it); what was
-measured up to then is returned, marked ``partial``. The report goes to stderr so the command's
-own output stays clean, like ``time``.
+energy the command cost. Ctrl-C (and SIGTERM, e.g. from ``timeout``) is forwarded to the child (a
+second one, or a child that ignores it for ``grace_s``, kills it); what was measured up to then is
+returned, marked ``partial``. The report goes to stderr so the command's own output stays clean,
+like ``time``.
+
+A power source that fails while the command runs (dcgm-exporter stopped answering, a GPU fell off
+the bus) does not stop the command: it is the user's work, and metering it is secondary. perwatt
+waits for it as usual, then reports the energy up to the last good reading, marked ``partial``
+with the reason, and exits non-zero (the command's code, or 1 if the command succeeded). A source
+that fails and recovers before the end loses nothing where energy comes from a counter (the
+difference of the two edge readings) and is only flagged.
 
 :func:`watch_power` prints a per-device power table at a fixed interval until interrupted.
 """
@@ -20,6 +28,7 @@ import math
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,13 +36,18 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from perwatt._files import atomic_write_text
-from perwatt.errors import ConfigError
+from perwatt.errors import ConfigError, DeviceError, RemoteSourceError, SourceUnavailableError
 from perwatt.meter.meter import Measurement, Meter
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CommandMeasurement:
-    """A command's energy: the window around it, its exit code, and whether it was cut short."""
+    """A command's energy: the window around it, its exit code, and whether it was cut short.
+
+    ``exit_code`` is what ``perwatt meter`` exits with: the command's own code
+    (``command_exit_code``), except 1 when the command succeeded but the measurement is partial
+    because a power source failed, so a script never mistakes a partial figure for a whole one.
+    """
 
     argv: tuple[str, ...]
     exit_code: int
@@ -41,16 +55,27 @@ class CommandMeasurement:
     partial: bool
     sources: tuple[str, ...]  # one description per power source
     fake: bool  # a FakeNVML stood in for the GPUs
+    partial_reason: str | None = None
+    command_exit_code: int | None = None  # None: the same as exit_code
+    source_failed: bool = False  # a power source broke mid-run: energy covers part of it
 
     def __post_init__(self) -> None:
         if not self.argv:
             raise ValueError("a command measurement needs the command")
+        if self.partial != (self.partial_reason is not None):
+            raise ValueError("partial_reason is given exactly when the measurement is partial")
+        if self.source_failed and not self.partial:
+            raise ValueError("a measurement cut short by a failed source is partial")
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "command": list(self.argv),
             "exit_code": self.exit_code,
+            "command_exit_code": (
+                self.exit_code if self.command_exit_code is None else self.command_exit_code
+            ),
             "partial": self.partial,
+            "partial_reason": self.partial_reason,
             "fake_gpus": self.fake,
             "source_descriptions": list(self.sources),
             **self.measurement.to_dict(),
@@ -73,27 +98,65 @@ def _launch(argv: Sequence[str]) -> subprocess.Popen[bytes]:
         raise ConfigError(f"cannot run {argv[0]}: {e.strerror or e}") from None
 
 
-def _wait(proc: subprocess.Popen[bytes], grace_s: float) -> bool:
-    """Wait for the child; on Ctrl-C forward SIGINT, then kill after ``grace_s``.
+class _Terminated(Exception):
+    """SIGTERM reached perwatt while the command ran (``timeout``, ``kill``, a job scheduler)."""
 
-    Returns True when the wait was interrupted (the measurement is then partial).
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+def _wait(proc: subprocess.Popen[bytes], grace_s: float) -> str | None:
+    """Wait for the child; on Ctrl-C or SIGTERM forward the signal, then kill after ``grace_s``.
+
+    Returns why the wait was cut short (the measurement is then partial), or None. The child is
+    never left running: whatever interrupts the wait, it is signalled, then killed.
     """
     try:
         proc.wait()
-        return False
+        return None
     except KeyboardInterrupt:
-        pass
-    # A terminal Ctrl-C already reached the child (same process group); a `kill -INT` sent to
-    # perwatt alone did not, so forward it.
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=grace_s)
-    except (KeyboardInterrupt, subprocess.TimeoutExpired):
+        # A terminal Ctrl-C already reached the child (same process group); a `kill -INT` sent
+        # to perwatt alone did not, so forward it.
+        sig, why = signal.SIGINT, "interrupted by Ctrl-C"
+    except _Terminated:
+        sig, why = signal.SIGTERM, "terminated by SIGTERM"
+    except BaseException:
         proc.kill()
         proc.wait()
-    return True
+        raise
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+    try:
+        proc.wait(timeout=grace_s)
+    except (KeyboardInterrupt, _Terminated, subprocess.TimeoutExpired):
+        proc.kill()
+        proc.wait()
+    return f"{why}: partial measurement up to the interrupt"
+
+
+#: Errors of a power source that broke while the command ran: reported as a partial measurement.
+SOURCE_FAILURES: tuple[type[Exception], ...] = (
+    RemoteSourceError,
+    DeviceError,
+    SourceUnavailableError,
+)
+
+
+def _measured_until_failure(
+    meter: Meter, name: str, t_begin: float, t_exit: float, error: Exception
+) -> tuple[Measurement, str]:
+    """Energy from ``t_begin`` up to the last reading every source answered, and why it stops."""
+    samples = meter.timeline()
+    t_last = max(t_begin, samples[-1].t_s) if samples else t_begin
+    m = meter.measure_between(t_begin, t_last, name=name)
+    reason = (
+        f"power source failed during the command ({error}); energy covers only its first "
+        f"{t_last - t_begin:.1f} s of {max(t_exit, t_last) - t_begin:.1f} s, up to the last "
+        "good reading"
+    )
+    return m, reason
 
 
 def measure_command(
@@ -108,7 +171,8 @@ def measure_command(
 
     ``idle_s`` > 0 first measures idle power for that long (reported; subtracted only if the
     meter was built with ``subtract_idle=True``). The meter is started here if it is not running;
-    the caller closes it.
+    the caller closes it. A power source failing mid-run gives a partial measurement (see the
+    module docstring), not an exception.
     """
     if not argv:
         raise ConfigError("no command given: perwatt meter -- CMD ARGS...")
@@ -118,22 +182,43 @@ def measure_command(
     if idle_s > 0:
         meter.idle_baseline(idle_s)
     name = "command"
+    t_before = meter.clock()
     meter.begin(name)
+    t_begin = 0.5 * (t_before + meter.clock())  # as begin() stamps it: the read's midpoint
     try:
         proc = launch(argv)
     except BaseException:
         meter.end(name)
         raise
-    interrupted = _wait(proc, grace_s)
-    m = meter.end(name)
+    # SIGTERM would otherwise end perwatt at once and orphan the command: forward it instead.
+    # (Signal handlers can only be set from the main thread; elsewhere the default stays.)
+    on_main = threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, _raise_terminated) if on_main else None
+    try:
+        interrupted = _wait(proc, grace_s)
+    finally:
+        if on_main:  # None: the old handler was not set from Python; restore the default
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if old_term is None else old_term)
+    t_exit = meter.clock()
     rc = _exit_code(proc.returncode) if proc.returncode is not None else 130
-    if interrupted:
-        m = _with_warning(m, "interrupted by Ctrl-C: partial measurement up to the interrupt")
+    reasons: list[str] = [] if interrupted is None else [interrupted]
+    source_failed = False
+    try:
+        m = meter.end(name)
+    except SOURCE_FAILURES as e:
+        m, why = _measured_until_failure(meter, name, t_begin, t_exit, e)
+        reasons.append(why)
+        source_failed = True
+    for why in reasons:
+        m = _with_warning(m, why)
     return CommandMeasurement(
         argv=tuple(argv),
-        exit_code=rc,
+        exit_code=1 if source_failed and rc == 0 else rc,
+        command_exit_code=rc,
+        source_failed=source_failed,
         measurement=m,
-        partial=interrupted,
+        partial=bool(reasons),
+        partial_reason="; ".join(reasons) if reasons else None,
         sources=tuple(s.describe() for s in meter.sources),
         fake=any(bool(getattr(s, "fake", False)) for s in meter.sources),
     )
@@ -157,11 +242,18 @@ def format_command_measurement(cm: CommandMeasurement) -> str:
     """The ``time``-like text block: duration, energy per device and total, power, source."""
     m = cm.measurement
     out: list[str] = []
-    head = "perwatt meter" + (" (PARTIAL: interrupted)" if cm.partial else "")
+    kind = "power source failed" if cm.source_failed else "interrupted"
+    head = "perwatt meter" + (f" (PARTIAL: {kind})" if cm.partial else "")
     out.append(f"{head}: {' '.join(cm.argv)}")
     if cm.fake:
         out.append("  NOTE: FAKE GPUs (PERWATT_FAKE_NVML): figures are simulated, not measured")
-    out.append(f"  exit code   {cm.exit_code}")
+    if cm.command_exit_code is not None and cm.command_exit_code != cm.exit_code:
+        out.append(
+            f"  exit code   {cm.exit_code} (the command exited {cm.command_exit_code}; "
+            "non-zero because the measurement is partial)"
+        )
+    else:
+        out.append(f"  exit code   {cm.exit_code}")
     out.append(f"  duration    {m.duration_s:.3f} s")
     width = max((len(d) for d in m.energy_j), default=0)
     for i, (dev, e) in enumerate(sorted(m.energy_j.items())):

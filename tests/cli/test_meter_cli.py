@@ -264,10 +264,6 @@ def _exporter(power_w: float) -> tuple[Any, str]:
     return srv, f"http://127.0.0.1:{srv.server_address[1]}/metrics"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the perwatt/meter/run.py change in the meter-CLI report (issue: energy dropped when a source fails mid-run); remove this marker once it is merged",
-)
 def test_dcgm_exporter_dying_mid_run_prints_the_partial_energy(tmp_path: Path) -> None:
     """The exporter dies while the command runs: what was measured until then is printed and
     written, marked partial with the reason; perwatt exits non-zero; the command is not orphaned."""
@@ -305,10 +301,6 @@ def test_dcgm_exporter_dying_mid_run_prints_the_partial_energy(tmp_path: Path) -
     assert not Path(f"/proc/{child_pid}").exists()  # finished and reaped, not orphaned
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the perwatt/meter/run.py change in the meter-CLI report (SIGTERM forwarding); remove this marker once it is merged",
-)
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 def test_sigterm_is_forwarded_and_the_command_not_orphaned() -> None:
     """`timeout 60 perwatt meter -- CMD` sends SIGTERM to perwatt alone: it must reach CMD."""

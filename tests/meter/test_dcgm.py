@@ -734,10 +734,6 @@ class _LiveExporter(Exporter):
         return super().route(path, query)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the perwatt/meter/run.py change in the meter-CLI report (issue: energy dropped when a source fails mid-run); remove this marker once it is merged",
-)
 def test_exporter_hanging_mid_command_keeps_the_energy_measured_before(serve: Any) -> None:
     """dcgm-exporter stops answering while the command runs: the command finishes, the energy
     up to the last good scrape is returned marked partial, and the exit code is non-zero."""
