@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from perwatt.errors import ConfigError, DeviceError, SourceUnavailableError
+from perwatt.errors import ConfigError, DeviceError, RemoteSourceError, SourceUnavailableError
 from perwatt.meter.source import PowerSource
 
 #: Environment variable that swaps the real NVML for the fake (tests and demos only).
@@ -92,6 +92,12 @@ def detect_sources(*, allow_estimated: bool = True, include_cpu: bool = False) -
             found.append(DCGMSource(url))
         except SourceUnavailableError as e:
             skipped.append(f"dcgm: {e}")
+        except RemoteSourceError as e:
+            # The user named this exporter: falling back to RAPL or an estimate would meter
+            # something else without saying so. Name the variable that chose it.
+            raise RemoteSourceError(
+                f"PERWATT_DCGM_URL={url}: {e} (unset PERWATT_DCGM_URL to use another source)"
+            ) from None
     if include_cpu or not found:
         try:
             from perwatt.meter.rapl import RAPLSource

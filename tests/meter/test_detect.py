@@ -137,3 +137,21 @@ def test_environment_report_without_gpus(monkeypatch: pytest.MonkeyPatch) -> Non
     assert env.gpus == () and env.gpu_error is not None and "driver" in env.gpu_error
     assert env.cpu_cores >= 1 and env.cpu_model
     assert "none usable" in format_environment(env)
+
+
+def test_dead_exporter_named_by_env_is_an_error_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PERWATT_DCGM_URL names an exporter that does not answer: detection must not fall back to
+    another source silently, and the error names the variable that chose the exporter."""
+    import socket
+
+    from perwatt.errors import RemoteSourceError
+    from perwatt.meter.detect import detect_sources
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("PERWATT_DCGM_URL", f"http://127.0.0.1:{port}/metrics")
+    with pytest.raises(RemoteSourceError, match=r"PERWATT_DCGM_URL=http://127\.0\.0\.1"):
+        detect_sources()
