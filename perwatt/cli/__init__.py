@@ -2,7 +2,7 @@
 
 Each area registers its subcommands from its own module (``perwatt.cli.meter`` for ``env`` and
 ``meter``, ``perwatt.cli.bench`` for ``bench``/``compare``/``report``, ``perwatt.cli.train``, and
-``perwatt.cli.engine`` for ``serve``). Those modules parse arguments and call one public library
+``perwatt.cli.engine`` for ``serve`` and ``quantize``). Those modules parse arguments and call one public library
 function each; no logic lives here.
 
 Errors the user can act on (see :mod:`perwatt.errors`) print as one line on stderr with a non-zero
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from perwatt.errors import CLEAN_EXIT_ERRORS, UserError
 
-# meter: env, meter · bench: bench · analysis: compare, report · train: train … · engine: serve
+# meter: env, meter · bench: bench · analysis: compare, report · train: train … · engine: serve, quantize
 _AREAS = ("meter", "bench", "analysis", "train", "engine")
 
 

@@ -116,7 +116,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     o.add_argument("--quiet", action="store_true", help="no progress bar")
     o.add_argument("--json", action="store_true", help="print the result file paths as JSON")
     b = p.add_argument_group("builtin engine (--engine builtin)")
-    b.add_argument("--precision", default="bf16", help="bf16,fp8,int8,int4 (comma list)")
+    b.add_argument(
+        "--precision",
+        default=None,
+        help="bf16,fp8,int8,int4 (comma list; default bf16, or the precision of a "
+        "`perwatt quantize` directory given as --model)",
+    )
     b.add_argument("--batch", default="1", help="batch sizes, e.g. 1,8,64")
     b.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     b.add_argument(
@@ -162,7 +167,11 @@ def _builtin(args: argparse.Namespace) -> list[Path]:
     return list(
         run_builtin_bench(
             model=args.model,
-            precisions=[s.strip() for s in args.precision.split(",") if s.strip()],
+            precisions=(
+                [s.strip() for s in args.precision.split(",") if s.strip()]
+                if args.precision
+                else None
+            ),
             batches=list(parse_int_list(args.batch, "--batch")),
             result_dir=args.result_dir,
             energy_source=args.energy_source,
