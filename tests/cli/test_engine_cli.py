@@ -190,13 +190,14 @@ def test_bench_builtin_runs_a_quantized_dir(
              "--energy-source", "simulated", "--device", "cpu", "--quiet", "--json",
              "--min-window-s", "0"]  # fmt: skip
     capsys.readouterr()
-    # bench's --precision defaults to bf16: the directory says which one to pass
-    assert main(bench) == 2
+    # without --precision, bench takes the directory's; another precision is refused
+    assert main([*bench, "--precision", "bf16"]) == 2
     assert "bench it with --precision int4" in capsys.readouterr().err
-    assert main([*bench, "--precision", "int4"]) == 0
-    (path,) = json.loads(capsys.readouterr().out)
-    doc = json.loads(Path(path).read_text())
-    assert doc["status"] == "complete" and doc["builtin"]["quantized"]["precision"] == "int4"
+    for extra in ([], ["--precision", "int4"]):
+        assert main([*bench, *extra]) == 0
+        (path,) = json.loads(capsys.readouterr().out)
+        doc = json.loads(Path(path).read_text())
+        assert doc["status"] == "complete" and doc["builtin"]["quantized"]["precision"] == "int4"
 
 
 def test_serve_subprocess_serves_a_quantized_dir(tmp_path: Path) -> None:
