@@ -361,6 +361,14 @@ def format_choice(choice: PlanChoice, frontier: Frontier) -> str:
         pb_text = ", ".join(f"{p:g}" for p in frontier.p_block_w) + " W by stage"
     lines.append(f"energy source: {b.source}; P_block {pb_text}")
     lines.extend(f"note: {n}" for n in frontier.notes)
+    if any(choice.point.time_s < q.time_s <= choice.time_limit_s for q in frontier.points):
+        # The frontier's energy rises again past its minimum (blocked GPUs still draw
+        # P_block), so a point slower than this one, up to the limit, would cost more.
+        lines.append(
+            f"note: the least-energy point within the limit is {choice.point.time_s:.4f} s; "
+            f"slower points up to {choice.time_limit_s:.4f} s cost more (GPUs waiting at "
+            "P_block), so none is chosen"
+        )
     slower = choice.plan.replay_time_s / choice.baseline.replay_time_s - 1.0
     if choice.point.index == 0 and slower > 0:
         # Perseus' quantisation: an instruction's time is floored to the quantum, so a lower

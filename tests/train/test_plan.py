@@ -103,6 +103,11 @@ def test_writers(frontier: Frontier, tmp_path: Path) -> None:
 def test_format_and_dict(frontier: Frontier) -> None:
     c = choose_plan(frontier, straggler_ratio=1.2)
     text = format_choice(c, frontier)
+    # the chosen point is the frontier's least-energy one below T′; the text says why it is not
+    # the slowest point below T′ exactly when there is a slower one it skipped
+    skipped = [p for p in frontier.points if c.point.time_s < p.time_s <= c.time_limit_s]
+    assert ("slower points up to" in text) == bool(skipped)
+    assert all(p.energy_j >= c.point.energy_j for p in skipped)
     assert "saved vs all GPUs at max clock" in text and "kWh per 1,000 iterations" in text
     assert "stage 1:" in text
     d = choice_as_dict(c, frontier)
