@@ -60,19 +60,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     accept_negative_values(plan)
     plan.add_argument("profile", nargs="+", metavar="PROFILE.csv", help="stage profile CSV(s)")
-    add_pipeline_options(plan, schedules=("1f1b", "gpipe", "interleaved"))
-    plan.add_argument(
-        "--chunks", type=int, default=1, help="model chunks per GPU (--schedule interleaved)"
-    )
-    plan.add_argument(
-        "--recompute",
-        action="store_true",
-        help="activation recomputation: backward re-runs forward",
-    )
+    add_pipeline_options(plan)
     add_model_options(plan)
-    plan.add_argument(
-        "--supported-freqs", metavar="MHZ,…", help="refuse clocks outside this list (MHz, commas)"
-    )
     plan.add_argument("--frontier", metavar="OUT.csv", help="write the frontier (time,energy)")
     plan.add_argument(
         "--plans", metavar="PATH", help="write every point's plan: a .json file, or a directory"
@@ -101,7 +90,11 @@ def accept_negative_values(parser: argparse.ArgumentParser) -> None:
     parser._negative_number_matcher = _NEGATIVE_VALUE
 
 
-def add_pipeline_options(parser: argparse.ArgumentParser, *, schedules: tuple[str, ...]) -> None:
+SCHEDULES = ("1f1b", "gpipe", "interleaved")
+
+
+def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
+    """The pipeline: size, blocking power and schedule (checked by :func:`model_kwargs`)."""
     parser.add_argument("--stages", type=int, required=True, help="pipeline stages")
     parser.add_argument(
         "--microbatches", type=int, required=True, help="microbatches per iteration"
@@ -113,7 +106,15 @@ def add_pipeline_options(parser: argparse.ArgumentParser, *, schedules: tuple[st
         help="power one GPU draws while blocked on communication, in watts (measured by "
         "`perwatt train profile`); one value, or one per stage separated by commas",
     )
-    parser.add_argument("--schedule", choices=schedules, default="1f1b", help="(default 1f1b)")
+    parser.add_argument("--schedule", choices=SCHEDULES, default="1f1b", help="(default 1f1b)")
+    parser.add_argument(
+        "--chunks", type=int, default=1, help="model chunks per GPU (--schedule interleaved)"
+    )
+    parser.add_argument(
+        "--recompute",
+        action="store_true",
+        help="activation recomputation: backward re-runs forward",
+    )
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -130,6 +131,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         default="1",
         help="Pareto-filter slack for noisy profiles, ≥ 1 (default 1: the plain Pareto "
         "filter; 1.02 also drops slower clocks that save under ~2%% energy)",
+    )
+    parser.add_argument(
+        "--supported-freqs", metavar="MHZ,…", help="refuse clocks outside this list (MHz, commas)"
     )
 
 
@@ -193,12 +197,32 @@ def not_a_directory(path: str | None, flag: str) -> None:
         raise ConfigError(f"cannot write {path}: it is a directory; give {flag} a file name")
 
 
+def _supported_freqs(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    freqs = _floats(text, "--supported-freqs")
+    if not freqs or any(f != int(f) or f <= 0 for f in freqs):
+        raise ConfigError(
+            "--supported-freqs must be whole MHz > 0 separated by commas (e.g. 1410,1395), "
+            f"got {text!r}"
+        )
+    return [int(f) for f in freqs]
+
+
 def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """Checked ``stages``, ``microbatches``, ``p_block_w``, ``time_quantum_s``,
-    ``cost_model`` and ``noise_factor``: bad values fail here, before any frontier is solved."""
+    """Checked ``stages``, ``microbatches``, ``p_block_w``, ``schedule``, ``chunks``,
+    ``recompute``, ``time_quantum_s``, ``cost_model``, ``noise_factor`` and
+    ``supported_freqs_mhz``: bad values fail here, before any frontier is solved."""
     for flag, value in (("--stages", args.stages), ("--microbatches", args.microbatches)):
         if value < 1:
             raise ConfigError(f"{flag} must be a whole number ≥ 1, got {value}")
+    if args.chunks < 1:
+        raise ConfigError(f"--chunks must be a whole number ≥ 1, got {args.chunks}")
+    if args.chunks > 1 and args.schedule != "interleaved":
+        raise ConfigError(
+            f"--chunks {args.chunks} needs --schedule interleaved (the {args.schedule} "
+            "schedule runs one model chunk per GPU)"
+        )
     quantum_ms = number(
         "1" if args.quantum_ms is None else args.quantum_ms,
         "--quantum-ms",
@@ -217,11 +241,14 @@ def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "microbatches": args.microbatches,
         "p_block_w": p_block,
         "schedule": args.schedule,
+        "chunks": args.chunks,
+        "recompute": args.recompute,
         "time_quantum_s": quantum_ms / 1e3,
         "cost_model": args.cost_model,
         "noise_factor": number(
             args.noise_factor, "--noise-factor", low=1.0, what="a number ≥ 1, e.g. 1.02"
         ),
+        "supported_freqs_mhz": _supported_freqs(args.supported_freqs),
     }
 
 
@@ -282,29 +309,10 @@ def run_plan(args: argparse.Namespace) -> int:
     model = model_kwargs(args)
     choice = target_kwargs(args)
     not_a_directory(args.frontier, "--frontier")
-    if args.chunks < 1:
-        raise ConfigError(f"--chunks must be a whole number ≥ 1, got {args.chunks}")
-    if args.chunks > 1 and args.schedule != "interleaved":
-        raise ConfigError(
-            f"--chunks {args.chunks} needs --schedule interleaved (the {args.schedule} "
-            "schedule runs one model chunk per GPU)"
-        )
-    supported = None
-    if args.supported_freqs:
-        freqs = _floats(args.supported_freqs, "--supported-freqs")
-        if not freqs or any(f != int(f) or f <= 0 for f in freqs):
-            raise ConfigError(
-                "--supported-freqs must be whole MHz > 0 separated by commas (e.g. 1410,1395), "
-                f"got {args.supported_freqs!r}"
-            )
-        supported = [int(f) for f in freqs]
     with one_line_warnings():
         report = plan_pipeline(
             args.profile,
             **model,
-            chunks=args.chunks,
-            recompute=args.recompute,
-            supported_freqs_mhz=supported,
             frontier_csv=args.frontier,
             plans_path=args.plans,
             **choice,

@@ -158,11 +158,13 @@ def register(train_subparsers: argparse._SubParsersAction[argparse.ArgumentParse
         "and the plan on the schedule DAG (profiled times/energies, blocked GPUs at P_block), "
         "print iteration time and energy before/after, and write one self-contained HTML file "
         "with Gantt charts coloured by clock and power and the frontier. Figures are simulated "
-        "(a replay of the profile). Options mean what they mean in `perwatt train plan`.",
+        "(a replay of the profile). Every schedule `perwatt train plan` plans (1f1b, gpipe, "
+        "interleaved with --chunks, --recompute) replays here; options mean what they mean in "
+        "`perwatt train plan`.",
     )
     accept_negative_values(sim)
     sim.add_argument("profile", metavar="PROFILE.csv", help="stage profile CSV")
-    add_pipeline_options(sim, schedules=("1f1b", "gpipe"))
+    add_pipeline_options(sim)
     add_model_options(sim)
     # Before --quantum-ms (ms, as `train plan`) this command took the quantum in seconds.
     sim.add_argument("--time-quantum", metavar="S", help=argparse.SUPPRESS)

@@ -8,6 +8,13 @@ profiled energy; a GPU that waits draws ``P_block`` (Perseus, SOSP'24 §4)::
 
     E = Σ_i e_i(f_i) + Σ_s P_block,s · (T − busy_s)
 
+Every schedule the planner plans replays here. An *interleaved* 1F1B schedule (Megatron-LM's
+virtual pipeline) runs ``chunks`` model chunks per GPU: each bar carries its chunk, and its time
+and energy come from the profile the way the planner reads them (virtual stage
+``chunk · S + stage`` when the profile has ``S · chunks`` stages; else ``1/chunks`` of the whole
+stage). With *recomputation* a backward re-runs its forward first: one bar, priced
+``backward + forward`` at the same clock, as the planner prices it.
+
 This is written independently of the planner's longest-path code, so matching the planner's
 replay figures (``FrequencyPlan.replay_time_s``/``replay_energy_j``) is a real cross-check.
 Every figure here is a *replay of profiled numbers* — label ``simulated`` — never a measurement
@@ -15,7 +22,9 @@ of the plan in training.
 
 :func:`run_simulation` is what ``perwatt train simulate`` calls: profile → frontier → chosen plan
 → timelines of the all-max-clock baseline and of the plan → :class:`SimulationReport`, which
-:mod:`perwatt.report.gantt` draws.
+:mod:`perwatt.report.gantt` draws. Profile, schedule, frontier and choice come from
+:func:`perwatt.train.plan.plan_pipeline`, so the options are checked, and the plan chosen,
+exactly as ``perwatt train plan`` does.
 """
 
 from __future__ import annotations
@@ -47,10 +56,21 @@ class TimelineBar:
     duration_s: float
     freq_mhz: int
     energy_j: float
+    # A backward that re-runs its forward first (activation recomputation): the bar's time and
+    # energy are backward + forward at ``freq_mhz``, as the planner prices it.
+    recomputed: bool = False
 
     def __post_init__(self) -> None:
         if self.duration_s <= 0 or self.start_s < 0 or self.energy_j < 0:
             raise ValueError(f"bad timeline bar {self}")
+        if self.recomputed and self.instruction != "backward":
+            raise ValueError(f"only a backward recomputes its forward: {self}")
+
+    def tag(self, chunks: int = 1) -> str:
+        """``F3``/``B3`` (forward/backward of microbatch 3); ``F3c1`` for model chunk 1 when
+        the schedule runs ``chunks`` > 1 chunks per GPU, where ``F3`` alone is ambiguous."""
+        name = "F" if self.instruction == "forward" else "B"
+        return f"{name}{self.microbatch}" + (f"c{self.chunk}" if chunks > 1 else "")
 
     @property
     def end_s(self) -> float:
@@ -72,11 +92,15 @@ class Timeline:
     iteration_time_s: float
     compute_energy_j: float
     blocking_energy_j: float
+    chunks: int = 1  # model chunks per GPU (interleaved 1F1B); bars carry their chunk
+    recompute: bool = False  # backward bars include the recomputed forward
     source: str = SOURCE
 
     def __post_init__(self) -> None:
         if len(self.p_block_w) != self.num_stages:
             raise ValueError("one blocking power per stage")
+        if self.chunks < 1:
+            raise ValueError(f"chunks must be ≥ 1, got {self.chunks}")
         if self.iteration_time_s <= 0:
             raise ValueError("iteration time must be > 0")
 
@@ -88,26 +112,43 @@ class Timeline:
         return sum(b.duration_s for b in self.bars if b.stage == stage)
 
 
-def _stage_plans(plan: Any, num_stages: int) -> list[list[tuple[str, int, int]]]:
-    """Per stage [(instruction, microbatch, freq_mhz)] from a FrequencyPlan or a mapping."""
-    if hasattr(plan, "for_stage") and hasattr(plan, "stages"):
-        n = len(plan.stages)
-        get = plan.for_stage
+# (instruction, microbatch, chunk or None when the plan does not say, freq_mhz)
+_Entry = tuple[str, int, int | None, int]
+
+
+def _stage_plans(plan: Any, num_stages: int) -> list[list[_Entry]]:
+    """Per stage ``[(instruction, microbatch, chunk, freq_mhz)]`` from a ``FrequencyPlan``
+    (which knows each instruction's chunk) or a mapping ``{stage: [(instruction, microbatch,
+    freq_mhz[, chunk]), …]}``."""
+    if hasattr(plan, "stages") and hasattr(plan, "for_stage"):
+        rows = [
+            [(p.instruction, p.microbatch, p.chunk, p.freq_mhz) for p in stage]
+            for stage in plan.stages
+        ]
     elif isinstance(plan, Mapping):
         n = len(plan)
         if sorted(plan) != list(range(n)):
             raise ConfigError(f"plan stages must be 0..{n - 1}, got {sorted(plan)}")
-
-        def get(s: int) -> list[tuple[str, int, int]]:
-            return [tuple(e) for e in plan[s]]  # type: ignore[misc]
+        rows = []
+        for s in range(n):
+            stage_rows: list[_Entry] = []
+            for e in plan[s]:
+                if len(e) not in (3, 4):
+                    raise ConfigError(
+                        f"stage {s}: a plan entry is (instruction, microbatch, freq_mhz[, chunk]),"
+                        f" got {e!r}"
+                    )
+                chunk = int(e[3]) if len(e) == 4 else None
+                stage_rows.append((str(e[0]), int(e[1]), chunk, int(e[2])))
+            rows.append(stage_rows)
     else:
         raise ConfigError(f"cannot read a frequency plan from {type(plan).__name__}")
-    if n != num_stages:
+    if len(rows) != num_stages:
         raise ConfigError(
-            f"the plan has {n} stages but the schedule has {num_stages}: plan, profile and "
-            "--stages must describe the same pipeline"
+            f"the plan has {len(rows)} stages but the schedule has {num_stages}: plan, profile "
+            "and --stages must describe the same pipeline"
         )
-    return [list(get(s)) for s in range(n)]
+    return rows
 
 
 def _lookup(profile: Any, stage: int, instruction: str, freq: int) -> tuple[float, float]:
@@ -167,13 +208,20 @@ def simulate_plan(
                 f"stage {s}: the plan has {len(entries)} instructions, the schedule "
                 f"{len(order)}: plan and schedule do not match (microbatches? schedule?)"
             )
-        for pos, (node, (inst, mb, f)) in enumerate(zip(order, entries, strict=True)):
-            if node.instruction != inst or node.microbatch != mb:
+        for pos, (node, (inst, mb, chunk, f)) in enumerate(zip(order, entries, strict=True)):
+            if (
+                node.instruction != inst
+                or node.microbatch != mb
+                or (chunk is not None and node.chunk != chunk)
+            ):
+                where = f" chunk {chunk}" if chunk is not None and chunks > 1 else ""
+                theirs = f" chunk {node.chunk}" if chunks > 1 else ""
                 raise ConfigError(
-                    f"stage {s} position {pos}: the plan has {inst} {mb}, the schedule "
-                    f"{node.instruction} {node.microbatch}: plan and schedule do not match"
+                    f"stage {s} position {pos}: the plan has {inst} {mb}{where}, the schedule "
+                    f"{node.instruction} {node.microbatch}{theirs}: plan and schedule do not "
+                    "match"
                 )
-            freq[index[node]] = int(f)
+            freq[index[node]] = f
     dur = [0.0] * n_nodes
     energy = [0.0] * n_nodes
     for i, node in enumerate(schedule.nodes):
@@ -233,6 +281,7 @@ def simulate_plan(
             duration_s=dur[i],
             freq_mhz=freq[i],
             energy_j=energy[i],
+            recomputed=recompute and n.instruction == "backward",
         )
         for i, n in enumerate(schedule.nodes)
     )
@@ -248,6 +297,8 @@ def simulate_plan(
         iteration_time_s=T,
         compute_energy_j=sum(energy),
         blocking_energy_j=blocking,
+        chunks=chunks,
+        recompute=recompute,
     )
 
 
@@ -289,6 +340,8 @@ class SimulationReport:
     # Both runs are counted up to this time (GPUs that finish early block until the straggler),
     # the planner's rule for its savings figures.
     horizon_s: float
+    chunks: int = 1  # model chunks per GPU (interleaved 1F1B)
+    recompute: bool = False  # activation recomputation: a backward re-runs its forward
     source: str = SOURCE
 
     def __post_init__(self) -> None:
@@ -317,10 +370,18 @@ class SimulationReport:
             return f"{self.p_block_w[0]:g} W per stage"
         return "/".join(f"{p:g}" for p in self.p_block_w) + " W (per stage)"
 
+    def _schedule_text(self) -> str:
+        text = self.schedule_name
+        if self.chunks > 1:
+            text += f" ({self.chunks} model chunks per GPU)"
+        if self.recompute:
+            text += ", recompute (each backward re-runs its forward)"
+        return text
+
     def summary_lines(self) -> list[str]:
         b, a = self.before, self.after
         return [
-            f"profile {self.profile_path}: {self.schedule_name}, {self.num_stages} stages, "
+            f"profile {self.profile_path}: {self._schedule_text()}, {self.num_stages} stages, "
             f"{self.num_microbatches} microbatches, P_block {self._p_block_text()}",
             f"plan: {self.target}",
             f"before (all max clock): iteration {b.iteration_time_s:.4f} s, "
@@ -356,19 +417,24 @@ def run_simulation(
     microbatches: int,
     p_block_w: float | Sequence[float],
     schedule: str = "1f1b",
+    chunks: int = 1,
+    recompute: bool = False,
     time_quantum_s: float = 1e-3,
     cost_model: CostModel = "exponential",
     noise_factor: float = 1.0,
+    supported_freqs_mhz: Sequence[int] | None = None,
     **choice: Any,
 ) -> SimulationReport:
     """Profile → frontier → chosen plan (``choice`` goes to ``choose_plan``: ``target=``,
     ``straggler_ratio=`` …) → simulated timelines before/after. Checks the replay against the
     planner's own figures and fails loudly if they disagree.
 
-    ``p_block_w``: one blocking power for every stage, or one per stage; ``time_quantum_s``,
-    ``cost_model`` and ``noise_factor`` go to ``compute_frontier`` as in ``perwatt train plan``.
+    Every argument means what it means to :func:`perwatt.train.plan.plan_pipeline` (what
+    ``perwatt train plan`` runs), which builds the schedule (``1f1b``, ``gpipe`` or
+    ``interleaved`` with ``chunks``; ``recompute``), solves the frontier and picks the plan
+    here too. ``p_block_w``: one blocking power for every stage, or one per stage.
     """
-    from perwatt.train import choose_plan, compute_frontier, gpipe, load_profile, one_f_one_b
+    from perwatt.train.plan import plan_pipeline
 
     pb = [p_block_w] * stages if isinstance(p_block_w, (int, float)) else list(p_block_w)
     if not all(math.isfinite(p) and p >= 0 for p in pb):
@@ -378,27 +444,23 @@ def run_simulation(
             f"--p-block has {len(pb)} values but --stages is {stages}: give one value, or one "
             "per stage"
         )
-    if cost_model not in ("exponential", "convex-hull"):
-        raise ConfigError(f"unknown cost model {cost_model!r}; choose exponential or convex-hull")
-    builders = {"1f1b": one_f_one_b, "gpipe": gpipe}
-    if schedule not in builders:
-        raise ConfigError(f"unknown schedule {schedule!r}; choose {', '.join(builders)}")
-    profile = load_profile(profile_path)
-    if profile.num_stages != stages:
-        raise ConfigError(
-            f"{profile_path} has {profile.num_stages} stages but --stages is {stages}: "
-            "they must match"
-        )
-    sched = builders[schedule](stages, microbatches)
-    frontier = compute_frontier(
-        profile,
-        sched,
-        p_block_w=pb,
+    planned = plan_pipeline(
+        [profile_path],
+        stages=stages,
+        microbatches=microbatches,
+        p_block_w=[float(p) for p in pb],
+        schedule=schedule,
+        chunks=chunks,
+        recompute=recompute,
         time_quantum_s=time_quantum_s,
         cost_model=cost_model,
         noise_factor=noise_factor,
+        supported_freqs_mhz=supported_freqs_mhz,
+        **choice,
     )
-    picked = choose_plan(frontier, **choice)
+    frontier, picked = planned.frontier, planned.choice
+    sched, profile = frontier.schedule, frontier.profile
+    pb = list(frontier.p_block_w)
     plan = picked.plan
     before = simulate_plan(
         sched, profile, all_max_plan(sched, profile), p_block_w=pb, label="all max clock"
@@ -430,6 +492,8 @@ def run_simulation(
         schedule_name=sched.name,
         num_stages=stages,
         num_microbatches=microbatches,
+        chunks=sched.chunks,
+        recompute=sched.recompute,
         p_block_w=tuple(float(p) for p in pb),
         target=picked.target,
         time_limit_s=picked.time_limit_s,
