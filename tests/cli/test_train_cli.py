@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import re
@@ -269,6 +270,12 @@ _BASE = ["--stages", "2", "--microbatches", "3", "--p-block", "50"]
         (["--p-block", "50,"], "--p-block must be watts ≥ 0"),
         (["--p-block", "50,50,50"], "--p-block has 3 values but --stages is 2"),
         (["--stages", "0"], "--stages must be a whole number ≥ 1"),
+        (["--chunks", "0"], "--chunks must be a whole number ≥ 1, got 0"),
+        (["--chunks", "2"], "--chunks 2 needs --schedule interleaved (the 1f1b schedule"),
+        (["--schedule", "gpipe", "--chunks", "3"], "--chunks 3 needs --schedule interleaved"),
+        (["--supported-freqs", "1400,abc"], "--supported-freqs must be numbers separated"),
+        (["--supported-freqs", "1400.5"], "--supported-freqs must be whole MHz > 0"),
+        (["--supported-freqs", "-1400"], "--supported-freqs must be whole MHz > 0"),
     ],
 )
 def test_bad_option_values_are_one_line_before_any_solving(
@@ -320,11 +327,141 @@ def test_max_slowdown_spellings_agree(
     assert f"max slowdown {float(pct):g}%" in capsys.readouterr().out
 
 
-def test_plan_chunks_needs_interleaved(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("command", ["plan", "simulate"])
+def test_chunks_needs_interleaved(capsys: pytest.CaptureFixture[str], command: str) -> None:
     # --chunks 2 with the default 1f1b schedule used to be ignored silently.
-    rc = main(["train", "plan", TINY, *_BASE, "--chunks", "2"])
+    rc = main(["train", command, TINY, *_BASE, "--chunks", "2"])
     assert rc == 2
     assert "--chunks 2 needs --schedule interleaved" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- simulate's schedules
+def _option(command: str, flag: str) -> argparse.Action:
+    from perwatt.cli import build_parser
+
+    sub = next(
+        a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)
+    ).choices["train"]
+    cmd = next(a for a in sub._actions if isinstance(a, argparse._SubParsersAction)).choices[
+        command
+    ]
+    action: argparse.Action = next(a for a in cmd._actions if flag in a.option_strings)
+    return action
+
+
+_PIPELINE_FLAGS = ["--stages", "--microbatches", "--p-block", "--schedule", "--chunks"]
+_PIPELINE_FLAGS += ["--recompute", "--supported-freqs", "--quantum-ms", "--noise-factor"]
+
+
+@pytest.mark.parametrize("flag", _PIPELINE_FLAGS)
+def test_simulate_takes_plans_pipeline_options(flag: str) -> None:
+    plan, sim = _option("plan", flag), _option("simulate", flag)
+    for attr in ("option_strings", "dest", "default", "help", "choices", "type", "required"):
+        assert getattr(sim, attr) == getattr(plan, attr), attr
+    assert type(sim) is type(plan)
+    if flag == "--schedule":
+        assert sim.choices == ("1f1b", "gpipe", "interleaved") and sim.default == "1f1b"
+
+
+@pytest.mark.parametrize("command", ["plan", "simulate"])
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            ["--schedule", "interleaved", "--chunks", "2"],
+            "interleaved 1F1B needs microbatches to be a multiple of stages (3 % 2 != 0); "
+            "change --microbatches",
+        ),
+        (["--supported-freqs", "1400,1200"], "profiled clocks [800, 1000] MHz are not supported"),
+    ],
+)
+def test_schedule_errors_are_one_line_before_solving(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+    extra: list[str],
+    message: str,
+) -> None:
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("should fail before solving")
+
+    monkeypatch.setattr("perwatt.train.plan.compute_frontier", never)
+    rc = main(["train", command, TINY, *_BASE, *extra])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    assert message in err and "Traceback" not in err
+
+
+_BAR = re.compile(
+    r'class="([fb])"><title>stage (\d+) (forward|backward) mb (\d+)(?: chunk (\d+))?'
+    r"[^:<]*: (\d+) MHz, ([0-9.]+) ms"
+)
+
+
+@pytest.mark.parametrize(
+    ("extra", "instructions", "chunks"),
+    [
+        # 2 stages x 4 microbatches x forward+backward (x 2 chunks when interleaved)
+        (["--microbatches", "4", "--schedule", "gpipe"], 16, 1),
+        (["--microbatches", "4", "--schedule", "interleaved", "--chunks", "2"], 32, 2),
+        (["--microbatches", "4", "--recompute"], 16, 1),
+        (["--microbatches", "4", "--schedule", "gpipe", "--recompute"], 16, 1),
+    ],
+)
+def test_simulate_every_schedule_draws_one_bar_per_instruction(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    extra: list[str],
+    instructions: int,
+    chunks: int,
+) -> None:
+    out = tmp_path / "sim.html"
+    args = [*_BASE, *extra, "--supported-freqs", "1400,1200,1000,800", "--straggler-ratio", "1.1"]
+    assert main(["train", "simulate", TINY, *args, "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    plan_args = [*_BASE, *extra, "--straggler-ratio", "1.1", "--json"]
+    assert main(["train", "plan", TINY, *plan_args]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    # The after-timeline is the plan `train plan` chose, replayed to the same figures.
+    after = re.search(r"after  \(plan\): +iteration ([0-9.]+) s, energy ([0-9.]+) J", text)
+    assert after is not None
+    assert float(after[1]) == pytest.approx(doc["chosen"]["replay_time_s"], abs=5e-5)
+    assert float(after[2]) == pytest.approx(doc["chosen"]["replay_energy_j"], abs=0.05)
+    assert ("model chunks per GPU" in text) == (chunks > 1)
+    assert ("recompute" in text) == ("--recompute" in extra)
+    bars = _BAR.findall(out.read_text())
+    assert len(bars) == 4 * instructions  # 2 timelines x (by clock, by power)
+    charts = [bars[k * instructions : (k + 1) * instructions] for k in range(4)]
+    for chart in charts:  # every instruction once per chart, chunks told apart
+        assert len({(s, i, m, c or "0") for _, s, i, m, c, _, _ in chart}) == instructions
+        assert {c or "0" for *_, c, _, _ in chart} == {str(k) for k in range(chunks)}
+    # The plan's clocks, per stage in program order, are the drawn after-bars' clocks.
+    planned = [f for stage in doc["chosen"]["freq_mhz"] for f in stage]
+    assert [int(f) for *_, f, _ in charts[1]] == planned == [int(f) for *_, f, _ in charts[3]]
+    # A recomputed backward is one bar as long as backward + forward (stage 0 at 1400 MHz:
+    # 20 + 10 ms); the all-max-clock chart shows it.
+    b0 = next(
+        float(ms)
+        for _, s, i, m, c, _, ms in charts[0]
+        if (s, i, m, c) == ("0", "backward", "0", "")
+    )
+    assert b0 == pytest.approx((30.0 if "--recompute" in extra else 20.0) / chunks, abs=0.005)
+
+
+@pytest.mark.skipif(
+    not (SHARED / "stage_profile/gpt3-175b+a100_sxm_bf16.csv").exists(),
+    reason="shared Perseus data not present",
+)
+@pytest.mark.parametrize("command", ["plan", "simulate"])
+def test_gpt3_interleaved_needs_microbatches_a_multiple_of_stages(
+    capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    prof = str(SHARED / "stage_profile/gpt3-175b+a100_sxm_bf16.csv")
+    args = ["--stages", "8", "--microbatches", "12", "--p-block", "83.64"]
+    rc = main(["train", command, prof, *args, "--schedule", "interleaved", "--chunks", "2"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert "multiple of stages (12 % 8 != 0); change --microbatches" in err
 
 
 def test_simulate_takes_one_blocking_power_per_stage(capsys: pytest.CaptureFixture[str]) -> None:
