@@ -393,7 +393,7 @@ def test_schedule_errors_are_one_line_before_solving(
 
 
 _BAR = re.compile(
-    r'class="([fb])"><title>stage (\d+) (forward|backward) mb (\d+)(?: chunk (\d+))?'
+    r'class="([fb])[^"]*"><title>stage (\d+) (forward|backward) mb (\d+)(?: chunk (\d+))?'
     r"[^:<]*: (\d+) MHz, ([0-9.]+) ms"
 )
 
@@ -443,7 +443,7 @@ def test_simulate_every_schedule_draws_one_bar_per_instruction(
     b0 = next(
         float(ms)
         for _, s, i, m, c, _, ms in charts[0]
-        if (s, i, m, c) == ("0", "backward", "0", "")
+        if (s, i, m, c or "0") == ("0", "backward", "0", "0")
     )
     assert b0 == pytest.approx((30.0 if "--recompute" in extra else 20.0) / chunks, abs=0.005)
 

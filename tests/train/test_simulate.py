@@ -339,7 +339,7 @@ _RUNS = [
 def _html_bars(text: str) -> list[tuple[tuple[int, str, int, int], int, float]]:
     """``((stage, instruction, microbatch, chunk), freq_mhz, duration_ms)`` per drawn bar."""
     pat = re.compile(
-        r'class="[fb]"><title>stage (\d+) (forward|backward) mb (\d+)(?: chunk (\d+))?'
+        r'class="[fb][^"]*"><title>stage (\d+) (forward|backward) mb (\d+)(?: chunk (\d+))?'
         r"[^:<]*: (\d+) MHz, ([0-9.]+) ms"
     )
     return [
