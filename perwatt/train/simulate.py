@@ -375,7 +375,7 @@ class SimulationReport:
         if self.chunks > 1:
             text += f" ({self.chunks} model chunks per GPU)"
         if self.recompute:
-            text += ", recompute (each backward re-runs its forward)"
+            text += " with recompute"  # each backward re-runs its forward: one bar, both priced
         return text
 
     def summary_lines(self) -> list[str]:
