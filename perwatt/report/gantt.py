@@ -3,10 +3,13 @@
 Reads a :class:`perwatt.train.simulate.SimulationReport` and writes inline SVG — no JavaScript,
 no external fonts, styles or images — so the file can be mailed, attached to a ticket or opened
 offline. Each instruction is a bar (one row per pipeline stage, time to the right) labelled
-``F3``/``B3`` (forward/backward of microbatch 3) where it fits; hovering shows its clock, time,
-energy and power (SVG ``<title>``). The same iteration is drawn twice, coloured by SM clock and
-by power, before (every GPU at its maximum clock) and after the plan, on one time axis so that a
-slowdown is visible. Gaps are where a GPU blocks on communication, at ``P_block``.
+``F3``/``B3`` (forward/backward of microbatch 3) where it fits — ``F3c1`` for model chunk 1 of an
+interleaved schedule, whose odd chunks also get a dashed outline; hovering shows its clock, time,
+energy and power (SVG ``<title>``). With recomputation a backward bar includes the forward it
+re-runs (one bar, priced backward + forward, as the planner prices it). The same iteration is
+drawn twice, coloured by SM clock and by power, before (every GPU at its maximum clock) and
+after the plan, on one time axis so that a slowdown is visible. Gaps are where a GPU blocks on
+communication, at ``P_block``.
 
 Colour maps are sampled from matplotlib's *viridis* (clock) and *magma* (power) (Smith & van der
 Walt, 2015, CC0): perceptually uniform and readable in greyscale.
@@ -119,22 +122,24 @@ def gantt_svg(
         y = _TOP + b.stage * (_ROW_H + _ROW_GAP)
         fill = colour((v - lo) / (hi - lo) if hi > lo else 1.0, cmap)
         x0, x1 = x(b.start_s), x(b.end_s)
-        name = "F" if b.instruction == "forward" else "B"
         tip = (
             f"stage {b.stage} {b.instruction} mb {b.microbatch}"
-            + (f" chunk {b.chunk}" if b.chunk else "")
+            + (f" chunk {b.chunk}" if tl.chunks > 1 or b.chunk else "")
+            + (" (re-runs its forward first)" if b.recomputed else "")
             + f": {b.freq_mhz} MHz, {b.duration_s * 1e3:.2f} ms, {b.energy_j:.3g} J, "
             f"{b.power_w:.0f} W, start {b.start_s * 1e3:.2f} ms"
         )
         cls = "f" if b.instruction == "forward" else "b"
+        # The fill is the clock or the power, so the chunk shows in the outline and the label.
+        cls += " odd" if b.chunk % 2 else ""
         out.append(
             f'<rect x="{x0:.2f}" y="{y}" width="{max(0.5, x1 - x0):.2f}" height="{_ROW_H}" '
             f'fill="{fill}" class="{cls}"><title>{html.escape(tip)}</title></rect>'
         )
-        if x1 - x0 > 18:
+        if x1 - x0 > max(18.0, 6.5 * len(b.tag(tl.chunks))):  # ~6.5 px a character
             out.append(
                 f'<text x="{(x0 + x1) / 2:.2f}" y="{y + _ROW_H * 0.7:.1f}" class="bar" '
-                f'text-anchor="middle" fill="{_text_colour(fill)}">{name}{b.microbatch}</text>'
+                f'text-anchor="middle" fill="{_text_colour(fill)}">{b.tag(tl.chunks)}</text>'
             )
     axis_y = _TOP + tl.num_stages * (_ROW_H + _ROW_GAP) + 2
     out.append(f'<line x1="{_LEFT}" y1="{axis_y}" x2="{_LEFT + plot_w}" y2="{axis_y}" class="ax"/>')
@@ -260,6 +265,7 @@ svg text.t { font-size: 13px; font-weight: 600; }
 rect.idle { fill: #eeeeee; }
 rect.f { stroke: #ffffff; stroke-width: 0.6; }
 rect.b { stroke: #222222; stroke-width: 0.6; }
+rect.odd { stroke-dasharray: 3 1.5; stroke-width: 1.4; }
 line.ax { stroke: #444; } line.end { stroke: #c00; stroke-dasharray: 3 2; }
 line.grid { stroke: #e4e4e4; } line.limit { stroke: #c00; stroke-dasharray: 4 3; }
 path.front { fill: none; stroke: #21918c; stroke-width: 2; }
@@ -345,8 +351,21 @@ def render_html(report: SimulationReport, *, title: str = "perwatt train simulat
             title=f"after: {report.target}",
         ),
         "<p>Bars: F<i>n</i>/B<i>n</i> = forward/backward of microbatch <i>n</i> (backward bars have "
-        "a dark outline); grey = blocked on communication. Hover a bar for its clock, time, "
-        "energy and power.</p>",
+        "a dark outline)"
+        + (
+            f"; F<i>n</i>c<i>k</i> = model chunk <i>k</i> of {report.chunks} per GPU "
+            "(odd chunks have a dashed outline)"
+            if report.chunks > 1
+            else ""
+        )
+        + (
+            "; each backward bar includes the forward it recomputes (backward + forward "
+            "time and energy at its clock)"
+            if report.recompute
+            else ""
+        )
+        + "; grey = blocked on communication. Hover a bar for its clock, time, energy and "
+        "power.</p>",
         "<h2>Per stage</h2>",
         stage_table_html(report),
         "<p>Energy = the stage's instructions + P_block × its blocked time, each run to its own "

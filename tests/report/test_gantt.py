@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,27 @@ def test_stage_table() -> None:
         for s in (0, 1)
     )
     assert total_before == pytest.approx(r.before.energy_j)
+
+
+def test_interleaved_chunks_and_recompute_are_drawn() -> None:
+    # Gantt of the plans `perwatt train simulate --schedule interleaved --chunks 2 --recompute`
+    # replays: every bar labelled with its chunk, odd chunks outlined, recomputation explained.
+    from perwatt.train import interleaved_one_f_one_b, load_profile
+    from perwatt.train.simulate import all_max_plan, simulate_plan
+
+    profile = load_profile(Path(__file__).resolve().parents[1] / "train/data/tiny_profile.csv")
+    sched = interleaved_one_f_one_b(2, 2, 2, recompute=True)
+    tl = simulate_plan(sched, profile, all_max_plan(sched, profile), p_block_w=10.0)
+    svg = gantt_svg(tl, width=4000)
+    labels = re.findall(r'class="bar"[^>]*>([^<]+)</text>', svg)
+    assert sorted(labels) == sorted(b.tag(2) for b in tl.bars)
+    assert {"F0c0", "F0c1", "B1c0", "B1c1"} <= set(labels)
+    assert svg.count('class="f odd"') == svg.count('class="b odd"') == 4  # chunk 1: 2 x 2 mb
+    assert svg.count("chunk 0") == svg.count("chunk 1") == 8
+    assert svg.count("(re-runs its forward first)") == 8  # every backward bar
+    report = replace(_report(), chunks=2, recompute=True)
+    text = render_html(report)
+    assert (
+        "model chunk <i>k</i> of 2 per GPU" in text and "includes the forward it recomputes" in text
+    )
+    assert "model chunk" not in render_html(_report())
