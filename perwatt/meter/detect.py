@@ -201,6 +201,8 @@ class EnvReport:
     auto_sources: tuple[str, ...]
     auto_labels: tuple[str, ...]
     auto_skipped: tuple[str, ...]
+    #: optional parts of perwatt and whether they are usable here (one line each)
+    components: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.gpu_catalog) != len(self.gpus):
@@ -223,6 +225,7 @@ class EnvReport:
                 "labels": list(self.auto_labels),
                 "skipped": list(self.auto_skipped),
             },
+            "components": list(self.components),
         }
 
 
@@ -297,6 +300,35 @@ def describe_environment() -> EnvReport:
         auto_sources=auto_sources,
         auto_labels=auto_labels,
         auto_skipped=auto_skipped,
+        components=_components(),
+    )
+
+
+def _components() -> tuple[str, ...]:
+    """Optional parts that change what perwatt can do or how fast (no heavy imports here)."""
+    from importlib import metadata
+
+    from perwatt.train.frontier import compiled_solver_available
+
+    def version(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    torch = version("torch")
+    scipy = version("scipy")
+    return (
+        "training planner: "
+        + (
+            "compiled frontier sweep (perwatt/train/_sweep.c)"
+            if compiled_solver_available()
+            else "NumPy/SciPy frontier sweep - the compiled one was not built (no C compiler "
+            "at install; reinstall with one for ~10-30x faster plans)"
+        )
+        + ("" if scipy else "; SciPy missing: pip install 'perwatt[train]'"),
+        "built-in engine: "
+        + (f"torch {torch}" if torch else "torch not installed: pip install 'perwatt[engine]'"),
     )
 
 
@@ -363,4 +395,7 @@ def format_environment(env: EnvReport) -> str:
         lines.append(f"  uses: {desc} [{label}]")
     for sk in env.auto_skipped:
         lines.append(f"  skipped {sk}")
+    if env.components:
+        lines.append("perwatt components")
+        lines.extend(f"  {c}" for c in env.components)
     return "\n".join(lines)
