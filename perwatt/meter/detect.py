@@ -324,7 +324,7 @@ def _components() -> tuple[str, ...]:
             "compiled frontier sweep (perwatt/train/_sweep.c)"
             if compiled_solver_available()
             else "NumPy/SciPy frontier sweep - the compiled one was not built (no C compiler "
-            "at install; reinstall with one for ~10-30x faster plans)"
+            "at install; reinstall with one for ~15x faster plans)"
         )
         + ("" if scipy else "; SciPy missing: pip install 'perwatt[train]'"),
         "built-in engine: "

@@ -13,8 +13,8 @@ and decreasing, and the longest path must stay ≤ ``T``.
 **Per-instruction options.** Each (stage, instruction) has one measured (time, energy) per clock.
 Options slower *and* costlier than another are dropped; with a noise factor ``k > 1`` a slower
 option must also be cheaper than every faster kept one by more than the factor (``e·k <
-e_faster``) to stay, so measurement noise cannot make near-ties look like savings; times are quantised down to the time quantum
-(``q = floor(t / quantum)``) and, of options with the same ``q``, the costliest is kept (it is
+e_faster``) to stay, so measurement noise cannot make near-ties look like savings. Times are
+quantised down to the time quantum (``q = floor(t / quantum)``) and, of options with the same ``q``, the costliest is kept (it is
 the one whose real time is closest to ``q``). Like Perseus/lowtime we fit ``a·exp(b·q) + c`` to
 the effective cost of the kept options (``cost_model="exponential"``, the default — it is what
 produced the published frontiers), or use their lower convex hull (``"convex-hull"``).
@@ -655,7 +655,8 @@ def compute_frontier(
 
     ``solver``: ``"compiled"`` (the C port of the sweep, built at install time),
     ``"python"`` (the NumPy/SciPy reference), or ``"auto"`` — compiled when it is built. Both
-    give the same frontier (tested point by point); the compiled one is ~10–30× faster.
+    give the same frontier (tested point by point); the compiled one is 13–18× faster on the
+    Perseus GPT-3 cases (BENCHMARKS.md §4).
     """
     started = time.perf_counter()
     if time_quantum_s <= 0 or not math.isfinite(time_quantum_s):
@@ -727,7 +728,12 @@ def compute_frontier(
             f"noisy profile: a lower clock measured faster than a higher one in "
             f"{', '.join(noisy)}; clocks slower and costlier than another are dropped "
             f"(only Pareto-optimal ones are planned"
-            f"{'' if noise_factor != 1.0 else '; --noise-factor 1.02 also drops clocks that save < 2%'}) "
+            + (
+                ""
+                if noise_factor != 1.0
+                else "; --noise-factor 1.02 also drops clocks that save < 2%"
+            )
+            + ") "
             "— consider re-profiling",
             NoisyProfileWarning,
             stacklevel=2,
