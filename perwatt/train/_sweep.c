@@ -6,7 +6,9 @@
  * algorithm. The two give the same frontier: every step takes the *minimal* minimum cut
  * (the nodes reachable from the source in the residual network of a maximum flow), which is
  * unique whatever maximum flow was found, and capacities are computed with the same IEEE
- * operations in the same order. tests/train/test_frontier.py checks this point by point.
+ * operations in the same order, so every step moves the same instructions. (Running energy sums
+ * are added in a plain loop here and pairwise by NumPy there: the frontier energies agree to
+ * ~1e-15 relative, not bit for bit.) tests/train/test_frontier.py checks this point by point.
  *
  * Why C: at 12–24 microbatches a step costs ~0.3 ms in Python/NumPy (per-call overheads of
  * NumPy and SciPy dominate networks of a few hundred arcs); here it costs a few µs, which is
@@ -536,9 +538,20 @@ static int run_sweep(sweep_t *w) {
     return status;
 }
 
+/* A C-contiguous buffer of 8-byte items of the expected kind: 'i' (signed integer) or 'd'. */
 static int get_buf(PyObject *obj, Py_buffer *view, Py_ssize_t count, size_t item,
-                   const char *name) {
-    if (PyObject_GetBuffer(obj, view, PyBUF_SIMPLE) < 0) return -1;
+                   const char *name, char kind) {
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return -1;
+    const char *f = view->format ? view->format : "B";
+    while (*f == '@' || *f == '=' || *f == '<') f++; /* native / little-endian prefixes */
+    int ok = view->itemsize == (Py_ssize_t)item && f[1] == '\0' &&
+             (kind == 'd' ? *f == 'd' : (*f == 'q' || *f == 'l'));
+    if (!ok) {
+        PyErr_Format(PyExc_TypeError, "%s: expected %s (got format '%s')", name,
+                     kind == 'd' ? "float64" : "int64", view->format ? view->format : "B");
+        PyBuffer_Release(view);
+        return -1;
+    }
     if (count >= 0 && view->len != count * (Py_ssize_t)item) {
         PyErr_Format(PyExc_ValueError, "%s: expected %zd items of %zu bytes, got %zd bytes",
                      name, count, item, view->len);
@@ -581,21 +594,23 @@ static PyObject *py_sweep(PyObject *self, PyObject *args) {
     static const char *names[11] = {"order", "pred_ptr", "pred_idx", "succ_ptr", "succ_idx",
                                     "edge_u", "edge_v", "qmin", "qmax", "flat", "base"};
     /* order first: it fixes n */
-    if (get_buf(objs[0], &v[0], -1, 8, names[0]) < 0) goto done;
+    if (get_buf(objs[0], &v[0], -1, 8, names[0], 'i') < 0) goto done;
     got = 1;
     Py_ssize_t n = v[0].len / 8;
-    if (n < 1 || n > (INT32_MAX - 8) / 6) {
+    /* the largest flow network (feasible flow: m + 1 + nv <= 5n + E + 5 arcs, two entries
+     * each) must index with int */
+    if (n < 1 || n > (INT32_MAX - 16) / 10) {
         PyErr_SetString(PyExc_ValueError, "order: bad number of instructions");
         goto done;
     }
     const Py_ssize_t counts[11] = {n, n + 1, -1, n + 1, -1, -1, -1, n, n, -1, n};
     for (int k = 1; k < 11; k++) {
-        if (get_buf(objs[k], &v[k], counts[k], 8, names[k]) < 0) goto done;
+        if (get_buf(objs[k], &v[k], counts[k], 8, names[k], k == 9 ? 'd' : 'i') < 0) goto done;
         got = k + 1;
     }
     Py_ssize_t E = v[5].len / 8;
     if (v[6].len != v[5].len || v[2].len != v[5].len || v[4].len != v[5].len ||
-        E > (INT32_MAX - 8) / 6 - n) {
+        E > (INT32_MAX - 16 - 10 * n) / 2) {
         PyErr_SetString(PyExc_ValueError, "edge arrays disagree in length");
         goto done;
     }
@@ -617,9 +632,17 @@ static PyObject *py_sweep(PyObject *self, PyObject *args) {
     Py_ssize_t nflat = v[9].len / 8;
     for (Py_ssize_t i = 0; i < n; i++) {
         int64_t o = w.order[i];
+        /* base + q for q in [qmin, qmax] must index flat; written so that nothing overflows
+         * (qmax >= qmin >= 1 is checked first) */
         if (o < 0 || o >= n || w.qmin[i] < 1 || w.qmax[i] < w.qmin[i] ||
-            w.base[i] + w.qmin[i] < 0 || w.base[i] + w.qmax[i] >= nflat) {
+            w.base[i] < -w.qmin[i] || w.base[i] > nflat - 1 - w.qmax[i]) {
             PyErr_SetString(PyExc_ValueError, "order/qmin/qmax/base out of range");
+            goto done;
+        }
+    }
+    for (Py_ssize_t j = 0; j < nflat; j++) {
+        if (!isfinite(w.flat[j])) {
+            PyErr_SetString(PyExc_ValueError, "flat: cost tables must be finite");
             goto done;
         }
     }
@@ -634,6 +657,27 @@ static PyObject *py_sweep(PyObject *self, PyObject *args) {
         if (w.eu[k] < 0 || w.eu[k] >= n || w.ev[k] < 0 || w.ev[k] >= n || w.pred_idx[k] < 0 ||
             w.pred_idx[k] >= n || w.succ_idx[k] < 0 || w.succ_idx[k] >= n) {
             PyErr_SetString(PyExc_ValueError, "edge endpoint out of range");
+            goto done;
+        }
+    }
+    /* order must be a permutation in topological order: the longest-path passes rely on it */
+    {
+        int64_t *pos = (int64_t *)malloc(sizeof(int64_t) * (size_t)n);
+        if (!pos) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        for (Py_ssize_t i = 0; i < n; i++) pos[i] = -1;
+        int bad = 0;
+        for (Py_ssize_t i = 0; i < n && !bad; i++) {
+            if (pos[w.order[i]] >= 0) bad = 1;
+            pos[w.order[i]] = i;
+        }
+        for (Py_ssize_t k = 0; k < E && !bad; k++)
+            if (pos[w.eu[k]] >= pos[w.ev[k]]) bad = 1;
+        free(pos);
+        if (bad) {
+            PyErr_SetString(PyExc_ValueError, "order: not a topological order of the edges");
             goto done;
         }
     }

@@ -895,7 +895,7 @@ def _run_sweep(
             c(qmax),
             c(flat, np.float64),
             c(base),
-            int(stop_q),
+            max(-1, min(int(stop_q), 2**62)),  # a stop beyond any makespan = no stop
         )
         res = _SweepResult(
             steps_t=np.frombuffer(t_b, dtype=np.int64),

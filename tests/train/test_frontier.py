@@ -476,6 +476,28 @@ def test_compiled_sweep_rejects_malformed_arrays() -> None:
     bad_base[10] = np.array([-1, 5], dtype=np.int64)  # cost table read past its end
     with pytest.raises(ValueError, match="out of range"):
         _sweep.sweep(*bad_base, -1)
+    bad_base[10] = np.array([2**63 - 1, 2], dtype=np.int64)  # would overflow a naive check
+    with pytest.raises(ValueError, match="out of range"):
+        _sweep.sweep(*bad_base, -1)
+    not_topo = list(args)
+    not_topo[0] = np.array([1, 0], dtype=np.int64)  # edge 0 → 1 but 1 comes first
+    with pytest.raises(ValueError, match="topological"):
+        _sweep.sweep(*not_topo, -1)
+    not_topo[0] = np.array([0, 0], dtype=np.int64)  # not a permutation
+    with pytest.raises(ValueError, match="topological"):
+        _sweep.sweep(*not_topo, -1)
+    nan = list(args)
+    nan[9] = np.array([3.0, np.nan, 1.0, 3.0, 2.0, 1.0])
+    with pytest.raises(ValueError, match="finite"):
+        _sweep.sweep(*nan, -1)
+    wrong_type = list(args)
+    wrong_type[9] = np.arange(6, dtype=np.int64)  # int64 bits are not float64 costs
+    with pytest.raises(TypeError, match="float64"):
+        _sweep.sweep(*wrong_type, -1)
+    wrong_type = list(args)
+    wrong_type[7] = np.array([1.0, 1.0])
+    with pytest.raises(TypeError, match="int64"):
+        _sweep.sweep(*wrong_type, -1)
 
 
 def _random_profile(rng: np.random.Generator, stages: int) -> StageProfile:
