@@ -361,7 +361,17 @@ def format_choice(choice: PlanChoice, frontier: Frontier) -> str:
         pb_text = ", ".join(f"{p:g}" for p in frontier.p_block_w) + " W by stage"
     lines.append(f"energy source: {b.source}; P_block {pb_text}")
     lines.extend(f"note: {n}" for n in frontier.notes)
-    if any(choice.point.time_s < q.time_s <= choice.time_limit_s for q in frontier.points):
+    skipped = [q for q in frontier.points if choice.point.time_s < q.time_s <= choice.time_limit_s]
+    cheaper = [q for q in skipped if q.energy_j < choice.point.energy_j]
+    if cheaper:
+        # choose_plan keeps a point only if its *replayed* iteration meets the limit; frontier
+        # times are floored to the quantum, so a point just under the limit can replay past it.
+        lines.append(
+            f"note: {len(cheaper)} cheaper point(s) up to {choice.time_limit_s:.4f} s were "
+            f"skipped: their clocks replay past the limit (times are rounded down to the "
+            f"{frontier.time_quantum_s * 1e3:g} ms quantum); a smaller --quantum-ms narrows this"
+        )
+    elif skipped:
         # The frontier's energy rises again past its minimum (blocked GPUs still draw
         # P_block), so a point slower than this one, up to the limit, would cost more.
         lines.append(
