@@ -201,7 +201,7 @@ def _supported_freqs(text: str | None) -> list[int] | None:
     if not text:
         return None
     freqs = _floats(text, "--supported-freqs")
-    if not freqs or any(f != int(f) or f <= 0 for f in freqs):
+    if not freqs or any(not math.isfinite(f) or f != int(f) or f <= 0 for f in freqs):
         raise ConfigError(
             "--supported-freqs must be whole MHz > 0 separated by commas (e.g. 1410,1395), "
             f"got {text!r}"

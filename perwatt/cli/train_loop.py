@@ -199,7 +199,12 @@ def _print_notes(rows: Sequence[ProfileRow]) -> None:
 
 
 def _given(args: argparse.Namespace, flags: dict[str, str]) -> list[str]:
-    return [flag for dest, flag in flags.items() if getattr(args, dest) not in (None, False)]
+    # identity, not equality: 0 (`--stage 0`) == False, and a given 0 is still given
+    return [
+        flag
+        for dest, flag in flags.items()
+        if getattr(args, dest) is not None and getattr(args, dest) is not False
+    ]
 
 
 def _check_mode(args: argparse.Namespace) -> list[str]:

@@ -276,6 +276,8 @@ _BASE = ["--stages", "2", "--microbatches", "3", "--p-block", "50"]
         (["--supported-freqs", "1400,abc"], "--supported-freqs must be numbers separated"),
         (["--supported-freqs", "1400.5"], "--supported-freqs must be whole MHz > 0"),
         (["--supported-freqs", "-1400"], "--supported-freqs must be whole MHz > 0"),
+        (["--supported-freqs", "inf"], "--supported-freqs must be whole MHz > 0"),
+        (["--supported-freqs", "1400,nan"], "--supported-freqs must be whole MHz > 0"),
     ],
 )
 def test_bad_option_values_are_one_line_before_any_solving(
@@ -493,6 +495,9 @@ def test_noisy_profile_warning_suggests_only_options_the_command_has(
         (["--script", "train.py", "--gpu", "H100"], "--gpu only apply to --simulate"),
         (["--simulate", "--gpu-index", "1"], "--gpu-index only apply to --script"),
         (["--simulate", "--stage", "3"], "--stage only apply to --script"),
+        # a given 0 is still given (0 == False once fooled the check)
+        (["--simulate", "--stage", "0"], "--stage only apply to --script"),
+        (["--simulate", "--gpu-index", "0"], "--gpu-index only apply to --script"),
         (["--simulate", "--", "--lr", "0.1"], "go to a --script; --simulate takes none"),
         (["--simulate", "--noise-tolerance", "-0.1"], "(--noise-tolerance) must be in [0, 1)"),
         (["--simulate", "--iterations", "0"], "(--iterations) must be ≥ 1"),
