@@ -688,11 +688,15 @@ def quantize_in_place(
     plan: PrecisionPlan,
     group_size: int | None = None,
     weight_source: Callable[[str, torch.Size], Tensor] | None = None,
+    finalize: bool = True,
 ) -> int:
     """Quantize and swap every target linear, one layer at a time; returns the group size.
 
     ``weight_source(param_name, shape)`` supplies fp32 values for tensors still on the meta
-    device (seeded random weights); otherwise each layer's own tensors are used and released."""
+    device (seeded random weights); otherwise each layer's own tensors are used and released.
+    ``finalize=False`` skips :func:`finalize_for_device`: a model quantized only to be saved
+    never runs, and the kernel-layout copies it would build (an int4 layer's tinygemm or CPU
+    int4pack weight, as large as the packed codes) would double the weights' memory."""
     group = choose_group_size(model, group_size) if precision == "int4" else 0
     dtype = plan.compute_dtype
 
@@ -734,7 +738,8 @@ def quantize_in_place(
                     getattr(holder, leaf).copy_(t)
             _swap(model, name, qe)
             del ex, w13, w2
-    finalize_for_device(model, plan)
+    if finalize:
+        finalize_for_device(model, plan)
     return group
 
 
@@ -941,9 +946,35 @@ def resolve_quantized(
     return load_as, precision or "bf16", qpath, None
 
 
+def _quantize_writes() -> frozenset[str]:
+    """The names :func:`quantize_model` puts in a directory: all ``--force`` may replace."""
+    return frozenset((QUANTIZED_MANIFEST, QUANTIZED_WEIGHTS, *_CHECKPOINT_SIDE_FILES))
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:  # a bind mount or a second name the resolved paths do not show
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def _check_out_dir(out: Path, source_dir: Path | None, force: bool) -> None:
-    if source_dir is not None and (out == source_dir or out in source_dir.parents):
-        raise ConfigError(f"--out {out} would replace the checkpoint it is quantized from")
+    if source_dir is not None:
+        # Resolved on both sides: a symlinked parent or ``..`` in --out must not slip past and
+        # let --force delete the checkpoint (or a directory holding it).
+        out_r, src_r = out.resolve(), source_dir.resolve()
+        if _same_path(out, source_dir) or out_r in src_r.parents:
+            raise ConfigError(
+                f"--out {out} would replace the checkpoint it is quantized from ({src_r}); "
+                "choose an --out outside it"
+            )
+        if src_r in out_r.parents:
+            raise ConfigError(
+                f"--out {out} is inside the checkpoint it is quantized from ({src_r}); "
+                "choose an --out outside it"
+            )
     if not (out.exists() or out.is_symlink()):
         return
     if not force:
@@ -955,13 +986,32 @@ def _check_out_dir(out: Path, source_dir: Path | None, force: bool) -> None:
             f"--out {out} exists and is not a directory (a file or a link); remove it or "
             "choose another --out"
         )
-    if any(out.iterdir()) and not (out / QUANTIZED_MANIFEST).is_file():
-        # --force replaces what this command wrote, never an unrelated directory (a typo in
-        # --out must not delete a home directory).
-        raise ConfigError(
-            f"--out {out} is a non-empty directory perwatt quantize did not write; "
-            "refusing to replace it even with --force: choose another --out"
+    # --force replaces what this command writes, never anything else: a typo in --out must not
+    # delete a home directory, and a directory holding a manifest may hold other things too.
+    ours = _quantize_writes()
+    unexpected = sorted(
+        p.name + ("/" if p.is_dir() and not p.is_symlink() else "")
+        for p in out.iterdir()
+        if p.name not in ours or p.is_symlink() or not p.is_file()
+    )
+    if unexpected:
+        shown = ", ".join(unexpected[:5]) + (
+            f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""
         )
+        raise ConfigError(
+            f"--out {out} holds {shown}, which perwatt quantize did not write; refusing to "
+            "replace it even with --force: choose another --out"
+        )
+
+
+def _missing_parents(directory: Path) -> list[Path]:
+    """``directory`` and its ancestors that do not exist yet, innermost first."""
+    missing: list[Path] = []
+    d = directory
+    while not (d.exists() or d.is_symlink()) and d != d.parent:
+        missing.append(d)
+        d = d.parent
+    return missing
 
 
 def _build_quantized(
@@ -974,7 +1024,8 @@ def _build_quantized(
     group_size: int | None,
 ) -> tuple[nn.Module, int]:
     """The quantized model, built the way :class:`~perwatt.engine.generate.Engine` builds one
-    (same seeded values, same order), without a KV cache or a tokenizer."""
+    (same seeded values, same order), without a KV cache or a tokenizer, and without the
+    device kernels' weight copies (it is only saved)."""
     from perwatt.engine import weights as W
     from perwatt.engine.generate import plan_precision
     from perwatt.engine.model import Transformer
@@ -991,7 +1042,12 @@ def _build_quantized(
             return W.random_tensor(pname, shape, seed, device)
 
         group = quantize_in_place(
-            model, precision, plan=plan, group_size=group_size, weight_source=source
+            model,
+            precision,
+            plan=plan,
+            group_size=group_size,
+            weight_source=source,
+            finalize=False,  # saved, never run: no kernel-layout copies
         )
         W.materialize_meta_(model, device)
         W.init_random_(model, seed)
@@ -999,7 +1055,9 @@ def _build_quantized(
         model = model.to_empty(device=device)
         model.tie_weights()
         W.load_hf_weights(model, checkpoint)
-        group = quantize_in_place(model, precision, plan=plan, group_size=group_size)
+        group = quantize_in_place(
+            model, precision, plan=plan, group_size=group_size, finalize=False
+        )
     model.tie_weights()
     return model, group
 
@@ -1022,7 +1080,6 @@ def quantize_model(
     wrote, or an empty one). Everything is checked before the model is built: unknown precision,
     unknown shape, unreadable config.json, unwritable ``out``.
     """
-    import shutil
     import tempfile
     import time
 
@@ -1057,14 +1114,52 @@ def quantize_model(
     dev = resolve_device(device)
     out_dir = Path(out).expanduser().absolute()
     _check_out_dir(out_dir, checkpoint, force)
+    # Parent folders this run creates are removed again if it fails (only those: one that
+    # existed before, or that something else filled meanwhile, stays).
+    created = _missing_parents(out_dir.parent)
+    ok = False
     try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    except OSError as e:
-        raise ConfigError(
-            f"cannot write --out {out_dir}: {e.strerror or e} ({out_dir.parent}); "
-            "choose a writable directory"
-        ) from None
+        try:
+            out_dir.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(
+                tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent)
+            )
+        except OSError as e:
+            raise ConfigError(
+                f"cannot write --out {out_dir}: {e.strerror or e} ({out_dir.parent}); "
+                "choose a writable directory"
+            ) from None
+        qm = _quantize_into(
+            tmp, out_dir, model, cfg, checkpoint, prec, dev, seed, group_size, force, __version__
+        )
+        ok = True
+    finally:
+        if not ok:
+            for d in created:  # innermost first
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
+    return dataclasses.replace(qm, duration_s=time.perf_counter() - t0)
+
+
+def _quantize_into(
+    tmp: Path,
+    out_dir: Path,
+    model: str,
+    cfg: ModelConfig,
+    checkpoint: Path | None,
+    prec: str,
+    dev: torch.device,
+    seed: int,
+    group_size: int | None,
+    force: bool,
+    version: str,
+) -> QuantizedModel:
+    """Build, save into ``tmp`` and swap it into ``out_dir``; ``tmp`` is gone afterwards."""
+    import shutil
+    import time
+
     try:
         qmodel, group = _build_quantized(
             cfg, checkpoint, prec, device=dev, seed=seed, group_size=group_size
@@ -1094,13 +1189,13 @@ def quantize_model(
             "format": QUANTIZED_FORMAT,
             **{k: v for k, v in qm.to_dict().items() if k != "directory"},
             "model": cfg.to_dict(),
-            "perwatt_version": __version__,
+            "perwatt_version": version,
             "torch": torch.__version__,
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         (tmp / QUANTIZED_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         _default_permissions(tmp)
-        _swap_into_place(tmp, out_dir)
+        _swap_into_place(tmp, out_dir, source=checkpoint, force=force)
     except OSError as e:
         raise ConfigError(f"cannot write --out {out_dir}: {e.strerror or e}") from e
     except (MemoryError, RuntimeError) as e:
@@ -1123,7 +1218,7 @@ def quantize_model(
         ) from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful rename
-    return dataclasses.replace(qm, duration_s=time.perf_counter() - t0)
+    return qm
 
 
 def _default_permissions(directory: Path) -> None:
@@ -1136,21 +1231,55 @@ def _default_permissions(directory: Path) -> None:
         f.chmod(0o666 & ~umask)
 
 
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``; an old ``out`` (checked by :func:`_check_out_dir`) is moved
-    aside first and deleted only once the new one is in place."""
+def _swap_into_place(tmp: Path, out: Path, *, source: Path | None, force: bool) -> None:
+    """Rename ``tmp`` to ``out``; an old ``out`` is moved aside first and deleted only once the
+    new one is in place, and put back if anything (Ctrl-C included) stops the swap between.
+
+    ``out`` is checked again here, not only before the minutes-long build: a directory that
+    appeared meanwhile is refused without ``force``, and with it replaced only if it still
+    holds nothing but what quantize writes."""
     import shutil
     import tempfile
 
-    if not out.exists():
-        os.rename(tmp, out)
+    if not force and (out.exists() or out.is_symlink()):
+        raise ConfigError(
+            f"--out {out} appeared while quantizing and was left as it is; pass --force to "
+            "replace it, or choose another --out"
+        )
+    _check_out_dir(out, source, force)
+    if not (out.exists() or out.is_symlink()):
+        try:
+            # A rename onto a directory that appears after the check fails unless it is
+            # empty (POSIX), so nothing that was written into it is lost.
+            os.rename(tmp, out)
+        except OSError as e:
+            if out.exists() or out.is_symlink():
+                raise ConfigError(
+                    f"--out {out} appeared while quantizing and was left as it is; "
+                    "choose another --out"
+                ) from e
+            raise
         return
     old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-    os.rename(out, old / "previous")
+    previous = old / "previous"
+    try:
+        os.rename(out, previous)
+    except BaseException:
+        old.rmdir()
+        raise
+    swapped = False
     try:
         os.rename(tmp, out)
-    except OSError:
-        os.rename(old / "previous", out)  # put the old directory back
-        raise
+        swapped = True
     finally:
-        shutil.rmtree(old, ignore_errors=True)
+        if swapped:
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            try:
+                os.rename(previous, out)  # put the old directory back
+            except OSError as e:
+                raise ConfigError(
+                    f"--out {out}: could not put the previous directory back ({e.strerror or e});"
+                    f" it is kept at {previous}"
+                ) from e
+            old.rmdir()

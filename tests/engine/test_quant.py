@@ -431,10 +431,20 @@ def test_force_never_replaces_a_directory_quantize_did_not_write(tmp_path: Path)
     mine.mkdir()
     (mine / "thesis.tex").write_text("precious")
     with pytest.raises(
-        ConfigError, match="did not write; refusing to replace it even with --force"
+        ConfigError,
+        match=r"holds thesis.tex, which perwatt quantize did not write; refusing to replace it "
+        "even with --force",
     ):
         quantize_model("tiny", "int8", mine, device="cpu", force=True)
     assert (mine / "thesis.tex").read_text() == "precious"
+    # A manifest is not enough: everything in the directory must be something quantize writes.
+    q = tmp_path / "q"
+    quantize_model("tiny", "int8", q, device="cpu")
+    (q / "notes.txt").write_text("mine")
+    (q / "sub").mkdir()
+    with pytest.raises(ConfigError, match=r"holds notes.txt, sub/, which perwatt quantize did"):
+        quantize_model("tiny", "int4", q, device="cpu", force=True)
+    assert (q / "notes.txt").read_text() == "mine" and (q / "sub").is_dir()
     afile = tmp_path / "afile"
     afile.write_text("x")
     with pytest.raises(ConfigError, match="is not a directory"):
@@ -445,6 +455,126 @@ def test_force_never_replaces_a_directory_quantize_did_not_write(tmp_path: Path)
     with pytest.raises(ConfigError, match="is not a directory"):
         quantize_model("tiny", "int8", link, device="cpu", force=True)
     assert (mine / "thesis.tex").read_text() == "precious"
+
+
+def test_force_never_deletes_the_checkpoint_through_a_link_or_dotdot(tmp_path: Path) -> None:
+    import os
+
+    from perwatt.engine.quant import quantize_model
+    from perwatt.engine.weights import export_hf
+
+    base = tmp_path / "base"
+    quantize_model("tiny", "int8", base / "Q", device="cpu")
+    src = Engine("tiny", precision="fp32", device="cpu", max_seq_len=16, seed=5)
+    ckpt = export_hf(src.model, base / "Q" / "ckpt")  # the checkpoint sits inside the old --out
+    os.symlink(base, tmp_path / "link")
+    for out in (
+        tmp_path / "link" / "Q",
+        ckpt / ".." / ".." / "Q",
+        tmp_path / "link" / "Q" / "ckpt",
+    ):
+        with pytest.raises(ConfigError, match="would replace the checkpoint it is quantized from"):
+            quantize_model(str(ckpt), "int4", out, device="cpu", force=True)
+        assert (ckpt / "config.json").is_file()
+    with pytest.raises(ConfigError, match="is inside the checkpoint it is quantized from"):
+        quantize_model(str(ckpt), "int4", tmp_path / "link" / "Q" / "ckpt" / "q4", device="cpu")
+    assert sorted(p.name for p in ckpt.iterdir()) == sorted(
+        p.name for p in (base / "Q" / "ckpt").iterdir()
+    )
+    assert not (ckpt / "q4").exists()
+
+
+def test_out_that_appears_during_the_build_is_left_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import perwatt.engine.quant as Q
+
+    out = tmp_path / "out"
+    real_save = Q.save_quantized
+
+    def save_while_user_writes(*a: object, **k: object) -> Path:
+        out.mkdir()
+        (out / "precious.txt").write_text("user data")  # appears while quantizing
+        return real_save(*a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Q, "save_quantized", save_while_user_writes)
+    with pytest.raises(ConfigError, match=r"appeared while quantizing and was left as it is"):
+        Q.quantize_model("tiny", "int8", out, device="cpu")  # no --force
+    assert sorted(p.name for p in out.iterdir()) == ["precious.txt"]
+    assert _leftovers(tmp_path) == []
+    # --force checked an empty directory before the build; re-checked before the swap
+    (out / "precious.txt").unlink()
+    out.rmdir()
+    out.mkdir()
+
+    def fill_then_save(*a: object, **k: object) -> Path:
+        (out / "precious.txt").write_text("user data")
+        return real_save(*a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Q, "save_quantized", fill_then_save)
+    with pytest.raises(ConfigError, match=r"holds precious.txt, which perwatt quantize did not"):
+        Q.quantize_model("tiny", "int8", out, device="cpu", force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["precious.txt"]
+    assert _leftovers(tmp_path) == []
+
+
+def test_ctrl_c_between_the_two_renames_puts_the_old_directory_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    import perwatt.engine.quant as Q
+
+    out = tmp_path / "q"
+    Q.quantize_model("tiny", "int8", out, device="cpu")
+    before = (out / Q.QUANTIZED_MANIFEST).read_text()
+    real_rename = os.rename
+
+    def rename(src: object, dst: object) -> None:
+        if Path(str(dst)) == out and str(src).endswith(".tmp"):
+            raise KeyboardInterrupt  # after the old one was moved aside, before the new is in
+        real_rename(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        Q.quantize_model("tiny", "int4", out, device="cpu", force=True)
+    monkeypatch.undo()
+    assert (out / Q.QUANTIZED_MANIFEST).read_text() == before
+    assert _leftovers(tmp_path) == []
+
+
+def test_failed_run_removes_the_parent_folders_it_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import perwatt.engine.quant as Q
+
+    (tmp_path / "kept").mkdir()
+    monkeypatch.setattr(Q, "_build_quantized", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        Q.quantize_model("tiny", "int8", tmp_path / "kept" / "a" / "b" / "q", device="cpu")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["kept"]  # kept existed before
+    monkeypatch.undo()
+    Q.quantize_model("tiny", "int8", tmp_path / "kept" / "a" / "b" / "q", device="cpu")
+    assert (tmp_path / "kept" / "a" / "b" / "q" / Q.QUANTIZED_MANIFEST).is_file()
+
+
+def test_quantize_to_save_builds_no_kernel_layout_copies() -> None:
+    from perwatt.engine.quant import _build_quantized
+
+    plan = plan_precision("int4", CPU)
+    if "int4pack-cpu" not in plan.kernel:
+        pytest.skip("this torch build has no CPU int4pack kernel")
+    model, _ = _build_quantized(
+        get_config("tiny"), None, "int4", device=CPU, seed=0, group_size=None
+    )
+    mods = [m for m in model.modules() if isinstance(m, Int4Linear)]
+    assert mods and all(m.kernel == "dequant" for m in mods)
+    assert all(m._cpu_weight is None and m._tg_weight is None for m in mods)
+    # the engine, which runs the model, still gets the kernel
+    engine = Engine("tiny", precision="int4", device="cpu", max_seq_len=16, seed=0)
+    assert {m.kernel for m in engine.model.modules() if isinstance(m, Int4Linear)} == {
+        "int4pack-cpu"
+    }
 
 
 def test_quantize_model_unwritable_out_is_one_line_error(tmp_path: Path) -> None:
