@@ -182,33 +182,38 @@ def measure_command(
     if idle_s > 0:
         meter.idle_baseline(idle_s)
     name = "command"
-    t_before = meter.clock()
-    meter.begin(name)
-    t_begin = 0.5 * (t_before + meter.clock())  # as begin() stamps it: the read's midpoint
-    try:
-        proc = launch(argv)
-    except BaseException:
-        meter.end(name)
-        raise
-    # SIGTERM would otherwise end perwatt at once and orphan the command: forward it instead.
-    # (Signal handlers can only be set from the main thread; elsewhere the default stays.)
+    # SIGTERM would otherwise end perwatt at once and orphan the command: from before the launch
+    # until the child exits it is forwarded (``_wait``); after that, while the final energy is
+    # read, it is held off (the command is done; perwatt exits right after reporting), so that
+    # reading is not lost. (Handlers can only be set from the main thread.)
     on_main = threading.current_thread() is threading.main_thread()
     old_term = signal.signal(signal.SIGTERM, _raise_terminated) if on_main else None
+    late_term: list[int] = []
     try:
+        t_before = meter.clock()
+        meter.begin(name)
+        t_begin = 0.5 * (t_before + meter.clock())  # as begin() stamps it: the read's midpoint
+        try:
+            proc = launch(argv)
+        except BaseException:
+            meter.end(name)
+            raise
         interrupted = _wait(proc, grace_s)
+        if on_main:
+            signal.signal(signal.SIGTERM, lambda signum, frame: late_term.append(signum))
+        t_exit = meter.clock()
+        rc = _exit_code(proc.returncode) if proc.returncode is not None else 130
+        reasons: list[str] = [] if interrupted is None else [interrupted]
+        source_failed = False
+        try:
+            m = meter.end(name)
+        except SOURCE_FAILURES as e:
+            m, why = _measured_until_failure(meter, name, t_begin, t_exit, e)
+            reasons.append(why)
+            source_failed = True
     finally:
         if on_main:  # None: the old handler was not set from Python; restore the default
             signal.signal(signal.SIGTERM, signal.SIG_DFL if old_term is None else old_term)
-    t_exit = meter.clock()
-    rc = _exit_code(proc.returncode) if proc.returncode is not None else 130
-    reasons: list[str] = [] if interrupted is None else [interrupted]
-    source_failed = False
-    try:
-        m = meter.end(name)
-    except SOURCE_FAILURES as e:
-        m, why = _measured_until_failure(meter, name, t_begin, t_exit, e)
-        reasons.append(why)
-        source_failed = True
     for why in reasons:
         m = _with_warning(m, why)
     return CommandMeasurement(
