@@ -114,10 +114,38 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     meter.set_defaults(func=run_meter)
 
 
+def environment_components() -> tuple[str, ...]:
+    """Optional parts that change what perwatt can do or how fast (no heavy imports here)."""
+    from importlib import metadata
+
+    from perwatt.train.frontier import compiled_solver_available
+
+    def version(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    torch = version("torch")
+    scipy = version("scipy")
+    return (
+        "training planner: "
+        + (
+            "compiled frontier sweep (perwatt/train/_sweep.c)"
+            if compiled_solver_available()
+            else "NumPy/SciPy frontier sweep - the compiled one was not built (no C compiler "
+            "at install; reinstall with one for ~15x faster plans)"
+        )
+        + ("" if scipy else "; SciPy missing: pip install 'perwatt[train]'"),
+        "built-in engine: "
+        + (f"torch {torch}" if torch else "torch not installed: pip install 'perwatt[engine]'"),
+    )
+
+
 def run_env(args: argparse.Namespace) -> int:
     from perwatt.meter.detect import describe_environment, format_environment
 
-    report = describe_environment()
+    report = describe_environment(environment_components())
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

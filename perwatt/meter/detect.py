@@ -239,8 +239,11 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def describe_environment() -> EnvReport:
-    """Inspect this machine read-only: nothing is changed, every source opened is closed."""
+def describe_environment(components: Sequence[str] = ()) -> EnvReport:
+    """Inspect this machine read-only: nothing is changed, every source opened is closed.
+
+    ``components``: lines about other parts of perwatt to report alongside (the CLI passes the
+    planner's build and the engine's torch; the meter itself imports nothing from them)."""
     from perwatt.errors import PerwattError
     from perwatt.hardware import lookup_gpu
     from perwatt.meter.nvml import gpu_inventory
@@ -300,35 +303,7 @@ def describe_environment() -> EnvReport:
         auto_sources=auto_sources,
         auto_labels=auto_labels,
         auto_skipped=auto_skipped,
-        components=_components(),
-    )
-
-
-def _components() -> tuple[str, ...]:
-    """Optional parts that change what perwatt can do or how fast (no heavy imports here)."""
-    from importlib import metadata
-
-    from perwatt.train.frontier import compiled_solver_available
-
-    def version(dist: str) -> str | None:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return None
-
-    torch = version("torch")
-    scipy = version("scipy")
-    return (
-        "training planner: "
-        + (
-            "compiled frontier sweep (perwatt/train/_sweep.c)"
-            if compiled_solver_available()
-            else "NumPy/SciPy frontier sweep - the compiled one was not built (no C compiler "
-            "at install; reinstall with one for ~15x faster plans)"
-        )
-        + ("" if scipy else "; SciPy missing: pip install 'perwatt[train]'"),
-        "built-in engine: "
-        + (f"torch {torch}" if torch else "torch not installed: pip install 'perwatt[engine]'"),
+        components=tuple(components),
     )
 
 

@@ -155,19 +155,3 @@ def test_dead_exporter_named_by_env_is_an_error_naming_the_variable(
     monkeypatch.setenv("PERWATT_DCGM_URL", f"http://127.0.0.1:{port}/metrics")
     with pytest.raises(RemoteSourceError, match=r"PERWATT_DCGM_URL=http://127\.0\.0\.1"):
         detect_sources()
-
-
-def test_env_reports_the_planner_build_and_torch(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`perwatt env` says whether the compiled frontier sweep was built (a user whose plans
-    take seconds needs to know), and whether the engine's torch is there."""
-    import perwatt.train.frontier as frontier_mod
-    from perwatt.meter.detect import describe_environment, format_environment
-
-    env = describe_environment()
-    text = format_environment(env)
-    built = frontier_mod.compiled_solver_available()
-    assert ("compiled frontier sweep (perwatt/train/_sweep.c)" in text) == built
-    assert "built-in engine: torch" in text
-    assert env.to_dict()["components"] == list(env.components)
-    monkeypatch.setattr(frontier_mod, "_compiled_sweep", None)
-    assert "was not built (no C compiler" in format_environment(describe_environment())
