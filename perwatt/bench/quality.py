@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -183,6 +184,10 @@ class _Server:
     notes: list[str] = field(default_factory=list)
     answered: int = 0  # completions received; before the first, an HTTP 404 is a wrong --url
     said_no_logprobs: bool = False
+    # Model ids /models listed (None: not asked or not understood). A --model outside it is not
+    # refused up front: some servers (llama.cpp's) list one name and answer to any; it names
+    # the likely cause when the first prompt gets an HTTP 404, as vLLM and OpenAI answer then.
+    listed: list[str] | None = None
 
 
 def _generate(
@@ -232,12 +237,31 @@ def _generate(
             f"({type(e).__name__}: {e or 'no detail'})"
         ) from e
     if r.status_code == 404 and server.answered == 0:
-        hint = (
-            "does its --url end with /v1 (e.g. http://127.0.0.1:8000/v1)?"
-            if not server.base_url.rstrip("/").endswith("/v1")
-            else f"check its --url; does it serve {'chat' if chat else 'text'} completions?"
+        if not server.base_url.rstrip("/").endswith("/v1"):
+            hint = "does its --url end with /v1 (e.g. http://127.0.0.1:8000/v1)?"
+        elif server.model and server.listed and server.model not in server.listed:
+            ids = server.listed
+            shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+            which = "first" if server.role == "reference" else "second"
+            hint = (
+                f"it does not list --model {server.model!r} (it lists {shown}): fix the "
+                f"{which} --model, or leave --model out"
+            )
+        elif server.model:
+            # vLLM and OpenAI answer an unknown model with 404 too: the server's message says
+            # which it was.
+            hint = (
+                f"is --model {server.model!r} served there (see {server.base_url}/models), and "
+                f"does it serve {'chat' if chat else 'text'} completions?"
+            )
+        else:
+            hint = f"check its --url; does it serve {'chat' if chat else 'text'} completions?"
+        said = _error_message(r)
+        raise ConfigError(
+            f"the {server.role} server answered HTTP 404 for {url}"
+            + (f" ({said})" if said else "")
+            + f": {hint}"
         )
-        raise ConfigError(f"the {server.role} server answered HTTP 404 for {url}: {hint}")
     if r.status_code != 200:
         raise RemoteSourceError(f"{url}: HTTP {r.status_code} for prompt {p.id}: {r.text[:200]}")
     try:
@@ -559,6 +583,7 @@ def run_quality(
     timeout_s: float = 120.0,
     out: str | Path | None = None,
     checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S,
+    attach: Sequence[str | Path] = (),
 ) -> QualityReport:
     """Send the prompt set to both servers with greedy decoding and measure agreement.
 
@@ -567,6 +592,8 @@ def run_quality(
     naming it (nothing written). With ``out`` the report is written as the run goes (see the
     module docstring). Ctrl-C raises :class:`QualityInterrupted` carrying the partial report; a
     server failing mid-run raises :class:`RemoteSourceError` after the partial report is written.
+    ``attach`` names the bench results the caller will attach the figures to: ``out`` may not be
+    one of them (nor the prompt file), since the report is written before the first prompt.
     """
     if max_tokens < 1:
         raise ConfigError(f"--max-tokens must be >= 1, got {max_tokens}")
@@ -580,6 +607,28 @@ def run_quality(
                 f"the {role} --url must start with http:// or https://, got {u!r} "
                 "(e.g. http://127.0.0.1:8000/v1)"
             )
+        try:
+            host = httpx.URL(u).host
+        except httpx.InvalidURL as e:
+            raise ConfigError(
+                f"the {role} --url {u!r} is not a valid URL ({e}); e.g. http://127.0.0.1:8000/v1"
+            ) from None
+        if not host:
+            raise ConfigError(f"the {role} --url {u!r} has no host; e.g. http://127.0.0.1:8000/v1")
+    if out is not None:
+        # The report is written at the first checkpoint, before any prompt: it must not
+        # overwrite the prompt set or a bench result it is about to be attached to.
+        if _same_file(out, prompts_file):
+            raise ConfigError(
+                f"--out {out} is the prompt file; the report would overwrite it: "
+                "choose another --out"
+            )
+        for target in attach:
+            if _same_file(out, target):
+                raise ConfigError(
+                    f"--out {out} is also an --attach target; the report would overwrite that "
+                    "bench result: choose another --out (e.g. quality.json)"
+                )
     prompts = load_prompts(prompts_file)
     if out is not None and Path(out).is_dir():
         raise ConfigError(
@@ -631,6 +680,10 @@ def run_quality(
                 if c is not None:
                     ctrl.append(agreement(p.id, a, c))
                 checkpoints.write(report("running"))
+            # Inside the guard: a failure or Ctrl-C while writing the final report still marks
+            # the file partial (not "running") and hands the figures back.
+            final = report("complete")
+            checkpoints.write(final, force=True)
         except KeyboardInterrupt:
             partial = report("partial", f"interrupted (Ctrl-C) {done()}")
             checkpoints.write(partial, force=True)
@@ -638,19 +691,35 @@ def run_quality(
         except Exception as e:
             why = str(e) if isinstance(e, PerwattError) else f"{type(e).__name__}: {e}"
             partial = report("partial", f"stopped {done()}: {why}")
-            checkpoints.write(partial, force=True)
+            try:
+                checkpoints.write(partial, force=True)
+                marked = True
+            except PerwattError:  # the write itself is what failed: say so, keep the cause
+                marked = False
             if isinstance(e, PerwattError):
-                if out is not None:
+                if out is not None and marked:
                     kept = f" ({out} is marked partial: {len(items)} of {len(prompts)} prompts)"
+                elif out is not None:
+                    kept = f" ({out} could not be updated and may still read running)"
                 elif items:
                     kept = f" (stopped {done()}; give --out to keep what was compared)"
                 else:
                     kept = ""
                 raise type(e)(f"{e}{kept}") from e
             raise
-    final = report("complete")
-    checkpoints.write(final, force=True)
     return final
+
+
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name one file: the same resolved path, or (hard link, bind mount) the
+    same inode."""
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    if pa.resolve() == pb.resolve():
+        return True
+    try:
+        return os.path.samefile(pa, pb)
+    except OSError:  # one of them does not exist yet
+        return False
 
 
 def _probe(client: httpx.Client, srv: _Server) -> None:
@@ -675,16 +744,29 @@ def _probe(client: httpx.Client, srv: _Server) -> None:
             f"the {srv.role} server at {srv.base_url} did not answer {url} "
             f"({type(e).__name__}: {e or 'no detail'}): is it healthy?"
         ) from e
-    if srv.model is not None:
-        return
     if r.status_code != 200:
-        srv.notes.append(f"/models answered HTTP {r.status_code}; no model name sent")
+        if srv.model is None:
+            srv.notes.append(f"/models answered HTTP {r.status_code}; no model name sent")
         return
     try:
-        data = r.json()["data"]
-        srv.model = str(data[0]["id"]) if data else None
+        ids = [str(m["id"]) for m in r.json()["data"]]
     except (ValueError, KeyError, IndexError, TypeError):
-        srv.notes.append("/models answer not understood; no model name sent")
+        if srv.model is None:
+            srv.notes.append("/models answer not understood; no model name sent")
+        return
+    srv.listed = ids
+    if srv.model is None:
+        srv.model = ids[0] if ids else None
+
+
+def _error_message(r: httpx.Response) -> str:
+    """The server's own error text on one line: an OpenAI ``error.message``, else the body."""
+    try:
+        err = r.json().get("error")
+        text = str(err.get("message") if isinstance(err, dict) else err or r.text)
+    except (ValueError, AttributeError):
+        text = r.text
+    return " ".join(text.split())[:200]
 
 
 def _why(e: httpx.HTTPError) -> str:

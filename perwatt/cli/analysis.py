@@ -225,6 +225,7 @@ def run_quality(args: argparse.Namespace) -> int:
             control=args.control,
             timeout_s=args.timeout,
             out=args.out,
+            attach=args.attach,
         )
     except QualityInterrupted as e:
         rep, interrupted = e.report, True

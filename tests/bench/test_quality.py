@@ -436,3 +436,129 @@ def test_report_is_checkpointed_while_running(tmp_path: Path) -> None:
     assert [len(d["prompts"]) for d in seen] == [0, 1, 2, 3]
     assert seen[0]["summary"] is None and seen[1]["summary"]["n_prompts"] == 1
     assert json.loads(out.read_text())["status"] == "complete"
+
+
+def test_out_may_not_be_the_prompt_file_or_an_attach_target(
+    servers: tuple[ToyLM, str, ToyLM, str], tmp_path: Path
+) -> None:
+    import os
+
+    ref, u1, _, u2 = servers
+    prompts = _prompts(tmp_path)
+    text = prompts.read_text()
+    run = tmp_path / "run.json"
+    shutil.copy(DATA / "fp8_c4.json", run)
+    before = run.read_bytes()
+    (tmp_path / "sub").mkdir()
+    os.link(run, tmp_path / "hard.json")
+    for out, attach, match in [
+        (prompts, (), "is the prompt file"),
+        (tmp_path / "sub" / ".." / "prompts.jsonl", (), "is the prompt file"),
+        (run, (run,), "is also an --attach target"),
+        (tmp_path / "sub" / ".." / "run.json", (str(run),), "is also an --attach target"),
+        (tmp_path / "hard.json", (run,), "is also an --attach target"),  # same inode
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            q.run_quality(prompts, u1, u2, max_tokens=4, out=out, attach=attach)
+    assert prompts.read_text() == text and run.read_bytes() == before
+    assert ref.calls == 0  # refused before any prompt was sent
+    # a different file is fine
+    q.run_quality(prompts, u1, u2, max_tokens=4, out=tmp_path / "q.json", attach=(run,))
+
+
+@pytest.mark.parametrize("url", ["http://", "https:///v1", "http://:8000/v1"])
+def test_url_without_host_is_one_line_error(tmp_path: Path, url: str) -> None:
+    with pytest.raises(ConfigError, match=r"the candidate --url '.*' has no host; e\.g\. http://"):
+        q.run_quality(_prompts(tmp_path), "http://127.0.0.1:1/v1", url)
+
+
+def _serve_models(listed: list[str] | None, known: set[str]) -> tuple[ThreadingHTTPServer, str]:
+    """A server that lists ``listed`` at /v1/models (None: answers 404 there) and, as vLLM does,
+    answers a completion for a model outside ``known`` with HTTP 404 and a message."""
+    lm = ToyLM()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _send(self, status: int, obj: Any) -> None:
+            data = json.dumps(obj).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            if listed is None:
+                self._send(404, {"error": "not found"})
+            else:
+                self._send(200, {"object": "list", "data": [{"id": m} for m in listed]})
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if body.get("model") not in known:
+                msg = f"The model `{body.get('model')}` does not exist."
+                self._send(404, {"error": {"message": msg, "type": "NotFoundError"}})
+                return
+            self._send(200, lm.answer(body, chat=self.path.endswith("chat/completions")))
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+    return srv, f"http://127.0.0.1:{srv.server_address[1]}/v1"
+
+
+def test_unknown_model_is_named_not_blamed_on_the_url(tmp_path: Path) -> None:
+    prompts = _prompts(tmp_path)
+    listed, u1 = _serve_models(["real"], {"real"})
+    unlisted, u2 = _serve_models(None, {"real"})  # /models unavailable: found on first prompt
+    try:
+        with pytest.raises(
+            ConfigError,
+            match=r"candidate server answered HTTP 404 .*\(The model `typo` does not exist\.\): "
+            r"it does not list --model 'typo' \(it lists real\): fix the second --model",
+        ):
+            q.run_quality(prompts, u1, u1, reference_model="real", candidate_model="typo")
+        with pytest.raises(ConfigError) as ei:
+            q.run_quality(prompts, u1, u2, reference_model="real", candidate_model="typo")
+        msg = str(ei.value)
+        assert "HTTP 404" in msg and "The model `typo` does not exist." in msg
+        assert "is --model 'typo' served there" in msg and "check its --url" not in msg
+        rep = q.run_quality(prompts, u1, u2, reference_model="real", candidate_model="real")
+        assert rep.complete
+    finally:
+        for s in (listed, unlisted):
+            s.shutdown()
+            s.server_close()
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt(), OSError(28, "No space left on device")])
+def test_failing_final_write_marks_the_file_partial(
+    servers: tuple[ToyLM, str, ToyLM, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    exc: BaseException,
+) -> None:
+    _, u1, _, u2 = servers
+    out = tmp_path / "q.json"
+    real_write = q.write_quality_report
+    failed: list[bool] = []
+
+    def write(report: q.QualityReport, path: str | Path) -> Path:
+        if report.status == "complete" and not failed:
+            failed.append(True)
+            if isinstance(exc, OSError):  # as write_quality_report reports a failed write
+                raise ConfigError(f"cannot write the quality report to {path} ({exc.strerror})")
+            raise exc  # Ctrl-C during the final write
+        return real_write(report, path)
+
+    monkeypatch.setattr(q, "write_quality_report", write)
+    if isinstance(exc, KeyboardInterrupt):
+        with pytest.raises(q.QualityInterrupted) as ei:
+            q.run_quality(_prompts(tmp_path), u1, u2, max_tokens=4, out=out)
+        assert ei.value.report.status == "partial" and len(ei.value.report.prompts) == 4
+    else:
+        with pytest.raises(ConfigError, match=r"No space left .*is marked partial: 4 of 4"):
+            q.run_quality(_prompts(tmp_path), u1, u2, max_tokens=4, out=out)
+    doc = json.loads(out.read_text())
+    assert doc["status"] == "partial" and len(doc["prompts"]) == 4

@@ -311,3 +311,32 @@ def test_quality_cli_url_without_v1_is_one_line_exit_2(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "candidate server answered HTTP 404" in err
     assert "does its --url end with /v1" in err
+
+
+def test_quality_cli_refuses_out_that_is_an_attach_target_or_the_prompts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], echo_servers: tuple[str, str]
+) -> None:
+    ref, cand = echo_servers
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "one two three"}\n')
+    run = tmp_path / "run.json"
+    shutil.copy(DATA / "fp8_c4.json", run)
+    before = run.read_bytes()
+    base = ["quality", "--prompts", str(prompts), "--url", ref, "--url", cand]
+    assert main([*base, "--out", str(run), "--attach", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is also an --attach target" in err
+    assert run.read_bytes() == before  # the bench result was not overwritten
+    assert main([*base, "--out", str(prompts)]) == 2
+    assert "is the prompt file" in capsys.readouterr().err
+    assert prompts.read_text() == '{"prompt": "one two three"}\n'
+
+
+def test_quality_cli_url_without_host_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "x"}\n')
+    assert main(["quality", "--prompts", str(prompts), "--url", "http://", "--url", "http://"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the reference --url 'http://' has no host" in err
