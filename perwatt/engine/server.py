@@ -56,6 +56,9 @@ if TYPE_CHECKING:
 
 SERVER_EXTRA_HINT = "pip install perwatt[server]"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+# OpenAI's chat API takes top_logprobs "between 0 and 20" (platform.openai.com/docs/api-reference
+# /chat/create); the batcher's SamplingParams has the same bound.
+MAX_TOP_LOGPROBS = 20
 
 
 class Tokenizer(Protocol):
@@ -230,11 +233,12 @@ def _get(body: Mapping[str, Any], key: str, types: tuple[type, ...], default: An
 def parse_messages(messages: Any) -> list[dict[str, str]]:
     """Chat ``messages`` as ``[{"role", "content"}]`` with text content, or a 400 naming the field.
 
-    Every message needs a string ``role`` and a ``content`` that is a string or a list of text
-    parts (``[{"type": "text", "text": ...}]``, joined). A missing or null ``content``, another
-    type, or a non-text part (an image) is refused rather than read as "": silently dropping
-    it would measure a different prompt than the client sent. The error names the field the
-    way vLLM's validation does (``messages[1].content``).
+    Every message needs a string ``role``. ``content`` is a string, a list of text parts
+    (``[{"type": "text", "text": ...}]``, joined with "\n" as vLLM joins them), or null/missing,
+    read as "" for every role as vLLM reads it (an assistant turn that only made tool calls, a
+    tool turn with no output). Another type, or a non-text part (an image), is refused rather
+    than dropped: that would measure a different prompt than the client sent. The error names
+    the field the way vLLM's validation does (``messages[1].content``).
     """
     if not isinstance(messages, list) or not messages:
         raise APIError(400, "'messages' must be a non-empty list", param="messages")
@@ -248,15 +252,9 @@ def parse_messages(messages: Any) -> list[dict[str, str]]:
             raise APIError(
                 400, f"{where}.role is required: a string such as 'user'", param=f"{where}.role"
             )
-        if m.get("content") is None:
-            state = "null" if "content" in m else "missing"
-            raise APIError(
-                400,
-                f"{where}.content is {state}: each message needs 'content', a string or a list "
-                "of text parts",
-                param=f"{where}.content",
-            )
-        content = m["content"]
+        content = m.get("content")
+        if content is None:
+            content = ""
         if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
             texts: list[str] = []
             for j, part in enumerate(content):
@@ -277,7 +275,7 @@ def parse_messages(messages: Any) -> list[dict[str, str]]:
                 if not isinstance(part.get("text"), str):
                     raise APIError(400, f"{pwhere}.text must be a string", param=f"{pwhere}.text")
                 texts.append(part["text"])
-            content = "".join(texts)
+            content = "\n".join(texts)
         if not isinstance(content, str):
             raise APIError(
                 400,
@@ -353,7 +351,7 @@ class OpenAIServer:
             if v is not None and v != neutral:
                 # Refused rather than ignored: silently dropping it would change the answers.
                 raise APIError(400, f"'{key}' is not supported (only {neutral:g})", param=key)
-        max_key = "max_tokens"
+        max_key: str | None = "max_tokens"
         if chat:
             prompt_key = "messages"
             prompt_ids = render_chat(self.tokenizer, parse_messages(body.get("messages")))
@@ -369,18 +367,32 @@ class OpenAIServer:
         if not prompt_ids:
             raise APIError(400, "the prompt is empty: send at least one token", param=prompt_key)
         if max_tokens is None:
+            # Not sent: the rest of the context, so a prompt that leaves no room is the
+            # prompt's fault, not a max_tokens the client never gave.
+            max_key = None
             max_tokens = max(1, self.max_seq_len - len(prompt_ids))
         if max_tokens < 1:
             raise APIError(400, f"'{max_key}' must be at least 1, got {max_tokens}", param=max_key)
         try:
             self.batcher.check(len(prompt_ids), max_tokens)
         except ConfigError as e:
+            if max_key is None:
+                raise APIError(
+                    400,
+                    f"the prompt is {len(prompt_ids)} tokens: it leaves no room to generate "
+                    f"within the {self.max_seq_len}-token context ({e})",
+                    param=prompt_key,
+                ) from None
             raise APIError(400, str(e), param=max_key) from None
         if chat:
             lp = bool(_get(body, "logprobs", (bool,), False))
             top = _get(body, "top_logprobs", (int,), None)
-            if top is not None and top < 0:
-                raise APIError(400, f"'top_logprobs' must be >= 0, got {top}", param="top_logprobs")
+            if top is not None and not 0 <= top <= MAX_TOP_LOGPROBS:
+                raise APIError(
+                    400,
+                    f"'top_logprobs' must be in [0, {MAX_TOP_LOGPROBS}], got {top}",
+                    param="top_logprobs",
+                )
             if top and not lp:
                 # vLLM refuses this too: top_logprobs alone would silently return none.
                 raise APIError(400, "'top_logprobs' needs 'logprobs': true", param="top_logprobs")
@@ -396,7 +408,9 @@ class OpenAIServer:
         stream_options = _get(body, "stream_options", (dict,), {})
         if stream_options and not stream:
             raise APIError(400, "'stream_options' needs 'stream': true", param="stream_options")
-        include_usage = stream_options.get("include_usage", False)
+        include_usage = stream_options.get("include_usage")
+        if include_usage is None:  # null is the default, as in vLLM's and OpenAI's schema
+            include_usage = False
         if not isinstance(include_usage, bool):
             raise APIError(
                 400,

@@ -411,11 +411,7 @@ USER_HI = {"role": "user", "content": "hi"}
     ("path", "body", "status", "param", "needle"),
     [
         # chat messages: the field is named the way vLLM's validation names it
-        ("chat", {"messages": [{"role": "user"}]}, 400, "messages[0].content", "is missing"),
-        ("chat", {"messages": [{"role": "user", "content": None}]}, 400, "messages[0].content",
-         "is null"),
-        ("chat", {"messages": [USER_HI, {"role": "assistant"}]}, 400, "messages[1].content",
-         "is missing"),
+        # (null or missing content is "" as in vLLM: test_chat_null_or_missing_content_is_empty)
         ("chat", {"messages": [{"role": "user", "content": 5}]}, 400, "messages[0].content",
          "got int"),
         ("chat", {"messages": [{"role": "user", "content": {"text": "hi"}}]}, 400,
@@ -448,11 +444,15 @@ USER_HI = {"role": "user", "content": "hi"}
         ("completions", {"prompt": "x", "temperature": -1}, 400, "temperature", "temperature"),
         ("completions", {"prompt": "x", "logprobs": 50}, 400, "logprobs", "[0, 20]"),
         ("chat", {"messages": [USER_HI], "logprobs": True, "top_logprobs": 21}, 400,
-         "top_logprobs", "[0, 20]"),
+         "top_logprobs", "'top_logprobs' must be in [0, 20], got 21"),
         ("chat", {"messages": [USER_HI], "top_logprobs": 2}, 400, "top_logprobs",
          "needs 'logprobs': true"),
         ("chat", {"messages": [USER_HI], "logprobs": True, "top_logprobs": -1}, 400,
-         "top_logprobs", "must be >= 0"),
+         "top_logprobs", "'top_logprobs' must be in [0, 20], got -1"),
+        # a prompt too long for the context, max_tokens not sent: the prompt is at fault
+        ("chat", {"messages": [{"role": "user", "content": "x" * 200}]}, 400, "messages",
+         "leaves no room to generate within the 128-token context"),
+        ("completions", {"prompt": "x" * 200, "max_tokens": 4}, 400, "max_tokens", ""),
         ("completions", {"prompt": "x", "stream_options": {"include_usage": True}}, 400,
          "stream_options", "needs 'stream': true"),
         ("completions", {"prompt": "x", "stream": True, "stream_options": {"include_usage": 1}},
@@ -493,12 +493,58 @@ def test_chat_top_logprobs_zero_without_logprobs_is_accepted(
     assert r.json()["choices"][0]["logprobs"] is None
 
 
-def test_chat_text_parts_are_joined(srv: tuple[str, Batcher, SlowFakeEngine]) -> None:
-    url, _, _ = srv
+def test_chat_text_parts_are_joined_with_newlines(srv: tuple[str, Batcher, SlowFakeEngine]) -> None:
+    url, _, _ = srv  # as vLLM joins them ("\n"), so the prompt is the one vLLM would see
     parts = [{"type": "text", "text": "h"}, {"text": "i"}]  # "type" defaults to text
     body = {"messages": [{"role": "user", "content": parts}], "max_tokens": 2, "temperature": 0}
     as_parts = httpx.post(f"{url}/v1/chat/completions", json=body).json()
-    plain = {**body, "messages": [USER_HI]}
+    plain = {**body, "messages": [{"role": "user", "content": "h\ni"}]}
     as_text = httpx.post(f"{url}/v1/chat/completions", json=plain).json()
     assert as_parts["usage"] == as_text["usage"]
     assert as_parts["choices"][0]["message"] == as_text["choices"][0]["message"]
+    glued = {**body, "messages": [{"role": "user", "content": "hi"}]}
+    as_glued = httpx.post(f"{url}/v1/chat/completions", json=glued).json()
+    assert as_parts["usage"]["prompt_tokens"] == as_glued["usage"]["prompt_tokens"] + 1
+
+
+def test_chat_null_or_missing_content_is_empty(srv: tuple[str, Batcher, SlowFakeEngine]) -> None:
+    url, batcher, _ = srv
+    call = {"id": "1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    with_nulls = [
+        USER_HI,
+        {"role": "assistant", "content": None, "tool_calls": [call]},  # as OpenAI clients send
+        {"role": "tool", "tool_call_id": "1"},
+        {"role": "user", "content": None},  # vLLM reads None as "" for every role
+    ]
+    with_empty = [
+        USER_HI,
+        {"role": "assistant", "content": ""},
+        {"role": "tool", "content": ""},
+        {"role": "user", "content": ""},
+    ]
+    docs = []
+    for messages in (with_nulls, with_empty):
+        body = {"messages": messages, "max_tokens": 2, "temperature": 0}
+        r = httpx.post(f"{url}/v1/chat/completions", json=body)
+        assert r.status_code == 200, r.text
+        docs.append(r.json())
+    assert docs[0]["usage"] == docs[1]["usage"]
+    assert docs[0]["choices"][0]["message"] == docs[1]["choices"][0]["message"]
+    assert batcher.stats.completed == 2
+
+
+def test_stream_include_usage_null_is_the_default(
+    srv: tuple[str, Batcher, SlowFakeEngine],
+) -> None:
+    url, _, _ = srv
+    body = {
+        "messages": [USER_HI],
+        "max_tokens": 2,
+        "stream": True,
+        "stream_options": {"include_usage": None},
+    }
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
+        assert r.status_code == 200, r.read()
+        events = sse(r.read().decode().split("\n"))
+    assert events[-1] == "[DONE]"
+    assert all(e.get("usage") is None for e in events[:-1])  # false by default: no usage chunk
