@@ -59,8 +59,8 @@ def _register_serve(subparsers: Any) -> None:
     p.add_argument(
         "--precision",
         default=None,
-        help="fp32, fp16, bf16, fp8, int8, int4, nvfp4 (default bf16, or the precision of a "
-        "`perwatt quantize` directory)",
+        help="fp32, fp16, bf16, fp8, int8, int4, nvfp4 (default bf16, or the precision a "
+        "`perwatt quantize` directory or a --quantized-path file holds)",
     )
     p.add_argument(
         "--host",
@@ -138,7 +138,8 @@ def _register_quantize(subparsers: Any) -> None:
     p.add_argument(
         "--force",
         action="store_true",
-        help="replace --out if an earlier `perwatt quantize` wrote it",
+        help="replace --out if it holds only what `perwatt quantize` writes (manifest, "
+        "weights, copied config/tokenizer files)",
     )
     p.add_argument(
         "--group-size",
@@ -154,7 +155,12 @@ def _register_quantize(subparsers: Any) -> None:
         "depend on the device type, so quantize where you will bench for a matching accuracy "
         "reference",
     )
-    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print what was written as one JSON object (the manifest's directory, weights "
+        "file, precision, group size, source, seed, device and size, plus duration_s)",
+    )
     p.set_defaults(func=_quantize)
 
 

@@ -331,12 +331,13 @@ def _quantized_source(
     device: str,
     seed: int,
     quantized_path: str | None,
-) -> tuple[str, str | None, Any, str, int, str | None]:
+) -> tuple[str, str | None, Any, str, int, str | None, str]:
     """Where the points and the accuracy reference load from when ``model`` (or
     ``quantized_path``) is a ``perwatt quantize`` directory.
 
     Returns ``(model to load, quantized file, manifest or None, reference model, reference
-    seed, why there is no reference or None)``. The reference must hold the weights the
+    seed, why there is no reference or None, default precision)``; the default precision is
+    the one the directory or quantized file holds, else bf16. The reference must hold the weights the
     directory was quantized from: the checkpoint it names, or the shape's random weights with
     the seed it was written with, drawn on the same device type (a CUDA generator draws other
     values than the CPU one); otherwise the points run without the accuracy guard and say why.
@@ -344,9 +345,9 @@ def _quantized_source(
     from perwatt.engine.generate import resolve_device
     from perwatt.engine.quant import resolve_quantized
 
-    load_model, _, qpath, qm = resolve_quantized(model, None, quantized_path)
+    load_model, default_prec, qpath, qm = resolve_quantized(model, None, quantized_path)
     if qm is None:
-        return load_model, qpath, None, model, seed, None
+        return load_model, qpath, None, model, seed, None, default_prec
     other = [p for p in precisions or () if p != qm.precision]
     if other:
         raise ConfigError(
@@ -369,7 +370,7 @@ def _quantized_source(
                 f"reference on {here} would draw different ones: quantize with --device {here} "
                 "for an accuracy guard"
             )
-    return load_model, qpath, qm, qm.source, ref_seed, skip
+    return load_model, qpath, qm, qm.source, ref_seed, skip, default_prec
 
 
 def _free_all(engine: Any, slots: Sequence[int]) -> None:
@@ -805,7 +806,8 @@ def run_builtin_bench(
 
     ``model`` may be a directory written by ``perwatt quantize``: its points load the saved
     weights, ``precisions`` None means its precision (bf16 otherwise), and the accuracy
-    reference is the checkpoint or seeded shape it was quantized from.
+    reference is the checkpoint or seeded shape it was quantized from. A ``quantized_path``
+    file (``save_quantized``) likewise defaults ``precisions`` to the precision it records.
     """
     say = progress or (lambda line: print(line, file=sys.stderr))
     precs = None if precisions is None else [p.lower() for p in parse_list(precisions, "precision")]
@@ -831,12 +833,12 @@ def run_builtin_bench(
     require_engine_deps()
     # An unknown shape name or an unreadable config.json would fail every point the same way:
     # say so once, before metering, instead of writing one failed document per point.
-    load_model, qpath, qm, ref_model, ref_seed, ref_skip = _quantized_source(
+    load_model, qpath, qm, ref_model, ref_seed, ref_skip, default_prec = _quantized_source(
         model, precs, device=device, seed=seed, quantized_path=quantized_path
     )
     _check_model(load_model)
     if precs is None:
-        precs = [qm.precision if qm is not None else "bf16"]
+        precs = [default_prec]
     specs = [PointSpec(precision=p, batch_size=b) for p in precs for b in bs]
     out_dir = Path(result_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -919,7 +921,10 @@ def run_builtin_bench(
                 )
                 if qm is not None:
                     doc["builtin"]["quantized"] = qm.to_dict()
-                    doc["builtin"]["engine"]["weights"] = str(qm.weights_path)
+                if qpath is not None:
+                    # The engine reports its base weights ("random" for a shape); the values
+                    # that ran are the saved quantized ones.
+                    doc["builtin"]["engine"]["weights"] = qpath
                 if doc["accuracy"] is None and ref_error is not None:
                     doc["builtin"]["accuracy_error"] = ref_error
                 say("  " + format_point(doc))

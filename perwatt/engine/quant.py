@@ -921,7 +921,8 @@ def resolve_quantized(
 
     ``model`` may be a directory written by ``perwatt quantize`` (its precision is then the
     default, and another one is an error naming the right flag); ``quantized_path`` may be such
-    a directory or the safetensors file itself. ``precision`` None means bf16 otherwise.
+    a directory or the safetensors file itself. ``precision`` None means the file's recorded
+    precision for such a file, and bf16 when nothing quantized is given.
     """
     qm: QuantizedModel | None = None
     if is_quantized_dir(model):
@@ -943,6 +944,10 @@ def resolve_quantized(
             )
         return load_as, qm.precision, str(qm.weights_path), qm
     qpath = None if quantized_path is None else str(quantized_path)
+    if precision is None and qpath is not None:
+        # The file records the precision it was saved at (save_quantized): read as bf16 it
+        # could only fail to load.
+        precision = str(read_quantized_metadata(qpath)["precision"])
     return load_as, precision or "bf16", qpath, None
 
 

@@ -920,6 +920,7 @@ def serve(
 
     served = model
     model, precision, quantized_path, _ = resolve_quantized(model, precision, quantized_path)
+    quantized = quantized_path is not None
     if max_batch_size < 1:
         raise ConfigError(f"--max-batch-size must be at least 1, got {max_batch_size}")
     if max_seq_len < 2:
@@ -944,10 +945,17 @@ def serve(
             if not _is_oom(e):
                 raise
             # The KV cache is max_batch_size x max_seq_len: those are the knobs that fit it.
+            # Saved quantized weights are loaded at the precision they hold, so another
+            # --precision is no way out for them (it is an error); re-quantizing lower is.
+            if not quantized:
+                lower = ", or a lower-memory --precision (int8, int4)"
+            elif precision in ("int4", "nvfp4"):
+                lower = ""  # already the smallest weights there are
+            else:
+                lower = ", or quantize to int4 (perwatt quantize --precision int4)"
             raise ConfigError(
                 f"out of memory loading {served} at {precision} with {max_batch_size} slots x "
-                f"{max_seq_len} tokens: use a smaller --max-batch-size or --max-seq-len, or a "
-                "lower-memory --precision (int8, int4)"
+                f"{max_seq_len} tokens: use a smaller --max-batch-size or --max-seq-len{lower}"
             ) from e
         tokenizer = serving_tokenizer(engine.tokenizer)
         batcher = Batcher(

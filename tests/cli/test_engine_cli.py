@@ -149,6 +149,16 @@ def test_quantize_writes_a_dir_and_prints_how_to_use_it(
     assert main([*argv, "--device", "cpu", "--force", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["precision"] == "int8" and doc["directory"] == str(out)
+    # --json prints the written directory's summary and duration_s, not the manifest file
+    assert set(doc) == {
+        "directory", "weights_file", "precision", "group_size", "source", "source_kind",
+        "seed", "weights_device", "size_bytes", "duration_s",
+    }  # fmt: skip
+    with pytest.raises(SystemExit):
+        main(["quantize", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "print the manifest as JSON" not in help_text
+    assert "one JSON object" in help_text and "plus duration_s" in help_text
 
 
 @pytest.mark.parametrize(

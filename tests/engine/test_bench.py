@@ -462,7 +462,7 @@ def test_bench_of_a_quantize_dir_at_another_precision_names_the_flag(
 ) -> None:
     with pytest.raises(ConfigError, match=r"holds int4 weights .*bench it with --precision int4"):
         B.run_builtin_bench(
-            precisions="bf16",  # the CLI default
+            precisions="bf16",  # another precision than the directory holds
             batches="1",
             result_dir=tmp_path / "out",
             energy_source=SimulatedSource(power_w=POWER_W),
@@ -486,6 +486,22 @@ def test_bench_of_a_quantize_dir_at_another_precision_names_the_flag(
         **{**SMALL, "accuracy_prompts": 0},
     )
     assert load_result(path)["config"]["precision"] == "bf16"
+
+
+def test_bench_of_a_quantized_file_defaults_to_its_precision(qdir: Path, tmp_path: Path) -> None:
+    weights = qdir / "model.perwatt.safetensors"  # the file, not the directory: no manifest
+    (path,) = B.run_builtin_bench(
+        precisions=None,
+        batches="1",
+        result_dir=tmp_path / "out",
+        energy_source=SimulatedSource(power_w=POWER_W),
+        quantized_path=str(weights),
+        **{**SMALL, "accuracy_prompts": 0, "seed": 3},
+    )
+    doc = load_result(path)
+    assert doc["status"] == "complete", doc["partial_reason"]
+    assert doc["config"]["precision"] == "int4"  # what the file records, not bf16
+    assert doc["builtin"]["engine"]["weights"] == str(weights)
 
 
 def test_bench_of_a_quantize_dir_without_its_reference_says_why(tmp_path: Path) -> None:

@@ -635,6 +635,9 @@ def test_resolve_quantized_precision_and_path_rules(tmp_path: Path) -> None:
         resolve_quantized(str(out), None, str(out))
     # --model SHAPE --quantized-path DIR (the older flag) takes the directory too
     assert resolve_quantized("tiny", None, str(out))[1:3] == ("int4", str(out / QUANTIZED_WEIGHTS))
+    # a quantized file without --precision: the precision it records, not bf16
+    weights = str(out / QUANTIZED_WEIGHTS)
+    assert resolve_quantized("tiny", None, weights) == ("tiny", "int4", weights, None)
     # nothing quantized: bf16 by default, a file passes through
     assert resolve_quantized("tiny", None, None) == ("tiny", "bf16", None, None)
     assert resolve_quantized("tiny", "int8", "w.safetensors") == (

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -395,6 +396,39 @@ def test_out_of_memory_at_load_names_the_knobs(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(G, "load_engine", load)
     with pytest.raises(ConfigError, match=r"use a smaller --max-batch-size or --max-seq-len"):
         serve(model="tiny", precision="fp32", device="cpu", port=0, max_batch_size=4096)
+
+
+def test_serving_quantized_weights_defaults_and_oom_advice(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import torch
+
+    import perwatt.engine.generate as G
+    from perwatt.engine.quant import QUANTIZED_WEIGHTS, quantize_model
+    from perwatt.engine.server import serve
+    from perwatt.errors import ConfigError
+
+    seen: list[dict[str, Any]] = []
+
+    def load(model: str, **kw: Any) -> Any:
+        seen.append({"model": model, **kw})
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+
+    monkeypatch.setattr(G, "load_engine", load)
+    q8 = quantize_model("tiny", "int8", tmp_path / "q8", device="cpu").directory
+    q4 = quantize_model("tiny", "int4", tmp_path / "q4", device="cpu").directory
+    # --quantized-path FILE, no --precision: the file's precision, not bf16
+    with pytest.raises(ConfigError) as ei:
+        serve(model="tiny", quantized_path=str(q8 / QUANTIZED_WEIGHTS), device="cpu", port=0)
+    assert seen[-1]["precision"] == "int8"
+    msg = str(ei.value)
+    assert "use a smaller --max-batch-size or --max-seq-len" in msg
+    assert "--precision (int8" not in msg  # another --precision would be refused for these
+    assert "quantize to int4" in msg
+    with pytest.raises(ConfigError) as ei:
+        serve(model=str(q4), device="cpu", port=0)
+    assert seen[-1]["precision"] == "int4"
+    assert str(ei.value).endswith("use a smaller --max-batch-size or --max-seq-len")
 
 
 def test_bind_unresolvable_host_names_the_host_not_the_port() -> None:
