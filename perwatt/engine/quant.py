@@ -1081,8 +1081,10 @@ def quantize_model(
     ``precision`` once and write the directory ``out`` that ``perwatt serve --model OUT`` and
     ``perwatt bench --engine builtin --model OUT`` load (see the layout above).
 
-    Refuses an existing ``out`` unless ``force`` (and even then only a directory this function
-    wrote, or an empty one). Everything is checked before the model is built: unknown precision,
+    Refuses an existing ``out`` unless ``force``, and even then replaces only a directory that
+    holds nothing but what this function writes (checked again just before the swap), never
+    the checkpoint or a directory containing it. Everything is checked before the model is
+    built: unknown precision,
     unknown shape, unreadable config.json, unwritable ``out``.
     """
     import tempfile
