@@ -1084,8 +1084,7 @@ def quantize_model(
     Refuses an existing ``out`` unless ``force``, and even then replaces only a directory that
     holds nothing but what this function writes (checked again just before the swap), never
     the checkpoint or a directory containing it. Everything is checked before the model is
-    built: unknown precision,
-    unknown shape, unreadable config.json, unwritable ``out``.
+    built: unknown precision, unknown shape, unreadable config.json, unwritable ``out``.
     """
     import tempfile
     import time
