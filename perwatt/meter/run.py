@@ -125,10 +125,11 @@ def _wait(proc: subprocess.Popen[bytes], grace_s: float) -> str | None:
         proc.kill()
         proc.wait()
         raise
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(sig)
     try:
+        # a second Ctrl-C/SIGTERM anywhere from here on means "stop now": kill the child
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(sig)
         proc.wait(timeout=grace_s)
     except (KeyboardInterrupt, _Terminated, subprocess.TimeoutExpired):
         proc.kill()
