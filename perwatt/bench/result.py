@@ -29,7 +29,6 @@ Energy figures from a simulated, replayed or estimated source keep that label in
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import importlib.metadata
 import json
@@ -43,6 +42,7 @@ from typing import Any, Final, Literal, TypedDict, cast
 
 from perwatt._files import atomic_write_text
 from perwatt.errors import DataFormatError
+from perwatt.meter.detect import cpu_model
 
 SCHEMA_VERSION: Final = "perwatt.bench.result/1"
 
@@ -229,7 +229,8 @@ def _perwatt_version() -> str:
         return "unknown"
 
 
-def _torch_version() -> str | None:
+def torch_version() -> str | None:
+    """The installed torch's version without importing it (None: not installed)."""
     mod = sys.modules.get("torch")
     if mod is not None:
         return str(getattr(mod, "__version__", "unknown"))
@@ -237,14 +238,6 @@ def _torch_version() -> str | None:
         return importlib.metadata.version("torch")
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine() or "unknown"
 
 
 def local_gpu_conditions() -> list[GPUConditions]:
@@ -268,9 +261,9 @@ def run_conditions(
     cond: Conditions = {
         "gpus": local_gpu_conditions() if query_gpus else [],
         "host": socket.gethostname(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "python": platform.python_version(),
-        "torch": _torch_version(),
+        "torch": torch_version(),
         "energy_source": energy_source,
         "date_utc": utc_now(),
     }

@@ -116,18 +116,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def environment_components() -> tuple[str, ...]:
     """Optional parts that change what perwatt can do or how fast (no heavy imports here)."""
-    from importlib import metadata
+    from importlib.util import find_spec
 
+    from perwatt.bench.result import torch_version
     from perwatt.train.frontier import compiled_solver_available
 
-    def version(dist: str) -> str | None:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return None
-
-    torch = version("torch")
-    scipy = version("scipy")
+    torch = torch_version()
+    scipy = find_spec("scipy") is not None
     return (
         "training planner: "
         + (

@@ -229,7 +229,8 @@ class EnvReport:
         }
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's marketing name (``/proc/cpuinfo``), else what ``platform`` knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.lower().startswith("model name"):
@@ -296,7 +297,7 @@ def describe_environment(components: Sequence[str] = ()) -> EnvReport:
         fake_nvml=fake is not None,
         rapl_domains=rapl_domains,
         rapl_error=rapl_error,
-        cpu_model=_cpu_model(),
+        cpu_model=cpu_model(),
         cpu_cores=os.cpu_count() or 1,
         platform=platform.platform(),
         python=platform.python_version(),
