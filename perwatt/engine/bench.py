@@ -115,6 +115,11 @@ def _is_oom(e: BaseException) -> bool:
     )
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def failure_reason(e: BaseException, spec: PointSpec) -> str:
     """One line saying what failed and which knob fixes it."""
     if _is_oom(e):
@@ -122,7 +127,7 @@ def failure_reason(e: BaseException, spec: PointSpec) -> str:
             f"out of memory at {spec.precision} batch {spec.batch_size}: use a smaller --batch, "
             "a lower-memory precision (int8, int4) or shorter --input-len/--output-len"
         )
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    msg = _first_line(e)
     if isinstance(e, PerwattError):
         return f"{spec.precision} batch {spec.batch_size}: {msg}"
     return (
@@ -153,7 +158,7 @@ def reference_failure_reason(
             f"out of memory running {what}: the {precision} model does not fit on this device; "
             "points are measured without the accuracy guard"
         )
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    msg = _first_line(e)
     if isinstance(e, PerwattError):
         return f"{what}: {msg}"
     return f"{what} failed ({type(e).__name__}: {msg})"
