@@ -20,6 +20,7 @@ peak FLOP/s to get the physical ceiling a measured figure is a fraction of.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,13 +28,29 @@ from typing import Any
 from perwatt.errors import ConfigError, DataFormatError
 
 
+#: RoPE types (Hugging Face ``rope_type``) this engine computes exactly; see :class:`RopeScaling`.
+ROPE_TYPES = ("linear", "llama3", "yarn", "dynamic")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RopeScaling:
-    """Llama-3 style frequency-dependent RoPE scaling (HF ``rope_type: "llama3"``).
+    """RoPE frequency scaling, as Hugging Face ``transformers`` defines it per ``rope_type``
+    (``modeling_rope_utils.py``; each kind below follows that file's formula):
 
-    Long wavelengths are divided by ``factor``, short ones kept, and the band between
-    ``original_max_position_embeddings / low_freq_factor`` and ``.../high_freq_factor`` is
-    interpolated smoothly. ``kind="linear"`` divides every frequency by ``factor``.
+    * ``llama3`` (Llama 3.1+): long wavelengths are divided by ``factor``, short ones kept, and
+      the band between ``original_max_position_embeddings / low_freq_factor`` and
+      ``.../high_freq_factor`` is interpolated smoothly;
+    * ``linear``: every frequency divided by ``factor``;
+    * ``yarn`` (Qwen2.5 long context, some Mistral/Llama fine-tunes): NTK-by-parts between
+      ``beta_fast`` and ``beta_slow`` rotations, plus an ``attention_factor`` that multiplies
+      cos and sin (resolved here from ``mscale``/``mscale_all_dim`` or ``factor`` as HF does);
+    * ``dynamic`` (dynamic NTK): HF recomputes the base only once a sequence grows past
+      ``max_position_embeddings``. This engine never runs past that length (``max_seq_len`` is
+      capped by it), so inside it dynamic is exactly the unscaled RoPE; the kind is kept so the
+      config says what the checkpoint asked for.
+
+    Other kinds (``longrope``: a frequency table that switches with the sequence length, used
+    by Phi-3; ``proportional``: partial rotary) are refused by :func:`config_from_hf`.
     """
 
     kind: str = "llama3"
@@ -41,14 +58,24 @@ class RopeScaling:
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_position_embeddings: int = 8192
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    truncate: bool = True
+    attention_factor: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.kind not in ("llama3", "linear"):
-            raise ConfigError(f"unsupported rope scaling {self.kind!r}; supported: llama3, linear")
+        if self.kind not in ROPE_TYPES:
+            raise ConfigError(
+                f"unsupported rope scaling {self.kind!r}; supported: {', '.join(ROPE_TYPES)}"
+            )
         if self.factor <= 0:
             raise ConfigError(f"rope scaling factor must be > 0, got {self.factor}")
         if self.kind == "llama3" and not self.high_freq_factor > self.low_freq_factor:
             raise ConfigError("rope scaling needs high_freq_factor > low_freq_factor")
+        if self.original_max_position_embeddings < 1 or self.attention_factor <= 0:
+            raise ConfigError(
+                "rope scaling needs original_max_position_embeddings >= 1 and attention_factor > 0"
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -74,6 +101,8 @@ class ModelConfig:
     rope_scaling: RopeScaling | None = None
     max_position_embeddings: int = 4096
     qkv_bias: bool = False
+    o_bias: bool = False  # Llama ``attention_bias: true`` biases o_proj too; Qwen2 does not
+    mlp_bias: bool = False  # Llama ``mlp_bias: true``: gate/up/down biases
     tie_embeddings: bool = False
     num_experts: int = 0
     num_experts_per_tok: int = 0
@@ -82,10 +111,19 @@ class ModelConfig:
     shared_expert_intermediate_size: int = 0
     shared_expert_gate: bool = False
     bos_token_id: int | None = None
-    eos_token_id: int | None = None
+    eos_token_id: int | None = None  # the first of eos_token_ids (presets give just this one)
+    # Every id that ends a generation: config.json's eos_token_id (an int or a list, as in
+    # Llama-3.x-Instruct's [128001, 128008, 128009]) and generation_config.json's.
+    eos_token_ids: tuple[int, ...] = ()
     source: str = ""  # where the numbers come from
 
     def __post_init__(self) -> None:
+        ids = tuple(dict.fromkeys(self.eos_token_ids))  # dedupe, keep order
+        if self.eos_token_id is not None and self.eos_token_id not in ids:
+            ids = (self.eos_token_id, *ids)
+        object.__setattr__(self, "eos_token_ids", ids)
+        if self.eos_token_id is None and ids:
+            object.__setattr__(self, "eos_token_id", ids[0])
         for f in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads"):
             if getattr(self, f) < 1:
                 raise ConfigError(f"{self.name}: {f} must be >= 1, got {getattr(self, f)}")
@@ -123,6 +161,9 @@ class ModelConfig:
         return self.n_heads // self.n_kv_heads
 
     def replace(self, **changes: Any) -> ModelConfig:
+        if "eos_token_id" in changes and "eos_token_ids" not in changes:
+            # A new single EOS replaces the list rather than joining it.
+            changes["eos_token_ids"] = ()
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -371,14 +412,112 @@ def get_config(name: str) -> ModelConfig:
 _HF_MODEL_TYPES = ("llama", "mistral", "qwen2", "mixtral", "qwen2_moe")
 
 
-def _first_id(value: Any) -> int | None:
-    if isinstance(value, list):
-        return int(value[0]) if value else None
-    return None if value is None else int(value)
+def _ids(value: Any, where: str) -> tuple[int, ...]:
+    """An ``eos_token_id``/``bos_token_id`` value (null, an int or a list of ints) as a tuple."""
+    if value is None:
+        return ()
+    items = value if isinstance(value, list) else [value]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+        raise DataFormatError(f"{where}: expected a token id or a list of ids, got {value!r}")
+    return tuple(items)
 
 
-def config_from_hf(hf: Mapping[str, Any], *, name: str = "hf") -> ModelConfig:
-    """Translate a Hugging Face ``config.json`` (already parsed) into a :class:`ModelConfig`."""
+def _rope(hf: Mapping[str, Any], head_dim: int, max_pos: int) -> tuple[float, RopeScaling | None]:
+    """RoPE theta and scaling from either layout transformers writes.
+
+    transformers >= 5 writes one ``rope_parameters`` object (``{"rope_theta", "rope_type",
+    "factor", ...}``); older files carry a top-level ``rope_theta`` and a ``rope_scaling`` object
+    (``rope_type``, or ``type`` before that). Both are read, the new one first, and anything this
+    engine cannot compute exactly is refused rather than silently run unscaled.
+    """
+    params = hf.get("rope_parameters")
+    if params is not None and not isinstance(params, dict):
+        raise DataFormatError(f"config.json: rope_parameters must be an object, got {params!r}")
+    if params and any(isinstance(v, dict) for v in params.values()):
+        raise DataFormatError(
+            "config.json: per-layer-type rope_parameters (different RoPE for sliding and full "
+            "attention layers) are not supported"
+        )
+    legacy = hf.get("rope_scaling")
+    if legacy is not None and not isinstance(legacy, dict):
+        raise DataFormatError(f"config.json: rope_scaling must be an object, got {legacy!r}")
+    rp: dict[str, Any] = {**(legacy or {}), **(params or {})}
+    theta = rp.get("rope_theta", hf.get("rope_theta"))
+    theta = 10_000.0 if theta is None else float(theta)  # transformers' default_theta
+    kind = rp.get("rope_type", rp.get("type", "default"))
+    partial = float(rp.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)))
+    if partial != 1.0:
+        raise DataFormatError(
+            f"config.json: partial_rotary_factor {partial} (RoPE on part of each head) is not "
+            "supported"
+        )
+    if kind == "default":
+        return theta, None
+    if kind not in ROPE_TYPES:
+        known = ("default", *ROPE_TYPES)
+        why = {
+            "longrope": " (Phi-3's length-switched frequency table)",
+            "proportional": " (partial rotary)",
+        }.get(str(kind), "")
+        raise DataFormatError(
+            f"config.json: rope_type {kind!r}{why} is not supported; this engine computes "
+            f"{', '.join(known)}"
+        )
+    original = int(rp.get("original_max_position_embeddings") or max_pos)
+    if kind == "linear":
+        return theta, RopeScaling(kind="linear", factor=float(rp["factor"]))
+    if kind == "dynamic":
+        return theta, RopeScaling(
+            kind="dynamic", factor=float(rp["factor"]), original_max_position_embeddings=original
+        )
+    if kind == "llama3":
+        return theta, RopeScaling(
+            kind="llama3",
+            factor=float(rp["factor"]),
+            low_freq_factor=float(rp["low_freq_factor"]),
+            high_freq_factor=float(rp["high_freq_factor"]),
+            original_max_position_embeddings=int(rp["original_max_position_embeddings"]),
+        )
+    # yarn, resolved as transformers' _compute_yarn_parameters does
+    original = int(rp["original_max_position_embeddings"])
+    factor = rp.get("factor")
+    factor = max_pos / original if factor is None else float(factor)
+    attention = rp.get("attention_factor")
+    if attention is None:
+        mscale, mscale_all = rp.get("mscale"), rp.get("mscale_all_dim")
+        if mscale and mscale_all:
+            attention = _yarn_mscale(factor, float(mscale)) / _yarn_mscale(
+                factor, float(mscale_all)
+            )
+        else:
+            attention = _yarn_mscale(factor, 1.0)
+    return theta, RopeScaling(
+        kind="yarn",
+        factor=factor,
+        original_max_position_embeddings=original,
+        beta_fast=float(rp.get("beta_fast") or 32),
+        beta_slow=float(rp.get("beta_slow") or 1),
+        truncate=bool(rp.get("truncate", True)),
+        attention_factor=float(attention),
+    )
+
+
+def _yarn_mscale(scale: float, mscale: float) -> float:
+    """YaRN's attention temperature, ``0.1 * mscale * ln(scale) + 1`` (paper eq. 21)."""
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+
+def config_from_hf(
+    hf: Mapping[str, Any],
+    *,
+    name: str = "hf",
+    generation: Mapping[str, Any] | None = None,
+) -> ModelConfig:
+    """Translate a Hugging Face ``config.json`` (already parsed) into a :class:`ModelConfig`.
+
+    ``generation`` is the parsed ``generation_config.json`` when there is one: its
+    ``eos_token_id`` (an int or a list) joins config.json's, as ``generate`` and vLLM use both.
+    """
     model_type = hf.get("model_type")
     if model_type not in _HF_MODEL_TYPES:
         raise DataFormatError(
@@ -388,24 +527,9 @@ def config_from_hf(hf: Mapping[str, Any], *, name: str = "hf") -> ModelConfig:
     try:
         dim = int(hf["hidden_size"])
         n_heads = int(hf["num_attention_heads"])
-        rope: RopeScaling | None = None
-        rs = hf.get("rope_scaling")
-        if rs:
-            kind = rs.get("rope_type", rs.get("type"))
-            if kind == "llama3":
-                rope = RopeScaling(
-                    kind="llama3",
-                    factor=float(rs["factor"]),
-                    low_freq_factor=float(rs["low_freq_factor"]),
-                    high_freq_factor=float(rs["high_freq_factor"]),
-                    original_max_position_embeddings=int(rs["original_max_position_embeddings"]),
-                )
-            elif kind == "linear":
-                rope = RopeScaling(kind="linear", factor=float(rs["factor"]))
-            elif kind != "default":
-                raise DataFormatError(
-                    f"config.json: rope_scaling type {kind!r} is not supported (llama3, linear)"
-                )
+        head_dim = int(hf.get("head_dim") or dim // n_heads)
+        max_pos = int(hf.get("max_position_embeddings", 4096))
+        theta, rope = _rope(hf, head_dim, max_pos)
         if model_type in ("mistral", "mixtral", "qwen2", "qwen2_moe"):
             sliding = hf.get("sliding_window")
             use_sw = hf.get("use_sliding_window", model_type in ("mistral", "mixtral"))
@@ -414,6 +538,20 @@ def config_from_hf(hf: Mapping[str, Any], *, name: str = "hf") -> ModelConfig:
                     f"config.json: sliding-window attention ({sliding}) is not implemented; "
                     "use a checkpoint without it (e.g. Mistral-7B-v0.3)"
                 )
+        eos = _ids(hf.get("eos_token_id"), "config.json eos_token_id")
+        if generation:
+            eos += _ids(generation.get("eos_token_id"), "generation_config.json eos_token_id")
+        bos = _ids(hf.get("bos_token_id"), "config.json bos_token_id")
+        # Which projections carry biases, per architecture as transformers builds them:
+        # Llama's attention_bias covers q/k/v/o and mlp_bias gate/up/down; Qwen2 always has
+        # q/k/v biases (no o), Qwen2-MoE when qkv_bias (default true); Mistral/Mixtral none.
+        attention_bias = model_type == "llama" and bool(hf.get("attention_bias", False))
+        if model_type == "qwen2":
+            qkv_bias = True
+        elif model_type == "qwen2_moe":
+            qkv_bias = bool(hf.get("qkv_bias", True))
+        else:
+            qkv_bias = attention_bias
         common: dict[str, Any] = {
             "name": name,
             "vocab_size": int(hf["vocab_size"]),
@@ -421,15 +559,17 @@ def config_from_hf(hf: Mapping[str, Any], *, name: str = "hf") -> ModelConfig:
             "n_layers": int(hf["num_hidden_layers"]),
             "n_heads": n_heads,
             "n_kv_heads": int(hf.get("num_key_value_heads") or n_heads),
-            "head_dim": int(hf.get("head_dim") or dim // n_heads),
+            "head_dim": head_dim,
             "norm_eps": float(hf.get("rms_norm_eps", 1e-6)),
-            "rope_theta": float(hf.get("rope_theta", 10_000.0)),
+            "rope_theta": theta,
             "rope_scaling": rope,
-            "max_position_embeddings": int(hf.get("max_position_embeddings", 4096)),
-            "qkv_bias": model_type in ("qwen2", "qwen2_moe") or bool(hf.get("attention_bias")),
+            "max_position_embeddings": max_pos,
+            "qkv_bias": qkv_bias,
+            "o_bias": attention_bias,
+            "mlp_bias": model_type == "llama" and bool(hf.get("mlp_bias", False)),
             "tie_embeddings": bool(hf.get("tie_word_embeddings", False)),
-            "bos_token_id": _first_id(hf.get("bos_token_id")),
-            "eos_token_id": _first_id(hf.get("eos_token_id")),
+            "bos_token_id": bos[0] if bos else None,
+            "eos_token_ids": eos,
             "source": "config.json",
         }
         if model_type == "mixtral":
@@ -473,6 +613,7 @@ def _attention_params(cfg: ModelConfig) -> int:
     kv = 2 * cfg.dim * cfg.n_kv_heads * cfg.head_dim
     o = cfg.n_heads * cfg.head_dim * cfg.dim
     bias = (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim if cfg.qkv_bias else 0
+    bias += cfg.dim if cfg.o_bias else 0
     return q + kv + o + bias
 
 
@@ -491,6 +632,7 @@ def _layer_params(cfg: ModelConfig, *, active: bool) -> int:
             n += cfg.dim if cfg.shared_expert_gate else 0
     else:
         n += _mlp_params(cfg.dim, cfg.intermediate_size)
+        n += 2 * cfg.intermediate_size + cfg.dim if cfg.mlp_bias else 0
     return n
 
 
@@ -624,6 +766,7 @@ def describe(cfg: ModelConfig) -> str:
 
 __all__ = [
     "WEIGHT_BITS",
+    "ROPE_TYPES",
     "ModelConfig",
     "RopeScaling",
     "active_params",

@@ -11,9 +11,13 @@ Slot API (what ``perwatt serve``'s continuous batcher drives)::
   are right-padded to the longest one in the call and run as one batch; the padded positions are
   computed and written past each prompt's end, where the mask hides them until decode overwrites
   them. Callers with very uneven prompts can group them into separate calls to save compute.
-* ``decode`` runs one step for any subset of the active slots. Internally every step runs all
-  ``max_batch_size`` rows (static shapes, so on CUDA the step is one captured CUDA graph, as in
-  gpt-fast); inactive rows write to a scratch cache position and their logits are dropped.
+* ``decode`` runs one step for any subset of the active slots. It runs only the leading slots that
+  cover them (slot 0..highest active: requests take the lowest free slot, so one request on an
+  8-slot engine costs what it costs on a 1-slot engine), and on the CPU attention reads only the
+  cache positions in use. On CUDA the row count is rounded up to a power of two (or
+  ``max_batch_size``), so each size is one captured CUDA graph with static shapes, as in
+  gpt-fast. Rows in that span that are not decoding write to a scratch cache position and their
+  logits are dropped.
 * Logits come back as fp32 tensors on the engine's device.
 
 ``generate`` runs whole prompts to a fixed number of new tokens for benchmarking: a warm-up pass
@@ -269,7 +273,7 @@ class Engine:
             weights_dir,
             vocab_size=cfg.vocab_size,
             bos_id=cfg.bos_token_id,
-            eos_id=cfg.eos_token_id,
+            eos_ids=cfg.eos_token_ids,
         )
         try:
             self.model.setup_cache(max_batch_size, max_seq_len, self.dtype)
@@ -280,13 +284,21 @@ class Engine:
             ) from e
         self._slots = _Slots(pos=[-1] * max_batch_size)
         self.compiled = self.device.type == "cuda" if compile is None else bool(compile)
-        self._decode_fn: Callable[[Tensor, Tensor, Tensor, bool], Tensor] = self.model.decode
+        self._decode_fn: Callable[..., Tensor] = self.model.decode
         if self.compiled:
             # MoE layers switch to their static-shape paths (gather / dense) inside the graph.
             self._decode_fn = torch.compile(  # type: ignore[assignment]
                 self.model.decode, mode="reduce-overhead", fullgraph=True
             )
         self._warm_shapes: set[tuple[int, ...]] = set()
+        # Decode batch sizes: any span on the CPU; powers of two and max_batch_size under CUDA
+        # graphs, so a handful of graphs cover every occupancy.
+        sizes = {max_batch_size}
+        b = 1
+        while b < max_batch_size:
+            sizes.add(b)
+            b *= 2
+        self.decode_sizes: tuple[int, ...] = tuple(sorted(sizes))
 
     # -- construction -----------------------------------------------------------------------
 
@@ -458,13 +470,32 @@ class Engine:
             self._slots.pos[s] = n
         return logits
 
-    def decode_full(self, tokens: Tensor, pos: Tensor, write_pos: Tensor) -> Tensor:
-        """The raw decode step over all ``max_batch_size`` rows, for loops that keep tokens on the
-        device (``generate``, the benchmark). ``tokens``/``pos``/``write_pos``: long [B] on the
-        engine's device; rows not decoding must have ``write_pos == max_seq_len`` (scratch).
-        Returns logits [B, V]; with CUDA graphs the tensor is overwritten by the next step, so
-        index or copy it before calling again. Slot positions are not tracked here."""
-        return self._decode_fn(tokens, pos, write_pos, self.compiled)
+    def decode_full(
+        self, tokens: Tensor, pos: Tensor, write_pos: Tensor, kv_len: int | None = None
+    ) -> Tensor:
+        """The raw decode step over the first B rows (B = ``len(tokens)``, usually
+        ``max_batch_size``), for loops that keep tokens on the device (``generate``, the
+        benchmark). ``tokens``/``pos``/``write_pos``: long [B] on the engine's device; rows not
+        decoding must have ``write_pos == max_seq_len`` (scratch). ``kv_len`` bounds the cache
+        positions attention reads (eager only; it must exceed every ``pos``). Returns logits
+        [B, V]; with CUDA graphs the tensor is overwritten by the next step, so index or copy it
+        before calling again. Slot positions are not tracked here."""
+        if self.compiled:
+            return self._decode_fn(tokens, pos, write_pos, True)
+        return self._decode_fn(tokens, pos, write_pos, False, kv_len)
+
+    def decode_rows(self, highest_slot: int) -> int:
+        """How many leading slots a decode step runs to cover ``highest_slot``."""
+        if not self.compiled:
+            return highest_slot + 1
+        return next(b for b in self.decode_sizes if b > highest_slot)
+
+    def _kv_len(self, longest: int) -> int | None:
+        """Cache positions attention must read when no slot holds more than ``longest`` tokens:
+        rounded up to 64 so the step's shapes change rarely; None (all) under CUDA graphs."""
+        if self.compiled:
+            return None
+        return min(self.model.cache_len, -(-longest // 64) * 64)
 
     _decode_full = decode_full  # the name the benchmark driver first used
 
@@ -476,10 +507,12 @@ class Engine:
         if len(set(slot_ids)) != len(slot_ids):
             raise ConfigError(f"decode got a slot twice: {list(slot_ids)}")
         self._check_ids(tokens)
-        mb = self.max_batch_size
-        tok = [0] * mb
-        pos = [0] * mb
-        write = [self.max_seq_len] * mb  # scratch position for rows not decoding
+        for s in slot_ids:
+            self._check_slot(s)
+        rows = self.decode_rows(max(slot_ids))
+        tok = [0] * rows
+        pos = [0] * rows
+        write = [self.max_seq_len] * rows  # scratch position for rows not decoding
         for s, t in zip(slot_ids, tokens, strict=True):
             self._check_slot(s)
             p = self._slots.pos[s]
@@ -496,7 +529,9 @@ class Engine:
             torch.tensor(tok, dtype=torch.long, device=dev),
             torch.tensor(pos, dtype=torch.long, device=dev),
             torch.tensor(write, dtype=torch.long, device=dev),
+            kv_len=self._kv_len(max(pos) + 1),
         )
+        # Indexing copies, which a CUDA-graph output needs anyway (the next replay overwrites it).
         logits = out[torch.tensor(list(slot_ids), dtype=torch.long, device=dev)]
         for s in slot_ids:
             self._slots.pos[s] += 1
@@ -578,8 +613,11 @@ class Engine:
         ignore_eos: bool,
         gen: torch.Generator | None,
     ) -> tuple[list[list[int]], float, float]:
-        dev, mb = self.device, self.max_batch_size
-        eos = self.cfg.eos_token_id
+        dev = self.device
+        mb = self.decode_rows(max(slots))  # the leading slots that cover these
+        eos_ids = list(self.cfg.eos_token_ids)
+        eos = torch.tensor(eos_ids, dtype=torch.long, device=dev)
+        kv_len = self._kv_len(max(len(p) for p in prompts) + n_new)
         try:
             self._sync()
             t0 = time.perf_counter()
@@ -597,12 +635,12 @@ class Engine:
             steps = [nxt]
             done = torch.zeros(len(slots), dtype=torch.bool, device=dev)
             for _ in range(n_new - 1):
-                if not ignore_eos and eos is not None:
-                    done |= steps[-1] == eos
+                if not ignore_eos and eos_ids:
+                    done |= torch.isin(steps[-1], eos)
                     if bool(done.all()):  # host sync: only when EOS may end the run early
                         break
                 tok[rows] = steps[-1]
-                logits = self.decode_full(tok, pos, write)[rows]
+                logits = self.decode_full(tok, pos, write, kv_len)[rows]
                 steps.append(sample(logits, temperature=temperature, top_k=top_k, generator=gen))
                 pos[rows] += 1
                 write[rows] += 1
@@ -614,8 +652,10 @@ class Engine:
         table = torch.stack(steps, dim=1).tolist()  # [B, steps]
         out: list[list[int]] = []
         for row in table:
-            if not ignore_eos and eos is not None and eos in row:
-                row = row[: row.index(eos) + 1]
+            if not ignore_eos:
+                stop = next((i for i, t in enumerate(row) if t in eos_ids), None)
+                if stop is not None:
+                    row = row[: stop + 1]
             out.append([int(t) for t in row])
         return out, t1 - t0, t2 - t1
 

@@ -15,10 +15,12 @@ Conventions, chosen so Hugging Face checkpoints load without rewriting:
 KV cache with slots. Each layer holds ``k_cache``/``v_cache`` of shape
 ``[max_batch_size, n_kv_heads, cache_len, head_dim]``: one row ("slot") per request, with
 ``cache_len`` = ``max_seq_len + 1`` rounded up to a multiple of 16 (aligned rows suit the fused
-attention kernels). Position ``max_seq_len`` is a scratch sink: in a decode step every slot computes (static shapes, so
-the step can be captured in a CUDA graph), and inactive slots write their throwaway K/V there,
-where no mask ever looks. Each slot decodes at its own position; the attention mask lets a slot
-see positions ``<= pos`` only.
+attention kernels). A decode step runs the first B slots (B = the engine picks the fewest that
+cover the active ones; a fixed set of sizes on CUDA, so each is one captured CUDA graph).
+Position ``max_seq_len`` is a scratch sink: slots inside those B that are not decoding write their
+throwaway K/V there, where no mask ever looks. Each slot decodes at its own position; the
+attention mask lets a slot see positions ``<= pos`` only, and attention may read only the first
+``kv_len`` positions when the caller knows none beyond them is in use.
 
 Decode attention groups the query heads that share a KV head into the query-length axis
 (``[B, Hkv, G, hd]`` against ``[B, Hkv, S, hd]``) so SDPA reads each KV head once, without
@@ -30,6 +32,7 @@ V vocabulary, E experts.
 
 from __future__ import annotations
 
+import math
 from typing import Protocol, cast
 
 import torch
@@ -53,35 +56,60 @@ class RMSNorm(nn.Module):
 
 
 def rope_inv_freq(cfg: ModelConfig, device: torch.device | str | None = None) -> Tensor:
-    """Per-pair inverse frequencies [hd/2] in fp32, with Llama-3 or linear scaling applied."""
+    """Per-pair inverse frequencies [hd/2] in fp32, scaled as ``cfg.rope_scaling`` says (the
+    formulas of transformers' ``modeling_rope_utils.py``; see :class:`RopeScaling`)."""
     hd = cfg.head_dim
-    inv = 1.0 / (
-        cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float64, device=device) / hd)
-    )
+    exps = torch.arange(0, hd, 2, dtype=torch.float64, device=device) / hd
+    inv = 1.0 / (cfg.rope_theta**exps)
     sc: RopeScaling | None = cfg.rope_scaling
-    if sc is not None:
-        if sc.kind == "linear":
-            inv = inv / sc.factor
-        else:
-            # Llama 3.1: keep high frequencies, divide low ones by `factor`, blend in between.
-            old = sc.original_max_position_embeddings
-            low_wavelen = old / sc.low_freq_factor
-            high_wavelen = old / sc.high_freq_factor
-            wavelen = 2 * torch.pi / inv
-            scaled = torch.where(wavelen > low_wavelen, inv / sc.factor, inv)
-            smooth = (old / wavelen - sc.low_freq_factor) / (
-                sc.high_freq_factor - sc.low_freq_factor
-            )
-            blended = (1 - smooth) * scaled / sc.factor + smooth * scaled
-            medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
-            inv = torch.where(medium, blended, scaled)
-    return inv.float()
+    if sc is None or sc.kind == "dynamic":
+        # dynamic NTK only changes the base past max_position_embeddings, which the engine's
+        # max_seq_len never exceeds (see RopeScaling).
+        return inv.float()
+    if sc.kind == "linear":
+        return (inv / sc.factor).float()
+    if sc.kind == "yarn":
+        return _yarn_inv_freq(inv, sc, cfg.rope_theta, hd).float()
+    # Llama 3.1: keep high frequencies, divide low ones by `factor`, blend in between.
+    old = sc.original_max_position_embeddings
+    low_wavelen = old / sc.low_freq_factor
+    high_wavelen = old / sc.high_freq_factor
+    wavelen = 2 * torch.pi / inv
+    scaled = torch.where(wavelen > low_wavelen, inv / sc.factor, inv)
+    smooth = (old / wavelen - sc.low_freq_factor) / (sc.high_freq_factor - sc.low_freq_factor)
+    blended = (1 - smooth) * scaled / sc.factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return torch.where(medium, blended, scaled).float()
 
 
-def rope_cos_sin(inv_freq: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
-    """cos, sin of shape [*pos.shape, hd] for integer positions ``pos``."""
+def _yarn_inv_freq(inv: Tensor, sc: RopeScaling, theta: float, hd: int) -> Tensor:
+    """YaRN (NTK-by-parts): frequencies that turn more than ``beta_fast`` times over the original
+    context are kept, those turning fewer than ``beta_slow`` times are divided by ``factor``, with
+    a linear ramp over the dimensions in between (transformers' ``_compute_yarn_parameters``)."""
+
+    def correction_dim(rotations: float) -> float:
+        return (hd * math.log(sc.original_max_position_embeddings / (rotations * 2 * math.pi))) / (
+            2 * math.log(theta)
+        )
+
+    low, high = correction_dim(sc.beta_fast), correction_dim(sc.beta_slow)
+    if sc.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, hd - 1)
+    if low == high:
+        high += 0.001  # as transformers: avoid a zero-width ramp
+    ramp = ((torch.arange(hd // 2, dtype=torch.float64, device=inv.device) - low) / (high - low))
+    keep = 1 - ramp.clamp(0, 1)  # 1 = extrapolate (unchanged), 0 = interpolate (/ factor)
+    return inv / sc.factor * (1 - keep) + inv * keep
+
+
+def rope_cos_sin(inv_freq: Tensor, pos: Tensor, scale: float = 1.0) -> tuple[Tensor, Tensor]:
+    """cos, sin of shape [*pos.shape, hd] for integer positions ``pos``, times ``scale`` (YaRN's
+    attention factor; 1 otherwise)."""
     ang = pos.float().unsqueeze(-1) * inv_freq  # [..., hd/2]
     ang = torch.cat([ang, ang], dim=-1)  # rotate-half layout
+    if scale != 1.0:
+        return ang.cos() * scale, ang.sin() * scale
     return ang.cos(), ang.sin()
 
 
@@ -103,7 +131,7 @@ class Attention(nn.Module):
         self.n_heads, self.n_kv, self.hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         qkv_out = (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim
         self.wqkv = nn.Linear(cfg.dim, qkv_out, bias=cfg.qkv_bias)
-        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=cfg.o_bias)
         self.register_buffer("k_cache", torch.empty(0), persistent=False)
         self.register_buffer("v_cache", torch.empty(0), persistent=False)
 
@@ -137,8 +165,9 @@ class Attention(nn.Module):
     def forward_decode(
         self, x: Tensor, cos: Tensor, sin: Tensor, write_pos: Tensor, mask: Tensor
     ) -> Tensor:
-        """One new token for every slot. x: [B, 1, D] with B = max_batch_size; write_pos: [B];
-        mask: [B, 1, 1, S] (True = may attend)."""
+        """One new token for each of the first B slots. x: [B, 1, D] with B <= max_batch_size;
+        write_pos: [B]; mask: [B, 1, 1, S'] (True = may attend) over the first S' <= S cache
+        positions (attention reads only those: the rest are masked anyway)."""
         b = x.shape[0]
         q, k, v = self._qkv(x, cos, sin)  # q [B, 1, H, hd], k/v [B, 1, Hkv, hd]
         rows = torch.arange(b, device=x.device)
@@ -146,7 +175,9 @@ class Attention(nn.Module):
         self.v_cache[rows, :, write_pos] = v[:, 0]
         g = self.n_heads // self.n_kv
         qg = q.view(b, self.n_kv, g, self.hd)  # query heads sharing a KV head, as the L axis
-        y = F.scaled_dot_product_attention(qg, self.k_cache, self.v_cache, attn_mask=mask)
+        s = mask.shape[-1]
+        kc, vc = self.k_cache[:b, :, :s], self.v_cache[:b, :, :s]  # views: no copy
+        y = F.scaled_dot_product_attention(qg, kc, vc, attn_mask=mask)
         out: Tensor = self.wo(y.reshape(b, 1, self.n_heads * self.hd))
         return out
 
@@ -154,11 +185,11 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     """SwiGLU: w2(silu(gate(x)) * up(x)), gate and up fused into one matmul."""
 
-    def __init__(self, dim: int, hidden: int) -> None:
+    def __init__(self, dim: int, hidden: int, bias: bool = False) -> None:
         super().__init__()
         self.hidden = hidden
-        self.w13 = nn.Linear(dim, 2 * hidden, bias=False)
-        self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.w13 = nn.Linear(dim, 2 * hidden, bias=bias)
+        self.w2 = nn.Linear(hidden, dim, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         gate, up = self.w13(x).split(self.hidden, dim=-1)
@@ -304,7 +335,9 @@ class Block(nn.Module):
         self.attention = Attention(cfg)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.feed_forward: nn.Module = (
-            MoE(cfg) if cfg.is_moe else FeedForward(cfg.dim, cfg.intermediate_size)
+            MoE(cfg)
+            if cfg.is_moe
+            else FeedForward(cfg.dim, cfg.intermediate_size, bias=cfg.mlp_bias)
         )
 
     def ffn(self, x: Tensor, *, static: bool) -> Tensor:
@@ -324,6 +357,8 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output: nn.Module = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+        sc = cfg.rope_scaling
+        self.rope_scale = sc.attention_factor if sc is not None and sc.kind == "yarn" else 1.0
         self.max_batch_size = 0
         self.max_seq_len = 0
         self.cache_len = 0
@@ -362,7 +397,7 @@ class Transformer(nn.Module):
         n = tokens.shape[1]
         x: Tensor = self.tok_embeddings(tokens)  # [B, L, D]
         pos = torch.arange(n, device=tokens.device)
-        cos, sin = rope_cos_sin(self.inv_freq, pos[None])  # [1, L, hd]
+        cos, sin = rope_cos_sin(self.inv_freq, pos[None], self.rope_scale)  # [1, L, hd]
         for layer in self.blocks():
             x = x + layer.attention.forward_seq(layer.attention_norm(x), cos, sin, slot_idx)
             x = x + layer.ffn(layer.ffn_norm(x), static=False)
@@ -384,14 +419,21 @@ class Transformer(nn.Module):
         return out
 
     def decode(
-        self, tokens: Tensor, pos: Tensor, write_pos: Tensor, static_moe: bool = False
+        self,
+        tokens: Tensor,
+        pos: Tensor,
+        write_pos: Tensor,
+        static_moe: bool = False,
+        kv_len: int | None = None,
     ) -> Tensor:
-        """One token for every slot. tokens, pos, write_pos: [max_batch_size]; inactive slots
-        carry ``write_pos == max_seq_len`` (the scratch position). Returns logits [B, V] fp32.
-        ``static_moe`` picks the MoE's static-shape paths (for torch.compile / CUDA graphs)."""
+        """One token for each of the first B slots (B <= max_batch_size). tokens, pos,
+        write_pos: [B]; slots among them that are not decoding carry ``write_pos ==
+        max_seq_len`` (the scratch position). Returns logits [B, V] fp32. ``static_moe`` picks
+        the MoE's static-shape paths (for torch.compile / CUDA graphs). ``kv_len`` (default: the
+        whole cache) bounds the cache positions attention reads; it must exceed every ``pos``."""
         x = self.tok_embeddings(tokens[:, None])  # [B, 1, D]
-        cos, sin = rope_cos_sin(self.inv_freq, pos[:, None])  # [B, 1, hd]
-        keys = torch.arange(self.cache_len, device=tokens.device)
+        cos, sin = rope_cos_sin(self.inv_freq, pos[:, None], self.rope_scale)  # [B, 1, hd]
+        keys = torch.arange(self.cache_len if kv_len is None else kv_len, device=tokens.device)
         mask = (keys[None, :] <= pos[:, None])[:, None, None, :]  # [B, 1, 1, S]
         for layer in self.blocks():
             h = layer.attention_norm(x)

@@ -121,22 +121,37 @@ def _sse(doc: Mapping[str, Any]) -> bytes:
 class IncrementalDetokenizer:
     """Turn a growing list of token ids into text deltas without splitting characters.
 
-    Byte-level tokens can end in the middle of a UTF-8 character; decoding that alone gives
-    U+FFFD. Like vLLM, decode a short window (``prefix_offset``..end) and emit only what goes
-    beyond the already-emitted part once it no longer ends in a replacement character.
+    As vLLM (and transformers' ``TextStreamer``) do: decode a short window
+    (``prefix_offset``..end) and emit only what goes beyond the already-emitted part, once it no
+    longer ends in U+FFFD (a byte-level or byte-fallback token that stops inside a UTF-8
+    character decodes to that; its bytes are held until the character completes).
+
+    The window starts with the last few prompt tokens (``prompt_ids``), special ones included,
+    so a tokenizer that strips the leading space of a decoded text (SentencePiece ``▁`` in
+    Llama-2/Mistral) strips it from prompt context, not from the first generated word. Generated
+    special tokens (EOS, ...) are left out of the text, as vLLM's ``skip_special_tokens``.
     """
 
-    def __init__(self, tokenizer: Tokenizer) -> None:
+    #: Prompt tokens kept as context: enough for any decoder's look-behind (vLLM keeps 5).
+    CONTEXT_TOKENS = 6
+
+    def __init__(self, tokenizer: Tokenizer, prompt_ids: Sequence[int] = ()) -> None:
         self.tok = tokenizer
-        self.ids: list[int] = []
+        self._decode: Callable[[Sequence[int]], str] = getattr(
+            tokenizer, "decode_with_special", tokenizer.decode
+        )
+        self._special: frozenset[int] = frozenset(getattr(tokenizer, "special_ids", ()))
+        self.ids: list[int] = list(prompt_ids[-self.CONTEXT_TOKENS :]) if prompt_ids else []
         self.prefix_offset = 0
-        self.read_offset = 0
+        self.read_offset = len(self.ids)
         self.text = ""
 
     def push(self, token_id: int) -> str:
+        if token_id in self._special:
+            return ""
         self.ids.append(token_id)
-        prefix = self.tok.decode(self.ids[self.prefix_offset : self.read_offset])
-        full = self.tok.decode(self.ids[self.prefix_offset :])
+        prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
+        full = self._decode(self.ids[self.prefix_offset :])
         if len(full) > len(prefix) and not full.endswith("\ufffd"):
             delta = full[len(prefix) :]
             self.prefix_offset = self.read_offset
@@ -146,9 +161,10 @@ class IncrementalDetokenizer:
         return ""
 
     def flush(self) -> str:
-        """Whatever is still held back (an incomplete character at the very end)."""
-        prefix = self.tok.decode(self.ids[self.prefix_offset : self.read_offset])
-        full = self.tok.decode(self.ids[self.prefix_offset :])
+        """Whatever is still held back (an incomplete character at the very end: the request
+        stopped inside it, so its bytes are shown as U+FFFD, as vLLM and transformers do)."""
+        prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
+        full = self._decode(self.ids[self.prefix_offset :])
         delta = full[len(prefix) :] if len(full) > len(prefix) else ""
         self.prefix_offset = self.read_offset = len(self.ids)
         self.text += delta
@@ -168,11 +184,8 @@ class VisibleByteTokenizer:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.kind = "byte-visible"
-        self.special = {
-            i
-            for i in (getattr(inner, "bos_id", None), getattr(inner, "eos_id", None))
-            if i is not None
-        }
+        self.special_ids: frozenset[int] = frozenset(getattr(inner, "special_ids", ()))
+        self.eos_ids: tuple[int, ...] = tuple(getattr(inner, "eos_ids", ()))
 
     def encode(self, text: str) -> list[int]:
         return list(self.inner.encode(text))
@@ -187,11 +200,16 @@ class VisibleByteTokenizer:
             if run:
                 parts.append(run.decode("utf-8", errors="replace"))
                 run.clear()
-            if i not in self.special:
+            if i not in self.special_ids:
                 parts.append(f"<t{i}>")
         if run:
             parts.append(run.decode("utf-8", errors="replace"))
         return "".join(parts)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        if 0 <= token_id < 256 and token_id not in self.special_ids:
+            return bytes([token_id])
+        return self.decode([token_id]).encode("utf-8")
 
 
 def serving_tokenizer(tokenizer: Any) -> Any:
@@ -202,17 +220,18 @@ def serving_tokenizer(tokenizer: Any) -> Any:
 
 
 def render_chat(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:
-    """Token ids for a chat: the tokenizer's own template when it has one, else a plain one.
+    """Token ids for a chat: the checkpoint's own template when it has one, else a plain one.
 
-    The plain template (``<|role|>\\ncontent\\n`` per message, then ``<|assistant|>\\n``) is what
-    random-weight shapes get; energy per token does not depend on it.
+    The checkpoint's template (see :mod:`perwatt.engine.chat_template`) is what vLLM and
+    transformers use; one that refuses the conversation (e.g. roles that do not alternate)
+    raises :class:`ValueError` with its message. The plain template (``<|role|>\\ncontent\\n``
+    per message, then ``<|assistant|>\\n``) is what checkpoints without one and random-weight
+    shapes get; energy per token does not depend on it.
     """
     apply = getattr(tokenizer, "apply_chat_template", None)
     if callable(apply):
-        with contextlib.suppress(Exception):  # templates that reject a role fall back below
-            out = apply(messages, add_generation_prompt=True)
-            if isinstance(out, str):
-                return list(tokenizer.encode(out))
+        out = apply(messages)
+        if out is not None:
             return [int(t) for t in out]
     text = "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in messages) + "<|assistant|>\n"
     return list(tokenizer.encode(text))
@@ -354,7 +373,10 @@ class OpenAIServer:
         max_key: str | None = "max_tokens"
         if chat:
             prompt_key = "messages"
-            prompt_ids = render_chat(self.tokenizer, parse_messages(body.get("messages")))
+            try:
+                prompt_ids = render_chat(self.tokenizer, parse_messages(body.get("messages")))
+            except ValueError as e:
+                raise APIError(400, str(e), param="messages") from None
             max_tokens = _get(body, "max_completion_tokens", (int,), None)
             if max_tokens is None:
                 max_tokens = _get(body, "max_tokens", (int,), None)
@@ -500,31 +522,41 @@ class OpenAIServer:
             if not finished:
                 self.batcher.cancel(req)
 
-    def _token_text(self, token_id: int) -> str:
-        return self.tokenizer.decode([token_id])
+    def _token_bytes(self, token_id: int) -> bytes:
+        fn = getattr(self.tokenizer, "token_bytes", None)
+        if callable(fn):
+            return bytes(fn(token_id))
+        return self.tokenizer.decode([token_id]).encode("utf-8")
+
+    def _token_text(self, token_id: int) -> tuple[str, bytes]:
+        """A token as logprobs show it, and its bytes. A token that is only part of a UTF-8
+        character is written ``bytes:\\xe2\\x82`` as OpenAI writes it, not as U+FFFD, so
+        different byte tokens stay different."""
+        data = self._token_bytes(token_id)
+        try:
+            return data.decode("utf-8"), data
+        except UnicodeDecodeError:
+            return "bytes:" + "".join(f"\\x{b:02x}" for b in data), data
 
     def _logprobs_entry(self, ev: Event, fmt: str, offset: int) -> dict[str, Any] | None:
         if ev.token_id is None or ev.logprob is None:
             return None
-        tok = self._token_text(ev.token_id)
+        tok, data = self._token_text(ev.token_id)
         if fmt == "chat":
-            return {
-                "token": tok,
-                "logprob": ev.logprob,
-                "bytes": list(tok.encode("utf-8")),
-                "top_logprobs": [
-                    {"token": (t := self._token_text(i)), "logprob": lp, "bytes": list(t.encode())}
-                    for i, lp in (ev.top_logprobs or ())
-                ],
-            }
-        return {
-            "token": tok,
-            "logprob": ev.logprob,
-            "offset": offset,
-            "top": {self._token_text(i): lp for i, lp in ev.top_logprobs}
-            if ev.top_logprobs
-            else None,
-        }
+            top_list = []
+            for i, lp in ev.top_logprobs or ():
+                t, b = self._token_text(i)
+                top_list.append({"token": t, "logprob": lp, "bytes": list(b)})
+            return {"token": tok, "logprob": ev.logprob, "bytes": list(data), "top_logprobs": top_list}
+        top: dict[str, float] | None = None
+        if ev.top_logprobs:
+            top = {}
+            for i, lp in ev.top_logprobs:
+                key = self._token_text(i)[0]
+                if key in top:  # two tokens with the same text: keep both, as vLLM names ids
+                    key = f"token_id:{i}"
+                top[key] = lp
+        return {"token": tok, "logprob": ev.logprob, "offset": offset, "top": top}
 
     @staticmethod
     def _completion_logprobs(entries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -549,7 +581,7 @@ class OpenAIServer:
         self, parsed: ParsedRequest, req: Request, queue: asyncio.Queue[Event]
     ) -> dict[str, Any]:
         """Run a submitted non-streaming request to the end; return the response body."""
-        detok = IncrementalDetokenizer(self.tokenizer)
+        detok = IncrementalDetokenizer(self.tokenizer, parsed.prompt_ids)
         entries: list[dict[str, Any]] = []
         finish: str | None = None
         n_out = 0
@@ -614,7 +646,7 @@ class OpenAIServer:
         rid = f"{'chatcmpl' if parsed.chat else 'cmpl'}-{uuid.uuid4().hex}"
         created = int(time.time())
         obj = "chat.completion.chunk" if parsed.chat else "text_completion"
-        detok = IncrementalDetokenizer(self.tokenizer)
+        detok = IncrementalDetokenizer(self.tokenizer, parsed.prompt_ids)
         n_out = 0
 
         def chunk(choice: dict[str, Any]) -> bytes:
@@ -1027,13 +1059,11 @@ def warm_up(batcher: Batcher, steps: int = 4, timeout_s: float = 900.0) -> float
 
 
 def _eos_ids(engine: Any, tokenizer: Any) -> list[int]:
-    """EOS token ids from wherever the engine or tokenizer keeps them."""
+    """The ids that end a request: every EOS of the checkpoint (config.json and
+    generation_config.json, see :func:`perwatt.engine.config.config_from_hf`) and the
+    tokenizer's own EOS, as vLLM stops on both."""
     ids: list[int] = []
-    for obj in (tokenizer, getattr(tokenizer, "inner", None), getattr(engine, "cfg", None)):
-        for attr in ("eos_token_ids", "eos_token_id", "eos_id"):
-            v = getattr(obj, attr, None)
-            if isinstance(v, int) and not isinstance(v, bool):
-                ids.append(v)
-            elif isinstance(v, list | tuple | frozenset | set):
-                ids.extend(int(x) for x in v)
-    return sorted(set(ids))
+    cfg = getattr(engine, "cfg", None)
+    ids.extend(getattr(cfg, "eos_token_ids", ()) or ())
+    ids.extend(getattr(tokenizer, "eos_ids", ()) or ())
+    return sorted({int(i) for i in ids})

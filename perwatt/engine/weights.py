@@ -102,16 +102,25 @@ def _mlp_slots(
     hidden: int,
     names: tuple[str, str, str],
     expert: int | None = None,
+    bias: bool = False,
 ) -> list[_Slot]:
     """Gate/up rows into ``w13``, down into ``w2``: of a FeedForward (``ours.w13.weight``) or of
-    entry ``expert`` of stacked Experts (``ours.w13``)."""
+    entry ``expert`` of stacked Experts (``ours.w13``); with ``bias`` (Llama ``mlp_bias``) their
+    biases likewise."""
     gate, up, down = names
     suffix = "" if expert is not None else ".weight"
-    return [
+    slots = [
         _Slot(f"{hf_prefix}.{gate}.weight", f"{ours}.w13{suffix}", 0, (hidden, dim), expert),
         _Slot(f"{hf_prefix}.{up}.weight", f"{ours}.w13{suffix}", hidden, (hidden, dim), expert),
         _Slot(f"{hf_prefix}.{down}.weight", f"{ours}.w2{suffix}", 0, (dim, hidden), expert),
     ]
+    if bias:
+        slots += [
+            _Slot(f"{hf_prefix}.{gate}.bias", f"{ours}.w13.bias", 0, (hidden,)),
+            _Slot(f"{hf_prefix}.{up}.bias", f"{ours}.w13.bias", hidden, (hidden,)),
+            _Slot(f"{hf_prefix}.{down}.bias", f"{ours}.w2.bias", 0, (dim,)),
+        ]
+    return slots
 
 
 def hf_tensor_plan(cfg: ModelConfig) -> list[_Slot]:
@@ -136,10 +145,17 @@ def hf_tensor_plan(cfg: ModelConfig) -> list[_Slot]:
                 _Slot(f"{hf}.self_attn.k_proj.bias", f"{a}.wqkv.bias", qn, (kvn,)),
                 _Slot(f"{hf}.self_attn.v_proj.bias", f"{a}.wqkv.bias", qn + kvn, (kvn,)),
             ]
+        if cfg.o_bias:
+            slots.append(_Slot(f"{hf}.self_attn.o_proj.bias", f"{a}.wo.bias", 0, (d,)))
         ff = f"{us}.feed_forward"
         if not cfg.is_moe:
             slots += _mlp_slots(
-                f"{hf}.mlp", ff, d, cfg.intermediate_size, ("gate_proj", "up_proj", "down_proj")
+                f"{hf}.mlp",
+                ff,
+                d,
+                cfg.intermediate_size,
+                ("gate_proj", "up_proj", "down_proj"),
+                bias=cfg.mlp_bias,
             )
             continue
         e, h = cfg.num_experts, cfg.moe_intermediate_size
@@ -194,7 +210,16 @@ def read_hf_config(directory: str | Path) -> ModelConfig:
         raise DataFormatError(f"{path}: cannot parse: {e}") from e
     if not isinstance(raw, dict):
         raise DataFormatError(f"{path}: expected a JSON object")
-    return config_from_hf(raw, name=Path(directory).resolve().name)
+    generation: dict[str, Any] | None = None
+    gpath = Path(directory) / "generation_config.json"
+    if gpath.is_file():
+        try:
+            generation = json.loads(gpath.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise DataFormatError(f"{gpath}: cannot parse: {e}") from e
+        if not isinstance(generation, dict):
+            raise DataFormatError(f"{gpath}: expected a JSON object")
+    return config_from_hf(raw, name=Path(directory).resolve().name, generation=generation)
 
 
 def _shard_files(directory: Path) -> list[Path]:
@@ -230,6 +255,10 @@ def load_hf_weights(model: Transformer, directory: str | Path) -> None:
             with safe_open(str(f), framework="pt", device="cpu") as fh:
                 for name in fh.keys():  # noqa: SIM118
                     if name.endswith(_IGNORED_SUFFIXES):
+                        continue
+                    if name == "lm_head.weight" and model.cfg.tie_embeddings:
+                        # Some tied checkpoints store the head as well; transformers ties it
+                        # to the embedding on load and ignores the stored copy, and so does this.
                         continue
                     slot = plan.get(name)
                     if slot is None:
@@ -286,23 +315,32 @@ def hf_config_dict(cfg: ModelConfig) -> dict[str, Any]:
         "max_position_embeddings": cfg.max_position_embeddings,
         "tie_word_embeddings": cfg.tie_embeddings,
         "bos_token_id": cfg.bos_token_id,
-        "eos_token_id": cfg.eos_token_id,
+        "eos_token_id": (
+            list(cfg.eos_token_ids) if len(cfg.eos_token_ids) > 1 else cfg.eos_token_id
+        ),
         "hidden_act": "silu",
         "torch_dtype": "bfloat16",
     }
     if cfg.rope_scaling is not None:
+        # The older top-level layout (rope_theta + rope_scaling): transformers 4.x and 5.x both
+        # read it, so an exported checkpoint loads in either.
         rs = cfg.rope_scaling
-        base["rope_scaling"] = (
-            {"rope_type": "linear", "factor": rs.factor}
-            if rs.kind == "linear"
-            else {
-                "rope_type": "llama3",
-                "factor": rs.factor,
-                "low_freq_factor": rs.low_freq_factor,
-                "high_freq_factor": rs.high_freq_factor,
-                "original_max_position_embeddings": rs.original_max_position_embeddings,
-            }
-        )
+        scaling: dict[str, Any] = {"rope_type": rs.kind, "factor": rs.factor}
+        if rs.kind == "llama3":
+            scaling.update(
+                low_freq_factor=rs.low_freq_factor,
+                high_freq_factor=rs.high_freq_factor,
+                original_max_position_embeddings=rs.original_max_position_embeddings,
+            )
+        elif rs.kind == "yarn":
+            scaling.update(
+                original_max_position_embeddings=rs.original_max_position_embeddings,
+                beta_fast=rs.beta_fast,
+                beta_slow=rs.beta_slow,
+                truncate=rs.truncate,
+                attention_factor=rs.attention_factor,
+            )
+        base["rope_scaling"] = scaling
     if cfg.is_moe and cfg.shared_expert_intermediate_size:
         base.update(
             model_type="qwen2_moe",
@@ -325,7 +363,7 @@ def hf_config_dict(cfg: ModelConfig) -> dict[str, Any]:
             num_experts_per_tok=cfg.num_experts_per_tok,
             sliding_window=None,
         )
-    elif cfg.qkv_bias:
+    elif cfg.qkv_bias and not cfg.o_bias:
         base.update(
             model_type="qwen2",
             architectures=["Qwen2ForCausalLM"],
@@ -337,7 +375,8 @@ def hf_config_dict(cfg: ModelConfig) -> dict[str, Any]:
             model_type="llama",
             architectures=["LlamaForCausalLM"],
             intermediate_size=cfg.intermediate_size,
-            attention_bias=False,
+            attention_bias=cfg.qkv_bias,
+            mlp_bias=cfg.mlp_bias,
         )
     return base
 

@@ -69,7 +69,7 @@ def test_invalid_shapes_rejected() -> None:
     with pytest.raises(ConfigError, match="even"):
         base.replace(head_dim=15)
     with pytest.raises(ConfigError, match="rope scaling"):
-        RopeScaling(kind="yarn")
+        RopeScaling(kind="longrope")
 
 
 @pytest.mark.parametrize("name", [*sorted(PUBLISHED_TOTAL_B), "tiny", "tiny-moe"])
@@ -85,8 +85,8 @@ def test_hf_config_errors() -> None:
         config_from_hf({k: v for k, v in llama.items() if k != "hidden_size"})
     with pytest.raises(DataFormatError, match="sliding-window"):
         config_from_hf({**llama, "model_type": "mistral", "sliding_window": 4096})
-    with pytest.raises(DataFormatError, match="rope_scaling type 'yarn'"):
-        config_from_hf({**llama, "rope_scaling": {"rope_type": "yarn", "factor": 4}})
+    with pytest.raises(DataFormatError, match="rope_type 'longrope'"):
+        config_from_hf({**llama, "rope_scaling": {"rope_type": "longrope", "factor": 4}})
     # Mistral v0.3 style (sliding_window null) is accepted
     ok = config_from_hf({**llama, "model_type": "mistral", "sliding_window": None})
     assert isinstance(ok, ModelConfig)
