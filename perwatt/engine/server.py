@@ -194,7 +194,7 @@ class VisibleByteTokenizer:
         parts: list[str] = []
         run = bytearray()
         for i in ids:
-            if 0 <= i < 256:
+            if 0 <= i < 256 and i not in self.special_ids:
                 run.append(i)
                 continue
             if run:
