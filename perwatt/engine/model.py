@@ -98,7 +98,7 @@ def _yarn_inv_freq(inv: Tensor, sc: RopeScaling, theta: float, hd: int) -> Tenso
     low, high = max(low, 0), min(high, hd - 1)
     if low == high:
         high += 0.001  # as transformers: avoid a zero-width ramp
-    ramp = ((torch.arange(hd // 2, dtype=torch.float64, device=inv.device) - low) / (high - low))
+    ramp = (torch.arange(hd // 2, dtype=torch.float64, device=inv.device) - low) / (high - low)
     keep = 1 - ramp.clamp(0, 1)  # 1 = extrapolate (unchanged), 0 = interpolate (/ factor)
     return inv / sc.factor * (1 - keep) + inv * keep
 

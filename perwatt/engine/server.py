@@ -547,7 +547,12 @@ class OpenAIServer:
             for i, lp in ev.top_logprobs or ():
                 t, b = self._token_text(i)
                 top_list.append({"token": t, "logprob": lp, "bytes": list(b)})
-            return {"token": tok, "logprob": ev.logprob, "bytes": list(data), "top_logprobs": top_list}
+            return {
+                "token": tok,
+                "logprob": ev.logprob,
+                "bytes": list(data),
+                "top_logprobs": top_list,
+            }
         top: dict[str, float] | None = None
         if ev.top_logprobs:
             top = {}

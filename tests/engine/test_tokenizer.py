@@ -72,7 +72,7 @@ def test_bos_follows_the_tokenizer_not_config(tokenizer_dirs: dict[str, Path]) -
 MESSAGES = [
     [{"role": "user", "content": "Hi there € x"}],
     [
-        {"role": "system", "content": "Be <brief> & \"exact\""},
+        {"role": "system", "content": 'Be <brief> & "exact"'},
         {"role": "user", "content": " What is a joule? "},
         {"role": "assistant", "content": "A unit of energy."},
         {"role": "user", "content": "And a watt?"},
