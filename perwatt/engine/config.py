@@ -27,7 +27,6 @@ from typing import Any
 
 from perwatt.errors import ConfigError, DataFormatError
 
-
 #: RoPE types (Hugging Face ``rope_type``) this engine computes exactly; see :class:`RopeScaling`.
 ROPE_TYPES = ("linear", "llama3", "yarn", "dynamic")
 
@@ -765,8 +764,8 @@ def describe(cfg: ModelConfig) -> str:
 
 
 __all__ = [
-    "WEIGHT_BITS",
     "ROPE_TYPES",
+    "WEIGHT_BITS",
     "ModelConfig",
     "RopeScaling",
     "active_params",
