@@ -151,6 +151,8 @@ def _builtin(args: argparse.Namespace) -> list[Path]:
         raise ConfigError("--engine builtin needs --model SHAPE_OR_DIR")
     try:
         import torch  # noqa: F401
+
+        import perwatt.engine  # noqa: F401  (before torch: it sets the OpenMP wait policy)
     except ImportError:
         raise ConfigError("--engine builtin needs PyTorch: pip install 'perwatt[engine]'") from None
     from perwatt.bench.runner import parse_int_list

@@ -13,7 +13,20 @@ PyTorch, and touching a torch-backed name without PyTorch installed raises a one
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING, Any
+
+# OpenMP threads wait passively (sleep) between parallel regions, unless the user chose
+# otherwise. PyTorch's CPU kernels run on libgomp, which by default spin-waits after every
+# parallel region (OMP_WAIT_POLICY unset: GOMP_SPINCOUNT, ~3e5 spins) -- except that it
+# throttles the spinning once it manages more threads than there are CPUs. A decode step is
+# hundreds of small parallel regions: on cores shared with other work, the spinning team
+# member competes with the thread that has work, and a step took 52-213 ms on the thread that
+# loaded the model (``perwatt bench``) but ~5 ms on a second thread (``perwatt serve``'s engine
+# thread, whose extra team happened to trigger the throttle). See BENCHMARKS.md and
+# benchmarks/engine_paths.py. The runtime reads this once, when torch loads, which is why it is
+# set here: every engine module imports this package before it imports torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 if TYPE_CHECKING:
     from perwatt.engine.config import (

@@ -1037,29 +1037,43 @@ def serve(
 
 
 def warm_up(batcher: Batcher, steps: int = 4, timeout_s: float = 900.0) -> float:
-    """Run one short request through the batcher before accepting traffic, so compilation and
-    CUDA-graph capture (tens of seconds on a GPU) do not land on the first client's TTFT.
+    """Run short requests through the batcher before accepting traffic, so compilation and
+    CUDA-graph capture (tens of seconds on a GPU) do not land on the first clients' TTFT.
 
-    It goes through the engine thread on purpose: torch.compile's CUDA-graph trees are kept per
-    thread, so a warm-up on any other thread would be recorded again on the first request.
-    Returns the seconds it took.
+    They go through the engine thread on purpose: torch.compile's CUDA-graph trees are kept per
+    thread, so a warm-up on any other thread would be recorded again on the first request. A
+    compiled engine decodes in a few batch sizes (``Engine.decode_sizes``: one graph each), so
+    each size gets a wave of that many concurrent requests. Returns the seconds it took.
     """
-    done = threading.Event()
-    failure: list[str] = []
-
-    def on_event(ev: Event) -> None:
-        if ev.finish_reason is not None:
-            if ev.finish_reason in ("error", "abort"):
-                failure.append(ev.error or ev.finish_reason)
-            done.set()
-
+    engine = batcher.engine
+    sizes: tuple[int, ...] = (1,)
+    if getattr(engine, "compiled", False):
+        sizes = tuple(getattr(engine, "decode_sizes", (1,)))
     t0 = time.perf_counter()
-    params = SamplingParams(max_tokens=steps, ignore_eos=True)
-    batcher.submit(Request(prompt_ids=(1, 2, 3, 4), params=params, on_event=on_event))
-    if not done.wait(timeout_s):
-        raise ConfigError(f"the engine did not finish a {steps}-token warm-up in {timeout_s:g} s")
-    if failure:
-        raise ConfigError(f"the engine failed its warm-up request: {failure[0]}")
+    for n in sizes:
+        n = min(n, batcher.num_slots)
+        done = threading.Semaphore(0)
+        failure: list[str] = []
+
+        def on_event(ev: Event) -> None:
+            if ev.finish_reason is not None:
+                if ev.finish_reason in ("error", "abort"):
+                    failure.append(ev.error or ev.finish_reason)
+                done.release()
+
+        # Requests admitted a step apart still overlap for `steps` steps at full occupancy.
+        max_tokens = max(1, min(steps + n - 1, batcher.max_seq_len - 4))
+        params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
+        for _ in range(n):
+            batcher.submit(Request(prompt_ids=(1, 2, 3, 4), params=params, on_event=on_event))
+        deadline = time.monotonic() + timeout_s
+        for _ in range(n):
+            if not done.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                raise ConfigError(
+                    f"the engine did not finish a {max_tokens}-token warm-up in {timeout_s:g} s"
+                )
+        if failure:
+            raise ConfigError(f"the engine failed its warm-up request: {failure[0]}")
     return time.perf_counter() - t0
 
 

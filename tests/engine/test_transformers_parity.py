@@ -332,3 +332,18 @@ def test_served_completion_keeps_sentencepiece_leading_space(tmp_path: Path) -> 
     assert got == whole[len(head) :]
     if gen and ref_tok.convert_ids_to_tokens(gen[0]).startswith("\u2581"):
         assert got.startswith(" ")  # the first word's space survives
+
+
+def test_checkpoint_without_tokenizer_uses_config_ids(
+    checkpoints: dict[tuple[str, str], Path], tmp_path: Path
+) -> None:
+    # No tokenizer file: the byte fallback takes BOS and every EOS from the checkpoint, and
+    # the server stops on exactly those (not on a made-up 257, and BOS is not 256).
+    directory = tmp_path / "ck"
+    shutil.copytree(checkpoints["llama-2", "new"], directory)
+    H.set_eos(directory, [2, 9])
+    engine = _engine(directory, batch=1)
+    tokenizer = serving_tokenizer(engine.tokenizer)
+    assert engine.tokenizer.kind == "byte"
+    assert _eos_ids(engine, tokenizer) == [2, 9]
+    assert tokenizer.encode("A") == [1, 65]
