@@ -1049,18 +1049,18 @@ def warm_up(batcher: Batcher, steps: int = 4, timeout_s: float = 900.0) -> float
     sizes: tuple[int, ...] = (1,)
     if getattr(engine, "compiled", False):
         sizes = tuple(getattr(engine, "decode_sizes", (1,)))
+    done = threading.Semaphore(0)  # one release per finished request
+    failure: list[str] = []
+
+    def on_event(ev: Event) -> None:
+        if ev.finish_reason is not None:
+            if ev.finish_reason in ("error", "abort"):
+                failure.append(ev.error or ev.finish_reason)
+            done.release()
+
     t0 = time.perf_counter()
     for n in sizes:
         n = min(n, batcher.num_slots)
-        done = threading.Semaphore(0)
-        failure: list[str] = []
-
-        def on_event(ev: Event) -> None:
-            if ev.finish_reason is not None:
-                if ev.finish_reason in ("error", "abort"):
-                    failure.append(ev.error or ev.finish_reason)
-                done.release()
-
         # Requests admitted a step apart still overlap for `steps` steps at full occupancy.
         max_tokens = max(1, min(steps + n - 1, batcher.max_seq_len - 4))
         params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
