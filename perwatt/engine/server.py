@@ -198,18 +198,50 @@ class VisibleByteTokenizer:
                 run.append(i)
                 continue
             if run:
-                parts.append(run.decode("utf-8", errors="replace"))
+                parts.append(_visible_bytes(bytes(run), at_end=False))
                 run.clear()
             if i not in self.special_ids:
                 parts.append(f"<t{i}>")
         if run:
-            parts.append(run.decode("utf-8", errors="replace"))
+            parts.append(_visible_bytes(bytes(run), at_end=True))
         return "".join(parts)
 
     def token_bytes(self, token_id: int) -> bytes:
         if 0 <= token_id < 256 and token_id not in self.special_ids:
             return bytes([token_id])
         return self.decode([token_id]).encode("utf-8")
+
+
+def _incomplete_tail(data: bytes) -> int:
+    """Length of a UTF-8 sequence that ``data`` ends in the middle of (0 if none)."""
+    for k in range(1, min(3, len(data)) + 1):
+        lead = data[-k]
+        if 0x80 <= lead < 0xC0:
+            continue  # a continuation byte: look further back for the lead
+        need = 0  # bytes in the character this lead byte starts (0: not a lead byte)
+        if 0xC2 <= lead < 0xE0:
+            need = 2
+        elif 0xE0 <= lead < 0xF0:
+            need = 3
+        elif 0xF0 <= lead < 0xF5:
+            need = 4
+        return k if need > k else 0
+    return 0
+
+
+def _visible_bytes(data: bytes, *, at_end: bool) -> str:
+    """UTF-8 text of random byte tokens, with every byte that cannot be part of a character
+    written ``<0xNN>`` (SentencePiece's name for a byte piece) instead of U+FFFD, so a stream
+    never carries replacement characters for bytes that are simply not text. A character still
+    being built at the very end (``at_end``) stays U+FFFD: that is the mark the incremental
+    detokenizer holds bytes back on until the character completes."""
+    tail = _incomplete_tail(data) if at_end else 0
+    body = data[: len(data) - tail]
+    text = "".join(
+        f"<0x{ord(c) - 0xDC00:02X}>" if 0xDC80 <= ord(c) <= 0xDCFF else c
+        for c in body.decode("utf-8", errors="surrogateescape")
+    )
+    return text + ("\ufffd" if tail else "")
 
 
 def serving_tokenizer(tokenizer: Any) -> Any:

@@ -582,3 +582,95 @@ def test_stream_include_usage_null_is_the_default(
         events = sse(r.read().decode().split("\n"))
     assert events[-1] == "[DONE]"
     assert all(e.get("usage") is None for e in events[:-1])  # false by default: no usage chunk
+
+
+class ScriptedEngine:
+    """Emits a fixed token sequence (as the argmax), the next two script tokens as runners-up."""
+
+    def __init__(self, script: Sequence[int], vocab: int = 512) -> None:
+        self.script, self.vocab = list(script), vocab
+        self.n: dict[int, int] = {}
+
+    def _row(self, slot: int) -> list[float]:
+        i = self.n[slot]
+        self.n[slot] += 1
+        row = [0.0] * self.vocab
+        for rank, tok in enumerate(self.script[i : i + 3]):
+            row[tok] = max(row[tok], 6.0 - rank)
+        return row
+
+    def prefill(self, slot_ids: Sequence[int], token_ids: Sequence[Sequence[int]]) -> Any:
+        for s in slot_ids:
+            self.n[s] = 0
+        return [self._row(s) for s in slot_ids]
+
+    def decode(self, slot_ids: Sequence[int], tokens: Sequence[int]) -> Any:
+        return [self._row(s) for s in slot_ids]
+
+    def free(self, slot_id: int) -> None:
+        self.n.pop(slot_id, None)
+
+
+@contextmanager
+def scripted_server(script: Sequence[int]) -> Iterator[str]:
+    from perwatt.engine.server import serving_tokenizer
+    from perwatt.engine.tokenizer import ByteTokenizer as EngineByteTokenizer
+
+    tok = serving_tokenizer(EngineByteTokenizer(512, bos_id=256, eos_id=257))
+    batcher = Batcher(ScriptedEngine(script), num_slots=1, max_seq_len=64, eos_token_ids=[257])
+    batcher.start()
+    app = OpenAIServer(batcher, tok, model_name="s", max_seq_len=64, vocab_size=512).app()
+    sock = bind("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="error", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(5)
+        batcher.stop()
+        sock.close()
+
+
+def test_stream_never_sends_replacement_fragments() -> None:
+    # é, then a lone 0xE2 cut off by a non-byte token, then € split over three tokens.
+    script = [0xC3, 0xA9, 0xE2, 300, 0xE2, 0x82, 0xAC, 0x21, 0x21, 0x21, 0x21, 0x21]
+    with scripted_server(script) as url:
+        body = {"prompt": "x", "max_tokens": 8, "temperature": 0, "stream": True}
+        pieces = []
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=10) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: {"):
+                    pieces.append(json.loads(line[6:])["choices"][0]["text"])
+        assert pieces == ["", "é", "", "<0xE2><t300>", "", "", "€", "!"]
+        done = httpx.post(f"{url}/v1/completions", json={**body, "stream": False}, timeout=10)
+        assert done.json()["choices"][0]["text"] == "é<0xE2><t300>€!"
+
+
+def test_top_logprobs_keep_tokens_with_the_same_text_apart() -> None:
+    # At the second step 0xE2 and 0xE3 rank first and second: alone, each is U+FFFD.
+    script = [0x41, 0xE2, 0xE3, 0x42, 0x43]
+    with scripted_server(script) as url:
+        body = {"prompt": "x", "max_tokens": 2, "temperature": 0, "logprobs": 3}
+        r = httpx.post(f"{url}/v1/completions", json=body, timeout=10).json()
+        tops = r["choices"][0]["logprobs"]["top_logprobs"]
+        assert list(tops[1]) == ["bytes:\\xe2", "bytes:\\xe3", "B"]
+        assert r["choices"][0]["logprobs"]["tokens"][1] == "bytes:\\xe2"
+        chat = {
+            "messages": [{"role": "user", "content": "x"}],
+            "max_tokens": 2,
+            "temperature": 0,
+            "logprobs": True,
+            "top_logprobs": 3,
+        }
+        r = httpx.post(f"{url}/v1/chat/completions", json=chat, timeout=10).json()
+        top = r["choices"][0]["logprobs"]["content"][1]["top_logprobs"]
+        assert [(t["token"], t["bytes"]) for t in top] == [
+            ("bytes:\\xe2", [0xE2]),
+            ("bytes:\\xe3", [0xE3]),
+            ("B", [0x42]),
+        ]
