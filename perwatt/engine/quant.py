@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from torch import Tensor, nn
 
-from perwatt.engine.config import ModelConfig
+from perwatt.engine.config import ModelConfig, RopeScaling
 from perwatt.engine.generate import PrecisionPlan
 from perwatt.engine.model import Experts
 from perwatt.errors import ConfigError, DataFormatError
@@ -743,6 +743,20 @@ def quantize_in_place(
     return group
 
 
+def _with_new_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved shape with the fields added since it was written (biases, the EOS list, more
+    RoPE parameters) at the values every shape had before they existed."""
+    out = {"o_bias": False, "mlp_bias": False, **saved}
+    if "eos_token_ids" not in out:
+        eos = out.get("eos_token_id")
+        out["eos_token_ids"] = [] if eos is None else [eos]
+    rs = out.get("rope_scaling")
+    if isinstance(rs, dict):
+        defaults = {f.name: f.default for f in dataclasses.fields(RopeScaling) if f.name not in rs}
+        out["rope_scaling"] = {**rs, **defaults}
+    return out
+
+
 def load_quantized_into(
     model: nn.Module,
     path: str | Path,
@@ -764,8 +778,14 @@ def load_quantized_into(
             f"use --precision {meta['precision']}"
         )
     cfg: ModelConfig = model.cfg  # type: ignore[assignment]
-    mine = {k: v for k, v in cfg.to_dict().items() if k not in ("name", "source")}
-    theirs = {k: v for k, v in meta["model"].items() if k not in ("name", "source")}
+    mine = {
+        k: v
+        for k, v in json.loads(json.dumps(cfg.to_dict())).items()
+        if k not in ("name", "source")
+    }
+    theirs = _with_new_defaults(
+        {k: v for k, v in meta["model"].items() if k not in ("name", "source")}
+    )
     if mine != theirs:
         diff = sorted(k for k in mine if mine.get(k) != theirs.get(k))
         raise DataFormatError(

@@ -219,7 +219,35 @@ def read_hf_config(directory: str | Path) -> ModelConfig:
             raise DataFormatError(f"{gpath}: cannot parse: {e}") from e
         if not isinstance(generation, dict):
             raise DataFormatError(f"{gpath}: expected a JSON object")
-    return config_from_hf(raw, name=Path(directory).resolve().name, generation=generation)
+    cfg = config_from_hf(raw, name=Path(directory).resolve().name, generation=generation)
+    if cfg.tie_embeddings and _stored_head_differs(Path(directory)):
+        # As transformers >= 5 does: a tied config whose checkpoint stores a head that is not
+        # the embedding gets that head, untied.
+        cfg = cfg.replace(tie_embeddings=False)
+    return cfg
+
+
+def _stored_head_differs(directory: Path) -> bool:
+    """Whether a checkpoint stores ``lm_head.weight`` with values other than the embedding's."""
+    from safetensors import safe_open
+
+    where: dict[str, Path] = {}
+    try:
+        for f in _shard_files(directory):
+            with safe_open(str(f), framework="pt", device="cpu") as fh:
+                for name in ("lm_head.weight", "model.embed_tokens.weight"):
+                    if name in fh.keys():  # noqa: SIM118
+                        where[name] = f
+        if len(where) < 2:
+            return False
+        tensors = []
+        for name in ("lm_head.weight", "model.embed_tokens.weight"):
+            with safe_open(str(where[name]), framework="pt", device="cpu") as fh:
+                tensors.append(fh.get_tensor(name))
+    except (OSError, RuntimeError, SafetensorError):
+        return False  # unreadable files are reported, with their names, by load_hf_weights
+    head, emb = tensors
+    return head.shape != emb.shape or not torch.equal(head, emb)
 
 
 def _shard_files(directory: Path) -> list[Path]:
@@ -257,8 +285,8 @@ def load_hf_weights(model: Transformer, directory: str | Path) -> None:
                     if name.endswith(_IGNORED_SUFFIXES):
                         continue
                     if name == "lm_head.weight" and model.cfg.tie_embeddings:
-                        # Some tied checkpoints store the head as well; transformers ties it
-                        # to the embedding on load and ignores the stored copy, and so does this.
+                        # Some tied checkpoints store the head as well, equal to the embedding
+                        # (read_hf_config unties one that differs, as transformers does).
                         continue
                     slot = plan.get(name)
                     if slot is None:

@@ -685,3 +685,12 @@ def test_quantize_model_out_of_memory_is_one_line_and_leaves_nothing(
     with pytest.raises(ZeroDivisionError):  # a bug stays a traceback, and still cleans up
         Q.quantize_model("tiny", "int4", tmp_path / "q", device="cpu")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_files_saved_before_new_shape_fields_still_match() -> None:
+    from perwatt.engine.quant import _with_new_defaults
+
+    old = {"eos_token_id": 5, "rope_scaling": {"kind": "llama3", "factor": 8.0}}
+    new = _with_new_defaults(old)
+    assert new["eos_token_ids"] == [5] and new["o_bias"] is False and new["mlp_bias"] is False
+    assert new["rope_scaling"]["beta_fast"] == 32.0 and new["rope_scaling"]["factor"] == 8.0

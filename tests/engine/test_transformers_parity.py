@@ -176,13 +176,17 @@ def test_tied_checkpoint_that_also_stores_the_head(
     shutil.copytree(checkpoints["llama-3.2-tied", "new"], directory)
     tensors = load_file(str(directory / "model.safetensors"))
     assert "lm_head.weight" not in tensors
-    tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].clone()
-    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
-    hf = _hf_model(directory)
-    engine = _engine(directory, batch=1)
     ids = [5, 6, 7, 8]
-    with torch.no_grad():
-        assert _rel(engine.model.forward(torch.tensor([ids]))[0, -1], _hf_last(hf, ids)) < RTOL
+    # The same values as the embedding (the usual case), then different ones: transformers
+    # unties the head then and uses the stored one, and so must the engine.
+    for head in (tensors["model.embed_tokens.weight"].clone(), torch.randn(VOCAB, 64) / 8):
+        tensors["lm_head.weight"] = head
+        save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+        hf = _hf_model(directory)
+        engine = _engine(directory, batch=1)
+        with torch.no_grad():
+            got = engine.model.forward(torch.tensor([ids]))[0, -1]
+        assert _rel(got, _hf_last(hf, ids)) < RTOL
 
 
 # ---------------------------------------------------------------------- served text
