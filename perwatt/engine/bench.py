@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import csv
 import gc
+import os
 import random
 import re
 import sys
@@ -718,6 +719,8 @@ def _measure_point(
     doc["builtin"] = {
         "device": device,
         "torch_threads": torch.get_num_threads() if torch is not None else None,
+        # how idle OpenMP threads wait: it changes CPU decode speed (BENCHMARKS.md section 8)
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "emulated": emulated,
         "engine": info,
         "rounds": rounds,
