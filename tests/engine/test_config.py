@@ -139,3 +139,34 @@ def test_ceilings() -> None:
         bandwidth_ceiling_tok_s(
             cfg, batch_size=1, context_len=0, precision="bf16", hbm_bandwidth_gbs=0
         )
+
+
+def test_hf_config_reads_rope_parameters_and_eos_lists() -> None:
+    """transformers >= 5 writes RoPE under rope_parameters; reading only the old keys ran every
+    Llama-3 checkpoint with theta 10,000 and no scaling (issue 10)."""
+    llama = hf_config_dict(get_config("llama-3.1-8b"))
+    del llama["rope_theta"], llama["rope_scaling"]
+    llama["rope_parameters"] = {
+        "rope_type": "llama3",
+        "rope_theta": 500_000.0,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    }
+    llama["eos_token_id"] = [128001, 128008, 128009]
+    cfg = config_from_hf(llama, generation={"eos_token_id": [128009, 7]})
+    assert (
+        cfg.rope_theta == 500_000.0 and cfg.rope_scaling == get_config("llama-3.1-8b").rope_scaling
+    )
+    assert cfg.eos_token_ids == (128001, 128008, 128009, 7) and cfg.eos_token_id == 128001
+    with pytest.raises(DataFormatError, match="rope_type 'foo' is not supported"):
+        config_from_hf({**llama, "rope_parameters": {"rope_type": "foo", "rope_theta": 1.0}})
+    with pytest.raises(DataFormatError, match="partial_rotary_factor"):
+        config_from_hf(
+            {**llama, "rope_parameters": {"rope_theta": 1e4, "partial_rotary_factor": 0.5}}
+        )
+    biased = config_from_hf({**llama, "attention_bias": True, "mlp_bias": True})
+    assert biased.qkv_bias and biased.o_bias and biased.mlp_bias
+    mistral = config_from_hf({**llama, "model_type": "mistral", "attention_bias": True})
+    assert not mistral.qkv_bias and not mistral.o_bias  # Mistral has no biases at all
