@@ -16,7 +16,9 @@ in one place.
 
 Lifecycle: the runner writes the document first with ``status="running"``, rewrites it atomically
 (``.tmp`` then rename, so a reader never sees half a file) as requests complete, and finishes with
-``complete``, ``partial`` (Ctrl-C, crash, server gone: what was measured is kept, and
+``complete`` (every request answered in full), ``complete-with-failures`` (the run finished but
+some requests failed or were truncated: the figures cover the others, and ``partial_reason`` says
+how many and why), ``partial`` (Ctrl-C, crash, server gone: what was measured is kept, and
 ``partial_reason`` says why) or ``failed`` (nothing usable: every request failed).
 
 Readers (compare, report) call :func:`load_result`, which validates the structure and raises
@@ -46,8 +48,8 @@ from perwatt.meter.detect import cpu_model
 
 SCHEMA_VERSION: Final = "perwatt.bench.result/1"
 
-Status = Literal["running", "complete", "partial", "failed"]
-STATUSES: Final = ("running", "complete", "partial", "failed")
+Status = Literal["running", "complete", "complete-with-failures", "partial", "failed"]
+STATUSES: Final = ("running", "complete", "complete-with-failures", "partial", "failed")
 LoadKind = Literal["rate", "concurrency", "batch"]
 LOAD_KINDS: Final = ("rate", "concurrency", "batch")
 TokenCountSource = Literal["usage", "chunks", "engine"]

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -161,3 +165,91 @@ def test_builtin_without_torch_names_the_extra(
     monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
     assert main(["bench", "--engine", "builtin", "--model", "tiny"]) == 2
     assert "pip install 'perwatt[engine]'" in capsys.readouterr().err
+
+
+@contextlib.contextmanager
+def _test_server(*flags: str) -> Iterator[str]:
+    """``python -m perwatt.bench.testing FLAGS`` in a subprocess, as a user starts it; its URL."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "perwatt.bench.testing", "--port", "0", *flags],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            assert line.startswith("serving "), line + proc.stdout.read()
+            yield line.split(" at ", 1)[1].split()[0]
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+def _bench(url: str, out: Path, *flags: str) -> int:
+    return main(
+        ["bench", "--url", url, "--num-prompts", "8", "--input-len", "4", "--output-len", "12",
+         "--result-dir", str(out), "--energy-source", "simulated", *flags]
+    )  # fmt: skip
+
+
+def test_failed_requests_fail_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 9 §4: a server that fails every second request with HTTP 500 is no complete run."""
+    with _test_server("--fail-every", "2") as url:
+        rc = _bench(url, tmp_path / "strict", "--max-concurrency", "2")
+        text = " ".join(capsys.readouterr().out.split())  # unwrapped
+        (path,) = (tmp_path / "strict").glob("*.json")
+        d = load_result(path)
+        assert rc == 1
+        assert d["status"] == "complete-with-failures"
+        assert d["partial_reason"] is not None and "4 of 8 requests failed" in d["partial_reason"]
+        assert d["metrics"]["completed"] == 4 and d["metrics"]["errors"] == {"http_500": 4}
+        assert "complete-with-failures" in text
+        assert "4 of 8 requests failed (50.0%), more than --max-failed-fraction 0" in text
+        # A threshold the user sets: the status still says so, the exit code follows the flag.
+        rc = _bench(url, tmp_path / "loose", "--max-failed-fraction", "0.5", "--quiet")
+        text = " ".join(capsys.readouterr().out.split())  # unwrapped
+        (path,) = (tmp_path / "loose").glob("*.json")
+        assert rc == 0
+        assert load_result(path)["status"] == "complete-with-failures"
+        assert "within --max-failed-fraction 0.5" in text
+
+
+def test_byte_fallback_server_counts_every_token(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 10 item 10: empty-text chunks are tokens; exact counts with and without usage."""
+    for usage in ("never", "requested"):
+        with _test_server("--empty-text-every", "3", "--usage", usage) as url:
+            for endpoint in ("completions", "chat"):
+                out = tmp_path / f"{usage}-{endpoint}"
+                assert _bench(url, out, "--endpoint", endpoint, "--quiet") == 0
+                (path,) = out.glob("*.json")
+                m = load_result(path)["metrics"]
+                assert m["total_output_tokens"] == 8 * 12, (usage, endpoint)
+                assert m["token_count_source"] == ("chunks" if usage == "never" else "usage")
+    capsys.readouterr()
+
+
+def test_single_slot_server_truncation_is_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 10 item 11: a single-slot server cuts streams at concurrency 4."""
+    with _test_server("--single-slot", "--itl-ms", "5", "--usage", "never") as url:
+        rc = _bench(url, tmp_path / "c4", "--max-concurrency", "4")
+        text = " ".join(capsys.readouterr().out.split())  # unwrapped
+        (path,) = (tmp_path / "c4").glob("*.json")
+        d = load_result(path)
+        assert rc == 1
+        assert d["status"] == "complete-with-failures"
+        assert d["metrics"]["errors"].get("truncated", 0) >= 4
+        reason = d["partial_reason"] or ""
+        assert "without parallel slots at concurrency > 1" in reason
+        assert "truncated x" in text and "without parallel slots" in text
+        # One request at a time: nothing arrives while a stream is in flight.
+        rc = _bench(url, tmp_path / "c1", "--max-concurrency", "1", "--quiet")
+        (path,) = (tmp_path / "c1").glob("*.json")
+        assert rc == 0
+        d = load_result(path)
+        assert d["status"] == "complete" and d["metrics"]["total_output_tokens"] == 8 * 12
+    capsys.readouterr()
