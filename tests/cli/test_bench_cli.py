@@ -253,3 +253,72 @@ def test_single_slot_server_truncation_is_reported(
         d = load_result(path)
         assert d["status"] == "complete" and d["metrics"]["total_output_tokens"] == 8 * 12
     capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--input-len", "100000000"], "--input-len must be in 1..1,048,576 tokens"),
+        (["--output-len", "100000000"], "--output-len must be in 1..1,048,576 tokens"),
+        (["--num-prompts", "10000000"], "--num-prompts must be in 1..1,000,000"),
+        (["--num-prompts", "1000", "--input-len", "100000"], "use fewer or shorter prompts"),
+        (["--timeout", "nan"], "--timeout must be a finite number of seconds"),
+        (["--timeout", "1e9"], "--timeout must be > 0 and at most 86400"),
+        (["--burstiness", "inf"], "--burstiness must be a finite number"),
+        (["--idle-seconds", "nan"], "--idle-seconds must be a finite number"),
+        (["--idle-seconds", "1e6"], "at most 3600"),
+        (["--price-per-kwh", "nan"], "--price-per-kwh must be a finite number"),
+        (["--pue", "inf"], "--pue must be a finite number"),
+        (["--max-failed-fraction", "1.5"], "--max-failed-fraction must be a finite number"),
+        (["--max-failed-fraction", "nan"], "--max-failed-fraction"),
+        (["--output-dist", "normal:inf"], "normal:X needs 0 <= X <= 10"),
+        (["--request-rate", "nan"], "--request-rate"),
+    ],
+)
+def test_unbounded_or_non_finite_flags_are_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    """Issue 9 §4: NaN, infinity and absurd sizes are refused before anything is sent."""
+    with FakeOpenAIServer() as s:
+        rc = main(["bench", "--url", s.url, "--result-dir", str(tmp_path / "x"), *args])
+        assert s.stats.generation_requests == 0
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("perwatt: error: ") and message in err[0], err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--min-window-s", "nan"], "--min-window-s must be a finite number of seconds"),
+        (["--min-window-s", "1e9"], "--min-window-s must be a number of seconds in [0, 3600]"),
+        (["--precision", "bogus"], "--precision 'bogus' is unknown"),
+        (["--input-len", "100000000"], "exceed the model's 2048 positions"),
+    ],
+)
+def test_builtin_options_fail_before_any_load(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    message: str,
+) -> None:
+    """Issue 9 §4: the builtin bench ran forever on --min-window-s nan, and an invalid precision
+    was caught only after a model load."""
+    pytest.importorskip("torch")
+    import perwatt.engine.bench as eb
+
+    def no_load(*a: Any, **k: Any) -> Any:
+        raise AssertionError("loaded before the options were checked")
+
+    monkeypatch.setattr(eb, "_load", no_load)
+    monkeypatch.setattr(eb, "reference_run", no_load)
+    rc = main(
+        ["bench", "--engine", "builtin", "--model", "tiny", "--device", "cpu", "--energy-source",
+         "simulated", "--result-dir", str(tmp_path / "x"), *args]
+    )  # fmt: skip
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "x").exists()
