@@ -373,3 +373,17 @@ def test_compare_shows_bootstrap_progress_when_large(capsys: pytest.CaptureFixtu
     # The default is quick: no progress lines.
     assert main(["compare", *files, "--json"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_compare_refuses_negative_j_per_token(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 9 §3: `perwatt compare` printed ratios from a result with negative J/token."""
+    doc = json.loads((DATA / "fp8_c4.json").read_text())
+    doc["energy"]["j_per_output_token"] = -abs(doc["energy"]["j_per_output_token"])
+    bad = tmp_path / "fp8_c4.json"
+    bad.write_text(json.dumps(doc))
+    assert main(["compare", str(DATA / "bf16_c4.json"), str(bad), "--resamples", "300"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith(f"perwatt: error: {bad}: energy.j_per_output_token is -")
