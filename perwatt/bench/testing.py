@@ -549,7 +549,9 @@ class FakeOpenAIServer:
             if n > 0 and cfg.itl_s > 0:
                 await asyncio.sleep(cfg.itl_s * len(chunk))
             cut = cfg.preempt_on_arrival and n > 0 and self.stats.generation_requests > index + 1
-            if cut or (fault is not None and fault.done_after is not None and n >= fault.done_after):
+            if cut or (
+                fault is not None and fault.done_after is not None and n >= fault.done_after
+            ):
                 # Stopped early, yet ended like a normal stream: [DONE], no finish_reason.
                 send(b"data: [DONE]\n\n")
                 writer.write(b"0\r\n\r\n")

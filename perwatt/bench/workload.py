@@ -222,9 +222,7 @@ def check_synthetic_size(*, num_prompts: int, input_len: int, output_len: int | 
         raise ConfigError(f"--num-prompts must be in 1..{MAX_NUM_PROMPTS:,}, got {num_prompts:,}")
     for flag, n in (("--input-len", input_len), ("--output-len", output_len)):
         if n is not None and not 1 <= n <= MAX_TOKENS_PER_REQUEST:
-            raise ConfigError(
-                f"{flag} must be in 1..{MAX_TOKENS_PER_REQUEST:,} tokens, got {n:,}"
-            )
+            raise ConfigError(f"{flag} must be in 1..{MAX_TOKENS_PER_REQUEST:,} tokens, got {n:,}")
     if num_prompts * input_len > MAX_SYNTHETIC_WORDS:
         raise ConfigError(
             f"--num-prompts {num_prompts:,} x --input-len {input_len:,} = "
@@ -261,9 +259,7 @@ class LengthDist:
             raise ConfigError(f"uniform:R needs 0 <= R < 1, got {self.param}")
         if self.kind in ("normal", "lognormal") and not 0 <= self.param <= MAX_SPREAD:
             # inf made every draw infinite (an OverflowError deep in the workload builder).
-            raise ConfigError(
-                f"{self.kind}:X needs 0 <= X <= {MAX_SPREAD:g}, got {self.param}"
-            )
+            raise ConfigError(f"{self.kind}:X needs 0 <= X <= {MAX_SPREAD:g}, got {self.param}")
 
     @classmethod
     def parse(cls, spec: str) -> LengthDist:

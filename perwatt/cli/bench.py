@@ -80,9 +80,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default="inf",
         help="requests/s, or a sweep '1,2,4' (one result per level); inf = all at once",
     )
-    lg.add_argument(
-        "--burstiness", default=1.0, help="gamma shape of arrivals (1 = Poisson)"
-    )
+    lg.add_argument("--burstiness", default=1.0, help="gamma shape of arrivals (1 = Poisson)")
     lg.add_argument(
         "--max-concurrency", default=None, help="cap on requests in flight, or a sweep '1,4,16'"
     )
@@ -101,9 +99,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "dcgm:URL or prometheus:URL (or PERWATT_DCGM_URL with auto) when the server's GPUs are "
         "on another machine",
     )
-    e.add_argument(
-        "--idle-seconds", default=0.0, help="measure idle power first (idle share)"
-    )
+    e.add_argument("--idle-seconds", default=0.0, help="measure idle power first (idle share)")
     e.add_argument("--subtract-idle", action="store_true", help="subtract idle power from energy")
     e.add_argument("--num-gpus", type=int, default=1, help="GPUs serving (per-GPU throughput)")
     e.add_argument(
@@ -112,9 +108,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help=f"electricity price, USD/kWh (default {DEFAULT_PRICE_PER_KWH_USD}: US industrial "
         "average 2023, EIA)",
     )
-    e.add_argument(
-        "--pue", default=1.0, help="facility PUE (default 1.0 = GPU energy only)"
-    )
+    e.add_argument("--pue", default=1.0, help="facility PUE (default 1.0 = GPU energy only)")
     f = p.add_argument_group("failed requests")
     f.add_argument(
         "--max-failed-fraction",
