@@ -849,6 +849,9 @@ def summary_notes(paths: Sequence[Path]) -> list[str]:
         if m["errors"]:
             kinds = ", ".join(f"{k} x{n}" for k, n in m["errors"].items())
             lines.append(f"{p.name}: errors: {kinds}")
+            examples: Any = m.get("error_examples") or {}
+            for kind, detail in list(examples.items())[:3]:
+                lines.append(f"  {kind}: {detail}")
             frac, limit = failed_fraction(d), _max_failed_fraction(d)
             verdict = (
                 f"more than --max-failed-fraction {limit:g} allows: the command fails (exit 1)"
@@ -859,9 +862,6 @@ def summary_notes(paths: Sequence[Path]) -> list[str]:
                 f"{p.name}: {m['failed']} of {m['completed'] + m['failed']} requests failed "
                 f"({frac:.1%}), {verdict}"
             )
-            examples: Any = m.get("error_examples") or {}
-            for kind, detail in list(examples.items())[:3]:
-                lines.append(f"  {kind}: {detail}")
         if m.get("input_tokens_source") == "approximate" and m["completed"]:
             lines.append(
                 f"{p.name}: input tokens are approximate (word count; the server reported no "
