@@ -90,6 +90,8 @@ CSV_COLUMNS = (
 MAX_TIMEOUT_S = 86_400.0
 #: Longest idle-power measurement accepted: an hour.
 MAX_IDLE_S = 3600.0
+#: Synthetic prompt words from which building the workload is announced (a few seconds).
+_SAY_BUILDING_FROM = 2_000_000
 
 
 def _default_price() -> float:
@@ -663,6 +665,12 @@ def run_server_bench(config: ServerBenchConfig) -> list[Path]:
         # Fail before the idle measurement and the model probe, not at the first level.
         raise ConfigError(f"--result-dir {config.result_dir} is a file; give a directory")
     model = resolve_model(config.url, config.model, api_key=config.api_key)
+    if config.dataset is None and config.num_prompts * config.input_len >= _SAY_BUILDING_FROM:
+        # Drawing the words takes ~1 s per million on a small VM: say why nothing happens yet.
+        log(
+            f"building {config.num_prompts:,} synthetic prompts of ~{config.input_len:,} tokens "
+            f"({config.num_prompts * config.input_len:,} words)"
+        )
     workload = _build_workload(config)
     if workload.skipped_rows:
         log(

@@ -333,3 +333,15 @@ def test_auto_energy_source_refuses_a_remote_server(
     named = cfg("http://10.1.2.3:8000/v1", tmp_path, sources=None, energy_source="simulated")
     sources, opened = _open_sources(named)
     assert opened and [s.name for s in sources] == ["simulated"]
+
+
+def test_large_synthetic_workload_is_announced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import perwatt.bench.runner as R
+
+    monkeypatch.setattr(R, "_SAY_BUILDING_FROM", 100)  # instead of millions of words
+    lines: list[str] = []
+    with FakeOpenAIServer() as s:
+        run_server_bench(cfg(s.url, tmp_path, num_prompts=4, input_len=25, log=lines.append))
+    assert any(line.startswith("building 4 synthetic prompts of ~25 tokens") for line in lines)
