@@ -11,7 +11,7 @@ discovery, where convenience wins.
 
 Timing of one streamed request (``perf_counter``, stamped once per socket read)::
 
-    send ─────── first text chunk ── chunk ── chunk ─ … ─ last chunk ── [DONE]
+    send ─────── first token chunk ─ chunk ── chunk ─ … ─ last chunk ── [DONE]
     │◄──── TTFT ────►│◄── ITL ──►│◄ ITL ►│                              │
     │◄──────────────────────────── E2EL ──────────────────────────────────►│
 
