@@ -49,8 +49,3 @@ def number(
     if high is not None and v > high:
         raise ConfigError(f"{want}, got {shown!r}")
     return v
-
-
-def optional_number(value: str | float | None, flag: str, **kw: object) -> float | None:
-    """:func:`number`, or None when the flag was not given."""
-    return None if value is None else number(value, flag, **kw)  # type: ignore[arg-type]
