@@ -114,8 +114,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--max-failed-fraction",
         default=0.0,
         metavar="F",
-        help="fraction of failed or truncated requests per load level above which the command "
-        "exits 1 (default 0: any failure fails it); the result's status says "
+        help="server bench: fraction of failed or truncated requests per load level above "
+        "which the command exits 1 (default 0: any failure fails it); the result's status says "
         "complete-with-failures whenever a request failed",
     )
     o = p.add_argument_group("output")
