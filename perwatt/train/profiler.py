@@ -2,7 +2,7 @@
 
 The frequency planner needs, for each pipeline stage, the time and energy of one microbatch's
 forward and backward at each GPU SM frequency (the ``stage,instruction,frequency,time,energy``
-CSV of ``shared/data/perseus-sosp24/stage_profile``). This module measures it *during real
+CSV of ``data/perseus-sosp24/stage_profile``). This module measures it *during real
 training*: the training loop calls two hooks around each instruction and one at the end of each
 iteration, and the profiler walks the clock down while training runs::
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import json
 import re
 from pathlib import Path
@@ -14,7 +15,7 @@ from perwatt.cli import main
 
 DATA = Path(__file__).resolve().parents[1] / "train" / "data"
 TINY = str(DATA / "tiny_profile.csv")
-SHARED = Path(__file__).resolve().parents[3] / "shared/data/perseus-sosp24"
+PERSEUS = Path(__file__).resolve().parents[2] / "data/perseus-sosp24"
 
 
 def test_plan_fastest_text(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -108,10 +109,8 @@ def test_max_slowdown_percent(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_done_means_gpt3_a100_mb24(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    prof = SHARED / "stage_profile/gpt3-175b+a100_sxm_bf16.csv"
-    ref = SHARED / "iteration_time_energy/a100_sxm/gpt3-175b_bf16_mb24.csv"
-    if not prof.exists():
-        pytest.skip(f"shared Perseus data not found at {SHARED}")
+    prof = PERSEUS / "stage_profile/gpt3-175b+a100_sxm_bf16.csv"
+    ref = PERSEUS / "iteration_time_energy/a100_sxm/gpt3-175b_bf16_mb24.csv.gz"
     out = tmp_path / "OUT.csv"
     rc = main(
         [
@@ -132,7 +131,7 @@ def test_done_means_gpt3_a100_mb24(capsys: pytest.CaptureFixture[str], tmp_path:
     )
     assert rc == 0
     assert "straggler ratio 1.2" in capsys.readouterr().out
-    with out.open() as a, ref.open() as b:
+    with out.open() as a, gzip.open(ref, "rt") as b:
         mine, theirs = list(csv.reader(a)), list(csv.reader(b))
     assert mine[0] == theirs[0] == ["time", "energy"]
     assert len(mine) == len(theirs)
@@ -450,15 +449,11 @@ def test_simulate_every_schedule_draws_one_bar_per_instruction(
     assert b0 == pytest.approx((30.0 if "--recompute" in extra else 20.0) / chunks, abs=0.005)
 
 
-@pytest.mark.skipif(
-    not (SHARED / "stage_profile/gpt3-175b+a100_sxm_bf16.csv").exists(),
-    reason="shared Perseus data not present",
-)
 @pytest.mark.parametrize("command", ["plan", "simulate"])
 def test_gpt3_interleaved_needs_microbatches_a_multiple_of_stages(
     capsys: pytest.CaptureFixture[str], command: str
 ) -> None:
-    prof = str(SHARED / "stage_profile/gpt3-175b+a100_sxm_bf16.csv")
+    prof = str(PERSEUS / "stage_profile/gpt3-175b+a100_sxm_bf16.csv")
     args = ["--stages", "8", "--microbatches", "12", "--p-block", "83.64"]
     rc = main(["train", command, prof, *args, "--schedule", "interleaved", "--chunks", "2"])
     err = capsys.readouterr().err

@@ -23,7 +23,7 @@ from perwatt.train.profile import StageProfile, load_profile
 from perwatt.train.schedule import Schedule, gpipe, interleaved_one_f_one_b, one_f_one_b
 
 DATA = Path(__file__).resolve().parent / "data"
-SHARED = Path(__file__).resolve().parents[3] / "shared/data/perseus-sosp24"
+PERSEUS = Path(__file__).resolve().parents[2] / "data/perseus-sosp24"
 
 
 @pytest.fixture(scope="module")
@@ -121,9 +121,7 @@ def test_frontier_against_exact_discrete_optimum() -> None:
     every plan (the slowest clock within each planned duration) is a feasible discrete
     solution, so it upper-bounds it. The gap is printed (see BENCHMARKS.md).
     """
-    path = SHARED / "stage_profile/gpt3-175b+a100_sxm_bf16.csv"
-    if not path.exists():
-        pytest.skip(f"shared Perseus data not found at {SHARED}")
+    path = PERSEUS / "stage_profile/gpt3-175b+a100_sxm_bf16.csv"
     full = load_profile(path)
     prof = StageProfile(entries={k: v for k, v in full.entries.items() if k[0] < 3})
     schedule = one_f_one_b(3, 3)
@@ -311,7 +309,7 @@ def test_large_network_path_matches_small(
     for plan, as the plain-Python augmentation (small ones)."""
     import perwatt.train.frontier as frontier_mod
 
-    prof = load_profile(SHARED / "stage_profile/gpt3-175b+a100_sxm_bf16.csv")
+    prof = load_profile(PERSEUS / "stage_profile/gpt3-175b+a100_sxm_bf16.csv")
     n_prof = schedule.num_stages * schedule.chunks
     prof = StageProfile(entries={k: v for k, v in prof.entries.items() if k[0] < n_prof})
     monkeypatch.setattr(frontier_mod, "_PY_BFS_MAX_ARCS", 10**9)
@@ -347,7 +345,7 @@ def test_batched_exponential_fits_match_one_by_one() -> None:
 
 
 def _gpt3(stages: int) -> StageProfile:
-    prof = load_profile(SHARED / "stage_profile/gpt3-175b+a100_sxm_bf16.csv")
+    prof = load_profile(PERSEUS / "stage_profile/gpt3-175b+a100_sxm_bf16.csv")
     return StageProfile(entries={k: v for k, v in prof.entries.items() if k[0] < stages})
 
 

@@ -19,6 +19,7 @@ from perwatt.train.plan import (
 
 DATA = Path(__file__).resolve().parent / "data"
 TINY = DATA / "tiny_profile.csv"
+PERSEUS = Path(__file__).resolve().parents[2] / "data/perseus-sosp24"
 
 
 @pytest.fixture(scope="module")
@@ -163,10 +164,7 @@ def test_fastest_plan_slower_than_max_clock_is_explained() -> None:
     """At a 1 ms quantum the GPT-3/A100 "fastest" plan picks clocks whose real time rounds down
     to the top clock's, and replays 0.11% slower than all-max; the output says so and names the
     fix, and a 0.1 ms quantum removes the gap."""
-    shared = Path(__file__).resolve().parents[3] / "shared/data/perseus-sosp24"
-    path = shared / "stage_profile/gpt3-175b+a100_sxm_bf16.csv"
-    if not path.exists():
-        pytest.skip("shared Perseus data not found")
+    path = PERSEUS / "stage_profile/gpt3-175b+a100_sxm_bf16.csv"
     prof = load_profile(path)
     coarse = compute_frontier(prof, one_f_one_b(8, 12), p_block_w=83.64)
     c = choose_plan(coarse, target="fastest")
@@ -182,10 +180,7 @@ def test_note_on_skipped_points_tells_the_true_reason() -> None:
     """A cheaper point just under T′ can be skipped because its replay overshoots (1 ms
     quantum): the note must say that, not that slower points cost more (review finding:
     GPT-3/A100, 4 stages x 6 microbatches, straggler ratio 1.015)."""
-    shared = Path(__file__).resolve().parents[3] / "shared/data/perseus-sosp24"
-    path = shared / "stage_profile/gpt3-175b+a100_sxm_bf16.csv"
-    if not path.exists():
-        pytest.skip("shared Perseus data not found")
+    path = PERSEUS / "stage_profile/gpt3-175b+a100_sxm_bf16.csv"
     from perwatt.train import StageProfile
 
     full = load_profile(path)

@@ -11,7 +11,7 @@ from perwatt.errors import DataFormatError
 from perwatt.train.profile import StageProfile, combine_ranks, load_profile
 
 DATA = Path(__file__).resolve().parent / "data"
-SHARED = Path(__file__).resolve().parents[3] / "shared/data/perseus-sosp24"
+PERSEUS = Path(__file__).resolve().parents[2] / "data/perseus-sosp24"
 HEADER = "stage,instruction,frequency,time,energy\n"
 
 
@@ -32,9 +32,7 @@ def test_load_tiny_profile() -> None:
 
 
 def test_load_perseus_profile() -> None:
-    path = SHARED / "stage_profile/gpt3-175b+a100_sxm_bf16.csv"
-    if not path.exists():
-        pytest.skip(f"shared Perseus data not found at {SHARED}")
+    path = PERSEUS / "stage_profile/gpt3-175b+a100_sxm_bf16.csv"
     prof = load_profile(path)
     assert prof.num_stages == 8
     assert len(prof[(0, "forward")].freq_mhz) == 38

@@ -25,7 +25,7 @@ from perwatt.train.profiler import (
 )
 from perwatt.train.simgpu import SimulatedGPU, default_stage_models
 
-SHARED = Path(__file__).resolve().parents[3] / "shared/data/perseus-sosp24/stage_profile"
+PERSEUS = Path(__file__).resolve().parents[2] / "data/perseus-sosp24/stage_profile"
 
 
 def _exact(stage: int, stages: int, inst: str, freq: int) -> tuple[float, float]:
@@ -176,16 +176,15 @@ def test_unsupported_frequency_is_refused() -> None:
         StageProfiler(stage=0, meter=meter, clocks=gpu, config=SweepConfig(min_freq_mhz=5000))
 
 
-def test_csv_format_matches_shared_profile(tmp_path: Path) -> None:
+def test_csv_format_matches_perseus_profile(tmp_path: Path) -> None:
     res = profile_simulated_pipeline(
         num_stages=2, microbatches=2, config=SweepConfig(frequencies_mhz=(1410, 1395))
     )
     out = write_profile_csv(res.rows, tmp_path / "p.csv")
     lines = out.read_text().splitlines()
     assert lines[0] == ",".join(CSV_HEADER)
-    shared = SHARED / "gpt3-175b+a100_sxm_bf16.csv"
-    if shared.exists():
-        assert shared.read_text().splitlines()[0] == lines[0]
+    perseus = PERSEUS / "gpt3-175b+a100_sxm_bf16.csv"
+    assert perseus.read_text().splitlines()[0] == lines[0]
     recs = list(csv.reader(lines[1:]))
     assert [r[:3] for r in recs[:4]] == [
         ["0", "forward", "1410"],
