@@ -65,23 +65,63 @@ _J_PER_KWH = 3.6e6
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Savings:
-    """Energy of the chosen plan against a reference plan, per iteration and per 1,000."""
+    """Energy of the chosen plan against a reference plan, per iteration and per 1,000.
+
+    Both plans are counted up to the same ``horizon_s``: each one's replayed iteration (time,
+    energy), then its GPUs blocked at ``p_block_total_w`` until the horizon. ``saved_pct`` is a
+    percentage of the *reference's energy up to the horizon*, so under a far deadline it
+    shrinks as the horizon grows while ``saved_j`` stays the same.
+    """
 
     reference: str
-    reference_energy_j: float
-    chosen_energy_j: float
+    reference_time_s: float
+    reference_replay_energy_j: float
+    chosen_time_s: float
+    chosen_replay_energy_j: float
+    horizon_s: float
+    p_block_total_w: float  # Σ over stages (and ranks) of P_block
     source: str = ENERGY_SOURCE
 
     def __post_init__(self) -> None:
-        if not (self.reference_energy_j > 0 and self.chosen_energy_j > 0):
+        if not (self.reference_replay_energy_j > 0 and self.chosen_replay_energy_j > 0):
             raise ValueError("energies must be > 0")
+        if not (self.reference_time_s > 0 and self.chosen_time_s > 0):
+            raise ValueError("iteration times must be > 0")
+        if self.horizon_s < max(self.reference_time_s, self.chosen_time_s) * (1 - 1e-12):
+            raise ValueError("the horizon must cover both iterations")
+        if not (math.isfinite(self.p_block_total_w) and self.p_block_total_w >= 0):
+            raise ValueError("blocking power must be ≥ 0 W")
+
+    @property
+    def reference_blocked_j(self) -> float:
+        """The reference's GPUs blocked from the end of its iteration to the horizon."""
+        return self.p_block_total_w * max(0.0, self.horizon_s - self.reference_time_s)
+
+    @property
+    def chosen_blocked_j(self) -> float:
+        return self.p_block_total_w * max(0.0, self.horizon_s - self.chosen_time_s)
+
+    @property
+    def reference_energy_j(self) -> float:
+        """The reference plan's energy up to the horizon (what ``saved_pct`` is a share of)."""
+        return self.reference_replay_energy_j + self.reference_blocked_j
+
+    @property
+    def chosen_energy_j(self) -> float:
+        return self.chosen_replay_energy_j + self.chosen_blocked_j
 
     @property
     def saved_j(self) -> float:
-        return self.reference_energy_j - self.chosen_energy_j
+        # The horizon's blocking term is common to both and cancels exactly here; subtracting
+        # the two energies at the horizon instead loses the saving to rounding once the horizon
+        # is far (a 1e8 s deadline: two 6.7e10 J figures whose difference is 3,924 J).
+        return (self.reference_replay_energy_j - self.chosen_replay_energy_j) + (
+            self.p_block_total_w * (self.chosen_time_s - self.reference_time_s)
+        )
 
     @property
     def saved_pct(self) -> float:
+        """``saved_j`` as a percentage of the reference's energy up to the horizon."""
         return 100.0 * self.saved_j / self.reference_energy_j
 
     @property
@@ -95,10 +135,18 @@ class Savings:
     def as_dict(self) -> dict[str, float | str]:
         return {
             "reference": self.reference,
+            "horizon_s": self.horizon_s,
+            "reference_replay_time_s": self.reference_time_s,
+            "reference_replay_energy_j": self.reference_replay_energy_j,
+            "reference_blocked_to_horizon_j": self.reference_blocked_j,
             "reference_energy_j": self.reference_energy_j,
+            "chosen_replay_time_s": self.chosen_time_s,
+            "chosen_replay_energy_j": self.chosen_replay_energy_j,
+            "chosen_blocked_to_horizon_j": self.chosen_blocked_j,
             "chosen_energy_j": self.chosen_energy_j,
             "saved_j": self.saved_j,
             "saved_pct": self.saved_pct,
+            "saved_pct_of": "reference_energy_j (the reference's energy up to horizon_s)",
             "saved_j_per_1000_iterations": self.saved_j_per_1000_iterations,
             "saved_kwh_per_1000_iterations": self.saved_kwh_per_1000_iterations,
             "source": self.source,
@@ -217,10 +265,17 @@ def choose_plan(
     horizon = max(limit, plan.replay_time_s, fastest.replay_time_s, baseline.replay_time_s)
     psum = sum(frontier.p_block_w)
 
-    def at_horizon(p: FrequencyPlan) -> float:
-        return p.replay_energy_j + psum * (horizon - p.replay_time_s)
+    def versus(reference: str, ref: FrequencyPlan) -> Savings:
+        return Savings(
+            reference=reference,
+            reference_time_s=ref.replay_time_s,
+            reference_replay_energy_j=ref.replay_energy_j,
+            chosen_time_s=plan.replay_time_s,
+            chosen_replay_energy_j=plan.replay_energy_j,
+            horizon_s=horizon,
+            p_block_total_w=psum,
+        )
 
-    chosen_e = at_horizon(plan)
     return PlanChoice(
         target=label,
         time_limit_s=limit,
@@ -228,16 +283,8 @@ def choose_plan(
         plan=plan,
         fastest_plan=fastest,
         baseline=baseline,
-        vs_baseline=Savings(
-            reference="all GPUs at max clock",
-            reference_energy_j=at_horizon(baseline),
-            chosen_energy_j=chosen_e,
-        ),
-        vs_fastest=Savings(
-            reference="frontier's fastest point",
-            reference_energy_j=at_horizon(fastest),
-            chosen_energy_j=chosen_e,
-        ),
+        vs_baseline=versus("all GPUs at max clock", baseline),
+        vs_fastest=versus("frontier's fastest point", fastest),
         horizon_s=horizon,
     )
 
@@ -330,9 +377,53 @@ def _compress(freqs: list[int]) -> str:
     return " ".join(out)
 
 
+def _seconds(t: float) -> str:
+    return f"{t:.4f} s" if t < 1e5 else f"{t:.4g} s"
+
+
+def _savings_lines(choice: PlanChoice) -> list[str]:
+    """The figures each saving is computed from, then the savings: every compared plan's
+    replayed iteration plus its blocking up to the common horizon, so the printed energies
+    subtract to the printed saving."""
+    b, f = choice.vs_baseline, choice.vs_fastest
+    h = choice.horizon_s
+    limited = not choice.target.startswith("fastest") and h <= choice.time_limit_s * (1 + 1e-12)
+    why = "the time limit T′" if limited else "the latest end among the compared iterations"
+    lines = [
+        f"energy per iteration, each plan counted to {_seconds(h)} ({why}; GPUs that finish "
+        f"earlier block at P_block, {b.p_block_total_w:g} W in all, until then):"
+    ]
+    rows = (
+        ("chosen plan", b.chosen_time_s, b.chosen_replay_energy_j, b.chosen_blocked_j),
+        (b.reference, b.reference_time_s, b.reference_replay_energy_j, b.reference_blocked_j),
+        (f.reference, f.reference_time_s, f.reference_replay_energy_j, f.reference_blocked_j),
+    )
+    width = max(len(r[0]) for r in rows) + 1
+    for name, t, e, blocked in rows:
+        lines.append(
+            f"  {name + ':':<{width}} {t:.4f} s, {e:,.1f} J replayed + {blocked:,.1f} J "
+            f"blocked = {e + blocked:,.1f} J"
+        )
+    for sv in (b, f):
+        lines.append(
+            f"saved vs {sv.reference}: {sv.saved_j:,.1f} J/iteration = {sv.saved_pct:.2f}% of "
+            f"its {sv.reference_energy_j:,.1f} J up to {_seconds(h)} "
+            f"({sv.saved_j_per_1000_iterations / 1e3:,.1f} kJ = "
+            f"{sv.saved_kwh_per_1000_iterations:.4f} kWh per 1,000 iterations)"
+        )
+    latest = max(b.chosen_time_s, b.reference_time_s, f.reference_time_s)
+    if limited and h > latest * (1 + 1e-9):
+        lines.append(
+            "note: the percentages are of the energy up to the time limit, blocking included; "
+            "a later limit adds blocking energy to every plan, so they shrink while the joules "
+            "saved per iteration stay the same"
+        )
+    return lines
+
+
 def format_choice(choice: PlanChoice, frontier: Frontier) -> str:
     """The chosen plan and its savings, as the CLI prints them."""
-    b, f = choice.vs_baseline, choice.vs_fastest
+    b = choice.vs_baseline
     lines = [
         f"frontier: {len(frontier.points)} points, T_min {frontier.t_min_s:.4f} s, "
         f"T_max {frontier.t_max_s:.4f} s ({frontier.schedule.name}, "
@@ -348,12 +439,7 @@ def format_choice(choice: PlanChoice, frontier: Frontier) -> str:
     ]
     for s, stage in enumerate(choice.plan.stages):
         lines.append(f"  stage {s}: {_compress([p.freq_mhz for p in stage])}")
-    for sv in (b, f):
-        lines.append(
-            f"saved vs {sv.reference}: {sv.saved_pct:.2f}% ({sv.saved_j:.1f} J/iteration, "
-            f"{sv.saved_j_per_1000_iterations / 1e3:.1f} kJ = "
-            f"{sv.saved_kwh_per_1000_iterations:.4f} kWh per 1,000 iterations)"
-        )
+    lines.extend(_savings_lines(choice))
     pbs = sorted(set(frontier.p_block_w))
     if len(pbs) == 1:
         pb_text = f"{pbs[0]:g} W per stage"

@@ -521,3 +521,11 @@ def test_profile_simulate_notes_one_line_per_kind(
     notes = [line for line in capsys.readouterr().out.splitlines() if "note:" in line]
     assert len(notes) == 1, notes
     assert "shorter than the counter period" in notes[0] and "more like it" in notes[0]
+
+
+def test_simulate_far_deadline_is_not_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    # Issue 9: a RuntimeError from an exact float comparison ("3924.0856 J vs 3924.0856 J").
+    prof = str(PERSEUS / "stage_profile/gpt3-175b+a100_sxm_bf16.csv")
+    args = ["--stages", "8", "--microbatches", "24", "--p-block", "83.64", "--deadline", "1e8"]
+    assert main(["train", "simulate", prof, *args]) == 0
+    assert "saved 3,924.1 J per iteration = 0.00% of the before energy" in capsys.readouterr().out

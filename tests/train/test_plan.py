@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,58 @@ def test_note_on_skipped_points_tells_the_true_reason() -> None:
         assert ("slower points up to" in text) == (bool(skipped) and not cheaper)
         seen.add(cheaper)
     assert seen == {True, False}  # both notes exercised
+
+
+def _gpt3_frontier() -> Frontier:
+    prof = load_profile(PERSEUS / "stage_profile/gpt3-175b+a100_sxm_bf16.csv")
+    return compute_frontier(prof, one_f_one_b(8, 24), p_block_w=83.64)
+
+
+def test_saving_is_exact_under_a_far_deadline() -> None:
+    # Issue 9: at a 1e8 s deadline both plans' energies up to the horizon are ~6.7e10 J, and
+    # subtracting them lost the 3,924 J saving to rounding (a RuntimeError in `train simulate`).
+    fr = _gpt3_frontier()
+    near = choose_plan(fr, deadline_s=100.0)
+    far = choose_plan(fr, deadline_s=1e8)
+    assert far.point == near.point
+    assert far.vs_baseline.saved_j == pytest.approx(near.vs_baseline.saved_j, rel=1e-12)
+    assert far.vs_baseline.saved_j == pytest.approx(3924.0856, abs=1e-3)
+    # The percentage is of the reference's energy up to the horizon, so it shrinks.
+    assert far.vs_baseline.saved_pct < near.vs_baseline.saved_pct < 26.86
+
+
+def _energy(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+def test_text_prints_the_figures_the_saving_is_computed_from() -> None:
+    # Issue 9: "saved 26.86% (3924.1 J)" next to energies that differ by 3,507 J. Each compared
+    # plan's energy up to the horizon is printed, and they subtract to the saving printed.
+    fr = _gpt3_frontier()
+    for choice in ({"straggler_ratio": 1.2}, {"deadline_s": 1e8}, {"target": "fastest"}):
+        c = choose_plan(fr, **choice)  # type: ignore[arg-type]
+        text = format_choice(c, fr)
+        totals = {
+            m[1]: _energy(m[2])
+            for m in re.finditer(r"^  (.+?): +[\d.]+ s, .* = ([\d,.]+) J$", text, re.M)
+        }
+        assert set(totals) == {"chosen plan", "all GPUs at max clock", "frontier's fastest point"}
+        for sv in (c.vs_baseline, c.vs_fastest):
+            m = re.search(
+                rf"saved vs {re.escape(sv.reference)}: ([\d,.]+) J/iteration = ([\d.]+)% of its "
+                r"([\d,.]+) J up to ",
+                text,
+            )
+            assert m is not None, text
+            saved, pct, of = _energy(m[1]), float(m[2]), _energy(m[3])
+            assert of == totals[sv.reference]
+            assert saved == pytest.approx(totals[sv.reference] - totals["chosen plan"], abs=0.11)
+            assert pct == pytest.approx(100 * saved / of, abs=0.006)
+        assert ("percentages are of the energy up to the time limit" in text) == (
+            "deadline_s" in choice or "straggler_ratio" in choice
+        )
+    doc = choice_as_dict(c, fr)["vs_baseline"]
+    assert isinstance(doc, dict) and doc["saved_pct_of"].startswith("reference_energy_j")
+    assert doc["reference_energy_j"] == pytest.approx(
+        doc["reference_replay_energy_j"] + doc["reference_blocked_to_horizon_j"]
+    )

@@ -405,3 +405,20 @@ def test_gpt3_interleaved_needs_a_multiple_of_stages() -> None:
         run_simulation(
             GPT3_A100, stages=8, microbatches=12, p_block_w=83.64, schedule="interleaved", chunks=2
         )
+
+
+def test_far_deadline_does_not_trip_the_cross_check() -> None:
+    # Issue 9: `train simulate … --deadline 1e8` raised "simulator and planner disagree on the
+    # energy saved: 3924.0856 J vs 3924.0856 J" from an exact-to-1e-6 J comparison of two
+    # differences of ~6.7e10 J figures.
+    r = run_simulation(GPT3_A100, stages=8, microbatches=24, p_block_w=83.64, deadline_s=1e8)
+    near = run_simulation(GPT3_A100, stages=8, microbatches=24, p_block_w=83.64, deadline_s=100)
+    assert r.saved_j == pytest.approx(near.saved_j, rel=1e-12)
+    assert r.saved_j == pytest.approx(3924.0856, abs=1e-3)
+    text = "\n".join(r.summary_lines())
+    # The two energies the saving is computed from are printed, and say what the % is of.
+    assert "both counted to 1e+08 s, the time limit" in text
+    assert "of the before energy up to 1e+08 s" in text
+    before = r.energy_at_horizon_j(r.before)
+    assert f"= {before:,.1f} J" in text
+    assert r.saved_pct == pytest.approx(100 * r.saved_j / before)
