@@ -555,9 +555,11 @@ def read_profile_rows(path: str | Path) -> list[ProfileRow]:
     """Read a profile CSV back (for merging per-rank files). Strict about the header."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # a leading byte-order mark is not data
     except OSError as e:
         raise DataFormatError(f"{path}: cannot read profile: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise DataFormatError(f"{path}: not a UTF-8 CSV profile ({e})") from None
     reader = csv.reader(text.splitlines())
     header = next(reader, None)
     if header is None or tuple(h.strip() for h in header) != CSV_HEADER:

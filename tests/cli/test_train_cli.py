@@ -529,3 +529,13 @@ def test_simulate_far_deadline_is_not_a_traceback(capsys: pytest.CaptureFixture[
     args = ["--stages", "8", "--microbatches", "24", "--p-block", "83.64", "--deadline", "1e8"]
     assert main(["train", "simulate", prof, *args]) == 0
     assert "saved 3,924.1 J per iteration = 0.00% of the before energy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["plan", "simulate"])
+def test_profile_with_a_byte_order_mark(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, command: str
+) -> None:
+    bom = tmp_path / "excel.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + Path(TINY).read_bytes())
+    args = ["--stages", "2", "--microbatches", "3", "--p-block", "50"]
+    assert main(["train", command, str(bom), *args]) == 0, capsys.readouterr().err

@@ -137,3 +137,10 @@ def test_heterogeneous_stages_may_differ_in_clocks(tmp_path: Path) -> None:
     )
     prof = load_profile(_write(tmp_path, body))
     assert prof.frequencies(0) == [1410] and prof.frequencies(1) == [1740]
+
+
+def test_byte_order_mark_is_not_part_of_the_header(tmp_path: Path) -> None:
+    # Issue 9: a CSV saved by Excel starts with a UTF-8 BOM, which gave "missing column 'stage'".
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + (DATA / "tiny_profile.csv").read_bytes())
+    assert load_profile(path).num_stages == load_profile(DATA / "tiny_profile.csv").num_stages

@@ -510,3 +510,15 @@ def test_noise_tolerance_keeps_a_coarse_counter_from_stopping_early() -> None:
         assert abs(min(pair, key=lambda f: pair[f]) - true_best) <= 2 * 45
     with pytest.raises(ConfigError, match="noise_tolerance"):
         SweepConfig(noise_tolerance=1.0)
+
+
+def test_read_profile_rows_accepts_a_byte_order_mark(tmp_path: Path) -> None:
+    plain = write_profile_csv(
+        profile_simulated_pipeline(
+            num_stages=1, microbatches=2, config=SweepConfig(frequencies_mhz=(1410, 1395))
+        ).rows,
+        tmp_path / "p.csv",
+    )
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    assert read_profile_rows(bom) == read_profile_rows(plain)
