@@ -41,6 +41,7 @@ from perwatt.train.frontier import (
     FrontierPoint,
     compute_frontier,
 )
+from perwatt.train.plausibility import check_p_block, check_profile_units
 from perwatt.train.profile import combine_ranks, load_profile
 from perwatt.train.schedule import gpipe, interleaved_one_f_one_b, one_f_one_b
 
@@ -517,6 +518,11 @@ def plan_pipeline(
     if not profile_paths:
         raise ConfigError("give at least one profile CSV")
     profiles = [load_profile(p) for p in profile_paths]
+    # Units first (one GPU per file, before ranks are summed): a profile in ms or kJ, or a
+    # P_block in mW, is refused here, not solved into a confident, wrong saving.
+    for prof in profiles:
+        check_profile_units(prof)
+    check_p_block(profiles[0], p_block_w)
     profile = profiles[0] if len(profiles) == 1 else combine_ranks(profiles)
     if supported_freqs_mhz is not None:
         profile.check_supported(supported_freqs_mhz)

@@ -539,3 +539,39 @@ def test_profile_with_a_byte_order_mark(
     bom.write_bytes(b"\xef\xbb\xbf" + Path(TINY).read_bytes())
     args = ["--stages", "2", "--microbatches", "3", "--p-block", "50"]
     assert main(["train", command, str(bom), *args]) == 0, capsys.readouterr().err
+
+
+def _gpt3_in(tmp_path: Path, *, time_x: float = 1.0, energy_x: float = 1.0) -> str:
+    rows = (PERSEUS / "stage_profile/gpt3-175b+a100_sxm_bf16.csv").read_text().splitlines()
+    lines = [rows[0]]
+    for row in rows[1:]:
+        s, inst, f, t, e = row.split(",")
+        lines.append(f"{s},{inst},{f},{float(t) * time_x!r},{float(e) * energy_x!r}")
+    out = tmp_path / "wrong-units.csv"
+    out.write_text("\n".join(lines) + "\n")
+    return str(out)
+
+
+@pytest.mark.parametrize("command", ["plan", "simulate"])
+@pytest.mark.parametrize(
+    ("scale", "p_block", "message"),
+    [
+        ({"time_x": 1e3}, "83.64", "these look like milliseconds"),
+        ({"energy_x": 1e-3}, "83.64", "these look like kilojoules"),
+        ({}, "83640", "is it in milliwatts (83.64 W)?"),
+    ],
+)
+def test_wrong_units_are_refused_in_one_line(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    command: str,
+    scale: dict[str, float],
+    p_block: str,
+    message: str,
+) -> None:
+    # Issue 9: profiles in ms or kJ, and --p-block 83640, used to print confident savings.
+    args = ["--stages", "8", "--microbatches", "24", "--p-block", p_block]
+    assert main(["train", command, _gpt3_in(tmp_path, **scale), *args]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert message in captured.err and captured.err.count("\n") == 1
