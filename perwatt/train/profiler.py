@@ -89,7 +89,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from perwatt.errors import ConfigError, DataFormatError
+from perwatt.errors import ConfigError, DataFormatError, PartialRunError, PerwattError
 from perwatt.meter import Meter
 
 INSTRUCTIONS = ("forward", "backward")
@@ -405,10 +405,16 @@ class StageProfiler:
             if measured_s < 2.0 * self.counter_period_s:
                 # Averaging cannot help when the counter ticked at most once or twice in all:
                 # the figure is mostly where the ticks happened to fall (0 J if none did).
+                need = math.ceil(
+                    self.config.measure_iterations * 2.0 * self.counter_period_s / measured_s
+                    if measured_s > 0
+                    else 0
+                )
+                more = f" (--iterations {need} or more)" if need else " (--iterations)"
                 step.warnings = [
                     f"only {measured_s * 1e3:.1f} ms measured at {step.freq_mhz} MHz, less than "
                     f"two energy-counter periods ({self.counter_period_s * 1e3:.0f} ms each): "
-                    "its energy is unreliable; measure more iterations per clock (--iterations)"
+                    f"its energy is unreliable; measure more iterations per clock{more}"
                 ]
             elif self.counter_period_s > shortest:
                 step.warnings = [
@@ -523,10 +529,38 @@ class StageProfiler:
 
 
 # ---------------------------------------------------------------------- CSV
+def check_plannable(rows: Sequence[ProfileRow], path: str | Path) -> None:
+    """Raise a one-line ConfigError if a row has no energy or time: ``perwatt train plan`` cannot
+    read it (a 0 J instruction is not physics), so such a file is not written.
+
+    The usual cause is a window shorter than the energy counter's update period (~100 ms on an
+    H100): the counter did not advance while the instructions ran."""
+    bad = [r for r in rows if not (r.time_s > 0 and r.energy_j > 0)]
+    if not bad:
+        return
+    r = bad[0]
+    why = (
+        r.warnings[0]
+        if r.warnings
+        else "the energy counter did not advance during its windows (shorter than the "
+        "counter's update period)"
+    )
+    if "--iterations" not in why:
+        why += "; measure more iterations per clock (--iterations), so its windows add up to "
+        why += "several counter updates"
+    raise ConfigError(
+        f"refusing to write {path}: {len(bad)} of {len(rows)} rows measured 0 J or 0 s (first: "
+        f"stage {r.stage} {r.instruction} at {r.freq_mhz} MHz, {r.time_s * 1e3:.3g} ms, "
+        f"{r.energy_j:g} J), which `perwatt train plan` cannot use: {why}"
+    )
+
+
 def write_profile_csv(rows: Iterable[ProfileRow], path: str | Path) -> Path:
     """Write ``stage,instruction,frequency,time,energy`` (the Perseus stage-profile format),
-    atomically. Rows are sorted by stage, frequency (descending), forward before backward."""
+    atomically. Rows are sorted by stage, frequency (descending), forward before backward.
+    Rows the planner cannot read (0 J or 0 s) are refused: see :func:`check_plannable`."""
     rows = sorted(rows, key=lambda r: (r.stage, -r.freq_mhz, INSTRUCTIONS.index(r.instruction)))
+    check_plannable(rows, path)
     seen: set[tuple[int, str, int]] = set()
     for r in rows:
         key = (r.stage, r.instruction, r.freq_mhz)
@@ -800,7 +834,9 @@ def profile_script(
     ``PERWATT_FAKE_NVML`` when that is set (demos and tests, as every perwatt command; the
     result then has ``fake=True`` and its rows are labelled ``simulated``), else the real
     library. Whatever was measured is written even if the script stops early or raises
-    (``partial=True``); the default clocks are restored in every case.
+    (``partial=True``); the default clocks are restored in every case. A script that raises
+    (other than a perwatt error, Ctrl-C or ``sys.exit``) ends in :class:`PartialRunError`
+    whose ``__cause__`` is the script's exception and whose message says what was kept.
     """
     import runpy
     import sys
@@ -859,10 +895,25 @@ def profile_script(
         path = Path(out)
         if partial:  # an unfinished sweep is never mistaken for a full profile
             path = path.with_name(f"{path.stem}.partial{path.suffix or '.csv'}")
+        kept = "nothing was measured before it"
         if rows:
-            write_profile_csv(rows, path)
+            try:
+                write_profile_csv(rows, path)
+                kept = f"the {len(rows)} rows measured before it are in {path}"
+            except ConfigError as e:
+                if failure is None:
+                    raise
+                kept = str(e)  # the script's failure comes first; this says why nothing was kept
+        if isinstance(failure, PerwattError) or (
+            failure is not None and not isinstance(failure, Exception)
+        ):
+            raise failure  # perwatt's own one-line errors, Ctrl-C and sys.exit() pass through
         if failure is not None:
-            raise failure
+            # The user's bug, not perwatt's: one clear line; the CLI shows their traceback
+            # (the cause) once, above it.
+            raise PartialRunError(
+                f"training script {script} raised {type(failure).__name__}: {failure}; {kept}"
+            ) from failure
         if not rows:
             raise ConfigError(
                 f"{script} ran no measured instruction: call perwatt.train.profiler."

@@ -195,21 +195,73 @@ def test_profile_script_uses_fake_nvml_from_env_and_says_so(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PERWATT_FAKE_NVML", "A100")
+    # Each instruction outlasts the fake's 100 ms energy counter, so every window sees a tick.
+    script = tmp_path / "train.py"
+    script.write_text(_SCRIPT.replace("sum(range(1000))", "__import__('time').sleep(0.12)"))
+    out = tmp_path / "s0.csv"
     sweep = ["--min-freq", "1395", "--warmup", "0", "--iterations", "1"]
-    rc = main(_profile_args(tmp_path, _FLAG, *sweep))
+    rc = main(["train", "profile", "--script", str(script), "--out", str(out), _FLAG, *sweep])
     assert rc == 0
-    out = capsys.readouterr().out
-    assert "FAKE GPU (PERWATT_FAKE_NVML): figures are simulated, not measured" in out
-    assert "[source: simulated]" in out
-    # A few ms per clock against a 100 ms counter: the figures are flagged, not trusted.
-    assert "less than two energy-counter periods" in out
-    rows = list(csv.reader((tmp_path / "s0.csv").read_text().splitlines()))
+    printed = capsys.readouterr().out
+    assert "FAKE GPU (PERWATT_FAKE_NVML): figures are simulated, not measured" in printed
+    assert "[source: simulated]" in printed
+    rows = list(csv.reader(out.read_text().splitlines()))
     assert [r[:3] for r in rows[1:]] == [
         ["0", "forward", "1410"],
         ["0", "backward", "1410"],
         ["0", "forward", "1395"],
         ["0", "backward", "1395"],
     ]
+    assert all(float(r[4]) > 0 for r in rows[1:])
+
+
+def test_profile_script_refuses_rows_the_planner_cannot_read(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 9: a few µs per clock against a 100 ms counter wrote 0 J rows ("flagged, not
+    # trusted"), which `train plan` then rejected. Now nothing is written, and the line says why.
+    monkeypatch.setenv("PERWATT_FAKE_NVML", "A100")
+    sweep = ["--min-freq", "1395", "--warmup", "0", "--iterations", "1"]
+    rc = main(_profile_args(tmp_path, _FLAG, *sweep))
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "less than two energy-counter periods" in err and "cannot use" in err
+    assert not list(tmp_path.glob("s0*.csv"))
+
+
+def test_profile_script_that_raises_shows_its_traceback_once_then_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 9: the user's traceback came wrapped in perwatt's and runpy's frames, with no line
+    # saying what happened to the sweep. Now: their frames once, then one perwatt line.
+    monkeypatch.setenv("PERWATT_FAKE_NVML", "A100")
+    script = tmp_path / "train.py"
+    script.write_text(
+        _DIVERGE
+        + _SCRIPT.replace("sum(range(1000))", "__import__('time').sleep(0.12)").replace(
+            "    n += 1\n", "    n += 1\n    if n == 2:\n        diverge()\n"
+        )
+    )
+    out = tmp_path / "s0.csv"
+    sweep = ["--warmup", "0", "--iterations", "1"]
+    rc = main(["train", "profile", "--script", str(script), "--out", str(out), _FLAG, *sweep])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert err.count("Traceback (most recent call last)") == 1
+    assert f'File "{script}", line' in err and "in diverge" in err
+    assert "profiler.py" not in err and "runpy" not in err
+    last = err.splitlines()[-1]
+    assert last.startswith(f"perwatt: error: training script {script} raised ValueError: ")
+    # two iterations, one per clock (1410 and 1395 MHz): a forward and a backward row each
+    assert "loss is NaN; the 4 rows measured before it are in" in last
+    assert last.endswith("s0.partial.csv") and (tmp_path / "s0.partial.csv").exists()
+
+
+_DIVERGE = """
+def diverge():
+    raise ValueError("loss is NaN")
+"""
 
 
 @pytest.mark.parametrize("fake", ["missing", "A100", None])
