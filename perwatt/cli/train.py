@@ -12,6 +12,7 @@ import json
 import math
 import re
 import sys
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -296,6 +297,32 @@ def one_line_warnings() -> Iterator[None]:
                 print(f"perwatt: warning: {w.message}", file=sys.stderr)
 
 
+# A solve that runs longer than this says where it is, on stderr, this often (seconds).
+PROGRESS_EVERY_S = 5.0
+
+
+class SolveProgress:
+    """Shows a long frontier solve moving: a ``perwatt: solving …`` line on stderr every
+    :data:`PROGRESS_EVERY_S` seconds with the share of the iteration-time range swept (later
+    steps cost more, so it is where the sweep is, not a time estimate). A quick solve prints
+    nothing."""
+
+    def __init__(self) -> None:
+        self.started = self.last = time.monotonic()
+
+    def __call__(self, fraction: float) -> None:
+        now = time.monotonic()
+        if now - self.last < PROGRESS_EVERY_S:
+            return
+        self.last = now
+        print(
+            f"perwatt: solving the frontier: {fraction:.0%} of the iteration-time range swept, "
+            f"{now - self.started:.0f} s so far (Ctrl-C stops)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def _floats(text: str, what: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
@@ -315,6 +342,7 @@ def run_plan(args: argparse.Namespace) -> int:
             **model,
             frontier_csv=args.frontier,
             plans_path=args.plans,
+            progress=SolveProgress(),
             **choice,
         )
     if args.json:

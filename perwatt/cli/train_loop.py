@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from perwatt.cli.train import (
+    SolveProgress,
     accept_negative_values,
     add_model_options,
     add_pipeline_options,
@@ -332,7 +333,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     if "target" in choice and choice["target"] is None:
         choice["target"] = "fastest"
     with one_line_warnings():
-        report = run_simulation(args.profile, **model, **choice)
+        report = run_simulation(args.profile, **model, progress=SolveProgress(), **choice)
     for line in report.summary_lines():
         print(line)
     if args.out:

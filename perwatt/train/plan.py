@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +40,7 @@ from perwatt.train.frontier import (
     Frontier,
     FrontierPoint,
     compute_frontier,
+    time_bounds,
 )
 from perwatt.train.plausibility import check_p_block, check_profile_units
 from perwatt.train.profile import combine_ranks, load_profile
@@ -47,6 +48,8 @@ from perwatt.train.schedule import gpipe, interleaved_one_f_one_b, one_f_one_b
 
 __all__ = [
     "ENERGY_SOURCE",
+    "MAX_FRONTIER_POINTS",
+    "MAX_INSTRUCTIONS",
     "PlanChoice",
     "PlanReport",
     "Savings",
@@ -59,6 +62,15 @@ __all__ = [
 ]
 
 ENERGY_SOURCE = "simulated (profile replay)"
+# Sane upper bounds on the size of a plan, checked before any work. The sweep's time grows with
+# (frontier points) × (instructions): GPT-3/A100 at 8 stages took 5.4 s for 500 microbatches
+# (8,000 instructions, 17,231 points) and 110 s for 2,000 (32,000, 68,231) on a 2-core VM, so
+# 65,536 instructions is several minutes there, and 100,000 microbatches would be days. Perseus
+# plans 12–96 microbatches per iteration.
+MAX_INSTRUCTIONS = 65_536
+# Each point keeps its plan's changes; beyond this many the quantum is finer than any clock
+# change can matter (1 µs steps over a 1 s range is a million points).
+MAX_FRONTIER_POINTS = 2_000_000
 # Candidates whose replay is checked against a time limit before falling back to T_min.
 _MAX_REPLAY_TRIES = 400
 _J_PER_KWH = 3.6e6
@@ -509,14 +521,27 @@ def plan_pipeline(
     straggler_ratio: float | None = None,
     deadline_s: float | None = None,
     max_slowdown_pct: float | None = None,
+    progress: Callable[[float], object] | None = None,
 ) -> PlanReport:
     """Profile(s) → schedule → frontier → chosen plan, writing the frontier and plans.
 
     Several profiles are the data/tensor-parallel ranks of one pipeline: they are combined
     (max time, summed energy) and each stage's blocking power is counted once per rank.
+    A pipeline or quantum beyond :data:`MAX_INSTRUCTIONS` / :data:`MAX_FRONTIER_POINTS` is
+    refused before any work; ``progress`` is passed to :func:`compute_frontier` (the fraction
+    of the iteration-time range swept, now and then during a long solve).
     """
     if not profile_paths:
         raise ConfigError("give at least one profile CSV")
+    instructions = 2 * stages * microbatches * max(chunks, 1)  # a forward and a backward each
+    if instructions > MAX_INSTRUCTIONS:
+        raise ConfigError(
+            f"--stages {stages} × --microbatches {microbatches}"
+            + (f" × --chunks {chunks}" if chunks > 1 else "")
+            + f" is {instructions:,} instructions per iteration; the planner takes up to "
+            f"{MAX_INSTRUCTIONS:,} (its time grows with the square of the pipeline: 32,000 took "
+            "110 s on a 2-core VM); Perseus plans 12–96 microbatches"
+        )
     profiles = [load_profile(p) for p in profile_paths]
     # Units first (one GPU per file, before ranks are summed): a profile in ms or kJ, or a
     # P_block in mW, is refused here, not solved into a confident, wrong saving.
@@ -540,6 +565,17 @@ def plan_pipeline(
         sched = interleaved_one_f_one_b(stages, microbatches, chunks, recompute=recompute)
     else:
         raise ConfigError(f"unknown schedule {schedule!r}; use 1f1b, gpipe or interleaved")
+    t_min, t_start = time_bounds(
+        profile, sched, time_quantum_s=time_quantum_s, noise_factor=noise_factor
+    )
+    points = round((t_start - t_min) / time_quantum_s)
+    if points > MAX_FRONTIER_POINTS:
+        coarser = time_quantum_s * points / MAX_FRONTIER_POINTS
+        raise ConfigError(
+            f"a {time_quantum_s * 1e3:g} ms time quantum over {t_min:.4f}–{t_start:.4f} s makes "
+            f"~{points:,} frontier points; the planner takes up to {MAX_FRONTIER_POINTS:,}: use "
+            f"--quantum-ms {coarser * 1e3:.2g} or more"
+        )
     ranks = len(profiles)
     if isinstance(p_block_w, (int, float)):
         pb: float | list[float] = float(p_block_w) * ranks
@@ -553,6 +589,7 @@ def plan_pipeline(
         time_quantum_s=time_quantum_s,
         cost_model=cost_model,
         noise_factor=noise_factor,
+        progress=progress,
     )
     solve_s = time.perf_counter() - t0
     choice = choose_plan(

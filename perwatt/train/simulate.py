@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -451,6 +451,7 @@ def run_simulation(
     cost_model: CostModel = "exponential",
     noise_factor: float = 1.0,
     supported_freqs_mhz: Sequence[int] | None = None,
+    progress: Callable[[float], object] | None = None,
     **choice: Any,
 ) -> SimulationReport:
     """Profile → frontier → chosen plan (``choice`` goes to ``choose_plan``: ``target=``,
@@ -484,6 +485,7 @@ def run_simulation(
         cost_model=cost_model,
         noise_factor=noise_factor,
         supported_freqs_mhz=supported_freqs_mhz,
+        progress=progress,
         **choice,
     )
     frontier, picked = planned.frontier, planned.choice

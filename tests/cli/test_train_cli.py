@@ -627,3 +627,37 @@ def test_wrong_units_are_refused_in_one_line(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert message in captured.err and captured.err.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", ["plan", "simulate"])
+def test_unbounded_sizes_are_one_line_and_immediate(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    # Issue 9: `train plan --microbatches 100000` ran for days with no output.
+    import perwatt.train.plan as plan_mod
+
+    def no_schedule(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the size must be refused before the schedule is built")
+
+    monkeypatch.setattr(plan_mod, "one_f_one_b", no_schedule)
+    prof = str(PERSEUS / "stage_profile/gpt3-175b+a100_sxm_bf16.csv")
+    args = ["--stages", "8", "--microbatches", "100000", "--p-block", "83.64"]
+    assert main(["train", command, prof, *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "1,600,000 instructions per iteration" in err
+
+
+@pytest.mark.parametrize("command", ["plan", "simulate"])
+def test_long_solves_show_progress_on_stderr(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    import perwatt.cli.train as train_cli
+
+    monkeypatch.setattr(train_cli, "PROGRESS_EVERY_S", 0.0)  # every report, for the test
+    prof = str(PERSEUS / "stage_profile/gpt3-175b+a100_sxm_bf16.csv")
+    args = ["--stages", "8", "--microbatches", "12", "--p-block", "83.64"]
+    assert main(["train", command, prof, *args]) == 0
+    captured = capsys.readouterr()
+    lines = [x for x in captured.err.splitlines() if x.startswith("perwatt: solving the frontier")]
+    assert [x.split(": ")[2].split("%")[0] for x in lines] == ["40", "80"]
+    assert "solving" not in captured.out

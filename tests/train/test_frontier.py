@@ -14,6 +14,7 @@ from perwatt.errors import ConfigError, DataFormatError
 from perwatt.train.frontier import (
     Frontier,
     NoisyProfileWarning,
+    Solver,
     compiled_solver_available,
     compute_frontier,
     operation_options,
@@ -544,3 +545,24 @@ def test_compiled_sweep_matches_python_on_random_profiles(seed: int) -> None:
             return
         c = compute_frontier(prof, schedule, solver="compiled", **kw)  # type: ignore[arg-type]
     _assert_same_frontier(c, py)
+
+
+@pytest.mark.parametrize(
+    "solver", [pytest.param("compiled", marks=COMPILED), pytest.param("python")]
+)
+def test_progress_is_the_same_from_both_sweeps(solver: Solver) -> None:
+    # The compiled and the Python sweep report at the same steps with the same share swept;
+    # an error raised by the callback stops the sweep (as Ctrl-C does).
+    prof = _gpt3(8)
+    seen: list[float] = []
+    fr = compute_frontier(
+        prof, one_f_one_b(8, 12), p_block_w=83.64, solver=solver, progress=seen.append
+    )
+    assert len(seen) == len(fr.points) // 256 == 2
+    assert seen == pytest.approx([256 / 641.0, 512 / 641.0], abs=2 / 641)
+
+    def stop(fraction: float) -> None:
+        raise RuntimeError(f"stopped at {fraction:.2f}")
+
+    with pytest.raises(RuntimeError, match=r"stopped at 0\.40"):
+        compute_frontier(prof, one_f_one_b(8, 12), p_block_w=83.64, solver=solver, progress=stop)

@@ -252,3 +252,33 @@ def test_text_prints_the_figures_the_saving_is_computed_from() -> None:
     assert doc["reference_energy_j"] == pytest.approx(
         doc["reference_replay_energy_j"] + doc["reference_blocked_to_horizon_j"]
     )
+
+
+def test_sizes_beyond_sane_bounds_fail_before_any_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 9: `train plan --microbatches 100000` ran for days without a word.
+    import perwatt.train.plan as plan_mod
+
+    def no_schedule(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the size must be refused before the schedule is built")
+
+    monkeypatch.setattr(plan_mod, "one_f_one_b", no_schedule)
+    path = PERSEUS / "stage_profile/gpt3-175b+a100_sxm_bf16.csv"
+    with pytest.raises(ConfigError, match=r"1,600,000 instructions per iteration; .* 65,536"):
+        plan_pipeline([path], stages=8, microbatches=100_000, p_block_w=83.64)
+
+
+def test_a_quantum_too_fine_for_the_range_is_refused() -> None:
+    path = PERSEUS / "stage_profile/gpt3-175b+a100_sxm_bf16.csv"
+    with pytest.raises(ConfigError, match=r"~10,5\d\d,\d\d\d frontier points; .*--quantum-ms"):
+        plan_pipeline([path], stages=8, microbatches=24, p_block_w=83.64, time_quantum_s=1e-7)
+
+
+def test_progress_reports_the_share_swept() -> None:
+    seen: list[float] = []
+    plan_pipeline([TINY], stages=2, microbatches=3, p_block_w=50.0, progress=seen.append)
+    assert seen == []  # a few hundred steps at most: nothing to report
+    path = PERSEUS / "stage_profile/gpt3-175b+a100_sxm_bf16.csv"
+    report = plan_pipeline([path], stages=8, microbatches=48, p_block_w=83.64, progress=seen.append)
+    # one report every 256 sweep steps, each the share of [T_min, T_max] swept so far
+    assert len(seen) == len(report.frontier.points) // 256
+    assert seen == sorted(seen) and seen[0] > 0 and seen[-1] <= 1
