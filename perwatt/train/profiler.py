@@ -91,8 +91,10 @@ from typing import Any, Protocol
 
 from perwatt.errors import ConfigError, DataFormatError, PartialRunError, PerwattError
 from perwatt.meter import Meter
+from perwatt.train.plan import MAX_INSTRUCTIONS
 
 INSTRUCTIONS = ("forward", "backward")
+_MAX_ITERATIONS_PER_CLOCK = 1000
 CSV_HEADER = ("stage", "instruction", "frequency", "time", "energy")
 
 
@@ -133,6 +135,18 @@ class SweepConfig:
             raise ConfigError(
                 f"measured iterations (--iterations) must be ≥ 1, got {self.measure_iterations}"
             )
+        # Upper bounds: the sweep runs (warm-up + measured) iterations at each of up to ~100
+        # clocks; 10 measured per clock suffice on an H100 (module docstring), and a thousand
+        # already means ~100,000 training iterations per profile.
+        for flag, value in (
+            ("--iterations", self.measure_iterations),
+            ("--warmup", self.warmup_iterations),
+        ):
+            if value > _MAX_ITERATIONS_PER_CLOCK:
+                raise ConfigError(
+                    f"{flag} {value} is more than {_MAX_ITERATIONS_PER_CLOCK:,} iterations per "
+                    "clock; 10 measured iterations per clock average a 100 ms counter to ~2.5%"
+                )
         if self.patience < 1:
             raise ConfigError(f"patience (--patience) must be ≥ 1, got {self.patience}")
         if not 0.0 <= self.noise_tolerance < 1.0:
@@ -743,6 +757,13 @@ def profile_simulated_pipeline(
 
     if comm_gap_s < 0:
         raise ConfigError(f"communication gap must be ≥ 0, got {comm_gap_s}")
+    instructions = 2 * num_stages * microbatches
+    if instructions > MAX_INSTRUCTIONS:
+        # Its profile could not be planned anyway, and simulating it takes hours.
+        raise ConfigError(
+            f"--stages {num_stages} × --microbatches {microbatches} is {instructions:,} "
+            f"instructions per iteration; `perwatt train plan` takes up to {MAX_INSTRUCTIONS:,}"
+        )
     models = default_stage_models(num_stages)
     rows: list[ProfileRow] = []
     reasons: list[str] = []

@@ -558,3 +558,14 @@ def test_zero_joule_rows_are_not_written(tmp_path: Path) -> None:
         )
     assert not list(tmp_path.glob("s3*.csv"))
     assert nvml.state_restored()
+
+
+def test_sizes_beyond_sane_bounds_are_refused_before_any_work() -> None:
+    # Issue 9 (unbounded work): a simulated pipeline the planner could never plan, or
+    # thousands of iterations per clock, ran for hours without a word.
+    with pytest.raises(ConfigError, match=r"1,600,000 instructions per iteration"):
+        profile_simulated_pipeline(num_stages=100_000, microbatches=8)
+    with pytest.raises(ConfigError, match=r"--iterations 1000000 is more than 1,000"):
+        SweepConfig(measure_iterations=1_000_000)
+    with pytest.raises(ConfigError, match=r"--warmup 5000 is more than 1,000"):
+        SweepConfig(warmup_iterations=5000)
