@@ -22,16 +22,19 @@ from perwatt.errors import ConfigError
 
 _EPILOG = """\
 examples:
-  perwatt train plan gpt3-175b+a100_sxm_bf16.csv --stages 8 --microbatches 24 \\
-      --p-block 83.64 --frontier frontier.csv --target fastest
+  perwatt train plan data/perseus-sosp24/stage_profile/gpt3-175b+a100_sxm_bf16.csv \\
+      --stages 8 --microbatches 24 --p-block 83.64 --frontier frontier.csv --target fastest
   perwatt train plan PROFILE.csv --stages 8 --microbatches 24 --p-block 83.64 \\
       --straggler-ratio 1.2 --plans plans.json --json
 
+The first example's profile is the Perseus (SOSP'24) measurement of GPT-3 175B on A100s,
+shipped in the repository under data/perseus-sosp24/ (Apache-2.0, see its README).
 P_block is the power one GPU draws while blocked on communication (Perseus measured
 83.64 W on A100 SXM and 70.38 W on A40; `perwatt train profile` reports yours). Several
 PROFILE files are the data/tensor-parallel ranks of one pipeline (max time, summed energy).
-Times are in seconds, energies in joules; every figure is a replay of the profile
-(labelled simulated), not a measurement of the plan in training.
+Times are in seconds, energies in joules, one GPU per file: a profile or P_block whose
+power is implausible for the GPU its top clock matches (ms, kJ, mW) is refused. Every
+figure is a replay of the profile (labelled simulated), not a measurement in training.
 """
 
 # RawDescriptionHelpFormatter keeps the examples' layout, so this text is wrapped by hand.
