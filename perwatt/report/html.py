@@ -93,9 +93,8 @@ class _Run:
 
 
 def is_measured_label(label: str) -> bool:
-    """Measured only when every part of a (possibly ``mixed(a,b)``) label is a measurement."""
-    if label.startswith("mixed(") and label.endswith(")"):
-        return all(is_measured(p) for p in label[6:-1].split(","))
+    """Measured only when every part of a (possibly ``mixed(a,b)``) label is a measurement;
+    ``replay(...)`` of anything never is (:func:`perwatt.meter.source.is_measured`)."""
     return is_measured(label)
 
 
