@@ -16,7 +16,9 @@ NVML, ``dcgm:URL``/``prometheus:URL`` for a remote server's GPUs, ``PERWATT_DCGM
 ``auto``); a simulated or replayed source is labelled so in every figure. ``auto`` with a server
 that is not on this machine is refused: it would meter the wrong hardware. When the source is
 :class:`~perwatt.meter.SimulatedSource`, its load follows the benchmark's requests in flight (a
-simulated GPU busy in proportion to the batch) — a demo model, never a measurement.
+simulated GPU busy in proportion to the batch) — a demo model, never a measurement; against
+perwatt's own test server, ``simulated`` meters the power model that server serves instead
+(:mod:`perwatt.meter.served`), which knows its precision and batch.
 """
 
 from __future__ import annotations
@@ -202,7 +204,14 @@ def _open_sources(config: ServerBenchConfig) -> tuple[tuple[PowerSource, ...], b
             raise ConfigError("sources= is empty")
         return tuple(config.sources), False
     from perwatt.meter.detect import open_sources
+    from perwatt.meter.served import probe_served_power
 
+    if config.energy_source.strip().lower() == "simulated":
+        # perwatt's test server simulates its own power (it knows its precision and batch):
+        # meter that model. Any other server gets the client-side model of requests in flight.
+        served = probe_served_power(config.url)
+        if served is not None:
+            return (served,), True
     host = urlsplit(config.url).hostname or ""
     if (
         config.energy_source.strip().lower() == "auto"
@@ -592,6 +601,7 @@ def run_server_bench(config: ServerBenchConfig) -> list[Path]:
             sync_cuda=False,  # the GPUs are the server's, not this process's
         )
         energy_label = _source_label(sources)
+        log("energy: " + "; ".join(s.describe() for s in sources))
         conditions = run_conditions(
             energy_source=energy_label,
             # GPU power limit and clocks only when NVML meters them (local GPUs).

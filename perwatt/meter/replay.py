@@ -180,7 +180,9 @@ def load_trace(path: str | Path) -> PowerTrace:
         labels = sorted(origins.get(dev, ()))
         # One device's rows can switch between counter and integrated-power labels (the first
         # row of a counter-only source): keep every origin the device's figures rest on.
-        origin = None if not labels else labels[0] if len(labels) == 1 else f"mixed({','.join(labels)})"
+        origin = (
+            None if not labels else labels[0] if len(labels) == 1 else f"mixed({','.join(labels)})"
+        )
         devices[dev] = DeviceTrace(tuple(ts), tuple(ps), tuple(es), has_counter, origin)
     return PowerTrace(devices)
 
