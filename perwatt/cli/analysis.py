@@ -13,6 +13,7 @@ import json
 import sys
 
 from perwatt.bench.stats import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES
+from perwatt.cli.guard_flags import add_guard_flags, guard_thresholds
 
 _QUALITY_DESCRIPTION = """\
 Send a fixed prompt set with greedy decoding (temperature 0, fixed --max-tokens
@@ -28,9 +29,13 @@ prompt file: JSONL, one prompt per line, blank lines and # comments skipped:
   {"messages": [{"role": "user", "content": "text"}]}     sent to /chat/completions
   either may carry an "id"
 
-exit code: 0 done; 2 bad input, or a server that cannot be reached (both are
-checked before any prompt is sent); 1 a server failed mid-run; 130 Ctrl-C.
-In the last two cases --out keeps the prompts compared so far, marked partial.
+exit code: 0 done and the candidate passes the accuracy guard (or nothing it
+judges was measured); 3 done but the candidate FAILS the guard (scripts and CI
+can gate a deployment on it; the figures and --out are written either way, and
+--attach still attaches them: compare and report show the FAIL); 2 bad input,
+or a server that cannot be reached (both are checked before any prompt is
+sent); 1 a server failed mid-run; 130 Ctrl-C. In the last two cases --out keeps
+the prompts compared so far, marked partial, and there is no verdict.
 
 example:
   perwatt quality --prompts p.jsonl --url http://127.0.0.1:8000/v1 \\
@@ -63,6 +68,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help=f"bootstrap resamples (default {DEFAULT_RESAMPLES})",
     )
     cmp.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    add_guard_flags(cmp)
     cmp.set_defaults(func=run_compare)
 
     rep = subparsers.add_parser(
@@ -78,6 +84,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--out", "-o", default="perwatt-report.html", help="output file (default %(default)s)"
     )
     rep.add_argument("--title", default="perwatt bench report", help="report title")
+    add_guard_flags(rep)
     rep.set_defaults(func=run_report)
 
     q = subparsers.add_parser(
@@ -164,6 +171,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     q.add_argument(
         "--json", action="store_true", help="print the report JSON on stdout, not the summary"
     )
+    add_guard_flags(q)
     q.set_defaults(func=run_quality)
 
 
@@ -171,7 +179,11 @@ def run_compare(args: argparse.Namespace) -> int:
     from perwatt.bench.compare import compare_results, render_comparison
 
     cmp = compare_results(
-        args.results, n_resamples=args.resamples, confidence=args.confidence, seed=args.seed
+        args.results,
+        n_resamples=args.resamples,
+        confidence=args.confidence,
+        seed=args.seed,
+        guard=guard_thresholds(args),
     )
     if args.json:
         json.dump(cmp.to_dict(), sys.stdout, indent=2, allow_nan=False)
@@ -182,9 +194,15 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from perwatt.report import write_html_report
+    from perwatt.report import dedupe_results, write_html_report
 
-    out = write_html_report(args.results, args.out, title=args.title)
+    _unique, dropped = dedupe_results(args.results)
+    for name in dropped:
+        # A shell glob that overlaps another argument: one row per run, not two.
+        print(f"warning: {name} is given more than once; reported once", file=sys.stderr)
+    out = write_html_report(
+        args.results, args.out, title=args.title, thresholds=guard_thresholds(args)
+    )
     print(f"wrote {out}")
     return 0
 
@@ -195,10 +213,12 @@ def run_quality(args: argparse.Namespace) -> int:
         attach_accuracy,
         check_attach_target,
         format_quality_summary,
+        quality_verdict,
         run_quality,
     )
     from perwatt.errors import ConfigError
 
+    thresholds = guard_thresholds(args)
     if args.prompts is None:
         raise ConfigError("no prompt set: give --prompts FILE (JSONL, see perwatt quality -h)")
     if len(args.url) != 2:
@@ -230,11 +250,14 @@ def run_quality(args: argparse.Namespace) -> int:
     except QualityInterrupted as e:
         rep, interrupted = e.report, True
     # The figures first: an --attach that fails below must not swallow what was measured.
+    verdict = quality_verdict(rep, thresholds)
     if args.json:
-        json.dump(rep.to_dict(), sys.stdout, indent=2, allow_nan=False)
+        doc = rep.to_dict()
+        doc["guard"] = {**verdict.to_dict(), "thresholds": thresholds.to_dict()}
+        json.dump(doc, sys.stdout, indent=2, allow_nan=False)
         sys.stdout.write("\n")
     else:
-        print(format_quality_summary(rep))
+        print(format_quality_summary(rep, thresholds))
         if args.out:
             print(f"wrote {args.out}" + ("" if rep.complete else f" ({rep.status})"))
     for path in args.attach:
@@ -246,4 +269,6 @@ def run_quality(args: argparse.Namespace) -> int:
                 if rep.complete
                 else f"not attached to {path}: the run is {rep.status}"
             )
-    return 130 if interrupted else 0
+    if interrupted:
+        return 130
+    return 3 if verdict.failed else 0

@@ -130,6 +130,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         help="steady-state decode window per point, s (default 5 on a GPU, one round on the CPU)",
     )
+    from perwatt.cli.guard_flags import add_guard_flags
+
+    add_guard_flags(p)
     p.set_defaults(func=run_bench)
 
 
@@ -250,8 +253,10 @@ def _server(args: argparse.Namespace) -> list[Path]:
 
 def run_bench(args: argparse.Namespace) -> int:
     from perwatt.bench.result import load_result
-    from perwatt.bench.runner import summary_notes, summary_table
+    from perwatt.bench.runner import summary_notes, summary_tables
+    from perwatt.cli.guard_flags import guard_thresholds
 
+    thresholds = guard_thresholds(args)  # a bad threshold fails before the run, not after
     paths = _builtin(args) if args.engine == "builtin" else _server(args)
     if args.json:
         print(json.dumps([str(p) for p in paths]))
@@ -259,8 +264,10 @@ def run_bench(args: argparse.Namespace) -> int:
         from rich.console import Console
 
         console = Console()
-        console.print(summary_table(paths))
-        for line in summary_notes(paths):
+        # The terminal's width: a sweep's columns continue in a second table, never cut.
+        for table in summary_tables(paths, width=console.width, thresholds=thresholds):
+            console.print(table)
+        for line in summary_notes(paths, thresholds):
             console.print(line, highlight=False, markup=False)
     statuses = [load_result(p)["status"] for p in paths]
     return 1 if any(s in ("failed", "partial") for s in statuses) else 0

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from perwatt.bench.guard import judge
 from perwatt.bench.result import (
     Conditions,
     load_result,
@@ -986,12 +987,16 @@ def format_point(doc: Mapping[str, Any]) -> str:
     e = doc["energy"] or {}
     b = doc.get("builtin") or {}
     acc = doc.get("accuracy") or {}
+    # Beside the energy figures: emulated precisions make no energy claim, and the accuracy
+    # guard's verdict (perwatt.bench.guard, default thresholds) says whether the saving counts.
+    emu = " (emulated: no energy claim)" if b.get("emulated") else ""
+    verdict = judge(doc.get("accuracy"))
     return (
         f"{head} {_fmt((b.get('decode') or {}).get('tokens_per_s'), '10.1f')} tok/s  "
         f"{_fmt(e.get('j_per_output_token'), '.4g')} J/tok  "
-        f"{_fmt(e.get('output_tokens_per_j'), '.4g')} tok/J ({e.get('source')})  "
+        f"{_fmt(e.get('output_tokens_per_j'), '.4g')} tok/J ({e.get('source')}){emu}  "
         f"KL {_fmt(acc.get('kl_mean'), '.2e')}  top1 {_fmt(acc.get('top1_agreement'), '.3f')}"
-        + ("  [emulated: no energy claim]" if b.get("emulated") else "")
+        + (f"  guard {verdict.text}" if verdict.status != "none" else "")
     )
 
 
