@@ -394,7 +394,11 @@ class Meter:
             handle.measurement = self.end(name)
 
     def measure_between(self, start_s: float, end_s: float, name: str = "interval") -> Measurement:
-        """Energy over ``[start_s, end_s]`` (meter clock) from the recorded timeline.
+        """Energy over ``[start_s, end_s]`` from the recorded timeline.
+
+        Times are on the meter's clock: ``time.monotonic()`` values unless the meter was built
+        with another ``clock=`` (``meter.clock()`` reads it), not ``time.time()`` or
+        ``time.perf_counter()``.
 
         Counters are interpolated between samples; counterless devices are integrated. Used for
         windows chosen after the fact, such as a benchmark's steady state.
