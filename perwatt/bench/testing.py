@@ -613,9 +613,12 @@ class FakeOpenAIServer:
             await asyncio.sleep(cfg.ttft_s + cfg.itl_s * max(0, len(words) - 1))
         else:
             rng = random.Random(index)
-            await asyncio.sleep(self._ttft_s(n_prompt))
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self._ttft_s(n_prompt)
+            await asyncio.sleep(max(0.0, deadline - loop.time()))
             for _ in range(len(words) - 1):
-                await asyncio.sleep(self._itl_s(rng))
+                deadline += self._itl_s(rng)
+                await asyncio.sleep(max(0.0, deadline - loop.time()))
         text = "".join(" " + w for w in words)
         choice: dict[str, Any]
         if chat:
@@ -680,6 +683,10 @@ class FakeOpenAIServer:
             self.stats.chunks_sent += 1
 
         ttft = self._ttft_s(n_prompt)
+        # With a profile, tokens are due on a schedule (deadline += step) rather than after
+        # sleeps: on a busy host every sleep overshoots, and relative sleeps would add it up,
+        # slowing every precision alike and shrinking the difference the profile models.
+        deadline = asyncio.get_running_loop().time() + ttft
         if ttft > 0:
             await asyncio.sleep(ttft)
         rng = random.Random(index)  # the step jitter: the same run gives the same timings
@@ -689,7 +696,8 @@ class FakeOpenAIServer:
         chunks = [words[i : i + k] for i in range(0, len(words), k)]
         for n, chunk in enumerate(chunks):
             if n > 0 and cfg.profile is not None:
-                await asyncio.sleep(sum(self._itl_s(rng) for _ in chunk))
+                deadline += sum(self._itl_s(rng) for _ in chunk)
+                await asyncio.sleep(max(0.0, deadline - asyncio.get_running_loop().time()))
             elif n > 0 and cfg.itl_s > 0:
                 await asyncio.sleep(cfg.itl_s * len(chunk))
             if fault is not None:
