@@ -93,7 +93,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="SPEC",
         help=f"power source: {SPEC_HELP}; auto only for a server on this machine: use "
         "dcgm:URL or prometheus:URL (or PERWATT_DCGM_URL with auto) when the server's GPUs are "
-        "on another machine",
+        "on another machine; simulated against perwatt's test server meters the power model "
+        "that server serves (python -m perwatt.bench.testing --precision ...)",
     )
     e.add_argument(
         "--idle-seconds", type=float, default=0.0, help="measure idle power first (idle share)"
