@@ -92,8 +92,9 @@ class _Run:
 
     @property
     def failed(self) -> bool:
-        """A failed run has no efficiency to plot (every request failed, or it never ran)."""
-        return self.doc["status"] == "failed"
+        """No efficiency to plot: the run failed, or stopped before any request succeeded (its
+        "0 tokens per joule" would read as a terrible configuration, not a broken run)."""
+        return self.doc["status"] == "failed" or not self.doc["metrics"]["completed"]
 
     @property
     def series(self) -> str:
@@ -308,7 +309,10 @@ def _summary_table(runs: Sequence[_Run]) -> str:
         src = r.source if e is not None else None
         if r.failed:
             # No successful request: its "0 tokens per joule" is not an efficiency.
-            e_cells = '<td colspan=2 class=l><span class="tag">failed: not plotted</span></td>'
+            e_cells = (
+                f'<td colspan=2 class=l><span class="tag">{esc(r.doc["status"])}: no successful '
+                "request, not plotted</span></td>"
+            )
         else:
             e_cells = _cell(_num(e["j_per_output_token"]) if e else None, "", src) + _cell(
                 _num(e["output_tokens_per_j"]) if e else None, "", src
@@ -544,7 +548,7 @@ def _device_kind(devices: Sequence[str]) -> str:
 
 def power_axis_label(doc: BenchResult) -> str:
     """The timeline's y label from what was metered and how: ``total GPU power (W)`` for a GPU
-    counter, ``CPU power, estimated (W)`` for the whole machine's CPU estimate, ``simulated
+    counter, ``machine CPU power, estimated (W)`` for the whole machine's CPU estimate, ``simulated
     power (W)`` for a model — never "GPU" for something that is not one."""
     e = doc["energy"]
     if e is None:
@@ -829,7 +833,7 @@ def render_html_report(
     failed = [r.name for r in runs if r.failed]
     if failed:
         parts.append(
-            f'</div><p class="note">Not plotted above: {esc(", ".join(failed))} (failed: no '
+            f'</div><p class="note">Not plotted above: {esc(", ".join(failed))} (no '
             "successful request, so no tokens per joule).</p><div>"
         )
     parts.append("</div><h2>Power timelines</h2>")

@@ -200,8 +200,8 @@ def test_failed_run_is_marked_and_not_plotted() -> None:
     failed["energy"]["output_tokens_per_j"] = 0.0
     failed["energy"]["j_per_output_token"] = None
     text = render_html_report([ok, failed])
-    assert "failed: not plotted" in text
-    assert "Not plotted above: result 2 (failed" in text
+    assert "failed: no successful request, not plotted" in text
+    assert "Not plotted above: result 2 (no successful request" in text
     charts = text.split("<h2>Efficiency across load</h2>")[1].split("<h2>Power timelines</h2>")[0]
     assert "result 2" not in charts.split("Not plotted above")[0]  # no point, no tooltip
     assert "0 tok/J" not in charts
