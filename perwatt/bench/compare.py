@@ -1027,7 +1027,7 @@ def render_comparison(cmp: Comparison, console: Any | None = None) -> None:
             if k == last_energy and show_guard:
                 guard_cells = []
                 for run in lv.runs:
-                    g = run.guard if run is not None else GuardVerdict(status="none")
+                    g = run.guard if run is not None else NO_VERDICT
                     guard_cells.append(
                         "[bold red]FAIL[/]" if g.failed else ("pass" if g.passed else "–")
                     )

@@ -134,7 +134,7 @@ def judge(
 ) -> GuardVerdict:
     """The verdict on one run's ``accuracy`` block (``None``: no verdict, status ``none``)."""
     if not accuracy:
-        return GuardVerdict(status="none")
+        return NO_VERDICT
     failures: list[str] = []
     judged: list[str] = []
     for key, label, op, attr in _CHECKS:
@@ -148,7 +148,7 @@ def judge(
             bad = "<" if op == ">=" else ">"
             failures.append(f"{label} {v:.3g} {bad} {limit:g}")
     if not judged:
-        return GuardVerdict(status="none")
+        return NO_VERDICT
     return GuardVerdict(
         status="fail" if failures else "pass", failures=tuple(failures), judged=tuple(judged)
     )

@@ -49,7 +49,13 @@ from typing import Any, Final, Literal
 import httpx
 
 from perwatt._files import atomic_write_text
-from perwatt.bench.guard import DEFAULT_THRESHOLDS, GuardThresholds, GuardVerdict, judge
+from perwatt.bench.guard import (
+    DEFAULT_THRESHOLDS,
+    NO_VERDICT,
+    GuardThresholds,
+    GuardVerdict,
+    judge,
+)
 from perwatt.bench.result import load_result, write_result
 from perwatt.errors import ConfigError, DataFormatError, PerwattError, RemoteSourceError
 
@@ -784,7 +790,7 @@ def quality_verdict(
     """The accuracy guard's verdict on a complete run (:mod:`perwatt.bench.guard`); a run that
     stopped early has none: agreement over part of the prompt set decides nothing."""
     if not report.complete:
-        return GuardVerdict(status="none")
+        return NO_VERDICT
     return judge(report.accuracy_block(), thresholds)
 
 

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from perwatt.cli.guard_flags import add_guard_flags, guard_thresholds
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from perwatt.economics import DEFAULT_PRICE_PER_KWH_USD
@@ -131,8 +133,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         help="steady-state decode window per point, s (default 5 on a GPU, one round on the CPU)",
     )
-    from perwatt.cli.guard_flags import add_guard_flags
-
     add_guard_flags(p)
     p.set_defaults(func=run_bench)
 
@@ -255,7 +255,6 @@ def _server(args: argparse.Namespace) -> list[Path]:
 def run_bench(args: argparse.Namespace) -> int:
     from perwatt.bench.result import load_result
     from perwatt.bench.runner import summary_notes, summary_tables
-    from perwatt.cli.guard_flags import guard_thresholds
 
     thresholds = guard_thresholds(args)  # a bad threshold fails before the run, not after
     paths = _builtin(args) if args.engine == "builtin" else _server(args)
