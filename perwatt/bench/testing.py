@@ -765,12 +765,13 @@ def main(argv: list[str] | None = None) -> int:
     """Serve until Ctrl-C: ``python -m perwatt.bench.testing --port 8000 --precision bf16``."""
     ap = argparse.ArgumentParser(
         prog="python -m perwatt.bench.testing",
-        description="A fake OpenAI-compatible server (no model: deterministic words). By default "
-        "it simulates a deployment at --precision: TTFT that grows with the prompt, a decode "
-        "step that grows with the batch in flight, outputs that drift from BF16's, and a "
-        f"power model served at {POWER_PATH} (meter it with `perwatt bench --energy-source "
-        "simulated`; every figure is labelled simulated). Timings and watts are round numbers "
-        "of the order of an 8B model on one H100, not measurements.",
+        description="A fake OpenAI-compatible server (no model: deterministic words). Without "
+        "--precision it answers as fast as it can (or with --ttft-ms/--itl-ms): a load "
+        "generator's test partner. With --precision it simulates a deployment: TTFT that grows "
+        "with the prompt, a decode step that grows with the batch in flight, outputs that drift "
+        f"from BF16's, and a power model served at {POWER_PATH} (meter it with `perwatt bench "
+        "--energy-source simulated`; every figure is labelled simulated). Timings and watts are "
+        "round numbers of the order of an 8B model on one H100, not measurements.",
     )
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
@@ -778,43 +779,51 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--precision",
         choices=sorted(PROFILES),
-        default="bf16",
-        help="simulated deployment: fp8 decodes ~1.5x faster than bf16 at the same power and "
+        default=None,
+        help="simulate a deployment: fp8 decodes ~1.5x faster than bf16 at the same power and "
         "flips ~2%% of greedy tokens; int4 (weight-only) is faster at small batches, slower at "
-        "large ones, and flips ~12%% (default bf16)",
+        "large ones, and flips ~12%%",
     )
     ap.add_argument(
-        "--ttft-ms", type=float, default=None, help="fixed TTFT instead of the precision's model"
+        "--ttft-ms",
+        type=float,
+        default=None,
+        help="fixed time to first token (with --precision: instead of its model); default 0",
     )
     ap.add_argument(
         "--itl-ms",
         type=float,
         default=None,
-        help="fixed inter-token latency instead of the precision's model (0: as fast as possible)",
+        help="fixed inter-token latency (with --precision: instead of its model); default 0",
     )
     ap.add_argument("--tokens-per-chunk", type=int, default=1)
     ap.add_argument("--usage", choices=("requested", "always", "never"), default="requested")
     args = ap.parse_args(argv)
-    profile = PROFILES[args.precision]
-    if args.ttft_ms is not None or args.itl_ms is not None:
-        for flag, v in (("--ttft-ms", args.ttft_ms), ("--itl-ms", args.itl_ms)):
-            if v is not None and not 0 <= v < 10_000:
-                ap.error(f"{flag} must be in [0, 10000) ms, got {v:g}")
-        # Fixed latencies replace the timing model; outputs and power still follow --precision.
-        profile = replace(
-            profile,
-            ttft_base_s=(args.ttft_ms or 0.0) / 1e3,
-            prefill_s_per_token=0.0,
-            step_s=(args.itl_ms or 0.0) / 1e3,
-            step_per_seq_s=0.0,
-            jitter=0.0,
-        )
-        # A fixed TTFT is the whole TTFT, not TTFT plus one step.
-        profile = replace(profile, ttft_base_s=max(0.0, profile.ttft_base_s - profile.step_s))
-    power = SimulatedSource(idle_w=profile.idle_w, busy_w=profile.busy_w)
+    for flag, v in (("--ttft-ms", args.ttft_ms), ("--itl-ms", args.itl_ms)):
+        if v is not None and not 0 <= v < 10_000:
+            ap.error(f"{flag} must be in [0, 10000) ms, got {v:g}")
+    profile: ServingProfile | None = None
+    power: SimulatedSource | None = None
+    if args.precision is not None:
+        profile = PROFILES[args.precision]
+        if args.ttft_ms is not None or args.itl_ms is not None:
+            # Fixed latencies replace the timing model; outputs and power follow --precision.
+            # ttft_time_s adds one step to ttft_base_s, so the base is TTFT minus that step.
+            itl_s = (args.itl_ms or 0.0) / 1e3
+            profile = replace(
+                profile,
+                ttft_base_s=max(0.0, (args.ttft_ms or 0.0) / 1e3 - itl_s),
+                prefill_s_per_token=0.0,
+                step_s=itl_s,
+                step_per_seq_s=0.0,
+                jitter=0.0,
+            )
+        power = SimulatedSource(idle_w=profile.idle_w, busy_w=profile.busy_w)
     try:
         cfg = ServerConfig(
             models=(args.model,),
+            ttft_s=(args.ttft_ms or 0.0) / 1e3,
+            itl_s=(args.itl_ms or 0.0) / 1e3,
             tokens_per_chunk=args.tokens_per_chunk,
             usage=args.usage,
             power=power,
@@ -829,12 +838,14 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"error: cannot serve on {args.host}:{args.port}: {e.strerror or e}", flush=True)
         return 2
+    what = (
+        f": simulated {args.precision} deployment, power model at "
+        f"http://{args.host}:{server.port}{POWER_PATH}"
+        if args.precision
+        else ""
+    )
     try:
-        print(
-            f"serving {args.model} at {server.url}: simulated {args.precision} deployment, "
-            f"power model at http://{args.host}:{server.port}{POWER_PATH} (Ctrl-C to stop)",
-            flush=True,
-        )
+        print(f"serving {args.model} at {server.url}{what} (Ctrl-C to stop)", flush=True)
         try:
             while True:
                 time.sleep(3600)

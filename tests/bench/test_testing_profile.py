@@ -162,6 +162,12 @@ def test_bench_simulated_meters_the_servers_model_and_fp8_costs_less(tmp_path: P
     assert ratio.verdict == "better" and ratio.ci.high < 1.0
 
 
-def test_cli_refuses_bad_fixed_latency() -> None:
+def test_cli_refuses_bad_input_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["--itl-ms", "-1"])
+    assert "--itl-ms must be in [0, 10000) ms" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--tokens-per-chunk", "0"])
+    assert "tokens_per_chunk must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--precision", "fp4"])
