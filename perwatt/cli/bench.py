@@ -185,6 +185,7 @@ def _builtin(args: argparse.Namespace) -> list[Path]:
             pue=args.pue,
             num_gpus=args.num_gpus,
             label=args.label,
+            guard=guard_thresholds(args),
             **kwargs,
         )
     )

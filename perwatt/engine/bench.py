@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from perwatt.bench.guard import judge
+from perwatt.bench.guard import DEFAULT_THRESHOLDS, GuardThresholds, judge
 from perwatt.bench.result import (
     Conditions,
     load_result,
@@ -800,6 +800,7 @@ def run_builtin_bench(
     sample_interval_s: float = 0.1,
     idle_seconds: float = 0.0,
     progress: Progress | None = None,
+    guard: GuardThresholds = DEFAULT_THRESHOLDS,
 ) -> list[Path]:
     """Measure every (precision, batch) point; write one result document each; return paths.
 
@@ -933,7 +934,7 @@ def run_builtin_bench(
                     doc["builtin"]["engine"]["weights"] = qpath
                 if doc["accuracy"] is None and ref_error is not None:
                     doc["builtin"]["accuracy_error"] = ref_error
-                say("  " + format_point(doc))
+                say("  " + format_point(doc, guard))
             except KeyboardInterrupt:
                 doc["status"] = "failed"
                 doc["partial_reason"] = "interrupted (Ctrl-C) before this point finished"
@@ -978,7 +979,7 @@ def _status(doc: Mapping[str, Any]) -> str:
     return str(doc["status"])
 
 
-def format_point(doc: Mapping[str, Any]) -> str:
+def format_point(doc: Mapping[str, Any], guard: GuardThresholds = DEFAULT_THRESHOLDS) -> str:
     """One line: precision, batch, tokens/s, J/token and tokens/J with their source, accuracy."""
     cfg = doc["config"]
     head = f"{cfg['precision']:>5} b{cfg['batch_size']:<4}"
@@ -988,9 +989,9 @@ def format_point(doc: Mapping[str, Any]) -> str:
     b = doc.get("builtin") or {}
     acc = doc.get("accuracy") or {}
     # Beside the energy figures: emulated precisions make no energy claim, and the accuracy
-    # guard's verdict (perwatt.bench.guard, default thresholds) says whether the saving counts.
+    # guard's verdict (perwatt.bench.guard) says whether the saving counts.
     emu = " (emulated: no energy claim)" if b.get("emulated") else ""
-    verdict = judge(doc.get("accuracy"))
+    verdict = judge(doc.get("accuracy"), guard)
     return (
         f"{head} {_fmt((b.get('decode') or {}).get('tokens_per_s'), '10.1f')} tok/s  "
         f"{_fmt(e.get('j_per_output_token'), '.4g')} J/tok  "
