@@ -49,6 +49,13 @@ from typing import Any, Final, Literal
 import httpx
 
 from perwatt._files import atomic_write_text
+from perwatt.bench.guard import (
+    DEFAULT_THRESHOLDS,
+    NO_VERDICT,
+    GuardThresholds,
+    GuardVerdict,
+    judge,
+)
 from perwatt.bench.result import load_result, write_result
 from perwatt.errors import ConfigError, DataFormatError, PerwattError, RemoteSourceError
 
@@ -777,8 +784,21 @@ def _why(e: httpx.HTTPError) -> str:
     return text.strip().lower() or type(e).__name__
 
 
-def format_quality_summary(report: QualityReport) -> str:
-    """The text summary ``perwatt quality`` prints; a run stopped early says so on line one."""
+def quality_verdict(
+    report: QualityReport, thresholds: GuardThresholds = DEFAULT_THRESHOLDS
+) -> GuardVerdict:
+    """The accuracy guard's verdict on a complete run (:mod:`perwatt.bench.guard`); a run that
+    stopped early has none: agreement over part of the prompt set decides nothing."""
+    if not report.complete:
+        return NO_VERDICT
+    return judge(report.accuracy_block(), thresholds)
+
+
+def format_quality_summary(
+    report: QualityReport, thresholds: GuardThresholds = DEFAULT_THRESHOLDS
+) -> str:
+    """The text summary ``perwatt quality`` prints; a run stopped early says so on line one,
+    a complete one ends with the accuracy guard's verdict."""
 
     def f(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.4f}"
@@ -805,6 +825,28 @@ def format_quality_summary(report: QualityReport) -> str:
         c = report.control
         lines.append(f"  control A vs A     exact {f(c.exact_match)}, top-1 {f(c.top1_agreement)}")
     lines += [f"  note: {n}" for n in report.notes]
+    verdict = quality_verdict(report, thresholds)
+    if report.complete:
+        judged = thresholds.describe()
+        if verdict.status == "none":
+            lines.append(f"  verdict            none: no figure the guard judges ({judged})")
+        else:
+            word = verdict.text if verdict.failed else "PASS"
+            lines.append(f"  verdict            {word} (guard: {judged})")
+        if (
+            report.control is not None
+            and judge(
+                {
+                    "exact_match": report.control.exact_match,
+                    "top1_agreement": report.control.top1_agreement,
+                },
+                thresholds,
+            ).failed
+        ):
+            lines.append(
+                "  note: the reference disagrees with itself beyond the thresholds (control): "
+                "the verdict measures its nondeterminism as much as the candidate"
+            )
     return "\n".join(lines)
 
 
@@ -855,6 +897,7 @@ __all__ = [
     "check_attach_target",
     "format_quality_summary",
     "load_prompts",
+    "quality_verdict",
     "run_quality",
     "summarize_agreement",
     "write_quality_report",

@@ -21,7 +21,9 @@ NVML, ``dcgm:URL``/``prometheus:URL`` for a remote server's GPUs, ``PERWATT_DCGM
 ``auto``); a simulated or replayed source is labelled so in every figure. ``auto`` with a server
 that is not on this machine is refused: it would meter the wrong hardware. When the source is
 :class:`~perwatt.meter.SimulatedSource`, its load follows the benchmark's requests in flight (a
-simulated GPU busy in proportion to the batch) — a demo model, never a measurement.
+simulated GPU busy in proportion to the batch) — a demo model, never a measurement; against
+perwatt's own test server, ``simulated`` meters the power model that server serves instead
+(:mod:`perwatt.meter.served`), which knows its precision and batch.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from urllib.parse import urlsplit
 
 from perwatt.bench import metrics as M
 from perwatt.bench.client import Endpoint, OpenAIClient, RequestRecord, resolve_model
+from perwatt.bench.guard import DEFAULT_THRESHOLDS, GuardThresholds, judge
 from perwatt.bench.loadgen import LoadLevel, LoadRun, process_cpu_s, run_level
 from perwatt.bench.result import (
     Conditions,
@@ -238,7 +241,14 @@ def _open_sources(config: ServerBenchConfig) -> tuple[tuple[PowerSource, ...], b
             raise ConfigError("sources= is empty")
         return tuple(config.sources), False
     from perwatt.meter.detect import open_sources
+    from perwatt.meter.served import probe_served_power
 
+    if config.energy_source.strip().lower() == "simulated":
+        # perwatt's test server simulates its own power (it knows its precision and batch):
+        # meter that model. Any other server gets the client-side model of requests in flight.
+        served = probe_served_power(config.url)
+        if served is not None:
+            return (served,), True
     host = urlsplit(config.url).hostname or ""
     if (
         config.energy_source.strip().lower() == "auto"
@@ -687,6 +697,7 @@ def run_server_bench(config: ServerBenchConfig) -> list[Path]:
             sync_cuda=False,  # the GPUs are the server's, not this process's
         )
         energy_label = _source_label(sources)
+        log("energy: " + "; ".join(s.describe() for s in sources))
         conditions = run_conditions(
             energy_source=energy_label,
             # GPU power limit and clocks only when NVML meters them (local GPUs).
@@ -756,65 +767,71 @@ def parse_int_list(text: str, flag: str) -> tuple[int, ...]:
 # --------------------------------------------------------------------------- summary
 def _ms(pct: Mapping[str, Any], key: str) -> str:
     v = pct.get(key)
-    return "-" if v is None else f"{v:.1f}"
+    if v is None:
+        return "-"
+    return f"{v:.0f}" if abs(v) >= 1000 else f"{v:.1f}"  # 141397 ms needs no tenths
 
 
-def summary_table(paths: Sequence[Path]) -> Any:
-    """A rich Table, one column per result file: throughput, latency percentiles, J/token.
+def _column_head(d: Mapping[str, Any]) -> str:
+    """``label`` over ``precision · load``: a sweep's columns never look alike."""
+    load = d["load"]
+    prec = d["config"].get("precision")
+    label = str(d["label"])
+    second = f"{load['kind']} {load['value']:g}"
+    if prec:
+        second = f"{prec} · {second}"
+    return f"{label}\n{second}"
 
-    J per output token is always shown with its source label (``simulated``, ``nvml-counter``…)
-    and basis (steady state or whole run), so a simulated figure cannot pass for a measurement.
-    Metrics are rows so that a sweep stays readable in 80 columns.
-    """
-    from rich.table import Table
 
-    from perwatt.bench.result import load_result
+def _emulated(d: Mapping[str, Any]) -> bool:
+    return bool((d.get("builtin") or {}).get("emulated"))
 
-    docs = [(p, load_result(p)) for p in paths]
-    t = Table(title="perwatt bench", title_justify="left")
-    t.add_column("", justify="left", no_wrap=True)
-    for _, d in docs:
-        load = d["load"]
-        head = f"{load['kind']} {load['value']:g}"
-        t.add_column(head, justify="right", no_wrap=True)
+
+def _summary_rows(
+    docs: Sequence[Mapping[str, Any]], thresholds: GuardThresholds
+) -> list[tuple[str, list[str]]]:
+    rows: list[tuple[str, list[str]]] = []
 
     def row(name: str, values: list[str]) -> None:
-        t.add_row(name, *values)
+        rows.append((name, values))
 
     def pct(key: str) -> list[str]:
         out = []
-        for _, d in docs:
-            m: Any = d["metrics"][key]  # type: ignore[literal-required]
-            out.append(f"{_ms(m, 'p50')} / {_ms(m, 'p90')} / {_ms(m, 'p99')}")
+        for d in docs:
+            m: Any = d["metrics"][key]
+            out.append(f"{_ms(m, 'p50')} / {_ms(m, 'p99')}")
         return out
 
-    row("status", [d["status"] for _, d in docs])
+    row("status", [d["status"] for d in docs])
     row(
-        "completed / failed",
-        [f"{d['metrics']['completed']} / {d['metrics']['failed']}" for _, d in docs],
+        "requests ok / failed",
+        [f"{d['metrics']['completed']} / {d['metrics']['failed']}" for d in docs],
     )
-    row("requests/s", [f"{d['metrics']['request_throughput_rps']:.2f}" for _, d in docs])
-    row("output tok/s", [f"{d['metrics']['output_throughput_tok_s']:.1f}" for _, d in docs])
+    row("requests (req/s)", [f"{d['metrics']['request_throughput_rps']:.2f}" for d in docs])
+    row("output (tok/s)", [f"{d['metrics']['output_throughput_tok_s']:.1f}" for d in docs])
     row(
-        "output tokens (counted by)",
+        "output tokens (source)",
         [
             f"{d['metrics']['total_output_tokens']} ({d['metrics']['token_count_source']})"
-            for _, d in docs
+            for d in docs
         ],
     )
-    row("TTFT p50/p90/p99 ms", pct("ttft_ms"))
-    row("ITL p50/p90/p99 ms", pct("itl_ms"))
-    row("TPOT p50/p90/p99 ms", pct("tpot_ms"))
-    row("E2EL p50/p90/p99 ms", pct("e2el_ms"))
-    if any(d["metrics"]["goodput_rps"] is not None for _, d in docs):
+    row("TTFT p50 / p99 (ms)", pct("ttft_ms"))
+    row("ITL p50 / p99 (ms)", pct("itl_ms"))
+    row("TPOT p50 / p99 (ms)", pct("tpot_ms"))
+    row("E2E p50 / p99 (ms)", pct("e2el_ms"))
+    if any(d["metrics"]["goodput_rps"] is not None for d in docs):
         row(
-            "goodput req/s (SLO met)",
-            ["-" if (g := d["metrics"]["goodput_rps"]) is None else f"{g:.2f}" for _, d in docs],
+            "goodput, SLO (req/s)",
+            ["-" if (g := d["metrics"]["goodput_rps"]) is None else f"{g:.2f}" for d in docs],
         )
-    jpt, src, tpj, watts, usd = [], [], [], [], []
-    for _, d in docs:
+    jpt, src, tpj, watts, usd, guard = [], [], [], [], [], []
+    for d in docs:
         e = d["energy"]
         econ = d["economics"]
+        # Emulated precisions (fp8 on a CPU) measure numerics, not energy: say so beside the
+        # figure itself, not only in a note.
+        emu = " (emulated)" if _emulated(d) else ""
         if e is None or e["j_per_output_token"] is None:
             jpt.append("-")
             src.append("-" if e is None else e["source"])
@@ -822,30 +839,104 @@ def summary_table(paths: Sequence[Path]) -> Any:
             watts.append("-")
         else:
             basis = "steady state" if e["basis"] == "steady_state" else "whole run"
-            jpt.append(f"{e['j_per_output_token']:.4g}")
+            jpt.append(f"{e['j_per_output_token']:.4g}{emu}")
             src.append(f"{e['source']}, {basis}")
-            tpj.append(f"{e['output_tokens_per_j']:.4g}" if e["output_tokens_per_j"] else "-")
+            tpj.append(f"{e['output_tokens_per_j']:.4g}{emu}" if e["output_tokens_per_j"] else "-")
             watts.append(f"{e['avg_power_w']:.1f}")
         u = econ["usd_per_million_output_tokens"] if econ else None
-        usd.append("-" if u is None else f"{u:.4g}")
-    row("J / output token", jpt)
+        usd.append("-" if u is None else f"{u:.4g}{emu}")
+        guard.append(judge(d["accuracy"], thresholds).short)
+    row("J / output token (J)", jpt)
     row("  energy source, basis", src)
-    row("output tokens / J", tpj)
-    row("avg power W", watts)
-    row("$ / M output tokens", usd)
-    return t
+    row("output tok / J (tok/J)", tpj)
+    if any(g != "—" for g in guard):
+        row("  accuracy guard", guard)
+    row("avg power (W)", watts)
+    row("energy $ / M out tok", usd)
+    return rows
 
 
-def summary_notes(paths: Sequence[Path]) -> list[str]:
-    """One line per noteworthy fact: errors by kind, token counting, why a run is partial."""
+def summary_tables(
+    paths: Sequence[Path],
+    *,
+    width: int | None = None,
+    thresholds: GuardThresholds = DEFAULT_THRESHOLDS,
+) -> list[Any]:
+    """The summary as rich Tables, one column per result file, split so each fits ``width``.
+
+    Every column is headed by the run's label, precision and load (a precision sweep's columns
+    are told apart); every row names its unit. J per output token is always shown with its
+    source label and basis, an emulated precision says so beside its energy figures, and the
+    accuracy guard's pass/FAIL sits under them. Metrics are rows, so a sweep adds columns; when
+    they do not fit ``width`` (the terminal's) they continue in further tables rather than being
+    cut. ``width=None``: one table.
+    """
+    from rich.table import Table
+
+    from perwatt.bench.result import load_result
+
+    docs: list[Mapping[str, Any]] = [load_result(p) for p in paths]
+    rows = _summary_rows(docs, thresholds)
+    heads = [_column_head(d) for d in docs]
+    name_w = max(len(n) for n, _ in rows)
+
+    def col_w(k: int) -> int:
+        cells = [v[k] for _, v in rows] + heads[k].splitlines()
+        return max(len(c) for c in cells)
+
+    chunks: list[list[int]] = []
+    used = name_w + 4  # the name column, its padding and the table's left border
+    for k in range(len(docs)):
+        w = col_w(k) + 3  # padding and the border to its right
+        if chunks and (width is None or used + w <= width):
+            chunks[-1].append(k)
+            used += w
+        else:
+            chunks.append([k])
+            used = name_w + 4 + w
+    tables = []
+    for n, chunk in enumerate(chunks):
+        part = f" ({n + 1} of {len(chunks)})" if len(chunks) > 1 else ""
+        t = Table(title=f"perwatt bench{part}", title_justify="left")
+        t.add_column("metric (unit)", justify="left", no_wrap=True)
+        for k in chunk:
+            t.add_column(heads[k], justify="right", no_wrap=True)
+        for name, values in rows:
+            t.add_row(name, *(values[k] for k in chunk))
+        tables.append(t)
+    return tables
+
+
+def summary_table(paths: Sequence[Path], thresholds: GuardThresholds = DEFAULT_THRESHOLDS) -> Any:
+    """Every result in one rich Table (see :func:`summary_tables`, which also fits a width)."""
+    return summary_tables(paths, thresholds=thresholds)[0]
+
+
+def summary_notes(
+    paths: Sequence[Path], thresholds: GuardThresholds = DEFAULT_THRESHOLDS
+) -> list[str]:
+    """One line per noteworthy fact: errors by kind, token counting, why a run is partial,
+    emulated precisions, accuracy-guard failures."""
     from perwatt.bench.result import load_result
 
     lines: list[str] = []
+    judged = False
     for p in paths:
         d = load_result(p)
         m = d["metrics"]
         if d["partial_reason"]:
             lines.append(f"{p.name}: {d['status']}: {d['partial_reason']}")
+        extra: Any = d
+        if _emulated(extra):
+            lines.append(
+                f"{p.name}: {d['config'].get('precision')} is emulated on "
+                f"{(extra.get('builtin') or {}).get('device', 'this device')}: its energy "
+                "figures measure emulation (numerics only), not the format; no energy claim"
+            )
+        verdict = judge(d["accuracy"], thresholds)
+        judged = judged or verdict.status != "none"
+        if verdict.failed:
+            lines.append(f"{p.name}: accuracy guard {verdict.text}")
         # The run-time warning is silenced by --quiet; the summary must still say the workload
         # is not the whole file.
         wl: Any = d["config"].get("workload") or {}
@@ -861,14 +952,14 @@ def summary_notes(paths: Sequence[Path]) -> list[str]:
             for kind, detail in list(examples.items())[:3]:
                 lines.append(f"  {kind}: {detail}")
             frac, limit = failed_fraction(d), _max_failed_fraction(d)
-            verdict = (
+            allowed = (
                 f"more than --max-failed-fraction {limit:g} allows: the command fails (exit 1)"
                 if frac > limit
                 else f"within --max-failed-fraction {limit:g}"
             )
             lines.append(
                 f"{p.name}: {m['failed']} of {m['completed'] + m['failed']} requests failed "
-                f"({frac:.1%}), {verdict}"
+                f"({frac:.1%}), {allowed}"
             )
         if m.get("input_tokens_source") == "approximate" and m["completed"]:
             lines.append(
@@ -897,4 +988,6 @@ def summary_notes(paths: Sequence[Path]) -> list[str]:
             )
             if line not in lines:
                 lines.append(line)
+    if judged:
+        lines.append(f"accuracy guard: {thresholds.describe()} (--min-top1, --max-kl, ...)")
     return lines

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from perwatt.bench.compare import MAX_RESAMPLES
 from perwatt.bench.stats import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES
 from perwatt.cli._numbers import number
+from perwatt.cli.guard_flags import add_guard_flags, guard_thresholds
 
 #: From this many resamples on, compare prints its progress (10x the default: seconds per
 #: interval on large runs).
@@ -37,9 +38,13 @@ prompt file: JSONL, one prompt per line, blank lines and # comments skipped:
   {"messages": [{"role": "user", "content": "text"}]}     sent to /chat/completions
   either may carry an "id"
 
-exit code: 0 done; 2 bad input, or a server that cannot be reached (both are
-checked before any prompt is sent); 1 a server failed mid-run; 130 Ctrl-C.
-In the last two cases --out keeps the prompts compared so far, marked partial.
+exit code: 0 done and the candidate passes the accuracy guard (or nothing it
+judges was measured); 3 done but the candidate FAILS the guard (scripts and CI
+can gate a deployment on it; the figures and --out are written either way, and
+--attach still attaches them: compare and report show the FAIL); 2 bad input,
+or a server that cannot be reached (both are checked before any prompt is
+sent); 1 a server failed mid-run; 130 Ctrl-C. In the last two cases --out keeps
+the prompts compared so far, marked partial, and there is no verdict.
 
 example:
   perwatt quality --prompts p.jsonl --url http://127.0.0.1:8000/v1 \\
@@ -72,6 +77,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         f"{MAX_RESAMPLES:,}; progress on stderr from {_PROGRESS_FROM_RESAMPLES:,})",
     )
     cmp.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    add_guard_flags(cmp)
     cmp.set_defaults(func=run_compare)
 
     rep = subparsers.add_parser(
@@ -87,6 +93,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--out", "-o", default="perwatt-report.html", help="output file (default %(default)s)"
     )
     rep.add_argument("--title", default="perwatt bench report", help="report title")
+    add_guard_flags(rep)
     rep.set_defaults(func=run_report)
 
     q = subparsers.add_parser(
@@ -173,6 +180,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     q.add_argument(
         "--json", action="store_true", help="print the report JSON on stdout, not the summary"
     )
+    add_guard_flags(q)
     q.set_defaults(func=run_quality)
 
 
@@ -208,6 +216,7 @@ def run_compare(args: argparse.Namespace) -> int:
             if args.resamples >= _PROGRESS_FROM_RESAMPLES
             else None
         ),
+        guard=guard_thresholds(args),
     )
     if args.json:
         json.dump(cmp.to_dict(), sys.stdout, indent=2, allow_nan=False)
@@ -218,9 +227,15 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from perwatt.report import write_html_report
+    from perwatt.report import dedupe_results, write_html_report
 
-    out = write_html_report(args.results, args.out, title=args.title)
+    _unique, dropped = dedupe_results(args.results)
+    for name in dropped:
+        # A shell glob that overlaps another argument: one row per run, not two.
+        print(f"warning: {name} is given more than once; reported once", file=sys.stderr)
+    out = write_html_report(
+        args.results, args.out, title=args.title, thresholds=guard_thresholds(args)
+    )
     print(f"wrote {out}")
     return 0
 
@@ -231,10 +246,12 @@ def run_quality(args: argparse.Namespace) -> int:
         attach_accuracy,
         check_attach_target,
         format_quality_summary,
+        quality_verdict,
         run_quality,
     )
     from perwatt.errors import ConfigError
 
+    thresholds = guard_thresholds(args)
     if args.prompts is None:
         raise ConfigError("no prompt set: give --prompts FILE (JSONL, see perwatt quality -h)")
     if len(args.url) != 2:
@@ -266,11 +283,14 @@ def run_quality(args: argparse.Namespace) -> int:
     except QualityInterrupted as e:
         rep, interrupted = e.report, True
     # The figures first: an --attach that fails below must not swallow what was measured.
+    verdict = quality_verdict(rep, thresholds)
     if args.json:
-        json.dump(rep.to_dict(), sys.stdout, indent=2, allow_nan=False)
+        doc = rep.to_dict()
+        doc["guard"] = {**verdict.to_dict(), "thresholds": thresholds.to_dict()}
+        json.dump(doc, sys.stdout, indent=2, allow_nan=False)
         sys.stdout.write("\n")
     else:
-        print(format_quality_summary(rep))
+        print(format_quality_summary(rep, thresholds))
         if args.out:
             print(f"wrote {args.out}" + ("" if rep.complete else f" ({rep.status})"))
     for path in args.attach:
@@ -282,4 +302,6 @@ def run_quality(args: argparse.Namespace) -> int:
                 if rep.complete
                 else f"not attached to {path}: the run is {rep.status}"
             )
-    return 130 if interrupted else 0
+    if interrupted:
+        return 130
+    return 3 if verdict.failed else 0

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from perwatt.cli._numbers import number
+from perwatt.cli.guard_flags import add_guard_flags, guard_thresholds
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -97,7 +98,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="SPEC",
         help=f"power source: {SPEC_HELP}; auto only for a server on this machine: use "
         "dcgm:URL or prometheus:URL (or PERWATT_DCGM_URL with auto) when the server's GPUs are "
-        "on another machine",
+        "on another machine; simulated against perwatt's test server meters the power model "
+        "that server serves (python -m perwatt.bench.testing --precision ...)",
     )
     e.add_argument("--idle-seconds", default=0.0, help="measure idle power first (idle share)")
     e.add_argument("--subtract-idle", action="store_true", help="subtract idle power from energy")
@@ -137,6 +139,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         help="steady-state decode window per point, s (default 5 on a GPU, one round on the CPU)",
     )
+    add_guard_flags(p)
     p.set_defaults(func=run_bench)
 
 
@@ -188,6 +191,7 @@ def _builtin(args: argparse.Namespace) -> list[Path]:
             pue=number(args.pue, "--pue"),
             num_gpus=args.num_gpus,
             label=args.label,
+            guard=guard_thresholds(args),
             **kwargs,
         )
     )
@@ -259,8 +263,9 @@ def _server(args: argparse.Namespace) -> list[Path]:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from perwatt.bench.runner import exit_code, summary_notes, summary_table
+    from perwatt.bench.runner import exit_code, summary_notes, summary_tables
 
+    thresholds = guard_thresholds(args)  # a bad threshold fails before the run, not after
     paths = _builtin(args) if args.engine == "builtin" else _server(args)
     if args.json:
         print(json.dumps([str(p) for p in paths]))
@@ -268,7 +273,9 @@ def run_bench(args: argparse.Namespace) -> int:
         from rich.console import Console
 
         console = Console()
-        console.print(summary_table(paths))
-        for line in summary_notes(paths):
+        # The terminal's width: a sweep's columns continue in a second table, never cut.
+        for table in summary_tables(paths, width=console.width, thresholds=thresholds):
+            console.print(table)
+        for line in summary_notes(paths, thresholds):
             console.print(line, highlight=False, markup=False)
     return exit_code(paths)

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from perwatt.bench.guard import DEFAULT_THRESHOLDS, GuardThresholds, judge
 from perwatt.bench.result import (
     Conditions,
     load_result,
@@ -809,6 +810,7 @@ def run_builtin_bench(
     sample_interval_s: float = 0.1,
     idle_seconds: float = 0.0,
     progress: Progress | None = None,
+    guard: GuardThresholds = DEFAULT_THRESHOLDS,
 ) -> list[Path]:
     """Measure every (precision, batch) point; write one result document each; return paths.
 
@@ -963,7 +965,7 @@ def run_builtin_bench(
                     doc["builtin"]["engine"]["weights"] = qpath
                 if doc["accuracy"] is None and ref_error is not None:
                     doc["builtin"]["accuracy_error"] = ref_error
-                say("  " + format_point(doc))
+                say("  " + format_point(doc, guard))
             except KeyboardInterrupt:
                 doc["status"] = "failed"
                 doc["partial_reason"] = "interrupted (Ctrl-C) before this point finished"
@@ -1008,7 +1010,7 @@ def _status(doc: Mapping[str, Any]) -> str:
     return str(doc["status"])
 
 
-def format_point(doc: Mapping[str, Any]) -> str:
+def format_point(doc: Mapping[str, Any], guard: GuardThresholds = DEFAULT_THRESHOLDS) -> str:
     """One line: precision, batch, tokens/s, J/token and tokens/J with their source, accuracy."""
     cfg = doc["config"]
     head = f"{cfg['precision']:>5} b{cfg['batch_size']:<4}"
@@ -1017,12 +1019,16 @@ def format_point(doc: Mapping[str, Any]) -> str:
     e = doc["energy"] or {}
     b = doc.get("builtin") or {}
     acc = doc.get("accuracy") or {}
+    # Beside the energy figures: emulated precisions make no energy claim, and the accuracy
+    # guard's verdict (perwatt.bench.guard) says whether the saving counts.
+    emu = " (emulated: no energy claim)" if b.get("emulated") else ""
+    verdict = judge(doc.get("accuracy"), guard)
     return (
         f"{head} {_fmt((b.get('decode') or {}).get('tokens_per_s'), '10.1f')} tok/s  "
         f"{_fmt(e.get('j_per_output_token'), '.4g')} J/tok  "
-        f"{_fmt(e.get('output_tokens_per_j'), '.4g')} tok/J ({e.get('source')})  "
+        f"{_fmt(e.get('output_tokens_per_j'), '.4g')} tok/J ({e.get('source')}){emu}  "
         f"KL {_fmt(acc.get('kl_mean'), '.2e')}  top1 {_fmt(acc.get('top1_agreement'), '.3f')}"
-        + ("  [emulated: no energy claim]" if b.get("emulated") else "")
+        + (f"  guard {verdict.text}" if verdict.status != "none" else "")
     )
 
 

@@ -17,6 +17,8 @@ GPUs with the energy counter in one, counterless (pre-Volta) GPUs in another.
 ``prometheus:URL``  a Prometheus server scraping dcgm-exporter
 ``replay:FILE``     a recorded trace (CSV/JSONL)
 ``simulated``       the deterministic model (labelled ``simulated`` everywhere)
+``simulated:URL``   the power model a perwatt test server serves (``http://HOST:PORT``; also
+                    labelled ``simulated``)
 ``estimated``       utilisation × rated power (labelled ``estimated`` everywhere)
 ==================  ===============================================================
 
@@ -44,7 +46,8 @@ from perwatt.meter.source import PowerSource
 FAKE_NVML_ENV = "PERWATT_FAKE_NVML"
 
 SPEC_HELP = (
-    "auto, nvml, nvml:0,2, rapl, dcgm:URL, prometheus:URL, replay:FILE, simulated or estimated"
+    "auto, nvml, nvml:0,2, rapl, dcgm:URL, prometheus:URL, replay:FILE, simulated, "
+    "simulated:URL (a perwatt test server's power model) or estimated"
 )
 
 
@@ -159,6 +162,10 @@ def open_sources(spec: str) -> tuple[PowerSource, ...]:
         from perwatt.meter.replay import ReplaySource
 
         return (ReplaySource(arg),)
+    if kind == "simulated" and sep and arg.strip().lower().startswith(("http://", "https://")):
+        from perwatt.meter.served import ServedSimulatedSource
+
+        return (ServedSimulatedSource(arg),)
     if kind == "simulated" and not sep:
         from perwatt.meter.simulated import SimulatedSource
 

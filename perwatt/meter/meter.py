@@ -305,7 +305,7 @@ class Meter:
                         p = s.power_w.get(dev)
                         e = s.energy_j.get(dev)
                         src = self._owner[dev]
-                        label = src.energy_label if e is not None else src.power_label
+                        label = src.device_label(dev, counter=e is not None)
                         w.writerow(
                             [
                                 f"{s.t_s:.6f}",
@@ -394,7 +394,11 @@ class Meter:
             handle.measurement = self.end(name)
 
     def measure_between(self, start_s: float, end_s: float, name: str = "interval") -> Measurement:
-        """Energy over ``[start_s, end_s]`` (meter clock) from the recorded timeline.
+        """Energy over ``[start_s, end_s]`` from the recorded timeline.
+
+        Times are on the meter's clock: ``time.monotonic()`` values unless the meter was built
+        with another ``clock=`` (``meter.clock()`` reads it), not ``time.time()`` or
+        ``time.perf_counter()``.
 
         Counters are interpolated between samples; counterless devices are integrated. Used for
         windows chosen after the fact, such as a benchmark's steady state.
@@ -456,7 +460,7 @@ class Meter:
                     warnings.append(f"{dev}: counter went backwards ({e:.3f} J); clamped to 0")
                     e = 0.0
                 energy[dev] = e
-                labels[dev] = src.energy_label
+                labels[dev] = src.device_label(dev, counter=True)
             else:
                 ts = [s.t_s for s in samples if dev in s.power_w]
                 ps = [s.power_w[dev] for s in samples if dev in s.power_w]
@@ -473,7 +477,7 @@ class Meter:
                             f"{dev}: fewer than 2 power samples inside the window; "
                             "integral rests on interpolated edges"
                         )
-                labels[dev] = src.power_label
+                labels[dev] = src.device_label(dev, counter=False)
         idle_subtracted = False
         idle_power: Mapping[str, float] | None = None
         if self.idle is not None:

@@ -339,7 +339,7 @@ def watch_power(
         for d in meter.devices:
             p = power.get(d)
             # Energy from a counter carries the counter's label; otherwise it is integrated power.
-            label = owner[d].energy_label if d in counted else owner[d].power_label
+            label = owner[d].device_label(d, counter=d in counted)
             tab.add_row(d, "…" if p is None else f"{p:.1f}", f"{energy[d]:.1f}", label)
         tab.add_row("total", f"{sum(power.values()):.1f}", f"{sum(energy.values()):.1f}", "")
         return tab

@@ -138,14 +138,35 @@ def test_quality_cli_attach(
             "--max-tokens", "8", "--out", str(q), "--attach", str(run), "--control",
         ]
     )  # fmt: skip
-    assert rc == 0
+    # Top-1 agreement 0.75 is below the guard's 0.9: the run is written and attached, and the
+    # exit code says the candidate fails (issue 9: a guard must judge).
+    assert rc == 3
     out = capsys.readouterr().out
     assert "exact match        0.5000" in out
     assert "control A vs A     exact 1.0000" in out
+    assert "verdict            FAIL (top-1 0.75 < 0.9)" in out
     acc = load_result(run)["accuracy"]
     assert acc is not None and acc["exact_match"] == 0.5
     assert acc["logprob_agreement"] == pytest.approx(0.951229, rel=1e-5)  # exp(-0.05)
     assert json.loads(q.read_text())["summary"]["top1_agreement"] == pytest.approx(3 / 4)
+
+
+def test_quality_cli_verdict_and_thresholds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], echo_servers: tuple[str, str]
+) -> None:
+    ref, cand = echo_servers
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "one two three"}\n{"prompt": "short"}\n')
+    base = ["quality", "--prompts", str(prompts), "--url", ref, "--url", cand, "--max-tokens", "8"]
+    assert main([*base, "--min-top1", "0.7"]) == 0
+    assert "verdict            PASS (guard: top-1 >= 0.7" in capsys.readouterr().out
+    assert main([*base, "--min-top1", "off", "--min-logprob-agreement", "0.99", "--json"]) == 3
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["guard"]["status"] == "fail"
+    assert doc["guard"]["failures"] == ["logprob agreement 0.951 < 0.99"]
+    assert doc["guard"]["thresholds"]["min_top1_agreement"] is None
+    assert main([*base, "--max-kl", "-1"]) == 2
+    assert "max_kl_mean must be a number >= 0" in capsys.readouterr().err
 
 
 def test_quality_cli_needs_two_urls(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -387,3 +408,14 @@ def test_compare_refuses_negative_j_per_token(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert err[0].startswith(f"perwatt: error: {bad}: energy.j_per_output_token is -")
+
+
+def test_report_warns_about_a_file_given_twice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a = DATA / "bf16_c4.json"
+    out = tmp_path / "r.html"
+    assert main(["report", str(a), str(a), str(DATA / "fp8_c4.json"), "--out", str(out)]) == 0
+    assert f"warning: {a} is given more than once; reported once" in capsys.readouterr().err
+    summary = out.read_text().split("<h2>Summary</h2>")[1].split("</table>")[0]
+    assert summary.count("bf16_c4.json") == 1

@@ -604,3 +604,20 @@ def test_server_and_builtin_documents_share_one_header(
     assert tuple(server["conditions"]) == (*schema_keys, "energy_source_detail")
     same = ("host", "cpu", "python", "torch", "energy_source", "gpus")
     assert {k: server["conditions"][k] for k in same} == {k: builtin["conditions"][k] for k in same}
+
+
+def test_point_line_gives_the_guard_verdict_and_marks_emulation() -> None:
+    """Issue 9: int4 top-1 0.25 was printed with no verdict; emulated fp8 J/token unmarked."""
+    from perwatt.bench.guard import GuardThresholds
+    from perwatt.bench.result import example_result
+
+    doc: Any = example_result()
+    doc["config"]["precision"] = "int4"
+    doc["config"]["batch_size"] = 4
+    doc["accuracy"] = {"reference": "fp32", "kl_mean": 0.103, "top1_agreement": 0.25}
+    doc["builtin"] = {"decode": {"tokens_per_s": 100.0}, "emulated": True}
+    line = B.format_point(doc)
+    assert "guard FAIL (top-1 0.25 < 0.9; KL 0.103 > 0.1)" in line
+    assert "tok/J (simulated) (emulated: no energy claim)" in line
+    off = GuardThresholds(min_top1_agreement=None, max_kl_mean=0.5)
+    assert "guard pass" in B.format_point(doc, off)
