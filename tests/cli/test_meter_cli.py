@@ -342,3 +342,49 @@ def test_env_reports_the_planner_build_and_torch(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(frontier_mod, "_compiled_sweep", None)
     assert "was not built (no C compiler" in "\n".join(environment_components())
     assert "perwatt components" not in format_environment(describe_environment())
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("signals", [(signal.SIGINT, signal.SIGINT), (signal.SIGTERM,)])
+def test_interrupt_stops_the_whole_command_not_just_the_shell(
+    signals: tuple[signal.Signals, ...],
+) -> None:
+    """`perwatt meter -- sh -c 'trap "" INT; sleep 100'` then two Ctrl-C (or one SIGTERM): the
+    shell's child `sleep` must not outlive perwatt (it did: only the shell was signalled)."""
+    e = {k: v for k, v in os.environ.items() if k != "PERWATT_FAKE_NVML"}
+    p = subprocess.Popen(
+        [sys.executable, "-m", "perwatt", "meter", "--source", "simulated", "--",
+         "sh", "-c", 'trap "" INT; sleep 100; echo survived'],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e, cwd=ROOT,
+    )  # fmt: skip
+    grandchildren: list[int] = []
+    try:
+        deadline = time.monotonic() + 30
+        while not grandchildren and time.monotonic() < deadline:
+            grandchildren = [g for c in _children(p.pid) for g in _children(c)]
+            time.sleep(0.05)
+        assert grandchildren, "the shell never started sleep"
+        for sig in signals:
+            p.send_signal(sig)  # to perwatt alone, as a terminal's Ctrl-C now reaches it
+            time.sleep(0.3)
+        _out, err = p.communicate(timeout=30)
+        time.sleep(0.2)  # the kernel tears a killed process down asynchronously
+        survivors = [g for g in grandchildren if _alive(g)]
+    finally:
+        for g in grandchildren:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(g, signal.SIGKILL)
+        if p.poll() is None:
+            p.kill()
+    assert survivors == [], err
+    assert "PARTIAL: interrupted" in err and "Traceback" not in err
+    assert p.returncode in (130, 143), err  # the shell died of the SIGTERM or SIGKILL sent
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for a reaper (a killed orphan is reaped by init)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z"
