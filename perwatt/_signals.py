@@ -13,6 +13,9 @@ too, with no second copy of that code::
 through an exception raised ``from`` one of them). :func:`interrupts_deferred` holds both signals
 while a final file is written, so a second signal during clean-up cannot cut it short.
 
+Inside ``asyncio.run`` (Python >= 3.11), which handles Ctrl-C by cancelling its main task so that
+every coroutine unwinds, SIGTERM takes that same road rather than raising in a random task.
+
 Handlers can only be installed from the main thread; elsewhere these are no-ops.
 """
 
@@ -40,7 +43,30 @@ class Terminated(KeyboardInterrupt):
     """
 
 
-def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+class _State:
+    depth = 0  # nested sigterm_as_interrupt blocks
+    handed_to_asyncio = False  # a SIGTERM went the way of asyncio's Ctrl-C (see _on_sigterm)
+
+
+def _is_asyncio_sigint(handler: object) -> bool:
+    """Whether ``handler`` is the SIGINT handler ``asyncio.run`` installs (Python >= 3.11).
+
+    It is ``functools.partial(runner._on_sigint, main_task=...)``: on Ctrl-C it cancels the main
+    task, so every coroutine's ``finally`` runs, and raises ``KeyboardInterrupt`` afterwards.
+    """
+    func = getattr(handler, "func", None)
+    owner = getattr(func, "__self__", None)
+    return getattr(func, "__name__", "") == "_on_sigint" and type(owner).__name__ == "Runner"
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    on_int = signal.getsignal(signal.SIGINT)
+    if callable(on_int) and _is_asyncio_sigint(on_int):
+        # An exception raised here would surface inside whichever task was running and leave
+        # the others pending; Ctrl-C's road (cancel, unwind, then KeyboardInterrupt) is clean.
+        _State.handed_to_asyncio = True
+        on_int(signal.SIGINT, frame)
+        return
     raise Terminated("interrupted by SIGTERM")
 
 
@@ -57,10 +83,14 @@ def sigterm_as_interrupt() -> Iterator[None]:
     if not _on_main_thread() or signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
         yield
         return
-    old = signal.signal(signal.SIGTERM, _raise_terminated)
+    if _State.depth == 0:
+        _State.handed_to_asyncio = False
+    old = signal.signal(signal.SIGTERM, _on_sigterm)
+    _State.depth += 1
     try:
         yield
     finally:
+        _State.depth -= 1
         # None: the old handler was not installed from Python; the default is what it was.
         signal.signal(signal.SIGTERM, signal.SIG_DFL if old is None else old)
 
@@ -75,8 +105,11 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 
 def was_sigterm(exc: BaseException) -> bool:
-    """Whether ``exc``, or an exception it was raised from, is :class:`Terminated`."""
-    return any(isinstance(e, Terminated) for e in _chain(exc))
+    """Whether ``exc``, or an exception it was raised from, is :class:`Terminated`, or came from
+    asyncio's Ctrl-C road that a SIGTERM took (its ``KeyboardInterrupt`` is asyncio's own)."""
+    if any(isinstance(e, Terminated) for e in _chain(exc)):
+        return True
+    return _State.handed_to_asyncio and isinstance(exc, KeyboardInterrupt)
 
 
 def interrupt_reason(exc: BaseException) -> str:

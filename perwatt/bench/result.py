@@ -329,6 +329,19 @@ def write_result(path: str | Path, doc: BenchResult | Mapping[str, Any]) -> Path
     return atomic_write_text(path, text + "\n", fsync=True)
 
 
+class BenchInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped a bench; ``paths`` are the result files it wrote, complete ones
+    first and the interrupted one (marked with the reason) last.
+
+    A ``KeyboardInterrupt``, so code that does not know it still stops as on any Ctrl-C; raised
+    ``from`` the interrupt, so :func:`perwatt._signals.interrupt_reason` tells which one it was.
+    """
+
+    def __init__(self, paths: list[Path]) -> None:
+        super().__init__(f"bench interrupted; {len(paths)} result file(s) written")
+        self.paths = tuple(paths)
+
+
 # --------------------------------------------------------------------------- reading
 _NUM = (int, float)
 
@@ -548,6 +561,7 @@ __all__ = [
     "STATUSES",
     "TOKEN_COUNT_SOURCES",
     "Accuracy",
+    "BenchInterrupted",
     "BenchResult",
     "Conditions",
     "Economics",

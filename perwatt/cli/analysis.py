@@ -29,8 +29,9 @@ prompt file: JSONL, one prompt per line, blank lines and # comments skipped:
   either may carry an "id"
 
 exit code: 0 done; 2 bad input, or a server that cannot be reached (both are
-checked before any prompt is sent); 1 a server failed mid-run; 130 Ctrl-C.
-In the last two cases --out keeps the prompts compared so far, marked partial.
+checked before any prompt is sent); 1 a server failed mid-run; 130 Ctrl-C; 143
+SIGTERM. In the last three cases --out keeps the prompts compared so far,
+marked partial.
 
 example:
   perwatt quality --prompts p.jsonl --url http://127.0.0.1:8000/v1 \\
@@ -190,6 +191,7 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_quality(args: argparse.Namespace) -> int:
+    from perwatt._signals import interrupt_exit_code
     from perwatt.bench.quality import (
         QualityInterrupted,
         attach_accuracy,
@@ -210,7 +212,7 @@ def run_quality(args: argparse.Namespace) -> int:
         raise ConfigError("give --model twice (reference, candidate) or not at all")
     for path in args.attach:
         check_attach_target(path)
-    interrupted = False
+    interrupted: QualityInterrupted | None = None
     try:
         rep = run_quality(
             args.prompts,
@@ -227,8 +229,8 @@ def run_quality(args: argparse.Namespace) -> int:
             out=args.out,
             attach=args.attach,
         )
-    except QualityInterrupted as e:
-        rep, interrupted = e.report, True
+    except QualityInterrupted as e:  # Ctrl-C or SIGTERM: the summary below, then 130/143
+        rep, interrupted = e.report, e
     # The figures first: an --attach that fails below must not swallow what was measured.
     if args.json:
         json.dump(rep.to_dict(), sys.stdout, indent=2, allow_nan=False)
@@ -246,4 +248,4 @@ def run_quality(args: argparse.Namespace) -> int:
                 if rep.complete
                 else f"not attached to {path}: the run is {rep.status}"
             )
-    return 130 if interrupted else 0
+    return 0 if interrupted is None else interrupt_exit_code(interrupted)

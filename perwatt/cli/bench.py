@@ -249,18 +249,30 @@ def _server(args: argparse.Namespace) -> list[Path]:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from perwatt.bench.result import load_result
+    from perwatt._signals import interrupt_exit_code, interrupt_reason
+    from perwatt.bench.result import BenchInterrupted, load_result
     from perwatt.bench.runner import summary_notes, summary_table
 
-    paths = _builtin(args) if args.engine == "builtin" else _server(args)
+    interrupted: BenchInterrupted | None = None
+    try:
+        paths = _builtin(args) if args.engine == "builtin" else _server(args)
+    except BenchInterrupted as e:  # Ctrl-C or SIGTERM: show what was kept, then exit 130/143
+        paths, interrupted = list(e.paths), e
     if args.json:
         print(json.dumps([str(p) for p in paths]))
-    else:
+    elif paths:
         from rich.console import Console
 
         console = Console()
         console.print(summary_table(paths))
         for line in summary_notes(paths):
             console.print(line, highlight=False, markup=False)
+    if interrupted is not None:
+        print(
+            f"perwatt: {interrupt_reason(interrupted)}; the result files above are kept, the "
+            "last one marked with the reason",
+            file=sys.stderr,
+        )
+        return interrupt_exit_code(interrupted)
     statuses = [load_result(p)["status"] for p in paths]
     return 1 if any(s in ("failed", "partial") for s in statuses) else 0

@@ -340,3 +340,48 @@ def test_quality_cli_url_without_host_is_one_line_exit_2(
     assert main(["quality", "--prompts", str(prompts), "--url", "http://", "--url", "http://"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "the reference --url 'http://' has no host" in err
+
+
+def test_quality_cli_sigterm_writes_partial_prints_and_exits_143(tmp_path: Path) -> None:
+    """SIGTERM (`timeout`, a scheduler) ends quality as Ctrl-C does; it used to die at once,
+    printing nothing and leaving --out `running`."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _SlowAfterTwo.answered = 0
+    _SlowAfterTwo.release.clear()
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _SlowAfterTwo)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(f'{{"prompt": "w{i} x y"}}\n' for i in range(5)))
+    out = tmp_path / "q.json"
+    try:
+        p = subprocess.Popen(
+            [sys.executable, "-m", "perwatt", "quality", "--prompts", str(prompts),
+             "--url", url, "--url", url, "--out", str(out)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=Path(__file__).parents[2], env={**os.environ},
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while _SlowAfterTwo.answered < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _SlowAfterTwo.answered >= 3, "perwatt never reached the third request"
+        p.send_signal(signal.SIGTERM)
+        stdout, stderr = p.communicate(timeout=30)
+    finally:
+        _SlowAfterTwo.release.set()
+        srv.shutdown()
+        srv.server_close()
+    assert p.returncode == 143, stderr
+    assert "Traceback" not in stderr
+    doc = json.loads(out.read_text())
+    assert doc["status"] == "partial"
+    assert doc["partial_reason"].startswith("interrupted by SIGTERM")
+    assert len(doc["prompts"]) == 1 and doc["prompts_total"] == 5
+    assert "PARTIAL" in stdout and "1 of 5 prompts" in stdout
+    assert f"wrote {out}" in stdout

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +16,8 @@ import pytest
 from perwatt.bench.result import load_result
 from perwatt.bench.testing import FakeOpenAIServer, Fault, ServerConfig, every
 from perwatt.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_done_means(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -161,3 +167,44 @@ def test_builtin_without_torch_names_the_extra(
     monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
     assert main(["bench", "--engine", "builtin", "--model", "tiny"]) == 2
     assert "pip install 'perwatt[engine]'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("sig", "code", "words"),
+    [
+        (signal.SIGTERM, 143, "interrupted by SIGTERM"),
+        (signal.SIGINT, 130, "interrupted by Ctrl-C"),
+    ],
+)
+def test_signal_keeps_the_partial_result_with_its_energy(
+    tmp_path: Path, sig: signal.Signals, code: int, words: str
+) -> None:
+    """`timeout`, Slurm, systemd and Kubernetes stop a bench with SIGTERM: it must end as Ctrl-C
+    does (it used to die at once: the result stayed `running`, its energy lost, nothing printed)."""
+    with FakeOpenAIServer(ServerConfig(itl_s=0.01)) as s:
+        p = subprocess.Popen(
+            [sys.executable, "-m", "perwatt", "bench", "--url", s.url, "--num-prompts", "400",
+             "--max-concurrency", "2", "--input-len", "8", "--output-len", "20",
+             "--result-dir", str(tmp_path), "--energy-source", "simulated"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            while s.stats.completed < 4 and time.monotonic() < deadline and p.poll() is None:
+                time.sleep(0.02)
+            assert s.stats.completed >= 4, "the bench never got going"
+            p.send_signal(sig)
+            out, err = p.communicate(timeout=60)
+        finally:
+            if p.poll() is None:
+                p.kill()
+    assert p.returncode == code, err
+    assert "Traceback" not in err
+    assert f"perwatt: {words}" in err
+    (path,) = tmp_path.glob("*.json")
+    d = load_result(path)
+    assert d["status"] == "partial" and d["partial_reason"].startswith(words)
+    assert d["metrics"]["completed"] >= 4
+    assert d["energy"] is not None and d["energy"]["whole_run"]["total_energy_j"] > 0
+    assert "perwatt bench" in out and "J / output token" in out  # the summary was printed
+    assert not list(tmp_path.glob("*.tmp"))
