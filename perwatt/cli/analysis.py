@@ -79,6 +79,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--out", "-o", default="perwatt-report.html", help="output file (default %(default)s)"
     )
     rep.add_argument("--title", default="perwatt bench report", help="report title")
+    rep.add_argument(
+        "--force",
+        action="store_true",
+        help="write --out even if it is an input file or an existing file that is not a "
+        "perwatt report (by default only a report perwatt wrote is replaced)",
+    )
     rep.set_defaults(func=run_report)
 
     q = subparsers.add_parser(
@@ -185,7 +191,7 @@ def run_compare(args: argparse.Namespace) -> int:
 def run_report(args: argparse.Namespace) -> int:
     from perwatt.report import write_html_report
 
-    out = write_html_report(args.results, args.out, title=args.title)
+    out = write_html_report(args.results, args.out, title=args.title, force=args.force)
     print(f"wrote {out}")
     return 0
 

@@ -208,3 +208,36 @@ def test_signal_keeps_the_partial_result_with_its_energy(
     assert d["energy"] is not None and d["energy"]["whole_run"]["total_energy_j"] > 0
     assert "perwatt bench" in out and "J / output token" in out  # the summary was printed
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_builtin_sigterm_marks_the_point_and_prints_the_summary(tmp_path: Path) -> None:
+    """The built-in engine's sweep on SIGTERM: the point it was measuring is written with the
+    reason (not left `running`), the summary printed, exit 143."""
+    pytest.importorskip("torch")
+    p = subprocess.Popen(
+        [sys.executable, "-m", "perwatt", "bench", "--engine", "builtin", "--model", "tiny",
+         "--device", "cpu", "--batch", "1", "--input-len", "8", "--output-len", "8",
+         "--min-window-s", "300", "--result-dir", str(tmp_path), "--energy-source", "simulated"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and p.poll() is None:
+            docs = list(tmp_path.glob("*.json"))
+            if docs and load_result(docs[0])["status"] == "running":  # measuring now
+                break
+            time.sleep(0.1)
+        assert p.poll() is None, p.communicate()[1]
+        time.sleep(0.5)
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 143, err
+    assert "Traceback" not in err and "perwatt: interrupted by SIGTERM" in err
+    (path,) = tmp_path.glob("*.json")
+    d = load_result(path)
+    assert d["status"] != "running"
+    assert d["partial_reason"] == "interrupted by SIGTERM before this point finished"
+    assert "perwatt bench" in out  # the summary table
