@@ -91,6 +91,8 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         _State.depth -= 1
+        if _State.depth == 0:  # what an interrupt was is asked inside; not after
+            _State.handed_to_asyncio = False
         # None: the old handler was not installed from Python; the default is what it was.
         signal.signal(signal.SIGTERM, signal.SIG_DFL if old is None else old)
 
