@@ -774,6 +774,15 @@ class ScriptProfile:
     fake: bool = False
 
 
+class ProfileInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped :func:`profile_script`; ``profile`` says what was written
+    (``*.partial.csv``). A ``KeyboardInterrupt``, raised ``from`` the interrupt."""
+
+    def __init__(self, profile: ScriptProfile) -> None:
+        super().__init__(f"interrupted; {len(profile.rows)} rows written to {profile.path}")
+        self.profile = profile
+
+
 def profile_script(
     script: str | Path,
     script_args: Sequence[str] = (),
@@ -798,7 +807,8 @@ def profile_script(
     ``PERWATT_FAKE_NVML`` when that is set (demos and tests, as every perwatt command; the
     result then has ``fake=True`` and its rows are labelled ``simulated``), else the real
     library. Whatever was measured is written even if the script stops early or raises
-    (``partial=True``); the default clocks are restored in every case.
+    (``partial=True``); the default clocks are restored in every case. Interrupted (Ctrl-C,
+    SIGTERM) after some rows, it raises :class:`ProfileInterrupted` carrying what was written.
     """
     import runpy
     import sys
@@ -860,6 +870,18 @@ def profile_script(
         if rows:
             write_profile_csv(rows, path)
         if failure is not None:
+            if isinstance(failure, KeyboardInterrupt) and rows:  # Ctrl-C or SIGTERM
+                raise ProfileInterrupted(
+                    ScriptProfile(
+                        path=path,
+                        rows=tuple(rows),
+                        stop_reason=prof.stop_reason,
+                        partial=partial,
+                        source=rows[0].source,
+                        blocking_power_w=prof.blocking_power_w(),
+                        fake=src.fake,
+                    )
+                ) from failure
             raise failure
         if not rows:
             raise ConfigError(
