@@ -551,12 +551,13 @@ def _run_level(
             status, reason = "partial", f"crashed: {type(e).__name__}: {e}"
             raise
         finally:
-            progress.close()
-            whole = meter.end(window)
-            if on_inflight is not None:
-                on_inflight(0)
-            f.flush()
-            with interrupts_deferred():  # a second signal must not cut the final write short
+            # A second Ctrl-C/SIGTERM must not cut the energy reading or the final write short.
+            with interrupts_deferred():
+                progress.close()
+                whole = meter.end(window)
+                if on_inflight is not None:
+                    on_inflight(0)
+                f.flush()
                 _finish_level(
                     st,
                     config=config,

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from perwatt._signals import interrupts_deferred
 from perwatt.errors import ConfigError
 from perwatt.meter.detect import SPEC_HELP
 
@@ -208,15 +209,17 @@ def run_meter(args: argparse.Namespace) -> int:
         result = measure_command(cmd, meter, idle_s=args.idle)
     finally:
         meter.close()
-    # The report first: a file that cannot be written below must not swallow the measurement.
-    if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
-    else:
-        print(format_command_measurement(result), file=sys.stderr)
-    if args.output:
-        write_json(args.output, result.to_dict())
-    if args.timeline:
-        meter.write_timeline(args.timeline)  # the samples outlive close()
+    # A Ctrl-C/SIGTERM now waits until the report and the files are out, then counts (130/143).
+    with interrupts_deferred():
+        # The report first: a file that cannot be written below must not swallow the measurement.
+        if args.json:
+            print(json.dumps(result.to_dict(), indent=2))
+        else:
+            print(format_command_measurement(result), file=sys.stderr)
+        if args.output:
+            write_json(args.output, result.to_dict())
+        if args.timeline:
+            meter.write_timeline(args.timeline)  # the samples outlive close()
     return result.exit_code
 
 

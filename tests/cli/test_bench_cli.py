@@ -170,17 +170,19 @@ def test_builtin_without_torch_names_the_extra(
 
 
 @pytest.mark.parametrize(
-    ("sig", "code", "words"),
+    ("sig", "times", "code", "words"),
     [
-        (signal.SIGTERM, 143, "interrupted by SIGTERM"),
-        (signal.SIGINT, 130, "interrupted by Ctrl-C"),
+        (signal.SIGTERM, 1, 143, "interrupted by SIGTERM"),
+        (signal.SIGINT, 1, 130, "interrupted by Ctrl-C"),
+        (signal.SIGTERM, 2, 143, "interrupted by SIGTERM"),  # the second during clean-up
     ],
 )
 def test_signal_keeps_the_partial_result_with_its_energy(
-    tmp_path: Path, sig: signal.Signals, code: int, words: str
+    tmp_path: Path, sig: signal.Signals, times: int, code: int, words: str
 ) -> None:
     """`timeout`, Slurm, systemd and Kubernetes stop a bench with SIGTERM: it must end as Ctrl-C
-    does (it used to die at once: the result stayed `running`, its energy lost, nothing printed)."""
+    does (it used to die at once: the result stayed `running`, its energy lost, nothing printed).
+    A second signal while the result is finished must not cut it short."""
     with FakeOpenAIServer(ServerConfig(itl_s=0.01)) as s:
         p = subprocess.Popen(
             [sys.executable, "-m", "perwatt", "bench", "--url", s.url, "--num-prompts", "400",
@@ -193,7 +195,9 @@ def test_signal_keeps_the_partial_result_with_its_energy(
             while s.stats.completed < 4 and time.monotonic() < deadline and p.poll() is None:
                 time.sleep(0.02)
             assert s.stats.completed >= 4, "the bench never got going"
-            p.send_signal(sig)
+            for _ in range(times):
+                p.send_signal(sig)
+                time.sleep(0.01)
             out, err = p.communicate(timeout=60)
         finally:
             if p.poll() is None:
