@@ -145,6 +145,53 @@ def _exited(proc: subprocess.Popen[bytes], timeout_s: float | None) -> bool:
         delay = min(0.05, delay * 2)
 
 
+def _terminal_fd() -> int | None:
+    """perwatt's stdin (which the command shares) if it is a terminal perwatt holds in the
+    foreground; None otherwise (no terminal, or perwatt itself runs in the background)."""
+    try:
+        return 0 if os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp() else None
+    except OSError:
+        return None
+
+
+def _set_foreground(fd: int, pgid: int) -> None:
+    # SIGTTOU blocked: handing the terminal back from the background is otherwise stopped by it
+    # (POSIX tcsetpgrp); pthread_sigmask works from any thread, unlike signal.signal.
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTTOU})
+    try:
+        os.tcsetpgrp(fd, pgid)
+    except OSError:
+        pass
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _wait_for_exit(proc: subprocess.Popen[bytes]) -> None:
+    """Block until the command exits, leaving it unreaped (see :func:`_exited`).
+
+    Blocking in the kernel, not polling: no delay is added to the measured window. The command
+    runs in a background process group, so reading from (or, with ``stty tostop``, writing to)
+    the terminal stops it; then, as a shell does for ``fg``, it is given the terminal and
+    continued, and the terminal comes back to perwatt when it exits. From then on the
+    terminal's Ctrl-C goes to the command alone (an interactive command handles its own).
+    """
+    handed_over: int | None = None
+    try:
+        while True:
+            info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WSTOPPED | os.WNOWAIT)
+            if info is None or info.si_code != os.CLD_STOPPED:
+                return
+            os.waitid(os.P_PID, proc.pid, os.WSTOPPED | os.WNOHANG)  # take the stop report
+            tty_stop = info.si_status in (signal.SIGTTIN, signal.SIGTTOU)
+            if tty_stop and handed_over is None and (fd := _terminal_fd()) is not None:
+                _set_foreground(fd, proc.pid)
+                handed_over = fd
+                _signal_group(proc, signal.SIGCONT)
+    finally:
+        if handed_over is not None:
+            _set_foreground(handed_over, os.getpgrp())
+
+
 def _wait(proc: subprocess.Popen[bytes], grace_s: float, kill_s: float = 2.0) -> str | None:
     """Wait for the command; on Ctrl-C or SIGTERM stop its whole process group, in steps.
 
@@ -160,8 +207,7 @@ def _wait(proc: subprocess.Popen[bytes], grace_s: float, kill_s: float = 2.0) ->
     measurement is then partial), or None. The command is never left running.
     """
     try:
-        # blocks in the kernel (no polling delay in the measured window); unreaped, see _exited
-        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+        _wait_for_exit(proc)
         proc.wait()
         return None
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (perwatt._signals.Terminated)
