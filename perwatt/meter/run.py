@@ -5,9 +5,10 @@
     [idle baseline, optional]  begin("command") ── child runs ── child exits ── end("command")
 
 The window includes process start-up (interpreter import, CUDA context creation): that is the
-energy the command cost. Ctrl-C (and SIGTERM, e.g. from ``timeout``) is forwarded to the child (a
-second one, or a child that ignores it for ``grace_s``, kills it); what was measured up to then is
-returned, marked ``partial``. The report goes to stderr so the command's own output stays clean,
+energy the command cost. The command runs in a process group of its own, and Ctrl-C (and SIGTERM,
+e.g. from ``timeout``) is forwarded to that whole group, so a shell's children get it too; a second
+one, or a command still running after ``grace_s``, escalates to SIGTERM, then SIGKILL, for the
+whole group (see :func:`_wait`). What was measured up to then is returned, marked ``partial``. The report goes to stderr so the command's own output stays clean,
 like ``time``.
 
 A power source that fails while the command runs (dcgm-exporter stopped answering, a GPU fell off
