@@ -593,7 +593,8 @@ def run_quality(
     Model names default to the first one each server lists at ``/v1/models``. Both servers are
     contacted before any prompt is sent: one that cannot be reached is a :class:`ConfigError`
     naming it (nothing written). With ``out`` the report is written as the run goes (see the
-    module docstring). Ctrl-C raises :class:`QualityInterrupted` carrying the partial report; a
+    module docstring). Ctrl-C (or SIGTERM, under :func:`perwatt._signals.sigterm_as_interrupt`,
+    as in the CLI) raises :class:`QualityInterrupted` carrying the partial report; a
     server failing mid-run raises :class:`RemoteSourceError` after the partial report is written.
     ``attach`` names the bench results the caller will attach the figures to: ``out`` may not be
     one of them (nor the prompt file), since the report is written before the first prompt.

@@ -16,7 +16,7 @@ in one place.
 
 Lifecycle: the runner writes the document first with ``status="running"``, rewrites it atomically
 (``.tmp`` then rename, so a reader never sees half a file) as requests complete, and finishes with
-``complete``, ``partial`` (Ctrl-C, crash, server gone: what was measured is kept, and
+``complete``, ``partial`` (Ctrl-C or SIGTERM, a crash, server gone: what was measured is kept, and
 ``partial_reason`` says why) or ``failed`` (nothing usable: every request failed).
 
 Readers (compare, report) call :func:`load_result`, which validates the structure and raises

@@ -9,7 +9,7 @@ One call::
         meter window "whole_run" ── send every request ── close the window
             each finished request: one CSV row; every ``checkpoint_s``: the JSON rewritten
         steady-state window from the request timings → Meter.measure_between
-        final JSON: status complete | partial (Ctrl-C, crash, server gone) | failed (no success)
+        final JSON: status complete | partial (Ctrl-C/SIGTERM, crash, server gone) | failed
 
 Energy comes from whatever :func:`perwatt.meter.detect.open_sources` opens for the spec (local
 NVML, ``dcgm:URL``/``prometheus:URL`` for a remote server's GPUs, ``PERWATT_DCGM_URL`` with
