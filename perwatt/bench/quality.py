@@ -26,7 +26,8 @@ Runs are written as they go: with ``out``, the report file is rewritten (atomica
 a second) with ``"status": "running"`` as prompts finish and ends ``complete``, or ``partial`` with
 a ``partial_reason`` when Ctrl-C, SIGTERM or a failing server stops the run; a partial report
 keeps the prompts compared so far but carries no ``accuracy`` block, so it cannot be attached to
-bench results by mistake. A server that cannot be reached at all is found before any prompt is sent.
+bench results by mistake. A server that cannot be reached at all is found before any prompt is
+sent.
 
 Prompts file: JSONL, one object per line with ``"prompt"`` (text, for ``/completions``) or
 ``"messages"`` (for ``/chat/completions``), and an optional ``"id"``; blank lines and ``#``

@@ -16,10 +16,10 @@ Run CMD and print its energy per device and in total, average and peak power, an
 the source of every figure, like `time` prints time (to stderr). The exit code is
 the command's. Ctrl-C and SIGTERM are forwarded to the command and everything it
 started (its process group); a second one, or 5 s, escalates to SIGTERM, then
-SIGKILL. What was measured is still printed, marked partial. If the power source fails while CMD runs (e.g.
-dcgm-exporter stops answering), CMD runs on; the energy up to the last good
-reading is printed, marked partial with the reason, and the exit code is non-zero
-(1 if the command itself succeeded)."""
+SIGKILL. What was measured is still printed, marked partial. If the power source
+fails while CMD runs (e.g. dcgm-exporter stops answering), CMD runs on; the
+energy up to the last good reading is printed, marked partial with the reason,
+and the exit code is non-zero (1 if the command itself succeeded)."""
 
 _METER_EPILOG = """\
 power sources (--source SPEC):
