@@ -24,9 +24,10 @@ floor B has to be judged against.
 
 Runs are written as they go: with ``out``, the report file is rewritten (atomically, at most once
 a second) with ``"status": "running"`` as prompts finish and ends ``complete``, or ``partial`` with
-a ``partial_reason`` when Ctrl-C or a failing server stops the run; a partial report keeps the
-prompts compared so far but carries no ``accuracy`` block, so it cannot be attached to bench
-results by mistake. A server that cannot be reached at all is found before any prompt is sent.
+a ``partial_reason`` when Ctrl-C, SIGTERM or a failing server stops the run; a partial report
+keeps the prompts compared so far but carries no ``accuracy`` block, so it cannot be attached to
+bench results by mistake. A server that cannot be reached at all is found before any prompt is
+sent.
 
 Prompts file: JSONL, one object per line with ``"prompt"`` (text, for ``/completions``) or
 ``"messages"`` (for ``/chat/completions``), and an optional ``"id"``; blank lines and ``#``
@@ -49,6 +50,7 @@ from typing import Any, Final, Literal
 import httpx
 
 from perwatt._files import atomic_write_text
+from perwatt._signals import interrupt_reason, interrupts_deferred
 from perwatt.bench.guard import (
     DEFAULT_THRESHOLDS,
     NO_VERDICT,
@@ -549,9 +551,11 @@ class QualityReport:
 
 
 class QualityInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped :func:`run_quality`; ``report`` holds the prompts finished (partial).
+    """Ctrl-C or SIGTERM stopped :func:`run_quality`; ``report`` holds the prompts finished
+    (partial).
 
-    A ``KeyboardInterrupt``, so code that does not know it still stops as on any Ctrl-C.
+    A ``KeyboardInterrupt``, so code that does not know it still stops as on any Ctrl-C; raised
+    ``from`` the interrupt, so :func:`perwatt._signals.interrupt_reason` tells which one it was.
     """
 
     def __init__(self, report: QualityReport) -> None:
@@ -597,7 +601,8 @@ def run_quality(
     Model names default to the first one each server lists at ``/v1/models``. Both servers are
     contacted before any prompt is sent: one that cannot be reached is a :class:`ConfigError`
     naming it (nothing written). With ``out`` the report is written as the run goes (see the
-    module docstring). Ctrl-C raises :class:`QualityInterrupted` carrying the partial report; a
+    module docstring). Ctrl-C (or SIGTERM, under :func:`perwatt._signals.sigterm_as_interrupt`,
+    as in the CLI) raises :class:`QualityInterrupted` carrying the partial report; a
     server failing mid-run raises :class:`RemoteSourceError` after the partial report is written.
     ``attach`` names the bench results the caller will attach the figures to: ``out`` may not be
     one of them (nor the prompt file), since the report is written before the first prompt.
@@ -691,10 +696,11 @@ def run_quality(
             # the file partial (not "running") and hands the figures back.
             final = report("complete")
             checkpoints.write(final, force=True)
-        except KeyboardInterrupt:
-            partial = report("partial", f"interrupted (Ctrl-C) {done()}")
-            checkpoints.write(partial, force=True)
-            raise QualityInterrupted(partial) from None
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (perwatt._signals)
+            partial = report("partial", f"{interrupt_reason(e)} {done()}")
+            with interrupts_deferred():  # a second signal must not cut this write short
+                checkpoints.write(partial, force=True)
+            raise QualityInterrupted(partial) from e
         except Exception as e:
             why = str(e) if isinstance(e, PerwattError) else f"{type(e).__name__}: {e}"
             partial = report("partial", f"stopped {done()}: {why}")

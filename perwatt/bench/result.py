@@ -18,7 +18,8 @@ Lifecycle: the runner writes the document first with ``status="running"``, rewri
 (``.tmp`` then rename, so a reader never sees half a file) as requests complete, and finishes with
 ``complete`` (every request answered in full), ``complete-with-failures`` (the run finished but
 some requests failed or were truncated: the figures cover the others, and ``partial_reason`` says
-how many and why), ``partial`` (Ctrl-C, crash, server gone: what was measured is kept, and
+how many and why), ``partial`` (Ctrl-C or SIGTERM, a crash, server gone: what was measured is
+kept, and
 ``partial_reason`` says why) or ``failed`` (nothing usable: every request failed).
 
 Readers (compare, report) call :func:`load_result`, which validates the structure and raises
@@ -329,6 +330,19 @@ def write_result(path: str | Path, doc: BenchResult | Mapping[str, Any]) -> Path
     """
     text = json.dumps(_jsonable(doc), indent=2, allow_nan=False)
     return atomic_write_text(path, text + "\n", fsync=True)
+
+
+class BenchInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped a bench; ``paths`` are the result files it wrote, complete ones
+    first and the interrupted one (marked with the reason) last.
+
+    A ``KeyboardInterrupt``, so code that does not know it still stops as on any Ctrl-C; raised
+    ``from`` the interrupt, so :func:`perwatt._signals.interrupt_reason` tells which one it was.
+    """
+
+    def __init__(self, paths: list[Path]) -> None:
+        super().__init__(f"bench interrupted; {len(paths)} result file(s) written")
+        self.paths = tuple(paths)
 
 
 # --------------------------------------------------------------------------- reading
@@ -661,6 +675,7 @@ __all__ = [
     "STATUSES",
     "TOKEN_COUNT_SOURCES",
     "Accuracy",
+    "BenchInterrupted",
     "BenchResult",
     "Conditions",
     "Economics",

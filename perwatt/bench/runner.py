@@ -10,7 +10,7 @@ One call::
             each finished request: one CSV row; every ``checkpoint_s``: the JSON rewritten
         steady-state window from the request timings → Meter.measure_between
         final JSON: status complete | complete-with-failures (some requests failed or were
-        truncated) | partial (Ctrl-C, crash, server gone) | failed (no success)
+        truncated) | partial (Ctrl-C/SIGTERM, crash, server gone) | failed (no success)
 
 A run with failed or truncated requests says so in its status, its summary and the exit code of
 ``perwatt bench``: :func:`exit_code` is 1 when the failed fraction of any level exceeds
@@ -43,11 +43,13 @@ from pathlib import Path
 from typing import IO, Any, Literal, cast
 from urllib.parse import urlsplit
 
+from perwatt._signals import interrupt_reason, interrupts_deferred
 from perwatt.bench import metrics as M
 from perwatt.bench.client import Endpoint, OpenAIClient, RequestRecord, resolve_model
 from perwatt.bench.guard import DEFAULT_THRESHOLDS, GuardThresholds, judge
 from perwatt.bench.loadgen import LoadLevel, LoadRun, process_cpu_s, run_level
 from perwatt.bench.result import (
+    BenchInterrupted,
     Conditions,
     GoodputSLO,
     LoadKind,
@@ -566,7 +568,9 @@ def _run_level(
     sources: Sequence[PowerSource],
     conditions: Conditions,
     log: Callable[[str], None],
+    written: list[Path],
 ) -> Path:
+    """Run one level; its result file is appended to ``written`` as soon as it exists."""
     try:
         config.result_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -587,6 +591,7 @@ def _run_level(
     )
     st = _LevelState(level=level, json_path=json_path, csv_path=csv_path, doc=doc)
     write_result(json_path, doc)
+    written.append(json_path)
     n = len(workload.requests)
     target = level.saturation_target(n) or 16
     on_inflight = _drive_simulated(sources, target)
@@ -637,27 +642,30 @@ def _run_level(
         meter.begin(window)
         try:
             asyncio.run(main())
-        except KeyboardInterrupt:
-            status, reason = "partial", "interrupted (Ctrl-C); results cover the requests finished"
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (perwatt._signals)
+            status = "partial"
+            reason = f"{interrupt_reason(e)}; results cover the requests finished"
             raise
         except BaseException as e:
             status, reason = "partial", f"crashed: {type(e).__name__}: {e}"
             raise
         finally:
-            progress.close()
-            whole = meter.end(window)
-            if on_inflight is not None:
-                on_inflight(0)
-            f.flush()
-            _finish_level(
-                st,
-                config=config,
-                meter=meter,
-                whole=whole,
-                clock_offset_s=clock_offset,
-                status=status,
-                reason=reason,
-            )
+            # A second Ctrl-C/SIGTERM must not cut the energy reading or the final write short.
+            with interrupts_deferred():
+                progress.close()
+                whole = meter.end(window)
+                if on_inflight is not None:
+                    on_inflight(0)
+                f.flush()
+                _finish_level(
+                    st,
+                    config=config,
+                    meter=meter,
+                    whole=whole,
+                    clock_offset_s=clock_offset,
+                    status=status,
+                    reason=reason,
+                )
             log(f"wrote {json_path} ({st.doc['status']})")
     return json_path
 
@@ -667,8 +675,9 @@ def run_server_bench(config: ServerBenchConfig) -> list[Path]:
     """Benchmark the server at every load level of ``config``; return the result files.
 
     Raises :class:`ConfigError` (nothing written) when the server cannot be reached, the model
-    is not served or the workload is unusable. A level interrupted by Ctrl-C is written with
-    status ``partial`` and the ``KeyboardInterrupt`` propagates.
+    is not served or the workload is unusable. A level interrupted by Ctrl-C or SIGTERM is
+    written with status ``partial`` and the reason, and :class:`BenchInterrupted` (a
+    ``KeyboardInterrupt``) carries the files written so far.
     """
     log = config.log or (lambda msg: print(msg, file=sys.stderr))
     if config.result_dir.exists() and not config.result_dir.is_dir():
@@ -710,8 +719,8 @@ def run_server_bench(config: ServerBenchConfig) -> list[Path]:
             if config.idle_seconds > 0:
                 log(f"measuring idle power for {config.idle_seconds:g} s (keep the server idle)")
                 meter.idle_baseline(config.idle_seconds)
-            for level in config.levels():
-                paths.append(
+            try:
+                for level in config.levels():
                     _run_level(
                         config,
                         level=level,
@@ -722,8 +731,10 @@ def run_server_bench(config: ServerBenchConfig) -> list[Path]:
                         sources=sources,
                         conditions=conditions,
                         log=log,
+                        written=paths,
                     )
-                )
+            except KeyboardInterrupt as e:
+                raise BenchInterrupted(paths) from e
         return paths
     finally:
         if opened:

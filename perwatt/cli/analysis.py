@@ -43,8 +43,9 @@ judges was measured); 3 done but the candidate FAILS the guard (scripts and CI
 can gate a deployment on it; the figures and --out are written either way, and
 --attach still attaches them: compare and report show the FAIL); 2 bad input,
 or a server that cannot be reached (both are checked before any prompt is
-sent); 1 a server failed mid-run; 130 Ctrl-C. In the last two cases --out keeps
-the prompts compared so far, marked partial, and there is no verdict.
+sent); 1 a server failed mid-run; 130 Ctrl-C; 143 SIGTERM. In the last three
+cases --out keeps the prompts compared so far, marked partial, and there is no
+verdict.
 
 example:
   perwatt quality --prompts p.jsonl --url http://127.0.0.1:8000/v1 \\
@@ -94,6 +95,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     rep.add_argument("--title", default="perwatt bench report", help="report title")
     add_guard_flags(rep)
+    rep.add_argument(
+        "--force",
+        action="store_true",
+        help="write --out even if it is an input file or an existing file that is not a "
+        "perwatt report (by default only a report perwatt wrote is replaced)",
+    )
     rep.set_defaults(func=run_report)
 
     q = subparsers.add_parser(
@@ -234,13 +241,18 @@ def run_report(args: argparse.Namespace) -> int:
         # A shell glob that overlaps another argument: one row per run, not two.
         print(f"warning: {name} is given more than once; reported once", file=sys.stderr)
     out = write_html_report(
-        args.results, args.out, title=args.title, thresholds=guard_thresholds(args)
+        args.results,
+        args.out,
+        title=args.title,
+        thresholds=guard_thresholds(args),
+        force=args.force,
     )
     print(f"wrote {out}")
     return 0
 
 
 def run_quality(args: argparse.Namespace) -> int:
+    from perwatt._signals import interrupt_exit_code
     from perwatt.bench.quality import (
         QualityInterrupted,
         attach_accuracy,
@@ -263,7 +275,7 @@ def run_quality(args: argparse.Namespace) -> int:
         raise ConfigError("give --model twice (reference, candidate) or not at all")
     for path in args.attach:
         check_attach_target(path)
-    interrupted = False
+    interrupted: QualityInterrupted | None = None
     try:
         rep = run_quality(
             args.prompts,
@@ -280,8 +292,8 @@ def run_quality(args: argparse.Namespace) -> int:
             out=args.out,
             attach=args.attach,
         )
-    except QualityInterrupted as e:
-        rep, interrupted = e.report, True
+    except QualityInterrupted as e:  # Ctrl-C or SIGTERM: the summary below, then 130/143
+        rep, interrupted = e.report, e
     # The figures first: an --attach that fails below must not swallow what was measured.
     verdict = quality_verdict(rep, thresholds)
     if args.json:
@@ -302,6 +314,6 @@ def run_quality(args: argparse.Namespace) -> int:
                 if rep.complete
                 else f"not attached to {path}: the run is {rep.status}"
             )
-    if interrupted:
-        return 130
+    if interrupted is not None:
+        return interrupt_exit_code(interrupted)
     return 3 if verdict.failed else 0

@@ -263,13 +263,19 @@ def _server(args: argparse.Namespace) -> list[Path]:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    from perwatt._signals import interrupt_exit_code, interrupt_reason
+    from perwatt.bench.result import BenchInterrupted
     from perwatt.bench.runner import exit_code, summary_notes, summary_tables
 
     thresholds = guard_thresholds(args)  # a bad threshold fails before the run, not after
-    paths = _builtin(args) if args.engine == "builtin" else _server(args)
+    interrupted: BenchInterrupted | None = None
+    try:
+        paths = _builtin(args) if args.engine == "builtin" else _server(args)
+    except BenchInterrupted as e:  # Ctrl-C or SIGTERM: show what was kept, then exit 130/143
+        paths, interrupted = list(e.paths), e
     if args.json:
         print(json.dumps([str(p) for p in paths]))
-    else:
+    elif paths:
         from rich.console import Console
 
         console = Console()
@@ -278,4 +284,11 @@ def run_bench(args: argparse.Namespace) -> int:
             console.print(table)
         for line in summary_notes(paths, thresholds):
             console.print(line, highlight=False, markup=False)
+    if interrupted is not None:
+        print(
+            f"perwatt: {interrupt_reason(interrupted)}; the result files above are kept, the "
+            "last one marked with the reason",
+            file=sys.stderr,
+        )
+        return interrupt_exit_code(interrupted)
     return exit_code(paths)

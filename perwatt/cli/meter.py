@@ -7,17 +7,19 @@ import json
 import sys
 from pathlib import Path
 
+from perwatt._signals import interrupts_deferred
 from perwatt.errors import ConfigError
 from perwatt.meter.detect import SPEC_HELP
 
 _METER_DESCRIPTION = """\
 Run CMD and print its energy per device and in total, average and peak power, and
 the source of every figure, like `time` prints time (to stderr). The exit code is
-the command's. Ctrl-C and SIGTERM are forwarded to the command; what was measured
-is still printed, marked partial. If the power source fails while CMD runs (e.g.
-dcgm-exporter stops answering), CMD runs on; the energy up to the last good
-reading is printed, marked partial with the reason, and the exit code is non-zero
-(1 if the command itself succeeded)."""
+the command's. Ctrl-C and SIGTERM are forwarded to the command and everything it
+started (its process group); a second one, or 5 s, escalates to SIGTERM, then
+SIGKILL. What was measured is still printed, marked partial. If the power source
+fails while CMD runs (e.g. dcgm-exporter stops answering), CMD runs on; the
+energy up to the last good reading is printed, marked partial with the reason,
+and the exit code is non-zero (1 if the command itself succeeded)."""
 
 _METER_EPILOG = """\
 power sources (--source SPEC):
@@ -208,15 +210,17 @@ def run_meter(args: argparse.Namespace) -> int:
         result = measure_command(cmd, meter, idle_s=args.idle)
     finally:
         meter.close()
-    # The report first: a file that cannot be written below must not swallow the measurement.
-    if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
-    else:
-        print(format_command_measurement(result), file=sys.stderr)
-    if args.output:
-        write_json(args.output, result.to_dict())
-    if args.timeline:
-        meter.write_timeline(args.timeline)  # the samples outlive close()
+    # A Ctrl-C/SIGTERM now waits until the report and the files are out, then counts (130/143).
+    with interrupts_deferred():
+        # The report first: a file that cannot be written below must not swallow the measurement.
+        if args.json:
+            print(json.dumps(result.to_dict(), indent=2))
+        else:
+            print(format_command_measurement(result), file=sys.stderr)
+        if args.output:
+            write_json(args.output, result.to_dict())
+        if args.timeline:
+            meter.write_timeline(args.timeline)  # the samples outlive close()
     return result.exit_code
 
 

@@ -14,6 +14,7 @@ import traceback
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from perwatt._signals import interrupt_exit_code, interrupt_reason
 from perwatt.cli.train import (
     SolveProgress,
     accept_negative_values,
@@ -282,6 +283,7 @@ def run_profile(args: argparse.Namespace) -> int:
             )
             print(f"  stage {s}: {why} ({res.iterations[s]} iterations); {block}")
         return 0
+    interrupted: profiler.ProfileInterrupted | None = None
     try:
         out = profiler.profile_script(
             args.script,
@@ -296,9 +298,16 @@ def run_profile(args: argparse.Namespace) -> int:
         if e.__cause__ is not None:  # the script raised: its traceback, then perwatt's line
             _print_script_traceback(e.__cause__, args.script)
         raise
+    except profiler.ProfileInterrupted as e:  # Ctrl-C or SIGTERM: say what was kept, 130/143
+        out, interrupted = e.profile, e
     if out.fake:
         print("NOTE: FAKE GPU (PERWATT_FAKE_NVML): figures are simulated, not measured")
-    note = " (PARTIAL: the script ended before the sweep did)" if out.partial else ""
+    if interrupted is not None:
+        note = f" (PARTIAL: {interrupt_reason(interrupted)})"
+    elif out.partial:
+        note = " (PARTIAL: the script ended before the sweep did)"
+    else:
+        note = ""
     print(f"wrote {out.path}: {len(out.rows)} rows [source: {out.source}]{note}; {out.stop_reason}")
     _print_notes(out.rows)
     if out.blocking_power_w:
@@ -307,6 +316,9 @@ def run_profile(args: argparse.Namespace) -> int:
             f"blocking power at {top} MHz: {out.blocking_power_w[top]:.1f} W "
             f"[source: {out.source}] (use as --p-block)"
         )
+    if interrupted is not None:
+        print(f"perwatt: {interrupt_reason(interrupted)}", file=sys.stderr)
+        return interrupt_exit_code(interrupted)
     return 0
 
 

@@ -41,8 +41,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from perwatt._signals import interrupt_reason, interrupts_deferred
 from perwatt.bench.guard import DEFAULT_THRESHOLDS, GuardThresholds, judge
 from perwatt.bench.result import (
+    BenchInterrupted,
     Conditions,
     load_result,
     new_result,
@@ -966,12 +968,13 @@ def run_builtin_bench(
                 if doc["accuracy"] is None and ref_error is not None:
                     doc["builtin"]["accuracy_error"] = ref_error
                 say("  " + format_point(doc, guard))
-            except KeyboardInterrupt:
-                doc["status"] = "failed"
-                doc["partial_reason"] = "interrupted (Ctrl-C) before this point finished"
-                write_result(path, doc)
+            except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (perwatt._signals)
+                doc["status"] = "failed"  # no figures: its measurement window never closed
+                doc["partial_reason"] = f"{interrupt_reason(e)} before this point finished"
+                with interrupts_deferred():  # a second signal must not cut this write short
+                    write_result(path, doc)
                 paths.append(path)
-                raise
+                raise BenchInterrupted(paths) from e
             except Exception as e:
                 _release_device()
                 doc["status"] = "failed"

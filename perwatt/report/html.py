@@ -18,6 +18,10 @@ and writes a single file with inline CSS and inline SVG charts (:mod:`perwatt.re
 Failed runs are marked in the tables and left out of the efficiency charts (a run with no
 successful request has no tokens per joule, not zero). A file given twice is reported once
 (:func:`dedupe_results`). The file is written atomically (``.tmp`` then rename).
+
+The file is written atomically (``.tmp`` then rename), and carries a ``<meta name="generator">``
+tag: :func:`write_html_report` replaces an existing file only if that tag says perwatt wrote it,
+and never writes over one of its own inputs, unless ``force`` (``perwatt report --force``).
 """
 
 from __future__ import annotations
@@ -31,8 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from perwatt import __version__
 from perwatt import economics as eco
-from perwatt._files import atomic_write_text
+from perwatt._files import atomic_write_text, same_file
 from perwatt.bench.guard import (
     DEFAULT_THRESHOLDS,
     NO_VERDICT,
@@ -45,6 +50,11 @@ from perwatt.errors import ConfigError, UserError
 from perwatt.meter.source import is_measured
 from perwatt.report import svg
 from perwatt.report.svg import esc, fmt
+
+#: Marks a file as a report perwatt wrote, so a later report may replace it (and nothing else).
+GENERATOR_META: Final = '<meta name="generator" content="perwatt'
+#: How reports began before they carried GENERATOR_META: those, too, may be replaced.
+_OLD_REPORT_HEAD: Final = "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>\n"
 
 MAX_TIMELINES: Final = 24
 LEGEND_WIDTH: Final = 640.0  # chart width with a legend column on the right
@@ -781,6 +791,7 @@ def render_html_report(
     versions = sorted({r.doc["perwatt_version"] for r in runs})
     parts: list[str] = [
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
+        f'{GENERATOR_META} {esc(__version__)}">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{esc(title)}</title><style>{CSS}</style></head><body><main>",
         f"<h1>{esc(title)}</h1>",
@@ -865,35 +876,82 @@ def render_html_report(
     return "\n".join(parts)
 
 
+def written_by_perwatt(path: str | Path) -> bool:
+    """Whether ``path`` is an HTML report perwatt wrote (its generator tag, near the top)."""
+    try:
+        with Path(path).open("rb") as f:
+            head = f.read(8192).decode("utf-8", errors="replace")
+    except OSError:
+        return False
+    if GENERATOR_META in head.split("</head>", 1)[0]:
+        return True
+    return head.startswith(_OLD_REPORT_HEAD) and "results from perwatt" in head
+
+
+def check_report_out(
+    results: Sequence[str | Path | Mapping[str, Any]], out_path: str | Path, *, force: bool = False
+) -> Path:
+    """Refuse, before any work, an ``out_path`` whose writing would destroy data: one of the
+    input files (also through a symlink, a relative path or a shell glob), or an existing file
+    that is not a report perwatt wrote. ``force`` allows both. Returns the path to write."""
+    out = Path(out_path)
+    if out.is_dir():
+        raise ConfigError(
+            f"{out} is a directory; give a file name, e.g. --out {out / 'perwatt-report.html'}"
+        )
+    if force:
+        return out
+    for r in results:
+        if isinstance(r, (str, Path)) and same_file(r, out):
+            raise ConfigError(
+                f"--out {out} is one of the input files ({r}); the report would overwrite it: "
+                "choose another --out, e.g. perwatt-report.html"
+            )
+    if (out.exists() or out.is_symlink()) and not written_by_perwatt(out):
+        raise ConfigError(
+            f"--out {out} exists and is not a report perwatt wrote; choose another --out, or "
+            "pass --force to replace it"
+        )
+    return out
+
+
 def write_html_report(
     results: Sequence[str | Path | Mapping[str, Any]],
     out_path: str | Path,
     *,
     title: str = "perwatt bench report",
     thresholds: GuardThresholds = DEFAULT_THRESHOLDS,
+    force: bool = False,
 ) -> Path:
-    """Write one self-contained offline HTML report over ``results`` (files or documents)."""
+    """Write one self-contained offline HTML report over ``results`` (files or documents).
+
+    The output may replace only a report perwatt wrote, never an input (see
+    :func:`check_report_out`), unless ``force``. It is written atomically: a failure leaves the
+    previous file whole.
+    """
+    out = check_report_out(results, out_path, force=force)
     text = render_html_report(results, title=title, thresholds=thresholds)
-    out = Path(out_path)
-    if out.is_dir():
-        raise ConfigError(
-            f"{out} is a directory; give a file name, e.g. --out {out / 'perwatt-report.html'}"
-        )
+    # Through a symlink: write where it points, so the link (a "latest report" name) stays.
+    target = out.resolve() if out.is_symlink() else out
     try:
-        return atomic_write_text(out, text)
+        atomic_write_text(target, text)
+        return out
     except OSError as e:
         # Not a traceback, and no stray .tmp left beside the target.
         with contextlib.suppress(OSError):
-            out.with_name(out.name + ".tmp").unlink(missing_ok=True)
+            target.with_name(target.name + ".tmp").unlink(missing_ok=True)
         raise ConfigError(
             f"cannot write the report to {out} ({e.strerror or e}); choose another --out"
         ) from None
 
 
 __all__ = [
+    "GENERATOR_META",
+    "check_report_out",
     "dedupe_results",
     "pareto_front",
     "power_axis_label",
     "render_html_report",
     "write_html_report",
+    "written_by_perwatt",
 ]

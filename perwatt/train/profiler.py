@@ -831,6 +831,15 @@ class ScriptProfile:
     fake: bool = False
 
 
+class ProfileInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped :func:`profile_script`; ``profile`` says what was written
+    (``*.partial.csv``). A ``KeyboardInterrupt``, raised ``from`` the interrupt."""
+
+    def __init__(self, profile: ScriptProfile) -> None:
+        super().__init__(f"interrupted; {len(profile.rows)} rows written to {profile.path}")
+        self.profile = profile
+
+
 def profile_script(
     script: str | Path,
     script_args: Sequence[str] = (),
@@ -857,7 +866,8 @@ def profile_script(
     library. Whatever was measured is written even if the script stops early or raises
     (``partial=True``); the default clocks are restored in every case. A script that raises
     (other than a perwatt error, Ctrl-C or ``sys.exit``) ends in :class:`PartialRunError`
-    whose ``__cause__`` is the script's exception and whose message says what was kept.
+    whose ``__cause__`` is the script's exception and whose message says what was kept. Interrupted (Ctrl-C,
+    SIGTERM) after some rows, it raises :class:`ProfileInterrupted` carrying what was written.
     """
     import runpy
     import sys
@@ -917,14 +927,28 @@ def profile_script(
         if partial:  # an unfinished sweep is never mistaken for a full profile
             path = path.with_name(f"{path.stem}.partial{path.suffix or '.csv'}")
         kept = "nothing was measured before it"
+        written = False
         if rows:
             try:
                 write_profile_csv(rows, path)
                 kept = f"the {len(rows)} rows measured before it are in {path}"
+                written = True
             except ConfigError as e:
                 if failure is None:
                     raise
                 kept = str(e)  # the script's failure comes first; this says why nothing was kept
+        if isinstance(failure, KeyboardInterrupt) and written:  # Ctrl-C or SIGTERM
+            raise ProfileInterrupted(
+                ScriptProfile(
+                    path=path,
+                    rows=tuple(rows),
+                    stop_reason=prof.stop_reason,
+                    partial=partial,
+                    source=rows[0].source,
+                    blocking_power_w=prof.blocking_power_w(),
+                    fake=src.fake,
+                )
+            ) from failure
         if isinstance(failure, PerwattError) or (
             failure is not None and not isinstance(failure, Exception)
         ):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,8 @@ import pytest
 from perwatt.bench.result import load_result
 from perwatt.bench.testing import FakeOpenAIServer, Fault, ServerConfig, every
 from perwatt.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_done_means(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -165,6 +169,84 @@ def test_builtin_without_torch_names_the_extra(
     monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
     assert main(["bench", "--engine", "builtin", "--model", "tiny"]) == 2
     assert "pip install 'perwatt[engine]'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("sig", "times", "code", "words"),
+    [
+        (signal.SIGTERM, 1, 143, "interrupted by SIGTERM"),
+        (signal.SIGINT, 1, 130, "interrupted by Ctrl-C"),
+        (signal.SIGTERM, 2, 143, "interrupted by SIGTERM"),  # the second during clean-up
+    ],
+)
+def test_signal_keeps_the_partial_result_with_its_energy(
+    tmp_path: Path, sig: signal.Signals, times: int, code: int, words: str
+) -> None:
+    """`timeout`, Slurm, systemd and Kubernetes stop a bench with SIGTERM: it must end as Ctrl-C
+    does (it used to die at once: the result stayed `running`, its energy lost, nothing printed).
+    A second signal while the result is finished must not cut it short."""
+    with FakeOpenAIServer(ServerConfig(itl_s=0.01)) as s:
+        p = subprocess.Popen(
+            [sys.executable, "-m", "perwatt", "bench", "--url", s.url, "--num-prompts", "400",
+             "--max-concurrency", "2", "--input-len", "8", "--output-len", "20",
+             "--result-dir", str(tmp_path), "--energy-source", "simulated"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            while s.stats.completed < 4 and time.monotonic() < deadline and p.poll() is None:
+                time.sleep(0.02)
+            assert s.stats.completed >= 4, "the bench never got going"
+            for _ in range(times):
+                p.send_signal(sig)
+                time.sleep(0.01)
+            out, err = p.communicate(timeout=60)
+        finally:
+            if p.poll() is None:
+                p.kill()
+    assert p.returncode == code, err
+    assert "Traceback" not in err
+    assert f"perwatt: {words}" in err
+    (path,) = tmp_path.glob("*.json")
+    d = load_result(path)
+    assert d["status"] == "partial" and d["partial_reason"].startswith(words)
+    assert d["metrics"]["completed"] >= 4
+    assert d["energy"] is not None and d["energy"]["whole_run"]["total_energy_j"] > 0
+    assert "perwatt bench" in out and "J / output token" in out  # the summary was printed
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_builtin_sigterm_marks_the_point_and_prints_the_summary(tmp_path: Path) -> None:
+    """The built-in engine's sweep on SIGTERM: the point it was measuring is written with the
+    reason (not left `running`), the summary printed, exit 143."""
+    pytest.importorskip("torch")
+    p = subprocess.Popen(
+        [sys.executable, "-m", "perwatt", "bench", "--engine", "builtin", "--model", "tiny",
+         "--device", "cpu", "--batch", "1", "--input-len", "8", "--output-len", "8",
+         "--min-window-s", "300", "--result-dir", str(tmp_path), "--energy-source", "simulated"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and p.poll() is None:
+            docs = list(tmp_path.glob("*.json"))
+            if docs and load_result(docs[0])["status"] == "running":  # measuring now
+                break
+            time.sleep(0.1)
+        assert p.poll() is None, p.communicate()[1]
+        time.sleep(0.5)
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 143, err
+    assert "Traceback" not in err and "perwatt: interrupted by SIGTERM" in err
+    (path,) = tmp_path.glob("*.json")
+    d = load_result(path)
+    assert d["status"] != "running"
+    assert d["partial_reason"] == "interrupted by SIGTERM before this point finished"
+    assert "perwatt bench" in out  # the summary table
 
 
 @contextlib.contextmanager

@@ -661,3 +661,59 @@ def test_long_solves_show_progress_on_stderr(
     lines = [x for x in captured.err.splitlines() if x.startswith("perwatt: solving the frontier")]
     assert [x.split(": ")[2].split("%")[0] for x in lines] == ["40", "80"]
     assert "solving" not in captured.out
+
+
+# 120 ms instructions: a row shorter than the counter period is refused (issue 9 §3).
+_ENDLESS_SCRIPT = """
+import sys, time
+from pathlib import Path
+from perwatt.train import profiler
+n = 0
+while not profiler.done():
+    for inst in ("forward", "backward"):
+        profiler.on_instruction_begin(inst)
+        time.sleep(0.12)
+        profiler.on_instruction_end(inst)
+    profiler.on_iteration_end()
+    n += 1
+    if n == 2:
+        Path(sys.argv[1]).write_text("measuring")
+"""
+
+
+def test_profile_script_sigterm_keeps_the_rows_and_says_so(tmp_path: Path) -> None:
+    """SIGTERM mid-sweep (a scheduler's time limit): the rows measured so far are written as
+    *.partial.csv, the clocks restored, and perwatt says so and exits 143 (it died at once)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script, marker = tmp_path / "train.py", tmp_path / "measuring"
+    script.write_text(_ENDLESS_SCRIPT)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "perwatt", "train", "profile", "--script", str(script),
+         "--out", str(tmp_path / "s0.csv"), _FLAG, "--warmup", "0", "--iterations", "1000",
+         "--", str(marker)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=Path(__file__).parents[2], env={**os.environ, "PERWATT_FAKE_NVML": "A100"},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline and p.poll() is None:
+            time.sleep(0.05)
+        assert marker.exists(), p.communicate()[1]
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 143, err
+    assert "Traceback" not in err and "perwatt: interrupted by SIGTERM" in err
+    partial = tmp_path / "s0.partial.csv"
+    rows = list(csv.reader(partial.read_text().splitlines()))
+    assert rows[0][:3] == ["stage", "instruction", "frequency"] and len(rows) >= 3
+    assert f"wrote {partial}: {len(rows) - 1} rows" in out
+    assert "PARTIAL: interrupted by SIGTERM" in out
+    assert not (tmp_path / "s0.csv").exists()

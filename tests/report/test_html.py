@@ -12,6 +12,7 @@ import pytest
 from perwatt.bench.result import example_result
 from perwatt.errors import ConfigError, DataFormatError
 from perwatt.report import pareto_front, render_html_report, write_html_report
+from perwatt.report.html import written_by_perwatt
 
 DATA = Path(__file__).parents[1] / "bench" / "data"
 RUNS = sorted(DATA.glob("*.json"))
@@ -241,3 +242,23 @@ def test_guard_failure_is_marked_next_to_the_energy_figures() -> None:
     assert "FAIL the accuracy guard" in lenient  # KL 0.103 > 0.1 still fails
     off = GuardThresholds(min_top1_agreement=None, max_kl_mean=None)
     assert "FAIL the accuracy guard" not in render_html_report([doc], thresholds=off)
+
+
+def test_out_may_replace_only_a_perwatt_report_and_never_an_input(tmp_path: Path) -> None:
+    run = tmp_path / "run.json"
+    run.write_bytes(RUNS[0].read_bytes())
+    with pytest.raises(ConfigError, match="is one of the input files"):
+        write_html_report([run], tmp_path / "." / "run.json")
+    assert run.read_bytes() == RUNS[0].read_bytes()
+    other = tmp_path / "other.txt"
+    other.write_text("keep me")
+    with pytest.raises(ConfigError, match="not a report perwatt wrote"):
+        write_html_report([run], other)
+    assert other.read_text() == "keep me"
+    assert written_by_perwatt(write_html_report([run], other, force=True))
+    # through a symlink: the report goes where it points, the link stays a link
+    real = write_html_report([run], tmp_path / "real.html")
+    link = tmp_path / "latest.html"
+    link.symlink_to(real)
+    write_html_report([run], link, title="again")
+    assert link.is_symlink() and "<title>again</title>" in real.read_text()
