@@ -496,7 +496,25 @@ class FakePrometheus:
         if self.override is not None:
             return self.override
         query = q.get("query", [""])[0]
-        if path == "/api/v1/query":
+        if path == "/api/v1/query" and query.startswith("{__name__=~"):
+            # The meter's one query per sample: both fields, newest samples with their times.
+            result = []
+            for key in self.gpus:
+                for metric, fn in zip(
+                    ("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "DCGM_FI_DEV_POWER_USAGE"),
+                    self.gpus[key],
+                    strict=True,
+                ):
+                    if fn is None or not self._matches(query, key[0]):
+                        continue
+                    result.append(
+                        {
+                            "metric": {"__name__": metric, **_series(*key)},
+                            "values": [[self.now, repr(fn(self.now))]],
+                        }
+                    )
+            data = {"resultType": "matrix", "result": result}
+        elif path == "/api/v1/query":
             result = []
             for key in self.gpus:
                 fn = self._metric_fn(query, key)
