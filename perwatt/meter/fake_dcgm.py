@@ -101,6 +101,7 @@ class FakeDCGMExporter:
         self.status = 200
         self.scrapes = 0
         self._frozen_page: str | None = None
+        self._reset: set[int] = set()  # GPUs whose counter restarted from zero
         self._last_page = ""
         self._lock = threading.Lock()
         self._port = port
@@ -136,7 +137,7 @@ class FakeDCGMExporter:
         with self._lock:
             g = self.gpus[gpu]
             g.reset_at_j = g.energy_at_j(self.clock())
-            self._resets = getattr(self, "_resets", set()) | {gpu}
+            self._reset.add(gpu)
 
     def hang(self) -> None:
         """Keep serving the last page forever: the exporter lost DCGM but still answers."""
@@ -225,7 +226,6 @@ class FakeDCGMExporter:
 
     def _render(self) -> str:
         t = self.refresh_time()
-        resets = getattr(self, "_resets", set())
         out = [
             "# HELP DCGM_FI_DEV_SM_CLOCK SM clock frequency (in MHz).",
             "# TYPE DCGM_FI_DEV_SM_CLOCK gauge",
@@ -246,7 +246,7 @@ class FakeDCGMExporter:
         ]
         for i, g in enumerate(self.gpus):
             e = g.energy_at_j(t)
-            raw = (e - g.reset_at_j) * 1e3 if i in resets else self.counter_start_mj + e * 1e3
+            raw = (e - g.reset_at_j) * 1e3 if i in self._reset else self.counter_start_mj + e * 1e3
             out.append(f"DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{{{self._labels(i)}}} {int(raw)}")
         out += [
             "# HELP DCGM_FI_DEV_GPU_TEMP GPU temperature (in C).",
