@@ -810,6 +810,7 @@ class PrometheusSource(RemoteSource):
     name = "prometheus"
     energy_label = "dcgm"
     power_label = "dcgm"
+    delay_periods = 2.0
 
     def __init__(
         self,

@@ -246,7 +246,11 @@ class FakeDCGMExporter:
         ]
         for i, g in enumerate(self.gpus):
             e = g.energy_at_j(t)
-            raw = (e - g.reset_at_j) * 1e3 if i in self._reset else self.counter_start_mj + e * 1e3
+            raw = (
+                max(0.0, e - g.reset_at_j) * 1e3
+                if i in self._reset
+                else self.counter_start_mj + e * 1e3
+            )
             out.append(f"DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{{{self._labels(i)}}} {int(raw)}")
         out += [
             "# HELP DCGM_FI_DEV_GPU_TEMP GPU temperature (in C).",

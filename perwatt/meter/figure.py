@@ -51,8 +51,8 @@ class DeviceData:
     t1: float
     counter: Sequence[tuple[float, float]]  # (t, cumulative J), fresh readings only, sorted
     power: Sequence[tuple[float, float]]  # (t, W), fresh readings only, sorted
-    counter_period_s: float | None
-    power_period_s: float | None
+    counter_period_s: float | None  # the longest a value can lag the truth (update period x
+    power_period_s: float | None  # how many caches it passes through), not just the period
     gaps: Sequence[tuple[float, float, str]] = ()  # (start, end, why) with no fresh reading
     resets: Sequence[tuple[float, float, float]] = ()  # (last before, first after, J since)
     lag_s: float = 0.0  # how late a change can be seen (the sampling interval)
@@ -175,6 +175,12 @@ def device_figure(d: DeviceData) -> Figure:
                 "(an exporter serving an old page, a counter reset, a frozen gauge)"
             )
 
+    if d.counter_period_s is not None and duration < d.counter_period_s:
+        notes.append(
+            f"{d.device}: the {duration:.1f} s window is shorter than the telemetry's delay "
+            f"(up to ~{d.counter_period_s:.3g} s): a change of power inside it may not show "
+            "yet; treat the figure as approximate"
+        )
     for tb, ta, since_j in d.resets:
         if ta < a or tb > b:
             continue

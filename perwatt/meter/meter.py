@@ -766,8 +766,8 @@ class Meter:
                     t1=t1,
                     counter=sorted(counter),
                     power=sorted(power),
-                    counter_period_s=period,
-                    power_period_s=self._power_period_s(dev),
+                    counter_period_s=_times(period, src.delay_periods),
+                    power_period_s=_times(self._power_period_s(dev), src.delay_periods),
                     gaps=dev_gaps,
                     resets=[(b, a, j) for d, b, a, j in resets if d == dev],
                     lag_s=self.sample_interval_s,
@@ -835,6 +835,10 @@ class Meter:
             sources=dict(m.sources),
         )
         return self.idle
+
+
+def _times(x: float | None, k: float) -> float | None:
+    return None if x is None else x * k
 
 
 def median_edge_overhead_s(meter: Meter, repeats: int = 200) -> float:

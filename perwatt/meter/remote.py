@@ -47,6 +47,9 @@ class RemoteSource(PowerSource):
 
     #: How long after a device's counter last changed it is treated as stale, in update periods.
     stale_periods: float = 3.0
+    #: How old a fresh value can be, in update periods: one for an exporter read directly (its
+    #: cache), two through Prometheus (the exporter's cache, then the scrape).
+    delay_periods: float = 1.0
 
     @abc.abstractmethod
     def read(self) -> Reading:
