@@ -10,7 +10,7 @@ so the counter difference is uncertain by up to one period's energy::
 The power gauge is published on the same schedule; integrated, its error comes from the power
 *changes* it sees late, at most one period each (assuming power changes at most once a period)::
 
-    power integral:   |E_p - E| <= T * sum(|P[k+1] - P[k]|)  +  gaps * (P_hi - P_lo)
+    power integral:   |E_p - E| <= T * sum(|P[k+1] - P[k]|)  +  gaps * P_peak
 
 The tighter of the two is used (the counter wherever it is already within 1%), and the figure
 says which (``method``) and by how much it may be off (``bound_j``). The two must also agree
@@ -120,7 +120,6 @@ def device_figure(d: DeviceData) -> Figure:
     power = _between(d_power, a, b)
     inside_p = [p for t, p in power if a - tol <= t <= b + tol]
     p_hi = max(inside_p) if inside_p else None
-    p_lo = min(inside_p) if inside_p else None
 
     e_c: float | None = None
     b_c: float | None = None
@@ -145,8 +144,9 @@ def device_figure(d: DeviceData) -> Figure:
         b_p = period * changes + (p_hi or 0.0) * d.lag_s
         for i, (g0, g1, _why) in enumerate(d.gaps):
             lo, hi = max(g0, a), min(g1, b)
-            if hi > lo and p_hi is not None and p_lo is not None:
-                gap_effect[i] = (hi - lo) * (p_hi - p_lo)
+            if hi > lo and p_hi is not None:
+                # Nothing was read: power may have been anywhere from 0 to the peak seen.
+                gap_effect[i] = (hi - lo) * p_hi
                 b_p += gap_effect[i]
 
     if e_c is not None and (
