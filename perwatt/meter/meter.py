@@ -747,6 +747,7 @@ class Meter:
         gap_effects: dict[tuple[float, float, str], list[float]] = {}
         for dev in devices:
             src = self._owner[dev]
+            assert isinstance(src, RemoteSource)
             counter = [(s.t_s, s.energy_j[dev]) for s in samples if dev in s.energy_j]
             power = [(s.t_s, s.power_w[dev]) for s in samples if dev in s.power_w]
             if dev in c0:

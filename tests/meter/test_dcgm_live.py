@@ -9,8 +9,12 @@ it (restart, stop) come last. Without the binary every test here is skipped, say
 from __future__ import annotations
 
 import contextlib
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -117,6 +121,30 @@ def test_selection_by_kubernetes_pod_and_by_index(lab: Lab) -> None:
     src = PrometheusSource(lab.prom.url, select='Hostname=~"node[12]",0')
     assert src.devices == ("node1/gpu0", "node2/gpu0")
     src.close()
+
+
+def test_cli_meters_one_node_of_a_cluster_prometheus(lab: Lab, tmp_path: Path) -> None:
+    """The issue's "done": perwatt meter --source prometheus:URL --select 'Hostname="node1"'."""
+    lab.wait_fresh("node1")
+    out = tmp_path / "m.json"
+    r = subprocess.run(
+        [sys.executable, "-m", "perwatt", "meter", "--source", f"prometheus:{lab.prom.url}",
+         "--select", 'Hostname="node1"', "-o", str(out), "--",
+         sys.executable, "-c", "import time; time.sleep(2)"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    d = json.loads(out.read_text())
+    assert sorted(d["energy_j"]) == ["node1/gpu0", "node1/gpu1"]
+    assert d["partial"] is False and d["source"] == "dcgm"
+    assert "metered     dcgm via Prometheus" in r.stderr and "node1/gpu0, node1/gpu1" in r.stderr
+    refused = subprocess.run(
+        [sys.executable, "-m", "perwatt", "meter", "--source", f"prometheus:{lab.prom.url}",
+         "--", "true"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "--select" in refused.stderr
+    assert "Traceback" not in refused.stderr
 
 
 def test_hanging_exporter_serving_its_last_page_is_partial(lab: Lab) -> None:
