@@ -77,6 +77,40 @@ def _between(pts: Sequence[tuple[float, float]], a: float, b: float) -> list[tup
     return list(pts[lo:hi])
 
 
+def _updates(pts: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points where the counter's value changed: when each new value was first seen.
+
+    A remote counter is a staircase; its value is the energy *at the update*, so the update
+    instants, not the held readings between them, are where it is known."""
+    out: list[tuple[float, float]] = []
+    for (_, e_prev), (t, e) in itertools.pairwise(pts):
+        if e != e_prev:
+            out.append((t, e))
+    return out
+
+
+def _counter_at(
+    updates: Sequence[tuple[float, float]], power: Sequence[tuple[float, float]], t: float
+) -> float:
+    """Energy at ``t``: linear between the updates around it; beyond the first or last
+    update, that update plus the integrated power up to ``t`` (the part of a period the
+    counter has not published yet)."""
+    ts = [u for u, _ in updates]
+    es = [e for _, e in updates]
+    if ts[0] <= t <= ts[-1]:
+        return interpolate(ts, es, t)
+    anchor_t, anchor_e = (ts[-1], es[-1]) if t > ts[-1] else (ts[0], es[0])
+    if power:
+        pts, pvs = [p for p, _ in power], [v for _, v in power]
+        lo, hi = sorted((anchor_t, t))
+        extra = trapezoid_between(pts, pvs, lo, hi)
+    else:  # no gauge: the slope of the nearest stretch between updates
+        i = len(ts) - 1 if t > ts[-1] else 1
+        slope = (es[i] - es[i - 1]) / (ts[i] - ts[i - 1]) if ts[i] > ts[i - 1] else 0.0
+        extra = slope * abs(t - anchor_t)
+    return anchor_e + extra if t > anchor_t else anchor_e - extra
+
+
 def _fmt(t: float, t0: float) -> str:
     return f"+{t - t0:.1f} s"
 
@@ -124,10 +158,17 @@ def device_figure(d: DeviceData) -> Figure:
     e_c: float | None = None
     b_c: float | None = None
     counter = _between(d_counter, a, b)
+    updates = _updates(d_counter)
+    if d_counter and (d.counter_period_s is not None and d.counter_period_s <= 2.0 * d.lag_s):
+        # A counter that updates as often as it is sampled: every reading is an update.
+        updates = [d_counter[0], *updates]
     if len(counter) >= 2 or (counter and a == b):
-        cts = [t for t, _ in counter]
-        ces = [e for _, e in counter]
-        e_c = max(0.0, interpolate(cts, ces, b) - interpolate(cts, ces, a))
+        if len(updates) >= 2 and updates[0][0] <= b and updates[-1][0] >= a:
+            e_c = max(0.0, _counter_at(updates, d_power, b) - _counter_at(updates, d_power, a))
+        else:
+            cts = [t for t, _ in counter]
+            ces = [e for _, e in counter]
+            e_c = max(0.0, interpolate(cts, ces, b) - interpolate(cts, ces, a))
         if d.counter_period_s is not None:
             ref = p_hi if p_hi is not None else (e_c / (b - a) if b > a else 0.0)
             b_c = ref * d.counter_period_s

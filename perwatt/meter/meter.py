@@ -743,6 +743,13 @@ class Meter:
         all_gaps = self.gaps()
         with self._state_lock:
             resets = list(self._resets)
+        # The counter is known at its updates: reach back far enough to see the one before t0.
+        reach = max(
+            (self.update_period_s(d)[0] or 0.0) * self._owner[d].delay_periods  # type: ignore[attr-defined]
+            for d in devices
+        )
+        earlier = [s for s in self._samples_around(t0 - 2.0 * reach, t0) if s.t_s < t0]
+        samples = sorted({id(s): s for s in (*earlier, *samples)}.values(), key=lambda s: s.t_s)
         switched: dict[tuple[str, str], list[str]] = {}
         gap_effects: dict[tuple[float, float, str], list[float]] = {}
         for dev in devices:

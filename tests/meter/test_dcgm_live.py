@@ -43,14 +43,16 @@ class Lab:
         self.exporters = [self.node1, self.node2, self.k8s, self.hang, self.slow, self.reset]
         self.prom = PrometheusProcess([e.target for e in self.exporters], scrape_interval_s=1.0)
 
-    def wait_fresh(self, host: str, timeout_s: float = 30.0) -> None:
-        """Until Prometheus holds a sample of ``host`` from the last second."""
+    def wait_fresh(self, host: str, timeout_s: float = 30.0, since: float = 0.0) -> None:
+        """Until Prometheus holds a sample of ``host`` from the last 1.5 s (and after the Unix
+        time ``since``: a restarted server still holds the samples from before)."""
         deadline = time.monotonic() + timeout_s
         q = f'DCGM_FI_DEV_POWER_USAGE{{Hostname="{host}"}}[1500ms]'
         while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+            with contextlib.suppress(httpx.HTTPError, ValueError, KeyError, IndexError):
                 r = httpx.get(self.prom.url + "/api/v1/query", params={"query": q}, timeout=2)
-                if r.json()["data"]["result"]:
+                result = r.json()["data"]["result"]
+                if result and float(result[0]["values"][-1][0]) > since:
                     return
             time.sleep(0.1)
         raise TimeoutError(f"no fresh sample of {host}")
@@ -151,7 +153,7 @@ def test_hanging_exporter_serving_its_last_page_is_partial(lab: Lab) -> None:
     lab.hang.unhang()
     lab.wait_fresh("node4")
     src = PrometheusSource(lab.prom.url, select='Hostname="node4"')
-    m = window(src, 7.0, {1.0: lab.hang.hang})
+    m = window(src, 6.0, {1.0: lab.hang.hang})
     lab.hang.unhang()
     dev = "node4/gpu0"
     assert m.partial_devices and dev in m.partial_devices
@@ -176,7 +178,7 @@ def test_slow_counter_long_window_is_bounded_and_consistent(lab: Lab) -> None:
     assert any("integrated power is tighter and was used" in w for w in m.warnings)
     # A change of power inside a longer window: still within the stated bound.
     src = PrometheusSource(lab.prom.url, select='Hostname="node5"')
-    m = window(src, 7.0, {1.0: lambda: lab.slow.set_power(0, 700.0)})
+    m = window(src, 5.0, {1.0: lambda: lab.slow.set_power(0, 700.0)})
     lab.slow.set_power(0, 400.0)
     within_bound(m, dev, truth(lab.slow, 0, m))
 
@@ -202,8 +204,9 @@ def test_prometheus_down_for_part_of_the_run_is_a_gap(lab: Lab) -> None:
         time.sleep(1.0)
         lab.prom.stop()
         time.sleep(2.0)
+        restarted = time.time()
         lab.prom.start()
-        lab.wait_fresh("node2")
+        lab.wait_fresh("node2", since=restarted)
         time.sleep(1.0)
         m = meter.end("w")
     finally:
@@ -224,11 +227,12 @@ def test_stale_node_after_prometheus_restart_is_partial_not_zero(lab: Lab) -> No
     lab.wait_fresh("node2")
     lab.node2.go_down()
     try:
+        restarted = time.time()
         lab.prom.restart()
-        lab.wait_fresh("node1")  # scrapes resume some seconds after a restart
+        lab.wait_fresh("node1", since=restarted)  # scrapes resume some seconds after a restart
         src = PrometheusSource(lab.prom.url, select='Hostname=~"node[12]"')
         assert "node2/gpu0" in src.devices
-        m = window(src, 6.0)
+        m = window(src, 4.0)
     finally:
         lab.node2.come_up()
     for gpu in (0, 1):
@@ -242,7 +246,7 @@ def test_stale_node_after_prometheus_restart_is_partial_not_zero(lab: Lab) -> No
 def test_all_selected_series_stale_is_an_error(lab: Lab) -> None:
     lab.node2.go_down()
     try:
-        time.sleep(5.0)  # older than 3 scrapes + 1 s: stale (or gone, with a staleness marker)
+        time.sleep(2.5)  # gone (a failed scrape writes staleness markers) or older than 4 s
         with pytest.raises((RemoteSourceError, ConfigError)):
             PrometheusSource(lab.prom.url, select='Hostname="node2"')
     finally:
