@@ -744,10 +744,11 @@ class Meter:
         with self._state_lock:
             resets = list(self._resets)
         # The counter is known at its updates: reach back far enough to see the one before t0.
-        reach = max(
-            (self.update_period_s(d)[0] or 0.0) * self._owner[d].delay_periods  # type: ignore[attr-defined]
-            for d in devices
-        )
+        reach = 0.0
+        for d in devices:
+            src = self._owner[d]
+            if isinstance(src, RemoteSource):
+                reach = max(reach, (self.update_period_s(d)[0] or 0.0) * src.delay_periods)
         earlier = [s for s in self._samples_around(t0 - 2.0 * reach, t0) if s.t_s < t0]
         samples = sorted({id(s): s for s in (*earlier, *samples)}.values(), key=lambda s: s.t_s)
         switched: dict[tuple[str, str], list[str]] = {}
@@ -795,9 +796,10 @@ class Meter:
                     f"this {t1 - t0:.1f} s window a counter difference is uncertain by up to "
                     f"one period's energy; integrated power is tighter and was used"
                 )
+                scale = 100.0 / max(fig.energy_j, 1e-9)
                 switched.setdefault((src.name, note), []).append(
-                    f"{dev} (±{fig.energy_j and 100 * (fig.bound_j or 0) / fig.energy_j:.1f}% "
-                    f"vs ±{100 * fig.counter_bound_j / max(fig.energy_j, 1e-9):.0f}%)"
+                    f"{dev} (±{(fig.bound_j or 0.0) * scale:.1f}% vs "
+                    f"±{fig.counter_bound_j * scale:.0f}%)"
                 )
             for (g0, g1, why), eff in zip(dev_gaps, fig.gap_effect_j, strict=True):
                 if g1 > t0 and g0 < t1:
