@@ -22,10 +22,13 @@ Two DCGM fields matter (both in dcgm-exporter's ``default-counters.csv``):
 How fresh is a reading? dcgm-exporter refreshes its cache every ``--collect-interval``
 milliseconds, 30000 by default (``DCGM_EXPORTER_INTERVAL``; NVIDIA/dcgm-exporter
 ``pkg/cmd/app.go``), and NVIDIA's docs note that scraping faster than that returns the same
-cached sample again. So ``counter_period_s`` defaults to 30 s: a window shorter than the
-exporter's interval is flagged by the meter. Run the exporter with ``-c 1000`` and pass
-``collect_interval_s=1.0`` for second-scale windows. Through Prometheus the effective period is
-the larger of that and the ``scrape_interval``.
+cached sample again. So a direct source declares ``counter_period_s`` = 30 s until told
+otherwise (``collect_interval_s``); through Prometheus the period is the scrape interval the
+server reports, times the scrapes per counter change it stored. Either way the meter then uses
+the period it *observes* (how often the value actually changes), bounds every figure's
+quantization error by one period's energy, and falls back to integrated power where that is
+tighter (:mod:`perwatt.meter.figure`). Run the exporter with ``-c 1000`` for second-scale
+windows.
 
 Device labels are ``<Hostname>/gpu<gpu>`` (``node1/gpu0``), unique across nodes. Where the
 exporter runs with ``--no-hostname`` the URL's ``host:port`` stands in for the hostname.

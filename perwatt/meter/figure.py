@@ -12,6 +12,12 @@ The power gauge is published on the same schedule; integrated, its error comes f
 
     power integral:   |E_p - E| <= T * sum(|P[k+1] - P[k]|)  +  gaps * P_peak
 
+Here T is the longest a value can lag the truth: the update period, twice over through
+Prometheus (the exporter's cache, then the scrape). The counter is read at its *update
+instants* (when each new value was first seen), interpolated between them, and completed at
+the window edges by the power integral over the part of a period not yet published: the same
+figure a perfect reading of the stored samples gives, without waiting for the next update.
+
 The tighter of the two is used (the counter wherever it is already within 1%), and the figure
 says which (``method``) and by how much it may be off (``bound_j``). The two must also agree
 within their bounds (plus 10% slack for power that changes faster than the gauge shows): when

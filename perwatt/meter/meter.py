@@ -16,6 +16,12 @@ How a window is measured::
   instant power, with the edges interpolated.
 * Idle power (``idle_baseline``) is subtracted only when asked; every Measurement says whether it
   was.
+* Remote sources (dcgm-exporter, Prometheus: :class:`~perwatt.meter.remote.RemoteSource`) are
+  read once per sample; readings that are stale or missing become gaps (:meth:`Meter.gaps`),
+  and each device's figure is judged by :func:`perwatt.meter.figure.device_figure`: counter or
+  integrated power, whichever is tighter, with its bound (``methods``, ``uncertainty_j``), and
+  marked partial with the reason (``partial_devices``) where the readings do not cover the
+  window or disagree.
 
 The sampler also records every counter reading, so energy over any sub-interval can be computed
 after the fact (:meth:`Meter.measure_between`), which is how the benchmark takes its
@@ -395,7 +401,6 @@ class Meter:
                 for dev in src.devices:
                     if dev not in self._open_gaps:
                         self._open_gaps[dev] = (self._last_fresh.get(dev, t), why)
-            self._sampler_error_at = t
             raise
         energy = dict(r.energy_j)
         power = dict(r.power_w)
@@ -406,7 +411,10 @@ class Meter:
                 prev = self._value_since.get(dev)
                 if prev is None or energy[dev] != prev[0]:
                     if prev is not None:
-                        self._changes.setdefault(dev, []).append(t)
+                        ch = self._changes.setdefault(dev, [])
+                        ch.append(t)
+                        if len(ch) > 256:  # the period needs only the recent changes
+                            del ch[:128]
                     self._value_since[dev] = (energy[dev], t)
                     continue
                 unchanged = t - prev[1]
@@ -430,7 +438,10 @@ class Meter:
                 prevp = self._power_since.get(dev)
                 if prevp is None or p != prevp[0]:
                     if prevp is not None:
-                        self._power_changes.setdefault(dev, []).append(t)
+                        pch = self._power_changes.setdefault(dev, [])
+                        pch.append(t)
+                        if len(pch) > 256:
+                            del pch[:128]
                     self._power_since[dev] = (p, t)
             for dev, why in missing.items():
                 if dev not in self._open_gaps:
