@@ -52,6 +52,9 @@ from perwatt.meter.source import PowerSource, is_measured
 
 Clock = Callable[[], float]
 
+#: The shortest time a remote counter may stand still before it counts as stale.
+STALE_FLOOR_S = 2.0
+
 
 @dataclass(frozen=True, slots=True)
 class Gap:
@@ -319,15 +322,13 @@ class Meter:
         energy: dict[str, float] = {}
         t = self.clock()
         failure: Exception | None = None
+        remote: list[Sample] = []
         for src in self.sources:
             if isinstance(src, RemoteSource):
                 try:
-                    e_r, p_r = self._remote_read(src, t)
+                    remote.append(Sample(*self._remote_read(src)))
                 except Exception as err:
                     failure = failure or err
-                    continue
-                energy.update(e_r)
-                power.update(p_r)
                 continue
             e = src.read_energy_j() if src.has_energy_counter else None
             p = src.read_power_w()
@@ -345,7 +346,11 @@ class Meter:
                 for dev, ej in e.items():
                     self._last_counter[dev] = (t, ej)
         s = Sample(t, power, energy)
-        if failure is None or power or energy:
+        if remote and not (power or energy):
+            s = remote.pop(0)  # only remote sources: their reading is the sample
+        for r in remote:
+            self._append(r)
+        if failure is None or power or energy or s.power_w or s.energy_j:
             self._append(s)  # a tick on which every source failed leaves no sample
         if failure is not None:
             raise failure
@@ -384,18 +389,22 @@ class Meter:
             still = [Gap(d, t, None, why) for d, (t, why) in self._open_gaps.items()]
             return (*self._gaps, *still)
 
-    def _remote_read(
-        self, src: RemoteSource, t: float
-    ) -> tuple[dict[str, float], dict[str, float]]:
-        """One fetch from a remote source; fresh values only, the rest recorded as gaps.
+    def _remote_read(self, src: RemoteSource) -> tuple[float, dict[str, float], dict[str, float]]:
+        """One fetch from a remote source: ``(time, power, energy)``, fresh values only; the
+        rest are recorded as gaps.
 
-        On top of what the source itself judges stale, a counter that has not changed for
-        ``src.stale_periods`` update periods is stale: an exporter that lost DCGM (or hangs in
-        its cache) keeps serving its last page, and its counter would read as 0 W.
+        The time is taken when the answer arrived: the values are the remote end's as of then,
+        and a read that waited behind another (sampler and window edge at once) must not be
+        stamped before the one it waited for. On top of what the source itself judges stale, a
+        counter that has not changed for ``src.stale_periods`` update periods (and at least
+        ``STALE_FLOOR_S``) is stale: an exporter that lost DCGM (or hangs in its cache) keeps
+        serving its last page, and its counter would read as 0 W.
         """
         try:
             r = src.read()
+            t = self.clock()
         except Exception as e:
+            t = self.clock()
             why = str(e).split("\n", 1)[0]
             with self._state_lock:
                 for dev in src.devices:
@@ -418,10 +427,9 @@ class Meter:
                     self._value_since[dev] = (energy[dev], t)
                     continue
                 unchanged = t - prev[1]
-                if (
-                    period is None
-                    or unchanged <= src.stale_periods * period + self.sample_interval_s
-                ):
+                # At least 2 s: a busy machine can stall a fast (0.1 s) exporter that long.
+                limit = max(src.stale_periods * (period or 0.0), STALE_FLOOR_S)
+                if period is None or unchanged <= limit + self.sample_interval_s:
                     continue
                 missing[dev] = (
                     f"counter unchanged for {unchanged:.1f} s though it updates every "
@@ -453,7 +461,7 @@ class Meter:
                 if dev in r.resets:
                     self._resets.append((dev, self._last_fresh.get(dev, t), t, r.resets[dev]))
                 self._last_fresh[dev] = t
-        return energy, power
+        return t, power, energy
 
     def _samples_around(self, start_s: float, end_s: float) -> list[Sample]:
         """Samples inside ``[start_s, end_s]`` plus one on each side, for edge interpolation.
@@ -506,8 +514,7 @@ class Meter:
         for src in self.sources:
             if isinstance(src, RemoteSource):
                 # One fetch gives energy and power; both join the timeline (fresh ones only).
-                t = self.clock()
-                e_r, p_r = self._remote_read(src, t)
+                t, p_r, e_r = self._remote_read(src)
                 self._append(Sample(t, p_r, e_r))
                 out.update(e_r)
                 continue

@@ -826,9 +826,9 @@ def test_dcgm_hung_exporter_serving_its_last_page_is_partial() -> None:
     try:
         meter.start()
         meter.begin("w")
-        time.sleep(1.0)
+        time.sleep(0.8)
         exp.hang()
-        time.sleep(2.0)
+        time.sleep(3.0)  # the counter stands still for over 2 s: stale
         m = meter.end("w")
     finally:
         meter.close()
@@ -854,9 +854,9 @@ def test_dcgm_exporter_down_for_part_of_the_run_is_a_gap_the_counter_spans() -> 
     finally:
         meter.close()
         exp.close()
-    assert {g.device for g in m.gaps} == {"node1/gpu0", "node1/gpu1"}
-    assert all("cannot connect to dcgm-exporter" in g.reason for g in m.gaps)
-    assert all(g.duration_s is not None and g.duration_s >= 0.8 for g in m.gaps)
+    assert {g.device for g in m.gaps} == {"node1/gpu0", "node1/gpu1"}, m.gaps
+    assert all("dcgm-exporter at" in g.reason for g in m.gaps), m.gaps  # refused, or reset
+    assert all(g.duration_s is not None and g.duration_s >= 0.8 for g in m.gaps), m.gaps
     assert any("spanned by the energy counter" in w for w in m.warnings)
     assert not m.partial
     for gpu, watts in ((0, 300.0), (1, 450.0)):
