@@ -146,6 +146,27 @@ def main() -> None:
                 row("prometheus: (1 s scrape, node1 selected)", m, truth(exps[:1], m), "truth")
                 ref = stored_reading(prom.url, 'Hostname="node1"', m, offset)
                 row("prometheus: (1 s scrape, node1 selected)", m, ref, "stored samples")
+            slow = FakeDCGMExporter("node9", (400.0, 650.0), collect_interval_s=3.0)
+            exps.append(slow)
+            with PrometheusProcess([slow.target], scrape_interval_s=1.5) as prom:
+                prom.start()
+                prom.wait_scraped(2)
+                src = PrometheusSource(prom.url, select='Hostname="node9"')
+                meter = Meter(src, sample_interval_s=0.1, sync_cuda=False)
+                with meter:
+                    time.sleep(7.0)
+                    raw0 = src.read_energy_j() or {}
+                    meter.begin("w")
+                    time.sleep(3.5)
+                    raw1 = src.read_energy_j() or {}
+                    m = meter.end("w")
+                ref = truth([slow], m)
+                raw = sum(raw1.values()) - sum(raw0.values())
+                print(
+                    f"(30 s collect / 15 s scrape / 35 s window, scaled by 1/10: raw counter "
+                    f"difference {100 * (raw - sum(ref.values())) / sum(ref.values()):+.1f}%)"
+                )
+                row("prometheus: (1.5 s scrape, 3 s collect, constant power)", m, ref, "truth")
         issue_71_percent()
     finally:
         for e in exps:
