@@ -35,7 +35,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -56,6 +56,10 @@ Better = Literal["lower", "higher"]
 Verdict = Literal["within noise", "better", "worse", "no interval", "n/a"]
 
 MIN_ROWS_FOR_CI: Final = 5
+#: Most bootstrap resamples accepted: 500x the default. The interval's Monte Carlo error is
+#: already far below its width at the default; 10^9 resamples (8 GB per array) ran for hours
+#: with no output.
+MAX_RESAMPLES: Final = 1_000_000
 MIN_BLOCKS: Final = 4
 MAX_BLOCKS: Final = 40
 
@@ -719,16 +723,26 @@ def compare_results(
     n_resamples: int = DEFAULT_RESAMPLES,
     confidence: float = DEFAULT_CONFIDENCE,
     seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Comparison:
     """Compare bench result files; the first file's series is the baseline.
 
-    Raises :class:`DataFormatError` for an unreadable or malformed file (naming it) and
-    :class:`ConfigError` for fewer than two runs.
+    ``progress(done, total)`` is called after each ratio's interval (the bootstrap is the slow
+    part: seconds per interval at large ``n_resamples``). Raises :class:`DataFormatError` for
+    an unreadable or malformed file (naming it) and :class:`ConfigError` for fewer than two runs.
     """
     # Checked up front: stats only sees these when an interval is computed, so a bad value
     # would otherwise be printed in the table header ("200% CI") without any error.
-    if isinstance(n_resamples, bool) or not isinstance(n_resamples, int) or n_resamples < 100:
-        raise ConfigError(f"--resamples must be an integer >= 100, got {n_resamples}")
+    if (
+        isinstance(n_resamples, bool)
+        or not isinstance(n_resamples, int)
+        or not 100 <= n_resamples <= MAX_RESAMPLES
+    ):
+        raise ConfigError(
+            f"--resamples must be an integer in 100..{MAX_RESAMPLES:,}, got {n_resamples:,}"
+            if isinstance(n_resamples, int)
+            else f"--resamples must be an integer in 100..{MAX_RESAMPLES:,}, got {n_resamples!r}"
+        )
     if not 0 < confidence < 1:
         raise ConfigError(f"--confidence must be in (0, 1), e.g. 0.95; got {confidence}")
     path_list = [Path(p) for p in paths]
@@ -793,6 +807,14 @@ def compare_results(
 
     levels: list[LevelComparison] = []
     unmatched: list[UnmatchedLevel] = []
+    n_matched = sum(
+        1
+        for lv in all_levels
+        if (baseline, lv) in by_series_level
+        and sum((s, lv) in by_series_level for s in series) >= 2
+    )
+    total_ratios = n_matched * len(METRICS) * (len(series) - 1)
+    done_ratios = 0
     for lv in all_levels:
         present = [s for s in series if (s, lv) in by_series_level]
         missing = [s for s in series if (s, lv) not in by_series_level]
@@ -818,17 +840,22 @@ def compare_results(
                 va = values[0]
                 if b is None or va is None or vb is None or va == 0:
                     ratios.append(None)
-                    continue
-                point = vb / va
-                ci, why = _ratio_ci(
-                    spec, a, b, point, n_resamples=n_resamples, confidence=confidence, seed=seed
-                )
-                note = why
-                if spec.energy and mixed:
-                    note = "measured vs simulated/estimated"
-                ratios.append(
-                    RatioEstimate(ratio=point, ci=ci, verdict=_verdict(ci, spec.better), note=note)
-                )
+                else:
+                    point = vb / va
+                    ci, why = _ratio_ci(
+                        spec, a, b, point, n_resamples=n_resamples, confidence=confidence, seed=seed
+                    )
+                    note = why
+                    if spec.energy and mixed:
+                        note = "measured vs simulated/estimated"
+                    ratios.append(
+                        RatioEstimate(
+                            ratio=point, ci=ci, verdict=_verdict(ci, spec.better), note=note
+                        )
+                    )
+                done_ratios += 1
+                if progress is not None:
+                    progress(done_ratios, total_ratios)
             metrics.append(
                 MetricComparison(
                     key=spec.key,

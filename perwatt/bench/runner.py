@@ -9,7 +9,12 @@ One call::
         meter window "whole_run" ── send every request ── close the window
             each finished request: one CSV row; every ``checkpoint_s``: the JSON rewritten
         steady-state window from the request timings → Meter.measure_between
-        final JSON: status complete | partial (Ctrl-C, crash, server gone) | failed (no success)
+        final JSON: status complete | complete-with-failures (some requests failed or were
+        truncated) | partial (Ctrl-C, crash, server gone) | failed (no success)
+
+A run with failed or truncated requests says so in its status, its summary and the exit code of
+``perwatt bench``: :func:`exit_code` is 1 when the failed fraction of any level exceeds
+``max_failed_fraction`` (0 by default: any failure fails the command).
 
 Energy comes from whatever :func:`perwatt.meter.detect.open_sources` opens for the spec (local
 NVML, ``dcgm:URL``/``prometheus:URL`` for a remote server's GPUs, ``PERWATT_DCGM_URL`` with
@@ -47,7 +52,13 @@ from perwatt.bench.result import (
     run_conditions,
     write_result,
 )
-from perwatt.bench.workload import LengthDist, Workload, from_file, synthetic
+from perwatt.bench.workload import (
+    LengthDist,
+    Workload,
+    check_synthetic_size,
+    from_file,
+    synthetic,
+)
 from perwatt.errors import ConfigError
 from perwatt.meter.meter import Measurement, Meter
 from perwatt.meter.simulated import SimulatedSource
@@ -73,6 +84,14 @@ CSV_COLUMNS = (
     "error_detail",
     "itl_ms",  # every inter-token gap, space-separated (compare bootstraps over them)
 )
+
+
+#: Longest per-request timeout accepted: a day (a larger value is a unit mistake, ms for s).
+MAX_TIMEOUT_S = 86_400.0
+#: Longest idle-power measurement accepted: an hour.
+MAX_IDLE_S = 3600.0
+#: Synthetic prompt words from which building the workload is announced (a few seconds).
+_SAY_BUILDING_FROM = 2_000_000
 
 
 def _default_price() -> float:
@@ -119,6 +138,8 @@ class ServerBenchConfig:
     pue: float = 1.0
     # mechanics
     timeout_s: float = 600.0
+    #: failed (or truncated) requests per level above which the run fails the command
+    max_failed_fraction: float = 0.0
     extra_body: Mapping[str, Any] | None = None
     sample_interval_s: float = 0.1
     checkpoint_s: float = 2.0
@@ -132,17 +153,32 @@ class ServerBenchConfig:
             raise ConfigError(f"--endpoint must be completions or chat, got {self.endpoint!r}")
         if self.num_prompts < 1:
             raise ConfigError(f"--num-prompts must be >= 1, got {self.num_prompts}")
+        # Sizes first: a typo like --input-len 100000000 took minutes and gigabytes to build.
+        check_synthetic_size(
+            num_prompts=self.num_prompts,
+            input_len=self.input_len if self.dataset is None else 1,
+            output_len=self.output_len,
+        )
         if self.num_gpus < 1:
             raise ConfigError(f"--num-gpus must be >= 1, got {self.num_gpus}")
-        if not (self.idle_seconds >= 0 and math.isfinite(self.idle_seconds)):
+        if not (0 <= self.idle_seconds <= MAX_IDLE_S):
             # nan slips past "< 0" and then skips the idle measurement without a word.
             raise ConfigError(
-                f"--idle-seconds must be a finite number >= 0, got {self.idle_seconds}"
+                f"--idle-seconds must be a finite number >= 0 (at most {MAX_IDLE_S:g} s), "
+                f"got {self.idle_seconds}"
             )
         if self.subtract_idle and self.idle_seconds <= 0:
             raise ConfigError("--subtract-idle needs an idle baseline: pass --idle-seconds N")
-        if not self.timeout_s > 0:
-            raise ConfigError("--timeout must be > 0")
+        if not (0 < self.timeout_s <= MAX_TIMEOUT_S):
+            raise ConfigError(
+                f"--timeout must be > 0 and at most {MAX_TIMEOUT_S:g} s (a day), "
+                f"got {self.timeout_s}"
+            )
+        if not 0 <= self.max_failed_fraction <= 1:
+            raise ConfigError(
+                "--max-failed-fraction must be a fraction in [0, 1] (0: any failed request "
+                f"fails the run), got {self.max_failed_fraction}"
+            )
         check_pue(self.pue)
         check_price(self.price_per_kwh)
         if not self.request_rates or not self.max_concurrencies:
@@ -362,6 +398,7 @@ def _skeleton(
             "stream": config.stream,
             "ignore_eos": config.ignore_eos and workload.fixed_output,
             "timeout_s": config.timeout_s,
+            "max_failed_fraction": config.max_failed_fraction,
         },
         load={"kind": kind, "value": value},
         conditions=conditions,
@@ -409,12 +446,21 @@ def _finish_level(
     if status == "complete" and completed == 0:
         status = "failed"
         kinds = ", ".join(f"{k}: {n}" for k, n in met["errors"].items())
-        reason = f"every request failed ({kinds})"
+        reason = f"every request failed ({kinds})" + _truncation_cause(met, st.level)
     elif status == "complete":
         # Server gone: the run ended with requests that could not even connect.
         last = max(recs, key=lambda r: r.start_s) if recs else None
         if last is not None and last.error_kind == "connect_error":
             status, reason = "partial", "the server stopped accepting connections during the run"
+        elif met["failed"]:
+            # The figures cover the answered requests only; never call such a run complete.
+            status = "complete-with-failures"
+            kinds = ", ".join(f"{k} x{n}" for k, n in met["errors"].items())
+            total = completed + met["failed"]
+            reason = (
+                f"{met['failed']} of {total} requests failed ({kinds}); figures cover the "
+                f"{completed} answered in full" + _truncation_cause(met, st.level)
+            )
     if whole is not None and duration > 0:
         target = st.level.saturation_target(len(recs))
         win = M.steady_state_window(recs, target=target)
@@ -449,6 +495,49 @@ def _finish_level(
     doc["status"] = status
     doc["partial_reason"] = reason
     write_result(st.json_path, doc)
+
+
+def _truncation_cause(met: Mapping[str, Any], level: LoadLevel) -> str:
+    """What likely cut answers short, when some were truncated; else ''."""
+    if not met["errors"].get("truncated"):
+        return ""
+    if level.max_concurrency == 1:
+        return (
+            "; truncated: answers ended without a finish_reason before the length asked for "
+            "at concurrency 1 (the server stopped them: check its log, e.g. its context length)"
+        )
+    return (
+        "; truncated: answers ended without a finish_reason before the length asked for, "
+        "likely a server without parallel slots at concurrency > 1 (it cuts the answer in "
+        "flight when the next request arrives): rerun with --max-concurrency 1 or give the "
+        "server more slots (llama.cpp: --parallel N)"
+    )
+
+
+def failed_fraction(doc: Mapping[str, Any]) -> float:
+    """Failed (and truncated) requests over all requests of one result; 0 without requests."""
+    m = doc["metrics"]
+    total = m["completed"] + m["failed"]
+    return m["failed"] / total if total else 0.0
+
+
+def _max_failed_fraction(doc: Mapping[str, Any]) -> float:
+    limit = doc["config"].get("max_failed_fraction")
+    return float(limit) if isinstance(limit, int | float) and not isinstance(limit, bool) else 0.0
+
+
+def exit_code(paths: Sequence[Path]) -> int:
+    """``perwatt bench``'s exit code over its result files: 1 when a level failed, stopped early
+    or has more failed requests than its ``max_failed_fraction`` allows, else 0."""
+    from perwatt.bench.result import load_result
+
+    for p in paths:
+        d = load_result(p)
+        if d["status"] in ("failed", "partial"):
+            return 1
+        if failed_fraction(d) > _max_failed_fraction(d):
+            return 1
+    return 0
 
 
 def _checkpoint(st: _LevelState, config: ServerBenchConfig) -> None:
@@ -581,6 +670,12 @@ def run_server_bench(config: ServerBenchConfig) -> list[Path]:
         # Fail before the idle measurement and the model probe, not at the first level.
         raise ConfigError(f"--result-dir {config.result_dir} is a file; give a directory")
     model = resolve_model(config.url, config.model, api_key=config.api_key)
+    if config.dataset is None and config.num_prompts * config.input_len >= _SAY_BUILDING_FROM:
+        # Drawing the words takes ~1 s per million on a small VM: say why nothing happens yet.
+        log(
+            f"building {config.num_prompts:,} synthetic prompts of ~{config.input_len:,} tokens "
+            f"({config.num_prompts * config.input_len:,} words)"
+        )
     workload = _build_workload(config)
     if workload.skipped_rows:
         log(
@@ -770,6 +865,16 @@ def summary_notes(paths: Sequence[Path]) -> list[str]:
             examples: Any = m.get("error_examples") or {}
             for kind, detail in list(examples.items())[:3]:
                 lines.append(f"  {kind}: {detail}")
+            frac, limit = failed_fraction(d), _max_failed_fraction(d)
+            verdict = (
+                f"more than --max-failed-fraction {limit:g} allows: the command fails (exit 1)"
+                if frac > limit
+                else f"within --max-failed-fraction {limit:g}"
+            )
+            lines.append(
+                f"{p.name}: {m['failed']} of {m['completed'] + m['failed']} requests failed "
+                f"({frac:.1%}), {verdict}"
+            )
         if m.get("input_tokens_source") == "approximate" and m["completed"]:
             lines.append(
                 f"{p.name}: input tokens are approximate (word count; the server reported no "

@@ -21,9 +21,15 @@ the client under test. What it imitates, each switchable in :class:`ServerConfig
   ``stream_options.include_usage`` (vLLM, SGLang, TensorRT-LLM behave so), or always, or never;
 * several tokens per chunk (speculative decoding, detokenizer hold-back), empty-text chunks,
   a final chunk with ``finish_reason`` and no text, a role-only first chunk for chat;
+* one chunk per token with empty text for tokens that do not complete a character
+  (byte-fallback tokens: llama.cpp and others stream them so; ``empty_text_every``), their text
+  arriving with the next token's chunk;
+* a single-slot server that cuts the stream in flight when the next request arrives, ending it
+  with ``[DONE]`` and no ``finish_reason`` (``preempt_on_arrival``);
 * EOS: without ``ignore_eos`` or ``min_tokens`` a request stops after ``natural_len`` tokens;
 * faults per request, chosen by arrival order: HTTP 4xx/5xx, a connection dropped mid-stream,
-  malformed SSE, an error event in the stream, a slow response;
+  malformed SSE, an error event in the stream, a stream ended early with ``[DONE]`` and no
+  ``finish_reason``, a slow response;
 * an API key (401 without ``Authorization: Bearer KEY``);
 * optionally drives a :class:`perwatt.meter.SimulatedSource`'s load from the number of requests
   in flight, so a benchmark against it has a power curve that rises and falls with the load.
@@ -64,6 +70,8 @@ class Fault:
     ``drop_after``: send this many content chunks, then abort the TCP connection.
     ``malformed_after``: after this many content chunks send a ``data:`` line that is not JSON.
     ``error_event_after``: after this many content chunks send ``data: {"error": ...}`` and end.
+    ``done_after``: after this many content chunks send ``data: [DONE]`` with no ``finish_reason``
+    (a stream stopped early that still ends cleanly).
     ``delay_s``: wait this long before answering at all (a slow or hung server).
     """
 
@@ -71,6 +79,7 @@ class Fault:
     drop_after: int | None = None
     malformed_after: int | None = None
     error_event_after: int | None = None
+    done_after: int | None = None
     delay_s: float = 0.0
 
     def __post_init__(self) -> None:
@@ -97,6 +106,12 @@ class ServerConfig:
     final_empty_chunk: bool = True
     #: chat: first chunk is ``delta: {"role": "assistant", "content": ""}``
     chat_role_chunk: bool = True
+    #: every k-th token (1-based) is a byte-fallback token: its chunk has empty text and its text
+    #: comes with the next token's chunk (0: never); needs tokens_per_chunk == 1
+    empty_text_every: int = 0
+    #: a single-slot server: a new generation request ends the stream in flight with [DONE] and
+    #: no finish_reason
+    preempt_on_arrival: bool = False
     usage: UsageMode = "requested"
     #: tokens generated when the request neither sets ignore_eos nor min_tokens (None: max_tokens)
     natural_len: int | None = None
@@ -117,6 +132,10 @@ class ServerConfig:
             raise ConfigError("tokens_per_chunk must be >= 1")
         if self.saturation < 1:
             raise ConfigError("saturation must be >= 1")
+        if self.empty_text_every < 0:
+            raise ConfigError("empty_text_every must be >= 0")
+        if self.empty_text_every and self.tokens_per_chunk != 1:
+            raise ConfigError("empty_text_every streams one token per chunk: tokens_per_chunk = 1")
 
 
 @dataclass(slots=True)
@@ -131,6 +150,8 @@ class ServerStats:
     tokens_sent: int = 0
     #: generation requests answered in full (stream ended with [DONE], or whole JSON sent)
     completed: int = 0
+    #: streams ended early with [DONE] and no finish_reason (done_after, preempt_on_arrival)
+    cut: int = 0
     bodies: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     keep_bodies: bool = True
@@ -523,9 +544,20 @@ class FakeOpenAIServer:
             send(choice_event("", None, role=True))
         k = cfg.tokens_per_chunk
         chunks = [words[i : i + k] for i in range(0, len(words), k)]
+        held = ""  # text of byte-fallback tokens, sent with the next token's chunk
         for n, chunk in enumerate(chunks):
             if n > 0 and cfg.itl_s > 0:
                 await asyncio.sleep(cfg.itl_s * len(chunk))
+            cut = cfg.preempt_on_arrival and n > 0 and self.stats.generation_requests > index + 1
+            if cut or (
+                fault is not None and fault.done_after is not None and n >= fault.done_after
+            ):
+                # Stopped early, yet ended like a normal stream: [DONE], no finish_reason.
+                send(b"data: [DONE]\n\n")
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+                self.stats.cut += 1
+                return
             if fault is not None:
                 if fault.drop_after is not None and n >= fault.drop_after:
                     await writer.drain()
@@ -541,7 +573,11 @@ class FakeOpenAIServer:
                     return
             last = n == len(chunks) - 1
             fr = finish if last and not cfg.final_empty_chunk else None
-            send(choice_event("".join(" " + w for w in chunk), fr))
+            text = held + "".join(" " + w for w in chunk)
+            held = ""
+            if cfg.empty_text_every and (n + 1) % cfg.empty_text_every == 0 and not last:
+                held, text = text, ""
+            send(choice_event(text, fr))
             self.stats.tokens_sent += len(chunk)
             if cfg.empty_chunk_every and (n + 1) % cfg.empty_chunk_every == 0 and not last:
                 send(choice_event("", None))
@@ -589,14 +625,43 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--itl-ms", type=float, default=0.0)
     ap.add_argument("--tokens-per-chunk", type=int, default=1)
     ap.add_argument("--usage", choices=("requested", "always", "never"), default="requested")
-    args = ap.parse_args(argv)
-    cfg = ServerConfig(
-        models=(args.model,),
-        ttft_s=args.ttft_ms / 1e3,
-        itl_s=args.itl_ms / 1e3,
-        tokens_per_chunk=args.tokens_per_chunk,
-        usage=args.usage,
+    ap.add_argument(
+        "--fail-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="answer every N-th generation request (the N-th, 2N-th, ...) with HTTP 500",
     )
+    ap.add_argument(
+        "--empty-text-every",
+        type=int,
+        default=0,
+        metavar="K",
+        help="stream every K-th token as a byte-fallback token: a chunk with empty text",
+    )
+    ap.add_argument(
+        "--single-slot",
+        action="store_true",
+        help="cut the stream in flight with [DONE] and no finish_reason when a new request arrives",
+    )
+    args = ap.parse_args(argv)
+    try:
+        cfg = ServerConfig(
+            models=(args.model,),
+            ttft_s=args.ttft_ms / 1e3,
+            itl_s=args.itl_ms / 1e3,
+            tokens_per_chunk=args.tokens_per_chunk,
+            usage=args.usage,
+            faults=(
+                every(args.fail_every, Fault(status=500), offset=args.fail_every - 1)
+                if args.fail_every
+                else None
+            ),
+            empty_text_every=args.empty_text_every,
+            preempt_on_arrival=args.single_slot,
+        )
+    except ConfigError as e:
+        ap.error(str(e))
     server = FakeOpenAIServer(cfg, host=args.host, port=args.port)
     server.stats.keep_bodies = False
     with server:

@@ -10,9 +10,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+import time
+from collections.abc import Callable
 
+from perwatt.bench.compare import MAX_RESAMPLES
 from perwatt.bench.stats import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES
+from perwatt.cli._numbers import number
+
+#: From this many resamples on, compare prints its progress (10x the default: seconds per
+#: interval on large runs).
+_PROGRESS_FROM_RESAMPLES = 10 * DEFAULT_RESAMPLES
 
 _QUALITY_DESCRIPTION = """\
 Send a fixed prompt set with greedy decoding (temperature 0, fixed --max-tokens
@@ -52,7 +61,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     cmp.add_argument("--json", action="store_true", help="print the comparison as JSON")
     cmp.add_argument(
         "--confidence",
-        type=float,
         default=DEFAULT_CONFIDENCE,
         help=f"confidence level of the intervals (default {DEFAULT_CONFIDENCE})",
     )
@@ -60,7 +68,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--resamples",
         type=int,
         default=DEFAULT_RESAMPLES,
-        help=f"bootstrap resamples (default {DEFAULT_RESAMPLES})",
+        help=f"bootstrap resamples (default {DEFAULT_RESAMPLES}, at most "
+        f"{MAX_RESAMPLES:,}; progress on stderr from {_PROGRESS_FROM_RESAMPLES:,})",
     )
     cmp.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     cmp.set_defaults(func=run_compare)
@@ -167,11 +176,38 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     q.set_defaults(func=run_quality)
 
 
+def _bootstrap_progress(n_resamples: int) -> Callable[[int, int], None]:
+    """Plain progress lines on stderr, at most one a second, then the last one."""
+    last = [-math.inf]
+
+    def show(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - last[0] < 1.0:
+            return
+        last[0] = now
+        print(
+            f"perwatt compare: bootstrap {done}/{total} intervals ({n_resamples:,} resamples each)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return show
+
+
 def run_compare(args: argparse.Namespace) -> int:
     from perwatt.bench.compare import compare_results, render_comparison
 
+    confidence = number(args.confidence, "--confidence")  # the range is compare_results
     cmp = compare_results(
-        args.results, n_resamples=args.resamples, confidence=args.confidence, seed=args.seed
+        args.results,
+        n_resamples=args.resamples,
+        confidence=confidence,
+        seed=args.seed,
+        progress=(
+            _bootstrap_progress(args.resamples)
+            if args.resamples >= _PROGRESS_FROM_RESAMPLES
+            else None
+        ),
     )
     if args.json:
         json.dump(cmp.to_dict(), sys.stdout, indent=2, allow_nan=False)

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from perwatt.cli._numbers import number
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from perwatt.economics import DEFAULT_PRICE_PER_KWH_USD
@@ -23,6 +25,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "write one result JSON (+ per-request CSV) per level with latency percentiles, "
         "J per output token (with its source), tokens per joule and energy cost. Flags follow "
         "`vllm bench serve`.",
+        epilog="exit code: 0 every level finished with at most --max-failed-fraction of its "
+        "requests failed or truncated; 1 a level failed, stopped early (partial) or had more "
+        "failed requests than allowed; 2 bad input or a server that cannot be reached "
+        "(nothing written); 130 Ctrl-C (partial results kept).",
     )
     p.add_argument("--engine", choices=("server", "builtin"), default="server")
     g = p.add_argument_group("server")
@@ -43,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="sent as 'Authorization: Bearer KEY' (default: $OPENAI_API_KEY)",
     )
     g.add_argument("--no-stream", action="store_true", help="non-streaming requests (no TTFT/ITL)")
-    g.add_argument("--timeout", type=float, default=600.0, help="per-request timeout, s")
+    g.add_argument("--timeout", default=600.0, help="per-request timeout, s (default 600)")
     g.add_argument("--extra-body", metavar="JSON", help="extra JSON fields for every request")
     w = p.add_argument_group("workload")
     w.add_argument("--num-prompts", type=int, default=100)
@@ -74,9 +80,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default="inf",
         help="requests/s, or a sweep '1,2,4' (one result per level); inf = all at once",
     )
-    lg.add_argument(
-        "--burstiness", type=float, default=1.0, help="gamma shape of arrivals (1 = Poisson)"
-    )
+    lg.add_argument("--burstiness", default=1.0, help="gamma shape of arrivals (1 = Poisson)")
     lg.add_argument(
         "--max-concurrency", default=None, help="cap on requests in flight, or a sweep '1,4,16'"
     )
@@ -103,20 +107,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "('Hostname=\"node1\"', 'pod=~\"vllm-.*\"'), GPU indices (0,2) or UUIDs; required for "
         "a Prometheus that holds several hosts",
     )
-    e.add_argument(
-        "--idle-seconds", type=float, default=0.0, help="measure idle power first (idle share)"
-    )
+    e.add_argument("--idle-seconds", default=0.0, help="measure idle power first (idle share)")
     e.add_argument("--subtract-idle", action="store_true", help="subtract idle power from energy")
     e.add_argument("--num-gpus", type=int, default=1, help="GPUs serving (per-GPU throughput)")
     e.add_argument(
         "--price-per-kwh",
-        type=float,
         default=DEFAULT_PRICE_PER_KWH_USD,
         help=f"electricity price, USD/kWh (default {DEFAULT_PRICE_PER_KWH_USD}: US industrial "
         "average 2023, EIA)",
     )
-    e.add_argument(
-        "--pue", type=float, default=1.0, help="facility PUE (default 1.0 = GPU energy only)"
+    e.add_argument("--pue", default=1.0, help="facility PUE (default 1.0 = GPU energy only)")
+    f = p.add_argument_group("failed requests")
+    f.add_argument(
+        "--max-failed-fraction",
+        default=0.0,
+        metavar="F",
+        help="server bench: fraction of failed or truncated requests per load level above "
+        "which the command exits 1 (default 0: any failure fails it); the result's status says "
+        "complete-with-failures whenever a request failed",
     )
     o = p.add_argument_group("output")
     o.add_argument("--result-dir", type=Path, default=Path("bench-results"))
@@ -134,7 +142,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     b.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     b.add_argument(
         "--min-window-s",
-        type=float,
         default=None,
         help="steady-state decode window per point, s (default 5 on a GPU, one round on the CPU)",
     )
@@ -170,8 +177,8 @@ def _builtin(args: argparse.Namespace) -> list[Path]:
     if args.output_len is not None:
         kwargs["output_len"] = args.output_len
     if args.min_window_s is not None:
-        kwargs["min_window_s"] = args.min_window_s
-    kwargs["idle_seconds"] = args.idle_seconds
+        kwargs["min_window_s"] = number(args.min_window_s, "--min-window-s", unit="seconds")
+    kwargs["idle_seconds"] = number(args.idle_seconds, "--idle-seconds", unit="seconds")
     return list(
         run_builtin_bench(
             model=args.model,
@@ -186,8 +193,8 @@ def _builtin(args: argparse.Namespace) -> list[Path]:
             energy_select=args.energy_select,
             device=args.device,
             seed=args.seed,
-            price_per_kwh=args.price_per_kwh,
-            pue=args.pue,
+            price_per_kwh=number(args.price_per_kwh, "--price-per-kwh", unit="USD per kWh"),
+            pue=number(args.pue, "--pue"),
             num_gpus=args.num_gpus,
             label=args.label,
             **kwargs,
@@ -237,7 +244,7 @@ def _server(args: argparse.Namespace) -> list[Path]:
         output_dist=args.output_dist,
         ignore_eos=not args.no_ignore_eos,
         request_rates=parse_rate_list(args.request_rate),
-        burstiness=args.burstiness,
+        burstiness=number(args.burstiness, "--burstiness"),
         max_concurrencies=conc,
         goodput=parse_goodput(args.goodput),
         result_dir=args.result_dir,
@@ -245,12 +252,15 @@ def _server(args: argparse.Namespace) -> list[Path]:
         seed=args.seed,
         energy_source=args.energy_source,
         energy_select=args.energy_select,
-        idle_seconds=args.idle_seconds,
+        idle_seconds=number(args.idle_seconds, "--idle-seconds", unit="seconds"),
         subtract_idle=args.subtract_idle,
         num_gpus=args.num_gpus,
-        price_per_kwh=args.price_per_kwh,
-        pue=args.pue,
-        timeout_s=args.timeout,
+        price_per_kwh=number(args.price_per_kwh, "--price-per-kwh", unit="USD per kWh"),
+        pue=number(args.pue, "--pue"),
+        timeout_s=number(args.timeout, "--timeout", unit="seconds"),
+        max_failed_fraction=number(
+            args.max_failed_fraction, "--max-failed-fraction", low=0.0, high=1.0
+        ),
         extra_body=extra,
         progress=not args.quiet and sys.stderr.isatty(),
         log=(lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr)),
@@ -259,8 +269,7 @@ def _server(args: argparse.Namespace) -> list[Path]:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from perwatt.bench.result import load_result
-    from perwatt.bench.runner import summary_notes, summary_table
+    from perwatt.bench.runner import exit_code, summary_notes, summary_table
 
     paths = _builtin(args) if args.engine == "builtin" else _server(args)
     if args.json:
@@ -272,5 +281,4 @@ def run_bench(args: argparse.Namespace) -> int:
         console.print(summary_table(paths))
         for line in summary_notes(paths):
             console.print(line, highlight=False, markup=False)
-    statuses = [load_result(p)["status"] for p in paths]
-    return 1 if any(s in ("failed", "partial") for s in statuses) else 0
+    return exit_code(paths)

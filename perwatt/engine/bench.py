@@ -48,7 +48,13 @@ from perwatt.bench.result import (
     run_conditions,
     write_result,
 )
-from perwatt.economics import DEFAULT_PRICE_PER_KWH_USD, DEFAULT_PUE, economics_for_run
+from perwatt.economics import (
+    DEFAULT_PRICE_PER_KWH_USD,
+    DEFAULT_PUE,
+    check_price,
+    check_pue,
+    economics_for_run,
+)
 from perwatt.errors import ConfigError, DataFormatError, PerwattError
 from perwatt.meter.meter import Measurement, Meter
 from perwatt.meter.source import PowerSource, is_measured
@@ -57,6 +63,10 @@ from perwatt.meter.source import PowerSource, is_measured
 GPU_MIN_WINDOW_S = 5.0
 #: Rounds are repeated at most this many times to reach the window (a guard, not a target).
 MAX_ROUNDS = 10_000
+#: Longest decode window per point, and idle measurement, accepted: an hour each (a larger value
+#: is a unit mistake or a run nobody waits for).
+MAX_MIN_WINDOW_S = 3600.0
+MAX_IDLE_S = 3600.0
 
 Progress = Callable[[str], None]
 
@@ -316,17 +326,17 @@ def _load(model: str, precision: str, *, batch: int, seq_len: int, **kw: Any) ->
     return load_engine(model, precision=precision, max_batch_size=batch, max_seq_len=seq_len, **kw)
 
 
-def _check_model(model: str) -> None:
-    """Resolve ``model``'s config the way :func:`~perwatt.engine.generate.load_engine` does."""
+def _check_model(model: str) -> int:
+    """Resolve ``model``'s config the way :func:`~perwatt.engine.generate.load_engine` does;
+    return its number of positions (``max_position_embeddings``)."""
     path = Path(model).expanduser()
     if path.is_dir():
         from perwatt.engine.weights import read_hf_config
 
-        read_hf_config(path)
-    else:
-        from perwatt.engine.config import get_config
+        return read_hf_config(path).max_position_embeddings
+    from perwatt.engine.config import get_config
 
-        get_config(model)
+    return get_config(model).max_position_embeddings
 
 
 def _quantized_source(
@@ -833,19 +843,40 @@ def run_builtin_bench(
         raise ConfigError(
             f"--input-len must be >= 1 and --output-len >= 2, got {input_len} and {output_len}"
         )
-    if min_window_s is not None and min_window_s < 0:
-        raise ConfigError(f"--min-window-s must be >= 0, got {min_window_s}")
+    # Every option is checked before anything loads: a model load takes seconds to minutes,
+    # and NaN passes "< 0" (a NaN window never fills: the rounds ran until MAX_ROUNDS).
+    if min_window_s is not None and not 0 <= min_window_s <= MAX_MIN_WINDOW_S:
+        raise ConfigError(
+            f"--min-window-s must be a number of seconds in [0, {MAX_MIN_WINDOW_S:g}], "
+            f"got {min_window_s}"
+        )
     if num_gpus < 1:
         raise ConfigError(f"--num-gpus must be >= 1, got {num_gpus}")
-    if not idle_seconds >= 0:
-        raise ConfigError(f"--idle-seconds must be >= 0, got {idle_seconds}")
+    if not 0 <= idle_seconds <= MAX_IDLE_S:
+        raise ConfigError(
+            f"--idle-seconds must be a number of seconds in [0, {MAX_IDLE_S:g}], got {idle_seconds}"
+        )
+    check_price(price_per_kwh)
+    check_pue(pue)
     require_engine_deps()
+    from perwatt.engine.generate import PRECISIONS, resolve_device
+
+    resolve_device(device)  # a CUDA device on a machine without one fails here, not per point
+    for p in [*(precs or ()), *([reference_precision] if reference_precision else [])]:
+        if p.strip().lower() not in PRECISIONS:
+            flag = "--precision" if p in (precs or ()) else "reference precision"
+            raise ConfigError(f"{flag} {p!r} is unknown; known: {', '.join(PRECISIONS)}")
     # An unknown shape name or an unreadable config.json would fail every point the same way:
     # say so once, before metering, instead of writing one failed document per point.
     load_model, qpath, qm, ref_model, ref_seed, ref_skip, default_prec = _quantized_source(
         model, precs, device=device, seed=seed, quantized_path=quantized_path
     )
-    _check_model(load_model)
+    max_positions = _check_model(load_model)
+    if input_len + output_len > max_positions:
+        raise ConfigError(
+            f"--input-len {input_len} + --output-len {output_len} = {input_len + output_len} "
+            f"tokens exceed the model's {max_positions} positions (max_position_embeddings)"
+        )
     if precs is None:
         precs = [default_prec]
     specs = [PointSpec(precision=p, batch_size=b) for p in precs for b in bs]

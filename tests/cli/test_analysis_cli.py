@@ -340,3 +340,50 @@ def test_quality_cli_url_without_host_is_one_line_exit_2(
     assert main(["quality", "--prompts", str(prompts), "--url", "http://", "--url", "http://"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "the reference --url 'http://' has no host" in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--resamples", "1000000000"], "--resamples must be an integer in 100..1,000,000"),
+        (["--confidence", "nan"], "--confidence must be a finite number, got 'nan'"),
+        (["--confidence", "inf"], "--confidence must be a finite number, got 'inf'"),
+        (["--confidence", "1"], "--confidence must be in (0, 1)"),
+    ],
+)
+def test_compare_refuses_unbounded_or_non_finite_flags(
+    capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    """Issue 9 §4: --resamples 1000000000 ran for hours without a word."""
+    files = [str(DATA / "bf16_c4.json"), str(DATA / "fp8_c4.json")]
+    assert main(["compare", *files, *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("perwatt: error: ") and message in err[0], err
+
+
+def test_compare_shows_bootstrap_progress_when_large(capsys: pytest.CaptureFixture[str]) -> None:
+    files = [str(DATA / "bf16_c4.json"), str(DATA / "fp8_c4.json")]
+    assert main(["compare", *files, "--resamples", "20000", "--json"]) == 0
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert lines and lines[-1].startswith("perwatt compare: bootstrap ")
+    done, total = lines[-1].split()[3].split("/")
+    assert done == total and int(total) > 1
+    assert json.loads(captured.out)["n_resamples"] == 20000
+    # The default is quick: no progress lines.
+    assert main(["compare", *files, "--json"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_compare_refuses_negative_j_per_token(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 9 §3: `perwatt compare` printed ratios from a result with negative J/token."""
+    doc = json.loads((DATA / "fp8_c4.json").read_text())
+    doc["energy"]["j_per_output_token"] = -abs(doc["energy"]["j_per_output_token"])
+    bad = tmp_path / "fp8_c4.json"
+    bad.write_text(json.dumps(doc))
+    assert main(["compare", str(DATA / "bf16_c4.json"), str(bad), "--resamples", "300"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith(f"perwatt: error: {bad}: energy.j_per_output_token is -")
