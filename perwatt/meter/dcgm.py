@@ -436,7 +436,7 @@ class DCGMSource(RemoteSource):
         models = sorted({m for m in self._models.values() if m})
         what = ENERGY_METRIC if self._has_counter else f"{POWER_METRIC} (integrated; no counter)"
         period = (
-            f"refreshed every ~{self.counter_period_s:g} s"
+            f"refreshed every ~{self.counter_period_s:g} s (declared)"
             if self.counter_period_s is not None
             else "refresh interval unknown"
         )
@@ -857,7 +857,7 @@ class PrometheusSource(RemoteSource):
                 raise ConfigError(
                     f"Prometheus {self._api.url} holds GPUs of {len(hosts)} hosts "
                     f"({_device_list(hosts, 5)}): metering all of them would count the whole "
-                    "cluster; choose with --select, e.g. --select "
+                    "cluster; choose with --select (perwatt bench: --energy-select), e.g. --select "
                     f"'Hostname=\"{hosts[0]}\"' (or 'Hostname=~\".+\"' to meter them all)"
                 )
             self.hosts = tuple(hosts)
