@@ -134,6 +134,7 @@ class ServerBenchConfig:
     seed: int = 0
     # energy and money
     energy_source: str = "auto"
+    energy_select: str | None = None  # GPUs of a dcgm:/prometheus: source (--energy-select)
     sources: tuple[PowerSource, ...] | None = None  # overrides energy_source (tests, library)
     idle_seconds: float = 0.0
     subtract_idle: bool = False
@@ -266,7 +267,7 @@ def _open_sources(config: ServerBenchConfig) -> tuple[tuple[PowerSource, ...], b
             "really runs here"
         )
 
-    return tuple(open_sources(config.energy_source)), True
+    return tuple(open_sources(config.energy_source, select=config.energy_select)), True
 
 
 def _build_workload(config: ServerBenchConfig) -> Workload:
@@ -494,6 +495,10 @@ def _finish_level(
             num_gpus=config.num_gpus,
         )
         doc["energy"] = energy
+        cut = {**whole.partial_devices, **(steady.partial_devices if steady else {})}
+        if cut and status == "complete":
+            # Stale or missing telemetry for some GPUs: J/token would be silently low.
+            status, reason = "partial", "energy: " + "; ".join(sorted(set(cut.values())))
         doc["economics"] = M.economics_block(
             energy, price_per_kwh=config.price_per_kwh, pue=config.pue
         )

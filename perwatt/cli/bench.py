@@ -101,6 +101,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "on another machine; simulated against perwatt's test server meters the power model "
         "that server serves (python -m perwatt.bench.testing --precision ...)",
     )
+    e.add_argument(
+        "--energy-select",
+        default=None,
+        metavar="EXPR",
+        help="GPUs of a dcgm: or prometheus: --energy-source to meter: PromQL label matchers "
+        "('Hostname=\"node1\"', 'pod=~\"vllm-.*\"'), GPU indices (0,2) or UUIDs; required for "
+        "a Prometheus that holds several hosts",
+    )
     e.add_argument("--idle-seconds", default=0.0, help="measure idle power first (idle share)")
     e.add_argument("--subtract-idle", action="store_true", help="subtract idle power from energy")
     e.add_argument("--num-gpus", type=int, default=1, help="GPUs serving (per-GPU throughput)")
@@ -185,6 +193,7 @@ def _builtin(args: argparse.Namespace) -> list[Path]:
             batches=list(parse_int_list(args.batch, "--batch")),
             result_dir=args.result_dir,
             energy_source=args.energy_source,
+            energy_select=args.energy_select,
             device=args.device,
             seed=args.seed,
             price_per_kwh=number(args.price_per_kwh, "--price-per-kwh", unit="USD per kWh"),
@@ -246,6 +255,7 @@ def _server(args: argparse.Namespace) -> list[Path]:
         label=args.label,
         seed=args.seed,
         energy_source=args.energy_source,
+        energy_select=args.energy_select,
         idle_seconds=number(args.idle_seconds, "--idle-seconds", unit="seconds"),
         subtract_idle=args.subtract_idle,
         num_gpus=args.num_gpus,

@@ -31,7 +31,11 @@ power sources (--source SPEC):
   dcgm:URL        a dcgm-exporter /metrics page; comma-separate URLs for several
                   nodes. It refreshes every 30 s by default, so figures for shorter
                   commands are approximate (the report says so)
-  prometheus:URL  a Prometheus server that scrapes dcgm-exporter
+  prometheus:URL  a Prometheus server that scrapes dcgm-exporter; one that holds
+                  several hosts needs --select
+  --select EXPR   which GPUs of dcgm:/prometheus: to meter: PromQL label matchers
+                  (Hostname="node1", Hostname=~"node[12]", namespace="llm",pod=~"vllm-.*"),
+                  GPU indices (0,2), UUIDs (GPU-...) or device labels (node1/gpu0)
   replay:FILE     a recorded CSV/JSONL power trace
   simulated       a fixed power model for demos (labelled 'simulated')
   estimated       the CPU-utilisation estimate, even where a real source exists
@@ -39,6 +43,7 @@ power sources (--source SPEC):
 examples:
   perwatt meter -- python train.py
   perwatt meter --source dcgm:http://node1:9400 -o energy.json -- ./bench.sh
+  perwatt meter --source prometheus:http://prom:9090 --select 'Hostname="node1"' -- ./bench.sh
   perwatt meter --watch"""
 
 
@@ -66,6 +71,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default="auto",
         metavar="SPEC",
         help=f"power source: {SPEC_HELP} (default auto; see below)",
+    )
+    meter.add_argument(
+        "--select",
+        default=None,
+        metavar="EXPR",
+        help="GPUs of a dcgm: or prometheus: source to meter (label matchers, indices, UUIDs; "
+        "see below)",
     )
     meter.add_argument(
         "--interval",
@@ -197,7 +209,7 @@ def run_meter(args: argparse.Namespace) -> int:
         _check_output_path(args.output, "-o/--output", make_parents=True)
     if args.timeline:
         _check_output_path(args.timeline, "--timeline", make_parents=False)
-    sources = open_sources(args.source)
+    sources = open_sources(args.source, select=args.select)
     try:
         meter = Meter(sources, sample_interval_s=interval, subtract_idle=args.subtract_idle)
     except BaseException:

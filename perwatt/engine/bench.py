@@ -767,12 +767,14 @@ def _measure_point(
 
 # ---------------------------------------------------------------------- the sweep
 def _open_meter(
-    energy_source: str | PowerSource | Sequence[PowerSource], sample_interval_s: float
+    energy_source: str | PowerSource | Sequence[PowerSource],
+    sample_interval_s: float,
+    select: str | None = None,
 ) -> Meter:
     if isinstance(energy_source, str):
         from perwatt.meter.detect import open_sources
 
-        sources: Sequence[PowerSource] = open_sources(energy_source)
+        sources: Sequence[PowerSource] = open_sources(energy_source, select=select)
     elif isinstance(energy_source, PowerSource):
         sources = [energy_source]
     else:
@@ -797,6 +799,7 @@ def run_builtin_bench(
     output_len: int = 256,
     result_dir: str | Path,
     energy_source: str | PowerSource | Sequence[PowerSource] = "auto",
+    energy_select: str | None = None,
     device: str = "auto",
     seed: int = 0,
     price_per_kwh: float = DEFAULT_PRICE_PER_KWH_USD,
@@ -818,7 +821,8 @@ def run_builtin_bench(
 
     ``energy_source`` is a ``--source`` spec (``auto``, ``nvml``, ``rapl``, ``simulated`` ...;
     ``auto`` falls back to ``estimated`` on a machine without any energy counter) or already-open
-    sources. ``min_window_s`` defaults to 5 s on a GPU and one round on the CPU. The accuracy
+    sources; ``energy_select`` picks the GPUs of a ``dcgm:``/``prometheus:`` spec (``--select``).
+    ``min_window_s`` defaults to 5 s on a GPU and one round on the CPU. The accuracy
     reference defaults to bf16 on a GPU and fp32 on the CPU. ``idle_seconds > 0`` measures idle
     power first (nothing loaded) and reports ``energy.idle_power_w`` and ``idle_share``; idle is
     never subtracted from the figures.
@@ -886,7 +890,7 @@ def run_builtin_bench(
     base = label or f"builtin-{_model_slug(model)}"
     paths: list[Path] = []
 
-    meter = _open_meter(energy_source, sample_interval_s)
+    meter = _open_meter(energy_source, sample_interval_s, energy_select)
     with meter:
         energy_label = _meter_label(meter)
         say(f"perwatt bench (builtin): {model}, energy source: {energy_label}")

@@ -312,6 +312,10 @@ def measure_command(
                 m, why = _measured_until_failure(meter, name, t_begin, t_exit, e)
                 reasons.append(why)
                 source_failed = True
+    if m.partial_devices:
+        # Stale or missing telemetry for some devices: their figures cover part of the run.
+        reasons.append("; ".join(m.partial_devices.values()))
+        source_failed = True
     for why in reasons:
         m = _with_warning(m, why)
     return CommandMeasurement(
@@ -362,9 +366,14 @@ def format_command_measurement(cm: CommandMeasurement) -> str:
     for i, (dev, e) in enumerate(sorted(m.energy_j.items())):
         label = "energy      " if i == 0 else "            "
         avg = e / m.duration_s if m.duration_s > 0 else 0.0
-        out.append(
-            f"  {label}{dev:<{width}}  {_fmt_j(e):>12}  avg {avg:8.1f} W  [{m.sources[dev]}]"
-        )
+        tag = m.sources[dev]
+        if dev in m.methods:  # remote sources: how the figure was obtained and how sure it is
+            tag += f", {m.methods[dev]}"
+            if dev in m.uncertainty_j and e > 0:
+                tag += f" ±{100 * m.uncertainty_j[dev] / e:.1f}%"
+        if dev in m.partial_devices:
+            tag += ", PARTIAL"
+        out.append(f"  {label}{dev:<{width}}  {_fmt_j(e):>12}  avg {avg:8.1f} W  [{tag}]")
     out.append(f"  total       {_fmt_j(m.total_energy_j)}")
     out.append(f"  avg power   {m.avg_power_w:.1f} W")
     peak = "n/a" if m.peak_power_w is None else f"{m.peak_power_w:.1f} W"
@@ -372,6 +381,8 @@ def format_command_measurement(cm: CommandMeasurement) -> str:
     measured = m.measured
     src_note = "" if measured else " — a model, NOT a measurement"
     out.append(f"  source      {m.source}{src_note}")
+    for desc in cm.sources:
+        out.append(f"  metered     {desc}")
     if m.idle_power_w is not None:
         idle = sum(m.idle_power_w.values())
         state = "subtracted" if m.idle_subtracted else "not subtracted"

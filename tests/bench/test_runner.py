@@ -335,6 +335,25 @@ def test_auto_energy_source_refuses_a_remote_server(
     assert opened and [s.name for s in sources] == ["simulated"]
 
 
+def test_energy_select_reaches_the_remote_source(tmp_path: Path) -> None:
+    from perwatt.bench.runner import _open_sources
+    from perwatt.meter.detect import close_sources
+    from perwatt.meter.fake_dcgm import FakeDCGMExporter
+
+    with FakeDCGMExporter("node1", (100.0, 200.0)) as exp:
+        c = cfg("http://10.1.2.3:8000/v1", tmp_path, sources=None,
+                energy_source=f"dcgm:{exp.url}", energy_select="1")  # fmt: skip
+        sources, opened = _open_sources(c)
+        try:
+            assert opened and sources[0].devices == ("node1/gpu1",)
+        finally:
+            close_sources(sources)
+    local = cfg("http://127.0.0.1:8000/v1", tmp_path, sources=None,
+                energy_source="simulated", energy_select="0")  # fmt: skip
+    with pytest.raises(ConfigError, match="--select chooses GPUs of dcgm"):
+        _open_sources(local)
+
+
 def test_large_synthetic_workload_is_announced(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

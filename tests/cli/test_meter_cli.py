@@ -461,3 +461,25 @@ def test_a_command_can_still_read_the_terminal(tmp_path: Path) -> None:
     )
     assert code == 0, shown
     assert "got hello" in shown and "exit code   0" in shown
+
+
+def test_select_meters_the_chosen_gpus_of_a_dcgm_exporter(tmp_path: Path) -> None:
+    from perwatt.meter.fake_dcgm import FakeDCGMExporter
+
+    with FakeDCGMExporter("node1", (100.0, 200.0, 300.0), collect_interval_s=0.1) as exp:
+        r = perwatt(
+            "meter", "--source", f"dcgm:{exp.url}", "--select", "0,2", "--json", "--",
+            sys.executable, "-c", "import time; time.sleep(0.5)",
+        )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert sorted(d["energy_j"]) == ["node1/gpu0", "node1/gpu2"]
+    assert "node1/gpu0, node1/gpu2" in d["source_descriptions"][0]
+    assert set(d["methods"]) == {"node1/gpu0", "node1/gpu2"}
+
+
+def test_select_on_a_local_source_is_a_one_line_error() -> None:
+    r = perwatt("meter", "--source", "simulated", "--select", "0", "--", "true")
+    assert r.returncode == 2
+    assert "--select chooses GPUs of dcgm:URL and prometheus:URL" in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
