@@ -545,6 +545,11 @@ class GPUActuator:
             os.kill(os.getpid(), signum)
 
     @property
+    def running(self) -> bool:
+        """Started and not closed: changes are accepted."""
+        return self._started and not self._closed
+
+    @property
     def worker_pid(self) -> int | None:
         return None if self._proc is None else int(self._proc.pid)
 

@@ -27,6 +27,7 @@ flight for, or nothing when its prompt size is unknown.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -146,10 +147,8 @@ def attribute(
     idle_e = float(e[col[:, 0] <= 0].sum())
     total_w = w.sum(axis=0)
     if idle_e > 0:
-        if total_w.sum() > 0:
-            a = a + idle_e * total_w / total_w.sum()
-        else:  # no request did any work: an equal share each
-            a = a + idle_e / n
+        # By total work; when no request did any work, an equal share each.
+        a = a + (idle_e * total_w / total_w.sum() if total_w.sum() > 0 else idle_e / n)
     # Exact sum: the last request takes the floating-point residual.
     out = [float(x) for x in a]
     out[-1] = total_energy_j - math.fsum(out[:-1])
@@ -236,8 +235,6 @@ def attribute_result(doc: dict[str, Any], csv_path: Path) -> Attribution | None:
         # repr: the shortest text that reads back as the same float, so the column's sum is
         # the measured figure exactly, not to the printed precision.
         lines.append([row[i] if i < len(row) else "" for i in keep] + [repr(a), label])
-    import io
-
     buf = io.StringIO()
     csv.writer(buf).writerows(lines)
     atomic_write_text(csv_path, buf.getvalue())

@@ -450,7 +450,7 @@ def _loads(t: Mapping[str, Any]) -> tuple[LoadSpec, ...]:
             out.append(LoadSpec(kind="rate", value=None))
             continue
         if isinstance(r, bool) or not isinstance(r, (int, float)) or not r > 0:
-            raise ConfigError(f"load.request_rate: {r!r} is not a number > 0 (or \"inf\")")
+            raise ConfigError(f'load.request_rate: {r!r} is not a number > 0 (or "inf")')
         out.append(
             LoadSpec(kind="rate", value=None if math.isinf(r) else float(r)),
         )
@@ -466,8 +466,10 @@ def _settings(t: Mapping[str, Any]) -> tuple[GPUSetting, ...]:
     limits = _list(t, "power_limits_w", "gpu")
     clocks = _list(t, "sm_clocks_mhz", "gpu")
     for w in limits:
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not (
-            math.isfinite(w) and w > 0
+        if (
+            isinstance(w, bool)
+            or not isinstance(w, (int, float))
+            or not (math.isfinite(w) and w > 0)
         ):
             raise ConfigError(f"gpu.power_limits_w: {w!r} is not a number of watts > 0")
     for c in clocks:
@@ -484,7 +486,7 @@ def _settings(t: Mapping[str, Any]) -> tuple[GPUSetting, ...]:
 
 def _slo(t: Mapping[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
-    for k, v in t.items():
+    for k in t:
         if k not in SLO_KEYS:
             raise ConfigError(
                 f"slo.{k}: unknown SLO key; use METRIC_STAT_ms with METRIC in "
@@ -588,7 +590,7 @@ def parse_experiment(
         raise ConfigError("server: must be an array of tables ([[server]])")
     servers = tuple(_server(s, i, base_dir) for i, s in enumerate(raw_servers))
     ports = [s.port for s in servers if s.launched]
-    for i, s in enumerate(servers):
+    for s in servers:
         if s.launched and ports.count(s.port) > 1:
             raise ConfigError(f"{s.where}.port: {s.port} is used by another server")
     if not servers:

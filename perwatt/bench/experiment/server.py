@@ -197,10 +197,8 @@ class ServerProcess:
         pgid = proc.pid  # start_new_session: the group id is the launcher's pid
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=self.stop_grace_s)
-        except subprocess.TimeoutExpired:
-            pass
         # Workers of the group may outlive the launcher: the group gets SIGKILL either way.
         deadline = time.monotonic() + self.stop_grace_s
         while _group_alive(pgid) and time.monotonic() < deadline:
