@@ -18,8 +18,9 @@ from collections.abc import Sequence
 
 from perwatt.errors import CLEAN_EXIT_ERRORS, UserError
 
-# meter: env, meter · bench: bench · analysis: compare, report · train: train … · engine: serve, quantize
-_AREAS = ("meter", "bench", "analysis", "train", "engine")
+# meter: env, meter · bench: bench · analysis: compare, report · train: train … · engine: serve,
+# quantize · experiment: experiment run|report
+_AREAS = ("meter", "bench", "analysis", "train", "engine", "experiment")
 
 
 def build_parser() -> argparse.ArgumentParser:
