@@ -73,7 +73,13 @@ def test_every_gpu_is_changed_and_restored(tmp_path: Path) -> None:
         gpu_indices=(0, 1), allow_changes=True, nvml_factory=TWO, journal_path=j
     ) as act:
         act.set_power_limit_w(250.0)
-    assert _journal(j) == ["ready", "limit 250", "limit-restored 700", "limit-restored 700", "reset"]
+    assert _journal(j) == [
+        "ready",
+        "limit 250",
+        "limit-restored 700",
+        "limit-restored 700",
+        "reset",
+    ]
 
 
 def test_refused_without_flag_before_nvml_is_opened(tmp_path: Path) -> None:
@@ -111,16 +117,20 @@ def test_unprivileged_is_refused_and_says_so() -> None:
 
 
 def test_a_value_not_checked_at_start_is_refused(tmp_path: Path) -> None:
-    with GPUActuator(allow_changes=True, power_limits_w=[300.0], nvml_factory=H100) as act:
-        with pytest.raises(ConfigError, match="not among the power limits checked"):
-            act.set_power_limit_w(350.0)
+    with (
+        GPUActuator(allow_changes=True, power_limits_w=[300.0], nvml_factory=H100) as act,
+        pytest.raises(ConfigError, match="not among the power limits checked"),
+    ):
+        act.set_power_limit_w(350.0)
 
 
 def test_driver_refusal_is_a_device_error(tmp_path: Path) -> None:
     # No list given: the worker's own range check (NVMLGPU.set_power_limit_w) answers.
-    with GPUActuator(allow_changes=True, nvml_factory=H100) as act:
-        with pytest.raises(DeviceError, match="outside the allowed 200-700 W"):
-            act.set_power_limit_w(900.0)
+    with (
+        GPUActuator(allow_changes=True, nvml_factory=H100) as act,
+        pytest.raises(DeviceError, match="outside the allowed 200-700 W"),
+    ):
+        act.set_power_limit_w(900.0)
 
 
 def test_dry_run_touches_nothing() -> None:

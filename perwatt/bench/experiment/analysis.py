@@ -632,7 +632,7 @@ def _savings(config: ExperimentConfig, base: PointResult, best: PointResult) -> 
 
 
 # --------------------------------------------------------------------------- calibration
-def _phases(slices_path: Path) -> dict[str, dict[str, float]] | None:
+def _phases(slices_path: Path) -> dict[str, dict[str, Any]] | None:
     try:
         s = json.loads(slices_path.read_text())
     except (OSError, ValueError):
@@ -642,7 +642,7 @@ def _phases(slices_path: Path) -> dict[str, dict[str, float]] | None:
     pre = np.asarray(s["prefill_tokens"], dtype=np.float64)
     dec = np.asarray(s["decode_tokens"], dtype=np.float64)
     dur = np.diff(edges)
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, Any]] = {}
     masks = {
         "prefill": pre > dec,
         "decode": (dec >= pre) & (dec > 0),

@@ -98,8 +98,13 @@ def attribute(
         raise DataFormatError(f"total energy must be a finite number >= 0, got {total_energy_j}")
     t = np.asarray(timeline_t_s, dtype=np.float64)
     p = np.asarray(timeline_power_w, dtype=np.float64)
-    ok_tl = t.size >= 2 and np.all(np.isfinite(t)) and np.all(np.isfinite(p))
-    ok_tl = bool(ok_tl and np.all(np.diff(t) > 0))
+    ok_tl = bool(
+        t.size >= 2
+        and t.size == p.size
+        and np.all(np.isfinite(t))
+        and np.all(np.isfinite(p))
+        and np.all(np.diff(t) > 0)
+    )
     end = max(duration_s, float(t[-1]) if ok_tl else 0.0)
     if ok_tl:
         edges = np.unique(np.concatenate(([0.0], t[(t > 0) & (t < end)], [end])))

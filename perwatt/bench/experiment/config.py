@@ -44,7 +44,7 @@ from perwatt.errors import ConfigError, DataFormatError
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10 (pyproject installs tomli there)
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
 SLO_METRICS: Final = ("ttft", "tpot", "itl", "e2el")
 SLO_STATS: Final = ("mean", "p50", "p90", "p95", "p99")

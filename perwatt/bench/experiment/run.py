@@ -230,7 +230,7 @@ def _record_answers(config: ExperimentConfig, spec: ServerSpec, out_dir: Path) -
             timeout_s=config.workload.timeout_s,
         )
     except PerwattError as e:
-        doc = {"status": "failed", "reason": str(e), "answers": []}
+        doc: dict[str, Any] = {"status": "failed", "reason": str(e), "answers": []}
     else:
         doc = {
             "status": "complete",
@@ -369,14 +369,13 @@ def _run_point(
         result = paths[0]
     except KeyboardInterrupt:
         found = sorted(d.glob("*.json"))
-        reason = "interrupted (Ctrl-C); measured again on the next run"
         _write_json(
             d / "point.json",
             _point_doc(
                 cfg,
                 point,
                 status="interrupted",
-                reason=reason,
+                reason="interrupted (Ctrl-C); measured again on the next run",
                 result=next((p for p in found if p.name != "point.json"), None),
                 extra=extra,
             ),
@@ -393,8 +392,9 @@ def _run_point(
         ctx.outcome.failed.append(point.id)
         ctx.log(f"  {point.id}: failed ({why})")
         return not dead
-    doc = dict(load_result(result))
-    status, reason = doc["status"], doc["partial_reason"]
+    doc: dict[str, Any] = dict(load_result(result))
+    status: str = doc["status"]
+    reason: str | None = doc["partial_reason"]
     tail = ""
     alive = server is None or server.alive()
     if not alive and server is not None:
@@ -443,11 +443,11 @@ def _run_point(
     )
     if status == "complete":
         ctx.outcome.measured.append(point.id)
-        e = doc.get("energy") or {}
-        tpj = e.get("output_tokens_per_j")
+        en = doc.get("energy") or {}
+        tpj = en.get("output_tokens_per_j")
         ctx.log(
             f"  {point.id}: complete"
-            + (f", {tpj:.4g} output tokens/J ({e.get('source')})" if tpj else "")
+            + (f", {tpj:.4g} output tokens/J ({en.get('source')})" if tpj else "")
         )
     else:
         ctx.outcome.failed.append(point.id)
@@ -515,10 +515,12 @@ def _run_server(ctx: _Ctx, spec: ServerSpec, points: Sequence[Point]) -> None:
             server.stop()
         if ctx.actuator is not None and ctx.actuator.running:
             # Each server starts from the GPU as it was; errors here must not hide the run's.
-            with contextlib.suppress(PerwattError):
-                ctx.actuator.restore_power_limit()
-            with contextlib.suppress(PerwattError):
-                ctx.actuator.reset_sm_clocks()
+            if any(p.setting.power_limit_w is not None for p in points):
+                with contextlib.suppress(PerwattError):
+                    ctx.actuator.restore_power_limit()
+            if any(p.setting.sm_clock_mhz is not None for p in points):
+                with contextlib.suppress(PerwattError):
+                    ctx.actuator.reset_sm_clocks()
 
 
 def plan_points(

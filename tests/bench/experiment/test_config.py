@@ -83,9 +83,11 @@ def test_bad_input_names_the_field(over: dict[str, object], message: str) -> Non
 def test_file_errors_name_the_file(tmp_path: Path) -> None:
     p = tmp_path / "e.toml"
     p.write_text("[workload]\nnum_prompts = = 3\n")
-    with pytest.raises(DataFormatError, match="e.toml: not valid TOML"):
+    with pytest.raises(DataFormatError, match=r"e\.toml: not valid TOML"):
         load_experiment(p)
-    p.write_text('[load]\nmax_concurrency = [1]\n[slo]\nlatency_ms = 3\n[[server]]\nlabel = "a"\nurl = "http://x/v1"\n')
+    p.write_text(
+        '[load]\nmax_concurrency = [1]\n[slo]\nlatency_ms = 3\n[[server]]\nlabel = "a"\nurl = "http://x/v1"\n'
+    )
     with pytest.raises(ConfigError, match=r"e\.toml: slo\.latency_ms: unknown SLO key"):
         load_experiment(p)
 
