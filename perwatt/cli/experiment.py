@@ -23,7 +23,7 @@ runs.html into the output folder."""
 _EPILOG = """\
 examples:
   perwatt experiment run examples/cpu-demo.toml
-  perwatt experiment run recipes/vllm-bf16-vs-fp8.toml --dry-run
+  perwatt experiment run examples/recipes/vllm-bf16-vs-fp8.toml --dry-run
   perwatt experiment run pl-sweep.toml --i-understand-this-changes-clocks
   perwatt experiment report examples/cpu-demo.toml
 

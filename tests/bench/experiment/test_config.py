@@ -131,3 +131,23 @@ def test_fingerprint_changes_with_the_command() -> None:
     b = parse_experiment(other, base_dir=Path("."))
     assert a.fingerprint(a.points()[0]) != b.fingerprint(b.points()[0])
     assert a.fingerprint(a.points()[0]) == a.fingerprint(a.points()[0])
+
+
+RECIPES = sorted((Path(__file__).resolve().parents[3] / "examples").rglob("*.toml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_shipped_experiment_files_are_valid(path: Path) -> None:
+    cfg = load_experiment(path)
+    assert len(cfg.points()) >= 2 and len(cfg.servers) == 2
+    assert cfg.baseline in {s.label for s in cfg.servers}
+
+
+def test_recipes_are_shipped() -> None:
+    names = {p.name for p in RECIPES}
+    assert {
+        "cpu-demo.toml",
+        "vllm-bf16-vs-fp8.toml",
+        "trtllm-fp8-vs-nvfp4.toml",
+        "vllm-moe-vs-dense.toml",
+    } <= names
