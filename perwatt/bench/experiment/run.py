@@ -3,10 +3,12 @@
 ::
 
     check everything (commands found, ports free, GPU values in range, the flag) ── nothing runs
-    open the power sources once; start the GPU actuator when a point changes the GPU
+    start the GPU actuator when a point changes the GPU
     for each server configuration with unfinished points:
         launch, wait until ready (failure: its points are marked failed with the log's tail)
         measure idle power once; record the quality-guard answers when prompts are given
+        (the idle meter and every point open the energy source afresh: a meter closes its
+        sources when it stops)
         for each GPU setting: apply it (power limit / locked clock; the default restores)
             for each load level: perwatt's bench runner (one result JSON + requests CSV),
                 per-request energy attributed into the CSV, point.json written
@@ -49,8 +51,8 @@ from perwatt.bench.experiment.server import ServerFailure, ServerProcess, check_
 from perwatt.bench.result import load_result, utc_now
 from perwatt.errors import ConfigError, PerwattError, SourceUnavailableError
 from perwatt.meter.actuation import GPUActuator, check_gpu_settings, read_gpu_facts
+from perwatt.meter.detect import close_sources, open_sources
 from perwatt.meter.meter import Meter
-from perwatt.meter.source import PowerSource
 
 POINT_SCHEMA: Final = "perwatt.experiment.point/1"
 FINISHED: Final = ("complete", "failed")
@@ -269,7 +271,6 @@ def _record_answers(config: ExperimentConfig, spec: ServerSpec, out_dir: Path) -
 class _Ctx:
     config: ExperimentConfig
     out_dir: Path
-    sources: tuple[PowerSource, ...]
     actuator: GPUActuator | None
     log: Callable[[str], None]
     outcome: ExperimentOutcome
@@ -312,10 +313,14 @@ def _measure_idle(ctx: _Ctx) -> dict[str, Any]:
     secs = ctx.config.idle_seconds
     if secs <= 0:
         return {"idle_power_w": None, "idle_seconds": 0.0}
-    with Meter(
-        ctx.sources, sample_interval_s=ctx.config.sample_interval_s, sync_cuda=False
-    ) as meter:
-        base = meter.idle_baseline(secs)
+    sources = open_sources(ctx.config.energy_source)
+    try:
+        with Meter(
+            sources, sample_interval_s=ctx.config.sample_interval_s, sync_cuda=False
+        ) as meter:
+            base = meter.idle_baseline(secs)
+    finally:
+        close_sources(sources)
     return {
         "idle_power_w": base.total_power_w,
         "idle_seconds": base.duration_s,
@@ -354,7 +359,7 @@ def _run_point(
         result_dir=d,
         label=point.run_label,
         seed=w.seed,
-        sources=ctx.sources,
+        energy_source=cfg.energy_source,
         num_gpus=point.server.num_gpus,
         price_per_kwh=cfg.economics.price_per_kwh,
         pue=cfg.economics.pue,
@@ -545,7 +550,6 @@ def run_experiment(
     allow_gpu_changes: bool = False,
     dry_run: bool = False,
     retry_failed: bool = False,
-    sources: Sequence[PowerSource] | None = None,
     nvml_factory: Callable[[], Any] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> ExperimentOutcome:
@@ -578,14 +582,8 @@ def run_experiment(
         say(f"nothing to measure: all {len(done)} points are finished in {out}")
         return outcome
     out.mkdir(parents=True, exist_ok=True)
-    opened = False
-    if sources is None:
-        from perwatt.meter.detect import open_sources
-
-        srcs = tuple(open_sources(config.energy_source))
-        opened = True
-    else:
-        srcs = tuple(sources)
+    # Open once here so that a source that does not exist is an error before any launch.
+    close_sources(open_sources(config.energy_source))
     actuator: GPUActuator | None = None
     try:
         if any(p.setting.changes_gpu for p in todo):
@@ -602,9 +600,7 @@ def run_experiment(
                 journal_path=out / "actuation.journal",
             )
             actuator.start()
-        ctx = _Ctx(
-            config=config, out_dir=out, sources=srcs, actuator=actuator, log=say, outcome=outcome
-        )
+        ctx = _Ctx(config=config, out_dir=out, actuator=actuator, log=say, outcome=outcome)
         say(f"{len(todo)} point(s) to measure, {len(done)} already finished; results in {out}")
         t0 = time.monotonic()
         by_server: dict[str, list[Point]] = {}
@@ -622,8 +618,4 @@ def run_experiment(
     finally:
         if actuator is not None:
             actuator.close()
-        if opened:
-            from perwatt.meter.detect import close_sources
-
-            close_sources(srcs)
     return outcome

@@ -230,3 +230,20 @@ def test_gpu_restored_and_server_stopped_after_sigkill_of_perwatt(tmp_path: Path
     while port_in_use(port) and time.monotonic() < deadline:  # the server got SIGTERM too
         time.sleep(0.1)
     assert not port_in_use(port)
+
+
+def test_nvml_source_is_open_for_every_point(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A meter closes its sources when it stops: each point (and the idle measurement) must meter
+    # through sources of its own, or the second point reads a shut-down NVML.
+    monkeypatch.setenv("PERWATT_FAKE_NVML", "H100")
+    exp = write_experiment(
+        tmp_path, [("a", test_server_command())], load="max_concurrency = [1, 2]",
+        energy_source="nvml",
+    )  # fmt: skip
+    cfg = load_experiment(exp)
+    outcome = run_experiment(cfg, log=lambda m: None)
+    assert outcome.measured == ["a/default/c1", "a/default/c2"], outcome.failed
+    srv = json.loads((tmp_path / "out" / "servers" / "a.json").read_text())
+    assert srv["idle_power_w"] > 0
