@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 
 _DESCRIPTION = """\
 Run an experiment file: launch each server configuration, wait until it is
@@ -113,12 +115,19 @@ def _print_answer(files: object, as_json: bool) -> None:
     print(f"report: {files.report}")
 
 
+def _term_as_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 def run_experiment_cmd(args: argparse.Namespace) -> int:
     from perwatt.bench.experiment import ExperimentInterrupted, load_experiment, run_experiment
     from perwatt.report.experiment import write_experiment_outputs
 
     config = load_experiment(args.file)
     out = Path(args.out) if args.out else config.out_dir
+    # SIGTERM (a scheduler, `kill`) stops the run like Ctrl-C: the point in progress is kept,
+    # marked partial, the server stopped and the GPU restored (the actuator's handler runs first).
+    old = signal.signal(signal.SIGTERM, _term_as_interrupt)
     try:
         outcome = run_experiment(
             config,
@@ -138,6 +147,8 @@ def run_experiment_cmd(args: argparse.Namespace) -> int:
             files = write_experiment_outputs(config, out)
             print(f"partial report: {files.report}", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, old)
     if outcome.dry_run:
         print(f"dry run: {len(outcome.missing)} point(s) to measure, {len(outcome.skipped)} done")
         for line in outcome.plan:

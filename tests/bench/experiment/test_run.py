@@ -96,7 +96,8 @@ def test_lifecycle_failures_do_not_stop_the_experiment(tmp_path: Path) -> None:
     }
 
 
-def test_resume_after_ctrl_c_skips_finished_points(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_resume_after_ctrl_c_skips_finished_points(tmp_path: Path, sig: signal.Signals) -> None:
     exp = write_experiment(
         tmp_path,
         [("a", test_server_command()), ("b", test_server_command())],
@@ -114,14 +115,17 @@ def test_resume_after_ctrl_c_skips_finished_points(tmp_path: Path) -> None:
             while not first.exists():
                 assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
                 time.sleep(0.05)
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(sig)
             _, err = proc.communicate(timeout=60)
         finally:
             if proc.poll() is None:
                 proc.kill()
     assert proc.returncode == 130, err
     assert "missing:" in err and "Re-run the same command" in err
-    done_before = {k for k, v in _points(out).items() if v["status"] == "complete"}
+    docs = _points(out)
+    done_before = {k for k, v in docs.items() if v["status"] == "complete"}
+    # The point in progress is kept, marked for the next run (unless the signal came between).
+    assert {v["status"] for v in docs.values()} <= {"complete", "interrupted"}
     assert "a/default/c1" in done_before and len(done_before) < 4
     cfg = load_experiment(exp)
     for s in cfg.servers:
@@ -247,3 +251,21 @@ def test_nvml_source_is_open_for_every_point(
     assert outcome.measured == ["a/default/c1", "a/default/c2"], outcome.failed
     srv = json.loads((tmp_path / "out" / "servers" / "a.json").read_text())
     assert srv["idle_power_w"] > 0
+
+
+def test_accuracy_guard_answers_recorded_per_server(tmp_path: Path) -> None:
+    prompts = tmp_path / "guard.jsonl"
+    prompts.write_text('{"prompt": "one two"}\n{"prompt": "three"}\n')
+    exp = write_experiment(
+        tmp_path,
+        [("ref", test_server_command()), ("cand", test_server_command())],
+        load="max_concurrency = [1]",
+        extra=f'[quality]\nprompts = "{prompts}"\nmax_tokens = 4\nmin_exact_match = 1.0',
+    )
+    cfg = load_experiment(exp)
+    run_experiment(cfg, log=lambda m: None)
+    answers = json.loads((tmp_path / "out" / "quality" / "cand.json").read_text())
+    assert answers["status"] == "complete" and len(answers["answers"]) == 2
+    verdicts = {q.server: q.passed for q in analyze(cfg).quality}
+    # The same deterministic test server behind both: identical answers, the guard passes.
+    assert verdicts == {"ref": None, "cand": True}
