@@ -159,8 +159,10 @@ def _frontier_chart(a: ExperimentAnalysis, key: str, colors: Mapping[str, str]) 
     ]
     xs = [float(d[1]) for d in data]  # type: ignore[arg-type]
     bound = a.slo.get(key)
+    # A bound far beyond every point would squeeze them into a corner: it is named instead.
+    far = bound is not None and bool(xs) and bound > 2.0 * max(xs)
     frame = svg.make_frame(
-        xs + ([bound] if bound is not None else []),
+        xs + ([bound] if bound is not None and not far else []),
         [d[2] for d in data],
         title=f"Tokens per joule vs {_LAT_NAMES[key]} (upper-left is better)",
         x_label=f"{_LAT_NAMES[key]} (ms)",
@@ -176,8 +178,8 @@ def _frontier_chart(a: ExperimentAnalysis, key: str, colors: Mapping[str, str]) 
     parts = [svg.axes(frame)]
     fp = sorted((float(d[1]), float(d[2])) for d in data if d[0].id in front)  # type: ignore[arg-type]
     parts.append(svg.line(frame, [x for x, _ in fp], [y for _, y in fp], color="#555", dash="5 4"))
-    if bound is not None:
-        ys = [t for t in frame.y_ticks]
+    if bound is not None and not far:
+        ys = list(frame.y_ticks)
         parts.append(
             svg.line(frame, [bound, bound], [ys[0], ys[-1]], color="#d55e00", dash="2 3", width=1.2)
         )
@@ -213,7 +215,7 @@ def _frontier_chart(a: ExperimentAnalysis, key: str, colors: Mapping[str, str]) 
         parts.append(svg.annotate(frame, float(x), float(y or 0.0), tag, color="#333"))  # type: ignore[arg-type]
     legend.append(("Pareto frontier", "#555", "dashed"))
     if bound is not None:
-        legend.append((f"SLO {bound:g} ms", "#d55e00", "dashed"))
+        legend.append((f"SLO {bound:g} ms" + (" (off axis)" if far else ""), "#d55e00", "dashed"))
     parts.append(svg.legend(frame, legend, position="right"))
     return svg.document(frame, *parts)
 
