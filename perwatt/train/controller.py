@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from perwatt.errors import ConfigError
+from perwatt.errors import ConfigError, DeviceError
 from perwatt.meter.actuation import GPUActuator, GPUFacts
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,13 @@ class FrequencyController(GPUActuator):
         log.info("dry run: %d plan entries, no GPU will be touched", len(self.plan))
 
     def _validate(self, facts: Sequence[GPUFacts]) -> None:
-        self._check_clocks(self._supported or facts[0].supported_sm_clocks_mhz)
+        supported = self._supported or facts[0].supported_sm_clocks_mhz
+        if not supported:
+            raise DeviceError(
+                f"gpu{self.gpu_index}: the driver lists no supported SM clocks, so the plan's "
+                "clocks cannot be checked; pass supported_clocks_mhz"
+            )
+        self._check_clocks(supported)
 
     def _check_clocks(self, supported: Sequence[int]) -> None:
         bad = sorted({f for _, _, f in self.plan if f not in supported}, reverse=True)
