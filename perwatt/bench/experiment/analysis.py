@@ -39,7 +39,7 @@ import numpy as np
 from perwatt import economics as eco
 from perwatt.bench.compare import compare_results, energy_blocks, load_requests_csv
 from perwatt.bench.experiment.config import SLO_KEYS, ExperimentConfig, Point
-from perwatt.bench.experiment.run import is_finished, point_dir, read_point
+from perwatt.bench.experiment.store import is_finished, point_dir, read_point
 from perwatt.bench.result import BenchResult, load_result
 from perwatt.bench.stats import bootstrap_ratio_of_sums_ci
 from perwatt.errors import PerwattError

@@ -378,7 +378,7 @@ def _command(raw: Any, where: str, port: int | None) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _server(raw: Any, i: int, base: Path) -> ServerSpec:
+def _server(raw: Any, i: int) -> ServerSpec:
     where = f"server[{i}]"
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: must be a table ([[server]])")
@@ -588,7 +588,7 @@ def parse_experiment(
     raw_servers = doc.get("server", [])
     if not isinstance(raw_servers, list):
         raise ConfigError("server: must be an array of tables ([[server]])")
-    servers = tuple(_server(s, i, base_dir) for i, s in enumerate(raw_servers))
+    servers = tuple(_server(s, i) for i, s in enumerate(raw_servers))
     ports = [s.port for s in servers if s.launched]
     for s in servers:
         if s.launched and ports.count(s.port) > 1:

@@ -33,7 +33,6 @@ time) and :class:`ExperimentInterrupted` says what is missing.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import shutil
 import sys
@@ -44,18 +43,22 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from perwatt._files import atomic_write_text
 from perwatt.bench.experiment.attribution import attribute_result
 from perwatt.bench.experiment.config import ExperimentConfig, GPUSetting, Point, ServerSpec
 from perwatt.bench.experiment.server import ServerFailure, ServerProcess, check_launchable
-from perwatt.bench.result import load_result, utc_now
+from perwatt.bench.experiment.store import (
+    is_finished,
+    point_dir,
+    point_doc,
+    read_point,
+    write_json,
+)
+from perwatt.bench.result import load_result
 from perwatt.errors import ConfigError, PerwattError, SourceUnavailableError
 from perwatt.meter.actuation import GPUActuator, check_gpu_settings, read_gpu_facts
 from perwatt.meter.detect import close_sources, open_sources
 from perwatt.meter.meter import Meter
 
-POINT_SCHEMA: Final = "perwatt.experiment.point/1"
-FINISHED: Final = ("complete", "failed")
 FLAG: Final = "--i-understand-this-changes-clocks"
 
 
@@ -88,66 +91,6 @@ class ExperimentOutcome:
             "missing": self.missing,
             "dry_run": self.dry_run,
         }
-
-
-# --------------------------------------------------------------------------- files
-def point_dir(out_dir: Path, point: Point) -> Path:
-    return out_dir / "points" / point.server.label / point.setting.tag / point.load.tag
-
-
-def read_point(out_dir: Path, point: Point) -> dict[str, Any] | None:
-    p = point_dir(out_dir, point) / "point.json"
-    try:
-        doc = json.loads(p.read_text())
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) and doc.get("schema") == POINT_SCHEMA else None
-
-
-def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(doc, indent=2, allow_nan=False, default=str) + "\n")
-
-
-def _point_doc(
-    config: ExperimentConfig,
-    point: Point,
-    *,
-    status: str,
-    reason: str | None,
-    result: Path | None = None,
-    tail: str = "",
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "schema": POINT_SCHEMA,
-        "id": point.id,
-        "server": point.server.label,
-        "label": point.run_label,
-        "setting": {
-            "tag": point.setting.tag,
-            "power_limit_w": point.setting.power_limit_w,
-            "sm_clock_mhz": point.setting.sm_clock_mhz,
-        },
-        "load": {"kind": point.load.kind, "value": point.load.value, "tag": point.load.tag},
-        "fingerprint": config.fingerprint(point),
-        "status": status,
-        "reason": reason,
-        "result": result.name if result is not None else None,
-        "log_tail": tail,
-        "finished_utc": utc_now(),
-    }
-    if extra:
-        doc.update(extra)
-    return doc
-
-
-def is_finished(config: ExperimentConfig, doc: dict[str, Any] | None, point: Point) -> bool:
-    return (
-        doc is not None
-        and doc.get("status") in FINISHED
-        and doc.get("fingerprint") == config.fingerprint(point)
-    )
 
 
 # --------------------------------------------------------------------------- checks
@@ -262,7 +205,7 @@ def _record_answers(config: ExperimentConfig, spec: ServerSpec, out_dir: Path) -
             "note": "recorded at the GPU's default setting, right after the server was ready",
         }
     )
-    _write_json(out_dir / "quality" / f"{spec.label}.json", doc)
+    write_json(out_dir / "quality" / f"{spec.label}.json", doc)
     return doc
 
 
@@ -301,9 +244,9 @@ def _fail_points(
         d = point_dir(ctx.out_dir, p)
         if d.exists():
             shutil.rmtree(d)
-        _write_json(
+        write_json(
             d / "point.json",
-            _point_doc(ctx.config, p, status="failed", reason=reason, tail=tail, extra=extra),
+            point_doc(ctx.config, p, status="failed", reason=reason, tail=tail, extra=extra),
         )
         ctx.outcome.failed.append(p.id)
         ctx.log(f"  {p.id}: failed ({reason})")
@@ -374,9 +317,9 @@ def _run_point(
         result = paths[0]
     except KeyboardInterrupt:
         found = sorted(d.glob("*.json"))
-        _write_json(
+        write_json(
             d / "point.json",
-            _point_doc(
+            point_doc(
                 cfg,
                 point,
                 status="interrupted",
@@ -390,9 +333,9 @@ def _run_point(
         dead = server is not None and not server.alive()
         tail = server.tail() if server is not None else ""
         why = f"the server {server.exit_text()} during the run" if dead and server else str(e)
-        _write_json(
+        write_json(
             d / "point.json",
-            _point_doc(cfg, point, status="failed", reason=why, tail=tail, extra=extra),
+            point_doc(cfg, point, status="failed", reason=why, tail=tail, extra=extra),
         )
         ctx.outcome.failed.append(point.id)
         ctx.log(f"  {point.id}: failed ({why})")
@@ -423,7 +366,7 @@ def _run_point(
                     "requests": len(att.energy_j),
                 }
             }
-            _write_json(
+            write_json(
                 d / "slices.json",
                 {
                     "schema": "perwatt.experiment.slices/1",
@@ -434,9 +377,9 @@ def _run_point(
                     "energy_source": doc["energy"]["source"],
                 },
             )
-    _write_json(
+    write_json(
         d / "point.json",
-        _point_doc(
+        point_doc(
             cfg,
             point,
             status=status,
@@ -479,7 +422,7 @@ def _run_server(ctx: _Ctx, spec: ServerSpec, points: Sequence[Point]) -> None:
                 ready = server.wait_ready()
             except ServerFailure as e:
                 srv_doc.update({"status": "failed", "reason": str(e), "log_tail": e.tail})
-                _write_json(srv_json, srv_doc)
+                write_json(srv_json, srv_doc)
                 _fail_points(ctx, points, str(e), e.tail, {"server_log": f"{spec.label}.log"})
                 return
             ctx.log(f"  ready after {ready:.1f} s")
@@ -492,7 +435,7 @@ def _run_server(ctx: _Ctx, spec: ServerSpec, points: Sequence[Point]) -> None:
             q = _record_answers(cfg, spec, ctx.out_dir)
             ctx.log(f"  quality-guard answers: {q['status']}")
         srv_doc["status"] = "ran"
-        _write_json(srv_json, srv_doc)
+        write_json(srv_json, srv_doc)
         extra = {
             "idle_power_w": idle["idle_power_w"],
             "server_log": f"{spec.label}.log" if spec.command else None,

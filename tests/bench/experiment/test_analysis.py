@@ -13,7 +13,7 @@ import pytest
 from perwatt.bench.experiment import analyze, calibration, parse_experiment
 from perwatt.bench.experiment.analysis import pareto_indices
 from perwatt.bench.experiment.config import ExperimentConfig, Point
-from perwatt.bench.experiment.run import POINT_SCHEMA, point_dir
+from perwatt.bench.experiment.store import POINT_SCHEMA, point_dir
 from perwatt.bench.result import example_result, write_result
 
 # (tokens per J, TPOT p90 ms, TTFT p90 ms) per server and load

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from perwatt.bench.experiment import analyze, load_experiment, run_experiment
-from perwatt.bench.experiment.run import read_point
 from perwatt.bench.experiment.server import port_in_use
+from perwatt.bench.experiment.store import read_point
 from perwatt.errors import ConfigError
 
 from .conftest import test_server_command, write_experiment
