@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -58,10 +59,10 @@ def test_stop_kills_the_group_after_the_grace_period(tmp_path: Path) -> None:
     srv = ServerProcess(_spec(STUBBORN), log_path=log, ready_timeout_s=1, stop_grace_s=0.5)
     srv.start()
     deadline = time.monotonic() + 20
-    while "child" not in log.read_text():
+    while (m := re.search(r"child (\d+)\n", log.read_text())) is None:
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    child = int(log.read_text().split()[1])
+    child = int(m.group(1))
     assert srv.proc is not None
     t0 = time.monotonic()
     srv.stop()
