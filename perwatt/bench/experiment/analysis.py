@@ -554,16 +554,22 @@ def analyze(config: ExperimentConfig, out_dir: Path | None = None) -> Experiment
     if best is not None:
         if len(eligible) > 1:
             runner = jpt_ratio(best, eligible[1])
-        base = next(
-            (
-                p
-                for p in usable
-                if p.server == config.baseline
-                and p.setting == "default"
-                and (p.load_kind, p.load_value) == (best.load_kind, best.load_value)
-            ),
-            None,
-        )
+        # The baseline as it runs today: its GPU untouched at the best point's load, else (a
+        # power-limit sweep has no untouched point) its highest limit with free clocks.
+        same_load = [
+            p
+            for p in usable
+            if p.server == config.baseline
+            and p.sm_clock_mhz is None
+            and (p.load_kind, p.load_value) == (best.load_kind, best.load_value)
+        ]
+        same_load.sort(key=lambda p: (p.power_limit_w is not None, -(p.power_limit_w or 0.0)))
+        base = same_load[0] if same_load else None
+        if base is not None and base.setting != "default":
+            warnings.append(
+                f"the baseline {config.baseline} ran only under set power limits: savings are "
+                f"against its highest limit ({base.id})"
+            )
         if base is None:
             base_pool = [p for p in eligible if p.server == config.baseline]
             base = base_pool[0] if base_pool else None

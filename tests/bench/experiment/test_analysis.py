@@ -195,3 +195,29 @@ def test_missing_points_and_calibration(tmp_path: Path) -> None:
     assert cal["schema"] == "perwatt.experiment.calibration/1" and cal["measured"] is False
     assert [c["server"] for c in cal["curves"]] == ["bf16", "bf16", "fp8"]
     assert cal["curves"][0]["points"][0]["idle_power_w"] == 55.0
+
+
+def test_baseline_of_a_power_limit_sweep_is_its_highest_limit(tmp_path: Path) -> None:
+    doc: dict[str, Any] = {
+        "experiment": {"out": str(tmp_path / "out"), "energy_source": "simulated"},
+        "load": {"max_concurrency": [4]},
+        "gpu": {"power_limits_w": [300, 700]},
+        "slo": {"tpot_p90_ms": 50.0},
+        "server": [
+            {"label": "bf16", "url": "http://127.0.0.1:9000/v1"},
+            {"label": "fp8", "url": "http://127.0.0.1:9001/v1"},
+        ],
+    }
+    cfg = parse_experiment(doc, base_dir=tmp_path)
+    figures = {
+        "bf16/pl300W/c4": (2.5, 45.0, 200.0),
+        "bf16/pl700W/c4": (2.0, 40.0, 200.0),
+        "fp8/pl300W/c4": (3.5, 48.0, 200.0),
+        "fp8/pl700W/c4": (3.0, 44.0, 200.0),
+    }
+    for p in cfg.points():
+        _record(cfg, p, figures[p.id])
+    a = analyze(cfg)
+    assert a.best is not None and a.best.id == "fp8/pl300W/c4"
+    assert a.savings is not None and a.savings.baseline_point == "bf16/pl700W/c4"
+    assert any("against its highest limit (bf16/pl700W/c4)" in w for w in a.warnings)
