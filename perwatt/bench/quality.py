@@ -723,6 +723,33 @@ def run_quality(
     return final
 
 
+def generate_answers(
+    prompts: Sequence[QualityPrompt],
+    url: str,
+    *,
+    model: str | None = None,
+    api_key: str | None = None,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    seed: int = 0,
+    top_logprobs: int = DEFAULT_TOP_LOGPROBS,
+    timeout_s: float = 120.0,
+) -> tuple[list[Generation], tuple[str, ...]]:
+    """One server's greedy answers to the prompt set, and notes on what it did not return.
+
+    For comparing servers that never run at the same time (``perwatt experiment`` launches one
+    configuration after another): record each one's answers, then compare them with
+    :func:`agreement` and :func:`summarize_agreement`, as :func:`run_quality` does live.
+    """
+    srv = _Server("candidate", url, model, api_key)
+    with httpx.Client(timeout=timeout_s) as client:
+        _probe(client, srv)
+        gens = [
+            _generate(client, srv, p, max_tokens=max_tokens, seed=seed, top_logprobs=top_logprobs)
+            for p in prompts
+        ]
+    return gens, tuple(srv.notes)
+
+
 def _same_file(a: str | Path, b: str | Path) -> bool:
     """Whether two paths name one file: the same resolved path, or (hard link, bind mount) the
     same inode."""
@@ -902,6 +929,7 @@ __all__ = [
     "attach_accuracy",
     "check_attach_target",
     "format_quality_summary",
+    "generate_answers",
     "load_prompts",
     "quality_verdict",
     "run_quality",

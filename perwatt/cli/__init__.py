@@ -27,8 +27,9 @@ from perwatt.errors import CLEAN_EXIT_ERRORS, UserError
 #: 128 + SIGPIPE: what a shell reports for a writer whose reader went away.
 EXIT_BROKEN_PIPE = 141
 
-# meter: env, meter · bench: bench · analysis: compare, report · train: train … · engine: serve, quantize
-_AREAS = ("meter", "bench", "analysis", "train", "engine")
+# meter: env, meter · bench: bench · analysis: compare, report · train: train … · engine: serve,
+# quantize · experiment: experiment run|report
+_AREAS = ("meter", "bench", "analysis", "train", "engine", "experiment")
 
 
 def build_parser() -> argparse.ArgumentParser:
