@@ -148,7 +148,7 @@ def load_requests_csv(path: str | Path) -> RequestRows:
     """
     path = Path(path)
     try:
-        f = path.open(newline="", encoding="utf-8")
+        f = path.open(newline="", encoding="utf-8-sig")  # a CSV re-saved by Excel has a BOM
     except OSError as e:
         raise DataFormatError(f"{path}: cannot read requests CSV ({e.strerror or e})") from e
     with f:

@@ -634,7 +634,7 @@ def load_result(path: str | Path) -> BenchResult:
     """Read and validate a result JSON file; :class:`DataFormatError` names the file and key."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM from a Windows editor is not JSON
     except FileNotFoundError:
         raise DataFormatError(f"{path}: no such result file") from None
     except OSError as e:

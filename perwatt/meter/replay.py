@@ -91,7 +91,8 @@ def _number(raw: object, what: str, where: str) -> float:
 
 def _rows_from_file(path: Path) -> Iterable[tuple[str, dict[str, object]]]:
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: a trace saved by a Windows editor or Excel starts with a byte-order mark
+        text = path.read_text(encoding="utf-8-sig")
     except OSError as e:
         raise DataFormatError(f"cannot read trace {path}: {e.strerror or e}") from e
     except UnicodeDecodeError as e:

@@ -27,6 +27,13 @@ def test_roundtrip(tmp_path: Path) -> None:
     assert back["schema"] == SCHEMA_VERSION
 
 
+def test_result_with_a_byte_order_mark(tmp_path: Path) -> None:
+    doc = example_result(label="bom")
+    p = tmp_path / "bom.json"
+    p.write_bytes(b"\xef\xbb\xbf" + json.dumps(doc).encode())
+    assert load_result(p)["label"] == "bom"
+
+
 def test_non_finite_written_as_null(tmp_path: Path) -> None:
     doc: Any = example_result()
     doc["energy"]["j_per_output_token"] = math.inf

@@ -281,3 +281,10 @@ def test_replay_rejects_an_unknown_source_label(tmp_path: Path) -> None:
 )
 def test_is_measured_on_compound_labels(label: str, measured: bool) -> None:
     assert is_measured(label) is measured
+
+
+def test_trace_with_a_byte_order_mark(tmp_path: Path) -> None:
+    """A CSV saved by Excel starts with a UTF-8 BOM: the first column is still 'time_s'."""
+    p = tmp_path / "excel.csv"
+    p.write_bytes(b"\xef\xbb\xbf" + b"time_s,device,power_w\n0,g,100\n1,g,100\n")
+    assert load_trace(p).energy_between_j(0.0, 1.0) == {"g": pytest.approx(100.0)}

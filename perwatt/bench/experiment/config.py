@@ -624,7 +624,7 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
     """Read and validate an experiment file; errors name the file and the field."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8-sig")  # a BOM from a Windows editor is not TOML
     except OSError as e:
         raise ConfigError(f"{p}: cannot read the experiment file ({e.strerror or e})") from None
     try:
