@@ -34,6 +34,7 @@ where pieces under the same element merge as soon as they share a level.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -48,7 +49,8 @@ I64 = npt.NDArray[np.int64]
 class AllocTree:
     """The tree as the allocator needs it: parents (DFS order, root 0), depths, capacities.
 
-    ``capacity`` is in root-referred watts, after subtracting fixed (non-GPU) loads.
+    ``capacity`` is in root-referred watts, after subtracting fixed (non-GPU) loads; it may
+    carry a leading time axis ``[K, E]`` for K independent problems on the same tree.
     """
 
     parent: I64
@@ -57,7 +59,7 @@ class AllocTree:
 
     def __post_init__(self) -> None:
         n = len(self.parent)
-        if not (len(self.depth) == len(self.capacity) == n) or n == 0:
+        if not (len(self.depth) == self.capacity.shape[-1] == n) or n == 0:
             raise ConfigError("tree arrays must be non-empty and of equal length")
         if self.parent[0] != -1 or np.any(self.parent[1:] >= np.arange(1, n)):
             raise ConfigError("tree must be in depth-first order with the root first")
@@ -152,6 +154,9 @@ def fill(
     weight = a * step
     if not np.any(weight > 0):
         return x, residual
+    need = subtree_sums(tree, element, weight)
+    if np.all(need <= residual):  # nothing binds: every cohort reaches its target
+        return x + step, residual - need
     lam = _levels(tree, element, weight, residual)
     level = lam.copy()
     for d in range(1, int(tree.depth.max()) + 1):
@@ -179,8 +184,24 @@ def reallocate(
     """The three-phase allocation (module docstring). Arrays are per cohort; caps per GPU.
 
     ``gain`` is the cohort's node's root-referral factor; ``floor_w`` the cap below which the
-    cohort's flexibility tier is exceeded (clipped into [min, request]).
+    cohort's flexibility tier is exceeded (clipped into [min, request]). With a capacity of
+    shape ``[K, E]`` and per-cohort arrays of shape ``[K, C]`` (or ``[C]``), K independent
+    problems are solved at once as one forest of K trees; ``caps_w`` is then ``[K, C]``.
     """
+    cap = np.asarray(tree.capacity, dtype=np.float64)
+    if cap.ndim == 2:
+        return _batched(
+            tree,
+            element=element,
+            gpus=gpus,
+            gain=gain,
+            min_w=min_w,
+            max_w=max_w,
+            request_w=request_w,
+            floor_w=floor_w,
+            priority=priority,
+            active=active,
+        )
     a = np.asarray(gpus, dtype=np.float64) * gain
     lo = np.asarray(min_w, dtype=np.float64)
     hi = np.maximum(np.asarray(max_w, dtype=np.float64), lo)
@@ -188,9 +209,9 @@ def reallocate(
     flo = np.clip(floor_w, lo, req)
     x = lo.copy()
     residual = tree.capacity - subtree_sums(tree, element, a * x)
+    # an element overloaded even at the minimum caps: the cohorts under it stay at their
+    # minimum (its level is 0), the rest of the tree is still allocated
     feasible = bool(np.all(residual >= -1e-9 * np.maximum(1.0, np.abs(tree.capacity))))
-    if not feasible:
-        return Allocation(caps_w=x, feasible=False)
     tiers = np.unique(priority)[::-1]
     for goal in (flo, req):
         for p in tiers:
@@ -198,7 +219,25 @@ def reallocate(
             x, residual = fill(tree, element, a, x, np.where(m, goal, x), residual)
     x, residual = fill(tree, element, a, x, np.where(active, hi, x), residual)
     x, residual = fill(tree, element, a, x, hi, residual)
-    return Allocation(caps_w=x, feasible=True)
+    return Allocation(caps_w=x, feasible=feasible)
+
+
+def _batched(tree: AllocTree, **arrays: npt.NDArray[Any]) -> Allocation:
+    k, e = tree.capacity.shape
+    c = len(arrays["element"])
+    off = np.arange(k, dtype=np.int64)[:, None] * e
+    parent = np.where(tree.parent[None, :] >= 0, tree.parent[None, :] + off, -1).ravel()
+    forest = AllocTree(
+        parent=parent, depth=np.tile(tree.depth, k), capacity=tree.capacity.ravel()
+    )
+    flat = {
+        name: np.broadcast_to(v, (k, c)).ravel()
+        for name, v in arrays.items()
+        if name != "element"
+    }
+    element = (arrays["element"][None, :] + off).ravel()
+    out = reallocate(forest, element=element, **flat)
+    return Allocation(caps_w=out.caps_w.reshape(k, c), feasible=out.feasible)
 
 
 __all__ = ["AllocTree", "Allocation", "fill", "reallocate", "subtree_sums"]
