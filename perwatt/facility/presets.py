@@ -236,7 +236,7 @@ def build_site(
     )
 
 
-def test_8rack(*, racks: int = 8) -> Topology:
+def eight_rack(*, racks: int = 8) -> Topology:
     """Eight DGX H100 racks (4 servers each) under two PDUs: small enough to run GPU by GPU.
 
     The PDUs and the feed are deliberately tight (oversubscribed ~1.17x at nameplate), so a
@@ -295,7 +295,7 @@ def site_1gw(*, racks: int | None = None) -> Topology:
 
 
 SITES: Final[Mapping[str, Callable[..., Topology]]] = {
-    "test-8rack": test_8rack,
+    "test-8rack": eight_rack,
     "site-96mw": site_96mw,
     "site-250mw": site_250mw,
     "site-1gw": site_1gw,
@@ -323,5 +323,5 @@ __all__ = [
     "site_1gw",
     "site_250mw",
     "site_96mw",
-    "test_8rack",
+    "eight_rack",
 ]
