@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from perwatt.errors import CLEAN_EXIT_ERRORS, UserError
 
 # meter: env, meter · bench: bench · analysis: compare, report · train: train … · engine: serve, quantize
-_AREAS = ("meter", "bench", "analysis", "train", "engine")
+# facility: facility … · cost: cost
+_AREAS = ("meter", "bench", "analysis", "train", "engine", "facility", "cost")
 
 
 def build_parser() -> argparse.ArgumentParser:

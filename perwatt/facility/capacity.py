@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from perwatt.errors import ConfigError
+from perwatt.facility.placement import place
 from perwatt.facility.policies import make_policy
 from perwatt.facility.presets import SITES
 from perwatt.facility.simulate import SimConfig, simulate
@@ -116,7 +117,11 @@ def builder_for(site: str | Topology) -> tuple[SiteBuilder, int]:
 def _passes(
     site: Topology, workload: Workload, policy: str, cfg: SimConfig, max_loss: float
 ) -> tuple[bool, float, float]:
-    r = simulate(site, workload, make_policy(policy), cfg)
+    try:
+        pl = place(site, workload)
+    except ConfigError:  # too few racks for every job to get one: too small to count
+        return False, 1.0, 0.0
+    r = simulate(site, workload, make_policy(policy), cfg, placement=pl)
     loss = max((1.0 - j.throughput for j in r.jobs), default=0.0)
     ok = r.seconds_over_capacity == 0 and (policy == "static" or loss <= max_loss + 1e-12)
     return ok, loss, r.seconds_over_capacity

@@ -103,4 +103,11 @@ def safe_uniform_cap_w(snapshot: Snapshot) -> float:
     return float(per.min())
 
 
-__all__ = ["Policy", "Snapshot", "propagate_down", "safe_uniform_cap_w"]
+def can_overload(snapshot: Snapshot) -> npt.NDArray[np.bool_]:
+    """Elements whose load could exceed their capacity with every GPU at its maximum."""
+    full = subtree_sums(snapshot.tree, snapshot.element, snapshot.weight * snapshot.max_w)
+    out: npt.NDArray[np.bool_] = full > snapshot.tree.capacity * (1 - 1e-9)
+    return out
+
+
+__all__ = ["Policy", "Snapshot", "can_overload", "propagate_down", "safe_uniform_cap_w"]

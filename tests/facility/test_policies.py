@@ -12,6 +12,7 @@ from perwatt.facility.policy import Policy, Snapshot
 def snap(util: float, *, ok: bool = True, t: float = 0.0) -> Snapshot:
     # one feed over two cohorts of 10 GPUs: high priority (2) and low (0)
     tree = AllocTree(parent=np.array([-1]), depth=np.array([0]), capacity=np.array([10_000.0]))
+    # 20 GPUs x 700 W = 14 kW at nameplate > 10 kW: the feed is oversubscribed
     return Snapshot(
         time_s=t,
         tree=tree,
@@ -80,3 +81,12 @@ def test_unknown_policy_or_parameter() -> None:
         make_policy("magic")
     with pytest.raises(ConfigError, match="policy 'polca'"):
         make_policy("polca", t9=1)
+
+
+def test_threshold_policies_ignore_elements_that_cannot_overload() -> None:
+    s = snap(0.99)
+    roomy = Snapshot(**{**{f: getattr(s, f) for f in Snapshot.__dataclass_fields__},
+                        "tree": AllocTree(parent=np.array([-1]), depth=np.array([0]),
+                                          capacity=np.array([20_000.0]))})
+    assert list(make_policy("polca").allocate(roomy)) == [700.0, 700.0]
+    assert list(make_policy("thunderbolt").allocate(roomy)) == [700.0, 700.0]

@@ -4,7 +4,9 @@ After POLCA (Patel et al., "POLCA: Power Oversubscription in LLM Cloud Providers
 arXiv 2308.12908): when an element's load passes a first threshold, low-priority GPUs under it
 are capped; past a second threshold every GPU under it is capped; each state is released only
 when the load falls a hysteresis margin below its threshold; at the element's capacity the
-emergency brake drops every GPU under it to its minimum. The thresholds and cap levels below
+emergency brake drops every GPU under it to its minimum. Only elements that *can* exceed their
+capacity (nameplate load below them above it) are watched: the thresholds are about
+oversubscribed power domains, as in POLCA. The thresholds and cap levels below
 are perwatt's defaults (POLCA tunes its own per cluster); pass others to explore.
 """
 
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from perwatt.facility.policy import F64, Snapshot, propagate_down
+from perwatt.facility.policy import F64, Snapshot, can_overload, propagate_down
 
 
 @dataclass(slots=True)
@@ -31,7 +33,9 @@ class TwoThreshold:
     state: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def allocate(self, snapshot: Snapshot) -> F64:
-        u = snapshot.element_util
+        # thresholds apply where the load can exceed the capacity (oversubscribed elements);
+        # an element that carries its nameplate load is never at risk, whatever its load
+        u = np.where(can_overload(snapshot), snapshot.element_util, 0.0)
         if len(self.state) != len(u):
             self.state = np.zeros(len(u), dtype=np.int64)
         s = self.state

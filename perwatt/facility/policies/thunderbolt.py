@@ -17,7 +17,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from perwatt.facility.policy import F64, Snapshot, propagate_down, safe_uniform_cap_w
+from perwatt.facility.policy import (
+    F64,
+    Snapshot,
+    can_overload,
+    propagate_down,
+    safe_uniform_cap_w,
+)
 
 
 @dataclass(slots=True)
@@ -48,7 +54,7 @@ class Thunderbolt:
                 self.caps = np.clip(np.full(len(self.caps), safe), snapshot.min_w, snapshot.max_w)
             return self.caps.copy()
         self.lost_since_s = None
-        u = snapshot.element_util
+        u = np.where(can_overload(snapshot), snapshot.element_util, 0.0)
         over = propagate_down(snapshot.tree, (u >= self.threshold).astype(np.float64), "max")
         calm = propagate_down(snapshot.tree, u, "max") < self.release
         over_c = over[snapshot.element] > 0
