@@ -292,7 +292,6 @@ def economics_for_run(
     )
 
 
-
 HOURS_PER_YEAR: Final = 8760.0
 
 
@@ -363,7 +362,9 @@ def site_cost(
     extra = tokens * g
     revenue = None
     if usd_per_million_tokens_sold is not None:
-        revenue = extra / 1e6 * _non_negative("usd_per_million_tokens_sold", usd_per_million_tokens_sold)
+        revenue = (
+            extra / 1e6 * _non_negative("usd_per_million_tokens_sold", usd_per_million_tokens_sold)
+        )
     return SiteCost(
         it_power_w=p,
         pue=pu,
@@ -373,7 +374,9 @@ def site_cost(
         facility_power_w=fac_w,
         energy_cost_usd_per_year=cost,
         tokens_per_year=tokens,
-        usd_per_million_tokens=cost_per_million_tokens_usd(it_j, tokens, price_per_kwh=price, pue=pu),
+        usd_per_million_tokens=cost_per_million_tokens_usd(
+            it_j, tokens, price_per_kwh=price, pue=pu
+        ),
         tokens_per_s_per_mw=tokens_per_s_per_mw(p * tpj, p, pue=pu),
         power_share_of_opex=share,
         gain=g,
@@ -381,6 +384,7 @@ def site_cost(
         gain_extra_tokens_per_year=extra,
         gain_extra_revenue_usd_per_year=revenue,
     )
+
 
 __all__ = [
     "DEFAULT_PRICE_PER_KWH_USD",

@@ -108,17 +108,23 @@ def run_cost(args: argparse.Namespace) -> int:
         else f" (${c.gain_extra_revenue_usd_per_year:,.0f}/year at ${args.token_price}/Mtok)"
     )
     print(f"inputs: {label}")
-    print(f"IT power {c.it_power_w / 1e6:,.2f} MW x PUE {c.pue:.3f} = facility "
-          f"{c.facility_power_w / 1e6:,.2f} MW, {c.utilisation:.0%} of the year, "
-          f"${c.price_per_kwh}/kWh")
+    print(
+        f"IT power {c.it_power_w / 1e6:,.2f} MW x PUE {c.pue:.3f} = facility "
+        f"{c.facility_power_w / 1e6:,.2f} MW, {c.utilisation:.0%} of the year, "
+        f"${c.price_per_kwh}/kWh"
+    )
     print(f"energy cost           ${c.energy_cost_usd_per_year:,.0f} per year")
-    print(f"tokens                {c.tokens_per_year:.4g} per year "
-          f"({c.tokens_per_j:g} tokens/J of IT energy)")
+    print(
+        f"tokens                {c.tokens_per_year:.4g} per year "
+        f"({c.tokens_per_j:g} tokens/J of IT energy)"
+    )
     print(f"$ per million tokens  {c.usd_per_million_tokens:.4g}")
     print(f"tokens/s per MW       {c.tokens_per_s_per_mw:,.0f} (facility power)")
     print(f"power share of OpEx   {share}")
-    print(f"a {c.gain:.0%} gain in tokens/J is worth ${c.gain_saving_usd_per_year:,.0f} per "
-          f"year at the same output, or {c.gain_extra_tokens_per_year:.4g} more tokens per "
-          f"year at the same power{rev}")
+    print(
+        f"a {c.gain:.0%} gain in tokens/J is worth ${c.gain_saving_usd_per_year:,.0f} per "
+        f"year at the same output, or {c.gain_extra_tokens_per_year:.4g} more tokens per "
+        f"year at the same power{rev}"
+    )
     print(ENERGY_COST_NOTE)
     return 0

@@ -227,13 +227,9 @@ def _batched(tree: AllocTree, **arrays: npt.NDArray[Any]) -> Allocation:
     c = len(arrays["element"])
     off = np.arange(k, dtype=np.int64)[:, None] * e
     parent = np.where(tree.parent[None, :] >= 0, tree.parent[None, :] + off, -1).ravel()
-    forest = AllocTree(
-        parent=parent, depth=np.tile(tree.depth, k), capacity=tree.capacity.ravel()
-    )
+    forest = AllocTree(parent=parent, depth=np.tile(tree.depth, k), capacity=tree.capacity.ravel())
     flat = {
-        name: np.broadcast_to(v, (k, c)).ravel()
-        for name, v in arrays.items()
-        if name != "element"
+        name: np.broadcast_to(v, (k, c)).ravel() for name, v in arrays.items() if name != "element"
     }
     element = (arrays["element"][None, :] + off).ravel()
     out = reallocate(forest, element=element, **flat)

@@ -75,7 +75,7 @@ class Weather:
         if len(self.temperature_c) < 24:
             raise ConfigError(f"weather {self.source}: need at least 24 hours")
 
-    def at(self, time_s: F64, *, start_hour: float = 0.0) -> F64:
+    def at(self, time_s: npt.ArrayLike, *, start_hour: float = 0.0) -> F64:
         """Temperature at simulation times (linear between hours, wrapping at the end)."""
         h = (np.asarray(time_s) / 3600.0 + start_hour) % len(self.temperature_c)
         t = self.temperature_c

@@ -163,7 +163,9 @@ def gpu_model(key: str) -> GPUModel:
     )
 
 
-def fit_gamma(cap_w: Sequence[float], rel_throughput: Sequence[float], p0_w: float, natural_w: float) -> float:
+def fit_gamma(
+    cap_w: Sequence[float], rel_throughput: Sequence[float], p0_w: float, natural_w: float
+) -> float:
     """Least-squares exponent in log space for points below the natural power."""
     c = np.asarray(cap_w, dtype=np.float64)
     y = np.asarray(rel_throughput, dtype=np.float64)
@@ -182,7 +184,7 @@ def calibrate_from_bench(model: GPUModel, paths: Sequence[str | Path]) -> GPUMod
     Each document gives the power limit (``conditions.gpus[0].power_limit_w``), the output
     tokens/s and the average power per GPU; the highest-throughput run defines "uncapped".
     """
-    import json  # noqa: PLC0415 - only this function reads files
+    import json
 
     limits, tps, power = [], [], []
     for p in paths:
@@ -193,7 +195,9 @@ def calibrate_from_bench(model: GPUModel, paths: Sequence[str | Path]) -> GPUMod
             rate = doc["metrics"]["output_throughput_tok_s"]
             avg = doc["energy"]["avg_power_w"] / max(1, len(gpus))
         except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
-            raise DataFormatError(f"{p}: not a perwatt bench result with a power limit ({e})") from e
+            raise DataFormatError(
+                f"{p}: not a perwatt bench result with a power limit ({e})"
+            ) from e
         if lim is None or not math.isfinite(float(lim)):
             raise DataFormatError(f"{p}: the result records no power limit")
         limits.append(float(lim))

@@ -133,7 +133,9 @@ def place(topology: Topology, workload: Workload) -> Placement:
         return out
 
     (new_root,) = build(root, 0, "")
-    placed = Topology(name=topology.name, root=new_root, source=topology.source, notes=topology.notes)
+    placed = Topology(
+        name=topology.name, root=new_root, source=topology.source, notes=topology.notes
+    )
     fl = placed.flat()
     node_job = {int(i): node_label[fl.names[int(i)]] for i in fl.leaves}
     gpus = [0] * len(workload.jobs)

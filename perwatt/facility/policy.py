@@ -54,8 +54,17 @@ class Snapshot:
 
     def __post_init__(self) -> None:
         n = len(self.element)
-        for name in ("gpus", "gain", "min_w", "max_w", "request_w", "power_w", "floor_w",
-                     "priority", "active"):
+        for name in (
+            "gpus",
+            "gain",
+            "min_w",
+            "max_w",
+            "request_w",
+            "power_w",
+            "floor_w",
+            "priority",
+            "active",
+        ):
             m = np.shape(getattr(self, name))[-1]
             if m != n:
                 raise ConfigError(f"snapshot: {name} has {m} entries per step, not {n}")
@@ -92,7 +101,8 @@ def propagate_down(tree: AllocTree, values: F64, op: str = "max") -> F64:
     for d in range(1, int(tree.depth.max()) + 1):
         idx = np.flatnonzero(tree.depth == d)
         out[idx] = f(out[idx], out[tree.parent[idx]])
-    return out
+    res: F64 = out
+    return res
 
 
 def safe_uniform_cap_w(snapshot: Snapshot) -> float:

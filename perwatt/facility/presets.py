@@ -124,7 +124,11 @@ def build_site(
     under its feed. UPS and PDU capacities follow their racks' nameplate, so only the feed is
     shared more thinly — the MaxLPS question.
     """
-    n = racks if racks is not None else nameplate_racks(feed_w, rack, cooling_overhead=cooling_overhead)
+    n = (
+        racks
+        if racks is not None
+        else nameplate_racks(feed_w, rack, cooling_overhead=cooling_overhead)
+    )
     if n < 1:
         raise ConfigError(f"site {name!r}: not one rack fits under {feed_w / 1e6:g} MW")
     per_pdu = min(racks_per_pdu, n)
@@ -316,12 +320,12 @@ __all__ = [
     "build_site",
     "dgx_b200",
     "dgx_h100",
+    "eight_rack",
     "gb200_nvl72",
     "gb300_nvl72",
     "nameplate_racks",
     "preset_site",
     "site_1gw",
-    "site_250mw",
     "site_96mw",
-    "eight_rack",
+    "site_250mw",
 ]

@@ -41,7 +41,7 @@ import numpy.typing as npt
 
 from perwatt.economics import DEFAULT_PRICE_PER_KWH_USD, check_price
 from perwatt.errors import ConfigError
-from perwatt.facility.allocate import AllocTree, subtree_sums
+from perwatt.facility.allocate import AllocTree
 from perwatt.facility.cooling import CoolingModel, Weather, annualized_pue, synthetic_weather
 from perwatt.facility.curves import GPUModel, gpu_model
 from perwatt.facility.placement import Placement, place
@@ -177,7 +177,7 @@ def _cohorts(
         return out
     # one row per GPU: the same node, 1 GPU, its share of the node's other power
     rep = np.repeat(np.arange(n), out.gpus)
-    fields = {}
+    fields: dict[str, Any] = {}
     for f in _Cohorts.__dataclass_fields__:
         v = getattr(out, f)
         fields[f] = {k: a[rep] for k, a in v.items()} if isinstance(v, dict) else v[rep]
@@ -278,7 +278,9 @@ def _physics(c: _Cohorts, caps: F64, dp: F64, dd: F64, comp: F64, comm: F64) -> 
     sd0 = dd / c.rd
     busy0 = sp0 + sd0
     served0 = np.where(busy0 > 1.0, 1.0 / np.maximum(busy0, 1e-12), 1.0)
-    r_inf = idle * (1 - busy0 * served0) + served0 * (sp0 * c.nat["prefill"] + sd0 * c.nat["decode"])
+    r_inf = idle * (1 - busy0 * served0) + served0 * (
+        sp0 * c.nat["prefill"] + sd0 * c.nat["decode"]
+    )
     # training: compute / communication / checkpoint shares
     ck = np.maximum(1.0 - comp - comm, 0.0)
     p_trn = comp * pt + comm * pc + ck * idle
@@ -403,21 +405,53 @@ def simulate(
                     element_util=np.broadcast_to(util, (len(dec), E)),
                     telemetry_ok=bool(ok.all()),
                 )
-                c2 = np.clip(np.broadcast_to(policy.allocate(snap), (len(dec), C)), co.min_w, co.max_w)
+                c2 = np.clip(
+                    np.broadcast_to(policy.allocate(snap), (len(dec), C)), co.min_w, co.max_w
+                )
                 caps_k = np.repeat(c2, every, axis=0)[:K]
                 st = _physics(co, caps_k, dp, dd, comp, comm)
                 last_req, last_other = unc.request_w[-1], unc.other_w[-1]
             else:
                 st = _closed_loop(
-                    policy, co, fl, s, K, every, dt, dp, dd, comp, comm, ok, caps, cap_ref,
-                    anc, S, node_in, overhead[s:e], feed_cap, rho, util,
+                    policy,
+                    co,
+                    fl,
+                    s,
+                    K,
+                    every,
+                    dt,
+                    dp,
+                    dd,
+                    comp,
+                    comm,
+                    ok,
+                    caps,
+                    cap_ref,
+                    anc,
+                    S,
+                    node_in,
+                    overhead[s:e],
+                    feed_cap,
+                    rho,
+                    util,
                     (last_req, last_pow, last_other),
                 )
                 caps = st.caps
                 last_req, last_pow, last_other = st.request_w[-1], st.power_w[-1], st.other_w[-1]
-            rho = acc.add(s, st, co=co, anc=anc, S=S, fl_cap=fl.capacity_w, node_in=node_in,
-                          overhead=overhead[s:e], feed_cap=feed_cap, member=member, dt=dt,
-                          rho=rho)
+            rho = acc.add(
+                s,
+                st,
+                co=co,
+                anc=anc,
+                S=S,
+                fl_cap=fl.capacity_w,
+                node_in=node_in,
+                overhead=overhead[s:e],
+                feed_cap=feed_cap,
+                member=member,
+                dt=dt,
+                rho=rho,
+            )
             util = acc.last_util
             if open_loop:
                 last_pow = st.power_w[-1]
@@ -425,24 +459,53 @@ def simulate(
             if progress is not None:
                 progress(done, T)
     except (KeyboardInterrupt, _Interrupted) as ex:
-        partial = "interrupted (Ctrl-C)" if isinstance(ex, KeyboardInterrupt) else f"stopped by {ex}"
+        partial = (
+            "interrupted (Ctrl-C)" if isinstance(ex, KeyboardInterrupt) else f"stopped by {ex}"
+        )
     finally:
         if old is not None:
             signal.signal(signal.SIGTERM, old)
     if done == 0:
         raise ConfigError("the simulation was stopped before its first step")
     return _result(
-        acc, done, cfg=cfg, policy=policy, topology=topology, workload=workload, pl=pl,
-        cool=cool, weather=weather, notes=dem.notes, feed_cap=feed_cap, fl_names=fl.names,
-        fl_kinds=fl.kinds, fl_cap=fl.capacity_w, partial=partial,
+        acc,
+        done,
+        cfg=cfg,
+        policy=policy,
+        topology=topology,
+        workload=workload,
+        pl=pl,
+        cool=cool,
+        weather=weather,
+        notes=dem.notes,
+        feed_cap=feed_cap,
+        fl_names=fl.names,
+        fl_kinds=fl.kinds,
+        fl_cap=fl.capacity_w,
+        partial=partial,
     )
 
 
-_FIELDS = ("power_w", "request_w", "other_w", "out_tok", "in_tok", "unserved", "violated", "progress")
+_FIELDS = (
+    "power_w",
+    "request_w",
+    "other_w",
+    "out_tok",
+    "in_tok",
+    "unserved",
+    "violated",
+    "progress",
+)
 
 
 def _util_rows(
-    st: _Step, co: _Cohorts, anc: F64, S: F64, cap_w: F64, node_in: F64, overhead: F64,
+    st: _Step,
+    co: _Cohorts,
+    anc: F64,
+    S: F64,
+    cap_w: F64,
+    node_in: F64,
+    overhead: F64,
     feed_cap: float,
 ) -> F64:
     """Each element's load / capacity per step (the feed includes cooling)."""
@@ -496,7 +559,11 @@ def _closed_loop(
         k1 = min(K, k0 + ahead[0])
         ahead[0] = min(ahead[0] * 2, 512)
         rest = _physics(
-            co, np.broadcast_to(cap_now, (k1 - k0, C)), dp[k0:k1], dd[k0:k1], comp[k0:k1],
+            co,
+            np.broadcast_to(cap_now, (k1 - k0, C)),
+            dp[k0:k1],
+            dd[k0:k1],
+            comp[k0:k1],
             comm[k0:k1],
         )
         for f in _FIELDS:
@@ -511,7 +578,9 @@ def _closed_loop(
         if (s + k) % every == 0:
             if k > 0:
                 last_req, last_pow, last_other = (
-                    cur.request_w[k - 1], cur.power_w[k - 1], cur.other_w[k - 1]
+                    cur.request_w[k - 1],
+                    cur.power_w[k - 1],
+                    cur.other_w[k - 1],
                 )
                 util = u_rows[k - 1]
             oth = last_other * co.gain

@@ -30,7 +30,6 @@ Batch jobs (``"kind": "batch"``): constant compute-bound ``utilization``.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,7 +180,7 @@ class Workload:
 
 def workload_from_dict(doc: Any, *, source: str = "<dict>", base_dir: str = ".") -> Workload:
     if not isinstance(doc, Mapping) or doc.get("schema") != WORKLOAD_SCHEMA:
-        raise ConfigError(f"expected a JSON object with \"schema\": \"{WORKLOAD_SCHEMA}\"")
+        raise ConfigError(f'expected a JSON object with "schema": "{WORKLOAD_SCHEMA}"')
     raw = doc.get("jobs")
     if not isinstance(raw, Sequence) or isinstance(raw, str):
         raise ConfigError("jobs must be a list")
@@ -222,7 +221,7 @@ def load_workload(path: str | Path) -> Workload:
         raise DataFormatError(msg if msg.startswith(str(p)) else f"{p}: {msg}") from None
 
 
-def training_phase(job: Job, time_s: F64) -> npt.NDArray[np.int8]:
+def training_phase(job: Job, time_s: npt.ArrayLike) -> npt.NDArray[np.int8]:
     """Per step: 1 compute, 0 communication, 2 checkpoint (GPUs near idle)."""
     t = np.asarray(time_s, dtype=np.float64)
     # offset by the job's name so two jobs do not beat in phase (deterministic)
@@ -259,8 +258,15 @@ def inference_only() -> Workload:
         name="inference",
         jobs=(
             Job(name="chat", kind="inference", share=0.7, priority=2),
-            Job(name="batch-api", kind="inference", share=0.3, priority=0, flex=0.5,
-                slo_tpot_ms=200.0, peak_load=0.6),
+            Job(
+                name="batch-api",
+                kind="inference",
+                share=0.3,
+                priority=0,
+                flex=0.5,
+                slo_tpot_ms=200.0,
+                peak_load=0.6,
+            ),
         ),
         source="preset inference",
     )
@@ -274,7 +280,11 @@ def training_only() -> Workload:
     )
 
 
-WORKLOADS: Final = {"mixed": mixed_inference, "inference": inference_only, "training": training_only}
+WORKLOADS: Final = {
+    "mixed": mixed_inference,
+    "inference": inference_only,
+    "training": training_only,
+}
 
 
 def preset_workload(name: str) -> Workload:

@@ -26,7 +26,12 @@ _BANNER: Final = (
 
 
 def _chart(
-    results: Sequence[PolicyResult], key: str, *, title: str, y_label: str, scale: float = 1.0,
+    results: Sequence[PolicyResult],
+    key: str,
+    *,
+    title: str,
+    y_label: str,
+    scale: float = 1.0,
     cap: float | None = None,
 ) -> str:
     xs_all: list[float] = []
@@ -40,18 +45,20 @@ def _chart(
         ys_all += ys
     if cap is not None:
         ys_all.append(cap)
-    frame = svg.make_frame(xs_all, ys_all, title=title, x_label="time (h)", y_label=y_label,
-                           y_zero=False, right=130)
+    frame = svg.make_frame(
+        xs_all, ys_all, title=title, x_label="time (h)", y_label=y_label, y_zero=False, right=130
+    )
     parts = [svg.axes(frame)]
-    entries = []
+    entries: list[tuple[str, str, svg.LegendKind]] = []
     for i, (name, xs, ys) in enumerate(series):
         c = svg.PALETTE[i % len(svg.PALETTE)]
         dx, dy = svg.decimate(xs, ys)
         parts.append(svg.line(frame, dx, dy, color=c))
         entries.append((name, c, "line"))
     if cap is not None and xs_all:
-        parts.append(svg.line(frame, [min(xs_all), max(xs_all)], [cap, cap], color="#000",
-                              dash="6 4"))
+        parts.append(
+            svg.line(frame, [min(xs_all), max(xs_all)], [cap, cap], color="#000", dash="6 4")
+        )
         entries.append(("capacity", "#000", "dashed"))
     parts.append(svg.legend(frame, entries, position="right"))
     return svg.document(frame, *parts)
@@ -81,9 +88,11 @@ def _summary(results: Sequence[PolicyResult]) -> str:
 
 def _jobs(results: Sequence[PolicyResult]) -> str:
     names = [j.name for j in results[0].jobs]
-    head = "<tr><th>job</th><th>kind</th><th>GPUs</th><th>priority</th><th>flex</th>" + "".join(
-        f"<th>{esc(r.policy)}</th>" for r in results
-    ) + "</tr>"
+    head = (
+        "<tr><th>job</th><th>kind</th><th>GPUs</th><th>priority</th><th>flex</th>"
+        + "".join(f"<th>{esc(r.policy)}</th>" for r in results)
+        + "</tr>"
+    )
     rows = []
     for n in names:
         j0 = results[0].job(n)
@@ -117,7 +126,9 @@ def _levels(results: Sequence[PolicyResult]) -> str:
 
 
 def render_facility_html(
-    results: Sequence[PolicyResult], *, title: str = "perwatt facility simulate",
+    results: Sequence[PolicyResult],
+    *,
+    title: str = "perwatt facility simulate",
     assumptions: Sequence[str] = (),
 ) -> str:
     """The report as an HTML string."""
@@ -139,10 +150,21 @@ def render_facility_html(
         _summary(results),
         "<h2>Site power vs the feed</h2>",
         '<div class="grid">',
-        _chart(results, "facility_w_max", title="Facility power (max per bucket)",
-               y_label="MW", scale=1e-6, cap=cap_mw),
-        _chart(results, "max_level_util_max", title="Most loaded level (load / capacity)",
-               y_label="ratio", cap=1.0),
+        _chart(
+            results,
+            "facility_w_max",
+            title="Facility power (max per bucket)",
+            y_label="MW",
+            scale=1e-6,
+            cap=cap_mw,
+        ),
+        _chart(
+            results,
+            "max_level_util_max",
+            title="Most loaded level (load / capacity)",
+            y_label="ratio",
+            cap=1.0,
+        ),
         _chart(results, "output_tok_s", title="Output tokens served", y_label="tokens/s"),
         _chart(results, "pue", title="PUE per interval", y_label="PUE"),
         "</div>",

@@ -10,10 +10,24 @@ from perwatt.cli import main
 DATA = Path(__file__).parents[2] / "perwatt/facility/data"
 
 
-def test_simulate_writes_result_timeline_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_simulate_writes_result_timeline_and_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "run"
-    rc = main(["facility", "simulate", "test-8rack", "mixed", "--policy", "static,realloc",
-               "--duration", "20m", "--out", str(out)])
+    rc = main(
+        [
+            "facility",
+            "simulate",
+            "test-8rack",
+            "mixed",
+            "--policy",
+            "static,realloc",
+            "--duration",
+            "20m",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     doc = json.loads((out / "result.json").read_text())
     assert [r["policy"] for r in doc["results"]] == ["static", "realloc"]
@@ -26,8 +40,20 @@ def test_simulate_writes_result_timeline_and_report(tmp_path: Path, capsys: pyte
 
 def test_simulate_shipped_files_including_dps(tmp_path: Path) -> None:
     for site in ("site_example.json", "site_example_dps.json"):
-        rc = main(["facility", "simulate", str(DATA / site), str(DATA / "workload_example.json"),
-                   "--policy", "realloc", "--duration", "10m", "--out", str(tmp_path / site)])
+        rc = main(
+            [
+                "facility",
+                "simulate",
+                str(DATA / site),
+                str(DATA / "workload_example.json"),
+                "--policy",
+                "realloc",
+                "--duration",
+                "10m",
+                "--out",
+                str(tmp_path / site),
+            ]
+        )
         assert rc == 0
 
 
@@ -41,14 +67,18 @@ def test_simulate_shipped_files_including_dps(tmp_path: Path) -> None:
         (["cost"], "give --it-power-mw"),
     ],
 )
-def test_bad_input_is_one_line(args: list[str], msg: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_bad_input_is_one_line(
+    args: list[str], msg: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     rc = main([*args, *(["--out", str(tmp_path)] if "simulate" in args else [])])
     err = capsys.readouterr().err
     assert rc == 2
     assert msg in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
-def test_bad_site_file_names_file_and_element(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_site_file_names_file_and_element(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     d = json.loads((DATA / "site_example.json").read_text())
     d["root"]["children"][0]["capacity_w"] = 1000.0
     p = tmp_path / "site.json"
@@ -59,23 +89,59 @@ def test_bad_site_file_names_file_and_element(tmp_path: Path, capsys: pytest.Cap
 
 
 def test_capacity_answers_for_every_policy(capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(["facility", "capacity", "site-96mw", "mixed", "--duration", "2h", "--step", "5m",
-               "--json"])
+    rc = main(
+        ["facility", "capacity", "site-96mw", "mixed", "--duration", "2h", "--step", "5m", "--json"]
+    )
     assert rc == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["policy"] for r in rows] == [
-        "nameplate", "static", "uniform", "polca", "thunderbolt", "realloc"]
+        "nameplate",
+        "static",
+        "uniform",
+        "polca",
+        "thunderbolt",
+        "realloc",
+    ]
     assert all(r["gpus"] > 0 for r in rows)
 
 
-def test_cost_from_numbers_and_from_a_result(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["cost", "--it-power-mw", "10", "--tokens-per-j", "2", "--pue", "1.2",
-                 "--price", "0.1", "--json"]) == 0
+def test_cost_from_numbers_and_from_a_result(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        main(
+            [
+                "cost",
+                "--it-power-mw",
+                "10",
+                "--tokens-per-j",
+                "2",
+                "--pue",
+                "1.2",
+                "--price",
+                "0.1",
+                "--json",
+            ]
+        )
+        == 0
+    )
     c = json.loads(capsys.readouterr().out)
     assert c["energy_cost_usd_per_year"] == pytest.approx(10e3 * 8760 * 1.2 * 0.1)
     out = tmp_path / "run"
-    main(["facility", "simulate", "test-8rack", "mixed", "--policy", "realloc",
-          "--duration", "10m", "--out", str(out)])
+    main(
+        [
+            "facility",
+            "simulate",
+            "test-8rack",
+            "mixed",
+            "--policy",
+            "realloc",
+            "--duration",
+            "10m",
+            "--out",
+            str(out),
+        ]
+    )
     capsys.readouterr()
     assert main(["cost", "--result", str(out / "result.json"), "--gain", "10%"]) == 0
     assert "simulated" in capsys.readouterr().out

@@ -7,7 +7,7 @@ import pytest
 
 from perwatt.errors import DataFormatError
 from perwatt.facility.loaders import load_site, to_dps
-from perwatt.facility.presets import site_96mw, eight_rack
+from perwatt.facility.presets import eight_rack, site_96mw
 
 
 def test_perwatt_json_round_trip(tmp_path: Path) -> None:
@@ -49,7 +49,9 @@ def _write(tmp_path: Path, doc: object) -> Path:
 def test_unknown_dps_version_is_one_line(tmp_path: Path) -> None:
     doc = to_dps(eight_rack())
     doc["SchemaVersion"] = "dcpower_9.9"
-    with pytest.raises(DataFormatError, match=r"bad\.json: unsupported DPS schema version 'dcpower_9\.9'"):
+    with pytest.raises(
+        DataFormatError, match=r"bad\.json: unsupported DPS schema version 'dcpower_9\.9'"
+    ):
         load_site(_write(tmp_path, doc))
 
 

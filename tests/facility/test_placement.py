@@ -25,8 +25,9 @@ def test_under_places_inside_the_element_and_unknown_is_an_error() -> None:
     fl = pl.topology.flat()
     busy = [fl.names[i] for i, j in pl.node_job.items() if j == 0]
     assert busy and all("dgx1" in n for n in busy)
-    bad = Workload(name="w", jobs=(Job(name="a", kind="batch", racks=1, under="pdu9"),),
-                   source="w.json")
+    bad = Workload(
+        name="w", jobs=(Job(name="a", kind="batch", racks=1, under="pdu9"),), source="w.json"
+    )
     with pytest.raises(ConfigError, match=r"w\.json: job 'a': under 'pdu9' is not an element"):
         place(site, bad)
 

@@ -85,8 +85,13 @@ def test_unknown_policy_or_parameter() -> None:
 
 def test_threshold_policies_ignore_elements_that_cannot_overload() -> None:
     s = snap(0.99)
-    roomy = Snapshot(**{**{f: getattr(s, f) for f in Snapshot.__dataclass_fields__},
-                        "tree": AllocTree(parent=np.array([-1]), depth=np.array([0]),
-                                          capacity=np.array([20_000.0]))})
+    roomy = Snapshot(
+        **{
+            **{f: getattr(s, f) for f in Snapshot.__dataclass_fields__},
+            "tree": AllocTree(
+                parent=np.array([-1]), depth=np.array([0]), capacity=np.array([20_000.0])
+            ),
+        }
+    )
     assert list(make_policy("polca").allocate(roomy)) == [700.0, 700.0]
     assert list(make_policy("thunderbolt").allocate(roomy)) == [700.0, 700.0]

@@ -3,7 +3,14 @@ from __future__ import annotations
 import pytest
 
 from perwatt.errors import ConfigError
-from perwatt.facility.presets import SITES, dgx_b200, dgx_h100, gb200_nvl72, gb300_nvl72, preset_site
+from perwatt.facility.presets import (
+    SITES,
+    dgx_b200,
+    dgx_h100,
+    gb200_nvl72,
+    gb300_nvl72,
+    preset_site,
+)
 
 
 def test_system_figures_match_their_sources() -> None:

@@ -42,15 +42,22 @@ def figures(r: Any) -> dict[str, float]:
 
 @pytest.mark.parametrize(
     ("policy", "params"),
-    [("static", {}), ("uniform", {}), ("realloc", {}), ("polca", {}),
-     ("thunderbolt", {"release_prob": 1.0})],
+    [
+        ("static", {}),
+        ("uniform", {}),
+        ("realloc", {}),
+        ("polca", {}),
+        ("thunderbolt", {"release_prob": 1.0}),
+    ],
 )
 def test_cohorts_change_no_figure_against_gpu_by_gpu(policy: str, params: dict) -> None:
     """The 8-rack site as 4 cohorts vs as 256 single-GPU cohorts on the expanded tree."""
     site = eight_rack()
     a = simulate(site, mixed_inference(), make_policy(policy, **params), SHORT)
     b = simulate(
-        expand(site), mixed_inference(), make_policy(policy, **params),
+        expand(site),
+        mixed_inference(),
+        make_policy(policy, **params),
         SimConfig(duration_s=1200.0, per_gpu=True),
     )
     fa, fb = figures(a), figures(b)
@@ -108,14 +115,23 @@ def test_interrupt_keeps_partial_result() -> None:
         if len(calls) == 1:
             raise KeyboardInterrupt
 
-    r = simulate(eight_rack(), mixed_inference(), make_policy("static"),
-                 SimConfig(duration_s=20_000.0), progress=progress)
+    r = simulate(
+        eight_rack(),
+        mixed_inference(),
+        make_policy("static"),
+        SimConfig(duration_s=20_000.0),
+        progress=progress,
+    )
     assert r.partial == "interrupted (Ctrl-C)"
     assert 0 < r.duration_s < 20_000.0
 
 
 def test_telemetry_loss_triggers_the_fallback() -> None:
     p = make_policy("thunderbolt")
-    r = simulate(eight_rack(), mixed_inference(), p,
-                 SimConfig(duration_s=600.0, telemetry_loss_s=(100.0, 300.0)))
+    r = simulate(
+        eight_rack(),
+        mixed_inference(),
+        p,
+        SimConfig(duration_s=600.0, telemetry_loss_s=(100.0, 300.0)),
+    )
     assert any("telemetry-loss fallback" in n for n in r.notes)

@@ -8,15 +8,25 @@ from perwatt.facility.topology import Element, Topology, expand
 
 
 def rack(name: str = "r", count: int = 1, nodes: int = 4) -> Element:
-    return Element(name=name, kind="rack", capacity_w=nodes * 10_200.0, count=count,
-                   children=(dgx_h100(f"{name}-n", count=nodes),))
+    return Element(
+        name=name,
+        kind="rack",
+        capacity_w=nodes * 10_200.0,
+        count=count,
+        children=(dgx_h100(f"{name}-n", count=nodes),),
+    )
 
 
 def test_children_over_parent_needs_declared_oversubscription() -> None:
     with pytest.raises(ConfigError, match=r"element 'pdu'.*1\.200x.*oversubscription"):
         Element(name="pdu", kind="pdu", capacity_w=2 * 40_800.0 / 1.2, children=(rack(count=2),))
-    ok = Element(name="pdu", kind="pdu", capacity_w=2 * 40_800.0 / 1.2, oversubscription=1.25,
-                 children=(rack(count=2),))
+    ok = Element(
+        name="pdu",
+        kind="pdu",
+        capacity_w=2 * 40_800.0 / 1.2,
+        oversubscription=1.25,
+        children=(rack(count=2),),
+    )
     t = Topology(name="t", root=Element(name="f", kind="feed", capacity_w=1e6, children=(ok,)))
     assert t.oversubscription()["pdu"] == pytest.approx(1.2)
 
@@ -40,8 +50,12 @@ def test_bad_elements_name_themselves(kw: dict, msg: str) -> None:
 
 def test_kind_order_prevents_cycles_and_upside_down_trees() -> None:
     with pytest.raises(ConfigError, match="cannot sit under"):
-        Element(name="r", kind="rack", capacity_w=1e5,
-                children=(Element(name="p", kind="pdu", capacity_w=2e4, children=(dgx_h100(),)),))
+        Element(
+            name="r",
+            kind="rack",
+            capacity_w=1e5,
+            children=(Element(name="p", kind="pdu", capacity_w=2e4, children=(dgx_h100(),)),),
+        )
 
 
 def test_node_nameplate_must_fit_its_capacity() -> None:
@@ -57,8 +71,9 @@ def test_unknown_gpu_is_one_line() -> None:
 def test_redundancy_reserve() -> None:
     e = Element(name="u", kind="ups", capacity_w=1e6, redundancy="2N", children=(rack(),))
     assert e.firm_capacity_w == 5e5 and e.reserve_w == 5e5
-    e = Element(name="u", kind="ups", capacity_w=1e6, redundancy="N+1", modules=4,
-                children=(rack(),))
+    e = Element(
+        name="u", kind="ups", capacity_w=1e6, redundancy="N+1", modules=4, children=(rack(),)
+    )
     assert e.firm_capacity_w == pytest.approx(7.5e5)
 
 

@@ -37,8 +37,10 @@ def test_unsorted_and_gaps_are_errors_with_line(tmp_path: Path) -> None:
 
 
 def test_bins_tokens_per_second(tmp_path: Path) -> None:
-    p = _csv(tmp_path, ["2023-11-16 18:00:00.1,10,5", "2023-11-16 18:00:00.9,20,1",
-                        "2023-11-16 18:00:02.5,7,3"])
+    p = _csv(
+        tmp_path,
+        ["2023-11-16 18:00:00.1,10,5", "2023-11-16 18:00:00.9,20,1", "2023-11-16 18:00:02.5,7,3"],
+    )
     t = load_azure_trace(p)
     np.testing.assert_array_equal(t.input_tok_s, [30, 0, 7])
     np.testing.assert_array_equal(t.output_tok_s, [6, 0, 3])
@@ -47,6 +49,6 @@ def test_bins_tokens_per_second(tmp_path: Path) -> None:
 def test_diurnal_peaks_in_the_afternoon_and_resamples() -> None:
     t = diurnal(noise=0.0)
     assert int(np.argmax(t.output_tok_s)) // 3600 == 14
-    inp, out, loops = t.resample(48, 3600.0)
+    _inp, out, loops = t.resample(48, 3600.0)
     assert loops == 2 and len(out) == 48
     assert out[14] == pytest.approx(out[38])

@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import numpy.typing as npt
 
 from perwatt.facility.policy import (
     F64,
@@ -52,7 +51,8 @@ class Thunderbolt:
                 self.fallback_steps += 1
                 safe = safe_uniform_cap_w(snapshot)
                 self.caps = np.clip(np.full(len(self.caps), safe), snapshot.min_w, snapshot.max_w)
-            return self.caps.copy()
+            held: F64 = self.caps.copy()
+            return held
         self.lost_since_s = None
         u = np.where(can_overload(snapshot), snapshot.element_util, 0.0)
         over = propagate_down(snapshot.tree, (u >= self.threshold).astype(np.float64), "max")
