@@ -33,7 +33,7 @@ where pieces under the same element merge as soon as they share a level.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -56,6 +56,7 @@ class AllocTree:
     parent: I64
     depth: I64
     capacity: F64
+    cache: list[tuple[I64, I64]] = field(default_factory=list, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         n = len(self.parent)
@@ -77,67 +78,117 @@ class Allocation:
     feasible: bool
 
 
+def by_depth(tree: AllocTree) -> list[tuple[I64, I64]]:
+    """(elements, their parents) per depth from 1 down, computed once per tree."""
+    if not tree.cache:
+        for d in range(1, int(tree.depth.max()) + 1):
+            idx = np.flatnonzero(tree.depth == d)
+            tree.cache.append((idx, tree.parent[idx]))
+    return tree.cache
+
+
 def subtree_sums(tree: AllocTree, element: I64, values: F64) -> F64:
     """Sum of ``values`` (one per cohort, placed at ``element``) over every element's subtree."""
     out = np.bincount(element, weights=values, minlength=tree.size).astype(np.float64)
-    for d in range(int(tree.depth.max()), 0, -1):
-        idx = np.flatnonzero(tree.depth == d)
-        out += np.bincount(tree.parent[idx], weights=out[idx], minlength=tree.size)
+    for idx, par in reversed(by_depth(tree)):
+        out += np.bincount(par, weights=out[idx], minlength=tree.size)
     return out
 
 
+def _solve_groups(
+    o: I64, cc: F64, ww: F64, residual: F64
+) -> tuple[I64, F64, I64, F64, F64]:
+    """Levels for owners whose pieces saturate at different levels (a grouped sort).
+
+    Returns (owners, levels, and the pieces handed up: owner index, level, weight).
+    """
+    order = np.lexsort((cc, o))
+    o, cc, ww = o[order], cc[order], ww[order]
+    n = len(o)
+    brk = np.empty(n, dtype=bool)
+    brk[0] = True
+    np.not_equal(o[1:], o[:-1], out=brk[1:])
+    starts = np.flatnonzero(brk)
+    group = np.cumsum(brk) - 1
+    cw = np.cumsum(ww * cc)
+    cwsum = np.cumsum(ww)
+    cw0 = np.concatenate(([0.0], cw))
+    w0 = np.concatenate(([0.0], cwsum))
+    ends = np.concatenate((starts[1:], [n]))
+    base_cw = cw0[starts][group]  # sum before the group
+    base_w = w0[starts][group]
+    tot_w = (w0[ends] - w0[starts])[group]
+    below = cw - ww * cc - base_cw  # sum_{j<k} w_j c_j within the group
+    above = tot_w - (cwsum - ww - base_w)  # sum_{j>=k} w_j within the group
+    r = residual[o]
+    hit = below + cc * above >= r  # the filling function at level c_k reaches the residual
+    idx = np.where(hit, np.arange(n), n)
+    first = np.minimum.reduceat(idx, starts)
+    owners = o[starts]
+    binding = first < n
+    lvl = np.full(len(starts), np.inf)
+    fb = first[binding]
+    lvl[binding] = np.maximum((r[fb] - below[fb]) / above[fb], 0.0)
+    # cap the pieces at their owner's level; those at the group's top merge into one
+    cc = np.minimum(cc, lvl[group])
+    gtop = np.maximum.reduceat(cc, starts)
+    top = cc >= gtop[group]
+    merged_w = np.bincount(group[top], weights=ww[top], minlength=len(starts))
+    rest = ~top
+    up_o = np.concatenate((owners, o[rest]))
+    up_c = np.concatenate((gtop, cc[rest]))
+    up_w = np.concatenate((merged_w, ww[rest]))
+    return owners, lvl, up_o, up_c, up_w
+
+
 def _levels(tree: AllocTree, element: I64, weight: F64, residual: F64) -> F64:
-    """λ*_v for every element: the filling level at which v saturates (inf if never)."""
-    lam = np.full(tree.size, np.inf)
-    owner = element.copy()
-    c = np.ones(len(element))
-    w = weight.copy()
-    keep = w > 0
-    owner, c, w = owner[keep], c[keep], w[keep]
-    depth_of = tree.depth
-    for d in range(int(depth_of.max()), -1, -1):
-        at = depth_of[owner] == d
-        if not at.any():
+    """λ*_v for every element: the filling level at which v saturates (inf if never).
+
+    Pieces not yet limited by any descendant (level 1) are summed per owner with one bincount;
+    only owners that also hold limited pieces need the grouped sort.
+    """
+    E = tree.size
+    lam = np.full(E, np.inf)
+    keep = weight > 0
+    owner, c, w = element[keep], np.ones(int(keep.sum())), weight[keep]
+    parent = tree.parent
+    for d in range(int(tree.depth.max()), -1, -1):
+        pd = tree.depth[owner]
+        at = pd == d
+        if pd.min() == d:  # every piece is here (the common case at the bottom)
+            o, cc, ww = owner, c, w
+        elif not at.any():
             continue
-        o, cc, ww = owner[at], c[at], w[at]
-        order = np.lexsort((cc, o))
-        o, cc, ww = o[order], cc[order], ww[order]
-        n = len(o)
-        starts = np.flatnonzero(np.r_[True, o[1:] != o[:-1]])
-        group = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, n]))
-        cw = np.cumsum(ww * cc)
-        cwsum = np.cumsum(ww)
-        base_cw = np.r_[0.0, cw][starts][group]  # sum before the group
-        base_w = np.r_[0.0, cwsum][starts][group]
-        tot_w = np.r_[cwsum[np.r_[starts[1:] - 1, n - 1]]][group] - base_w
-        below = cw - ww * cc - base_cw  # sum_{j<k} w_j c_j within the group
-        above = tot_w - (cwsum - ww - base_w)  # sum_{j>=k} w_j within the group
-        f_at = below + cc * above  # filling function at level c_k
-        r = residual[o]
-        hit = f_at >= r
-        idx = np.where(hit, np.arange(n), n)
-        first = np.minimum.reduceat(idx, starts)
-        owners = o[starts]
-        binding = first < n
-        lvl = np.full(len(starts), np.inf)
-        fb = first[binding]
-        lvl[binding] = np.maximum((r[fb] - below[fb]) / above[fb], 0.0)
-        lam[owners] = lvl
-        # cap the pieces at their owner's level, merge those at the top, hand them to the parent
-        cc = np.minimum(cc, lvl[group])
-        gmax = np.maximum.reduceat(cc, starts)[group]
-        top = cc >= gmax
-        merged_w = np.bincount(group[top], weights=ww[top], minlength=len(starts))
-        rest = ~top
-        par = tree.parent[owners]
+        else:
+            o, cc, ww = owner[at], c[at], w[at]
+        free = cc >= 1.0
+        w_free = np.bincount(o[free], weights=ww[free], minlength=E)
+        ko, kc, kw = o[~free], cc[~free], ww[~free]
+        mixed = np.zeros(E, dtype=bool)
+        mixed[ko] = True
+        simple = np.flatnonzero((w_free > 0) & ~mixed)
+        ws, rs = w_free[simple], residual[simple]
+        ls = np.where(ws > rs, np.maximum(rs, 0.0) / ws, np.inf)
+        lam[simple] = ls
+        up_o = [parent[simple]]
+        up_c = [np.minimum(ls, 1.0)]
+        up_w = [ws]
+        if len(ko):
+            mo = np.flatnonzero(mixed & (w_free > 0))
+            go = np.concatenate((ko, mo))
+            gc = np.concatenate((kc, np.ones(len(mo))))
+            gw = np.concatenate((kw, w_free[mo]))
+            owners, lvl, po, pc, pw = _solve_groups(go, gc, gw, residual)
+            lam[owners] = lvl
+            up_o.append(parent[po])
+            up_c.append(pc)
+            up_w.append(pw)
         if d == 0:
             break
-        new_owner = np.r_[par, tree.parent[o[rest]]]
-        new_c = np.r_[np.maximum.reduceat(cc, starts), cc[rest]]
-        new_w = np.r_[merged_w, ww[rest]]
-        owner = np.r_[new_owner, owner[~at]]
-        c = np.r_[new_c, c[~at]]
-        w = np.r_[new_w, w[~at]]
+        rest = ~at
+        owner = np.concatenate([*up_o, owner[rest]])
+        c = np.concatenate([*up_c, c[rest]])
+        w = np.concatenate([*up_w, w[rest]])
     return lam
 
 
@@ -152,16 +203,15 @@ def fill(
     """One progressive-filling step from ``x`` towards ``target``; returns (x, residual)."""
     step = np.maximum(target - x, 0.0)
     weight = a * step
-    if not np.any(weight > 0):
+    if not weight.max(initial=0.0) > 0:
         return x, residual
     need = subtree_sums(tree, element, weight)
     if np.all(need <= residual):  # nothing binds: every cohort reaches its target
         return x + step, residual - need
     lam = _levels(tree, element, weight, residual)
-    level = lam.copy()
-    for d in range(1, int(tree.depth.max()) + 1):
-        idx = np.flatnonzero(tree.depth == d)
-        level[idx] = np.minimum(level[idx], level[tree.parent[idx]])
+    level = lam
+    for idx, par in by_depth(tree):
+        level[idx] = np.minimum(level[idx], level[par])
     frac = np.clip(level[element], 0.0, 1.0)
     new_x = x + frac * step
     used = subtree_sums(tree, element, a * (new_x - x))
@@ -212,10 +262,12 @@ def reallocate(
     # an element overloaded even at the minimum caps: the cohorts under it stay at their
     # minimum (its level is 0), the rest of the tree is still allocated
     feasible = bool(np.all(residual >= -1e-9 * np.maximum(1.0, np.abs(tree.capacity))))
-    tiers = np.unique(priority)[::-1]
+    pr = np.asarray(priority, dtype=np.int64)
+    p0 = int(pr.min()) if len(pr) else 0
+    tiers = np.flatnonzero(np.bincount(pr - p0))[::-1] + p0  # small ints: no sort needed
+    masks = [pr == p for p in tiers]
     for goal in (flo, req):
-        for p in tiers:
-            m = priority == p
+        for m in masks:
             x, residual = fill(tree, element, a, x, np.where(m, goal, x), residual)
     x, residual = fill(tree, element, a, x, np.where(active, hi, x), residual)
     x, residual = fill(tree, element, a, x, hi, residual)
