@@ -128,7 +128,12 @@ def _solve_groups(
     binding = first < n
     lvl = np.full(len(starts), np.inf)
     fb = first[binding]
-    lvl[binding] = np.maximum((r[fb] - below[fb]) / above[fb], 0.0)
+    den = above[fb]
+    # den >= w_k > 0 in exact arithmetic; round-off with very unequal weights can cancel it
+    safe = den > 0
+    lv = cc[fb].copy()
+    lv[safe] = (r[fb][safe] - below[fb][safe]) / den[safe]
+    lvl[binding] = np.maximum(lv, 0.0)
     # cap the pieces at their owner's level; those at the group's top merge into one
     cc = np.minimum(cc, lvl[group])
     gtop = np.maximum.reduceat(cc, starts)
@@ -201,7 +206,8 @@ def fill(
     residual: F64,
 ) -> tuple[F64, F64]:
     """One progressive-filling step from ``x`` towards ``target``; returns (x, residual)."""
-    step = np.maximum(target - x, 0.0)
+    step = target - x
+    step[step < 1e-9] = 0.0  # below a nanowatt is round-off, not a request
     weight = a * step
     if not weight.max(initial=0.0) > 0:
         return x, residual

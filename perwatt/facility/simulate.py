@@ -222,7 +222,8 @@ def _demand(workload: Workload, pl: Placement, cfg: SimConfig) -> _Demand:
             dp[i] = inp * scale
             dd[i] = out * scale
         elif j.kind == "training":
-            sub = max(1, min(64, math.ceil(cfg.step_s)))
+            # enough samples per step to resolve the square wave (at most 64)
+            sub = max(1, min(64, math.ceil(max(cfg.step_s, 4 * cfg.step_s / j.period_s))))
             acc_c = np.zeros(T)
             acc_m = np.zeros(T)
             for k in range(sub):
