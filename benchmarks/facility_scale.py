@@ -36,8 +36,9 @@ def main() -> None:
     ap.add_argument("--step", type=float, default=1.0)
     ap.add_argument("--control", type=float, default=None)
     ap.add_argument("--policies", nargs="+", default=["static", "uniform", "realloc"])
+    ap.add_argument("--racks", type=int, default=None, help="racks (default: nameplate fit)")
     args = ap.parse_args()
-    site = preset_site(args.site)
+    site = preset_site(args.site, racks=args.racks)
     wl = preset_workload(args.workload)
     pl = place(site, wl)
     cfg = SimConfig(duration_s=args.hours * 3600, step_s=args.step,
@@ -45,7 +46,8 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
           f"{platform.python_version()}, numpy {np.__version__}; load average "
           f"{os.getloadavg()[0]:.1f}")
-    print(f"site {site.name}: {site.gpu_count} GPUs, {pl.topology.flat().size} tree elements, "
+    over = site.nameplate_w / site.root.capacity_w
+    print(f"site {site.name}: {site.gpu_count} GPUs (IT nameplate {over:.2f} x the feed), {pl.topology.flat().size} tree elements, "
           f"{len(pl.topology.flat().leaves)} cohorts; {cfg.steps} steps of {args.step:g} s, "
           f"control every {cfg.control_every * args.step:g} s")
     print("| policy | wall (s) | CPU (s) | facility energy (GWh, simulated) | s over capacity |")

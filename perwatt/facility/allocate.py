@@ -95,9 +95,7 @@ def subtree_sums(tree: AllocTree, element: I64, values: F64) -> F64:
     return out
 
 
-def _solve_groups(
-    o: I64, cc: F64, ww: F64, residual: F64
-) -> tuple[I64, F64, I64, F64, F64]:
+def _solve_groups(o: I64, cc: F64, ww: F64, residual: F64) -> tuple[I64, F64, I64, F64, F64]:
     """Levels for owners whose pieces saturate at different levels (a grouped sort).
 
     Returns (owners, levels, and the pieces handed up: owner index, level, weight).

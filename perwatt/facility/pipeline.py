@@ -27,9 +27,7 @@ def training_job_from_timeline(timeline: Timeline, *, name: str, **job: Any) -> 
     t = timeline.iteration_time_s
     if not t > 0:
         raise ConfigError("the timeline has no iteration time")
-    busy = sum(timeline.busy_s(s) for s in range(timeline.num_stages)) / (
-        timeline.num_stages * t
-    )
+    busy = sum(timeline.busy_s(s) for s in range(timeline.num_stages)) / (timeline.num_stages * t)
     for k in ("kind", "period_s", "compute_fraction"):
         if k in job:
             raise ConfigError(f"{k} comes from the timeline; do not pass it")

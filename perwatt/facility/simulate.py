@@ -359,6 +359,7 @@ def simulate(
     util = np.zeros(E)
     rho = 0.95  # IT power / feed input; refined every chunk
     caps: F64 = co.max_w.copy()
+    held = (last_req, last_other)  # last telemetry that arrived (open-loop policies)
     partial: str | None = None
     stop: list[str] = []
 
@@ -383,11 +384,22 @@ def simulate(
                 t = np.arange(s, e) * dt
                 ok = ~((cfg.telemetry_loss_s[0] <= t) & (t < cfg.telemetry_loss_s[1]))
             if open_loop:
-                # what the policy sees at step k is telemetry from step k-1
+                # what the policy sees at step k is telemetry from step k-1: each cohort's
+                # request (its uncapped draw) and node power at that activity; while telemetry
+                # is lost it keeps seeing the last values that arrived
                 unc = _physics(co, np.broadcast_to(co.max_w, (K, C)), dp, dd, comp, comm)
                 req = np.vstack([last_req[None, :], unc.request_w[:-1]])
                 oth = np.vstack([last_other[None, :], unc.other_w[:-1]])
                 dec = np.arange(0, K, every)
+                okd = ok[dec]
+                if not okd.all():
+                    src = np.maximum.accumulate(np.where(okd, np.arange(len(dec)), -1))
+                    rq, ot = req[dec], oth[dec]
+                    req = req.copy()
+                    oth = oth.copy()
+                    req[dec] = np.where(src[:, None] >= 0, rq[np.maximum(src, 0)], held[0])
+                    oth[dec] = np.where(src[:, None] >= 0, ot[np.maximum(src, 0)], held[1])
+                held = (req[dec][-1], oth[dec][-1])
                 cap = cap_ref[None, :] - (oth[dec] * co.gain) @ anc.T
                 cap[:, 0] = feed_cap / (1.0 + overhead[s + dec] * rho) - (oth[dec] * co.gain).sum(1)
                 snap = Snapshot(
@@ -399,7 +411,7 @@ def simulate(
                     min_w=co.min_w,
                     max_w=co.max_w,
                     request_w=req[dec],
-                    power_w=req[dec],
+                    power_w=req[dec],  # open-loop policies read requests, not measured power
                     floor_w=co.floor_w,
                     priority=co.priority,
                     active=np.broadcast_to(co.kind != 0, (len(dec), C)),

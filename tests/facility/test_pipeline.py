@@ -27,8 +27,12 @@ def test_job_follows_the_replayed_iteration() -> None:
     assert job.compute_fraction == pytest.approx(busy)
     assert 0 < job.compute_fraction < 1  # the pipeline has bubbles
     # a sub-second iteration still gives the right duty cycle at 1 s steps
-    r = simulate(eight_rack(), Workload(name="w", jobs=(job,)), make_policy("static"),
-                 SimConfig(duration_s=600.0))
+    r = simulate(
+        eight_rack(),
+        Workload(name="w", jobs=(job,)),
+        make_policy("static"),
+        SimConfig(duration_s=600.0),
+    )
     assert r.job("pp").throughput == pytest.approx(1.0)
     with pytest.raises(ConfigError, match="comes from the timeline"):
         training_job_from_timeline(tl, name="pp", share=1.0, period_s=3.0)

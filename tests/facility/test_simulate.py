@@ -135,3 +135,19 @@ def test_telemetry_loss_triggers_the_fallback() -> None:
         SimConfig(duration_s=600.0, telemetry_loss_s=(100.0, 300.0)),
     )
     assert any("telemetry-loss fallback" in n for n in r.notes)
+
+
+def test_realloc_holds_stale_requests_while_telemetry_is_lost() -> None:
+    w = mixed_inference()
+    site = eight_rack()
+    base = simulate(site, w, make_policy("realloc"), SimConfig(duration_s=1800.0))
+    lost = simulate(
+        site,
+        w,
+        make_policy("realloc"),
+        SimConfig(duration_s=1800.0, telemetry_loss_s=(300.0, 1500.0)),
+    )
+    # frozen requests misallocate: some figure must move
+    assert lost.job("pretrain").throughput != base.job("pretrain").throughput or (
+        lost.seconds_over_capacity != base.seconds_over_capacity
+    )
