@@ -53,8 +53,16 @@ def problem(racks: int, seed: int) -> dict:
     cap[0] = min(cap[0], 0.8 * need[0] + subtree_sums(tree0, element, gain * lo)[0] * 0.2)
     tree = AllocTree(parent=fl.parent, depth=fl.depth, capacity=cap)
     return dict(
-        tree=tree, element=element, gpus=np.ones(n, dtype=np.int64), gain=gain, min_w=lo,
-        max_w=hi, request_w=req, floor_w=flo, priority=prio, active=active,
+        tree=tree,
+        element=element,
+        gpus=np.ones(n, dtype=np.int64),
+        gain=gain,
+        min_w=lo,
+        max_w=hi,
+        request_w=req,
+        floor_w=flo,
+        priority=prio,
+        active=active,
     )
 
 
@@ -135,13 +143,17 @@ def main() -> None:
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     med = float(np.median(times))
-    print(f"machine: {platform.processor() or platform.machine()}, {platform.python_version()}, "
-          f"numpy {np.__version__}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {platform.python_version()}, "
+        f"numpy {np.__version__}"
+    )
     print(f"GPUs (one cohort each): {n}, tree elements: {p['tree'].size}")
-    print(f"perwatt reallocate: median {med * 1e3:.1f} ms, min {min(times) * 1e3:.1f} ms "
-          f"over {args.repeats} repeats; CPU time median {np.median(cpu) * 1e3:.1f} ms, "
-          f"min {min(cpu) * 1e3:.1f} ms (load average {os.getloadavg()[0]:.1f} on "
-          f"{os.cpu_count()} cores)")
+    print(
+        f"perwatt reallocate: median {med * 1e3:.1f} ms, min {min(times) * 1e3:.1f} ms "
+        f"over {args.repeats} repeats; CPU time median {np.median(cpu) * 1e3:.1f} ms, "
+        f"min {min(cpu) * 1e3:.1f} ms (load average {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} cores)"
+    )
     if args.no_lp:
         return
     import scipy
@@ -152,11 +164,15 @@ def main() -> None:
     # scale of the problem (the feed's capacity in root-referred watts)
     scale = float(p["tree"].capacity[0])
     rel = max(abs(o - r) for o, r in zip(ours, ref, strict=True)) / scale
-    print("phase totals (perwatt / HiGHS, root-referred W):",
-          ", ".join(f"{o:.6g}/{r:.6g}" for o, r in zip(ours, ref, strict=True)))
+    print(
+        "phase totals (perwatt / HiGHS, root-referred W):",
+        ", ".join(f"{o:.6g}/{r:.6g}" for o, r in zip(ours, ref, strict=True)),
+    )
     print(f"HiGHS (scipy {scipy.__version__} linprog, 8 sequential LPs): {lp_s:.2f} s")
-    print(f"largest phase-total difference / feed capacity: {rel:.1e}; HiGHS/perwatt wall "
-          f"{lp_s / med:.0f}x")
+    print(
+        f"largest phase-total difference / feed capacity: {rel:.1e}; HiGHS/perwatt wall "
+        f"{lp_s / med:.0f}x"
+    )
 
 
 if __name__ == "__main__":

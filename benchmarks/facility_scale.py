@@ -41,23 +41,29 @@ def main() -> None:
     site = preset_site(args.site, racks=args.racks)
     wl = preset_workload(args.workload)
     pl = place(site, wl)
-    cfg = SimConfig(duration_s=args.hours * 3600, step_s=args.step,
-                    control_interval_s=args.control)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
-          f"{platform.python_version()}, numpy {np.__version__}; load average "
-          f"{os.getloadavg()[0]:.1f}")
+    cfg = SimConfig(duration_s=args.hours * 3600, step_s=args.step, control_interval_s=args.control)
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, numpy {np.__version__}; load average "
+        f"{os.getloadavg()[0]:.1f}"
+    )
     over = site.nameplate_w / site.root.capacity_w
-    print(f"site {site.name}: {site.gpu_count} GPUs (IT nameplate {over:.2f} x the feed), {pl.topology.flat().size} tree elements, "
-          f"{len(pl.topology.flat().leaves)} cohorts; {cfg.steps} steps of {args.step:g} s, "
-          f"control every {cfg.control_every * args.step:g} s")
+    print(
+        f"site {site.name}: {site.gpu_count} GPUs (IT nameplate {over:.2f} x the feed), {pl.topology.flat().size} tree elements, "
+        f"{len(pl.topology.flat().leaves)} cohorts; {cfg.steps} steps of {args.step:g} s, "
+        f"control every {cfg.control_every * args.step:g} s"
+    )
     print("| policy | wall (s) | CPU (s) | facility energy (GWh, simulated) | s over capacity |")
     print("|---|---:|---:|---:|---:|")
     for name in args.policies:
         c0, t0 = time.process_time(), time.perf_counter()
         r = simulate(site, wl, make_policy(name), cfg, placement=pl)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        print(f"| {name} | {wall:.1f} | {cpu:.1f} | {r.facility_energy_j / 3.6e12:.3f} | "
-              f"{r.seconds_over_capacity:g} |", flush=True)
+        print(
+            f"| {name} | {wall:.1f} | {cpu:.1f} | {r.facility_energy_j / 3.6e12:.3f} | "
+            f"{r.seconds_over_capacity:g} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

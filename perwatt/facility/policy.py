@@ -116,7 +116,8 @@ def safe_uniform_cap_w(snapshot: Snapshot) -> float:
 def can_overload(snapshot: Snapshot) -> npt.NDArray[np.bool_]:
     """Elements whose load could exceed their capacity with every GPU at its maximum."""
     full = subtree_sums(snapshot.tree, snapshot.element, snapshot.weight * snapshot.max_w)
-    out: npt.NDArray[np.bool_] = full > snapshot.tree.capacity * (1 - 1e-9)
+    # an element sized exactly for its nameplate load can reach its capacity but not exceed it
+    out: npt.NDArray[np.bool_] = full > snapshot.tree.capacity * (1 + 1e-9)
     return out
 
 

@@ -389,17 +389,16 @@ def simulate(
                 # is lost it keeps seeing the last values that arrived
                 unc = _physics(co, np.broadcast_to(co.max_w, (K, C)), dp, dd, comp, comm)
                 req = np.vstack([last_req[None, :], unc.request_w[:-1]])
-                oth = np.vstack([last_other[None, :], unc.other_w[:-1]])
+                # non-GPU node power cannot be capped: the budget reserves its maximum
+                oth = np.broadcast_to(co.other_w, (K, C))
                 dec = np.arange(0, K, every)
                 okd = ok[dec]
                 if not okd.all():
                     src = np.maximum.accumulate(np.where(okd, np.arange(len(dec)), -1))
-                    rq, ot = req[dec], oth[dec]
+                    rq = req[dec]
                     req = req.copy()
-                    oth = oth.copy()
                     req[dec] = np.where(src[:, None] >= 0, rq[np.maximum(src, 0)], held[0])
-                    oth[dec] = np.where(src[:, None] >= 0, ot[np.maximum(src, 0)], held[1])
-                held = (req[dec][-1], oth[dec][-1])
+                held = (req[dec][-1], co.other_w)
                 cap = cap_ref[None, :] - (oth[dec] * co.gain) @ anc.T
                 cap[:, 0] = feed_cap / (1.0 + overhead[s + dec] * rho) - (oth[dec] * co.gain).sum(1)
                 snap = Snapshot(
@@ -596,7 +595,7 @@ def _closed_loop(
                     cur.other_w[k - 1],
                 )
                 util = u_rows[k - 1]
-            oth = last_other * co.gain
+            oth = co.other_w * co.gain  # non-GPU power is reserved at its maximum
             cap1 = cap_ref - anc @ oth
             cap1[0] = feed_cap / (1.0 + overhead[k] * rho) - float(oth.sum())
             snap = Snapshot(
