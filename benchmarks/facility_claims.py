@@ -60,7 +60,7 @@ def main() -> None:
         print(flush=True)
     # power profiles: a power-constrained site, equal split vs reallocation
     base = site_96mw()
-    racks = int(round(558 * 1.4))
+    racks = round(558 * 1.4)
     site = site_96mw(racks=racks)
     wl = preset_workload("mixed")
     out = {}

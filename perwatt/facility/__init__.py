@@ -14,7 +14,7 @@ labelled so.
 
 from __future__ import annotations
 
-from perwatt.facility.allocate import AllocTree, Allocation, reallocate
+from perwatt.facility.allocate import Allocation, AllocTree, reallocate
 from perwatt.facility.capacity import CapacityRow, capacity
 from perwatt.facility.cooling import CoolingModel, Weather, load_weather, synthetic_weather
 from perwatt.facility.curves import GPUModel, PhaseCurve, calibrate_from_bench, gpu_model

@@ -173,14 +173,14 @@ def _levels(tree: AllocTree, element: I64, weight: F64, residual: F64) -> F64:
         ws, rs = w_free[simple], residual[simple]
         ls = np.where(ws > rs, np.maximum(rs, 0.0) / ws, np.inf)
         lam[simple] = ls
-        up_o = [parent[simple]]
-        up_c = [np.minimum(ls, 1.0)]
-        up_w = [ws]
+        up_o: list[I64] = [parent[simple]]
+        up_c: list[F64] = [np.minimum(ls, 1.0)]
+        up_w: list[F64] = [ws.astype(np.float64)]
         if len(ko):
             mo = np.flatnonzero(mixed & (w_free > 0))
             go = np.concatenate((ko, mo))
             gc = np.concatenate((kc, np.ones(len(mo))))
-            gw = np.concatenate((kw, w_free[mo]))
+            gw = np.concatenate((kw, w_free[mo])).astype(np.float64)
             owners, lvl, po, pc, pw = _solve_groups(go, gc, gw, residual)
             lam[owners] = lvl
             up_o.append(parent[po])

@@ -585,15 +585,11 @@ def _closed_loop(
         )
         return k1
 
-    last_req, last_pow, last_other = last
+    last_req, last_pow = last[0], last[1]
     for k in range(K):
         if (s + k) % every == 0:
             if k > 0:
-                last_req, last_pow, last_other = (
-                    cur.request_w[k - 1],
-                    cur.power_w[k - 1],
-                    cur.other_w[k - 1],
-                )
+                last_req, last_pow = cur.request_w[k - 1], cur.power_w[k - 1]
                 util = u_rows[k - 1]
             oth = co.other_w * co.gain  # non-GPU power is reserved at its maximum
             cap1 = cap_ref - anc @ oth
