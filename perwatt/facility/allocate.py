@@ -152,8 +152,10 @@ def _levels(tree: AllocTree, element: I64, weight: F64, residual: F64) -> F64:
     """
     E = tree.size
     lam = np.full(E, np.inf)
-    keep = weight > 0
-    owner, c, w = element[keep], np.ones(int(keep.sum())), weight[keep]
+    # every cohort starts unlimited (level 1): sum them per element at once
+    w0 = np.bincount(element, weights=weight, minlength=E)
+    owner = np.flatnonzero(w0 > 0)
+    c, w = np.ones(len(owner)), w0[owner]
     parent = tree.parent
     for d in range(int(tree.depth.max()), -1, -1):
         pd = tree.depth[owner]
@@ -216,10 +218,9 @@ def fill(
     level = lam
     for idx, par in by_depth(tree):
         level[idx] = np.minimum(level[idx], level[par])
-    frac = np.clip(level[element], 0.0, 1.0)
-    new_x = x + frac * step
-    used = subtree_sums(tree, element, a * (new_x - x))
-    return new_x, residual - used
+    frac = np.minimum(level[element], 1.0)  # levels are >= 0; np.clip is slower here
+    used = subtree_sums(tree, element, weight * frac)
+    return x + frac * step, residual - used
 
 
 def reallocate(
@@ -259,8 +260,8 @@ def reallocate(
     a = np.asarray(gpus, dtype=np.float64) * gain
     lo = np.asarray(min_w, dtype=np.float64)
     hi = np.maximum(np.asarray(max_w, dtype=np.float64), lo)
-    req = np.clip(request_w, lo, hi)
-    flo = np.clip(floor_w, lo, req)
+    req = np.minimum(np.maximum(request_w, lo), hi)
+    flo = np.minimum(np.maximum(floor_w, lo), req)
     x = lo.copy()
     residual = tree.capacity - subtree_sums(tree, element, a * x)
     # an element overloaded even at the minimum caps: the cohorts under it stay at their
@@ -271,6 +272,11 @@ def reallocate(
     tiers = np.flatnonzero(np.bincount(pr - p0))[::-1] + p0  # small ints: no sort needed
     masks = [pr == p for p in tiers]
     for goal in (flo, req):
+        # when every tier fits at once, the tier-by-tier fills would all reach their goals
+        need = subtree_sums(tree, element, a * np.maximum(goal - x, 0.0))
+        if np.all(need <= residual):
+            x, residual = np.maximum(goal, x), residual - need
+            continue
         for m in masks:
             x, residual = fill(tree, element, a, x, np.where(m, goal, x), residual)
     x, residual = fill(tree, element, a, x, np.where(active, hi, x), residual)
