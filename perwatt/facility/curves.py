@@ -30,6 +30,7 @@ Other SKUs scale the H100 natural powers by TDP / 700 W (*assumption*).
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -184,7 +185,6 @@ def calibrate_from_bench(model: GPUModel, paths: Sequence[str | Path]) -> GPUMod
     Each document gives the power limit (``conditions.gpus[0].power_limit_w``), the output
     tokens/s and the average power per GPU; the highest-throughput run defines "uncapped".
     """
-    import json
 
     limits, tps, power = [], [], []
     for p in paths:

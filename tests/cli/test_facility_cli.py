@@ -145,3 +145,33 @@ def test_cost_from_numbers_and_from_a_result(
     capsys.readouterr()
     assert main(["cost", "--result", str(out / "result.json"), "--gain", "10%"]) == 0
     assert "simulated" in capsys.readouterr().out
+
+
+def test_sweep_writes_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "sweep.csv"
+    rc = main(
+        [
+            "facility",
+            "sweep",
+            "--sites",
+            "test-8rack",
+            "--workloads",
+            "mixed",
+            "--policy",
+            "static,polca",
+            "--param",
+            "polca.t1=0.85,0.9",
+            "--duration",
+            "20m",
+            "--step",
+            "1m",
+            "--workers",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    lines = out.read_text().splitlines()
+    assert len(lines) == 4 and lines[0].startswith("site,workload,policy,params")
+    assert "3 points (local processes)" in capsys.readouterr().out
