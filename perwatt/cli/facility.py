@@ -317,6 +317,13 @@ def _print_summary(results: list[Any]) -> None:
         f"site {results[0].site}, workload {results[0].workload}, {results[0].gpus} GPUs, "
         f"feed {results[0].feed_capacity_w / 1e6:g} MW (simulated)"
     )
+    over = [
+        f"{lv.element} {lv.oversubscription:.2f}x"
+        for lv in results[0].levels
+        if lv.oversubscription is not None and lv.oversubscription > 1.0 + 1e-6
+    ]
+    if over:
+        print("oversubscribed (children's capacity / capacity): " + ", ".join(over[:8]))
     print(hdr)
     for r in results:
         trn = [j.throughput for j in r.jobs if j.kind == "training"]

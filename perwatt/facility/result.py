@@ -27,6 +27,8 @@ class LevelStress:
     element: str
     kind: str
     capacity_w: float
+    firm_capacity_w: float  # what is left after one failure (2N, N+1): the reserve is the rest
+    oversubscription: float | None  # children's capacity / own capacity (None for nodes)
     peak_w: float
     seconds_over: float
     max_excess_w: float
@@ -37,6 +39,9 @@ class LevelStress:
             "element": self.element,
             "kind": self.kind,
             "capacity_w": self.capacity_w,
+            "firm_capacity_w": self.firm_capacity_w,
+            "reserve_w": self.capacity_w - self.firm_capacity_w,
+            "oversubscription": self.oversubscription,
             "peak_w": self.peak_w,
             "seconds_over": self.seconds_over,
             "max_excess_w": self.max_excess_w,

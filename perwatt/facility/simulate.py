@@ -758,11 +758,15 @@ def _result(
                 energy_j=float(acc.job_energy[i]),
             )
         )
+    fl = pl.topology.flat()
+    ratios = pl.topology.oversubscription()
     levels = tuple(
         LevelStress(
             element=fl_names[e],
             kind=fl_kinds[e],
             capacity_w=float(fl_cap[e]),
+            firm_capacity_w=float(fl.firm_capacity_w[e]),
+            oversubscription=ratios.get(fl_names[e]),
             peak_w=float(acc.peak_w[e]),
             seconds_over=float(acc.over_s[e]),
             max_excess_w=float(acc.excess_max[e]),

@@ -158,9 +158,6 @@ class Element:
         for c in self.children:
             yield from c.walk()
 
-    def with_count(self, count: int) -> Element:
-        return replace(self, count=count)
-
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.name, "kind": self.kind, "capacity_w": self.capacity_w}
         if self.efficiency != 1.0:
@@ -349,22 +346,6 @@ def expand(topology: Topology) -> Topology:
     return Topology(name=topology.name, root=root, source=topology.source, notes=topology.notes)
 
 
-def split_count(e: Element, take: int) -> tuple[Element, Element | None]:
-    """Split an element with ``count`` copies into ``take`` copies and the rest (renamed)."""
-    if not 0 < take <= e.count:
-        raise ConfigError(f"element {e.name!r}: cannot take {take} of {e.count} copies")
-    if take == e.count:
-        return e, None
-    return replace(e, count=take), replace(e, name=f"{e.name}~{take}", count=e.count - take)
-
-
-def rename_tree(e: Element, suffix: str) -> Element:
-    """A copy of ``e`` with ``suffix`` appended to every name below and including it."""
-    return replace(
-        e, name=e.name + suffix, children=tuple(rename_tree(c, suffix) for c in e.children)
-    )
-
-
 def element_from_dict(d: Mapping[str, Any], where: str = "root") -> Element:
     """Build an element (and its subtree) from perwatt's JSON form; see :mod:`.loaders`."""
     if not isinstance(d, Mapping):
@@ -420,6 +401,4 @@ __all__ = [
     "Topology",
     "element_from_dict",
     "expand",
-    "rename_tree",
-    "split_count",
 ]

@@ -114,12 +114,15 @@ def _levels(results: Sequence[PolicyResult]) -> str:
             if lv.seconds_over > 0 or lv.kind in ("feed", "ups", "pdu"):
                 rows.append(
                     f"<tr><td>{esc(r.policy)}</td><td>{esc(lv.element)}</td><td>{esc(lv.kind)}</td>"
-                    f"<td>{fmt(lv.capacity_w / 1e3)}</td><td>{fmt(lv.peak_w / 1e3)}</td>"
+                    f"<td>{fmt(lv.capacity_w / 1e3)}</td>"
+                    f"<td>{fmt((lv.capacity_w - lv.firm_capacity_w) / 1e3)}</td>"
+                    f"<td>{fmt(lv.oversubscription)}</td><td>{fmt(lv.peak_w / 1e3)}</td>"
                     f"<td>{fmt(lv.peak_w / lv.capacity_w)}</td><td>{fmt(lv.seconds_over)}</td>"
                     f"<td>{fmt(lv.max_excess_w / 1e3)}</td></tr>"
                 )
     head = (
         "<tr><th>policy</th><th>element</th><th>kind</th><th>capacity (kW)</th>"
+        "<th>failover reserve (kW)</th><th>oversubscription</th>"
         "<th>peak (kW)</th><th>peak / capacity</th><th>s over</th><th>max excess (kW)</th></tr>"
     )
     return f"<table>{head}{''.join(rows)}</table>"
