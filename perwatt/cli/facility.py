@@ -37,6 +37,7 @@ _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 _EPILOG = """\
 examples:
   perwatt facility simulate site-96mw mixed --policy all --duration 24h --step 1s
+  perwatt facility simulate site-96mw mixed --racks 781 --policy uniform,realloc
   perwatt facility simulate my-site.json my-workload.json --policy realloc,polca --out runs/a
   perwatt facility capacity site-96mw mixed --max-loss 5%
   perwatt facility sweep --sites site-96mw --workloads mixed,inference \\
@@ -83,6 +84,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     sim = sub.add_parser("simulate", help="simulate a site under one or more policies")
     _site_workload(sim)
+    sim.add_argument(
+        "--racks",
+        type=int,
+        help="racks under a preset site's feed (default: what fits at nameplate); more racks "
+        "oversubscribe the feed, as a capping policy allows",
+    )
     sim.add_argument(
         "--policy", default="all", help="policy name(s), comma separated, or 'all' (default)"
     )
@@ -174,7 +181,16 @@ def _run_options(p: argparse.ArgumentParser, *, duration: str, step: str) -> Non
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any]:
 
-    site = preset_site(args.site) if args.site in SITES else None
+    racks = getattr(args, "racks", None)
+    if racks is not None and (args.site not in SITES or args.site == "test-8rack"):
+        raise ConfigError("--racks applies to the presets site-96mw, site-250mw and site-1gw")
+    if racks is not None and racks < 1:
+        raise ConfigError("--racks must be >= 1")
+    site = (
+        (preset_site(args.site, racks=racks) if racks else preset_site(args.site))
+        if args.site in SITES
+        else None
+    )
     if site is None:
         if not Path(args.site).exists():
             raise ConfigError(f"{args.site}: no such site file or preset ({', '.join(SITES)})")

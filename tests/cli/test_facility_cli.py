@@ -175,3 +175,12 @@ def test_sweep_writes_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     lines = out.read_text().splitlines()
     assert len(lines) == 4 and lines[0].startswith("site,workload,policy,params")
     assert "3 points (local processes)" in capsys.readouterr().out
+
+
+def test_racks_only_for_scalable_presets(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    rc = main(
+        ["facility", "simulate", "test-8rack", "mixed", "--racks", "9", "--out", str(tmp_path)]
+    )
+    assert rc == 2 and "--racks applies to the presets" in capsys.readouterr().err
