@@ -19,7 +19,8 @@ The model, step by step (``step_s``, default 1 s):
    compute phases is ``f_train(cap)`` and the job moves at its slowest cohort (synchronous);
    communication and checkpoints are not slowed by a cap. Node power besides the GPUs is
    ``other_power_w x (0.5 + 0.5 x activity)`` (*assumption*: half of CPU/NIC/fan power is
-   load-independent).
+   load-independent). Policies cannot cap that power, so their budgets reserve it at its
+   maximum.
 5. **Up the tree**: each element's load is its children's input (load / efficiency); the feed
    adds cooling (:mod:`.cooling`) to give facility power, which its capacity (the grid
    connection) must cover. Every step above any element's capacity is recorded with its excess.
