@@ -28,8 +28,8 @@ from perwatt.errors import CLEAN_EXIT_ERRORS, UserError
 EXIT_BROKEN_PIPE = 141
 
 # meter: env, meter · bench: bench · analysis: compare, report · train: train … · engine: serve,
-# quantize · experiment: experiment run|report
-_AREAS = ("meter", "bench", "analysis", "train", "engine", "experiment")
+# quantize · experiment: experiment run|report · facility: facility … · cost: cost
+_AREAS = ("meter", "bench", "analysis", "train", "engine", "experiment", "facility", "cost")
 
 
 def build_parser() -> argparse.ArgumentParser:
