@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared/data/perseus-sosp24"
-PROFILE = SHARED / "stage_profile/gpt3-175b+a100_sxm_bf16.csv"
+PERSEUS = ROOT / "data/perseus-sosp24"  # the Perseus artifact data, shipped in the repository
+PROFILE = PERSEUS / "stage_profile/gpt3-175b+a100_sxm_bf16.csv"
 P_BLOCK_W = 83.64  # A100 SXM blocking power measured by Perseus (README of the artifact data)
 STAGES = 8
 

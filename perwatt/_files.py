@@ -28,3 +28,15 @@ def atomic_write_text(path: str | Path, text: str, *, fsync: bool = False) -> Pa
             tmp.unlink()
         raise
     return path
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name one file: the same resolved path (symlinks, ``..``, a relative
+    path), or, for files that exist, the same inode (a hard link, a bind mount)."""
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    if pa.resolve() == pb.resolve():
+        return True
+    try:
+        return os.path.samefile(pa, pb)
+    except OSError:  # one of them does not exist (yet): then they are not one file
+        return False

@@ -292,16 +292,112 @@ def economics_for_run(
     )
 
 
+HOURS_PER_YEAR: Final = 8760.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SiteCost:
+    """A site's energy economics over a year (``perwatt cost``). Energy cost only.
+
+    ``it_power_w`` is the average IT power while serving (at ``utilisation`` of the year);
+    ``tokens_per_j`` is output tokens per joule of IT energy (what ``perwatt bench`` measures,
+    or a simulation reports). ``power_share_of_opex`` needs the other yearly operating costs.
+    """
+
+    it_power_w: float
+    pue: float
+    price_per_kwh: float
+    utilisation: float
+    tokens_per_j: float
+    facility_power_w: float
+    energy_cost_usd_per_year: float
+    tokens_per_year: float
+    usd_per_million_tokens: float | None
+    tokens_per_s_per_mw: float
+    power_share_of_opex: float | None
+    gain: float
+    gain_saving_usd_per_year: float
+    gain_extra_tokens_per_year: float
+    gain_extra_revenue_usd_per_year: float | None
+    note: str = ENERGY_COST_NOTE
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+
+def site_cost(
+    *,
+    it_power_w: float,
+    tokens_per_j: float,
+    pue: float = DEFAULT_PUE,
+    price_per_kwh: float = DEFAULT_PRICE_PER_KWH_USD,
+    utilisation: float = 1.0,
+    gain: float = 0.10,
+    other_opex_usd_per_year: float | None = None,
+    usd_per_million_tokens_sold: float | None = None,
+) -> SiteCost:
+    """What a site's power costs per year, per token, and what a gain in tokens/J is worth.
+
+    A gain ``g`` in tokens per joule is worth, at the same output, the energy it no longer needs
+    (``cost x g / (1 + g)``) or, at the same power, ``g`` more tokens (valued only when a token
+    price is given).
+    """
+    p = _positive("it_power_w", it_power_w)
+    tpj = _positive("tokens_per_j", tokens_per_j)
+    u = _finite("utilisation", utilisation)
+    if not 0 < u <= 1:
+        raise ConfigError(f"utilisation must be in (0, 1], got {utilisation}")
+    g = _non_negative("gain", gain)
+    pu = check_pue(pue)
+    price = check_price(price_per_kwh)
+    seconds = HOURS_PER_YEAR * 3600.0 * u
+    it_j = p * seconds
+    fac_w = p * pu
+    cost = cost_usd(it_j, price_per_kwh=price, pue=pu)
+    tokens = it_j * tpj
+    share = None
+    if other_opex_usd_per_year is not None:
+        other = _non_negative("other_opex_usd_per_year", other_opex_usd_per_year)
+        share = cost / (cost + other) if cost + other > 0 else None
+    extra = tokens * g
+    revenue = None
+    if usd_per_million_tokens_sold is not None:
+        revenue = (
+            extra / 1e6 * _non_negative("usd_per_million_tokens_sold", usd_per_million_tokens_sold)
+        )
+    return SiteCost(
+        it_power_w=p,
+        pue=pu,
+        price_per_kwh=price,
+        utilisation=u,
+        tokens_per_j=tpj,
+        facility_power_w=fac_w,
+        energy_cost_usd_per_year=cost,
+        tokens_per_year=tokens,
+        usd_per_million_tokens=cost_per_million_tokens_usd(
+            it_j, tokens, price_per_kwh=price, pue=pu
+        ),
+        tokens_per_s_per_mw=tokens_per_s_per_mw(p * tpj, p, pue=pu),
+        power_share_of_opex=share,
+        gain=g,
+        gain_saving_usd_per_year=cost * g / (1 + g),
+        gain_extra_tokens_per_year=extra,
+        gain_extra_revenue_usd_per_year=revenue,
+    )
+
+
 __all__ = [
     "DEFAULT_PRICE_PER_KWH_USD",
     "DEFAULT_PUE",
     "ENERGY_COST_NOTE",
+    "HOURS_PER_YEAR",
     "J_PER_KWH",
     "J_PER_MWH",
     "TYPICAL_PUE",
     "CoolingSplit",
     "Economics",
     "PowerCapHeadroom",
+    "SiteCost",
     "check_price",
     "check_pue",
     "cooling_split",
@@ -310,6 +406,7 @@ __all__ = [
     "economics_for_run",
     "facility_energy_j",
     "power_cap_headroom",
+    "site_cost",
     "tokens_per_mwh",
     "tokens_per_s_per_mw",
 ]

@@ -117,3 +117,27 @@ def test_economics_rejects_bad_fields() -> None:
             pue=1.0,
             note="total cost",
         )
+
+
+def test_site_cost_per_year_and_value_of_a_gain() -> None:
+    from perwatt.economics import site_cost
+
+    c = site_cost(
+        it_power_w=1e6,
+        tokens_per_j=2.0,
+        pue=1.25,
+        price_per_kwh=0.10,
+        utilisation=0.5,
+        gain=0.25,
+        other_opex_usd_per_year=1_000_000.0,
+        usd_per_million_tokens_sold=1.0,
+    )
+    kwh = 1e3 * 8760 * 0.5 * 1.25  # 1 MW IT for half a year, x PUE
+    assert c.energy_cost_usd_per_year == pytest.approx(kwh * 0.10)
+    assert c.gain_saving_usd_per_year == pytest.approx(kwh * 0.10 * 0.25 / 1.25)
+    assert c.tokens_per_year == pytest.approx(1e6 * 8760 * 3600 * 0.5 * 2.0)
+    assert c.power_share_of_opex == pytest.approx(547_500 / 1_547_500)
+    assert c.gain_extra_revenue_usd_per_year == pytest.approx(c.tokens_per_year * 0.25 / 1e6)
+    assert c.tokens_per_s_per_mw == pytest.approx(2e6 / 1.25)
+    with pytest.raises(ConfigError, match="utilisation"):
+        site_cost(it_power_w=1e6, tokens_per_j=1.0, utilisation=0)

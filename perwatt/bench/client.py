@@ -11,24 +11,33 @@ discovery, where convenience wins.
 
 Timing of one streamed request (``perf_counter``, stamped once per socket read)::
 
-    send ─────── first text chunk ── chunk ── chunk ─ … ─ last chunk ── [DONE]
+    send ─────── first token chunk ─ chunk ── chunk ─ … ─ last chunk ── [DONE]
     │◄──── TTFT ────►│◄── ITL ──►│◄ ITL ►│                              │
     │◄──────────────────────────── E2EL ──────────────────────────────────►│
 
-* TTFT is the arrival of the first chunk that carries text (``text``, ``delta.content``,
-  ``delta.reasoning_content`` or ``delta.reasoning``). A chat stream's role-only first chunk and
-  empty chunks are not tokens: counting them, as ``vllm bench serve`` does for chat, makes TTFT
-  look better than what a user sees.
-* ITLs are the gaps between successive text-bearing chunks. A chunk with several tokens yields one
-  ITL (what the client observes), as in vLLM's benchmark.
+* A *token chunk* is a chunk with a choice that carries text (``text``, ``delta.content``,
+  ``delta.reasoning_content`` or ``delta.reasoning``), or that carries no text and no
+  ``finish_reason``: servers that stream one chunk per token (llama.cpp and others) send empty
+  text for a byte-fallback token that does not complete a character yet, and skipping those
+  under-counts tokens by about a third on random-weight models. Not tokens: a text-less chunk
+  that only carries the ``finish_reason``, a chat stream's opening role-only chunk (counting it,
+  as ``vllm bench serve`` does for chat, makes TTFT look better than what a user sees), and the
+  usage chunk (no choice).
+* TTFT is the arrival of the first token chunk; ITLs are the gaps between successive token
+  chunks. A chunk with several tokens yields one ITL (what the client observes), as in vLLM's
+  benchmark.
 * Output tokens: ``usage.completion_tokens`` when the server sends usage (we ask with
-  ``stream_options.include_usage``), else the number of text-bearing chunks; the record says
-  which (``token_count_source``) and keeps both counts, since they disagree on servers that put
-  several tokens in one chunk.
+  ``stream_options.include_usage``; it stays authoritative), else the number of token chunks;
+  the record says which (``token_count_source``) and keeps both counts, since they disagree on
+  servers that put several tokens in one chunk.
+* An answer that ends cleanly (``[DONE]``) but without a ``finish_reason``, with fewer tokens
+  than a fixed-length request asked for, was stopped by the server, not finished: it is counted
+  as ``truncated`` (single-slot servers cut the stream in flight when the next request arrives).
 
 Failures never raise: they come back as a :class:`RequestRecord` with ``error_kind`` set
 (``http_<status>``, ``connect_error``, ``connection_dropped``, ``malformed_sse``,
-``server_error_event``, ``timeout``, ``empty_response``), so the run counts them by kind.
+``server_error_event``, ``timeout``, ``empty_response``, ``truncated``, ``protocol_error``), so the
+run counts them by kind.
 """
 
 from __future__ import annotations
@@ -55,6 +64,7 @@ ERROR_KINDS = (
     "server_error_event",
     "timeout",
     "empty_response",
+    "truncated",
     "protocol_error",
 )
 
@@ -216,8 +226,13 @@ class OpenAIClient:
         index: int = 0,
         prompt_tokens: int = 0,
         stream: bool = True,
+        expected_output_tokens: int | None = None,
     ) -> RequestRecord:
-        """Send one request; never raises for server or network failures (see module doc)."""
+        """Send one request; never raises for server or network failures (see module doc).
+
+        ``expected_output_tokens``: the fixed length the request asked for (ignore_eos /
+        min_tokens); an answer that ends without a ``finish_reason`` before it is ``truncated``.
+        """
         rec = RequestRecord(index=index, prompt_tokens=prompt_tokens)
         path = f"{self.base_path}/{'chat/completions' if endpoint == 'chat' else 'completions'}"
         head = (
@@ -234,6 +249,19 @@ class OpenAIClient:
         rec.end_at_s = self.clock()
         if rec.error_kind is None and rec.e2el_s is None:
             rec.e2el_s = rec.end_at_s - rec.start_s
+        if (
+            rec.error_kind is None
+            and rec.finish_reason is None
+            and expected_output_tokens is not None
+            and rec.output_tokens < expected_output_tokens
+        ):
+            # Every OpenAI-compatible server ends a finished answer with a finish_reason
+            # ("length" at max_tokens); a short answer without one was stopped, not finished.
+            rec.error_kind = "truncated"
+            rec.error_detail = (
+                f"the answer ended without a finish_reason after {rec.output_tokens} of "
+                f"{expected_output_tokens} tokens asked for"
+            )
         return rec
 
     async def _exchange(self, data: bytes, rec: RequestRecord, stream: bool, chat: bool) -> None:
@@ -364,8 +392,10 @@ class OpenAIClient:
                     rec.error_detail = _error_message(data)
                     return
                 choices = obj.get("choices")
-                if choices:
+                if choices and isinstance(choices[0], dict):
                     c0 = choices[0]
+                    finish = c0.get("finish_reason")
+                    role_only = False
                     if chat:
                         delta = c0.get("delta") or {}
                         text = (
@@ -374,11 +404,17 @@ class OpenAIClient:
                             or delta.get("reasoning")
                             or ""
                         )
+                        # The opening {"role": "assistant", "content": ""} announces the
+                        # answer; it is no token.
+                        role_only = chunks == 0 and "role" in delta
                     else:
                         text = c0.get("text") or ""
-                    if c0.get("finish_reason"):
-                        rec.finish_reason = c0["finish_reason"]
-                    if text:
+                    if finish:
+                        rec.finish_reason = finish
+                    # One chunk per generated token: a chunk whose text is empty is still a
+                    # token (a byte-fallback token that completes no character yet) unless it
+                    # only carries the finish_reason or the chat role.
+                    if text or not (finish or role_only):
                         chunks += 1
                         chars += len(text)
                         if last_token_t is None:
@@ -403,7 +439,7 @@ class OpenAIClient:
         rec.generated_chars = chars
         if not saw_done and not body.done:
             rec.error_kind = "connection_dropped"
-            rec.error_detail = f"stream ended after {chunks} text chunks without [DONE]"
+            rec.error_detail = f"stream ended after {chunks} token chunks without [DONE]"
             return
         if not saw_done and rec.finish_reason is None:
             # A close-delimited body (HTTP/1.0, Connection: close) that a crashing server or proxy
@@ -411,7 +447,7 @@ class OpenAIClient:
             # the answer is cut off, and counting it would understate J per token.
             rec.error_kind = "connection_dropped"
             rec.error_detail = (
-                f"stream ended after {chunks} text chunks without [DONE] or a finish_reason"
+                f"stream ended after {chunks} token chunks without [DONE] or a finish_reason"
             )
             return
         rec.e2el_s = end - start

@@ -35,13 +35,20 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
 import numpy as np
 
+from perwatt.bench.guard import (
+    DEFAULT_THRESHOLDS,
+    NO_VERDICT,
+    GuardThresholds,
+    GuardVerdict,
+    judge,
+)
 from perwatt.bench.result import BenchResult, load_result
 from perwatt.bench.stats import (
     DEFAULT_CONFIDENCE,
@@ -56,6 +63,10 @@ Better = Literal["lower", "higher"]
 Verdict = Literal["within noise", "better", "worse", "no interval", "n/a"]
 
 MIN_ROWS_FOR_CI: Final = 5
+#: Most bootstrap resamples accepted: 500x the default. The interval's Monte Carlo error is
+#: already far below its width at the default; 10^9 resamples (8 GB per array) ran for hours
+#: with no output.
+MAX_RESAMPLES: Final = 1_000_000
 MIN_BLOCKS: Final = 4
 MAX_BLOCKS: Final = 40
 
@@ -137,7 +148,7 @@ def load_requests_csv(path: str | Path) -> RequestRows:
     """
     path = Path(path)
     try:
-        f = path.open(newline="", encoding="utf-8")
+        f = path.open(newline="", encoding="utf-8-sig")  # a CSV re-saved by Excel has a BOM
     except OSError as e:
         raise DataFormatError(f"{path}: cannot read requests CSV ({e.strerror or e})") from e
     with f:
@@ -297,6 +308,7 @@ class RunInfo:
     measured: bool | None
     requests_csv: str | None
     notes: tuple[str, ...] = ()
+    guard: GuardVerdict = NO_VERDICT  # the accuracy guard on this run
 
     @property
     def partial(self) -> bool:
@@ -314,6 +326,7 @@ class RunInfo:
             "measured": self.measured,
             "requests_csv": self.requests_csv,
             "notes": list(self.notes),
+            "guard": self.guard.to_dict(),
         }
 
 
@@ -412,6 +425,7 @@ class Comparison:
     confidence: float = DEFAULT_CONFIDENCE
     n_resamples: int = DEFAULT_RESAMPLES
     method: str = field(default="")
+    thresholds: GuardThresholds = DEFAULT_THRESHOLDS
 
     @property
     def baseline(self) -> str:
@@ -429,7 +443,11 @@ class Comparison:
             "condition_diffs": list(self.condition_diffs),
             "levels": [lv.to_dict() for lv in self.levels],
             "unmatched_levels": [u.to_dict() for u in self.unmatched],
-            "accuracy": [{"path": p, **a} for p, a in self.accuracy],
+            "accuracy": [
+                {"path": p, **a, "guard": judge(a, self.thresholds).to_dict()}
+                for p, a in self.accuracy
+            ],
+            "guard_thresholds": self.thresholds.to_dict(),
         }
 
 
@@ -719,16 +737,30 @@ def compare_results(
     n_resamples: int = DEFAULT_RESAMPLES,
     confidence: float = DEFAULT_CONFIDENCE,
     seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+    guard: GuardThresholds = DEFAULT_THRESHOLDS,
 ) -> Comparison:
     """Compare bench result files; the first file's series is the baseline.
+
+    ``progress(done, total)`` is called after each ratio's interval (the bootstrap is the slow
+    part: seconds per interval at large ``n_resamples``). Each run's accuracy block (if any) is
+    judged against ``guard`` (:mod:`perwatt.bench.guard`).
 
     Raises :class:`DataFormatError` for an unreadable or malformed file (naming it) and
     :class:`ConfigError` for fewer than two runs.
     """
     # Checked up front: stats only sees these when an interval is computed, so a bad value
     # would otherwise be printed in the table header ("200% CI") without any error.
-    if isinstance(n_resamples, bool) or not isinstance(n_resamples, int) or n_resamples < 100:
-        raise ConfigError(f"--resamples must be an integer >= 100, got {n_resamples}")
+    if (
+        isinstance(n_resamples, bool)
+        or not isinstance(n_resamples, int)
+        or not 100 <= n_resamples <= MAX_RESAMPLES
+    ):
+        raise ConfigError(
+            f"--resamples must be an integer in 100..{MAX_RESAMPLES:,}, got {n_resamples:,}"
+            if isinstance(n_resamples, int)
+            else f"--resamples must be an integer in 100..{MAX_RESAMPLES:,}, got {n_resamples!r}"
+        )
     if not 0 < confidence < 1:
         raise ConfigError(f"--confidence must be in (0, 1), e.g. 0.95; got {confidence}")
     path_list = [Path(p) for p in paths]
@@ -793,6 +825,14 @@ def compare_results(
 
     levels: list[LevelComparison] = []
     unmatched: list[UnmatchedLevel] = []
+    n_matched = sum(
+        1
+        for lv in all_levels
+        if (baseline, lv) in by_series_level
+        and sum((s, lv) in by_series_level for s in series) >= 2
+    )
+    total_ratios = n_matched * len(METRICS) * (len(series) - 1)
+    done_ratios = 0
     for lv in all_levels:
         present = [s for s in series if (s, lv) in by_series_level]
         missing = [s for s in series if (s, lv) not in by_series_level]
@@ -818,17 +858,22 @@ def compare_results(
                 va = values[0]
                 if b is None or va is None or vb is None or va == 0:
                     ratios.append(None)
-                    continue
-                point = vb / va
-                ci, why = _ratio_ci(
-                    spec, a, b, point, n_resamples=n_resamples, confidence=confidence, seed=seed
-                )
-                note = why
-                if spec.energy and mixed:
-                    note = "measured vs simulated/estimated"
-                ratios.append(
-                    RatioEstimate(ratio=point, ci=ci, verdict=_verdict(ci, spec.better), note=note)
-                )
+                else:
+                    point = vb / va
+                    ci, why = _ratio_ci(
+                        spec, a, b, point, n_resamples=n_resamples, confidence=confidence, seed=seed
+                    )
+                    note = why
+                    if spec.energy and mixed:
+                        note = "measured vs simulated/estimated"
+                    ratios.append(
+                        RatioEstimate(
+                            ratio=point, ci=ci, verdict=_verdict(ci, spec.better), note=note
+                        )
+                    )
+                done_ratios += 1
+                if progress is not None:
+                    progress(done_ratios, total_ratios)
             metrics.append(
                 MetricComparison(
                     key=spec.key,
@@ -850,7 +895,7 @@ def compare_results(
             LevelComparison(
                 load_kind=lv[0],
                 load_value=lv[1],
-                runs=tuple(_info(r) if r else None for r in level_runs),
+                runs=tuple(_info(r, guard) if r else None for r in level_runs),
                 metrics=tuple(metrics),
                 warnings=tuple(lw),
             )
@@ -872,6 +917,7 @@ def compare_results(
         accuracy=accuracy,
         confidence=confidence,
         n_resamples=n_resamples,
+        thresholds=guard,
         method=(
             "ratio B/A; interval: percentile bootstrap over per-request rows (latency) and over "
             "time blocks of the energy window (J/token, throughput); within-run variation only"
@@ -879,7 +925,7 @@ def compare_results(
     )
 
 
-def _info(r: _Run) -> RunInfo:
+def _info(r: _Run, guard: GuardThresholds = DEFAULT_THRESHOLDS) -> RunInfo:
     e = r.doc["energy"]
     notes = [r.rows_note] if r.rows_note else []
     return RunInfo(
@@ -894,6 +940,7 @@ def _info(r: _Run) -> RunInfo:
         measured=e["measured"] if e else None,
         requests_csv=r.doc["requests_csv"],
         notes=tuple(notes),
+        guard=judge(r.doc["accuracy"], guard),
     )
 
 
@@ -913,11 +960,13 @@ def _fmt(v: float | None) -> str:
     return f"{v:.4f}"
 
 
-def _ratio_text(r: RatioEstimate | None, pct: float) -> str:
+def _ratio_text(r: RatioEstimate | None, pct: float, *, narrow: bool = False) -> str:
     if r is None:
         return "–"
-    ci = f" [{r.ci.low:.3f}, {r.ci.high:.3f}]" if r.ci else ""
-    return f"{r.ratio:.3f}{ci}"
+    if r.ci is None:
+        return f"{r.ratio:.3f}"
+    sep = "\n" if narrow else " "
+    return f"{r.ratio:.3f}{sep}[{r.ci.low:.3f}, {r.ci.high:.3f}]"
 
 
 _VERDICT_STYLE: Final = {
@@ -926,10 +975,21 @@ _VERDICT_STYLE: Final = {
     "within noise": "yellow",
     "no interval": "dim",
 }
+# Narrow terminals: one-word verdicts, explained once under the tables.
+_VERDICT_SHORT: Final = {"within noise": "noise", "no interval": "no CI"}
+#: Below this many columns the tables put sources in the headers and wrap ratios.
+NARROW_COLUMNS: Final = 120
 
 
 def render_comparison(cmp: Comparison, console: Any | None = None) -> None:
-    """Print the comparison as rich tables (one per load level) with warnings first."""
+    """Print the comparison as rich tables (one per load level) with warnings first.
+
+    Fits the console's width: below :data:`NARROW_COLUMNS` columns (an 80-column terminal) the
+    energy source is named once, under each run's name in its column header (it is always there),
+    rather than in every energy cell too; ratio
+    intervals go under the ratio, and verdicts are one word. Every column says its unit or
+    source; an "accuracy guard" row gives each run's pass/FAIL beside its energy figures.
+    """
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -940,6 +1000,7 @@ def render_comparison(cmp: Comparison, console: Any | None = None) -> None:
         if not con.is_terminal:
             # Piped into a file or a CI log: 80 columns would wrap every metric name.
             con = Console(width=180)
+    narrow = con.width < NARROW_COLUMNS
     for w in cmp.warnings:
         # Upper-case first word (MIXED, CONDITIONS, PARTIAL, RUNNING, FAILED): changes what the
         # ratios mean, so red; the rest are notes, yellow.
@@ -950,6 +1011,7 @@ def render_comparison(cmp: Comparison, console: Any | None = None) -> None:
     for d in info:
         con.print(f"[dim]· {escape(d)}[/]", highlight=False)
     pct = round(cmp.confidence * 100)
+    any_guard = False
     for lv in cmp.levels:
         t = Table(
             title=escape(
@@ -958,35 +1020,55 @@ def render_comparison(cmp: Comparison, console: Any | None = None) -> None:
             title_justify="left",
             show_lines=False,
         )
-        t.add_column("metric", no_wrap=True)
+        t.add_column("metric\n(unit)", no_wrap=not narrow, min_width=12)
         sources: list[str] = []
         for s, run in zip(cmp.series, lv.runs, strict=True):
             src = run.energy_source if run else "–"
             sources.append(src)
             # The status itself: a failed or still-running run is not "PARTIAL".
             flag = f" {run.status.upper()}" if run is not None and run.partial else ""
-            t.add_column(escape(f"{s}{flag}"), justify="right")
+            t.add_column(escape(f"{s}{flag}\n({src})"), justify="right")
         for s in cmp.series[1:]:
-            t.add_column(escape(f"{s} / {cmp.baseline}"), justify="right")
+            t.add_column(escape(f"{s} / {cmp.baseline}\n{pct}% CI"), justify="right")
             t.add_column("verdict")
-        for m in lv.metrics:
+        energy_rows = [k for k, m in enumerate(lv.metrics) if m.energy]
+        last_energy = energy_rows[-1] if energy_rows else -1
+        show_guard = any(run is not None and run.guard.status != "none" for run in lv.runs)
+        any_guard = any_guard or show_guard
+        for k, m in enumerate(lv.metrics):
             cells = []
             for v, src in zip(m.values, sources, strict=True):
                 txt = _fmt(v)
-                cells.append(escape(f"{txt} ({src})") if m.energy and v is not None else txt)
+                wide_src = m.energy and v is not None and not narrow
+                cells.append(escape(f"{txt} ({src})") if wide_src else txt)
             row = [escape(f"{m.name} ({m.unit})"), *cells]
             for r in m.ratios:
-                row.append(escape(_ratio_text(r, pct)))
+                row.append(escape(_ratio_text(r, pct, narrow=narrow)))
                 if r is None:
                     row.append("")
                 else:
                     style = _VERDICT_STYLE.get(r.verdict, "")
+                    word = _VERDICT_SHORT.get(r.verdict, r.verdict) if narrow else r.verdict
                     extra = escape(f" ⚠ {r.note}") if r.note else ""
-                    row.append(f"[{style}]{r.verdict}[/]{extra}" if style else r.verdict + extra)
+                    row.append(f"[{style}]{word}[/]{extra}" if style else word + extra)
             t.add_row(*row)
+            if k == last_energy and show_guard:
+                guard_cells = []
+                for run in lv.runs:
+                    g = run.guard if run is not None else NO_VERDICT
+                    guard_cells.append(
+                        "[bold red]FAIL[/]" if g.failed else ("pass" if g.passed else "–")
+                    )
+                t.add_row("accuracy guard", *guard_cells, *([""] * (2 * (len(cmp.series) - 1))))
         con.print(t)
         for w in lv.warnings:
             con.print(f"[yellow]  {escape(w)}[/]", highlight=False)
+    if narrow and cmp.levels:
+        con.print(
+            "[dim]noise: the interval contains 1 (within noise); no CI: too few samples or "
+            "requests for an interval[/]",
+            highlight=False,
+        )
     if cmp.unmatched:
         con.print("[bold]Unmatched load levels[/] (not in every series):")
         for u in cmp.unmatched:
@@ -1003,9 +1085,18 @@ def render_comparison(cmp: Comparison, console: Any | None = None) -> None:
             for k in ("exact_match", "top1_agreement", "logprob_agreement", "kl_mean")
             if acc.get(k) is not None
         ]
+        verdict = judge(acc, cmp.thresholds)
+        style = "bold red" if verdict.failed else ""
+        text = escape(
+            f"accuracy of {path} vs {acc.get('reference')}: {', '.join(parts) or 'no figures'}"
+            f" — guard {verdict.text}"
+        )
+        con.print(f"[{style}]{text}[/]" if style else text, highlight=False)
+    if cmp.accuracy or any_guard:
         con.print(
             escape(
-                f"accuracy of {path} vs {acc.get('reference')}: {', '.join(parts) or 'no figures'}"
+                f"accuracy guard: {cmp.thresholds.describe()} (--min-top1, --max-kl, "
+                "--min-logprob-agreement, --min-exact-match, --max-rel-err)"
             ),
             highlight=False,
         )

@@ -129,7 +129,13 @@ async def run_level(
         nonlocal in_flight
         try:
             rec = await client.request(
-                endpoint, payload, index=spec.index, prompt_tokens=spec.input_tokens, stream=stream
+                endpoint,
+                payload,
+                index=spec.index,
+                prompt_tokens=spec.input_tokens,
+                stream=stream,
+                # A fixed-length request's answer must reach its length or say why it stopped.
+                expected_output_tokens=spec.output_len if ignore_eos else None,
             )
             records.append(rec)
             if on_record is not None:

@@ -2,7 +2,7 @@
 
 Latency definitions are those of vLLM's ``benchmark_serving``/``vllm bench serve`` so numbers can
 be set side by side: TTFT; TPOT = (E2EL - TTFT) / (output_tokens - 1) for requests with at least
-two output tokens; ITL = every gap between text-bearing chunks, pooled over requests; E2EL; and
+two output tokens; ITL = every gap between token chunks, pooled over requests; E2EL; and
 percentiles by linear interpolation (``numpy.percentile``'s default). Throughputs count successful
 requests only, over the wall time from the first send to the last completion. Goodput is
 successful requests per second that met every SLO given (a request with fewer than two tokens has
@@ -25,7 +25,7 @@ fewer and fewer requests are left::
     end:   the last request is sent; from then on in-flight can only fall (the drain).
 
 Tokens inside the window are counted from chunk arrival times (a request's tokens are spread
-evenly over its text chunks, which is exact for one token per chunk); J per output token on the
+evenly over its token chunks, which is exact for one token per chunk); J per output token on the
 steady-state basis is window energy / window tokens. Windows shorter than
 :data:`MIN_STEADY_STATE_S` are not trusted and the whole run is used instead, with a note.
 """

@@ -24,9 +24,10 @@ floor B has to be judged against.
 
 Runs are written as they go: with ``out``, the report file is rewritten (atomically, at most once
 a second) with ``"status": "running"`` as prompts finish and ends ``complete``, or ``partial`` with
-a ``partial_reason`` when Ctrl-C or a failing server stops the run; a partial report keeps the
-prompts compared so far but carries no ``accuracy`` block, so it cannot be attached to bench
-results by mistake. A server that cannot be reached at all is found before any prompt is sent.
+a ``partial_reason`` when Ctrl-C, SIGTERM or a failing server stops the run; a partial report
+keeps the prompts compared so far but carries no ``accuracy`` block, so it cannot be attached to
+bench results by mistake. A server that cannot be reached at all is found before any prompt is
+sent.
 
 Prompts file: JSONL, one object per line with ``"prompt"`` (text, for ``/completions``) or
 ``"messages"`` (for ``/chat/completions``), and an optional ``"id"``; blank lines and ``#``
@@ -49,6 +50,14 @@ from typing import Any, Final, Literal
 import httpx
 
 from perwatt._files import atomic_write_text
+from perwatt._signals import interrupt_reason, interrupts_deferred
+from perwatt.bench.guard import (
+    DEFAULT_THRESHOLDS,
+    NO_VERDICT,
+    GuardThresholds,
+    GuardVerdict,
+    judge,
+)
 from perwatt.bench.result import load_result, write_result
 from perwatt.errors import ConfigError, DataFormatError, PerwattError, RemoteSourceError
 
@@ -542,9 +551,11 @@ class QualityReport:
 
 
 class QualityInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped :func:`run_quality`; ``report`` holds the prompts finished (partial).
+    """Ctrl-C or SIGTERM stopped :func:`run_quality`; ``report`` holds the prompts finished
+    (partial).
 
-    A ``KeyboardInterrupt``, so code that does not know it still stops as on any Ctrl-C.
+    A ``KeyboardInterrupt``, so code that does not know it still stops as on any Ctrl-C; raised
+    ``from`` the interrupt, so :func:`perwatt._signals.interrupt_reason` tells which one it was.
     """
 
     def __init__(self, report: QualityReport) -> None:
@@ -590,7 +601,8 @@ def run_quality(
     Model names default to the first one each server lists at ``/v1/models``. Both servers are
     contacted before any prompt is sent: one that cannot be reached is a :class:`ConfigError`
     naming it (nothing written). With ``out`` the report is written as the run goes (see the
-    module docstring). Ctrl-C raises :class:`QualityInterrupted` carrying the partial report; a
+    module docstring). Ctrl-C (or SIGTERM, under :func:`perwatt._signals.sigterm_as_interrupt`,
+    as in the CLI) raises :class:`QualityInterrupted` carrying the partial report; a
     server failing mid-run raises :class:`RemoteSourceError` after the partial report is written.
     ``attach`` names the bench results the caller will attach the figures to: ``out`` may not be
     one of them (nor the prompt file), since the report is written before the first prompt.
@@ -684,10 +696,11 @@ def run_quality(
             # the file partial (not "running") and hands the figures back.
             final = report("complete")
             checkpoints.write(final, force=True)
-        except KeyboardInterrupt:
-            partial = report("partial", f"interrupted (Ctrl-C) {done()}")
-            checkpoints.write(partial, force=True)
-            raise QualityInterrupted(partial) from None
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (perwatt._signals)
+            partial = report("partial", f"{interrupt_reason(e)} {done()}")
+            with interrupts_deferred():  # a second signal must not cut this write short
+                checkpoints.write(partial, force=True)
+            raise QualityInterrupted(partial) from e
         except Exception as e:
             why = str(e) if isinstance(e, PerwattError) else f"{type(e).__name__}: {e}"
             partial = report("partial", f"stopped {done()}: {why}")
@@ -708,6 +721,33 @@ def run_quality(
                 raise type(e)(f"{e}{kept}") from e
             raise
     return final
+
+
+def generate_answers(
+    prompts: Sequence[QualityPrompt],
+    url: str,
+    *,
+    model: str | None = None,
+    api_key: str | None = None,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    seed: int = 0,
+    top_logprobs: int = DEFAULT_TOP_LOGPROBS,
+    timeout_s: float = 120.0,
+) -> tuple[list[Generation], tuple[str, ...]]:
+    """One server's greedy answers to the prompt set, and notes on what it did not return.
+
+    For comparing servers that never run at the same time (``perwatt experiment`` launches one
+    configuration after another): record each one's answers, then compare them with
+    :func:`agreement` and :func:`summarize_agreement`, as :func:`run_quality` does live.
+    """
+    srv = _Server("candidate", url, model, api_key)
+    with httpx.Client(timeout=timeout_s) as client:
+        _probe(client, srv)
+        gens = [
+            _generate(client, srv, p, max_tokens=max_tokens, seed=seed, top_logprobs=top_logprobs)
+            for p in prompts
+        ]
+    return gens, tuple(srv.notes)
 
 
 def _same_file(a: str | Path, b: str | Path) -> bool:
@@ -777,8 +817,21 @@ def _why(e: httpx.HTTPError) -> str:
     return text.strip().lower() or type(e).__name__
 
 
-def format_quality_summary(report: QualityReport) -> str:
-    """The text summary ``perwatt quality`` prints; a run stopped early says so on line one."""
+def quality_verdict(
+    report: QualityReport, thresholds: GuardThresholds = DEFAULT_THRESHOLDS
+) -> GuardVerdict:
+    """The accuracy guard's verdict on a complete run (:mod:`perwatt.bench.guard`); a run that
+    stopped early has none: agreement over part of the prompt set decides nothing."""
+    if not report.complete:
+        return NO_VERDICT
+    return judge(report.accuracy_block(), thresholds)
+
+
+def format_quality_summary(
+    report: QualityReport, thresholds: GuardThresholds = DEFAULT_THRESHOLDS
+) -> str:
+    """The text summary ``perwatt quality`` prints; a run stopped early says so on line one,
+    a complete one ends with the accuracy guard's verdict."""
 
     def f(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.4f}"
@@ -805,6 +858,28 @@ def format_quality_summary(report: QualityReport) -> str:
         c = report.control
         lines.append(f"  control A vs A     exact {f(c.exact_match)}, top-1 {f(c.top1_agreement)}")
     lines += [f"  note: {n}" for n in report.notes]
+    verdict = quality_verdict(report, thresholds)
+    if report.complete:
+        judged = thresholds.describe()
+        if verdict.status == "none":
+            lines.append(f"  verdict            none: no figure the guard judges ({judged})")
+        else:
+            word = verdict.text if verdict.failed else "PASS"
+            lines.append(f"  verdict            {word} (guard: {judged})")
+        if (
+            report.control is not None
+            and judge(
+                {
+                    "exact_match": report.control.exact_match,
+                    "top1_agreement": report.control.top1_agreement,
+                },
+                thresholds,
+            ).failed
+        ):
+            lines.append(
+                "  note: the reference disagrees with itself beyond the thresholds (control): "
+                "the verdict measures its nondeterminism as much as the candidate"
+            )
     return "\n".join(lines)
 
 
@@ -854,7 +929,9 @@ __all__ = [
     "attach_accuracy",
     "check_attach_target",
     "format_quality_summary",
+    "generate_answers",
     "load_prompts",
+    "quality_verdict",
     "run_quality",
     "summarize_agreement",
     "write_quality_report",

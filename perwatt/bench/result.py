@@ -16,7 +16,10 @@ in one place.
 
 Lifecycle: the runner writes the document first with ``status="running"``, rewrites it atomically
 (``.tmp`` then rename, so a reader never sees half a file) as requests complete, and finishes with
-``complete``, ``partial`` (Ctrl-C, crash, server gone: what was measured is kept, and
+``complete`` (every request answered in full), ``complete-with-failures`` (the run finished but
+some requests failed or were truncated: the figures cover the others, and ``partial_reason`` says
+how many and why), ``partial`` (Ctrl-C or SIGTERM, a crash, server gone: what was measured is
+kept, and
 ``partial_reason`` says why) or ``failed`` (nothing usable: every request failed).
 
 Readers (compare, report) call :func:`load_result`, which validates the structure and raises
@@ -46,8 +49,8 @@ from perwatt.meter.detect import cpu_model
 
 SCHEMA_VERSION: Final = "perwatt.bench.result/1"
 
-Status = Literal["running", "complete", "partial", "failed"]
-STATUSES: Final = ("running", "complete", "partial", "failed")
+Status = Literal["running", "complete", "complete-with-failures", "partial", "failed"]
+STATUSES: Final = ("running", "complete", "complete-with-failures", "partial", "failed")
 LoadKind = Literal["rate", "concurrency", "batch"]
 LOAD_KINDS: Final = ("rate", "concurrency", "batch")
 TokenCountSource = Literal["usage", "chunks", "engine"]
@@ -329,6 +332,19 @@ def write_result(path: str | Path, doc: BenchResult | Mapping[str, Any]) -> Path
     return atomic_write_text(path, text + "\n", fsync=True)
 
 
+class BenchInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped a bench; ``paths`` are the result files it wrote, complete ones
+    first and the interrupted one (marked with the reason) last.
+
+    A ``KeyboardInterrupt``, so code that does not know it still stops as on any Ctrl-C; raised
+    ``from`` the interrupt, so :func:`perwatt._signals.interrupt_reason` tells which one it was.
+    """
+
+    def __init__(self, paths: list[Path]) -> None:
+        super().__init__(f"bench interrupted; {len(paths)} result file(s) written")
+        self.paths = tuple(paths)
+
+
 # --------------------------------------------------------------------------- reading
 _NUM = (int, float)
 
@@ -435,6 +451,116 @@ def _check(
             raise DataFormatError(f"{where}: {prefix}{key} is {type(v).__name__}, expected {want}")
 
 
+# Every number in a result is a count, a duration, a power, an energy or a rate: none can be negative. A file edited by
+# hand or written by a broken tool (negative J/token, energy, tokens, durations) is refused
+# here, once, so compare and report never turn it into a confident ratio.
+_CONFIG_RANGES: Final[dict[str, tuple[float, bool]]] = {
+    # key -> (lowest value, whether the lowest value itself is excluded)
+    "num_prompts": (0.0, False),
+    "input_len": (0.0, False),
+    "output_len": (0.0, False),
+    "request_rate": (0.0, True),
+    "burstiness": (0.0, True),
+    "max_concurrency": (0.0, True),
+    "batch_size": (0.0, True),
+    "num_gpus": (0.0, True),
+    "price_per_kwh": (0.0, False),
+    "pue": (1.0, False),
+}
+_METRIC_KEYS_NON_NEGATIVE: Final = (
+    "completed",
+    "failed",
+    "duration_s",
+    "request_throughput_rps",
+    "output_throughput_tok_s",
+    "total_token_throughput_tok_s",
+    "total_input_tokens",
+    "total_output_tokens",
+    "goodput_rps",
+)
+_ENERGY_KEYS_NON_NEGATIVE: Final = (
+    "j_per_output_token",
+    "output_tokens_per_j",
+    "j_per_request",
+    "avg_power_w",
+    "peak_power_w",
+    "idle_power_w",
+    "idle_share",
+    "output_tokens_per_s_per_gpu",
+)
+_MEASUREMENT_KEYS_NON_NEGATIVE: Final = (
+    "duration_s",
+    "total_energy_j",
+    "avg_power_w",
+    "peak_power_w",
+)
+_ECONOMICS_KEYS_NON_NEGATIVE: Final = (
+    "usd_per_million_output_tokens",
+    "output_tokens_per_mwh",
+    "price_per_kwh",
+)
+
+
+def _check_value(where: str, key: str, v: Any, low: float = 0.0, open_low: bool = False) -> None:
+    """A number that must be finite and >= ``low`` (> when ``open_low``); None passes."""
+    if v is None or isinstance(v, bool) or not isinstance(v, _NUM):
+        return  # types are _check's job
+    if not math.isfinite(v):
+        raise DataFormatError(f"{where}: {key} is {v}, not a finite number")
+    if v < low or (open_low and v == low):
+        bound = f"> {low:g}" if open_low else f">= {low:g}"
+        raise DataFormatError(
+            f"{where}: {key} is {v:g}, but it must be {bound}: an impossible value "
+            "(a file edited by hand or written by a broken tool?)"
+        )
+
+
+def _check_values(where: str, doc: Mapping[str, Any]) -> None:
+    """Refuse impossible numbers (negative energy, tokens, durations; NaN) naming file and key."""
+    cfg = doc["config"]
+    for key, (low, open_low) in _CONFIG_RANGES.items():
+        _check_value(where, f"config.{key}", cfg.get(key), low, open_low)
+    _check_value(where, "load.value", doc["load"]["value"])
+    m = doc["metrics"]
+    for key in _METRIC_KEYS_NON_NEGATIVE:
+        _check_value(where, f"metrics.{key}", m[key])
+    for name in ("ttft_ms", "tpot_ms", "itl_ms", "e2el_ms"):
+        for k in PERCENTILE_KEYS:
+            _check_value(where, f"metrics.{name}.{k}", m[name][k])
+    for kind, n in m["errors"].items():
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise DataFormatError(f"{where}: metrics.errors.{kind} must be a count >= 0, got {n}")
+    e = doc["energy"]
+    if e is not None:
+        for key in _ENERGY_KEYS_NON_NEGATIVE:
+            _check_value(where, f"energy.{key}", e[key])
+        if isinstance(e["idle_share"], _NUM) and e["idle_share"] > 1:
+            raise DataFormatError(f"{where}: energy.idle_share is {e['idle_share']:g}, above 1")
+        for block in ("whole_run", "steady_state"):
+            meas = e[block]
+            if isinstance(meas, Mapping):
+                for key in _MEASUREMENT_KEYS_NON_NEGATIVE:
+                    _check_value(where, f"energy.{block}.{key}", meas.get(key))
+                per_device = meas.get("energy_j")
+                if isinstance(per_device, Mapping):
+                    for dev, j in per_device.items():
+                        _check_value(where, f"energy.{block}.energy_j.{dev}", j)
+    econ = doc["economics"]
+    if econ is not None:
+        for key in _ECONOMICS_KEYS_NON_NEGATIVE:
+            _check_value(where, f"economics.{key}", econ[key])
+        _check_value(where, "economics.pue", econ["pue"], 1.0)
+    tl = doc["timeline"]
+    for i, (t, w) in enumerate(zip(tl["t_s"], tl["power_w"], strict=True)):
+        if not isinstance(t, _NUM) or isinstance(t, bool):
+            raise DataFormatError(f"{where}: timeline.t_s[{i}] is not a number")
+        if not isinstance(w, _NUM) or isinstance(w, bool):
+            raise DataFormatError(f"{where}: timeline.power_w[{i}] is not a number")
+        _check_value(where, f"timeline.power_w[{i}]", w)
+        if not math.isfinite(t):
+            raise DataFormatError(f"{where}: timeline.t_s[{i}] is {t}, not a finite number")
+
+
 def validate_result(doc: Any, where: str = "result") -> BenchResult:
     """Check the structure of a result document; raise :class:`DataFormatError` if it is wrong."""
     if not isinstance(doc, dict):
@@ -500,6 +626,7 @@ def validate_result(doc: Any, where: str = "result") -> BenchResult:
         raise DataFormatError(
             f"{where}: timeline.t_s and timeline.power_w must be equal-length lists"
         )
+    _check_values(where, doc)
     return doc  # type: ignore[return-value]
 
 
@@ -507,7 +634,7 @@ def load_result(path: str | Path) -> BenchResult:
     """Read and validate a result JSON file; :class:`DataFormatError` names the file and key."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM from a Windows editor is not JSON
     except FileNotFoundError:
         raise DataFormatError(f"{path}: no such result file") from None
     except OSError as e:
@@ -548,6 +675,7 @@ __all__ = [
     "STATUSES",
     "TOKEN_COUNT_SOURCES",
     "Accuracy",
+    "BenchInterrupted",
     "BenchResult",
     "Conditions",
     "Economics",

@@ -9,14 +9,21 @@ One call::
         meter window "whole_run" ── send every request ── close the window
             each finished request: one CSV row; every ``checkpoint_s``: the JSON rewritten
         steady-state window from the request timings → Meter.measure_between
-        final JSON: status complete | partial (Ctrl-C, crash, server gone) | failed (no success)
+        final JSON: status complete | complete-with-failures (some requests failed or were
+        truncated) | partial (Ctrl-C/SIGTERM, crash, server gone) | failed (no success)
+
+A run with failed or truncated requests says so in its status, its summary and the exit code of
+``perwatt bench``: :func:`exit_code` is 1 when the failed fraction of any level exceeds
+``max_failed_fraction`` (0 by default: any failure fails the command).
 
 Energy comes from whatever :func:`perwatt.meter.detect.open_sources` opens for the spec (local
 NVML, ``dcgm:URL``/``prometheus:URL`` for a remote server's GPUs, ``PERWATT_DCGM_URL`` with
 ``auto``); a simulated or replayed source is labelled so in every figure. ``auto`` with a server
 that is not on this machine is refused: it would meter the wrong hardware. When the source is
 :class:`~perwatt.meter.SimulatedSource`, its load follows the benchmark's requests in flight (a
-simulated GPU busy in proportion to the batch) — a demo model, never a measurement.
+simulated GPU busy in proportion to the batch) — a demo model, never a measurement; against
+perwatt's own test server, ``simulated`` meters the power model that server serves instead
+(:mod:`perwatt.meter.served`), which knows its precision and batch.
 """
 
 from __future__ import annotations
@@ -36,10 +43,13 @@ from pathlib import Path
 from typing import IO, Any, Literal, cast
 from urllib.parse import urlsplit
 
+from perwatt._signals import interrupt_reason, interrupts_deferred
 from perwatt.bench import metrics as M
 from perwatt.bench.client import Endpoint, OpenAIClient, RequestRecord, resolve_model
+from perwatt.bench.guard import DEFAULT_THRESHOLDS, GuardThresholds, judge
 from perwatt.bench.loadgen import LoadLevel, LoadRun, process_cpu_s, run_level
 from perwatt.bench.result import (
+    BenchInterrupted,
     Conditions,
     GoodputSLO,
     LoadKind,
@@ -47,7 +57,13 @@ from perwatt.bench.result import (
     run_conditions,
     write_result,
 )
-from perwatt.bench.workload import LengthDist, Workload, from_file, synthetic
+from perwatt.bench.workload import (
+    LengthDist,
+    Workload,
+    check_synthetic_size,
+    from_file,
+    synthetic,
+)
 from perwatt.errors import ConfigError
 from perwatt.meter.meter import Measurement, Meter
 from perwatt.meter.simulated import SimulatedSource
@@ -73,6 +89,14 @@ CSV_COLUMNS = (
     "error_detail",
     "itl_ms",  # every inter-token gap, space-separated (compare bootstraps over them)
 )
+
+
+#: Longest per-request timeout accepted: a day (a larger value is a unit mistake, ms for s).
+MAX_TIMEOUT_S = 86_400.0
+#: Longest idle-power measurement accepted: an hour.
+MAX_IDLE_S = 3600.0
+#: Synthetic prompt words from which building the workload is announced (a few seconds).
+_SAY_BUILDING_FROM = 2_000_000
 
 
 def _default_price() -> float:
@@ -110,6 +134,7 @@ class ServerBenchConfig:
     seed: int = 0
     # energy and money
     energy_source: str = "auto"
+    energy_select: str | None = None  # GPUs of a dcgm:/prometheus: source (--energy-select)
     sources: tuple[PowerSource, ...] | None = None  # overrides energy_source (tests, library)
     idle_seconds: float = 0.0
     subtract_idle: bool = False
@@ -118,6 +143,8 @@ class ServerBenchConfig:
     pue: float = 1.0
     # mechanics
     timeout_s: float = 600.0
+    #: failed (or truncated) requests per level above which the run fails the command
+    max_failed_fraction: float = 0.0
     extra_body: Mapping[str, Any] | None = None
     sample_interval_s: float = 0.1
     checkpoint_s: float = 2.0
@@ -131,17 +158,32 @@ class ServerBenchConfig:
             raise ConfigError(f"--endpoint must be completions or chat, got {self.endpoint!r}")
         if self.num_prompts < 1:
             raise ConfigError(f"--num-prompts must be >= 1, got {self.num_prompts}")
+        # Sizes first: a typo like --input-len 100000000 took minutes and gigabytes to build.
+        check_synthetic_size(
+            num_prompts=self.num_prompts,
+            input_len=self.input_len if self.dataset is None else 1,
+            output_len=self.output_len,
+        )
         if self.num_gpus < 1:
             raise ConfigError(f"--num-gpus must be >= 1, got {self.num_gpus}")
-        if not (self.idle_seconds >= 0 and math.isfinite(self.idle_seconds)):
+        if not (0 <= self.idle_seconds <= MAX_IDLE_S):
             # nan slips past "< 0" and then skips the idle measurement without a word.
             raise ConfigError(
-                f"--idle-seconds must be a finite number >= 0, got {self.idle_seconds}"
+                f"--idle-seconds must be a finite number >= 0 (at most {MAX_IDLE_S:g} s), "
+                f"got {self.idle_seconds}"
             )
         if self.subtract_idle and self.idle_seconds <= 0:
             raise ConfigError("--subtract-idle needs an idle baseline: pass --idle-seconds N")
-        if not self.timeout_s > 0:
-            raise ConfigError("--timeout must be > 0")
+        if not (0 < self.timeout_s <= MAX_TIMEOUT_S):
+            raise ConfigError(
+                f"--timeout must be > 0 and at most {MAX_TIMEOUT_S:g} s (a day), "
+                f"got {self.timeout_s}"
+            )
+        if not 0 <= self.max_failed_fraction <= 1:
+            raise ConfigError(
+                "--max-failed-fraction must be a fraction in [0, 1] (0: any failed request "
+                f"fails the run), got {self.max_failed_fraction}"
+            )
         check_pue(self.pue)
         check_price(self.price_per_kwh)
         if not self.request_rates or not self.max_concurrencies:
@@ -202,7 +244,14 @@ def _open_sources(config: ServerBenchConfig) -> tuple[tuple[PowerSource, ...], b
             raise ConfigError("sources= is empty")
         return tuple(config.sources), False
     from perwatt.meter.detect import open_sources
+    from perwatt.meter.served import probe_served_power
 
+    if config.energy_source.strip().lower() == "simulated":
+        # perwatt's test server simulates its own power (it knows its precision and batch):
+        # meter that model. Any other server gets the client-side model of requests in flight.
+        served = probe_served_power(config.url)
+        if served is not None:
+            return (served,), True
     host = urlsplit(config.url).hostname or ""
     if (
         config.energy_source.strip().lower() == "auto"
@@ -218,7 +267,7 @@ def _open_sources(config: ServerBenchConfig) -> tuple[tuple[PowerSource, ...], b
             "really runs here"
         )
 
-    return tuple(open_sources(config.energy_source)), True
+    return tuple(open_sources(config.energy_source, select=config.energy_select)), True
 
 
 def _build_workload(config: ServerBenchConfig) -> Workload:
@@ -361,6 +410,7 @@ def _skeleton(
             "stream": config.stream,
             "ignore_eos": config.ignore_eos and workload.fixed_output,
             "timeout_s": config.timeout_s,
+            "max_failed_fraction": config.max_failed_fraction,
         },
         load={"kind": kind, "value": value},
         conditions=conditions,
@@ -408,12 +458,21 @@ def _finish_level(
     if status == "complete" and completed == 0:
         status = "failed"
         kinds = ", ".join(f"{k}: {n}" for k, n in met["errors"].items())
-        reason = f"every request failed ({kinds})"
+        reason = f"every request failed ({kinds})" + _truncation_cause(met, st.level)
     elif status == "complete":
         # Server gone: the run ended with requests that could not even connect.
         last = max(recs, key=lambda r: r.start_s) if recs else None
         if last is not None and last.error_kind == "connect_error":
             status, reason = "partial", "the server stopped accepting connections during the run"
+        elif met["failed"]:
+            # The figures cover the answered requests only; never call such a run complete.
+            status = "complete-with-failures"
+            kinds = ", ".join(f"{k} x{n}" for k, n in met["errors"].items())
+            total = completed + met["failed"]
+            reason = (
+                f"{met['failed']} of {total} requests failed ({kinds}); figures cover the "
+                f"{completed} answered in full" + _truncation_cause(met, st.level)
+            )
     if whole is not None and duration > 0:
         target = st.level.saturation_target(len(recs))
         win = M.steady_state_window(recs, target=target)
@@ -436,6 +495,10 @@ def _finish_level(
             num_gpus=config.num_gpus,
         )
         doc["energy"] = energy
+        cut = {**whole.partial_devices, **(steady.partial_devices if steady else {})}
+        if cut and status == "complete":
+            # Stale or missing telemetry for some GPUs: J/token would be silently low.
+            status, reason = "partial", "energy: " + "; ".join(sorted(set(cut.values())))
         doc["economics"] = M.economics_block(
             energy, price_per_kwh=config.price_per_kwh, pue=config.pue
         )
@@ -444,6 +507,49 @@ def _finish_level(
     doc["status"] = status
     doc["partial_reason"] = reason
     write_result(st.json_path, doc)
+
+
+def _truncation_cause(met: Mapping[str, Any], level: LoadLevel) -> str:
+    """What likely cut answers short, when some were truncated; else ''."""
+    if not met["errors"].get("truncated"):
+        return ""
+    if level.max_concurrency == 1:
+        return (
+            "; truncated: answers ended without a finish_reason before the length asked for "
+            "at concurrency 1 (the server stopped them: check its log, e.g. its context length)"
+        )
+    return (
+        "; truncated: answers ended without a finish_reason before the length asked for, "
+        "likely a server without parallel slots at concurrency > 1 (it cuts the answer in "
+        "flight when the next request arrives): rerun with --max-concurrency 1 or give the "
+        "server more slots (llama.cpp: --parallel N)"
+    )
+
+
+def failed_fraction(doc: Mapping[str, Any]) -> float:
+    """Failed (and truncated) requests over all requests of one result; 0 without requests."""
+    m = doc["metrics"]
+    total = m["completed"] + m["failed"]
+    return m["failed"] / total if total else 0.0
+
+
+def _max_failed_fraction(doc: Mapping[str, Any]) -> float:
+    limit = doc["config"].get("max_failed_fraction")
+    return float(limit) if isinstance(limit, int | float) and not isinstance(limit, bool) else 0.0
+
+
+def exit_code(paths: Sequence[Path]) -> int:
+    """``perwatt bench``'s exit code over its result files: 1 when a level failed, stopped early
+    or has more failed requests than its ``max_failed_fraction`` allows, else 0."""
+    from perwatt.bench.result import load_result
+
+    for p in paths:
+        d = load_result(p)
+        if d["status"] in ("failed", "partial"):
+            return 1
+        if failed_fraction(d) > _max_failed_fraction(d):
+            return 1
+    return 0
 
 
 def _checkpoint(st: _LevelState, config: ServerBenchConfig) -> None:
@@ -467,7 +573,9 @@ def _run_level(
     sources: Sequence[PowerSource],
     conditions: Conditions,
     log: Callable[[str], None],
+    written: list[Path],
 ) -> Path:
+    """Run one level; its result file is appended to ``written`` as soon as it exists."""
     try:
         config.result_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -488,6 +596,7 @@ def _run_level(
     )
     st = _LevelState(level=level, json_path=json_path, csv_path=csv_path, doc=doc)
     write_result(json_path, doc)
+    written.append(json_path)
     n = len(workload.requests)
     target = level.saturation_target(n) or 16
     on_inflight = _drive_simulated(sources, target)
@@ -538,27 +647,30 @@ def _run_level(
         meter.begin(window)
         try:
             asyncio.run(main())
-        except KeyboardInterrupt:
-            status, reason = "partial", "interrupted (Ctrl-C); results cover the requests finished"
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (perwatt._signals)
+            status = "partial"
+            reason = f"{interrupt_reason(e)}; results cover the requests finished"
             raise
         except BaseException as e:
             status, reason = "partial", f"crashed: {type(e).__name__}: {e}"
             raise
         finally:
-            progress.close()
-            whole = meter.end(window)
-            if on_inflight is not None:
-                on_inflight(0)
-            f.flush()
-            _finish_level(
-                st,
-                config=config,
-                meter=meter,
-                whole=whole,
-                clock_offset_s=clock_offset,
-                status=status,
-                reason=reason,
-            )
+            # A second Ctrl-C/SIGTERM must not cut the energy reading or the final write short.
+            with interrupts_deferred():
+                progress.close()
+                whole = meter.end(window)
+                if on_inflight is not None:
+                    on_inflight(0)
+                f.flush()
+                _finish_level(
+                    st,
+                    config=config,
+                    meter=meter,
+                    whole=whole,
+                    clock_offset_s=clock_offset,
+                    status=status,
+                    reason=reason,
+                )
             log(f"wrote {json_path} ({st.doc['status']})")
     return json_path
 
@@ -568,14 +680,21 @@ def run_server_bench(config: ServerBenchConfig) -> list[Path]:
     """Benchmark the server at every load level of ``config``; return the result files.
 
     Raises :class:`ConfigError` (nothing written) when the server cannot be reached, the model
-    is not served or the workload is unusable. A level interrupted by Ctrl-C is written with
-    status ``partial`` and the ``KeyboardInterrupt`` propagates.
+    is not served or the workload is unusable. A level interrupted by Ctrl-C or SIGTERM is
+    written with status ``partial`` and the reason, and :class:`BenchInterrupted` (a
+    ``KeyboardInterrupt``) carries the files written so far.
     """
     log = config.log or (lambda msg: print(msg, file=sys.stderr))
     if config.result_dir.exists() and not config.result_dir.is_dir():
         # Fail before the idle measurement and the model probe, not at the first level.
         raise ConfigError(f"--result-dir {config.result_dir} is a file; give a directory")
     model = resolve_model(config.url, config.model, api_key=config.api_key)
+    if config.dataset is None and config.num_prompts * config.input_len >= _SAY_BUILDING_FROM:
+        # Drawing the words takes ~1 s per million on a small VM: say why nothing happens yet.
+        log(
+            f"building {config.num_prompts:,} synthetic prompts of ~{config.input_len:,} tokens "
+            f"({config.num_prompts * config.input_len:,} words)"
+        )
     workload = _build_workload(config)
     if workload.skipped_rows:
         log(
@@ -592,6 +711,7 @@ def run_server_bench(config: ServerBenchConfig) -> list[Path]:
             sync_cuda=False,  # the GPUs are the server's, not this process's
         )
         energy_label = _source_label(sources)
+        log("energy: " + "; ".join(s.describe() for s in sources))
         conditions = run_conditions(
             energy_source=energy_label,
             # GPU power limit and clocks only when NVML meters them (local GPUs).
@@ -604,8 +724,8 @@ def run_server_bench(config: ServerBenchConfig) -> list[Path]:
             if config.idle_seconds > 0:
                 log(f"measuring idle power for {config.idle_seconds:g} s (keep the server idle)")
                 meter.idle_baseline(config.idle_seconds)
-            for level in config.levels():
-                paths.append(
+            try:
+                for level in config.levels():
                     _run_level(
                         config,
                         level=level,
@@ -616,8 +736,10 @@ def run_server_bench(config: ServerBenchConfig) -> list[Path]:
                         sources=sources,
                         conditions=conditions,
                         log=log,
+                        written=paths,
                     )
-                )
+            except KeyboardInterrupt as e:
+                raise BenchInterrupted(paths) from e
         return paths
     finally:
         if opened:
@@ -661,65 +783,71 @@ def parse_int_list(text: str, flag: str) -> tuple[int, ...]:
 # --------------------------------------------------------------------------- summary
 def _ms(pct: Mapping[str, Any], key: str) -> str:
     v = pct.get(key)
-    return "-" if v is None else f"{v:.1f}"
+    if v is None:
+        return "-"
+    return f"{v:.0f}" if abs(v) >= 1000 else f"{v:.1f}"  # 141397 ms needs no tenths
 
 
-def summary_table(paths: Sequence[Path]) -> Any:
-    """A rich Table, one column per result file: throughput, latency percentiles, J/token.
+def _column_head(d: Mapping[str, Any]) -> str:
+    """``label`` over ``precision · load``: a sweep's columns never look alike."""
+    load = d["load"]
+    prec = d["config"].get("precision")
+    label = str(d["label"])
+    second = f"{load['kind']} {load['value']:g}"
+    if prec:
+        second = f"{prec} · {second}"
+    return f"{label}\n{second}"
 
-    J per output token is always shown with its source label (``simulated``, ``nvml-counter``…)
-    and basis (steady state or whole run), so a simulated figure cannot pass for a measurement.
-    Metrics are rows so that a sweep stays readable in 80 columns.
-    """
-    from rich.table import Table
 
-    from perwatt.bench.result import load_result
+def _emulated(d: Mapping[str, Any]) -> bool:
+    return bool((d.get("builtin") or {}).get("emulated"))
 
-    docs = [(p, load_result(p)) for p in paths]
-    t = Table(title="perwatt bench", title_justify="left")
-    t.add_column("", justify="left", no_wrap=True)
-    for _, d in docs:
-        load = d["load"]
-        head = f"{load['kind']} {load['value']:g}"
-        t.add_column(head, justify="right", no_wrap=True)
+
+def _summary_rows(
+    docs: Sequence[Mapping[str, Any]], thresholds: GuardThresholds
+) -> list[tuple[str, list[str]]]:
+    rows: list[tuple[str, list[str]]] = []
 
     def row(name: str, values: list[str]) -> None:
-        t.add_row(name, *values)
+        rows.append((name, values))
 
     def pct(key: str) -> list[str]:
         out = []
-        for _, d in docs:
-            m: Any = d["metrics"][key]  # type: ignore[literal-required]
-            out.append(f"{_ms(m, 'p50')} / {_ms(m, 'p90')} / {_ms(m, 'p99')}")
+        for d in docs:
+            m: Any = d["metrics"][key]
+            out.append(f"{_ms(m, 'p50')} / {_ms(m, 'p99')}")
         return out
 
-    row("status", [d["status"] for _, d in docs])
+    row("status", [d["status"] for d in docs])
     row(
-        "completed / failed",
-        [f"{d['metrics']['completed']} / {d['metrics']['failed']}" for _, d in docs],
+        "requests ok / failed",
+        [f"{d['metrics']['completed']} / {d['metrics']['failed']}" for d in docs],
     )
-    row("requests/s", [f"{d['metrics']['request_throughput_rps']:.2f}" for _, d in docs])
-    row("output tok/s", [f"{d['metrics']['output_throughput_tok_s']:.1f}" for _, d in docs])
+    row("requests (req/s)", [f"{d['metrics']['request_throughput_rps']:.2f}" for d in docs])
+    row("output (tok/s)", [f"{d['metrics']['output_throughput_tok_s']:.1f}" for d in docs])
     row(
-        "output tokens (counted by)",
+        "output tokens (source)",
         [
             f"{d['metrics']['total_output_tokens']} ({d['metrics']['token_count_source']})"
-            for _, d in docs
+            for d in docs
         ],
     )
-    row("TTFT p50/p90/p99 ms", pct("ttft_ms"))
-    row("ITL p50/p90/p99 ms", pct("itl_ms"))
-    row("TPOT p50/p90/p99 ms", pct("tpot_ms"))
-    row("E2EL p50/p90/p99 ms", pct("e2el_ms"))
-    if any(d["metrics"]["goodput_rps"] is not None for _, d in docs):
+    row("TTFT p50 / p99 (ms)", pct("ttft_ms"))
+    row("ITL p50 / p99 (ms)", pct("itl_ms"))
+    row("TPOT p50 / p99 (ms)", pct("tpot_ms"))
+    row("E2E p50 / p99 (ms)", pct("e2el_ms"))
+    if any(d["metrics"]["goodput_rps"] is not None for d in docs):
         row(
-            "goodput req/s (SLO met)",
-            ["-" if (g := d["metrics"]["goodput_rps"]) is None else f"{g:.2f}" for _, d in docs],
+            "goodput, SLO (req/s)",
+            ["-" if (g := d["metrics"]["goodput_rps"]) is None else f"{g:.2f}" for d in docs],
         )
-    jpt, src, tpj, watts, usd = [], [], [], [], []
-    for _, d in docs:
+    jpt, src, tpj, watts, usd, guard = [], [], [], [], [], []
+    for d in docs:
         e = d["energy"]
         econ = d["economics"]
+        # Emulated precisions (fp8 on a CPU) measure numerics, not energy: say so beside the
+        # figure itself, not only in a note.
+        emu = " (emulated)" if _emulated(d) else ""
         if e is None or e["j_per_output_token"] is None:
             jpt.append("-")
             src.append("-" if e is None else e["source"])
@@ -727,30 +855,104 @@ def summary_table(paths: Sequence[Path]) -> Any:
             watts.append("-")
         else:
             basis = "steady state" if e["basis"] == "steady_state" else "whole run"
-            jpt.append(f"{e['j_per_output_token']:.4g}")
+            jpt.append(f"{e['j_per_output_token']:.4g}{emu}")
             src.append(f"{e['source']}, {basis}")
-            tpj.append(f"{e['output_tokens_per_j']:.4g}" if e["output_tokens_per_j"] else "-")
+            tpj.append(f"{e['output_tokens_per_j']:.4g}{emu}" if e["output_tokens_per_j"] else "-")
             watts.append(f"{e['avg_power_w']:.1f}")
         u = econ["usd_per_million_output_tokens"] if econ else None
-        usd.append("-" if u is None else f"{u:.4g}")
-    row("J / output token", jpt)
+        usd.append("-" if u is None else f"{u:.4g}{emu}")
+        guard.append(judge(d["accuracy"], thresholds).short)
+    row("J / output token (J)", jpt)
     row("  energy source, basis", src)
-    row("output tokens / J", tpj)
-    row("avg power W", watts)
-    row("$ / M output tokens", usd)
-    return t
+    row("output tok / J (tok/J)", tpj)
+    if any(g != "—" for g in guard):
+        row("  accuracy guard", guard)
+    row("avg power (W)", watts)
+    row("energy $ / M out tok", usd)
+    return rows
 
 
-def summary_notes(paths: Sequence[Path]) -> list[str]:
-    """One line per noteworthy fact: errors by kind, token counting, why a run is partial."""
+def summary_tables(
+    paths: Sequence[Path],
+    *,
+    width: int | None = None,
+    thresholds: GuardThresholds = DEFAULT_THRESHOLDS,
+) -> list[Any]:
+    """The summary as rich Tables, one column per result file, split so each fits ``width``.
+
+    Every column is headed by the run's label, precision and load (a precision sweep's columns
+    are told apart); every row names its unit. J per output token is always shown with its
+    source label and basis, an emulated precision says so beside its energy figures, and the
+    accuracy guard's pass/FAIL sits under them. Metrics are rows, so a sweep adds columns; when
+    they do not fit ``width`` (the terminal's) they continue in further tables rather than being
+    cut. ``width=None``: one table.
+    """
+    from rich.table import Table
+
+    from perwatt.bench.result import load_result
+
+    docs: list[Mapping[str, Any]] = [load_result(p) for p in paths]
+    rows = _summary_rows(docs, thresholds)
+    heads = [_column_head(d) for d in docs]
+    name_w = max(len(n) for n, _ in rows)
+
+    def col_w(k: int) -> int:
+        cells = [v[k] for _, v in rows] + heads[k].splitlines()
+        return max(len(c) for c in cells)
+
+    chunks: list[list[int]] = []
+    used = name_w + 4  # the name column, its padding and the table's left border
+    for k in range(len(docs)):
+        w = col_w(k) + 3  # padding and the border to its right
+        if chunks and (width is None or used + w <= width):
+            chunks[-1].append(k)
+            used += w
+        else:
+            chunks.append([k])
+            used = name_w + 4 + w
+    tables = []
+    for n, chunk in enumerate(chunks):
+        part = f" ({n + 1} of {len(chunks)})" if len(chunks) > 1 else ""
+        t = Table(title=f"perwatt bench{part}", title_justify="left")
+        t.add_column("metric (unit)", justify="left", no_wrap=True)
+        for k in chunk:
+            t.add_column(heads[k], justify="right", no_wrap=True)
+        for name, values in rows:
+            t.add_row(name, *(values[k] for k in chunk))
+        tables.append(t)
+    return tables
+
+
+def summary_table(paths: Sequence[Path], thresholds: GuardThresholds = DEFAULT_THRESHOLDS) -> Any:
+    """Every result in one rich Table (see :func:`summary_tables`, which also fits a width)."""
+    return summary_tables(paths, thresholds=thresholds)[0]
+
+
+def summary_notes(
+    paths: Sequence[Path], thresholds: GuardThresholds = DEFAULT_THRESHOLDS
+) -> list[str]:
+    """One line per noteworthy fact: errors by kind, token counting, why a run is partial,
+    emulated precisions, accuracy-guard failures."""
     from perwatt.bench.result import load_result
 
     lines: list[str] = []
+    judged = False
     for p in paths:
         d = load_result(p)
         m = d["metrics"]
         if d["partial_reason"]:
             lines.append(f"{p.name}: {d['status']}: {d['partial_reason']}")
+        extra: Any = d
+        if _emulated(extra):
+            lines.append(
+                f"{p.name}: {d['config'].get('precision')} is emulated on "
+                f"{(extra.get('builtin') or {}).get('device', 'this device')}: its energy "
+                "figures measure emulation (numerics only), not the format; no energy claim"
+            )
+        verdict = judge(d["accuracy"], thresholds)
+        judged = judged or verdict.status != "none"
+        if verdict.failed:
+            lines.append(f"{p.name}: accuracy guard {verdict.text}")
         # The run-time warning is silenced by --quiet; the summary must still say the workload
         # is not the whole file.
         wl: Any = d["config"].get("workload") or {}
@@ -765,6 +967,16 @@ def summary_notes(paths: Sequence[Path]) -> list[str]:
             examples: Any = m.get("error_examples") or {}
             for kind, detail in list(examples.items())[:3]:
                 lines.append(f"  {kind}: {detail}")
+            frac, limit = failed_fraction(d), _max_failed_fraction(d)
+            allowed = (
+                f"more than --max-failed-fraction {limit:g} allows: the command fails (exit 1)"
+                if frac > limit
+                else f"within --max-failed-fraction {limit:g}"
+            )
+            lines.append(
+                f"{p.name}: {m['failed']} of {m['completed'] + m['failed']} requests failed "
+                f"({frac:.1%}), {allowed}"
+            )
         if m.get("input_tokens_source") == "approximate" and m["completed"]:
             lines.append(
                 f"{p.name}: input tokens are approximate (word count; the server reported no "
@@ -792,4 +1004,6 @@ def summary_notes(paths: Sequence[Path]) -> list[str]:
             )
             if line not in lines:
                 lines.append(line)
+    if judged:
+        lines.append(f"accuracy guard: {thresholds.describe()} (--min-top1, --max-kl, ...)")
     return lines

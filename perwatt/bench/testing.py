@@ -8,7 +8,9 @@ load-generator benchmark need no GPU and no inference engine::
     with FakeOpenAIServer(ServerConfig(ttft_s=0.02, itl_s=0.005)) as server:
         print(server.url)          # http://127.0.0.1:PORT/v1
 
-or from a shell: ``python -m perwatt.bench.testing --port 8000 --itl-ms 5``.
+or from a shell: ``python -m perwatt.bench.testing --port 8000 --precision fp8`` (a simulated
+FP8 deployment: timing, power and outputs of :data:`PROFILES`), or ``--itl-ms 5`` for a fixed
+inter-token latency.
 
 It is a raw asyncio HTTP/1.1 server (keep-alive, chunked transfer encoding) running in its own
 thread, so it can serve tens of thousands of SSE chunks per second on one core and never limits
@@ -21,12 +23,23 @@ the client under test. What it imitates, each switchable in :class:`ServerConfig
   ``stream_options.include_usage`` (vLLM, SGLang, TensorRT-LLM behave so), or always, or never;
 * several tokens per chunk (speculative decoding, detokenizer hold-back), empty-text chunks,
   a final chunk with ``finish_reason`` and no text, a role-only first chunk for chat;
+* one chunk per token with empty text for tokens that do not complete a character
+  (byte-fallback tokens: llama.cpp and others stream them so; ``empty_text_every``), their text
+  arriving with the next token's chunk;
+* a single-slot server that cuts the stream in flight when the next request arrives, ending it
+  with ``[DONE]`` and no ``finish_reason`` (``preempt_on_arrival``);
 * EOS: without ``ignore_eos`` or ``min_tokens`` a request stops after ``natural_len`` tokens;
 * faults per request, chosen by arrival order: HTTP 4xx/5xx, a connection dropped mid-stream,
-  malformed SSE, an error event in the stream, a slow response;
+  malformed SSE, an error event in the stream, a stream ended early with ``[DONE]`` and no
+  ``finish_reason``, a slow response;
 * an API key (401 without ``Authorization: Bearer KEY``);
 * optionally drives a :class:`perwatt.meter.SimulatedSource`'s load from the number of requests
-  in flight, so a benchmark against it has a power curve that rises and falls with the load.
+  in flight, so a benchmark against it has a power curve that rises and falls with the load;
+* optionally a :class:`ServingProfile` (``--precision bf16|fp8|int4`` from a shell): a simulated
+  deployment whose TTFT grows with the prompt, whose decode step grows with the batch in flight,
+  whose power follows its load, and whose outputs drift from BF16's at a set rate per token. Its
+  power is served at ``GET /perwatt/power`` so ``perwatt bench --energy-source simulated`` meters
+  *this server's* model (labelled ``simulated``; see :mod:`perwatt.meter.served`).
 
 Token text is deterministic in the prompt (the same prompt always yields the same words), so
 greedy-decoding comparisons behave as they would on a real engine. Prompt tokens are counted as
@@ -39,15 +52,18 @@ import argparse
 import asyncio
 import contextlib
 import json
+import random
 import threading
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from perwatt.bench.workload import WORDS
 from perwatt.errors import ConfigError
+from perwatt.hardware import GPUS
+from perwatt.meter.served import POWER_PATH, POWER_SCHEMA
 from perwatt.meter.simulated import SimulatedSource
 
 # The synthetic workload's frequent-word list: replies read like the prompts the client sends.
@@ -64,6 +80,8 @@ class Fault:
     ``drop_after``: send this many content chunks, then abort the TCP connection.
     ``malformed_after``: after this many content chunks send a ``data:`` line that is not JSON.
     ``error_event_after``: after this many content chunks send ``data: {"error": ...}`` and end.
+    ``done_after``: after this many content chunks send ``data: [DONE]`` with no ``finish_reason``
+    (a stream stopped early that still ends cleanly).
     ``delay_s``: wait this long before answering at all (a slow or hung server).
     """
 
@@ -71,6 +89,7 @@ class Fault:
     drop_after: int | None = None
     malformed_after: int | None = None
     error_event_after: int | None = None
+    done_after: int | None = None
     delay_s: float = 0.0
 
     def __post_init__(self) -> None:
@@ -78,6 +97,116 @@ class Fault:
             raise ConfigError(f"fault status must be 4xx or 5xx, got {self.status}")
         if self.delay_s < 0:
             raise ConfigError("fault delay must be >= 0")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServingProfile:
+    """Timing, power and output drift of one simulated deployment (a model, not a measurement).
+
+    * TTFT = ``ttft_base_s`` + prompt tokens x ``prefill_s_per_token`` + one decode step;
+    * each later token waits one decode step, ``step_s + step_per_seq_s x (in flight - 1)``
+      (decode is memory-bound: a step reads the weights once for the whole batch, plus each
+      sequence's KV cache), times a deterministic jitter in ``[1 - jitter, 1 + jitter]``;
+    * power = ``idle_w + (busy_w - idle_w) x load``, load 0 when idle, ``active_floor`` with one
+      sequence in flight, rising linearly to 1 at ``saturation`` sequences;
+    * each generated word differs from the BF16 answer with probability ``flip_rate`` (a
+      deterministic draw per prompt and position), like a quantized model's greedy output.
+    """
+
+    precision: str
+    ttft_base_s: float
+    prefill_s_per_token: float
+    step_s: float
+    step_per_seq_s: float
+    idle_w: float
+    busy_w: float
+    active_floor: float
+    saturation: int
+    flip_rate: float
+    jitter: float = 0.1
+
+    def __post_init__(self) -> None:
+        times = (self.ttft_base_s, self.prefill_s_per_token, self.step_s, self.step_per_seq_s)
+        if any(not 0 <= t < 10 for t in times):
+            raise ConfigError("serving profile times must be in [0, 10) s")
+        if not 0 <= self.idle_w <= self.busy_w:
+            raise ConfigError("serving profile needs 0 <= idle_w <= busy_w")
+        if not (0 <= self.active_floor <= 1 and 0 <= self.flip_rate <= 1 and 0 <= self.jitter < 1):
+            raise ConfigError("active_floor and flip_rate must be in [0, 1], jitter in [0, 1)")
+        if self.saturation < 1:
+            raise ConfigError("saturation must be >= 1")
+
+    def step_time_s(self, in_flight: int, rng: random.Random | None = None) -> float:
+        base = self.step_s + self.step_per_seq_s * max(0, in_flight - 1)
+        if rng is None or self.jitter == 0:
+            return base
+        return base * (1.0 + self.jitter * (2.0 * rng.random() - 1.0))
+
+    def ttft_time_s(self, n_prompt: int, in_flight: int) -> float:
+        return self.ttft_base_s + self.prefill_s_per_token * n_prompt + self.step_time_s(in_flight)
+
+    def load(self, in_flight: int) -> float:
+        if in_flight <= 0:
+            return 0.0
+        if self.saturation == 1:
+            return 1.0
+        rise = min(1.0, (in_flight - 1) / (self.saturation - 1))
+        return self.active_floor + (1.0 - self.active_floor) * rise
+
+
+# Round numbers of the order of an 8B dense model served on one H100 SXM. Not measurements: a
+# demo whose ratios behave like the real ones. Decode reads every weight once per step: 16 GB of
+# BF16 weights at the datasheet's 3.35 TB/s take 4.8 ms (perwatt.hardware, H100-SXM), 8 GB of
+# FP8 2.4 ms, 4 GB of INT4 1.2 ms; step_s adds ~2 ms of launch and scheduling overhead (INT4
+# also dequantizes). Prefill: 2 x 8e9 FLOP per token at ~50 % of the 989.5 (BF16) / 1979 (FP8)
+# TFLOP/s peak; weight-only INT4 computes in BF16 and dequantizes first. Busy power at
+# saturation is 90 % of the 700 W TDP (perwatt.hardware); idle ~13 % of it, and a lone decode
+# stream draws about half the busy swing (memory-bound, the tensor cores mostly wait). Output
+# drift: FP8 flips ~2 % of greedy tokens, INT4 ~12 % (a deliberately lossy setting, so the
+# accuracy guard has something to catch). INT4's per-sequence dequantization makes it lose to
+# FP8 above ~10 sequences, as weight-only formats do once decode stops being memory-bound.
+_TDP_W = GPUS["H100-SXM"].tdp_w
+PROFILES: dict[str, ServingProfile] = {
+    p.precision: p
+    for p in (
+        ServingProfile(
+            precision="bf16",
+            ttft_base_s=0.008,
+            prefill_s_per_token=32e-6,
+            step_s=0.0068,
+            step_per_seq_s=0.00025,
+            idle_w=0.13 * _TDP_W,
+            busy_w=0.9 * _TDP_W,
+            active_floor=0.45,
+            saturation=32,
+            flip_rate=0.0,
+        ),
+        ServingProfile(
+            precision="fp8",
+            ttft_base_s=0.008,
+            prefill_s_per_token=16e-6,
+            step_s=0.0044,
+            step_per_seq_s=0.0002,
+            idle_w=0.13 * _TDP_W,
+            busy_w=0.9 * _TDP_W,
+            active_floor=0.45,
+            saturation=32,
+            flip_rate=0.02,
+        ),
+        ServingProfile(
+            precision="int4",
+            ttft_base_s=0.008,
+            prefill_s_per_token=40e-6,
+            step_s=0.0035,
+            step_per_seq_s=0.0003,
+            idle_w=0.13 * _TDP_W,
+            busy_w=0.9 * _TDP_W,
+            active_floor=0.45,
+            saturation=32,
+            flip_rate=0.12,
+        ),
+    )
+}
 
 
 FaultFn = Callable[[int], "Fault | None"]
@@ -97,6 +226,12 @@ class ServerConfig:
     final_empty_chunk: bool = True
     #: chat: first chunk is ``delta: {"role": "assistant", "content": ""}``
     chat_role_chunk: bool = True
+    #: every k-th token (1-based) is a byte-fallback token: its chunk has empty text and its text
+    #: comes with the next token's chunk (0: never); needs tokens_per_chunk == 1
+    empty_text_every: int = 0
+    #: a single-slot server: a new generation request ends the stream in flight with [DONE] and
+    #: no finish_reason
+    preempt_on_arrival: bool = False
     usage: UsageMode = "requested"
     #: tokens generated when the request neither sets ignore_eos nor min_tokens (None: max_tokens)
     natural_len: int | None = None
@@ -104,9 +239,11 @@ class ServerConfig:
     api_key: str | None = None
     #: fault for the n-th request (0-based, in arrival order over both generation endpoints)
     faults: FaultFn | None = None
-    #: drive this source's load with in-flight / saturation
+    #: drive this source's load with in-flight / saturation (or the profile's load curve)
     power: SimulatedSource | None = None
     saturation: int = 1
+    #: a simulated deployment: timing from its model instead of ttft_s/itl_s, drifted outputs
+    profile: ServingProfile | None = None
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -117,6 +254,10 @@ class ServerConfig:
             raise ConfigError("tokens_per_chunk must be >= 1")
         if self.saturation < 1:
             raise ConfigError("saturation must be >= 1")
+        if self.empty_text_every < 0:
+            raise ConfigError("empty_text_every must be >= 0")
+        if self.empty_text_every and self.tokens_per_chunk != 1:
+            raise ConfigError("empty_text_every streams one token per chunk: tokens_per_chunk = 1")
 
 
 @dataclass(slots=True)
@@ -131,6 +272,8 @@ class ServerStats:
     tokens_sent: int = 0
     #: generation requests answered in full (stream ended with [DONE], or whole JSON sent)
     completed: int = 0
+    #: streams ended early with [DONE] and no finish_reason (done_after, preempt_on_arrival)
+    cut: int = 0
     bodies: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     keep_bodies: bool = True
@@ -348,6 +491,20 @@ class FakeOpenAIServer:
             }
             await self._send_json(writer, 200, counts)
             return True
+        if path == POWER_PATH and cfg.power is not None:
+            # The simulated power model, for perwatt.meter.served (labelled simulated there).
+            energy = cfg.power.read_energy_j()
+            power = cfg.power.read_power_w()
+            body_out = {
+                "schema": POWER_SCHEMA,
+                "source": "simulated",
+                "precision": cfg.profile.precision if cfg.profile is not None else None,
+                "idle_w": cfg.power.idle_w,
+                "busy_w": cfg.power.busy_w,
+                "devices": {d: {"energy_j": energy[d], "power_w": power[d]} for d in energy},
+            }
+            await self._send_json(writer, 200, body_out)
+            return True
         if path.rstrip("/") == "/v1/models":
             if method != "GET":
                 await self._send_error(writer, 405, "use GET")
@@ -414,6 +571,8 @@ class FakeOpenAIServer:
             n_prompt = _count_words(prompt)
             seed = zlib.crc32(prompt.encode())
             words = [_WORDS[(seed + 7 * i) % len(_WORDS)] for i in range(n_out)]
+            if cfg.profile is not None and cfg.profile.flip_rate > 0:
+                words = _drift(words, seed, cfg.profile.flip_rate)
             if req.get("stream"):
                 opts = req.get("stream_options") or {}
                 want_usage = cfg.usage == "always" or (
@@ -439,8 +598,26 @@ class FakeOpenAIServer:
         self._set_power()
 
     def _set_power(self) -> None:
-        if self.config.power is not None:
-            self.config.power.set_load(min(1.0, self.stats.in_flight / self.config.saturation))
+        cfg = self.config
+        if cfg.power is None:
+            return
+        if cfg.profile is not None:
+            cfg.power.set_load(cfg.profile.load(self.stats.in_flight))
+        else:
+            cfg.power.set_load(min(1.0, self.stats.in_flight / cfg.saturation))
+
+    def _ttft_s(self, n_prompt: int) -> float:
+        prof = self.config.profile
+        if prof is None:
+            return self.config.ttft_s
+        return prof.ttft_time_s(n_prompt, self.stats.in_flight)
+
+    def _itl_s(self, rng: random.Random) -> float:
+        """One decode step at the batch now in flight (the profile's), else the fixed ITL."""
+        prof = self.config.profile
+        if prof is None:
+            return self.config.itl_s
+        return prof.step_time_s(self.stats.in_flight, rng)
 
     async def _whole(
         self,
@@ -453,7 +630,16 @@ class FakeOpenAIServer:
         finish: str,
     ) -> None:
         cfg = self.config
-        await asyncio.sleep(cfg.ttft_s + cfg.itl_s * max(0, len(words) - 1))
+        if cfg.profile is None:
+            await asyncio.sleep(cfg.ttft_s + cfg.itl_s * max(0, len(words) - 1))
+        else:
+            rng = random.Random(index)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self._ttft_s(n_prompt)
+            await asyncio.sleep(max(0.0, deadline - loop.time()))
+            for _ in range(len(words) - 1):
+                deadline += self._itl_s(rng)
+                await asyncio.sleep(max(0.0, deadline - loop.time()))
         text = "".join(" " + w for w in words)
         choice: dict[str, Any]
         if chat:
@@ -517,15 +703,35 @@ class FakeOpenAIServer:
             writer.write(b"%x\r\n%s\r\n" % (len(event), event))
             self.stats.chunks_sent += 1
 
-        if cfg.ttft_s > 0:
-            await asyncio.sleep(cfg.ttft_s)
+        ttft = self._ttft_s(n_prompt)
+        # With a profile, tokens are due on a schedule (deadline += step) rather than after
+        # sleeps: on a busy host every sleep overshoots, and relative sleeps would add it up,
+        # slowing every precision alike and shrinking the difference the profile models.
+        deadline = asyncio.get_running_loop().time() + ttft
+        if ttft > 0:
+            await asyncio.sleep(ttft)
+        rng = random.Random(index)  # the step jitter: the same run gives the same timings
         if chat and cfg.chat_role_chunk:
             send(choice_event("", None, role=True))
         k = cfg.tokens_per_chunk
         chunks = [words[i : i + k] for i in range(0, len(words), k)]
+        held = ""  # text of byte-fallback tokens, sent with the next token's chunk
         for n, chunk in enumerate(chunks):
-            if n > 0 and cfg.itl_s > 0:
+            if n > 0 and cfg.profile is not None:
+                deadline += sum(self._itl_s(rng) for _ in chunk)
+                await asyncio.sleep(max(0.0, deadline - asyncio.get_running_loop().time()))
+            elif n > 0 and cfg.itl_s > 0:
                 await asyncio.sleep(cfg.itl_s * len(chunk))
+            cut = cfg.preempt_on_arrival and n > 0 and self.stats.generation_requests > index + 1
+            if cut or (
+                fault is not None and fault.done_after is not None and n >= fault.done_after
+            ):
+                # Stopped early, yet ended like a normal stream: [DONE], no finish_reason.
+                send(b"data: [DONE]\n\n")
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+                self.stats.cut += 1
+                return
             if fault is not None:
                 if fault.drop_after is not None and n >= fault.drop_after:
                     await writer.drain()
@@ -541,7 +747,11 @@ class FakeOpenAIServer:
                     return
             last = n == len(chunks) - 1
             fr = finish if last and not cfg.final_empty_chunk else None
-            send(choice_event("".join(" " + w for w in chunk), fr))
+            text = held + "".join(" " + w for w in chunk)
+            held = ""
+            if cfg.empty_text_every and (n + 1) % cfg.empty_text_every == 0 and not last:
+                held, text = text, ""
+            send(choice_event(text, fr))
             self.stats.tokens_sent += len(chunk)
             if cfg.empty_chunk_every and (n + 1) % cfg.empty_chunk_every == 0 and not last:
                 send(choice_event("", None))
@@ -569,6 +779,17 @@ class FakeOpenAIServer:
         self.stats.completed += 1
 
 
+def _drift(words: list[str], seed: int, flip_rate: float) -> list[str]:
+    """Replace each word with another with probability ``flip_rate``, deterministically in the
+    prompt (``seed``) and the position, as a lower precision's greedy output drifts."""
+    out = list(words)
+    for i in range(len(out)):
+        h = zlib.crc32(f"{seed}:{i}".encode())
+        if (h & 0xFFFF) < flip_rate * 0x10000:
+            out[i] = _WORDS[(seed + 7 * i + 1 + (h >> 16) % 17) % len(_WORDS)]
+    return out
+
+
 def every(n: int, fault: Fault, *, offset: int = 0) -> FaultFn:
     """A fault function: ``fault`` for requests ``offset, offset + n, offset + 2n, ...``."""
     if n < 1:
@@ -577,35 +798,123 @@ def every(n: int, fault: Fault, *, offset: int = 0) -> FaultFn:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Serve until Ctrl-C: ``python -m perwatt.bench.testing --port 8000``."""
+    """Serve until Ctrl-C: ``python -m perwatt.bench.testing --port 8000 --precision bf16``."""
     ap = argparse.ArgumentParser(
         prog="python -m perwatt.bench.testing",
-        description="A fake OpenAI-compatible server (no model: deterministic words).",
+        description="A fake OpenAI-compatible server (no model: deterministic words). Without "
+        "--precision it answers as fast as it can (or with --ttft-ms/--itl-ms): a load "
+        "generator's test partner. With --precision it simulates a deployment: TTFT that grows "
+        "with the prompt, a decode step that grows with the batch in flight, outputs that drift "
+        f"from BF16's, and a power model served at {POWER_PATH} (meter it with `perwatt bench "
+        "--energy-source simulated`; every figure is labelled simulated). Timings and watts are "
+        "round numbers of the order of an 8B model on one H100, not measurements.",
     )
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--model", default="perwatt-test-model")
-    ap.add_argument("--ttft-ms", type=float, default=0.0)
-    ap.add_argument("--itl-ms", type=float, default=0.0)
+    ap.add_argument(
+        "--precision",
+        choices=sorted(PROFILES),
+        default=None,
+        help="simulate a deployment: fp8 decodes ~1.5x faster than bf16 at the same power and "
+        "flips ~2%% of greedy tokens; int4 (weight-only) is faster at small batches, slower at "
+        "large ones, and flips ~12%%",
+    )
+    ap.add_argument(
+        "--ttft-ms",
+        type=float,
+        default=None,
+        help="fixed time to first token (with --precision: instead of its model); default 0",
+    )
+    ap.add_argument(
+        "--itl-ms",
+        type=float,
+        default=None,
+        help="fixed inter-token latency (with --precision: instead of its model); default 0",
+    )
     ap.add_argument("--tokens-per-chunk", type=int, default=1)
     ap.add_argument("--usage", choices=("requested", "always", "never"), default="requested")
-    args = ap.parse_args(argv)
-    cfg = ServerConfig(
-        models=(args.model,),
-        ttft_s=args.ttft_ms / 1e3,
-        itl_s=args.itl_ms / 1e3,
-        tokens_per_chunk=args.tokens_per_chunk,
-        usage=args.usage,
+    ap.add_argument(
+        "--fail-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="answer every N-th generation request (the N-th, 2N-th, ...) with HTTP 500",
     )
+    ap.add_argument(
+        "--empty-text-every",
+        type=int,
+        default=0,
+        metavar="K",
+        help="stream every K-th token as a byte-fallback token: a chunk with empty text",
+    )
+    ap.add_argument(
+        "--single-slot",
+        action="store_true",
+        help="cut the stream in flight with [DONE] and no finish_reason when a new request arrives",
+    )
+    args = ap.parse_args(argv)
+    for flag, v in (("--ttft-ms", args.ttft_ms), ("--itl-ms", args.itl_ms)):
+        if v is not None and not 0 <= v < 10_000:
+            ap.error(f"{flag} must be in [0, 10000) ms, got {v:g}")
+    profile: ServingProfile | None = None
+    power: SimulatedSource | None = None
+    if args.precision is not None:
+        profile = PROFILES[args.precision]
+        if args.ttft_ms is not None or args.itl_ms is not None:
+            # Fixed latencies replace the timing model; outputs and power follow --precision.
+            # ttft_time_s adds one step to ttft_base_s, so the base is TTFT minus that step.
+            itl_s = (args.itl_ms or 0.0) / 1e3
+            profile = replace(
+                profile,
+                ttft_base_s=max(0.0, (args.ttft_ms or 0.0) / 1e3 - itl_s),
+                prefill_s_per_token=0.0,
+                step_s=itl_s,
+                step_per_seq_s=0.0,
+                jitter=0.0,
+            )
+        power = SimulatedSource(idle_w=profile.idle_w, busy_w=profile.busy_w)
+    try:
+        cfg = ServerConfig(
+            models=(args.model,),
+            ttft_s=(args.ttft_ms or 0.0) / 1e3,
+            itl_s=(args.itl_ms or 0.0) / 1e3,
+            tokens_per_chunk=args.tokens_per_chunk,
+            usage=args.usage,
+            faults=(
+                every(args.fail_every, Fault(status=500), offset=args.fail_every - 1)
+                if args.fail_every
+                else None
+            ),
+            empty_text_every=args.empty_text_every,
+            preempt_on_arrival=args.single_slot,
+            power=power,
+            profile=profile,
+        )
+    except ConfigError as e:
+        ap.error(str(e))
     server = FakeOpenAIServer(cfg, host=args.host, port=args.port)
     server.stats.keep_bodies = False
-    with server:
-        print(f"serving {args.model} at {server.url} (Ctrl-C to stop)", flush=True)
+    try:
+        server.start()
+    except OSError as e:
+        print(f"error: cannot serve on {args.host}:{args.port}: {e.strerror or e}", flush=True)
+        return 2
+    what = (
+        f": simulated {args.precision} deployment, power model at "
+        f"http://{args.host}:{server.port}{POWER_PATH}"
+        if args.precision
+        else ""
+    )
+    try:
+        print(f"serving {args.model} at {server.url}{what} (Ctrl-C to stop)", flush=True)
         try:
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
             pass
+    finally:
+        server.stop()
     return 0
 
 

@@ -203,6 +203,32 @@ WORDS: tuple[str, ...] = tuple(
 
 WorkloadKind = Literal["synthetic", "sharegpt", "jsonl"]
 MAX_BAD_ROW_EXAMPLES = 5
+#: Longest prompt or answer asked for, in tokens (2^20): past any served model's context window
+#: but one, and 100x a long benchmark prompt. A bigger value is a typo, and building it took
+#: minutes of the client's time and gigabytes before a single request went out.
+MAX_TOKENS_PER_REQUEST = 1 << 20
+#: Most requests in one run.
+MAX_NUM_PROMPTS = 1_000_000
+#: Most words of synthetic prompt text in one run (~6 bytes each: ~300 MB; ~1 s per million
+#: words to draw on a 2-core VM).
+MAX_SYNTHETIC_WORDS = 50_000_000
+#: Largest normal:CV / lognormal:SIGMA spread.
+MAX_SPREAD = 10.0
+
+
+def check_synthetic_size(*, num_prompts: int, input_len: int, output_len: int | None) -> None:
+    """Refuse a synthetic workload too large to build or to send (one line naming the flag)."""
+    if not 1 <= num_prompts <= MAX_NUM_PROMPTS:
+        raise ConfigError(f"--num-prompts must be in 1..{MAX_NUM_PROMPTS:,}, got {num_prompts:,}")
+    for flag, n in (("--input-len", input_len), ("--output-len", output_len)):
+        if n is not None and not 1 <= n <= MAX_TOKENS_PER_REQUEST:
+            raise ConfigError(f"{flag} must be in 1..{MAX_TOKENS_PER_REQUEST:,} tokens, got {n:,}")
+    if num_prompts * input_len > MAX_SYNTHETIC_WORDS:
+        raise ConfigError(
+            f"--num-prompts {num_prompts:,} x --input-len {input_len:,} = "
+            f"{num_prompts * input_len:,} prompt tokens, more than {MAX_SYNTHETIC_WORDS:,} "
+            "(the prompts alone would take gigabytes to build); use fewer or shorter prompts"
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -231,8 +257,9 @@ class LengthDist:
     def __post_init__(self) -> None:
         if self.kind == "uniform" and not 0.0 <= self.param < 1.0:
             raise ConfigError(f"uniform:R needs 0 <= R < 1, got {self.param}")
-        if self.kind in ("normal", "lognormal") and not self.param >= 0:
-            raise ConfigError(f"{self.kind}:X needs X >= 0, got {self.param}")
+        if self.kind in ("normal", "lognormal") and not 0 <= self.param <= MAX_SPREAD:
+            # inf made every draw infinite (an OverflowError deep in the workload builder).
+            raise ConfigError(f"{self.kind}:X needs 0 <= X <= {MAX_SPREAD:g}, got {self.param}")
 
     @classmethod
     def parse(cls, spec: str) -> LengthDist:
@@ -251,15 +278,19 @@ class LengthDist:
         )
 
     def sample(self, rng: random.Random, nominal: int) -> int:
+        """A length around ``nominal``, at least 1 and at most :data:`MAX_TOKENS_PER_REQUEST`."""
         if self.kind == "fixed":
             return nominal
         if self.kind == "uniform":
             lo = max(1, math.floor(nominal * (1 - self.param)))
             hi = max(lo, math.ceil(nominal * (1 + self.param)))
-            return rng.randint(lo, hi)
+            return min(MAX_TOKENS_PER_REQUEST, rng.randint(lo, hi))
         if self.kind == "normal":
-            return max(1, round(rng.gauss(nominal, nominal * self.param)))
-        return max(1, round(nominal * math.exp(rng.gauss(0.0, self.param))))
+            x = rng.gauss(nominal, nominal * self.param)
+        else:
+            # exp() of a far tail draw overflows; the cap below applies anyway.
+            x = nominal * math.exp(min(50.0, rng.gauss(0.0, self.param)))
+        return max(1, min(MAX_TOKENS_PER_REQUEST, round(x)))
 
     def describe(self) -> str:
         return "fixed" if self.kind == "fixed" else f"{self.kind}:{self.param:g}"
@@ -327,10 +358,7 @@ def synthetic(
     output_dist: LengthDist | None = None,
 ) -> Workload:
     """Random-word prompts of about ``input_len`` tokens asking for ``output_len`` tokens."""
-    if num_prompts < 1:
-        raise ConfigError(f"--num-prompts must be >= 1, got {num_prompts}")
-    if input_len < 1 or output_len < 1:
-        raise ConfigError("--input-len and --output-len must be >= 1")
+    check_synthetic_size(num_prompts=num_prompts, input_len=input_len, output_len=output_len)
     din = input_dist or LengthDist()
     dout = output_dist or LengthDist()
     rng = random.Random(seed)
@@ -473,8 +501,12 @@ def from_file(
     Rows are shuffled with ``seed``; a file with fewer rows than ``num_prompts`` is cycled
     (``repeated`` in the description). ``output_len`` overrides the per-row lengths.
     """
-    if num_prompts < 1:
-        raise ConfigError(f"--num-prompts must be >= 1, got {num_prompts}")
+    if not 1 <= num_prompts <= MAX_NUM_PROMPTS:
+        raise ConfigError(f"--num-prompts must be in 1..{MAX_NUM_PROMPTS:,}, got {num_prompts:,}")
+    if output_len is not None and not 1 <= output_len <= MAX_TOKENS_PER_REQUEST:
+        raise ConfigError(
+            f"--output-len must be in 1..{MAX_TOKENS_PER_REQUEST:,} tokens, got {output_len:,}"
+        )
     path = Path(path)
     kind: Literal["sharegpt", "jsonl"]
     if fmt == "auto":

@@ -6,20 +6,30 @@ Each area registers its subcommands from its own module (``perwatt.cli.meter`` f
 function each; no logic lives here.
 
 Errors the user can act on (see :mod:`perwatt.errors`) print as one line on stderr with a non-zero
-exit code and no traceback; Ctrl-C exits 130 after the command has written what it measured.
+exit code and no traceback. Ctrl-C and SIGTERM (``timeout``, Slurm, systemd, Kubernetes) both stop a
+command the same way (:mod:`perwatt._signals`): it writes what it measured, marked partial with
+the reason, and exits 130 (Ctrl-C) or 143 (SIGTERM). Output piped into a reader that stops early
+(``perwatt env --json | head``) ends the command quietly with 141, as a broken pipe ends ``cat``.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import select
 import sys
 from collections.abc import Sequence
 
+from perwatt._signals import interrupt_exit_code, interrupt_reason, sigterm_as_interrupt
 from perwatt.errors import CLEAN_EXIT_ERRORS, UserError
 
-# meter: env, meter · bench: bench · analysis: compare, report · train: train … · engine: serve, quantize
-_AREAS = ("meter", "bench", "analysis", "train", "engine")
+#: 128 + SIGPIPE: what a shell reports for a writer whose reader went away.
+EXIT_BROKEN_PIPE = 141
+
+# meter: env, meter · bench: bench · analysis: compare, report · train: train … · engine: serve,
+# quantize · experiment: experiment run|report · facility: facility … · cost: cost
+_AREAS = ("meter", "bench", "analysis", "train", "engine", "experiment", "facility", "cost")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,14 +50,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        rc = args.func(args)
-    except KeyboardInterrupt:
-        print("perwatt: interrupted", file=sys.stderr)
-        return 130
-    except CLEAN_EXIT_ERRORS as e:
-        print(f"perwatt: error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, UserError) else 1
+        with sigterm_as_interrupt():
+            try:
+                rc = args.func(args)
+            except KeyboardInterrupt as e:
+                print(f"perwatt: {interrupt_reason(e)}", file=sys.stderr)
+                return interrupt_exit_code(e)
+            except CLEAN_EXIT_ERRORS as e:
+                print(f"perwatt: error: {e}", file=sys.stderr)
+                return 2 if isinstance(e, UserError) else 1
+            sys.stdout.flush()  # here, not at exit, so that a closed pipe is caught below
+    except BrokenPipeError:
+        if not _silence_closed_pipes():
+            raise  # not our output: a real error somewhere else
+        return EXIT_BROKEN_PIPE
     return int(rc or 0)
+
+
+def _silence_closed_pipes() -> bool:
+    """Point stdout/stderr at /dev/null where their reader has gone; whether one had.
+
+    The Python documentation's recipe for SIGPIPE (``signal`` module notes): without it, the
+    interpreter's final flush raises again and prints a traceback about a pipe nobody reads.
+    """
+    closed = False
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            fd = stream.fileno()
+        except (OSError, ValueError):  # replaced by a test harness, or already closed
+            continue
+        poll = select.poll()
+        poll.register(fd, 0)  # POLLERR is always reported: a pipe whose reader closed
+        if any(ev & select.POLLERR for _, ev in poll.poll(0)):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, fd)
+            os.close(devnull)
+            closed = True
+    return closed
 
 
 if __name__ == "__main__":

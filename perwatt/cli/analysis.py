@@ -10,9 +10,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+import time
+from collections.abc import Callable
 
+from perwatt.bench.compare import MAX_RESAMPLES
 from perwatt.bench.stats import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES
+from perwatt.cli._numbers import number
+from perwatt.cli.guard_flags import add_guard_flags, guard_thresholds
+
+#: From this many resamples on, compare prints its progress (10x the default: seconds per
+#: interval on large runs).
+_PROGRESS_FROM_RESAMPLES = 10 * DEFAULT_RESAMPLES
 
 _QUALITY_DESCRIPTION = """\
 Send a fixed prompt set with greedy decoding (temperature 0, fixed --max-tokens
@@ -28,9 +38,14 @@ prompt file: JSONL, one prompt per line, blank lines and # comments skipped:
   {"messages": [{"role": "user", "content": "text"}]}     sent to /chat/completions
   either may carry an "id"
 
-exit code: 0 done; 2 bad input, or a server that cannot be reached (both are
-checked before any prompt is sent); 1 a server failed mid-run; 130 Ctrl-C.
-In the last two cases --out keeps the prompts compared so far, marked partial.
+exit code: 0 done and the candidate passes the accuracy guard (or nothing it
+judges was measured); 3 done but the candidate FAILS the guard (scripts and CI
+can gate a deployment on it; the figures and --out are written either way, and
+--attach still attaches them: compare and report show the FAIL); 2 bad input,
+or a server that cannot be reached (both are checked before any prompt is
+sent); 1 a server failed mid-run; 130 Ctrl-C; 143 SIGTERM. In the last three
+cases --out keeps the prompts compared so far, marked partial, and there is no
+verdict.
 
 example:
   perwatt quality --prompts p.jsonl --url http://127.0.0.1:8000/v1 \\
@@ -52,7 +67,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     cmp.add_argument("--json", action="store_true", help="print the comparison as JSON")
     cmp.add_argument(
         "--confidence",
-        type=float,
         default=DEFAULT_CONFIDENCE,
         help=f"confidence level of the intervals (default {DEFAULT_CONFIDENCE})",
     )
@@ -60,9 +74,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--resamples",
         type=int,
         default=DEFAULT_RESAMPLES,
-        help=f"bootstrap resamples (default {DEFAULT_RESAMPLES})",
+        help=f"bootstrap resamples (default {DEFAULT_RESAMPLES}, at most "
+        f"{MAX_RESAMPLES:,}; progress on stderr from {_PROGRESS_FROM_RESAMPLES:,})",
     )
     cmp.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    add_guard_flags(cmp)
     cmp.set_defaults(func=run_compare)
 
     rep = subparsers.add_parser(
@@ -78,6 +94,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--out", "-o", default="perwatt-report.html", help="output file (default %(default)s)"
     )
     rep.add_argument("--title", default="perwatt bench report", help="report title")
+    add_guard_flags(rep)
+    rep.add_argument(
+        "--force",
+        action="store_true",
+        help="write --out even if it is an input file or an existing file that is not a "
+        "perwatt report (by default only a report perwatt wrote is replaced)",
+    )
     rep.set_defaults(func=run_report)
 
     q = subparsers.add_parser(
@@ -164,14 +187,43 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     q.add_argument(
         "--json", action="store_true", help="print the report JSON on stdout, not the summary"
     )
+    add_guard_flags(q)
     q.set_defaults(func=run_quality)
+
+
+def _bootstrap_progress(n_resamples: int) -> Callable[[int, int], None]:
+    """Plain progress lines on stderr, at most one a second, then the last one."""
+    last = [-math.inf]
+
+    def show(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - last[0] < 1.0:
+            return
+        last[0] = now
+        print(
+            f"perwatt compare: bootstrap {done}/{total} intervals ({n_resamples:,} resamples each)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return show
 
 
 def run_compare(args: argparse.Namespace) -> int:
     from perwatt.bench.compare import compare_results, render_comparison
 
+    confidence = number(args.confidence, "--confidence")  # the range is compare_results
     cmp = compare_results(
-        args.results, n_resamples=args.resamples, confidence=args.confidence, seed=args.seed
+        args.results,
+        n_resamples=args.resamples,
+        confidence=confidence,
+        seed=args.seed,
+        progress=(
+            _bootstrap_progress(args.resamples)
+            if args.resamples >= _PROGRESS_FROM_RESAMPLES
+            else None
+        ),
+        guard=guard_thresholds(args),
     )
     if args.json:
         json.dump(cmp.to_dict(), sys.stdout, indent=2, allow_nan=False)
@@ -182,23 +234,36 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from perwatt.report import write_html_report
+    from perwatt.report import dedupe_results, write_html_report
 
-    out = write_html_report(args.results, args.out, title=args.title)
+    _unique, dropped = dedupe_results(args.results)
+    for name in dropped:
+        # A shell glob that overlaps another argument: one row per run, not two.
+        print(f"warning: {name} is given more than once; reported once", file=sys.stderr)
+    out = write_html_report(
+        args.results,
+        args.out,
+        title=args.title,
+        thresholds=guard_thresholds(args),
+        force=args.force,
+    )
     print(f"wrote {out}")
     return 0
 
 
 def run_quality(args: argparse.Namespace) -> int:
+    from perwatt._signals import interrupt_exit_code
     from perwatt.bench.quality import (
         QualityInterrupted,
         attach_accuracy,
         check_attach_target,
         format_quality_summary,
+        quality_verdict,
         run_quality,
     )
     from perwatt.errors import ConfigError
 
+    thresholds = guard_thresholds(args)
     if args.prompts is None:
         raise ConfigError("no prompt set: give --prompts FILE (JSONL, see perwatt quality -h)")
     if len(args.url) != 2:
@@ -210,7 +275,7 @@ def run_quality(args: argparse.Namespace) -> int:
         raise ConfigError("give --model twice (reference, candidate) or not at all")
     for path in args.attach:
         check_attach_target(path)
-    interrupted = False
+    interrupted: QualityInterrupted | None = None
     try:
         rep = run_quality(
             args.prompts,
@@ -227,14 +292,17 @@ def run_quality(args: argparse.Namespace) -> int:
             out=args.out,
             attach=args.attach,
         )
-    except QualityInterrupted as e:
-        rep, interrupted = e.report, True
+    except QualityInterrupted as e:  # Ctrl-C or SIGTERM: the summary below, then 130/143
+        rep, interrupted = e.report, e
     # The figures first: an --attach that fails below must not swallow what was measured.
+    verdict = quality_verdict(rep, thresholds)
     if args.json:
-        json.dump(rep.to_dict(), sys.stdout, indent=2, allow_nan=False)
+        doc = rep.to_dict()
+        doc["guard"] = {**verdict.to_dict(), "thresholds": thresholds.to_dict()}
+        json.dump(doc, sys.stdout, indent=2, allow_nan=False)
         sys.stdout.write("\n")
     else:
-        print(format_quality_summary(rep))
+        print(format_quality_summary(rep, thresholds))
         if args.out:
             print(f"wrote {args.out}" + ("" if rep.complete else f" ({rep.status})"))
     for path in args.attach:
@@ -246,4 +314,6 @@ def run_quality(args: argparse.Namespace) -> int:
                 if rep.complete
                 else f"not attached to {path}: the run is {rep.status}"
             )
-    return 130 if interrupted else 0
+    if interrupted is not None:
+        return interrupt_exit_code(interrupted)
+    return 3 if verdict.failed else 0

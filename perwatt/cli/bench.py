@@ -10,6 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from perwatt.cli._numbers import number
+from perwatt.cli.guard_flags import add_guard_flags, guard_thresholds
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from perwatt.economics import DEFAULT_PRICE_PER_KWH_USD
@@ -23,6 +26,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "write one result JSON (+ per-request CSV) per level with latency percentiles, "
         "J per output token (with its source), tokens per joule and energy cost. Flags follow "
         "`vllm bench serve`.",
+        epilog="exit code: 0 every level finished with at most --max-failed-fraction of its "
+        "requests failed or truncated; 1 a level failed, stopped early (partial) or had more "
+        "failed requests than allowed; 2 bad input or a server that cannot be reached "
+        "(nothing written); 130 Ctrl-C (partial results kept).",
     )
     p.add_argument("--engine", choices=("server", "builtin"), default="server")
     g = p.add_argument_group("server")
@@ -43,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="sent as 'Authorization: Bearer KEY' (default: $OPENAI_API_KEY)",
     )
     g.add_argument("--no-stream", action="store_true", help="non-streaming requests (no TTFT/ITL)")
-    g.add_argument("--timeout", type=float, default=600.0, help="per-request timeout, s")
+    g.add_argument("--timeout", default=600.0, help="per-request timeout, s (default 600)")
     g.add_argument("--extra-body", metavar="JSON", help="extra JSON fields for every request")
     w = p.add_argument_group("workload")
     w.add_argument("--num-prompts", type=int, default=100)
@@ -74,9 +81,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default="inf",
         help="requests/s, or a sweep '1,2,4' (one result per level); inf = all at once",
     )
-    lg.add_argument(
-        "--burstiness", type=float, default=1.0, help="gamma shape of arrivals (1 = Poisson)"
-    )
+    lg.add_argument("--burstiness", default=1.0, help="gamma shape of arrivals (1 = Poisson)")
     lg.add_argument(
         "--max-concurrency", default=None, help="cap on requests in flight, or a sweep '1,4,16'"
     )
@@ -93,22 +98,35 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="SPEC",
         help=f"power source: {SPEC_HELP}; auto only for a server on this machine: use "
         "dcgm:URL or prometheus:URL (or PERWATT_DCGM_URL with auto) when the server's GPUs are "
-        "on another machine",
+        "on another machine; simulated against perwatt's test server meters the power model "
+        "that server serves (python -m perwatt.bench.testing --precision ...)",
     )
     e.add_argument(
-        "--idle-seconds", type=float, default=0.0, help="measure idle power first (idle share)"
+        "--energy-select",
+        default=None,
+        metavar="EXPR",
+        help="GPUs of a dcgm: or prometheus: --energy-source to meter: PromQL label matchers "
+        "('Hostname=\"node1\"', 'pod=~\"vllm-.*\"'), GPU indices (0,2) or UUIDs; required for "
+        "a Prometheus that holds several hosts",
     )
+    e.add_argument("--idle-seconds", default=0.0, help="measure idle power first (idle share)")
     e.add_argument("--subtract-idle", action="store_true", help="subtract idle power from energy")
     e.add_argument("--num-gpus", type=int, default=1, help="GPUs serving (per-GPU throughput)")
     e.add_argument(
         "--price-per-kwh",
-        type=float,
         default=DEFAULT_PRICE_PER_KWH_USD,
         help=f"electricity price, USD/kWh (default {DEFAULT_PRICE_PER_KWH_USD}: US industrial "
         "average 2023, EIA)",
     )
-    e.add_argument(
-        "--pue", type=float, default=1.0, help="facility PUE (default 1.0 = GPU energy only)"
+    e.add_argument("--pue", default=1.0, help="facility PUE (default 1.0 = GPU energy only)")
+    f = p.add_argument_group("failed requests")
+    f.add_argument(
+        "--max-failed-fraction",
+        default=0.0,
+        metavar="F",
+        help="server bench: fraction of failed or truncated requests per load level above "
+        "which the command exits 1 (default 0: any failure fails it); the result's status says "
+        "complete-with-failures whenever a request failed",
     )
     o = p.add_argument_group("output")
     o.add_argument("--result-dir", type=Path, default=Path("bench-results"))
@@ -126,10 +144,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     b.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     b.add_argument(
         "--min-window-s",
-        type=float,
         default=None,
         help="steady-state decode window per point, s (default 5 on a GPU, one round on the CPU)",
     )
+    add_guard_flags(p)
     p.set_defaults(func=run_bench)
 
 
@@ -164,8 +182,8 @@ def _builtin(args: argparse.Namespace) -> list[Path]:
     if args.output_len is not None:
         kwargs["output_len"] = args.output_len
     if args.min_window_s is not None:
-        kwargs["min_window_s"] = args.min_window_s
-    kwargs["idle_seconds"] = args.idle_seconds
+        kwargs["min_window_s"] = number(args.min_window_s, "--min-window-s", unit="seconds")
+    kwargs["idle_seconds"] = number(args.idle_seconds, "--idle-seconds", unit="seconds")
     return list(
         run_builtin_bench(
             model=args.model,
@@ -177,12 +195,14 @@ def _builtin(args: argparse.Namespace) -> list[Path]:
             batches=list(parse_int_list(args.batch, "--batch")),
             result_dir=args.result_dir,
             energy_source=args.energy_source,
+            energy_select=args.energy_select,
             device=args.device,
             seed=args.seed,
-            price_per_kwh=args.price_per_kwh,
-            pue=args.pue,
+            price_per_kwh=number(args.price_per_kwh, "--price-per-kwh", unit="USD per kWh"),
+            pue=number(args.pue, "--pue"),
             num_gpus=args.num_gpus,
             label=args.label,
+            guard=guard_thresholds(args),
             **kwargs,
         )
     )
@@ -230,19 +250,23 @@ def _server(args: argparse.Namespace) -> list[Path]:
         output_dist=args.output_dist,
         ignore_eos=not args.no_ignore_eos,
         request_rates=parse_rate_list(args.request_rate),
-        burstiness=args.burstiness,
+        burstiness=number(args.burstiness, "--burstiness"),
         max_concurrencies=conc,
         goodput=parse_goodput(args.goodput),
         result_dir=args.result_dir,
         label=args.label,
         seed=args.seed,
         energy_source=args.energy_source,
-        idle_seconds=args.idle_seconds,
+        energy_select=args.energy_select,
+        idle_seconds=number(args.idle_seconds, "--idle-seconds", unit="seconds"),
         subtract_idle=args.subtract_idle,
         num_gpus=args.num_gpus,
-        price_per_kwh=args.price_per_kwh,
-        pue=args.pue,
-        timeout_s=args.timeout,
+        price_per_kwh=number(args.price_per_kwh, "--price-per-kwh", unit="USD per kWh"),
+        pue=number(args.pue, "--pue"),
+        timeout_s=number(args.timeout, "--timeout", unit="seconds"),
+        max_failed_fraction=number(
+            args.max_failed_fraction, "--max-failed-fraction", low=0.0, high=1.0
+        ),
         extra_body=extra,
         progress=not args.quiet and sys.stderr.isatty(),
         log=(lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr)),
@@ -251,18 +275,32 @@ def _server(args: argparse.Namespace) -> list[Path]:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from perwatt.bench.result import load_result
-    from perwatt.bench.runner import summary_notes, summary_table
+    from perwatt._signals import interrupt_exit_code, interrupt_reason
+    from perwatt.bench.result import BenchInterrupted
+    from perwatt.bench.runner import exit_code, summary_notes, summary_tables
 
-    paths = _builtin(args) if args.engine == "builtin" else _server(args)
+    thresholds = guard_thresholds(args)  # a bad threshold fails before the run, not after
+    interrupted: BenchInterrupted | None = None
+    try:
+        paths = _builtin(args) if args.engine == "builtin" else _server(args)
+    except BenchInterrupted as e:  # Ctrl-C or SIGTERM: show what was kept, then exit 130/143
+        paths, interrupted = list(e.paths), e
     if args.json:
         print(json.dumps([str(p) for p in paths]))
-    else:
+    elif paths:
         from rich.console import Console
 
         console = Console()
-        console.print(summary_table(paths))
-        for line in summary_notes(paths):
+        # The terminal's width: a sweep's columns continue in a second table, never cut.
+        for table in summary_tables(paths, width=console.width, thresholds=thresholds):
+            console.print(table)
+        for line in summary_notes(paths, thresholds):
             console.print(line, highlight=False, markup=False)
-    statuses = [load_result(p)["status"] for p in paths]
-    return 1 if any(s in ("failed", "partial") for s in statuses) else 0
+    if interrupted is not None:
+        print(
+            f"perwatt: {interrupt_reason(interrupted)}; the result files above are kept, the "
+            "last one marked with the reason",
+            file=sys.stderr,
+        )
+        return interrupt_exit_code(interrupted)
+    return exit_code(paths)

@@ -7,17 +7,19 @@ import json
 import sys
 from pathlib import Path
 
+from perwatt._signals import interrupts_deferred
 from perwatt.errors import ConfigError
 from perwatt.meter.detect import SPEC_HELP
 
 _METER_DESCRIPTION = """\
 Run CMD and print its energy per device and in total, average and peak power, and
 the source of every figure, like `time` prints time (to stderr). The exit code is
-the command's. Ctrl-C and SIGTERM are forwarded to the command; what was measured
-is still printed, marked partial. If the power source fails while CMD runs (e.g.
-dcgm-exporter stops answering), CMD runs on; the energy up to the last good
-reading is printed, marked partial with the reason, and the exit code is non-zero
-(1 if the command itself succeeded)."""
+the command's. Ctrl-C and SIGTERM are forwarded to the command and everything it
+started (its process group); a second one, or 5 s, escalates to SIGTERM, then
+SIGKILL. What was measured is still printed, marked partial. If the power source
+fails while CMD runs (e.g. dcgm-exporter stops answering), CMD runs on; the
+energy up to the last good reading is printed, marked partial with the reason,
+and the exit code is non-zero (1 if the command itself succeeded)."""
 
 _METER_EPILOG = """\
 power sources (--source SPEC):
@@ -29,7 +31,11 @@ power sources (--source SPEC):
   dcgm:URL        a dcgm-exporter /metrics page; comma-separate URLs for several
                   nodes. It refreshes every 30 s by default, so figures for shorter
                   commands are approximate (the report says so)
-  prometheus:URL  a Prometheus server that scrapes dcgm-exporter
+  prometheus:URL  a Prometheus server that scrapes dcgm-exporter; one that holds
+                  several hosts needs --select
+  --select EXPR   which GPUs of dcgm:/prometheus: to meter: PromQL label matchers
+                  (Hostname="node1", Hostname=~"node[12]", namespace="llm",pod=~"vllm-.*"),
+                  GPU indices (0,2), UUIDs (GPU-...) or device labels (node1/gpu0)
   replay:FILE     a recorded CSV/JSONL power trace
   simulated       a fixed power model for demos (labelled 'simulated')
   estimated       the CPU-utilisation estimate, even where a real source exists
@@ -37,6 +43,7 @@ power sources (--source SPEC):
 examples:
   perwatt meter -- python train.py
   perwatt meter --source dcgm:http://node1:9400 -o energy.json -- ./bench.sh
+  perwatt meter --source prometheus:http://prom:9090 --select 'Hostname="node1"' -- ./bench.sh
   perwatt meter --watch"""
 
 
@@ -64,6 +71,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default="auto",
         metavar="SPEC",
         help=f"power source: {SPEC_HELP} (default auto; see below)",
+    )
+    meter.add_argument(
+        "--select",
+        default=None,
+        metavar="EXPR",
+        help="GPUs of a dcgm: or prometheus: source to meter (label matchers, indices, UUIDs; "
+        "see below)",
     )
     meter.add_argument(
         "--interval",
@@ -195,7 +209,7 @@ def run_meter(args: argparse.Namespace) -> int:
         _check_output_path(args.output, "-o/--output", make_parents=True)
     if args.timeline:
         _check_output_path(args.timeline, "--timeline", make_parents=False)
-    sources = open_sources(args.source)
+    sources = open_sources(args.source, select=args.select)
     try:
         meter = Meter(sources, sample_interval_s=interval, subtract_idle=args.subtract_idle)
     except BaseException:
@@ -208,15 +222,17 @@ def run_meter(args: argparse.Namespace) -> int:
         result = measure_command(cmd, meter, idle_s=args.idle)
     finally:
         meter.close()
-    # The report first: a file that cannot be written below must not swallow the measurement.
-    if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
-    else:
-        print(format_command_measurement(result), file=sys.stderr)
-    if args.output:
-        write_json(args.output, result.to_dict())
-    if args.timeline:
-        meter.write_timeline(args.timeline)  # the samples outlive close()
+    # A Ctrl-C/SIGTERM now waits until the report and the files are out, then counts (130/143).
+    with interrupts_deferred():
+        # The report first: a file that cannot be written below must not swallow the measurement.
+        if args.json:
+            print(json.dumps(result.to_dict(), indent=2))
+        else:
+            print(format_command_measurement(result), file=sys.stderr)
+        if args.output:
+            write_json(args.output, result.to_dict())
+        if args.timeline:
+            meter.write_timeline(args.timeline)  # the samples outlive close()
     return result.exit_code
 
 

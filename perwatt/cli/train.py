@@ -12,6 +12,7 @@ import json
 import math
 import re
 import sys
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,16 +22,19 @@ from perwatt.errors import ConfigError
 
 _EPILOG = """\
 examples:
-  perwatt train plan gpt3-175b+a100_sxm_bf16.csv --stages 8 --microbatches 24 \\
-      --p-block 83.64 --frontier frontier.csv --target fastest
+  perwatt train plan data/perseus-sosp24/stage_profile/gpt3-175b+a100_sxm_bf16.csv \\
+      --stages 8 --microbatches 24 --p-block 83.64 --frontier frontier.csv --target fastest
   perwatt train plan PROFILE.csv --stages 8 --microbatches 24 --p-block 83.64 \\
       --straggler-ratio 1.2 --plans plans.json --json
 
+The first example's profile is the Perseus (SOSP'24) measurement of GPT-3 175B on A100s,
+shipped in the repository under data/perseus-sosp24/ (Apache-2.0, see its README).
 P_block is the power one GPU draws while blocked on communication (Perseus measured
 83.64 W on A100 SXM and 70.38 W on A40; `perwatt train profile` reports yours). Several
 PROFILE files are the data/tensor-parallel ranks of one pipeline (max time, summed energy).
-Times are in seconds, energies in joules; every figure is a replay of the profile
-(labelled simulated), not a measurement of the plan in training.
+Times are in seconds, energies in joules, one GPU per file: a profile or P_block whose
+power is implausible for the GPU its top clock matches (ms, kJ, mW) is refused. Every
+figure is a replay of the profile (labelled simulated), not a measurement in training.
 """
 
 # RawDescriptionHelpFormatter keeps the examples' layout, so this text is wrapped by hand.
@@ -296,6 +300,32 @@ def one_line_warnings() -> Iterator[None]:
                 print(f"perwatt: warning: {w.message}", file=sys.stderr)
 
 
+# A solve that runs longer than this says where it is, on stderr, this often (seconds).
+PROGRESS_EVERY_S = 5.0
+
+
+class SolveProgress:
+    """Shows a long frontier solve moving: a ``perwatt: solving …`` line on stderr every
+    :data:`PROGRESS_EVERY_S` seconds with the share of the iteration-time range swept (later
+    steps cost more, so it is where the sweep is, not a time estimate). A quick solve prints
+    nothing."""
+
+    def __init__(self) -> None:
+        self.started = self.last = time.monotonic()
+
+    def __call__(self, fraction: float) -> None:
+        now = time.monotonic()
+        if now - self.last < PROGRESS_EVERY_S:
+            return
+        self.last = now
+        print(
+            f"perwatt: solving the frontier: {fraction:.0%} of the iteration-time range swept, "
+            f"{now - self.started:.0f} s so far (Ctrl-C stops)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def _floats(text: str, what: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
@@ -315,6 +345,7 @@ def run_plan(args: argparse.Namespace) -> int:
             **model,
             frontier_csv=args.frontier,
             plans_path=args.plans,
+            progress=SolveProgress(),
             **choice,
         )
     if args.json:

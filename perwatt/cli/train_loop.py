@@ -7,11 +7,16 @@ Registered by :mod:`perwatt.cli.train` (``register(train_subparsers)``); the wor
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import sys
+import traceback
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from perwatt._signals import interrupt_exit_code, interrupt_reason
 from perwatt.cli.train import (
+    SolveProgress,
     accept_negative_values,
     add_model_options,
     add_pipeline_options,
@@ -22,6 +27,7 @@ from perwatt.cli.train import (
     one_line_warnings,
     target_kwargs,
 )
+from perwatt.errors import PartialRunError
 
 if TYPE_CHECKING:
     from perwatt.train.profiler import ProfileRow
@@ -198,6 +204,17 @@ def _print_notes(rows: Sequence[ProfileRow]) -> None:
         print(f"  note: {notes[0]}{more}")
 
 
+def _print_script_traceback(exc: BaseException, script: str) -> None:
+    """The user's traceback, from their script's first frame on: the frames above it (perwatt
+    and runpy running the script) are not theirs to read."""
+    target = os.path.realpath(script)
+    tb = exc.__traceback__
+    while tb is not None and os.path.realpath(tb.tb_frame.f_code.co_filename) != target:
+        tb = tb.tb_next
+    text = traceback.format_exception(type(exc), exc, tb or exc.__traceback__)
+    sys.stderr.write("".join(text))
+
+
 def _given(args: argparse.Namespace, flags: dict[str, str]) -> list[str]:
     # identity, not equality: 0 (`--stage 0`) == False, and a given 0 is still given
     return [
@@ -266,18 +283,31 @@ def run_profile(args: argparse.Namespace) -> int:
             )
             print(f"  stage {s}: {why} ({res.iterations[s]} iterations); {block}")
         return 0
-    out = profiler.profile_script(
-        args.script,
-        extra,
-        stage=args.stage or 0,
-        out=args.out,
-        gpu_index=args.gpu_index or 0,
-        config=cfg,  # type: ignore[arg-type]
-        allow_clock_changes=args.allow_clock_changes,
-    )
+    interrupted: profiler.ProfileInterrupted | None = None
+    try:
+        out = profiler.profile_script(
+            args.script,
+            extra,
+            stage=args.stage or 0,
+            out=args.out,
+            gpu_index=args.gpu_index or 0,
+            config=cfg,  # type: ignore[arg-type]
+            allow_clock_changes=args.allow_clock_changes,
+        )
+    except PartialRunError as e:
+        if e.__cause__ is not None:  # the script raised: its traceback, then perwatt's line
+            _print_script_traceback(e.__cause__, args.script)
+        raise
+    except profiler.ProfileInterrupted as e:  # Ctrl-C or SIGTERM: say what was kept, 130/143
+        out, interrupted = e.profile, e
     if out.fake:
         print("NOTE: FAKE GPU (PERWATT_FAKE_NVML): figures are simulated, not measured")
-    note = " (PARTIAL: the script ended before the sweep did)" if out.partial else ""
+    if interrupted is not None:
+        note = f" (PARTIAL: {interrupt_reason(interrupted)})"
+    elif out.partial:
+        note = " (PARTIAL: the script ended before the sweep did)"
+    else:
+        note = ""
     print(f"wrote {out.path}: {len(out.rows)} rows [source: {out.source}]{note}; {out.stop_reason}")
     _print_notes(out.rows)
     if out.blocking_power_w:
@@ -286,6 +316,9 @@ def run_profile(args: argparse.Namespace) -> int:
             f"blocking power at {top} MHz: {out.blocking_power_w[top]:.1f} W "
             f"[source: {out.source}] (use as --p-block)"
         )
+    if interrupted is not None:
+        print(f"perwatt: {interrupt_reason(interrupted)}", file=sys.stderr)
+        return interrupt_exit_code(interrupted)
     return 0
 
 
@@ -312,7 +345,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     if "target" in choice and choice["target"] is None:
         choice["target"] = "fastest"
     with one_line_warnings():
-        report = run_simulation(args.profile, **model, **choice)
+        report = run_simulation(args.profile, **model, progress=SolveProgress(), **choice)
     for line in report.summary_lines():
         print(line)
     if args.out:

@@ -42,14 +42,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from perwatt._signals import interrupt_reason, interrupts_deferred
+from perwatt.bench.guard import DEFAULT_THRESHOLDS, GuardThresholds, judge
 from perwatt.bench.result import (
+    BenchInterrupted,
     Conditions,
     load_result,
     new_result,
     run_conditions,
     write_result,
 )
-from perwatt.economics import DEFAULT_PRICE_PER_KWH_USD, DEFAULT_PUE, economics_for_run
+from perwatt.economics import (
+    DEFAULT_PRICE_PER_KWH_USD,
+    DEFAULT_PUE,
+    check_price,
+    check_pue,
+    economics_for_run,
+)
 from perwatt.errors import ConfigError, DataFormatError, PerwattError
 from perwatt.meter.meter import Measurement, Meter
 from perwatt.meter.source import PowerSource, is_measured
@@ -58,6 +67,10 @@ from perwatt.meter.source import PowerSource, is_measured
 GPU_MIN_WINDOW_S = 5.0
 #: Rounds are repeated at most this many times to reach the window (a guard, not a target).
 MAX_ROUNDS = 10_000
+#: Longest decode window per point, and idle measurement, accepted: an hour each (a larger value
+#: is a unit mistake or a run nobody waits for).
+MAX_MIN_WINDOW_S = 3600.0
+MAX_IDLE_S = 3600.0
 
 Progress = Callable[[str], None]
 
@@ -317,17 +330,17 @@ def _load(model: str, precision: str, *, batch: int, seq_len: int, **kw: Any) ->
     return load_engine(model, precision=precision, max_batch_size=batch, max_seq_len=seq_len, **kw)
 
 
-def _check_model(model: str) -> None:
-    """Resolve ``model``'s config the way :func:`~perwatt.engine.generate.load_engine` does."""
+def _check_model(model: str) -> int:
+    """Resolve ``model``'s config the way :func:`~perwatt.engine.generate.load_engine` does;
+    return its number of positions (``max_position_embeddings``)."""
     path = Path(model).expanduser()
     if path.is_dir():
         from perwatt.engine.weights import read_hf_config
 
-        read_hf_config(path)
-    else:
-        from perwatt.engine.config import get_config
+        return read_hf_config(path).max_position_embeddings
+    from perwatt.engine.config import get_config
 
-        get_config(model)
+    return get_config(model).max_position_embeddings
 
 
 def _quantized_source(
@@ -757,12 +770,14 @@ def _measure_point(
 
 # ---------------------------------------------------------------------- the sweep
 def _open_meter(
-    energy_source: str | PowerSource | Sequence[PowerSource], sample_interval_s: float
+    energy_source: str | PowerSource | Sequence[PowerSource],
+    sample_interval_s: float,
+    select: str | None = None,
 ) -> Meter:
     if isinstance(energy_source, str):
         from perwatt.meter.detect import open_sources
 
-        sources: Sequence[PowerSource] = open_sources(energy_source)
+        sources: Sequence[PowerSource] = open_sources(energy_source, select=select)
     elif isinstance(energy_source, PowerSource):
         sources = [energy_source]
     else:
@@ -787,6 +802,7 @@ def run_builtin_bench(
     output_len: int = 256,
     result_dir: str | Path,
     energy_source: str | PowerSource | Sequence[PowerSource] = "auto",
+    energy_select: str | None = None,
     device: str = "auto",
     seed: int = 0,
     price_per_kwh: float = DEFAULT_PRICE_PER_KWH_USD,
@@ -802,12 +818,14 @@ def run_builtin_bench(
     sample_interval_s: float = 0.1,
     idle_seconds: float = 0.0,
     progress: Progress | None = None,
+    guard: GuardThresholds = DEFAULT_THRESHOLDS,
 ) -> list[Path]:
     """Measure every (precision, batch) point; write one result document each; return paths.
 
     ``energy_source`` is a ``--source`` spec (``auto``, ``nvml``, ``rapl``, ``simulated`` ...;
     ``auto`` falls back to ``estimated`` on a machine without any energy counter) or already-open
-    sources. ``min_window_s`` defaults to 5 s on a GPU and one round on the CPU. The accuracy
+    sources; ``energy_select`` picks the GPUs of a ``dcgm:``/``prometheus:`` spec (``--select``).
+    ``min_window_s`` defaults to 5 s on a GPU and one round on the CPU. The accuracy
     reference defaults to bf16 on a GPU and fp32 on the CPU. ``idle_seconds > 0`` measures idle
     power first (nothing loaded) and reports ``energy.idle_power_w`` and ``idle_share``; idle is
     never subtracted from the figures.
@@ -832,19 +850,40 @@ def run_builtin_bench(
         raise ConfigError(
             f"--input-len must be >= 1 and --output-len >= 2, got {input_len} and {output_len}"
         )
-    if min_window_s is not None and min_window_s < 0:
-        raise ConfigError(f"--min-window-s must be >= 0, got {min_window_s}")
+    # Every option is checked before anything loads: a model load takes seconds to minutes,
+    # and NaN passes "< 0" (a NaN window never fills: the rounds ran until MAX_ROUNDS).
+    if min_window_s is not None and not 0 <= min_window_s <= MAX_MIN_WINDOW_S:
+        raise ConfigError(
+            f"--min-window-s must be a number of seconds in [0, {MAX_MIN_WINDOW_S:g}], "
+            f"got {min_window_s}"
+        )
     if num_gpus < 1:
         raise ConfigError(f"--num-gpus must be >= 1, got {num_gpus}")
-    if not idle_seconds >= 0:
-        raise ConfigError(f"--idle-seconds must be >= 0, got {idle_seconds}")
+    if not 0 <= idle_seconds <= MAX_IDLE_S:
+        raise ConfigError(
+            f"--idle-seconds must be a number of seconds in [0, {MAX_IDLE_S:g}], got {idle_seconds}"
+        )
+    check_price(price_per_kwh)
+    check_pue(pue)
     require_engine_deps()
+    from perwatt.engine.generate import PRECISIONS, resolve_device
+
+    resolve_device(device)  # a CUDA device on a machine without one fails here, not per point
+    for p in [*(precs or ()), *([reference_precision] if reference_precision else [])]:
+        if p.strip().lower() not in PRECISIONS:
+            flag = "--precision" if p in (precs or ()) else "reference precision"
+            raise ConfigError(f"{flag} {p!r} is unknown; known: {', '.join(PRECISIONS)}")
     # An unknown shape name or an unreadable config.json would fail every point the same way:
     # say so once, before metering, instead of writing one failed document per point.
     load_model, qpath, qm, ref_model, ref_seed, ref_skip, default_prec = _quantized_source(
         model, precs, device=device, seed=seed, quantized_path=quantized_path
     )
-    _check_model(load_model)
+    max_positions = _check_model(load_model)
+    if input_len + output_len > max_positions:
+        raise ConfigError(
+            f"--input-len {input_len} + --output-len {output_len} = {input_len + output_len} "
+            f"tokens exceed the model's {max_positions} positions (max_position_embeddings)"
+        )
     if precs is None:
         precs = [default_prec]
     specs = [PointSpec(precision=p, batch_size=b) for p in precs for b in bs]
@@ -854,7 +893,7 @@ def run_builtin_bench(
     base = label or f"builtin-{_model_slug(model)}"
     paths: list[Path] = []
 
-    meter = _open_meter(energy_source, sample_interval_s)
+    meter = _open_meter(energy_source, sample_interval_s, energy_select)
     with meter:
         energy_label = _meter_label(meter)
         say(f"perwatt bench (builtin): {model}, energy source: {energy_label}")
@@ -935,13 +974,14 @@ def run_builtin_bench(
                     doc["builtin"]["engine"]["weights"] = qpath
                 if doc["accuracy"] is None and ref_error is not None:
                     doc["builtin"]["accuracy_error"] = ref_error
-                say("  " + format_point(doc))
-            except KeyboardInterrupt:
-                doc["status"] = "failed"
-                doc["partial_reason"] = "interrupted (Ctrl-C) before this point finished"
-                write_result(path, doc)
+                say("  " + format_point(doc, guard))
+            except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (perwatt._signals)
+                doc["status"] = "failed"  # no figures: its measurement window never closed
+                doc["partial_reason"] = f"{interrupt_reason(e)} before this point finished"
+                with interrupts_deferred():  # a second signal must not cut this write short
+                    write_result(path, doc)
                 paths.append(path)
-                raise
+                raise BenchInterrupted(paths) from e
             except Exception as e:
                 _release_device()
                 doc["status"] = "failed"
@@ -980,7 +1020,7 @@ def _status(doc: Mapping[str, Any]) -> str:
     return str(doc["status"])
 
 
-def format_point(doc: Mapping[str, Any]) -> str:
+def format_point(doc: Mapping[str, Any], guard: GuardThresholds = DEFAULT_THRESHOLDS) -> str:
     """One line: precision, batch, tokens/s, J/token and tokens/J with their source, accuracy."""
     cfg = doc["config"]
     head = f"{cfg['precision']:>5} b{cfg['batch_size']:<4}"
@@ -989,12 +1029,16 @@ def format_point(doc: Mapping[str, Any]) -> str:
     e = doc["energy"] or {}
     b = doc.get("builtin") or {}
     acc = doc.get("accuracy") or {}
+    # Beside the energy figures: emulated precisions make no energy claim, and the accuracy
+    # guard's verdict (perwatt.bench.guard) says whether the saving counts.
+    emu = " (emulated: no energy claim)" if b.get("emulated") else ""
+    verdict = judge(doc.get("accuracy"), guard)
     return (
         f"{head} {_fmt((b.get('decode') or {}).get('tokens_per_s'), '10.1f')} tok/s  "
         f"{_fmt(e.get('j_per_output_token'), '.4g')} J/tok  "
-        f"{_fmt(e.get('output_tokens_per_j'), '.4g')} tok/J ({e.get('source')})  "
+        f"{_fmt(e.get('output_tokens_per_j'), '.4g')} tok/J ({e.get('source')}){emu}  "
         f"KL {_fmt(acc.get('kl_mean'), '.2e')}  top1 {_fmt(acc.get('top1_agreement'), '.3f')}"
-        + ("  [emulated: no energy claim]" if b.get("emulated") else "")
+        + (f"  guard {verdict.text}" if verdict.status != "none" else "")
     )
 
 

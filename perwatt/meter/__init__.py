@@ -14,6 +14,7 @@ from perwatt.meter.nvml import NVMLSource, open_nvml_sources
 from perwatt.meter.rapl import RAPLSource
 from perwatt.meter.replay import PowerTrace, ReplaySource, load_trace
 from perwatt.meter.run import CommandMeasurement, measure_command
+from perwatt.meter.served import ServedSimulatedSource
 from perwatt.meter.simulated import SimulatedSource
 from perwatt.meter.source import MEASURED_LABELS, SOURCE_LABELS, PowerSource, is_measured
 
@@ -33,6 +34,7 @@ __all__ = [
     "RAPLSource",
     "ReplaySource",
     "Sample",
+    "ServedSimulatedSource",
     "SimulatedSource",
     "WindowHandle",
     "detect_sources",

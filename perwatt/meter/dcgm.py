@@ -22,35 +22,53 @@ Two DCGM fields matter (both in dcgm-exporter's ``default-counters.csv``):
 How fresh is a reading? dcgm-exporter refreshes its cache every ``--collect-interval``
 milliseconds, 30000 by default (``DCGM_EXPORTER_INTERVAL``; NVIDIA/dcgm-exporter
 ``pkg/cmd/app.go``), and NVIDIA's docs note that scraping faster than that returns the same
-cached sample again. So ``counter_period_s`` defaults to 30 s: a window shorter than the
-exporter's interval is flagged by the meter. Run the exporter with ``-c 1000`` and pass
-``collect_interval_s=1.0`` for second-scale windows. Through Prometheus the effective period is
-the larger of that and the ``scrape_interval``.
+cached sample again. So a direct source declares ``counter_period_s`` = 30 s until told
+otherwise (``collect_interval_s``); through Prometheus the period is the scrape interval the
+server reports, times the scrapes per counter change it stored. Either way the meter then uses
+the period it *observes* (how often the value actually changes), bounds every figure's
+quantization error by one period's energy, and falls back to integrated power where that is
+tighter (:mod:`perwatt.meter.figure`). Run the exporter with ``-c 1000`` for second-scale
+windows.
 
 Device labels are ``<Hostname>/gpu<gpu>`` (``node1/gpu0``), unique across nodes. Where the
 exporter runs with ``--no-hostname`` the URL's ``host:port`` stands in for the hostname.
 Series that repeat one physical GPU (MIG instances carrying ``GPU_I_ID``, or Kubernetes pod
 labels on a shared GPU) carry the device-level counter, so the first series per GPU is used.
 
-Failure semantics (all :class:`~perwatt.errors.RemoteSourceError`, naming the URL and what to
-check): exporter down, timeout, non-200, a body that is not the Prometheus text format, a page
-with neither field, and **a GPU that was present and is now missing from a scrape**. We raise
-rather than hold the last value: holding would silently under-count the window. A failed read
-at a window edge raises from :meth:`Meter.end`; ``perwatt meter`` (:func:`measure_command`) then
-reports the energy up to the last good reading, marked partial. If the GPU comes back, reads
-resume.
+Selection (``select=``, the CLI's ``--select``; see :mod:`perwatt.meter.select`): label
+matchers such as ``Hostname="node1"`` or ``pod=~"vllm-.*"``, GPU indices and UUIDs. For
+Prometheus they become part of every query, so only the metered series are fetched; a
+Prometheus that serves GPUs of more than one host is refused without a selection (it would
+meter the whole cluster).
+
+Failure semantics. Construction fails with :class:`~perwatt.errors.RemoteSourceError`,
+naming the URL and what to check: exporter or Prometheus down, timeout, non-200 (a Prometheus
+answering 503 while it starts is retried for ``startup_wait_s`` and then reported as
+starting), a body that is not the Prometheus text format or JSON, no matching series. Once
+running, the meter reads through :meth:`read` (one request per sample) and never holds an old
+value as a live one: a GPU missing from a page, an exporter that does not answer, a series
+whose newest sample in Prometheus is older than a few scrape intervals (its target is down), or
+a counter that stopped changing (an exporter serving its last page) is reported as *missing*
+with the reason; the meter records a gap and marks the figures it affects partial
+(:mod:`perwatt.meter.figure`). The older per-quantity reads (``read_energy_j``,
+``read_power_w``) raise :class:`~perwatt.errors.RemoteSourceError` instead. If a GPU comes
+back, reads resume.
 
 Counter resets (driver reload, node reboot, GPU reset: the raw value goes *down*) are folded
-into a per-device offset, the way Prometheus' ``increase()`` treats counter resets, so
-:meth:`DCGMSource.read_energy_j` stays monotonic. Energy between the last reading before the
-reset and the reset itself is lost; each reset is logged.
+into a per-device offset, the way Prometheus' ``increase()`` treats counter resets, so the
+counter stays monotonic. Energy between the last reading before the reset and the reset itself
+is lost; each reset is logged and reported in :attr:`Reading.resets`, and the meter states the
+energy lost (estimated by integrated power) in the measurement's warnings.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
+import re
+import statistics
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -63,7 +81,8 @@ import httpx
 from perwatt.errors import ConfigError, DataFormatError, RemoteSourceError, UnknownDeviceError
 from perwatt.meter.integrate import trapezoid_between
 from perwatt.meter.prom_text import PromSample, parse_text
-from perwatt.meter.source import PowerSource
+from perwatt.meter.remote import Reading, RemoteSource
+from perwatt.meter.select import Selection, parse_selection
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +142,16 @@ class _CounterResets:
         self._offset: dict[str, float] = {}
         self.resets: dict[str, int] = {}
 
-    def update(self, dev: str, raw: float, where: str) -> float:
+    def update(
+        self, dev: str, raw: float, where: str, seen: dict[str, float] | None = None
+    ) -> float:
+        """The monotonic value of ``raw``; a reset records ``dev -> raw`` in ``seen``."""
         last = self._last_raw.get(dev)
         if last is not None and raw < last:
             self._offset[dev] = self._offset.get(dev, 0.0) + last
             self.resets[dev] = self.resets.get(dev, 0) + 1
+            if seen is not None:
+                seen[dev] = raw
             log.warning(
                 "%s: energy counter of %s went down (%.3f J -> %.3f J): counter reset "
                 "(driver reload, reboot or GPU reset); carrying an offset",
@@ -149,12 +173,15 @@ class _GPU:
     model: str = ""
     energy_j: float | None = None
     power_w: float | None = None
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
 class _Scrape:
     t: float
     gpus: dict[str, _GPU] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)  # url -> why it could not be read
+    resets: dict[str, float] = field(default_factory=dict)  # device -> J since its counter reset
 
 
 def _gpus_from_page(samples: Sequence[PromSample], url: str) -> dict[str, _GPU]:
@@ -177,6 +204,7 @@ def _gpus_from_page(samples: Sequence[PromSample], url: str) -> dict[str, _GPU]:
                 uuid=s.labels.get("UUID", ""),
                 url=url,
                 model=s.labels.get("modelName", ""),
+                labels=dict(s.labels),
             )
         if s.name == ENERGY_METRIC:
             if g.energy_j is None and not _is_blank(s.value, _INT64_BLANK):
@@ -187,15 +215,17 @@ def _gpus_from_page(samples: Sequence[PromSample], url: str) -> dict[str, _GPU]:
     return {k: g for k, g in out.items() if g.energy_j is not None or g.power_w is not None}
 
 
-class DCGMSource(PowerSource):
+class DCGMSource(RemoteSource):
     """GPU energy from one or more dcgm-exporter ``/metrics`` endpoints. See the module docstring.
 
     ``url``: ``http://node1:9400/metrics`` or a comma-separated list of them (``/metrics`` is added
     when the path is empty, ``http://`` when the scheme is missing). ``gpus`` keeps only the GPUs
     named by index (``"0"``), UUID (``"GPU-…"``) or device label (``"node1/gpu0"``).
-    ``collect_interval_s`` is the exporter's ``--collect-interval`` (becomes
-    ``counter_period_s``); ``reuse_s`` lets a power read reuse the energy read's scrape when they
-    are that close together (the meter asks for both in one sample).
+    ``select`` is a ``--select`` expression (:mod:`perwatt.meter.select`) matched against each
+    GPU's labels on the page. ``collect_interval_s`` is the exporter's ``--collect-interval``
+    (becomes ``counter_period_s``; the meter uses the period it observes once it has seen a few
+    updates); ``reuse_s`` lets a power read reuse the energy read's scrape when they are that
+    close together.
     """
 
     name = "dcgm"
@@ -207,10 +237,12 @@ class DCGMSource(PowerSource):
         url: str,
         *,
         gpus: Sequence[str] | None = None,
+        select: str | Selection | None = None,
         timeout_s: float = 2.0,
         collect_interval_s: float | None = DEFAULT_COLLECT_INTERVAL_S,
         reuse_s: float = 0.05,
     ) -> None:
+        selection = parse_selection(select) if not isinstance(select, Selection) else select
         if not (timeout_s > 0 and math.isfinite(timeout_s)):
             raise ConfigError(f"timeout_s must be a positive number, got {timeout_s}")
         if collect_interval_s is not None and not collect_interval_s > 0:
@@ -241,6 +273,19 @@ class DCGMSource(PowerSource):
                 "is this a dcgm-exporter, and are both fields in its collectors CSV "
                 "(default-counters.csv has them)?"
             )
+        if not selection.empty:
+            found = {lab: g for lab, g in found.items() if selection.matches(g.labels, lab)}
+            if not found:
+                self._client.close()
+                raise UnknownDeviceError(
+                    f"--select {selection.text!r} matches no GPU at {', '.join(self.urls)}; "
+                    "available: "
+                    + ", ".join(
+                        f"{lab} (Hostname={g.labels.get('Hostname', '')!r}, UUID={g.uuid!r})"
+                        for lab, g in sorted(first.gpus.items())
+                    )
+                )
+        self.selection = selection
         chosen = sorted(found, key=_device_sort_key)
         if gpus is not None:
             chosen = []
@@ -256,6 +301,7 @@ class DCGMSource(PowerSource):
         self._devices = tuple(chosen)
         self._has_counter = all(found[d].energy_j is not None for d in self._devices)
         self._models = {d: found[d].model for d in self._devices}
+        self._url_of = {d: found[d].url for d in self._devices}
 
     # ------------------------------------------------------------------ scraping
     def _fetch(self, url: str) -> dict[str, _GPU]:
@@ -284,18 +330,30 @@ class DCGMSource(PowerSource):
             if self._last is not None and now - self._last.t <= max_age_s:
                 return self._last
             gpus: dict[str, _GPU] = {}
+            errors: dict[str, str] = {}
+            first_error: RemoteSourceError | None = None
             for url in self.urls:
-                for label, g in self._fetch(url).items():
+                try:
+                    page = self._fetch(url)
+                except RemoteSourceError as e:
+                    # One node's exporter down must not blind the others: its GPUs go missing.
+                    first_error = first_error or e
+                    errors[url] = str(e)
+                    continue
+                for label, g in page.items():
                     if label in gpus:
                         raise RemoteSourceError(
                             f"{label} is reported by both {gpus[label].url} and {url}: two "
                             "exporters on one node, or two nodes with the same Hostname"
                         )
                     gpus[label] = g
+            if first_error is not None and not gpus:
+                raise first_error
+            resets: dict[str, float] = {}
             for label, g in gpus.items():
                 if g.energy_j is not None:
-                    g.energy_j = self._resets.update(label, g.energy_j, g.url)
-            self._last = _Scrape(now, gpus)
+                    g.energy_j = self._resets.update(label, g.energy_j, g.url, resets)
+            self._last = _Scrape(now, gpus, errors, resets)
             return self._last
 
     def _values(self, scrape: _Scrape, what: str) -> dict[str, float]:
@@ -309,6 +367,9 @@ class DCGMSource(PowerSource):
                 missing.append(d)
             else:
                 out[d] = v
+        failed = [self._url_of.get(d, "") for d in missing if self._url_of.get(d) in scrape.errors]
+        if failed:
+            raise RemoteSourceError(scrape.errors[failed[0]])
         if missing:
             urls = sorted(
                 {scrape.gpus[d].url if d in scrape.gpus else "its exporter" for d in missing}
@@ -340,6 +401,28 @@ class DCGMSource(PowerSource):
             return None
         return self._values(self._scrape(max_age_s=self.reuse_s), "energy")
 
+    def read(self) -> Reading:
+        """One scrape of every exporter: fresh values, and why any chosen GPU has none."""
+        scrape = self._scrape(max_age_s=self.reuse_s)
+        energy: dict[str, float] = {}
+        power: dict[str, float] = {}
+        missing: dict[str, str] = {}
+        for d in self._devices:
+            g = scrape.gpus.get(d)
+            url = self._url_of.get(d, "")
+            if g is None or (g.energy_j is None and g.power_w is None):
+                missing[d] = scrape.errors.get(url) or (
+                    f"missing from {url or 'its exporter'} (GPU fell off the bus or was reset, "
+                    "or the exporter restarted with other --devices)"
+                )
+                continue
+            if g.energy_j is not None and self._has_counter:
+                energy[d] = g.energy_j
+            if g.power_w is not None:
+                power[d] = g.power_w
+        resets = {d: j for d, j in scrape.resets.items() if d in energy}
+        return Reading(energy_j=energy, power_w=power, missing=missing, resets=resets)
+
     def read_power_w(self) -> Mapping[str, float] | None:
         scrape = self._scrape(max_age_s=self.reuse_s)
         if self._has_counter and any(
@@ -353,18 +436,25 @@ class DCGMSource(PowerSource):
         models = sorted({m for m in self._models.values() if m})
         what = ENERGY_METRIC if self._has_counter else f"{POWER_METRIC} (integrated; no counter)"
         period = (
-            f"refreshed every ~{self.counter_period_s:g} s"
+            f"refreshed every ~{self.counter_period_s:g} s (declared)"
             if self.counter_period_s is not None
             else "refresh interval unknown"
         )
+        sel = f" selected by {self.selection.text!r}" if not self.selection.empty else ""
         return (
             f"dcgm: {len(self._devices)} GPU(s) on {nodes} node(s)"
             + (f" ({', '.join(models)})" if models else "")
-            + f" via dcgm-exporter {', '.join(self.urls)}; {what}, {period}"
+            + f" via dcgm-exporter {', '.join(self.urls)}{sel}: {_device_list(self._devices)}; "
+            + f"{what}, {period}"
         )
 
     def close(self) -> None:
         self._client.close()
+
+
+def _device_list(devices: Sequence[str], most: int = 8) -> str:
+    shown = ", ".join(devices[:most])
+    return shown + (f" and {len(devices) - most} more" if len(devices) > most else "")
 
 
 def _device_sort_key(label: str) -> tuple[str, int, str]:
@@ -386,6 +476,10 @@ def _normalise_selector(selector: str) -> str:
 
 def _query(metric: str, selector: str) -> str:
     return f"{metric}{{{selector}}}" if selector else metric
+
+
+def _host_of(labels: Mapping[str, str]) -> str:
+    return labels.get("Hostname") or labels.get("instance") or "?"
 
 
 def _prom_label(metric: Mapping[str, str]) -> str | None:
@@ -420,17 +514,41 @@ class _PromAPI:
         self.url = base
         self.timeout_s = timeout_s
         self.client = httpx.Client(timeout=timeout_s, follow_redirects=True)
+        #: Seconds to keep retrying a 503 (a Prometheus replaying its WAL answers 503 until
+        #: ready). Set while a source starts; 0 afterwards: a 503 mid-run is a gap, not a wait.
+        self.startup_wait_s = 0.0
 
     def close(self) -> None:
         self.client.close()
 
-    def call(self, path: str, params: Mapping[str, str]) -> list[dict[str, Any]]:
+    def get(self, path: str, params: Mapping[str, str]) -> httpx.Response:
+        """GET with failures mapped; a 503 is retried for ``startup_wait_s``, then explained."""
+        url = self.url + path
+        deadline = time.monotonic() + self.startup_wait_s
+        delay = 0.1
+        while True:
+            try:
+                r = self.client.get(url, params=dict(params))
+            except httpx.HTTPError as e:
+                raise _http_failure("Prometheus", url, e, self.timeout_s) from e
+            if r.status_code != 503:
+                return r
+            if time.monotonic() + delay > deadline:
+                waited = f" for {self.startup_wait_s:g} s" if self.startup_wait_s > 0 else ""
+                raise RemoteSourceError(
+                    f"Prometheus at {self.url} is starting or overloaded: HTTP 503 "
+                    f"{r.reason_phrase}{waited} (it answers 503 until its storage is loaded; "
+                    f"retry when {self.url}/-/ready answers 200)"
+                )
+            time.sleep(delay)
+            delay = min(1.0, delay * 2)
+
+    def call(
+        self, path: str, params: Mapping[str, str], want: str | None = None
+    ) -> list[dict[str, Any]]:
         url = self.url + path
         query = params.get("query", "")
-        try:
-            r = self.client.get(url, params=dict(params))
-        except httpx.HTTPError as e:
-            raise _http_failure("Prometheus", url, e, self.timeout_s) from e
+        r = self.get(path, params)
         try:
             body = r.json()
         except ValueError:
@@ -452,7 +570,8 @@ class _PromAPI:
         data = body.get("data")
         if not isinstance(data, dict) or not isinstance(data.get("result"), list):
             raise RemoteSourceError(f"Prometheus at {url}: response has no data.result list")
-        want = "matrix" if path.endswith("query_range") else "vector"
+        if want is None:
+            want = "matrix" if path.endswith("query_range") else "vector"
         if data.get("resultType") != want:
             raise RemoteSourceError(
                 f"Prometheus at {url}: expected a {want} result for {query!r}, "
@@ -477,6 +596,20 @@ class _PromAPI:
             if not isinstance(value, list) or len(value) != 2:
                 raise RemoteSourceError(f"{where}: malformed instant sample {value!r}")
             out[label] = _prom_float(value[1], where)
+        return out
+
+    def series(self, metric: str, selector: str) -> dict[str, tuple[float, dict[str, str]]]:
+        """Latest value and labels per GPU label (first series per GPU)."""
+        where = f"Prometheus {self.url}"
+        out: dict[str, tuple[float, dict[str, str]]] = {}
+        for item in self.call("/api/v1/query", {"query": _query(metric, selector)}):
+            label = _prom_label(item["metric"])
+            value = item.get("value")
+            if label is None or label in out:
+                continue
+            if not isinstance(value, list) or len(value) != 2:
+                raise RemoteSourceError(f"{where}: malformed instant sample {value!r}")
+            out[label] = (_prom_float(value[1], where), dict(item["metric"]))
         return out
 
     def range(
@@ -643,49 +776,236 @@ def prometheus_energy_between(
         api.close()
 
 
-class PrometheusSource(PowerSource):
+def _go_duration_s(text: str) -> float | None:
+    """A Go/Prometheus duration (``15s``, ``1m30s``, ``500ms``) in seconds, or None."""
+    units = {
+        "ms": 1e-3,
+        "s": 1.0,
+        "m": 60.0,
+        "h": 3600.0,
+        "d": 86400.0,
+        "w": 604800.0,
+        "y": 31536000.0,
+    }
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)", text.strip())
+    if not parts or "".join(n + u for n, u in parts) != text.strip():
+        return None
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+class PrometheusSource(RemoteSource):
     """Live GPU energy from a Prometheus server that scrapes dcgm-exporter.
 
-    ``url`` is the server (``http://prometheus:9090``); ``query_selector`` narrows the series,
-    e.g. ``'Hostname=~"node[12]"'``. Each read is an instant query, so a reading is as fresh as
-    the last scrape; ``counter_period_s`` defaults to dcgm-exporter's 30 s collection interval.
+    ``url`` is the server (``http://prometheus:9090``). ``select`` is a ``--select`` expression
+    (:mod:`perwatt.meter.select`) and ``query_selector`` raw PromQL matchers; both narrow every
+    query, and one of them is required when the server holds GPUs of more than one host.
+
+    The meter reads it through :meth:`read`: **one** query per sample, for both fields of the
+    selected series only, over the last few scrape intervals (a range selector, so each value
+    comes with the time Prometheus scraped it). A selected GPU without a sample in that span is
+    stale (its target is down, or it stopped reporting): reported missing, with the target's
+    ``up`` value. The scrape interval comes from the server (``/api/v1/targets``, else the
+    global ``scrape_interval`` of ``/api/v1/status/config``); ``counter_period_s`` is how often
+    the counter's stored value actually changes (the scrape interval times the scrapes per
+    change over the last 5 minutes, as ``changes()`` counts them), unless given.
     """
 
     name = "prometheus"
     energy_label = "dcgm"
     power_label = "dcgm"
+    delay_periods = 2.0
 
     def __init__(
         self,
         url: str,
         *,
         query_selector: str = "",
+        select: str | Selection | None = None,
         timeout_s: float = 5.0,
-        counter_period_s: float | None = DEFAULT_COLLECT_INTERVAL_S,
+        counter_period_s: float | None = None,
+        startup_wait_s: float = 15.0,
     ) -> None:
         if not (timeout_s > 0 and math.isfinite(timeout_s)):
             raise ConfigError(f"timeout_s must be a positive number, got {timeout_s}")
-        self.selector = _normalise_selector(query_selector)
-        self.counter_period_s = counter_period_s
+        self.selection = parse_selection(select) if not isinstance(select, Selection) else select
+        self.selector = ",".join(
+            p for p in (_normalise_selector(query_selector), self.selection.promql()) if p
+        )
         self._api = _PromAPI(url, timeout_s)
         self._lock = threading.Lock()
         self._resets = _CounterResets()
+        self._why_missing: dict[str, str] = {}
         try:
-            energy = self._api.instant(ENERGY_METRIC, self.selector)
-            power = self._api.instant(POWER_METRIC, self.selector)
+            self._api.startup_wait_s = startup_wait_s
+            energy = self._api.series(ENERGY_METRIC, self.selector)
+            power = self._api.series(POWER_METRIC, self.selector)
+            self._api.startup_wait_s = 0.0
+            if self.selection.devices:
+                keep = set(self.selection.devices)
+                energy = {d: v for d, v in energy.items() if d in keep}
+                power = {d: v for d, v in power.items() if d in keep}
+            found = set(energy) | set(power)
+            if not found:
+                raise RemoteSourceError(
+                    f"Prometheus {self._api.url} has no {_query(ENERGY_METRIC, self.selector)} "
+                    f"or {POWER_METRIC} series: is dcgm-exporter scraped there, and does the "
+                    "selector match?"
+                )
+            self._labels = {d: (energy.get(d) or power[d])[1] for d in found}
+            hosts = sorted({_host_of(lab) for lab in self._labels.values()})
+            if len(hosts) > 1 and not self.selector and not self.selection.devices:
+                raise ConfigError(
+                    f"Prometheus {self._api.url} holds GPUs of {len(hosts)} hosts "
+                    f"({_device_list(hosts, 5)}): metering all of them would count the whole "
+                    "cluster; choose with --select (perwatt bench: --energy-select), e.g. --select "
+                    f"'Hostname=\"{hosts[0]}\"' (or 'Hostname=~\".+\"' to meter them all)"
+                )
+            self.hosts = tuple(hosts)
+            self._devices = tuple(sorted(found, key=_device_sort_key))
+            self._has_counter = all(d in energy for d in self._devices)
+            self.scrape_interval_s, self.scrape_interval_from = self._scrape_interval()
+            if counter_period_s is not None:
+                self.counter_period_s, self.period_from = counter_period_s, "given"
+            else:
+                self.counter_period_s, self.period_from = self._stored_update_period()
+            # A series with no sample in this span is stale: a missed scrape or two is not.
+            self.fresh_s = (
+                self.stale_periods * self.scrape_interval_s + 1.0
+                if self.scrape_interval_s is not None
+                else 300.0  # Prometheus' default lookback: the most an instant query would show
+            )
+            first = self.read()
+            if not first.energy_j and not first.power_w:
+                raise RemoteSourceError(
+                    f"Prometheus {self._api.url}: no selected series has a sample from the last "
+                    f"{self.fresh_s:g} s ("
+                    + "; ".join(sorted(set(first.missing.values())))
+                    + "): are the exporters up?"
+                )
         except BaseException:
             self._api.close()
             raise
-        found = set(energy) | set(power)
-        if not found:
-            self._api.close()
-            raise RemoteSourceError(
-                f"Prometheus {self._api.url} has no {_query(ENERGY_METRIC, self.selector)} "
-                f"or {POWER_METRIC} series: is dcgm-exporter scraped there, and does the "
-                "selector match?"
+
+    # ------------------------------------------------------------------ discovery
+    def _targets(self) -> list[tuple[str, str]]:
+        return sorted(
+            {(lab.get("job", ""), lab.get("instance", "")) for lab in self._labels.values()}
+        )
+
+    def _scrape_interval(self) -> tuple[float | None, str]:
+        """The scrape interval of the metered targets, from the server's own API."""
+        wanted = set(self._targets())
+        with contextlib.suppress(RemoteSourceError, ValueError, KeyError, TypeError):
+            body = self._api.get("/api/v1/targets", {"state": "active"}).json()
+            found = [
+                _go_duration_s(str(t.get("scrapeInterval", "")))
+                for t in body["data"]["activeTargets"]
+                if (t["labels"].get("job", ""), t["labels"].get("instance", "")) in wanted
+            ]
+            good = [f for f in found if f is not None]
+            if good:
+                return max(good), "api/v1/targets"
+        with contextlib.suppress(RemoteSourceError, ValueError, KeyError, TypeError):
+            body = self._api.get("/api/v1/status/config", {}).json()
+            m = re.search(r"^\s+scrape_interval:\s*(\S+)", body["data"]["yaml"], re.M)
+            if m is not None and (iv := _go_duration_s(m.group(1))) is not None:
+                return iv, "api/v1/status/config"
+        return None, "unknown"
+
+    def _stored_update_period(self) -> tuple[float | None, str]:
+        """How often the stored counter changes: scrape interval x scrapes per change (5 min)."""
+        if self.scrape_interval_s is None:
+            return DEFAULT_COLLECT_INTERVAL_S, "dcgm-exporter default"
+        q = (
+            f"(count_over_time({_query(ENERGY_METRIC, self.selector)}[5m]) - 1) / "
+            f"changes({_query(ENERGY_METRIC, self.selector)}[5m])"
+        )
+        ratios: list[float] = []
+        with contextlib.suppress(RemoteSourceError):
+            for item in self._api.call("/api/v1/query", {"query": q}):
+                value = item.get("value")
+                # A function's result has no __name__; anything else is not an answer to this.
+                if "__name__" in item["metric"] or not isinstance(value, list):
+                    continue
+                with contextlib.suppress(ValueError, TypeError, IndexError):
+                    r = float(value[1])
+                    if math.isfinite(r) and r >= 1:
+                        ratios.append(r)
+        if ratios:
+            per = statistics.median(ratios)
+            return self.scrape_interval_s * round(per), "stored samples"
+        return self.scrape_interval_s, "scrape interval"
+
+    # ------------------------------------------------------------------ reading
+    def read(self) -> Reading:
+        """One query for both fields of the selected series over the last ``fresh_s``."""
+        q = (
+            f'{{__name__=~"{ENERGY_METRIC}|{POWER_METRIC}"'
+            + (f",{self.selector}" if self.selector else "")
+            + f"}}[{max(1, math.ceil(self.fresh_s * 1000))}ms]"
+        )
+        where = f"Prometheus {self._api.url}"
+        latest: dict[tuple[str, str], float] = {}
+        for item in self._api.call("/api/v1/query", {"query": q}, want="matrix"):
+            label = _prom_label(item["metric"])
+            values = item.get("values")
+            if label is None or label not in self._labels or not values:
+                continue
+            key = (label, str(item["metric"].get("__name__", "")))
+            if key in latest:
+                continue  # first series per GPU, as for the exporter (MIG, pods)
+            last = values[-1]
+            if not isinstance(last, list) or len(last) != 2:
+                raise RemoteSourceError(f"{where}: malformed range sample {last!r}")
+            latest[key] = _prom_float(last[1], where)
+        energy: dict[str, float] = {}
+        power: dict[str, float] = {}
+        resets: dict[str, float] = {}
+        with self._lock:
+            for d in self._devices:
+                e = latest.get((d, ENERGY_METRIC))
+                if e is not None and self._has_counter:
+                    energy[d] = self._resets.update(d, e / 1e3, self._api.url, resets)
+                p = latest.get((d, POWER_METRIC))
+                if p is not None:
+                    power[d] = p
+            fresh = set(energy) | set(power)
+            gone = [d for d in self._devices if d not in fresh]
+            for d in fresh:
+                self._why_missing.pop(d, None)
+            if any(d not in self._why_missing for d in gone):
+                self._explain_missing([d for d in gone if d not in self._why_missing])
+            missing = {d: self._why_missing[d] for d in gone}
+        return Reading(energy_j=energy, power_w=power, missing=missing, resets=resets)
+
+    def _explain_missing(self, devices: Sequence[str]) -> None:
+        """Why these series have no fresh sample: their target's ``up``, asked once per loss."""
+        up: dict[tuple[str, str], float] = {}
+        targets = sorted(
+            {(self._labels[d].get("job", ""), self._labels[d].get("instance", "")) for d in devices}
+        )
+        instances = "|".join(re.escape(i) for _, i in targets)
+        with contextlib.suppress(RemoteSourceError):
+            for item in self._api.call(
+                "/api/v1/query", {"query": f'up{{instance=~"{instances}"}}'}
+            ):
+                m = item["metric"]
+                with contextlib.suppress(ValueError, TypeError, IndexError):
+                    up[(m.get("job", ""), m.get("instance", ""))] = float(item["value"][1])
+        for d in devices:
+            lab = self._labels[d]
+            target = (lab.get("job", ""), lab.get("instance", ""))
+            state = up.get(target)
+            what = (
+                f"its target {target[1]} is down (up=0)"
+                if state == 0
+                else f"its target {target[1]} is up but no longer reports this GPU"
+                if state == 1
+                else f"its target {target[1]} is no longer scraped (no up series)"
             )
-        self._devices = tuple(sorted(found, key=_device_sort_key))
-        self._has_counter = all(d in energy for d in self._devices)
+            self._why_missing[d] = (
+                f"no sample in Prometheus {self._api.url} for over {self.fresh_s:g} s: {what}"
+            )
 
     @property
     def url(self) -> str:
@@ -753,7 +1073,21 @@ class PrometheusSource(PowerSource):
     def describe(self) -> str:
         what = ENERGY_METRIC if self._has_counter else f"{POWER_METRIC} (integrated)"
         sel = f" {{{self.selector}}}" if self.selector else ""
-        return f"dcgm via Prometheus {self._api.url}{sel}: {len(self._devices)} GPU(s); {what}"
+        scrape = (
+            f"scraped every {self.scrape_interval_s:g} s ({self.scrape_interval_from})"
+            if self.scrape_interval_s is not None
+            else "scrape interval unknown"
+        )
+        period = (
+            f"counter changes every ~{self.counter_period_s:g} s ({self.period_from})"
+            if self.counter_period_s is not None
+            else ""
+        )
+        return (
+            f"dcgm via Prometheus {self._api.url}{sel}: {len(self._devices)} GPU(s) on "
+            f"{len(self.hosts)} host(s): {_device_list(self._devices)}; {what}, {scrape}"
+            + (f", {period}" if period else "")
+        )
 
     def close(self) -> None:
         self._api.close()

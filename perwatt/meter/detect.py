@@ -14,9 +14,12 @@ GPUs with the energy counter in one, counterless (pre-Volta) GPUs in another.
 ``nvml``            every visible GPU; ``nvml:0,2`` visible GPUs 0 and 2
 ``rapl``            CPU package/DRAM from /sys/class/powercap (``rapl:ROOT`` for another root)
 ``dcgm:URL``        a dcgm-exporter ``/metrics`` page (comma-separated for several nodes)
-``prometheus:URL``  a Prometheus server scraping dcgm-exporter
+``prometheus:URL``  a Prometheus server scraping dcgm-exporter (``--select`` picks GPUs of
+                    either: ``Hostname="node1"``, ``0,2``, ``pod=~"vllm-.*"``)
 ``replay:FILE``     a recorded trace (CSV/JSONL)
 ``simulated``       the deterministic model (labelled ``simulated`` everywhere)
+``simulated:URL``   the power model a perwatt test server serves (``http://HOST:PORT``; also
+                    labelled ``simulated``)
 ``estimated``       utilisation × rated power (labelled ``estimated`` everywhere)
 ==================  ===============================================================
 
@@ -44,7 +47,8 @@ from perwatt.meter.source import PowerSource
 FAKE_NVML_ENV = "PERWATT_FAKE_NVML"
 
 SPEC_HELP = (
-    "auto, nvml, nvml:0,2, rapl, dcgm:URL, prometheus:URL, replay:FILE, simulated or estimated"
+    "auto, nvml, nvml:0,2, rapl, dcgm:URL, prometheus:URL, replay:FILE, simulated, "
+    "simulated:URL (a perwatt test server's power model) or estimated"
 )
 
 
@@ -129,13 +133,21 @@ def _parse_indices(arg: str, spec: str) -> list[int]:
     return out
 
 
-def open_sources(spec: str) -> tuple[PowerSource, ...]:
-    """Open the sources a ``--source`` spec names (see the module docstring for the forms)."""
+def open_sources(spec: str, *, select: str | None = None) -> tuple[PowerSource, ...]:
+    """Open the sources a ``--source`` spec names (see the module docstring for the forms).
+
+    ``select`` (``--select``) chooses GPUs of a ``dcgm:`` or ``prometheus:`` source by label
+    matchers, indices or UUIDs (:mod:`perwatt.meter.select`); other sources refuse it."""
     spec = spec.strip()
     kind, sep, arg = spec.partition(":")
     kind = kind.lower()
     if sep and not arg.strip():
         raise ConfigError(f"--source {spec!r} is missing its argument after ':'; use {SPEC_HELP}")
+    if select is not None and kind not in ("dcgm", "prometheus"):
+        raise ConfigError(
+            f"--select chooses GPUs of dcgm:URL and prometheus:URL sources, not {spec!r}"
+            + (" (use nvml:0,2 for local GPUs)" if kind in ("nvml", "auto") else "")
+        )
     if kind == "auto" and not sep:
         return detect_sources().sources
     if kind == "nvml":
@@ -150,15 +162,19 @@ def open_sources(spec: str) -> tuple[PowerSource, ...]:
     if kind == "dcgm" and sep:
         from perwatt.meter.dcgm import DCGMSource
 
-        return (DCGMSource(arg),)
+        return (DCGMSource(arg, select=select),)
     if kind == "prometheus" and sep:
         from perwatt.meter.dcgm import PrometheusSource
 
-        return (PrometheusSource(arg),)
+        return (PrometheusSource(arg, select=select),)
     if kind == "replay" and sep:
         from perwatt.meter.replay import ReplaySource
 
         return (ReplaySource(arg),)
+    if kind == "simulated" and sep and arg.strip().lower().startswith(("http://", "https://")):
+        from perwatt.meter.served import ServedSimulatedSource
+
+        return (ServedSimulatedSource(arg),)
     if kind == "simulated" and not sep:
         from perwatt.meter.simulated import SimulatedSource
 

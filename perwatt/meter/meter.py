@@ -16,6 +16,12 @@ How a window is measured::
   instant power, with the edges interpolated.
 * Idle power (``idle_baseline``) is subtracted only when asked; every Measurement says whether it
   was.
+* Remote sources (dcgm-exporter, Prometheus: :class:`~perwatt.meter.remote.RemoteSource`) are
+  read once per sample; readings that are stale or missing become gaps (:meth:`Meter.gaps`),
+  and each device's figure is judged by :func:`perwatt.meter.figure.device_figure`: counter or
+  integrated power, whichever is tighter, with its bound (``methods``, ``uncertainty_j``), and
+  marked partial with the reason (``partial_devices``) where the readings do not cover the
+  window or disagree.
 
 The sampler also records every counter reading, so energy over any sub-interval can be computed
 after the fact (:meth:`Meter.measure_between`), which is how the benchmark takes its
@@ -27,6 +33,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import csv
+import itertools
 import math
 import statistics
 import sys
@@ -38,10 +45,40 @@ from pathlib import Path
 from typing import Any
 
 from perwatt.errors import ConfigError
+from perwatt.meter.figure import DeviceData, device_figure
 from perwatt.meter.integrate import interpolate, trapezoid_between
+from perwatt.meter.remote import RemoteSource
 from perwatt.meter.source import PowerSource, is_measured
 
 Clock = Callable[[], float]
+
+#: The shortest time a remote counter may stand still before it counts as stale.
+STALE_FLOOR_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """An interval in which ``device`` had no fresh reading (source down, stale, missing).
+
+    ``end_s`` is when fresh readings resumed, or None while the gap is still open."""
+
+    device: str
+    start_s: float
+    end_s: float | None
+    reason: str
+
+    @property
+    def duration_s(self) -> float | None:
+        return None if self.end_s is None else self.end_s - self.start_s
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "start_s": self.start_s,
+            "end_s": self.end_s,
+            "duration_s": self.duration_s,
+            "reason": self.reason,
+        }
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,12 +97,27 @@ class Measurement:
     idle_subtracted: bool
     idle_power_w: Mapping[str, float] | None = None
     warnings: tuple[str, ...] = ()
+    #: How each figure was obtained where the meter judged it (remote sources): ``counter``,
+    #: ``power-integral`` or ``none``; and its worst-case error in joules (see meter.figure).
+    methods: Mapping[str, str] = field(default_factory=dict)
+    uncertainty_j: Mapping[str, float] = field(default_factory=dict)
+    #: Devices whose figure covers only part of the window, or is unreliable, and why.
+    partial_devices: Mapping[str, str] = field(default_factory=dict)
+    #: Intervals without fresh readings that overlap the window (clipped to it).
+    gaps: tuple[Gap, ...] = ()
 
     def __post_init__(self) -> None:
         if self.duration_s < 0:
             raise ValueError(f"negative window duration {self.duration_s}")
         if set(self.energy_j) != set(self.sources):
             raise ValueError("energy_j and sources must name the same devices")
+        if not set(self.partial_devices) <= set(self.energy_j):
+            raise ValueError("partial_devices must name measured devices")
+
+    @property
+    def partial(self) -> bool:
+        """True when some device's figure covers only part of the window (see partial_devices)."""
+        return bool(self.partial_devices)
 
     @property
     def source(self) -> str:
@@ -94,6 +146,10 @@ class Measurement:
             "idle_subtracted": self.idle_subtracted,
             "idle_power_w": dict(self.idle_power_w) if self.idle_power_w is not None else None,
             "warnings": list(self.warnings),
+            "methods": dict(self.methods),
+            "uncertainty_j": dict(self.uncertainty_j),
+            "partial_devices": dict(self.partial_devices),
+            "gaps": [g.to_dict() for g in self.gaps],
         }
 
 
@@ -200,6 +256,16 @@ class Meter:
         self._last_counter: dict[str, tuple[float, float]] = {}
         self._sampler_error: BaseException | None = None
         self._sampler_error_at = -math.inf  # meter clock of the latest sampler failure
+        # Remote-source bookkeeping (see _remote_read): gaps, update periods, counter resets.
+        self._state_lock = threading.Lock()
+        self._gaps: list[Gap] = []
+        self._open_gaps: dict[str, tuple[float, str]] = {}
+        self._last_fresh: dict[str, float] = {}
+        self._value_since: dict[str, tuple[float, float]] = {}  # counter value, first seen at
+        self._power_since: dict[str, tuple[float, float]] = {}
+        self._changes: dict[str, list[float]] = {}  # times the counter value changed
+        self._power_changes: dict[str, list[float]] = {}
+        self._resets: list[tuple[str, float, float, float]] = []  # dev, before, after, J since
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -247,11 +313,23 @@ class Meter:
 
     # ------------------------------------------------------------------ sampling
     def sample_now(self) -> Sample:
-        """Read every source once and append the result to the timeline."""
+        """Read every source once and append the result to the timeline.
+
+        A source that fails does not cost the others their reading: its devices get a gap
+        (see :meth:`gaps`), the sample is kept, and the first failure is raised afterwards.
+        """
         power: dict[str, float] = {}
         energy: dict[str, float] = {}
         t = self.clock()
+        failure: Exception | None = None
+        remote: list[Sample] = []
         for src in self.sources:
+            if isinstance(src, RemoteSource):
+                try:
+                    remote.append(Sample(*self._remote_read(src)))
+                except Exception as err:
+                    failure = failure or err
+                continue
             e = src.read_energy_j() if src.has_energy_counter else None
             p = src.read_power_w()
             if e is not None:
@@ -268,13 +346,122 @@ class Meter:
                 for dev, ej in e.items():
                     self._last_counter[dev] = (t, ej)
         s = Sample(t, power, energy)
+        if remote and not (power or energy):
+            s = remote.pop(0)  # only remote sources: their reading is the sample
+        for r in remote:
+            self._append(r)
+        if failure is None or power or energy or s.power_w or s.energy_j:
+            self._append(s)  # a tick on which every source failed leaves no sample
+        if failure is not None:
+            raise failure
+        return s
+
+    def _append(self, s: Sample) -> None:
         with self._lock:
             if len(self._samples) < self._max_samples:
                 # Two threads may sample at once; insert in time order (almost always the end).
-                i = bisect.bisect_right(self._times, t)
-                self._times.insert(i, t)
+                i = bisect.bisect_right(self._times, s.t_s)
+                self._times.insert(i, s.t_s)
                 self._samples.insert(i, s)
-        return s
+
+    # ------------------------------------------------------------------ remote sources
+    def update_period_s(self, device: str) -> tuple[float | None, str]:
+        """How often ``device``'s counter changes: observed (median of the last intervals
+        between changes seen by the sampler) where at least two intervals were seen, else what
+        the source declares. Returns ``(period, "observed" | "declared" | "unknown")``."""
+        with self._state_lock:
+            ch = self._changes.get(device, [])[-65:]
+        if len(ch) >= 3:
+            return statistics.median(b - a for a, b in itertools.pairwise(ch)), "observed"
+        period = self._owner[device].counter_period_s
+        return period, ("declared" if period is not None else "unknown")
+
+    def _power_period_s(self, device: str) -> float | None:
+        with self._state_lock:
+            ch = self._power_changes.get(device, [])[-65:]
+        if len(ch) >= 3:
+            return statistics.median(b - a for a, b in itertools.pairwise(ch))
+        return self.update_period_s(device)[0]
+
+    def gaps(self) -> tuple[Gap, ...]:
+        """Every interval a device went without a fresh reading, open ones last (end None)."""
+        with self._state_lock:
+            still = [Gap(d, t, None, why) for d, (t, why) in self._open_gaps.items()]
+            return (*self._gaps, *still)
+
+    def _remote_read(self, src: RemoteSource) -> tuple[float, dict[str, float], dict[str, float]]:
+        """One fetch from a remote source: ``(time, power, energy)``, fresh values only; the
+        rest are recorded as gaps.
+
+        The time is taken when the answer arrived: the values are the remote end's as of then,
+        and a read that waited behind another (sampler and window edge at once) must not be
+        stamped before the one it waited for. On top of what the source itself judges stale, a
+        counter that has not changed for ``src.stale_periods`` update periods (and at least
+        ``STALE_FLOOR_S``) is stale: an exporter that lost DCGM (or hangs in its cache) keeps
+        serving its last page, and its counter would read as 0 W.
+        """
+        try:
+            r = src.read()
+            t = self.clock()
+        except Exception as e:
+            t = self.clock()
+            why = str(e).split("\n", 1)[0]
+            with self._state_lock:
+                for dev in src.devices:
+                    if dev not in self._open_gaps:
+                        self._open_gaps[dev] = (self._last_fresh.get(dev, t), why)
+            raise
+        energy = dict(r.energy_j)
+        power = dict(r.power_w)
+        missing = dict(r.missing)
+        for dev in list(energy):
+            period, how = self.update_period_s(dev)
+            with self._state_lock:
+                prev = self._value_since.get(dev)
+                if prev is None or energy[dev] != prev[0]:
+                    if prev is not None:
+                        ch = self._changes.setdefault(dev, [])
+                        ch.append(t)
+                        if len(ch) > 256:  # the period needs only the recent changes
+                            del ch[:128]
+                    self._value_since[dev] = (energy[dev], t)
+                    continue
+                unchanged = t - prev[1]
+                # At least 2 s: a busy machine can stall a fast (0.1 s) exporter that long.
+                limit = max(src.stale_periods * (period or 0.0), STALE_FLOOR_S)
+                if period is None or unchanged <= limit + self.sample_interval_s:
+                    continue
+                missing[dev] = (
+                    f"counter unchanged for {unchanged:.1f} s though it updates every "
+                    f"~{period:.3g} s ({how}): the exporter is serving a stale page (hung, or "
+                    "lost DCGM)"
+                )
+                # The frozen readings since the last change were never fresh.
+                if dev not in self._open_gaps:
+                    self._open_gaps[dev] = (prev[1], missing[dev])
+            del energy[dev]
+            power.pop(dev, None)
+        with self._state_lock:
+            for dev, p in power.items():
+                prevp = self._power_since.get(dev)
+                if prevp is None or p != prevp[0]:
+                    if prevp is not None:
+                        pch = self._power_changes.setdefault(dev, [])
+                        pch.append(t)
+                        if len(pch) > 256:
+                            del pch[:128]
+                    self._power_since[dev] = (p, t)
+            for dev, why in missing.items():
+                if dev not in self._open_gaps:
+                    self._open_gaps[dev] = (self._last_fresh.get(dev, t), why)
+            for dev in set(energy) | set(power):
+                opened = self._open_gaps.pop(dev, None)
+                if opened is not None:
+                    self._gaps.append(Gap(dev, opened[0], t, opened[1]))
+                if dev in r.resets:
+                    self._resets.append((dev, self._last_fresh.get(dev, t), t, r.resets[dev]))
+                self._last_fresh[dev] = t
+        return t, power, energy
 
     def _samples_around(self, start_s: float, end_s: float) -> list[Sample]:
         """Samples inside ``[start_s, end_s]`` plus one on each side, for edge interpolation.
@@ -305,7 +492,7 @@ class Meter:
                         p = s.power_w.get(dev)
                         e = s.energy_j.get(dev)
                         src = self._owner[dev]
-                        label = src.energy_label if e is not None else src.power_label
+                        label = src.device_label(dev, counter=e is not None)
                         w.writerow(
                             [
                                 f"{s.t_s:.6f}",
@@ -325,6 +512,12 @@ class Meter:
     def _read_counters(self) -> dict[str, float]:
         out: dict[str, float] = {}
         for src in self.sources:
+            if isinstance(src, RemoteSource):
+                # One fetch gives energy and power; both join the timeline (fresh ones only).
+                t, p_r, e_r = self._remote_read(src)
+                self._append(Sample(t, p_r, e_r))
+                out.update(e_r)
+                continue
             if src.has_energy_counter:
                 e = src.read_energy_j()
                 if e is not None:
@@ -377,6 +570,8 @@ class Meter:
         for src in self.sources:
             period = src.counter_period_s
             short = period is not None and t - win.start_s < period
+            if isinstance(src, RemoteSource):
+                continue  # its closing reading is already in the timeline (_read_counters)
             if not src.has_energy_counter or short:
                 p = src.read_power_w()
                 if p is not None:
@@ -394,7 +589,11 @@ class Meter:
             handle.measurement = self.end(name)
 
     def measure_between(self, start_s: float, end_s: float, name: str = "interval") -> Measurement:
-        """Energy over ``[start_s, end_s]`` (meter clock) from the recorded timeline.
+        """Energy over ``[start_s, end_s]`` from the recorded timeline.
+
+        Times are on the meter's clock: ``time.monotonic()`` values unless the meter was built
+        with another ``clock=`` (``meter.clock()`` reads it), not ``time.time()`` or
+        ``time.perf_counter()``.
 
         Counters are interpolated between samples; counterless devices are integrated. Used for
         windows chosen after the fact, such as a benchmark's steady state.
@@ -415,7 +614,9 @@ class Meter:
             if ts:
                 c0[dev] = interpolate(ts, es, start_s)
                 c1[dev] = interpolate(ts, es, end_s)
-        return self._measure(name, start_s, end_s, c0, c1, {}, warnings, samples=samples)
+        return self._measure(
+            name, start_s, end_s, c0, c1, {}, warnings, samples=samples, edges=False
+        )
 
     def _measure(
         self,
@@ -427,13 +628,38 @@ class Meter:
         edge_power: Mapping[str, float],
         warnings: list[str],
         samples: Sequence[Sample] | None = None,
+        *,
+        edges: bool = True,
     ) -> Measurement:
         duration = max(0.0, t1 - t0)
         samples = self._samples_around(t0, t1) if samples is None else samples
         energy: dict[str, float] = {}
         labels: dict[str, str] = {}
+        methods: dict[str, str] = {}
+        bounds: dict[str, float] = {}
+        partial: dict[str, str] = {}
         short_flagged: set[str] = set()
+        remote = [d for d, src in self._owner.items() if isinstance(src, RemoteSource)]
+        gaps = self._window_gaps(t0, t1) if remote else ()
+        if remote:
+            self._judge_remote(
+                remote,
+                t0,
+                t1,
+                c0 if edges else {},
+                c1 if edges else {},
+                samples,
+                gaps,
+                energy=energy,
+                labels=labels,
+                methods=methods,
+                bounds=bounds,
+                partial=partial,
+                warnings=warnings,
+            )
         for dev, src in self._owner.items():
+            if dev in energy:
+                continue
             period = src.counter_period_s
             use_counter = dev in c0 and dev in c1
             if use_counter and period is not None and duration < period:
@@ -456,7 +682,7 @@ class Meter:
                     warnings.append(f"{dev}: counter went backwards ({e:.3f} J); clamped to 0")
                     e = 0.0
                 energy[dev] = e
-                labels[dev] = src.energy_label
+                labels[dev] = src.device_label(dev, counter=True)
             else:
                 ts = [s.t_s for s in samples if dev in s.power_w]
                 ps = [s.power_w[dev] for s in samples if dev in s.power_w]
@@ -473,7 +699,7 @@ class Meter:
                             f"{dev}: fewer than 2 power samples inside the window; "
                             "integral rests on interpolated edges"
                         )
-                labels[dev] = src.power_label
+                labels[dev] = src.device_label(dev, counter=False)
         idle_subtracted = False
         idle_power: Mapping[str, float] | None = None
         if self.idle is not None:
@@ -504,7 +730,116 @@ class Meter:
             idle_subtracted=idle_subtracted,
             idle_power_w=idle_power,
             warnings=tuple(warnings),
+            methods=methods,
+            uncertainty_j=bounds,
+            partial_devices=partial,
+            gaps=gaps,
         )
+
+    def _window_gaps(self, t0: float, t1: float) -> tuple[Gap, ...]:
+        out = []
+        for g in self.gaps():
+            end = t1 if g.end_s is None else g.end_s
+            if end > t0 and g.start_s < t1:
+                out.append(Gap(g.device, max(g.start_s, t0), min(end, t1), g.reason))
+        return tuple(out)
+
+    def _judge_remote(
+        self,
+        devices: Sequence[str],
+        t0: float,
+        t1: float,
+        c0: Mapping[str, float],
+        c1: Mapping[str, float],
+        samples: Sequence[Sample],
+        gaps: Sequence[Gap],
+        *,
+        energy: dict[str, float],
+        labels: dict[str, str],
+        methods: dict[str, str],
+        bounds: dict[str, float],
+        partial: dict[str, str],
+        warnings: list[str],
+    ) -> None:
+        """Figures of remote devices: method, bound, coverage, gaps (see meter.figure)."""
+        all_gaps = self.gaps()
+        with self._state_lock:
+            resets = list(self._resets)
+        # The counter is known at its updates: reach back far enough to see the one before t0.
+        reach = 0.0
+        for d in devices:
+            src = self._owner[d]
+            if isinstance(src, RemoteSource):
+                reach = max(reach, (self.update_period_s(d)[0] or 0.0) * src.delay_periods)
+        earlier = [s for s in self._samples_around(t0 - 2.0 * reach, t0) if s.t_s < t0]
+        samples = sorted({id(s): s for s in (*earlier, *samples)}.values(), key=lambda s: s.t_s)
+        switched: dict[tuple[str, str], list[str]] = {}
+        gap_effects: dict[tuple[float, float, str], list[float]] = {}
+        for dev in devices:
+            src = self._owner[dev]
+            assert isinstance(src, RemoteSource)
+            counter = [(s.t_s, s.energy_j[dev]) for s in samples if dev in s.energy_j]
+            power = [(s.t_s, s.power_w[dev]) for s in samples if dev in s.power_w]
+            if dev in c0:
+                counter.append((t0, c0[dev]))
+            if dev in c1:
+                counter.append((t1, c1[dev]))
+            period, how = self.update_period_s(dev)
+            dev_gaps = [
+                (g.start_s, math.inf if g.end_s is None else g.end_s, g.reason)
+                for g in all_gaps
+                if g.device == dev
+            ]
+            fig = device_figure(
+                DeviceData(
+                    device=dev,
+                    t0=t0,
+                    t1=t1,
+                    counter=sorted(counter),
+                    power=sorted(power),
+                    counter_period_s=_times(period, src.delay_periods),
+                    power_period_s=_times(self._power_period_s(dev), src.delay_periods),
+                    gaps=dev_gaps,
+                    resets=[(b, a, j) for d, b, a, j in resets if d == dev],
+                    lag_s=self.sample_interval_s,
+                )
+            )
+            energy[dev] = fig.energy_j
+            labels[dev] = src.energy_label if fig.method == "counter" else src.power_label
+            methods[dev] = fig.method
+            if fig.bound_j is not None:
+                bounds[dev] = fig.bound_j
+            if fig.partial is not None:
+                partial[dev] = fig.partial
+            warnings.extend(fig.notes)
+            if fig.method == "power-integral" and fig.counter_bound_j is not None:
+                note = (
+                    f"{src.name}: the counter changes only every ~{period:.3g} s ({how}), so over "
+                    f"this {t1 - t0:.1f} s window a counter difference is uncertain by up to "
+                    f"one period's energy; integrated power is tighter and was used"
+                )
+                scale = 100.0 / max(fig.energy_j, 1e-9)
+                switched.setdefault((src.name, note), []).append(
+                    f"{dev} (±{(fig.bound_j or 0.0) * scale:.1f}% vs "
+                    f"±{fig.counter_bound_j * scale:.0f}%)"
+                )
+            for (g0, g1, why), eff in zip(dev_gaps, fig.gap_effect_j, strict=True):
+                if g1 > t0 and g0 < t1:
+                    gap_effects.setdefault((g0, g1, why), []).append(eff)
+        for (_, note), devs in switched.items():
+            warnings.append(f"{note}: {', '.join(devs)}")
+        for (g0, g1, why), effs in sorted(gap_effects.items()):
+            length = min(g1, t1) - max(g0, t0)
+            effect = (
+                "spanned by the energy counter: no effect on the figure"
+                if not any(effs)
+                else f"power interpolated across it: ±{sum(effs):.1f} J on the figure"
+            )
+            still = " (still open at the window's end)" if g1 >= t1 else ""
+            warnings.append(
+                f"gap of {length:.1f} s from +{max(g0, t0) - t0:.1f} s on {len(effs)} "
+                f"device(s){still}: {why}; {effect}"
+            )
 
     # ------------------------------------------------------------------ idle
     def idle_baseline(
@@ -532,6 +867,10 @@ class Meter:
             sources=dict(m.sources),
         )
         return self.idle
+
+
+def _times(x: float | None, k: float) -> float | None:
+    return None if x is None else x * k
 
 
 def median_edge_overhead_s(meter: Meter, repeats: int = 200) -> float:

@@ -7,8 +7,12 @@ Accepted files (the meter's own ``--timeline`` output is the first form):
 * JSON Lines, one object per reading with the same keys.
 
 Readings of one device must have strictly increasing times. Between readings power is linear, so
-energy is the trapezoid integral unless the trace carries its own counter. Figures are labelled
-``replay``.
+energy is the trapezoid integral unless the trace carries its own counter.
+
+Figures are labelled ``replay(ORIGINAL)`` where the trace has a ``source`` column (the meter's
+timeline writes one): a replay of a simulated run stays ``replay(simulated)``, of an NVML counter
+``replay(nvml-counter)``, per device, so provenance is never lost. A trace without that column is
+labelled plain ``replay``. Either way a replay is never a measurement (:func:`is_measured`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pathlib import Path
 
 from perwatt.errors import ConfigError, DataFormatError
 from perwatt.meter.integrate import cumulative_trapezoid, interpolate
-from perwatt.meter.source import PowerSource
+from perwatt.meter.source import PowerSource, is_known_label, replay_label
 
 _TIME_KEYS = ("time_s", "timestamp_s", "t_s")
 
@@ -37,6 +41,7 @@ class DeviceTrace:
     power_w: tuple[float, ...]
     energy_j: tuple[float, ...]  # cumulative, from the trace's counter or the trapezoid rule
     has_counter: bool = False  # energy_j came from the file, not from integrating power_w
+    origin: str | None = None  # the trace's ``source`` label for this device, if it has one
 
     def energy_at_j(self, t: float) -> float:
         """Cumulative energy at ``t`` (held outside the trace).
@@ -86,7 +91,8 @@ def _number(raw: object, what: str, where: str) -> float:
 
 def _rows_from_file(path: Path) -> Iterable[tuple[str, dict[str, object]]]:
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: a trace saved by a Windows editor or Excel starts with a byte-order mark
+        text = path.read_text(encoding="utf-8-sig")
     except OSError as e:
         raise DataFormatError(f"cannot read trace {path}: {e.strerror or e}") from e
     except UnicodeDecodeError as e:
@@ -115,6 +121,7 @@ def load_trace(path: str | Path) -> PowerTrace:
     """Parse a trace file; raises :class:`DataFormatError` naming the file and line."""
     path = Path(path)
     per_dev: dict[str, list[tuple[float, float, float | None]]] = {}
+    origins: dict[str, set[str]] = {}
     for where, row in _rows_from_file(path):
         tkey = next((k for k in _TIME_KEYS if k in row), None)
         if tkey is None or "device" not in row or "power_w" not in row:
@@ -137,6 +144,15 @@ def load_trace(path: str | Path) -> PowerTrace:
         if rows and t <= rows[-1][0]:
             raise DataFormatError(f"{where}: time {t} does not increase for device {dev!r}")
         rows.append((t, p, e))
+        raw_src = row.get("source")
+        if raw_src not in (None, ""):
+            label = str(raw_src).strip()
+            if not is_known_label(label):
+                raise DataFormatError(
+                    f"{where}: source {label!r} is not a perwatt source label "
+                    "(nvml-counter, rapl, dcgm, simulated, ...); fix or drop the column"
+                )
+            origins.setdefault(dev, set()).add(label)
     if not per_dev:
         raise DataFormatError(f"{path}: trace has no readings")
     devices: dict[str, DeviceTrace] = {}
@@ -162,7 +178,13 @@ def load_trace(path: str | Path) -> PowerTrace:
                 raise DataFormatError(f"{path}: {dev!r} mixes rows with and without power_w")
             ps = [r[1] for r in rows]
             es = cumulative_trapezoid(ts, ps)
-        devices[dev] = DeviceTrace(tuple(ts), tuple(ps), tuple(es), has_counter)
+        labels = sorted(origins.get(dev, ()))
+        # One device's rows can switch between counter and integrated-power labels (the first
+        # row of a counter-only source): keep every origin the device's figures rest on.
+        origin = (
+            None if not labels else labels[0] if len(labels) == 1 else f"mixed({','.join(labels)})"
+        )
+        devices[dev] = DeviceTrace(tuple(ts), tuple(ps), tuple(es), has_counter, origin)
     return PowerTrace(devices)
 
 
@@ -189,6 +211,11 @@ class ReplaySource(PowerSource):
         self.counter_period_s = counter_period_s
         self._lock = threading.Lock()
         self._t0 = clock()
+        # One label for the source as a whole (run conditions, `perwatt env`): the origins of
+        # all its devices; per-device figures carry their own (device_label).
+        origins = sorted({replay_label(d.origin) for d in self.trace.devices.values()})
+        whole = origins[0] if len(origins) == 1 else f"mixed({','.join(origins)})"
+        self.energy_label = self.power_label = whole
 
     @property
     def devices(self) -> tuple[str, ...]:
@@ -197,6 +224,9 @@ class ReplaySource(PowerSource):
     @property
     def has_energy_counter(self) -> bool:
         return True
+
+    def device_label(self, device: str, *, counter: bool) -> str:
+        return replay_label(self.trace.devices[device].origin)
 
     def trace_time_s(self) -> float:
         """Where in the trace the clock is now."""

@@ -5,9 +5,10 @@
     [idle baseline, optional]  begin("command") ── child runs ── child exits ── end("command")
 
 The window includes process start-up (interpreter import, CUDA context creation): that is the
-energy the command cost. Ctrl-C (and SIGTERM, e.g. from ``timeout``) is forwarded to the child (a
-second one, or a child that ignores it for ``grace_s``, kills it); what was measured up to then is
-returned, marked ``partial``. The report goes to stderr so the command's own output stays clean,
+energy the command cost. The command runs in a process group of its own, and Ctrl-C (and SIGTERM,
+e.g. from ``timeout``) is forwarded to that whole group, so a shell's children get it too; a second
+one, or a command still running after ``grace_s``, escalates to SIGTERM, then SIGKILL, for the
+whole group (see :func:`_wait`). What was measured up to then is returned, marked ``partial``. The report goes to stderr so the command's own output stays clean,
 like ``time``.
 
 A power source that fails while the command runs (dcgm-exporter stopped answering, a GPU fell off
@@ -25,10 +26,10 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from perwatt._files import atomic_write_text
+from perwatt._signals import (
+    interrupt_reason,
+    interrupts_deferred,
+    sigterm_as_interrupt,
+    was_sigterm,
+)
 from perwatt.errors import ConfigError, DeviceError, RemoteSourceError, SourceUnavailableError
 from perwatt.meter.meter import Measurement, Meter
 
@@ -88,8 +95,14 @@ def _exit_code(returncode: int) -> int:
 
 
 def _launch(argv: Sequence[str]) -> subprocess.Popen[bytes]:
+    # Its own process group, so that an interrupt reaches everything the command started (a
+    # shell's children too), and escalation can kill all of it: see _wait. The same session, so
+    # the command keeps the terminal for its output (start_new_session would take it away).
+    group: dict[str, Any] = (
+        {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
+    )
     try:
-        return subprocess.Popen(list(argv))
+        return subprocess.Popen(list(argv), **group)
     except FileNotFoundError:
         raise ConfigError(f"command not found: {argv[0]}") from None
     except PermissionError:
@@ -98,41 +111,132 @@ def _launch(argv: Sequence[str]) -> subprocess.Popen[bytes]:
         raise ConfigError(f"cannot run {argv[0]}: {e.strerror or e}") from None
 
 
-class _Terminated(Exception):
-    """SIGTERM reached perwatt while the command ran (``timeout``, ``kill``, a job scheduler)."""
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    """Send ``sig`` to the command's process group (just the command if it has none of its own).
 
-
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise _Terminated
-
-
-def _wait(proc: subprocess.Popen[bytes], grace_s: float) -> str | None:
-    """Wait for the child; on Ctrl-C or SIGTERM forward the signal, then kill after ``grace_s``.
-
-    Returns why the wait was cut short (the measurement is then partial), or None. The child is
-    never left running: whatever interrupts the wait, it is signalled, then killed.
+    Called only while the command is not yet reaped: its pid, the group's id, cannot have been
+    reused by another process group.
     """
     try:
+        if os.getpgid(proc.pid) == proc.pid:
+            os.killpg(proc.pid, sig)
+        else:  # started by a custom launch() in perwatt's own group: never signal perwatt
+            os.kill(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _exited(proc: subprocess.Popen[bytes], timeout_s: float | None) -> bool:
+    """Wait up to ``timeout_s`` (None: for ever) for the command to exit, without reaping it.
+
+    Left unreaped, its pid stays taken, so its process group can still be signalled safely.
+    """
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    delay = 0.001
+    while True:
+        try:
+            info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:  # reaped elsewhere
+            return True
+        if info is not None and info.si_pid == proc.pid:
+            return True
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(0.05, delay * 2)
+
+
+def _terminal_fd() -> int | None:
+    """perwatt's stdin (which the command shares) if it is a terminal perwatt holds in the
+    foreground; None otherwise (no terminal, or perwatt itself runs in the background)."""
+    try:
+        return 0 if os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp() else None
+    except OSError:
+        return None
+
+
+def _set_foreground(fd: int, pgid: int) -> None:
+    # SIGTTOU blocked: handing the terminal back from the background is otherwise stopped by it
+    # (POSIX tcsetpgrp); pthread_sigmask works from any thread, unlike signal.signal.
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTTOU})
+    try:
+        os.tcsetpgrp(fd, pgid)
+    except OSError:
+        pass
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _wait_for_exit(proc: subprocess.Popen[bytes]) -> None:
+    """Block until the command exits, leaving it unreaped (see :func:`_exited`).
+
+    Blocking in the kernel, not polling: no delay is added to the measured window. The command
+    runs in a background process group, so reading from (or, with ``stty tostop``, writing to)
+    the terminal stops it; then, as a shell does for ``fg``, it is given the terminal and
+    continued, and the terminal comes back to perwatt when it exits. From then on the
+    terminal's Ctrl-C goes to the command alone (an interactive command handles its own).
+    """
+    handed_over: int | None = None
+    try:
+        while True:
+            info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WSTOPPED | os.WNOWAIT)
+            if info is None or info.si_code != os.CLD_STOPPED:
+                return
+            os.waitid(os.P_PID, proc.pid, os.WSTOPPED | os.WNOHANG)  # take the stop report
+            tty_stop = info.si_status in (signal.SIGTTIN, signal.SIGTTOU)
+            if tty_stop and handed_over is None and (fd := _terminal_fd()) is not None:
+                _set_foreground(fd, proc.pid)
+                handed_over = fd
+                _signal_group(proc, signal.SIGCONT)
+    finally:
+        if handed_over is not None:
+            _set_foreground(handed_over, os.getpgrp())
+
+
+def _wait(proc: subprocess.Popen[bytes], grace_s: float, kill_s: float = 2.0) -> str | None:
+    """Wait for the command; on Ctrl-C or SIGTERM stop its whole process group, in steps.
+
+    1. the signal perwatt got (SIGINT or SIGTERM) goes to the group, as a terminal sends Ctrl-C
+       to a foreground job (the command runs in a group of its own, so the terminal's Ctrl-C
+       reaches perwatt alone and this is how the command gets it);
+    2. if the command has not exited after ``grace_s``, or a second signal comes: SIGTERM (with
+       SIGCONT, for a command stopped meanwhile) to the group;
+    3. if it has not exited ``kill_s`` later, or a third signal comes: SIGKILL to the group.
+
+    Once the command is gone after an interrupt, whatever of its group is left (a grandchild
+    that ignored the signals) is killed too. Returns why the wait was cut short (the
+    measurement is then partial), or None. The command is never left running.
+    """
+    try:
+        _wait_for_exit(proc)
         proc.wait()
         return None
-    except KeyboardInterrupt:
-        # A terminal Ctrl-C already reached the child (same process group); a `kill -INT` sent
-        # to perwatt alone did not, so forward it.
-        sig, why = signal.SIGINT, "interrupted by Ctrl-C"
-    except _Terminated:
-        sig, why = signal.SIGTERM, "terminated by SIGTERM"
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (perwatt._signals.Terminated)
+        # (meter's own wording for SIGTERM, kept: scripts may match "terminated by SIGTERM")
+        sig = signal.SIGTERM if was_sigterm(e) else signal.SIGINT
+        why = "terminated by SIGTERM" if sig == signal.SIGTERM else interrupt_reason(e)
     except BaseException:
-        proc.kill()
+        _signal_group(proc, signal.SIGKILL)
         proc.wait()
         raise
-    try:
-        # a second Ctrl-C/SIGTERM anywhere from here on means "stop now": kill the child
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(sig)
-        proc.wait(timeout=grace_s)
-    except (KeyboardInterrupt, _Terminated, subprocess.TimeoutExpired):
-        proc.kill()
+    steps = ((sig, grace_s), (signal.SIGTERM, kill_s))
+    step = 0
+    while step < len(steps):
+        try:
+            while step < len(steps):
+                send, wait_s = steps[step]
+                step += 1
+                _signal_group(proc, send)
+                if step > 1:  # a command stopped meanwhile (Ctrl-Z, SIGTTIN) must run to die
+                    _signal_group(proc, signal.SIGCONT)
+                if _exited(proc, wait_s):
+                    break
+            break
+        except KeyboardInterrupt:  # one more signal: go on to the next step now
+            continue
+    # Held off from here on: this is the last step, and it must not be cut short.
+    with interrupts_deferred():
+        _signal_group(proc, signal.SIGKILL)  # the rest of the group; the command itself if alive
         proc.wait()
     return f"{why}: partial measurement up to the interrupt"
 
@@ -184,13 +288,10 @@ def measure_command(
         meter.idle_baseline(idle_s)
     name = "command"
     # SIGTERM would otherwise end perwatt at once and orphan the command: from before the launch
-    # until the child exits it is forwarded (``_wait``); after that, while the final energy is
-    # read, it is held off (the command is done; perwatt exits right after reporting), so that
-    # reading is not lost. (Handlers can only be set from the main thread.)
-    on_main = threading.current_thread() is threading.main_thread()
-    old_term = signal.signal(signal.SIGTERM, _raise_terminated) if on_main else None
-    late_term: list[int] = []
-    try:
+    # until the command exits it is handled as Ctrl-C is (``_wait`` passes it on); after that,
+    # while the final energy is read, both are held off and dropped (the command is done;
+    # perwatt exits right after reporting), so that reading is not lost.
+    with sigterm_as_interrupt():
         t_before = meter.clock()
         meter.begin(name)
         t_begin = 0.5 * (t_before + meter.clock())  # as begin() stamps it: the read's midpoint
@@ -200,21 +301,21 @@ def measure_command(
             meter.end(name)
             raise
         interrupted = _wait(proc, grace_s)
-        if on_main:
-            signal.signal(signal.SIGTERM, lambda signum, frame: late_term.append(signum))
-        t_exit = meter.clock()
-        rc = _exit_code(proc.returncode) if proc.returncode is not None else 130
-        reasons: list[str] = [] if interrupted is None else [interrupted]
-        source_failed = False
-        try:
-            m = meter.end(name)
-        except SOURCE_FAILURES as e:
-            m, why = _measured_until_failure(meter, name, t_begin, t_exit, e)
-            reasons.append(why)
-            source_failed = True
-    finally:
-        if on_main:  # None: the old handler was not set from Python; restore the default
-            signal.signal(signal.SIGTERM, signal.SIG_DFL if old_term is None else old_term)
+        with interrupts_deferred(drop=True):
+            t_exit = meter.clock()
+            rc = _exit_code(proc.returncode) if proc.returncode is not None else 130
+            reasons: list[str] = [] if interrupted is None else [interrupted]
+            source_failed = False
+            try:
+                m = meter.end(name)
+            except SOURCE_FAILURES as e:
+                m, why = _measured_until_failure(meter, name, t_begin, t_exit, e)
+                reasons.append(why)
+                source_failed = True
+    if m.partial_devices:
+        # Stale or missing telemetry for some devices: their figures cover part of the run.
+        reasons.append("; ".join(m.partial_devices.values()))
+        source_failed = True
     for why in reasons:
         m = _with_warning(m, why)
     return CommandMeasurement(
@@ -265,9 +366,14 @@ def format_command_measurement(cm: CommandMeasurement) -> str:
     for i, (dev, e) in enumerate(sorted(m.energy_j.items())):
         label = "energy      " if i == 0 else "            "
         avg = e / m.duration_s if m.duration_s > 0 else 0.0
-        out.append(
-            f"  {label}{dev:<{width}}  {_fmt_j(e):>12}  avg {avg:8.1f} W  [{m.sources[dev]}]"
-        )
+        tag = m.sources[dev]
+        if dev in m.methods:  # remote sources: how the figure was obtained and how sure it is
+            tag += f", {m.methods[dev]}"
+            if dev in m.uncertainty_j and e > 0:
+                tag += f" ±{100 * m.uncertainty_j[dev] / e:.1f}%"
+        if dev in m.partial_devices:
+            tag += ", PARTIAL"
+        out.append(f"  {label}{dev:<{width}}  {_fmt_j(e):>12}  avg {avg:8.1f} W  [{tag}]")
     out.append(f"  total       {_fmt_j(m.total_energy_j)}")
     out.append(f"  avg power   {m.avg_power_w:.1f} W")
     peak = "n/a" if m.peak_power_w is None else f"{m.peak_power_w:.1f} W"
@@ -275,6 +381,8 @@ def format_command_measurement(cm: CommandMeasurement) -> str:
     measured = m.measured
     src_note = "" if measured else " — a model, NOT a measurement"
     out.append(f"  source      {m.source}{src_note}")
+    for desc in cm.sources:
+        out.append(f"  metered     {desc}")
     if m.idle_power_w is not None:
         idle = sum(m.idle_power_w.values())
         state = "subtracted" if m.idle_subtracted else "not subtracted"
@@ -339,7 +447,7 @@ def watch_power(
         for d in meter.devices:
             p = power.get(d)
             # Energy from a counter carries the counter's label; otherwise it is integrated power.
-            label = owner[d].energy_label if d in counted else owner[d].power_label
+            label = owner[d].device_label(d, counter=d in counted)
             tab.add_row(d, "…" if p is None else f"{p:.1f}", f"{energy[d]:.1f}", label)
         tab.add_row("total", f"{sum(power.values()):.1f}", f"{sum(energy.values()):.1f}", "")
         return tab

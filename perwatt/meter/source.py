@@ -31,7 +31,8 @@ SOURCE_LABELS: Final = (
     "nvml-power-integral",  # trapezoid integral of sampled NVML instant power
     "rapl",  # Linux powercap energy_uj counters (CPU package / DRAM)
     "dcgm",  # dcgm-exporter / Prometheus DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION or POWER_USAGE
-    "replay",  # a recorded power trace played back
+    "replay",  # a recorded power trace played back; replay(ORIGINAL) when the trace says
+    # where its figures came from (replay(simulated), replay(nvml-counter)): never a measurement
     "simulated",  # a deterministic power model — never a measurement
     "estimated",  # a model from utilisation and rated power — never a measurement
 )
@@ -41,8 +42,55 @@ MEASURED_LABELS: Final = frozenset({"nvml-counter", "nvml-power-integral", "rapl
 
 
 def is_measured(label: str) -> bool:
-    """True when ``label`` names a measurement of real hardware (not replay/simulated/estimated)."""
+    """True when ``label`` names a measurement of real hardware (not replay/simulated/estimated).
+
+    A compound label is measured only when every part is: ``mixed(nvml-counter,rapl)`` is,
+    ``mixed(rapl,simulated)`` is not. A replay is never a measurement, whatever it replays
+    (``replay(nvml-counter)`` is a recording played back now, not this run's hardware).
+    """
+    if label.startswith("mixed(") and label.endswith(")"):
+        parts = split_label_list(label[len("mixed(") : -1])
+        return bool(parts) and all(is_measured(p) for p in parts)
     return label in MEASURED_LABELS
+
+
+def split_label_list(text: str) -> list[str]:
+    """Split ``a,replay(b,c),d`` at top-level commas: ``["a", "replay(b,c)", "d"]``."""
+    parts: list[str] = []
+    depth = 0
+    start = 0
+    for i, ch in enumerate(text):
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+    parts.append(text[start:].strip())
+    return [p for p in parts if p]
+
+
+def is_known_label(label: str) -> bool:
+    """Whether ``label`` is one of :data:`SOURCE_LABELS`, or ``mixed(...)``/``replay(...)`` of them."""
+    for head in ("mixed(", "replay("):
+        if label.startswith(head) and label.endswith(")"):
+            parts = split_label_list(label[len(head) : -1])
+            return bool(parts) and all(is_known_label(p) for p in parts)
+    return label in SOURCE_LABELS
+
+
+def replay_label(original: str | None) -> str:
+    """The label of a replayed figure: ``replay(ORIGINAL)``, so provenance survives a replay.
+
+    ``None`` (a trace that does not say where it came from) gives plain ``replay``; a replay of a
+    replay keeps the innermost origin (``replay(simulated)``, not ``replay(replay(simulated))``).
+    """
+    if original is None or original == "replay":
+        return "replay"
+    if original.startswith("replay(") and original.endswith(")"):
+        return original
+    return f"replay({original})"
 
 
 class PowerSource(abc.ABC):
@@ -74,6 +122,12 @@ class PowerSource(abc.ABC):
     def read_power_w(self) -> Mapping[str, float] | None:
         """Instant power per device in watts, or ``None`` when only a counter exists."""
         return None
+
+    def device_label(self, device: str, *, counter: bool) -> str:
+        """The label of ``device``'s figures: from the counter (``counter=True``) or from
+        integrated instant power. Sources whose devices differ in origin (a replayed trace that
+        recorded a GPU and a CPU) override this; the rest label every device alike."""
+        return self.energy_label if counter else self.power_label
 
     def describe(self) -> str:
         """One line for humans: what this source is and what it measures."""

@@ -5,6 +5,11 @@ CSS and SVG, no scripts) that opens offline; see :mod:`perwatt.report.html`. The
 are in :mod:`perwatt.report.svg`.
 """
 
-from perwatt.report.html import pareto_front, render_html_report, write_html_report
+from perwatt.report.html import (
+    dedupe_results,
+    pareto_front,
+    render_html_report,
+    write_html_report,
+)
 
-__all__ = ["pareto_front", "render_html_report", "write_html_report"]
+__all__ = ["dedupe_results", "pareto_front", "render_html_report", "write_html_report"]

@@ -4,8 +4,10 @@
 and writes a single file with inline CSS and inline SVG charts (:mod:`perwatt.report.svg`):
 
 1. banners — loud, at the top, whenever any energy figure is simulated, estimated or replayed,
-   a run is partial/running/failed, or the runs' conditions differ;
-2. the summary table — every energy figure with its source label next to it;
+   a run is partial/running/failed, a configuration fails the accuracy guard, or the runs'
+   conditions differ;
+2. the summary table — every energy figure with its source label next to it, and the accuracy
+   guard's pass/FAIL (:mod:`perwatt.bench.guard`) beside it;
 3. the power timeline of each run with its steady-state window shaded;
 4. output tokens per joule against throughput and against load (one line per series);
 5. the latency–energy frontier across runs: TPOT p90 against J per output token, with the
@@ -13,7 +15,13 @@ and writes a single file with inline CSS and inline SVG charts (:mod:`perwatt.re
 6. economics (energy cost only: $/M tokens, tokens/MWh, tokens/s per MW, PUE overhead, power-cap
    headroom), the conditions of each run, and the accuracy block where one was attached.
 
-The file is written atomically (``.tmp`` then rename).
+Failed runs are marked in the tables and left out of the efficiency charts (a run with no
+successful request has no tokens per joule, not zero). A file given twice is reported once
+(:func:`dedupe_results`). The file is written atomically (``.tmp`` then rename).
+
+The file is written atomically (``.tmp`` then rename), and carries a ``<meta name="generator">``
+tag: :func:`write_html_report` replaces an existing file only if that tag says perwatt wrote it,
+and never writes over one of its own inputs, unless ``force`` (``perwatt report --force``).
 """
 
 from __future__ import annotations
@@ -27,13 +35,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from perwatt import __version__
 from perwatt import economics as eco
-from perwatt._files import atomic_write_text
+from perwatt._files import atomic_write_text, same_file
+from perwatt.bench.guard import (
+    DEFAULT_THRESHOLDS,
+    NO_VERDICT,
+    GuardThresholds,
+    GuardVerdict,
+    judge,
+)
 from perwatt.bench.result import BenchResult, load_result, validate_result
 from perwatt.errors import ConfigError, UserError
 from perwatt.meter.source import is_measured
 from perwatt.report import svg
 from perwatt.report.svg import esc, fmt
+
+#: Marks a file as a report perwatt wrote, so a later report may replace it (and nothing else).
+GENERATOR_META: Final = '<meta name="generator" content="perwatt'
+#: How reports began before they carried GENERATOR_META: those, too, may be replaced.
+_OLD_REPORT_HEAD: Final = "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>\n"
 
 MAX_TIMELINES: Final = 24
 LEGEND_WIDTH: Final = 640.0  # chart width with a legend column on the right
@@ -68,6 +89,7 @@ figure{margin:0;background:#fff;border:1px solid #e5e5e5;border-radius:6px;paddi
 figcaption{font-size:12px;color:#555;padding:2px 4px 0}
 .note{font-size:12.5px;color:#444}
 .wrap{overflow-x:auto}
+tr.fail td{background:#fdf3f1}
 svg{max-width:100%;height:auto}
 """
 
@@ -76,6 +98,13 @@ svg{max-width:100%;height:auto}
 class _Run:
     name: str  # file name or label
     doc: BenchResult
+    guard: GuardVerdict = NO_VERDICT
+
+    @property
+    def failed(self) -> bool:
+        """No efficiency to plot: the run failed, or stopped before any request succeeded (its
+        "0 tokens per joule" would read as a terrible configuration, not a broken run)."""
+        return self.doc["status"] == "failed" or not self.doc["metrics"]["completed"]
 
     @property
     def series(self) -> str:
@@ -93,9 +122,8 @@ class _Run:
 
 
 def is_measured_label(label: str) -> bool:
-    """Measured only when every part of a (possibly ``mixed(a,b)``) label is a measurement."""
-    if label.startswith("mixed(") and label.endswith(")"):
-        return all(is_measured(p) for p in label[6:-1].split(","))
+    """Measured only when every part of a (possibly ``mixed(a,b)``) label is a measurement;
+    ``replay(...)`` of anything never is (:func:`perwatt.meter.source.is_measured`)."""
     return is_measured(label)
 
 
@@ -114,13 +142,37 @@ def _num(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _load_runs(results: Sequence[str | Path | Mapping[str, Any]]) -> list[_Run]:
+def dedupe_results(
+    results: Sequence[str | Path | Mapping[str, Any]],
+) -> tuple[list[str | Path | Mapping[str, Any]], list[str]]:
+    """The results with repeated files removed (same resolved path: ``a.json`` and ``./a.json``,
+    or a shell glob that overlaps another), and the names of those dropped, for a warning."""
+    seen: set[Path] = set()
+    unique: list[str | Path | Mapping[str, Any]] = []
+    dropped: list[str] = []
+    for r in results:
+        if isinstance(r, str | Path):
+            rp = Path(r).resolve()
+            if rp in seen:
+                dropped.append(str(r))
+                continue
+            seen.add(rp)
+        unique.append(r)
+    return unique, dropped
+
+
+def _load_runs(
+    results: Sequence[str | Path | Mapping[str, Any]], thresholds: GuardThresholds
+) -> list[_Run]:
     runs: list[_Run] = []
     for i, r in enumerate(results):
         if isinstance(r, str | Path):
-            runs.append(_Run(Path(r).name, load_result(r)))
+            doc = load_result(r)
+            name = Path(r).name
         else:
-            runs.append(_Run(f"result {i + 1}", validate_result(dict(r), f"result {i + 1}")))
+            doc = validate_result(dict(r), f"result {i + 1}")
+            name = f"result {i + 1}"
+        runs.append(_Run(name, doc, judge(doc["accuracy"], thresholds)))
     return runs
 
 
@@ -137,7 +189,7 @@ def _load_text(doc: BenchResult) -> str:
 
 
 # --------------------------------------------------------------------------- banners
-def _banners(runs: Sequence[_Run]) -> str:
+def _banners(runs: Sequence[_Run], thresholds: GuardThresholds = DEFAULT_THRESHOLDS) -> str:
     out: list[str] = []
     not_measured = [r for r in runs if r.doc["energy"] is not None and not r.measured]
     if not_measured:
@@ -166,8 +218,20 @@ def _banners(runs: Sequence[_Run]) -> str:
             for r in unfinished
         )
         out.append(
+            # complete-with-failures ran to the end; its figures leave out the failed requests.
             '<div class="banner partial" role="alert"><strong>Incomplete runs: their figures '
-            f"cover only what was measured before they stopped.</strong><ul>{items}</ul></div>"
+            "cover only what was measured before they stopped, or only the requests answered in "
+            f"full.</strong><ul>{items}</ul></div>"
+        )
+    failing = [r for r in runs if r.guard.failed]
+    if failing:
+        items = "".join(
+            f"<li>{esc(r.name)}: {esc(r.guard.text)}</li>" for r in failing[:MAX_TIMELINES]
+        )
+        out.append(
+            '<div class="banner partial" role="alert"><strong>Configurations that FAIL the '
+            "accuracy guard: their energy savings change the answers.</strong>"
+            f"Thresholds: {esc(thresholds.describe())}.<ul>{items}</ul></div>"
         )
     diffs = _condition_diffs(runs)
     if diffs:
@@ -242,7 +306,7 @@ def _pair(metrics: Mapping[str, Any], block: str) -> str:
 def _summary_table(runs: Sequence[_Run]) -> str:
     head = (
         "<tr><th class=l>run</th><th>load</th><th>status (ok / failed)</th>"
-        "<th>J / output token</th><th>output tokens / J</th>"
+        "<th>J / output token</th><th>output tokens / J</th><th>accuracy guard</th>"
         "<th>avg / peak power (W)</th><th>output tok/s</th><th>req/s</th>"
         "<th>TTFT p50 / p99 (ms)</th><th>TPOT p50 / p99 (ms)</th><th>ITL p50 (ms)</th>"
         "<th>E2E p50 / p99 (ms)</th><th>tok/s per GPU</th><th>basis</th></tr>"
@@ -255,6 +319,22 @@ def _summary_table(runs: Sequence[_Run]) -> str:
         st = esc(status) if status == "complete" else f'<span class="tag">{esc(status)}</span>'
 
         src = r.source if e is not None else None
+        if r.failed:
+            # No successful request: its "0 tokens per joule" is not an efficiency.
+            e_cells = (
+                f'<td colspan=2 class=l><span class="tag">{esc(r.doc["status"])}: no successful '
+                "request, not plotted</span></td>"
+            )
+        else:
+            e_cells = _cell(_num(e["j_per_output_token"]) if e else None, "", src) + _cell(
+                _num(e["output_tokens_per_j"]) if e else None, "", src
+            )
+        g = r.guard
+        guard_cell = (
+            f'<td class=l><span class="tag">FAIL</span> {esc("; ".join(g.failures))}</td>'
+            if g.failed
+            else f"<td>{'pass' if g.passed else '–'}</td>"
+        )
         avg = _num(e["avg_power_w"]) if e else None
         peak = _num(e["peak_power_w"]) if e else None
         power = (
@@ -263,11 +343,11 @@ def _summary_table(runs: Sequence[_Run]) -> str:
             else "<td>–</td>"
         )
         rows.append(
-            "<tr>"
-            f"<td class=l>{esc(r.name)}</td>"
+            ("<tr class=fail>" if g.failed or r.failed else "<tr>")
+            + f"<td class=l>{esc(r.name)}</td>"
             f"<td>{esc(_load_text(d))}</td><td>{st} ({m['completed']} / {m['failed']})</td>"
-            + _cell(_num(e["j_per_output_token"]) if e else None, "", src)
-            + _cell(_num(e["output_tokens_per_j"]) if e else None, "", src)
+            + e_cells
+            + guard_cell
             + power
             + _cell(_num(m["output_throughput_tok_s"]))
             + _cell(_num(m["request_throughput_rps"]))
@@ -348,6 +428,15 @@ def _economics_table(runs: Sequence[_Run]) -> str:
     )
 
 
+def _dash(v: Any) -> str:
+    """A condition as text, with "–" for an unknown value, also inside ``a / b`` pairs: a
+    report never prints Python's ``None``."""
+    if v is None:
+        return "–"
+    parts = str(v).split(" / ")
+    return " / ".join("–" if p.strip() in ("None", "") else p for p in parts)
+
+
 def _conditions_table(runs: Sequence[_Run]) -> str:
     keys: list[tuple[str, Any]] = [
         ("GPUs", lambda d: _gpu_summary(d, "name")),
@@ -400,7 +489,7 @@ def _conditions_table(runs: Sequence[_Run]) -> str:
     )
     body = []
     for name, get in keys:
-        vals = [str(get(r.doc)) for r in runs]
+        vals = [_dash(get(r.doc)) for r in runs]
         differ = len(set(vals)) > 1
         cells = "".join(
             f"<td class=l{' style=background:#fff4e5' if differ else ''}>{esc(v)}</td>"
@@ -410,14 +499,24 @@ def _conditions_table(runs: Sequence[_Run]) -> str:
     return f'<div class="wrap"><table>{head}{"".join(body)}</table></div>'
 
 
-def _accuracy_section(runs: Sequence[_Run]) -> str:
+def _accuracy_section(
+    runs: Sequence[_Run], thresholds: GuardThresholds = DEFAULT_THRESHOLDS
+) -> str:
     rows = []
     for r in runs:
         a = r.doc["accuracy"]
         if a is None:
             continue
+        g = r.guard
+        verdict = (
+            f'<td class=l><span class="tag">FAIL</span> {esc("; ".join(g.failures))}</td>'
+            if g.failed
+            else f"<td>{'pass' if g.passed else '– (nothing judged)'}</td>"
+        )
         rows.append(
-            f"<tr><td class=l>{esc(r.name)}</td><td class=l>{esc(a.get('reference'))}</td>"
+            ("<tr class=fail>" if g.failed else "<tr>")
+            + f"<td class=l>{esc(r.name)}</td><td class=l>{esc(a.get('reference'))}</td>"
+            + verdict
             + _cell(_num(a.get("exact_match")))
             + _cell(_num(a.get("top1_agreement")))
             + _cell(_num(a.get("logprob_agreement")))
@@ -427,14 +526,59 @@ def _accuracy_section(runs: Sequence[_Run]) -> str:
     if not rows:
         return ""
     head = (
-        "<tr><th class=l>run</th><th class=l>reference</th><th>exact match</th>"
-        "<th>top-1 agreement</th><th>logprob agreement</th><th>KL (approx.)</th>"
+        "<tr><th class=l>run</th><th class=l>reference</th><th>verdict</th><th>exact match</th>"
+        "<th>top-1 agreement</th><th>logprob agreement</th><th>KL (nats)</th>"
         "<th class=l>method</th></tr>"
     )
-    return f'<h2>Accuracy guard</h2><div class="wrap"><table>{head}{"".join(rows)}</table></div>'
+    return (
+        f'<h2>Accuracy guard</h2><div class="wrap"><table>{head}{"".join(rows)}</table></div>'
+        f'<p class="note">Thresholds: {esc(thresholds.describe())} (perwatt report --min-top1, '
+        "--max-kl, --min-logprob-agreement, --min-exact-match, --max-rel-err; why these "
+        "defaults: perwatt.bench.guard). They catch a broken or badly lossy format; they do not "
+        "certify one.</p>"
+    )
 
 
 # --------------------------------------------------------------------------- charts
+def _device_kind(devices: Sequence[str]) -> str:
+    """What the metered devices are, from their labels (``gpu0``, ``cpu0-package``, ``sim0``)."""
+    kinds = set()
+    for d in devices:
+        leaf = d.rsplit("/", 1)[-1].lower()  # "node3/gpu1" -> "gpu1"
+        if leaf.startswith("gpu"):
+            kinds.add("GPU")
+        elif leaf.startswith(("cpu", "package", "dram", "psys")):
+            kinds.add("CPU")
+        else:
+            kinds.add("device")
+    if kinds == {"GPU"}:
+        return "GPU"
+    if kinds == {"CPU"}:
+        return "CPU"
+    return "GPU + CPU" if kinds == {"GPU", "CPU"} else "device"
+
+
+def power_axis_label(doc: BenchResult) -> str:
+    """The timeline's y label from what was metered and how: ``total GPU power (W)`` for a GPU
+    counter, ``machine CPU power, estimated (W)`` for the whole machine's CPU estimate, ``simulated
+    power (W)`` for a model — never "GPU" for something that is not one."""
+    e = doc["energy"]
+    if e is None:
+        return "power (W)"
+    source = e["source"]
+    devices = list((e.get("whole_run") or {}).get("energy_j") or {})
+    kind = _device_kind(devices) if devices else "device"
+    if source == "simulated":
+        return "simulated power (W)"
+    if source == "estimated":
+        # EstimatedCPUSource: the whole machine's CPU load x rated power.
+        return "machine CPU power, estimated (W)"
+    total = "total " if len(devices) > 1 or kind == "GPU" else ""
+    if is_measured_label(source):
+        return f"{total}{kind} power (W)"
+    return f"{total}{kind} power, {source} (W)"
+
+
 def _timeline_chart(r: _Run, color: str) -> str:
     tl = r.doc["timeline"]
     e = r.doc["energy"]
@@ -446,7 +590,7 @@ def _timeline_chart(r: _Run, color: str) -> str:
         ps,
         title=title,
         x_label="time since run start (s)",
-        y_label="total GPU power (W)",
+        y_label=power_axis_label(r.doc),
         width=LEGEND_WIDTH,
         right=LEGEND_MARGIN,
     )
@@ -489,6 +633,8 @@ def _series_chart(
 ) -> str:
     pts: list[tuple[_Run, float, float]] = []
     for r in runs:
+        if r.failed:
+            continue  # no successful request: not an efficiency of 0 (marked in the tables)
         x = x_of(r)
         y = _num(r.doc["energy"]["output_tokens_per_j"]) if r.doc["energy"] else None
         if x is not None and y is not None:
@@ -553,6 +699,8 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 def _frontier_chart(runs: Sequence[_Run], colors: Mapping[str, str]) -> str:
     data = []
     for r in runs:
+        if r.failed:
+            continue
         e = r.doc["energy"]
         x = _num(r.doc["metrics"]["tpot_ms"]["p90"])
         y = _num(e["j_per_output_token"]) if e else None
@@ -627,23 +775,29 @@ def _figure(svg_text: str, caption: str) -> str:
 
 # --------------------------------------------------------------------------- document
 def render_html_report(
-    results: Sequence[str | Path | Mapping[str, Any]], *, title: str = "perwatt bench report"
+    results: Sequence[str | Path | Mapping[str, Any]],
+    *,
+    title: str = "perwatt bench report",
+    thresholds: GuardThresholds = DEFAULT_THRESHOLDS,
 ) -> str:
-    """The report as an HTML string (see :func:`write_html_report`)."""
+    """The report as an HTML string (see :func:`write_html_report`). A file given twice is
+    reported once; ``thresholds`` are the accuracy guard's (:mod:`perwatt.bench.guard`)."""
     if not results:
         raise ConfigError("report needs at least one result file")
-    runs = _load_runs(results)
+    unique, _dropped = dedupe_results(results)
+    runs = _load_runs(unique, thresholds)
     colors = _series_colors(runs)
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     versions = sorted({r.doc["perwatt_version"] for r in runs})
     parts: list[str] = [
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
+        f'{GENERATOR_META} {esc(__version__)}">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{esc(title)}</title><style>{CSS}</style></head><body><main>",
         f"<h1>{esc(title)}</h1>",
         f'<div class="meta">{len(runs)} run(s) · series: {esc(", ".join(colors))} · '
         f"generated {esc(now)} · results from perwatt {esc(', '.join(versions))}</div>",
-        _banners(runs),
+        _banners(runs, thresholds),
         "<h2>Summary</h2>",
         _summary_table(runs),
         '<p class="note">J / output token = GPU energy ÷ output tokens over the energy window '
@@ -689,6 +843,12 @@ def render_html_report(
                 f"Runs with load kind '{kind}'.",
             )
         )
+    failed = [r.name for r in runs if r.failed]
+    if failed:
+        parts.append(
+            f'</div><p class="note">Not plotted above: {esc(", ".join(failed))} (no '
+            "successful request, so no tokens per joule).</p><div>"
+        )
     parts.append("</div><h2>Power timelines</h2>")
     shown = runs[:MAX_TIMELINES]
     parts.append('<div class="grid">')
@@ -706,7 +866,7 @@ def render_html_report(
     parts += [
         "<h2>Economics (energy cost only)</h2>",
         _economics_table(runs),
-        _accuracy_section(runs),
+        _accuracy_section(runs, thresholds),
         "<h2>Conditions</h2>",
         _conditions_table(runs),
         '<p class="note">Highlighted rows differ between runs. Every published number should '
@@ -716,28 +876,82 @@ def render_html_report(
     return "\n".join(parts)
 
 
-def write_html_report(
-    results: Sequence[str | Path | Mapping[str, Any]],
-    out_path: str | Path,
-    *,
-    title: str = "perwatt bench report",
+def written_by_perwatt(path: str | Path) -> bool:
+    """Whether ``path`` is an HTML report perwatt wrote (its generator tag, near the top)."""
+    try:
+        with Path(path).open("rb") as f:
+            head = f.read(8192).decode("utf-8", errors="replace")
+    except OSError:
+        return False
+    if GENERATOR_META in head.split("</head>", 1)[0]:
+        return True
+    return head.startswith(_OLD_REPORT_HEAD) and "results from perwatt" in head
+
+
+def check_report_out(
+    results: Sequence[str | Path | Mapping[str, Any]], out_path: str | Path, *, force: bool = False
 ) -> Path:
-    """Write one self-contained offline HTML report over ``results`` (files or documents)."""
-    text = render_html_report(results, title=title)
+    """Refuse, before any work, an ``out_path`` whose writing would destroy data: one of the
+    input files (also through a symlink, a relative path or a shell glob), or an existing file
+    that is not a report perwatt wrote. ``force`` allows both. Returns the path to write."""
     out = Path(out_path)
     if out.is_dir():
         raise ConfigError(
             f"{out} is a directory; give a file name, e.g. --out {out / 'perwatt-report.html'}"
         )
+    if force:
+        return out
+    for r in results:
+        if isinstance(r, (str, Path)) and same_file(r, out):
+            raise ConfigError(
+                f"--out {out} is one of the input files ({r}); the report would overwrite it: "
+                "choose another --out, e.g. perwatt-report.html"
+            )
+    if (out.exists() or out.is_symlink()) and not written_by_perwatt(out):
+        raise ConfigError(
+            f"--out {out} exists and is not a report perwatt wrote; choose another --out, or "
+            "pass --force to replace it"
+        )
+    return out
+
+
+def write_html_report(
+    results: Sequence[str | Path | Mapping[str, Any]],
+    out_path: str | Path,
+    *,
+    title: str = "perwatt bench report",
+    thresholds: GuardThresholds = DEFAULT_THRESHOLDS,
+    force: bool = False,
+) -> Path:
+    """Write one self-contained offline HTML report over ``results`` (files or documents).
+
+    The output may replace only a report perwatt wrote, never an input (see
+    :func:`check_report_out`), unless ``force``. It is written atomically: a failure leaves the
+    previous file whole.
+    """
+    out = check_report_out(results, out_path, force=force)
+    text = render_html_report(results, title=title, thresholds=thresholds)
+    # Through a symlink: write where it points, so the link (a "latest report" name) stays.
+    target = out.resolve() if out.is_symlink() else out
     try:
-        return atomic_write_text(out, text)
+        atomic_write_text(target, text)
+        return out
     except OSError as e:
         # Not a traceback, and no stray .tmp left beside the target.
         with contextlib.suppress(OSError):
-            out.with_name(out.name + ".tmp").unlink(missing_ok=True)
+            target.with_name(target.name + ".tmp").unlink(missing_ok=True)
         raise ConfigError(
             f"cannot write the report to {out} ({e.strerror or e}); choose another --out"
         ) from None
 
 
-__all__ = ["pareto_front", "render_html_report", "write_html_report"]
+__all__ = [
+    "GENERATOR_META",
+    "check_report_out",
+    "dedupe_results",
+    "pareto_front",
+    "power_axis_label",
+    "render_html_report",
+    "write_html_report",
+    "written_by_perwatt",
+]

@@ -4,7 +4,7 @@ Planner (this package's core)::
 
     from perwatt.train import load_profile, one_f_one_b, compute_frontier, choose_plan
 
-    profile = load_profile("gpt3-175b+a100_sxm_bf16.csv")
+    profile = load_profile("data/perseus-sosp24/stage_profile/gpt3-175b+a100_sxm_bf16.csv")
     frontier = compute_frontier(profile, one_f_one_b(8, 24), p_block_w=83.64)
     choice = choose_plan(frontier, target="fastest")
     choice.plan.for_stage(0)  # [("forward", 0, 1350), …] in program order

@@ -192,6 +192,7 @@ typedef struct {
     const int64_t *qmin, *qmax, *base;
     const double *flat;
     int64_t stop_q;
+    PyObject *progress; /* called with the current makespan (quanta) now and then; or NULL */
     /* state */
     int64_t *d, *es, *ls;
     char *crit;
@@ -468,9 +469,19 @@ static int run_sweep(sweep_t *w) {
             status = 0;
             break;
         }
-        if (nsteps % SIGNAL_CHECK_EVERY == SIGNAL_CHECK_EVERY - 1 && PyErr_CheckSignals() < 0) {
-            status = -2;
-            break;
+        if (nsteps % SIGNAL_CHECK_EVERY == SIGNAL_CHECK_EVERY - 1) {
+            if (PyErr_CheckSignals() < 0) {
+                status = -2;
+                break;
+            }
+            if (w->progress) { /* a long sweep reports where it is; its error stops the sweep */
+                PyObject *r = PyObject_CallFunction(w->progress, "L", (long long)t);
+                if (!r) {
+                    status = -2;
+                    break;
+                }
+                Py_DECREF(r);
+            }
         }
         if (slack_budget <= 0) {
             int b = refresh(w, &t);
@@ -572,20 +583,26 @@ static PyObject *as_bytes(buf_t *b) {
 
 PyDoc_STRVAR(sweep_doc,
              "sweep(order, pred_ptr, pred_idx, succ_ptr, succ_idx, edge_u, edge_v, qmin, qmax,"
-             " flat, base, stop_q)\n--\n\n"
+             " flat, base, stop_q, progress=None)\n--\n\n"
              "Phillips-Dessouky sweep (see perwatt.train.frontier._sweep). Arrays are int64,"
              " flat float64, all C-contiguous. Returns (steps_t, steps_cost, change_ptr,"
              " change_node, change_delta, final_d, complete): bytes of int64/float64 and a"
-             " bool.");
+             " bool. progress, if not None, is called with the current makespan (quanta)"
+             " every few hundred steps.");
 
 static PyObject *py_sweep(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *objs[11];
+    PyObject *progress = Py_None;
     long long stop_q;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOL", &objs[0], &objs[1], &objs[2], &objs[3],
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOL|O", &objs[0], &objs[1], &objs[2], &objs[3],
                           &objs[4], &objs[5], &objs[6], &objs[7], &objs[8], &objs[9],
-                          &objs[10], &stop_q))
+                          &objs[10], &stop_q, &progress))
         return NULL;
+    if (progress != Py_None && !PyCallable_Check(progress)) {
+        PyErr_SetString(PyExc_TypeError, "progress must be callable or None");
+        return NULL;
+    }
     Py_buffer v[11];
     int got = 0;
     PyObject *result = NULL;
@@ -628,6 +645,7 @@ static PyObject *py_sweep(PyObject *self, PyObject *args) {
     w.flat = (const double *)v[9].buf;
     w.base = (const int64_t *)v[10].buf;
     w.stop_q = (int64_t)stop_q;
+    w.progress = progress == Py_None ? NULL : progress; /* borrowed: args outlive the sweep */
     /* validate indices once, so the sweep itself never reads out of bounds */
     Py_ssize_t nflat = v[9].len / 8;
     for (Py_ssize_t i = 0; i < n; i++) {

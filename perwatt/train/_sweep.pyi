@@ -1,5 +1,6 @@
 """Type stub of the compiled frontier sweep (perwatt/train/_sweep.c)."""
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy.typing as npt
@@ -17,5 +18,6 @@ def sweep(
     flat: npt.NDArray[Any],
     base: npt.NDArray[Any],
     stop_q: int,
+    progress: Callable[[int], object] | None = None,
     /,
 ) -> tuple[bytes, bytes, bytes, bytes, bytes, bytes, bool]: ...

@@ -12,6 +12,10 @@
     close() / exception / SIGTERM / SIGINT  ──stop──▶   nvmlDeviceResetGpuLockedClocks, exit
     process killed (SIGKILL, OOM)                      pipe EOF or parent gone → reset, exit
 
+The process, the restore guarantees and the safety rails below belong to
+:class:`perwatt.meter.actuation.GPUActuator`, perwatt's one module that changes a GPU (it also sets
+power limits for ``perwatt experiment``); this class is an actuator that follows a plan.
+
 Why a process: an NVML clock change takes milliseconds and holds a driver lock; doing it on the
 training thread would stall every instruction that changes frequency. A thread would also share
 the GIL and die with the process without restoring anything; a separate process can restore the
@@ -41,22 +45,15 @@ start a controller need the usual ``if __name__ == "__main__":`` guard.
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import logging
 import math
-import multiprocessing
-import os
-import signal
-import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any, Literal
 
-from perwatt.errors import ConfigError, DeviceError, NoPermissionError, PerwattError
+from perwatt.errors import ConfigError, DeviceError
+from perwatt.meter.actuation import GPUActuator, GPUFacts
 
 log = logging.getLogger(__name__)
 
@@ -124,75 +121,8 @@ def snap_frequency(freq_mhz: int, supported: Sequence[int]) -> int:
     return min(supported, key=lambda s: (abs(s - freq_mhz), -s))
 
 
-# ---------------------------------------------------------------------- the worker process
-def _journal(path: str | None, text: str) -> None:
-    if path is None:
-        return
-    try:
-        with open(path, "a") as f:
-            f.write(f"{time.time():.6f} {text}\n")
-            f.flush()
-    except OSError as e:  # an audit trail must never stop the clocks from being restored
-        log.warning("cannot write clock journal %s: %s", path, e)
-
-
-def _worker_main(
-    conn: Any,
-    nvml_factory: Callable[[], Any] | None,
-    gpu_index: int,
-    journal: str | None,
-    parent_pid: int,
-) -> None:
-    """Runs in the clock process. Applies 'set' messages, restores on stop/EOF/parent death."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    def _term(signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, _term)
-    from perwatt.meter.nvml import NVMLSession
-
-    try:
-        session = NVMLSession([gpu_index], nvml=nvml_factory() if nvml_factory else None)
-    except PerwattError as e:
-        conn.send(("error", f"{type(e).__name__}: {e}"))
-        return
-    gpu = session.gpus[0]
-    current: int | None = None
-    try:
-        _journal(journal, "ready")
-        conn.send(("ready",))
-        while True:
-            if conn.poll(0.2):
-                try:
-                    msg = conn.recv()
-                except EOFError:
-                    _journal(journal, "parent-gone")
-                    break
-                if msg[0] == "stop":
-                    break
-                if msg[0] == "set" and msg[1] != current:
-                    try:
-                        gpu.lock_sm_clocks(msg[1], msg[1])
-                        current = msg[1]
-                        _journal(journal, f"lock {msg[1]}")
-                    except PerwattError as e:
-                        with contextlib.suppress(OSError):
-                            conn.send(("error", f"locking {msg[1]} MHz failed: {e}"))
-            elif os.getppid() != parent_pid:
-                _journal(journal, "parent-gone")
-                break
-    finally:
-        try:
-            gpu.reset_sm_clocks()
-            _journal(journal, "reset")
-        except PerwattError as e:
-            _journal(journal, f"reset-failed {e}")
-        session.close()
-
-
 # ---------------------------------------------------------------------- the controller
-class FrequencyController:
+class FrequencyController(GPUActuator):
     """Applies one stage's frequency plan on one GPU; see the module docstring.
 
     ``plan``: this stage's ``(instruction, microbatch, freq_mhz)`` entries in schedule order
@@ -201,6 +131,9 @@ class FrequencyController:
     :func:`perwatt.train.profiler.attach_to_pipeline_stage`) and :meth:`on_iteration_end`
     after each iteration.
     """
+
+    what = "GPU clocks"
+    flag_hint = FLAG_HINT
 
     def __init__(
         self,
@@ -219,29 +152,23 @@ class FrequencyController:
         if unsupported not in ("error", "snap"):
             raise ConfigError(f"unsupported must be 'error' or 'snap', got {unsupported!r}")
         self.plan = _parse_plan(plan)
+        super().__init__(
+            gpu_indices=(gpu_index,),
+            allow_changes=allow_clock_changes,
+            dry_run=dry_run,
+            nvml_factory=nvml_factory,
+            journal_path=journal_path,
+            start_timeout_s=start_timeout_s,
+            install_signal_handlers=install_signal_handlers,
+        )
         self.gpu_index = gpu_index
         self.allow_clock_changes = allow_clock_changes
-        self.dry_run = dry_run
         self.unsupported = unsupported
-        self.nvml_factory = nvml_factory
-        self.journal_path = None if journal_path is None else str(journal_path)
-        self.start_timeout_s = start_timeout_s
-        self.install_signal_handlers = install_signal_handlers
         self._supported = None if supported_clocks_mhz is None else tuple(supported_clocks_mhz)
         self.changes: list[ClockChange] = []
-        self.errors: list[str] = []
         self.snapped: dict[int, int] = {}
         self._index = 0
         self._current: int | None = None
-        self._proc: Any = None
-        self._conn: Any = None
-        self._started = False
-        self._closed = False
-        self._old_handlers: dict[int, Any] = {}
-        self._lock = threading.Lock()
-        # Forked children (DataLoader workers) inherit handlers and the pipe: only the process
-        # that started the worker may stop it.
-        self._owner_pid = os.getpid()
 
     @classmethod
     def from_plan(cls, plan: Any, stage: int, **kwargs: Any) -> FrequencyController:
@@ -249,18 +176,21 @@ class FrequencyController:
         return cls(stage_plan(plan, stage), **kwargs)
 
     # ------------------------------------------------------------------ start
-    def _read_only_check(self) -> tuple[tuple[int, ...], str | None]:
-        """Supported clocks and, if clocks cannot be changed, why. Changes nothing."""
-        from perwatt.meter.nvml import NVMLSession
+    def _on_dry_run_start(self) -> None:
+        if self._supported is not None:
+            self._check_clocks(self._supported)
+        log.info("dry run: %d plan entries, no GPU will be touched", len(self.plan))
 
-        factory = self.nvml_factory
-        with NVMLSession([self.gpu_index], nvml=factory() if factory else None) as s:
-            gpu = s.gpus[0]
-            supported = gpu.supported_sm_clocks_mhz()
-            check = gpu.can_set_clocks()
-        return supported, (None if check.allowed else check.reason)
+    def _validate(self, facts: Sequence[GPUFacts]) -> None:
+        supported = self._supported or facts[0].supported_sm_clocks_mhz
+        if not supported:
+            raise DeviceError(
+                f"gpu{self.gpu_index}: the driver lists no supported SM clocks, so the plan's "
+                "clocks cannot be checked; pass supported_clocks_mhz"
+            )
+        self._check_clocks(supported)
 
-    def _validate(self, supported: Sequence[int]) -> None:
+    def _check_clocks(self, supported: Sequence[int]) -> None:
         bad = sorted({f for _, _, f in self.plan if f not in supported}, reverse=True)
         if not bad:
             return
@@ -279,57 +209,11 @@ class FrequencyController:
 
     def start(self) -> FrequencyController:
         """Check flag and privilege, validate the plan's clocks, start the worker."""
-        if self._started:
-            return self
-        if self.dry_run:
-            if self._supported is not None:
-                self._validate(self._supported)
-            self._started = True
-            log.info("dry run: %d plan entries, no GPU will be touched", len(self.plan))
-            return self
-        # The flag first, before NVML is even opened: the refusal must not depend on whether
-        # this machine has a driver or the privilege (a dry run elsewhere gives the same answer).
-        if not self.allow_clock_changes:
-            raise ConfigError(
-                f"refusing to change GPU clocks: missing the explicit flag {FLAG_HINT}"
-            )
-        supported, why_not = self._read_only_check()
-        if why_not is not None:
-            raise NoPermissionError(
-                f"refusing to change GPU clocks: missing the privilege to change clocks ({why_not})"
-            )
-        self._validate(self._supported or supported)
-        ctx = multiprocessing.get_context("spawn")
-        parent_conn, child_conn = ctx.Pipe()
-        self._proc = ctx.Process(
-            target=_worker_main,
-            args=(child_conn, self.nvml_factory, self.gpu_index, self.journal_path, os.getpid()),
-            name="perwatt-clock-worker",
-            daemon=True,
-        )
-        self._proc.start()
-        child_conn.close()
-        self._conn = parent_conn
-        if not parent_conn.poll(self.start_timeout_s):
-            self._kill_worker()
-            raise DeviceError(f"the clock worker did not start within {self.start_timeout_s:g} s")
-        msg = parent_conn.recv()
-        if msg[0] != "ready":
-            self._kill_worker()
-            raise DeviceError(f"the clock worker could not open the GPU: {msg[1]}")
-        self._started = True
-        self._owner_pid = os.getpid()
-        atexit.register(self.close)
-        if self.install_signal_handlers and threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._old_handlers[sig] = signal.signal(sig, self._on_signal)
+        super().start()
         return self
 
     def __enter__(self) -> FrequencyController:
         return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # ------------------------------------------------------------------ hooks
     def on_instruction_begin(self, name: str) -> None:
@@ -362,6 +246,7 @@ class FrequencyController:
             if self.dry_run:
                 log.info("dry run: would lock SM clock to %d MHz before %s %d", f, inst, mb)
             else:
+                # Fire and forget: training must not wait for the driver (module docstring).
                 self._conn.send(("set", f))
         self._index += 1
 
@@ -377,70 +262,3 @@ class FrequencyController:
             )
         self._index = 0
         self._drain()
-
-    def _drain(self, *, stopping: bool = False) -> None:
-        conn = self._conn
-        while conn is not None:
-            try:
-                if not conn.poll(0):
-                    break
-                msg = conn.recv()
-            except (EOFError, OSError):
-                self._conn = None
-                if stopping:  # the worker exits after a stop: EOF is expected
-                    break
-                self.errors.append("the clock worker exited unexpectedly")
-                log.warning("the clock worker exited unexpectedly; clocks are no longer controlled")
-                break
-            if msg[0] == "error":
-                self.errors.append(msg[1])
-                log.warning("clock worker: %s", msg[1])
-
-    # ------------------------------------------------------------------ stop
-    def close(self) -> None:
-        """Restore the default clocks and stop the worker. Safe to call more than once."""
-        if os.getpid() != self._owner_pid:
-            return
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        if self._proc is not None:
-            with contextlib.suppress(OSError, ValueError):
-                self._conn.send(("stop",))
-            self._proc.join(timeout=10.0)
-            if self._proc.is_alive():
-                self._kill_worker()
-            with contextlib.suppress(Exception):
-                self._drain(stopping=True)
-        for sig, old in self._old_handlers.items():
-            with contextlib.suppress(ValueError, TypeError):
-                signal.signal(sig, old)
-        self._old_handlers.clear()
-        with contextlib.suppress(Exception):
-            atexit.unregister(self.close)
-
-    def _kill_worker(self) -> None:
-        proc = self._proc
-        if proc is None:
-            return
-        proc.terminate()  # SIGTERM: the worker restores the clocks on its way out
-        proc.join(timeout=5.0)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(timeout=5.0)
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        old = self._old_handlers.get(signum, signal.SIG_DFL)
-        self.close()
-        if callable(old):
-            old(signum, frame)
-        elif old == signal.SIG_IGN:
-            return
-        else:  # SIG_DFL: die the way the signal would have killed us
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-
-    @property
-    def worker_pid(self) -> int | None:
-        return None if self._proc is None else int(self._proc.pid)

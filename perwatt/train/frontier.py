@@ -55,7 +55,7 @@ import itertools
 import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
@@ -97,6 +97,8 @@ FloatArray = npt.NDArray[np.float64]
 _FLOW_UNIT_J: Final = 1e-5
 _INF_CAP: Final = 2**30
 _CHECKPOINT_EVERY: Final = 64
+# Steps between progress reports of a sweep; must equal SIGNAL_CHECK_EVERY in _sweep.c.
+_PROGRESS_EVERY: Final = 256
 # Above this many arcs one call of SciPy's compiled max-flow per step beats plain-Python
 # augmentation (measured, 2-core VM: ~380 arcs at 8 stages × 12 microbatches favour Python,
 # ~930 at 24 favour SciPy, 0.42 s vs 0.60 s for the whole frontier).
@@ -642,6 +644,7 @@ def compute_frontier(
     noise_factor: float = 1.0,
     stop_at_s: float | None = None,
     solver: Solver = "auto",
+    progress: Callable[[float], object] | None = None,
 ) -> Frontier:
     """Compute the whole iteration time–energy frontier of ``schedule`` on ``profile``.
 
@@ -652,6 +655,10 @@ def compute_frontier(
     ``p_block_w`` is the power a GPU draws while blocked on communication: one figure, or one
     per stage for a heterogeneous pipeline (for a stage of several data/tensor-parallel GPUs,
     the sum over them). See the module docstring for the model and the algorithm.
+
+    ``progress``, if given, is called every few hundred sweep steps with the fraction of the
+    iteration-time range ``[T_min, T_max]`` swept so far (0 to 1; later steps cost more, so
+    it is a position, not a time estimate) — for a caller that shows long solves moving.
 
     ``solver``: ``"compiled"`` (the C port of the sweep, built at install time),
     ``"python"`` (the NumPy/SciPy reference), or ``"auto"`` — compiled when it is built. Both
@@ -758,7 +765,16 @@ def compute_frontier(
 
     dag = _dag_of(schedule)
     stop_q = -1 if stop_at_s is None else math.floor(stop_at_s / time_quantum_s + 1e-9)
-    sw = _run_sweep(dag, qmin, qmax, flat, base, stop_q, solver)
+    on_step: Callable[[int], object] | None = None
+    if progress is not None:
+        report = progress
+        t_slow = int(dag.longest(qmax)[2])
+        span = max(1, t_slow - int(dag.longest(qmin)[2]))
+
+        def on_step(t_q: int) -> None:
+            report(min(1.0, max(0.0, (t_slow - t_q) / span)))
+
+    sw = _run_sweep(dag, qmin, qmax, flat, base, stop_q, solver, on_step)
     steps_t, steps_cost, complete = sw.steps_t.tolist(), sw.steps_cost.tolist(), sw.complete
     if not complete:
         notes.append(f"partial frontier: sweep stopped at {stop_at_s:g} s (stop_at_s)")
@@ -875,8 +891,10 @@ def _run_sweep(
     base: IntArray,
     stop_q: int,
     solver: Solver,
+    progress: Callable[[int], object] | None = None,
 ) -> _SweepResult:
-    """Run the compiled or the Python sweep, then check its bookkeeping once."""
+    """Run the compiled or the Python sweep, then check its bookkeeping once. ``progress`` is
+    called now and then with the makespan (quanta) the sweep has reached."""
     if solver != "python" and _compiled_sweep is not None:
         i64 = np.int64
 
@@ -896,6 +914,7 @@ def _run_sweep(
             c(flat, np.float64),
             c(base),
             max(-1, min(int(stop_q), 2**62)),  # a stop beyond any makespan = no stop
+            progress,
         )
         res = _SweepResult(
             steps_t=np.frombuffer(t_b, dtype=np.int64),
@@ -908,7 +927,7 @@ def _run_sweep(
             solver="compiled",
         )
     else:
-        res = _sweep(dag, qmin, qmax, flat, base, stop_q)
+        res = _sweep(dag, qmin, qmax, flat, base, stop_q, progress)
     # The makespan and cost were tracked incrementally; check both once against a recount.
     if len(res.steps_t):
         _, _, t_check = dag.longest(res.final_d)
@@ -936,7 +955,13 @@ def _checkpoints(qmax: IntArray, sw: _SweepResult) -> tuple[IntArray, ...]:
 
 
 def _sweep(
-    dag: _Dag, qmin: IntArray, qmax: IntArray, flat: FloatArray, base: IntArray, stop_q: int = -1
+    dag: _Dag,
+    qmin: IntArray,
+    qmax: IntArray,
+    flat: FloatArray,
+    base: IntArray,
+    stop_q: int = -1,
+    progress: Callable[[int], object] | None = None,
 ) -> _SweepResult:
     """Phillips–Dessouky sweep from every node at ``qmax`` down to the minimum makespan.
 
@@ -996,6 +1021,8 @@ def _sweep(
         if steps_t and steps_t[-1] <= stop_q:
             complete = False
             break
+        if progress is not None and len(steps_t) % _PROGRESS_EVERY == _PROGRESS_EVERY - 1:
+            progress(steps_t[-1])  # as _sweep.c: the makespan reached, every few hundred steps
         if slack_budget <= 0:
             es, ls, t = dag.longest(d)
             crit = es == ls

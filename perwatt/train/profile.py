@@ -183,7 +183,9 @@ def load_profile(path: str | Path) -> StageProfile:
     """Read a ``stage,instruction,frequency,time,energy`` CSV (extra columns are ignored)."""
     p = Path(path)
     try:
-        fh = p.open(newline="", encoding="utf-8")
+        # utf-8-sig: a CSV saved by Excel or a Windows editor starts with a byte-order mark,
+        # which plain utf-8 keeps as part of the first column's name ("\ufeffstage").
+        fh = p.open(newline="", encoding="utf-8-sig")
     except OSError as err:
         raise DataFormatError(f"cannot read profile {p}: {err.strerror}") from err
     try:

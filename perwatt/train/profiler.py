@@ -2,7 +2,7 @@
 
 The frequency planner needs, for each pipeline stage, the time and energy of one microbatch's
 forward and backward at each GPU SM frequency (the ``stage,instruction,frequency,time,energy``
-CSV of ``shared/data/perseus-sosp24/stage_profile``). This module measures it *during real
+CSV of ``data/perseus-sosp24/stage_profile``). This module measures it *during real
 training*: the training loop calls two hooks around each instruction and one at the end of each
 iteration, and the profiler walks the clock down while training runs::
 
@@ -89,10 +89,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from perwatt.errors import ConfigError, DataFormatError
+from perwatt.errors import ConfigError, DataFormatError, PartialRunError, PerwattError
 from perwatt.meter import Meter
+from perwatt.train.plan import MAX_INSTRUCTIONS
 
 INSTRUCTIONS = ("forward", "backward")
+_MAX_ITERATIONS_PER_CLOCK = 1000
 CSV_HEADER = ("stage", "instruction", "frequency", "time", "energy")
 
 
@@ -133,6 +135,18 @@ class SweepConfig:
             raise ConfigError(
                 f"measured iterations (--iterations) must be ≥ 1, got {self.measure_iterations}"
             )
+        # Upper bounds: the sweep runs (warm-up + measured) iterations at each of up to ~100
+        # clocks; 10 measured per clock suffice on an H100 (module docstring), and a thousand
+        # already means ~100,000 training iterations per profile.
+        for flag, value in (
+            ("--iterations", self.measure_iterations),
+            ("--warmup", self.warmup_iterations),
+        ):
+            if value > _MAX_ITERATIONS_PER_CLOCK:
+                raise ConfigError(
+                    f"{flag} {value} is more than {_MAX_ITERATIONS_PER_CLOCK:,} iterations per "
+                    "clock; 10 measured iterations per clock average a 100 ms counter to ~2.5%"
+                )
         if self.patience < 1:
             raise ConfigError(f"patience (--patience) must be ≥ 1, got {self.patience}")
         if not 0.0 <= self.noise_tolerance < 1.0:
@@ -405,10 +419,16 @@ class StageProfiler:
             if measured_s < 2.0 * self.counter_period_s:
                 # Averaging cannot help when the counter ticked at most once or twice in all:
                 # the figure is mostly where the ticks happened to fall (0 J if none did).
+                need = math.ceil(
+                    self.config.measure_iterations * 2.0 * self.counter_period_s / measured_s
+                    if measured_s > 0
+                    else 0
+                )
+                more = f" (--iterations {need} or more)" if need else " (--iterations)"
                 step.warnings = [
                     f"only {measured_s * 1e3:.1f} ms measured at {step.freq_mhz} MHz, less than "
                     f"two energy-counter periods ({self.counter_period_s * 1e3:.0f} ms each): "
-                    "its energy is unreliable; measure more iterations per clock (--iterations)"
+                    f"its energy is unreliable; measure more iterations per clock{more}"
                 ]
             elif self.counter_period_s > shortest:
                 step.warnings = [
@@ -523,10 +543,38 @@ class StageProfiler:
 
 
 # ---------------------------------------------------------------------- CSV
+def check_plannable(rows: Sequence[ProfileRow], path: str | Path) -> None:
+    """Raise a one-line ConfigError if a row has no energy or time: ``perwatt train plan`` cannot
+    read it (a 0 J instruction is not physics), so such a file is not written.
+
+    The usual cause is a window shorter than the energy counter's update period (~100 ms on an
+    H100): the counter did not advance while the instructions ran."""
+    bad = [r for r in rows if not (r.time_s > 0 and r.energy_j > 0)]
+    if not bad:
+        return
+    r = bad[0]
+    why = (
+        r.warnings[0]
+        if r.warnings
+        else "the energy counter did not advance during its windows (shorter than the "
+        "counter's update period)"
+    )
+    if "--iterations" not in why:
+        why += "; measure more iterations per clock (--iterations), so its windows add up to "
+        why += "several counter updates"
+    raise ConfigError(
+        f"refusing to write {path}: {len(bad)} of {len(rows)} rows measured 0 J or 0 s (first: "
+        f"stage {r.stage} {r.instruction} at {r.freq_mhz} MHz, {r.time_s * 1e3:.3g} ms, "
+        f"{r.energy_j:g} J), which `perwatt train plan` cannot use: {why}"
+    )
+
+
 def write_profile_csv(rows: Iterable[ProfileRow], path: str | Path) -> Path:
     """Write ``stage,instruction,frequency,time,energy`` (the Perseus stage-profile format),
-    atomically. Rows are sorted by stage, frequency (descending), forward before backward."""
+    atomically. Rows are sorted by stage, frequency (descending), forward before backward.
+    Rows the planner cannot read (0 J or 0 s) are refused: see :func:`check_plannable`."""
     rows = sorted(rows, key=lambda r: (r.stage, -r.freq_mhz, INSTRUCTIONS.index(r.instruction)))
+    check_plannable(rows, path)
     seen: set[tuple[int, str, int]] = set()
     for r in rows:
         key = (r.stage, r.instruction, r.freq_mhz)
@@ -555,9 +603,11 @@ def read_profile_rows(path: str | Path) -> list[ProfileRow]:
     """Read a profile CSV back (for merging per-rank files). Strict about the header."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # a leading byte-order mark is not data
     except OSError as e:
         raise DataFormatError(f"{path}: cannot read profile: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise DataFormatError(f"{path}: not a UTF-8 CSV profile ({e})") from None
     reader = csv.reader(text.splitlines())
     header = next(reader, None)
     if header is None or tuple(h.strip() for h in header) != CSV_HEADER:
@@ -707,6 +757,13 @@ def profile_simulated_pipeline(
 
     if comm_gap_s < 0:
         raise ConfigError(f"communication gap must be ≥ 0, got {comm_gap_s}")
+    instructions = 2 * num_stages * microbatches
+    if instructions > MAX_INSTRUCTIONS:
+        # Its profile could not be planned anyway, and simulating it takes hours.
+        raise ConfigError(
+            f"--stages {num_stages} × --microbatches {microbatches} is {instructions:,} "
+            f"instructions per iteration; `perwatt train plan` takes up to {MAX_INSTRUCTIONS:,}"
+        )
     models = default_stage_models(num_stages)
     rows: list[ProfileRow] = []
     reasons: list[str] = []
@@ -774,6 +831,15 @@ class ScriptProfile:
     fake: bool = False
 
 
+class ProfileInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped :func:`profile_script`; ``profile`` says what was written
+    (``*.partial.csv``). A ``KeyboardInterrupt``, raised ``from`` the interrupt."""
+
+    def __init__(self, profile: ScriptProfile) -> None:
+        super().__init__(f"interrupted; {len(profile.rows)} rows written to {profile.path}")
+        self.profile = profile
+
+
 def profile_script(
     script: str | Path,
     script_args: Sequence[str] = (),
@@ -798,7 +864,10 @@ def profile_script(
     ``PERWATT_FAKE_NVML`` when that is set (demos and tests, as every perwatt command; the
     result then has ``fake=True`` and its rows are labelled ``simulated``), else the real
     library. Whatever was measured is written even if the script stops early or raises
-    (``partial=True``); the default clocks are restored in every case.
+    (``partial=True``); the default clocks are restored in every case. A script that raises
+    (other than a perwatt error, Ctrl-C or ``sys.exit``) ends in :class:`PartialRunError`
+    whose ``__cause__`` is the script's exception and whose message says what was kept. Interrupted (Ctrl-C,
+    SIGTERM) after some rows, it raises :class:`ProfileInterrupted` carrying what was written.
     """
     import runpy
     import sys
@@ -857,10 +926,39 @@ def profile_script(
         path = Path(out)
         if partial:  # an unfinished sweep is never mistaken for a full profile
             path = path.with_name(f"{path.stem}.partial{path.suffix or '.csv'}")
+        kept = "nothing was measured before it"
+        written = False
         if rows:
-            write_profile_csv(rows, path)
+            try:
+                write_profile_csv(rows, path)
+                kept = f"the {len(rows)} rows measured before it are in {path}"
+                written = True
+            except ConfigError as e:
+                if failure is None:
+                    raise
+                kept = str(e)  # the script's failure comes first; this says why nothing was kept
+        if isinstance(failure, KeyboardInterrupt) and written:  # Ctrl-C or SIGTERM
+            raise ProfileInterrupted(
+                ScriptProfile(
+                    path=path,
+                    rows=tuple(rows),
+                    stop_reason=prof.stop_reason,
+                    partial=partial,
+                    source=rows[0].source,
+                    blocking_power_w=prof.blocking_power_w(),
+                    fake=src.fake,
+                )
+            ) from failure
+        if isinstance(failure, PerwattError) or (
+            failure is not None and not isinstance(failure, Exception)
+        ):
+            raise failure  # perwatt's own one-line errors, Ctrl-C and sys.exit() pass through
         if failure is not None:
-            raise failure
+            # The user's bug, not perwatt's: one clear line; the CLI shows their traceback
+            # (the cause) once, above it.
+            raise PartialRunError(
+                f"training script {script} raised {type(failure).__name__}: {failure}; {kept}"
+            ) from failure
         if not rows:
             raise ConfigError(
                 f"{script} ran no measured instruction: call perwatt.train.profiler."

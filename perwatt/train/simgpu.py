@@ -22,7 +22,7 @@ Why this shape:
   clock saves — exactly the point where the profiler's descending sweep stops.
 
 The default parameters are chosen so that a forward step on the ``A100`` preset looks like stage 0
-of the Perseus GPT-3 A100 profile (``shared/data/perseus-sosp24``: ~50 ms, minimum energy near
+of the Perseus GPT-3 A100 profile (``data/perseus-sosp24``: ~50 ms, minimum energy near
 1.1 GHz); they are not a calibration of any real GPU.
 
 The GPU runs on *virtual time*: :meth:`SimulatedGPU.run` advances its clock by the instruction's

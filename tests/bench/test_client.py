@@ -36,6 +36,7 @@ def send(
     prompt: str = "one two three four",
     timeout_s: float = 10.0,
     concurrency: int = 1,
+    expected: int | None = None,
 ) -> list[RequestRecord]:
     async def main() -> list[RequestRecord]:
         c = OpenAIClient(url, api_key=api_key, timeout_s=timeout_s)
@@ -46,7 +47,10 @@ def send(
                 body = c.build_payload(
                     endpoint, MODEL, prompt, max_tokens, stream=stream, ignore_eos=True
                 )
-                return await c.request(endpoint, body, index=i, prompt_tokens=3, stream=stream)
+                kw = {} if expected is None else {"expected_output_tokens": expected}
+                return await c.request(
+                    endpoint, body, index=i, prompt_tokens=3, stream=stream, **kw
+                )
 
         try:
             return list(await asyncio.gather(*(one(i) for i in range(n))))
@@ -90,10 +94,12 @@ def test_multi_token_and_empty_chunks_trust_usage(server: FakeOpenAIServer) -> N
     (r,) = send(server.url, max_tokens=10)
     assert r.ok
     # 10 tokens in chunks of 3,3,3,1 with empty chunks in between: usage wins, both recorded.
+    # An empty chunk without a finish_reason counts as a token chunk (a byte-fallback token on
+    # servers that stream one chunk per token), so the chunk count is 4 + 3.
     assert r.output_tokens == 10
-    assert r.output_tokens_chunks == 4
+    assert r.output_tokens_chunks == 7
     assert r.token_count_source == "usage"
-    assert len(r.itl_s) == 3
+    assert len(r.itl_s) == 6
     assert r.tpot_s is not None
 
 
@@ -363,3 +369,99 @@ def test_json_answer_to_a_stream_request() -> None:
     t.join(5)
     assert r.ok and r.output_tokens == 3 and r.token_count_source == "usage"
     assert r.ttft_s is None
+
+
+@pytest.mark.parametrize("endpoint", ["completions", "chat"])
+@pytest.mark.parametrize("usage", ["never", "requested"])
+def test_byte_fallback_tokens_with_empty_text_are_counted(endpoint: str, usage: Any) -> None:
+    """Issue 10 item 10: one chunk per token, every third with empty text, a final text-less
+    chunk with only the finish_reason, and (usage="never") include_usage ignored."""
+    plain = ServerConfig(usage=usage)
+    fallback = ServerConfig(usage=usage, empty_text_every=3, final_empty_chunk=True)
+    records = []
+    for cfg in (plain, fallback):
+        with FakeOpenAIServer(cfg) as s:
+            (r,) = send(s.url, endpoint=endpoint, max_tokens=12)
+        assert r.ok, r.error_detail
+        records.append(r)
+    ref, r = records
+    assert r.output_tokens == 12
+    assert r.output_tokens_chunks == 12  # tokens 3, 6 and 9 had empty text
+    assert r.token_count_source == ("chunks" if usage == "never" else "usage")
+    assert r.generated_chars == ref.generated_chars  # no text lost, only delayed
+    assert len(r.itl_s) == 11
+    assert r.finish_reason == "length"
+
+
+def test_empty_text_chunk_rule_on_raw_events() -> None:
+    """A choice without finish_reason is a token even with empty text; a text-less chunk that
+    carries only the finish_reason, the chat role chunk and the usage chunk are not."""
+    events = [
+        {"choices": [{"text": ""}]},
+        {"choices": [{"text": "a", "finish_reason": None}]},
+        {"choices": [{"text": "", "finish_reason": None}]},
+        {"choices": [{"text": "bc", "finish_reason": None}]},
+        {"choices": [{"text": "", "finish_reason": "length"}]},
+        {"choices": [], "usage": None},
+        "[DONE]",
+    ]
+    body = _sse(*events)
+    resp = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    srv, t = _raw_server([resp])
+    with srv:
+        (r,) = send(f"http://127.0.0.1:{srv.getsockname()[1]}/v1", expected=4)
+    t.join(5)
+    assert r.ok, r.error_detail
+    assert r.output_tokens == 4 and r.token_count_source == "chunks"
+    chat = [
+        {"choices": [{"delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
+        {"choices": [{"delta": {"content": ""}, "finish_reason": None}]},
+        {"choices": [{"delta": {"content": "x"}, "finish_reason": None}]},
+        {"choices": [{"delta": {}, "finish_reason": "stop"}]},
+        "[DONE]",
+    ]
+    body = _sse(*chat)
+    resp = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    srv, t = _raw_server([resp])
+    with srv:
+        (r,) = send(f"http://127.0.0.1:{srv.getsockname()[1]}/v1", endpoint="chat")
+    t.join(5)
+    assert r.ok and r.output_tokens == 2 and r.finish_reason == "stop"
+
+
+@pytest.mark.parametrize(
+    "server", [ServerConfig(faults=every(1, Fault(done_after=1)), usage="never")], indirect=True
+)
+def test_done_without_finish_reason_before_the_length_is_truncated(
+    server: FakeOpenAIServer,
+) -> None:
+    """Issue 10 item 11: [DONE] with no finish_reason after 1 of 8 tokens asked for."""
+    (r,) = send(server.url, max_tokens=8, expected=8)
+    assert r.error_kind == "truncated" and not r.ok
+    assert "1 of 8 tokens" in r.error_detail
+    assert r.output_tokens == 1
+    # Without a fixed length asked for, the client cannot tell a short answer from a cut one.
+    (r,) = send(server.url, max_tokens=8)
+    assert r.ok and r.output_tokens == 1
+
+
+def test_full_length_without_finish_reason_is_not_truncated() -> None:
+    body = _sse({"choices": [{"text": "a"}]}, {"choices": [{"text": "b"}]}, "[DONE]")
+    resp = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    srv, t = _raw_server([resp])
+    with srv:
+        (r,) = send(f"http://127.0.0.1:{srv.getsockname()[1]}/v1", expected=2)
+    t.join(5)
+    assert r.ok and r.output_tokens == 2 and r.finish_reason is None
+
+
+@pytest.mark.parametrize(
+    "server", [ServerConfig(preempt_on_arrival=True, itl_s=0.005, usage="never")], indirect=True
+)
+def test_single_slot_server_cuts_streams_at_concurrency_2(server: FakeOpenAIServer) -> None:
+    records = send(server.url, n=6, max_tokens=16, concurrency=2, expected=16)
+    truncated = [r for r in records if r.error_kind == "truncated"]
+    # Each new arrival cuts the stream in flight; only the last request can run to its end.
+    assert len(truncated) >= 3
+    assert server.stats.cut == len(truncated)
+    assert all(1 <= r.output_tokens < 16 for r in truncated)

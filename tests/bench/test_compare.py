@@ -281,3 +281,51 @@ def test_absolute_start_times_are_rebased(tmp_path: Path) -> None:
     cmp = compare_results([a, b], **FAST)
     assert any("another clock" in w for w in cmp.warnings)
     assert _metric(cmp.levels[0], "j_per_output_token").ratios[0].ci is not None
+
+
+_INT4_ACC = {
+    "reference": "bf16",
+    "kl_mean": 0.103,
+    "top1_agreement": 0.25,
+    "max_rel_err": None,
+    "exact_match": None,
+    "logprob_agreement": None,
+    "perplexity": None,
+    "note": "",
+}
+
+
+def test_guard_verdict_beside_the_energy_rows(tmp_path: Path) -> None:
+    a = _copy(tmp_path, "bf16_c4")
+    b = _copy(tmp_path, "fp8_c4", accuracy=_INT4_ACC)
+    cmp = compare_results([a, b], **FAST)
+    (level,) = cmp.levels
+    assert level.runs[1] is not None and level.runs[1].guard.failed
+    assert cmp.to_dict()["levels"][0]["runs"][1]["guard"]["status"] == "fail"
+    out = io.StringIO()
+    render_comparison(cmp, Console(file=out, width=200, color_system=None))
+    text = out.getvalue()
+    lines = text.splitlines()
+    guard = next(i for i, line in enumerate(lines) if "accuracy guard" in line and "│" in line)
+    assert "FAIL" in lines[guard]
+    assert "$ / M output tok" in lines[guard - 1]  # right under the energy rows
+    assert "guard FAIL (top-1 0.25 < 0.9; KL 0.103 > 0.1)" in text
+    assert "accuracy guard: top-1 >= 0.9, KL <= 0.1" in text
+
+
+def test_render_fits_80_columns(tmp_path: Path) -> None:
+    """Issue 9: compare's table was unreadable in 80 columns (sources in every cell)."""
+    a = _copy(tmp_path, "bf16_c4")
+    b = _copy(tmp_path, "fp8_c4")
+    out = io.StringIO()
+    render_comparison(
+        compare_results([a, b], **FAST), Console(file=out, width=80, color_system=None)
+    )
+    text = out.getvalue()
+    table = [line for line in text.splitlines() if line[:1] in "┏┃┡│└"]
+    assert table and all(len(line) <= 80 for line in table)
+    assert "…" not in text  # nothing cut off
+    assert "J / output token (J)" in text  # unit beside every metric
+    assert "(simulated)" in text  # the energy source in the run's header
+    header = "\n".join(table[:4])
+    assert "95% CI" in header and "bf16" in header

@@ -27,6 +27,13 @@ def test_roundtrip(tmp_path: Path) -> None:
     assert back["schema"] == SCHEMA_VERSION
 
 
+def test_result_with_a_byte_order_mark(tmp_path: Path) -> None:
+    doc = example_result(label="bom")
+    p = tmp_path / "bom.json"
+    p.write_bytes(b"\xef\xbb\xbf" + json.dumps(doc).encode())
+    assert load_result(p)["label"] == "bom"
+
+
 def test_non_finite_written_as_null(tmp_path: Path) -> None:
     doc: Any = example_result()
     doc["energy"]["j_per_output_token"] = math.inf
@@ -104,3 +111,63 @@ def test_running_without_metrics_says_unfinished() -> None:
     doc["status"] = "complete"
     with pytest.raises(DataFormatError, match="request_throughput_rps is null"):
         validate_result(doc, "x.json")
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "field"),
+    [
+        ("energy", "j_per_output_token", -0.5, "energy.j_per_output_token"),
+        ("energy", "output_tokens_per_j", -2.0, "energy.output_tokens_per_j"),
+        ("energy", "avg_power_w", -1.0, "energy.avg_power_w"),
+        ("energy", "idle_share", 1.5, "energy.idle_share"),
+        ("metrics", "total_output_tokens", -384, "metrics.total_output_tokens"),
+        ("metrics", "duration_s", -2.0, "metrics.duration_s"),
+        ("metrics", "completed", -1, "metrics.completed"),
+        ("economics", "usd_per_million_output_tokens", -1.0, "economics.usd_per"),
+        ("config", "pue", 0.5, "config.pue"),
+        ("config", "num_gpus", 0, "config.num_gpus"),
+    ],
+)
+def test_impossible_values_are_refused_naming_file_and_field(
+    tmp_path: Path, section: str, key: str, value: float, field: str
+) -> None:
+    """Issue 9 §3: compare accepted negative J/token (and other impossible numbers)."""
+    doc: Any = json.loads(json.dumps(example_result()))
+    doc[section][key] = value
+    p = tmp_path / "bad.json"
+    p.write_text(json.dumps(doc))
+    with pytest.raises(DataFormatError) as info:
+        load_result(p)
+    msg = str(info.value)
+    assert msg.startswith(f"{p}: {field}") and "\n" not in msg
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("energy", "whole_run", "total_energy_j"), -400.0),
+        (("energy", "whole_run", "duration_s"), -2.0),
+        (("energy", "whole_run", "energy_j", "sim0"), -400.0),
+        (("metrics", "ttft_ms", "p50"), -10.0),
+        (("timeline", "power_w", 1), -200.0),
+    ],
+)
+def test_impossible_nested_values_are_refused(
+    tmp_path: Path, path: tuple[Any, ...], value: float
+) -> None:
+    doc: Any = json.loads(json.dumps(example_result()))
+    obj = doc
+    for k in path[:-1]:
+        obj = obj[k]
+    obj[path[-1]] = value
+    with pytest.raises(DataFormatError, match="must be >= 0"):
+        validate_result(doc, "x.json")
+
+
+def test_nan_literal_in_a_file_is_refused(tmp_path: Path) -> None:
+    """Python's json reads the non-standard NaN literal; a result must not carry one."""
+    doc: Any = json.loads(json.dumps(example_result()))
+    p = tmp_path / "nan.json"
+    p.write_text(json.dumps(doc).replace('"avg_power_w": 200.0', '"avg_power_w": NaN', 1))
+    with pytest.raises(DataFormatError, match="not a finite number"):
+        load_result(p)

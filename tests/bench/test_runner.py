@@ -15,6 +15,7 @@ import pytest
 from perwatt.bench.result import load_result
 from perwatt.bench.runner import (
     ServerBenchConfig,
+    exit_code,
     parse_int_list,
     parse_rate_list,
     run_server_bench,
@@ -147,7 +148,9 @@ def test_errors_counted_by_kind(tmp_path: Path) -> None:
         (path,) = run_server_bench(cfg(s.url, tmp_path, num_prompts=12))
     d = load_result(path)
     m = d["metrics"]
-    assert d["status"] == "complete"
+    # Three failed requests: the run finished, but it is not "complete" (issue 9 §4).
+    assert d["status"] == "complete-with-failures"
+    assert d["partial_reason"] is not None and "3 of 12 requests failed" in d["partial_reason"]
     assert m["completed"] == 9 and m["failed"] == 3
     assert m["errors"] == {"connection_dropped": 1, "http_500": 1, "malformed_sse": 1}
     assert m["total_output_tokens"] == 9 * 16
@@ -159,6 +162,8 @@ def test_errors_counted_by_kind(tmp_path: Path) -> None:
     ]
     notes = summary_notes([path])
     assert any("http_500 x1" in n for n in notes)
+    assert any("3 of 12 requests failed (25.0%), more than" in n for n in notes)
+    assert exit_code([path]) == 1
 
 
 def test_every_request_failed_is_failed(tmp_path: Path) -> None:
@@ -328,3 +333,34 @@ def test_auto_energy_source_refuses_a_remote_server(
     named = cfg("http://10.1.2.3:8000/v1", tmp_path, sources=None, energy_source="simulated")
     sources, opened = _open_sources(named)
     assert opened and [s.name for s in sources] == ["simulated"]
+
+
+def test_energy_select_reaches_the_remote_source(tmp_path: Path) -> None:
+    from perwatt.bench.runner import _open_sources
+    from perwatt.meter.detect import close_sources
+    from perwatt.meter.fake_dcgm import FakeDCGMExporter
+
+    with FakeDCGMExporter("node1", (100.0, 200.0)) as exp:
+        c = cfg("http://10.1.2.3:8000/v1", tmp_path, sources=None,
+                energy_source=f"dcgm:{exp.url}", energy_select="1")  # fmt: skip
+        sources, opened = _open_sources(c)
+        try:
+            assert opened and sources[0].devices == ("node1/gpu1",)
+        finally:
+            close_sources(sources)
+    local = cfg("http://127.0.0.1:8000/v1", tmp_path, sources=None,
+                energy_source="simulated", energy_select="0")  # fmt: skip
+    with pytest.raises(ConfigError, match="--select chooses GPUs of dcgm"):
+        _open_sources(local)
+
+
+def test_large_synthetic_workload_is_announced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import perwatt.bench.runner as R
+
+    monkeypatch.setattr(R, "_SAY_BUILDING_FROM", 100)  # instead of millions of words
+    lines: list[str] = []
+    with FakeOpenAIServer() as s:
+        run_server_bench(cfg(s.url, tmp_path, num_prompts=4, input_len=25, log=lines.append))
+    assert any(line.startswith("building 4 synthetic prompts of ~25 tokens") for line in lines)

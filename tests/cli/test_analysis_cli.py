@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import threading
 from collections.abc import Iterator
@@ -138,14 +139,35 @@ def test_quality_cli_attach(
             "--max-tokens", "8", "--out", str(q), "--attach", str(run), "--control",
         ]
     )  # fmt: skip
-    assert rc == 0
+    # Top-1 agreement 0.75 is below the guard's 0.9: the run is written and attached, and the
+    # exit code says the candidate fails (issue 9: a guard must judge).
+    assert rc == 3
     out = capsys.readouterr().out
     assert "exact match        0.5000" in out
     assert "control A vs A     exact 1.0000" in out
+    assert "verdict            FAIL (top-1 0.75 < 0.9)" in out
     acc = load_result(run)["accuracy"]
     assert acc is not None and acc["exact_match"] == 0.5
     assert acc["logprob_agreement"] == pytest.approx(0.951229, rel=1e-5)  # exp(-0.05)
     assert json.loads(q.read_text())["summary"]["top1_agreement"] == pytest.approx(3 / 4)
+
+
+def test_quality_cli_verdict_and_thresholds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], echo_servers: tuple[str, str]
+) -> None:
+    ref, cand = echo_servers
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "one two three"}\n{"prompt": "short"}\n')
+    base = ["quality", "--prompts", str(prompts), "--url", ref, "--url", cand, "--max-tokens", "8"]
+    assert main([*base, "--min-top1", "0.7"]) == 0
+    assert "verdict            PASS (guard: top-1 >= 0.7" in capsys.readouterr().out
+    assert main([*base, "--min-top1", "off", "--min-logprob-agreement", "0.99", "--json"]) == 3
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["guard"]["status"] == "fail"
+    assert doc["guard"]["failures"] == ["logprob agreement 0.951 < 0.99"]
+    assert doc["guard"]["thresholds"]["min_top1_agreement"] is None
+    assert main([*base, "--max-kl", "-1"]) == 2
+    assert "max_kl_mean must be a number >= 0" in capsys.readouterr().err
 
 
 def test_quality_cli_needs_two_urls(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -340,3 +362,175 @@ def test_quality_cli_url_without_host_is_one_line_exit_2(
     assert main(["quality", "--prompts", str(prompts), "--url", "http://", "--url", "http://"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "the reference --url 'http://' has no host" in err
+
+
+def test_quality_cli_sigterm_writes_partial_prints_and_exits_143(tmp_path: Path) -> None:
+    """SIGTERM (`timeout`, a scheduler) ends quality as Ctrl-C does; it used to die at once,
+    printing nothing and leaving --out `running`."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _SlowAfterTwo.answered = 0
+    _SlowAfterTwo.release.clear()
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _SlowAfterTwo)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(f'{{"prompt": "w{i} x y"}}\n' for i in range(5)))
+    out = tmp_path / "q.json"
+    try:
+        p = subprocess.Popen(
+            [sys.executable, "-m", "perwatt", "quality", "--prompts", str(prompts),
+             "--url", url, "--url", url, "--out", str(out)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=Path(__file__).parents[2], env={**os.environ},
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while _SlowAfterTwo.answered < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _SlowAfterTwo.answered >= 3, "perwatt never reached the third request"
+        p.send_signal(signal.SIGTERM)
+        stdout, stderr = p.communicate(timeout=30)
+    finally:
+        _SlowAfterTwo.release.set()
+        srv.shutdown()
+        srv.server_close()
+    assert p.returncode == 143, stderr
+    assert "Traceback" not in stderr
+    doc = json.loads(out.read_text())
+    assert doc["status"] == "partial"
+    assert doc["partial_reason"].startswith("interrupted by SIGTERM")
+    assert len(doc["prompts"]) == 1 and doc["prompts_total"] == 5
+    assert "PARTIAL" in stdout and "1 of 5 prompts" in stdout
+    assert f"wrote {out}" in stdout
+
+
+def _perwatt_sh(command: str, cwd: Path) -> Any:
+    """Run a `perwatt ...` command line through a shell (globs expand as a user's would)."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    root = Path(__file__).parents[2]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.run(
+        ["sh", "-c", f"{shlex.quote(sys.executable)} -m perwatt {command}"],
+        capture_output=True, text=True, cwd=cwd, env=env, timeout=120,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "out",
+    [
+        "runs/bf16_c4.json",  # one of the files the shell glob runs/*.json gave
+        '"$PWD/runs/fp8_c4.json"',  # the same file, absolute
+        "./runs/../runs/fp8_c4.json",  # a relative path to an input
+        "link.json",  # a symlink to an input
+    ],
+)
+def test_report_refuses_to_overwrite_an_input(tmp_path: Path, out: str) -> None:
+    """`perwatt report RUN.json … --out RUN.json` used to replace a result file with HTML."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for name in ("bf16_c4.json", "fp8_c4.json"):
+        shutil.copy(DATA / name, runs / name)
+    (tmp_path / "link.json").symlink_to(runs / "bf16_c4.json")
+    before = {p.name: p.read_bytes() for p in runs.iterdir()}
+    r = _perwatt_sh(f"report runs/*.json --out {out}", tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("perwatt: error: --out ") and "is one of the input files" in r.stderr
+    assert {p.name: p.read_bytes() for p in runs.iterdir()} == before
+    assert (tmp_path / "link.json").is_symlink()
+
+
+def test_report_replaces_only_its_own_html_unless_forced(tmp_path: Path) -> None:
+    shutil.copy(DATA / "bf16_c4.json", tmp_path / "run.json")
+    notes = tmp_path / "notes.html"
+    notes.write_text("<!DOCTYPE html><html><body>my notes</body></html>\n")
+    r = _perwatt_sh("report run.json --out notes.html", tmp_path)
+    assert r.returncode == 2 and "exists and is not a report perwatt wrote" in r.stderr
+    assert "--force" in r.stderr and r.stderr.count("\n") == 1
+    assert "my notes" in notes.read_text()
+    # a report perwatt wrote is replaced without --force (the usual re-run) ...
+    assert _perwatt_sh("report run.json --out r.html", tmp_path).returncode == 0
+    first = (tmp_path / "r.html").read_text()
+    assert '<meta name="generator" content="perwatt ' in first
+    r = _perwatt_sh("report run.json --out r.html --title again", tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "<title>again</title>" in (tmp_path / "r.html").read_text()
+    # ... and so is one written before reports carried the generator tag
+    old = re.sub(r'<meta name="generator"[^>]*>', "", first)
+    (tmp_path / "r.html").write_text(old)
+    assert _perwatt_sh("report run.json --out r.html", tmp_path).returncode == 0
+    # --force replaces anything, and what it writes is whole (no .tmp left)
+    r = _perwatt_sh("report run.json --out notes.html --force", tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "my notes" not in notes.read_text() and notes.read_text().rstrip().endswith("</html>")
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--resamples", "1000000000"], "--resamples must be an integer in 100..1,000,000"),
+        (["--confidence", "nan"], "--confidence must be a finite number, got 'nan'"),
+        (["--confidence", "inf"], "--confidence must be a finite number, got 'inf'"),
+        (["--confidence", "1"], "--confidence must be in (0, 1)"),
+    ],
+)
+def test_compare_refuses_unbounded_or_non_finite_flags(
+    capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    """Issue 9 §4: --resamples 1000000000 ran for hours without a word."""
+    files = [str(DATA / "bf16_c4.json"), str(DATA / "fp8_c4.json")]
+    assert main(["compare", *files, *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("perwatt: error: ") and message in err[0], err
+
+
+def test_compare_shows_bootstrap_progress_when_large(capsys: pytest.CaptureFixture[str]) -> None:
+    files = [str(DATA / "bf16_c4.json"), str(DATA / "fp8_c4.json")]
+    assert main(["compare", *files, "--resamples", "20000", "--json"]) == 0
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert lines and lines[-1].startswith("perwatt compare: bootstrap ")
+    done, total = lines[-1].split()[3].split("/")
+    assert done == total and int(total) > 1
+    assert json.loads(captured.out)["n_resamples"] == 20000
+    # The default is quick: no progress lines.
+    assert main(["compare", *files, "--json"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_compare_refuses_negative_j_per_token(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 9 §3: `perwatt compare` printed ratios from a result with negative J/token."""
+    doc = json.loads((DATA / "fp8_c4.json").read_text())
+    doc["energy"]["j_per_output_token"] = -abs(doc["energy"]["j_per_output_token"])
+    bad = tmp_path / "fp8_c4.json"
+    bad.write_text(json.dumps(doc))
+    assert main(["compare", str(DATA / "bf16_c4.json"), str(bad), "--resamples", "300"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith(f"perwatt: error: {bad}: energy.j_per_output_token is -")
+
+
+def test_report_warns_about_a_file_given_twice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a = DATA / "bf16_c4.json"
+    out = tmp_path / "r.html"
+    assert main(["report", str(a), str(a), str(DATA / "fp8_c4.json"), "--out", str(out)]) == 0
+    assert f"warning: {a} is given more than once; reported once" in capsys.readouterr().err
+    summary = out.read_text().split("<h2>Summary</h2>")[1].split("</table>")[0]
+    assert summary.count("bf16_c4.json") == 1

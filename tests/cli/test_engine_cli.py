@@ -224,3 +224,65 @@ def test_serve_subprocess_serves_a_quantized_dir(tmp_path: Path) -> None:
         assert proc.returncode in (0, 130)
     rc = main(["serve", "--model", str(out), "--precision", "int4", "--port", "0"])
     assert rc == 2  # the directory holds int8
+
+
+def test_serve_sigterm_shuts_down_like_ctrl_c() -> None:
+    """systemd and Kubernetes stop a server with SIGTERM: drain, say why, exit 143 (it died
+    of the signal instead)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    with subprocess.Popen(
+        _serve_argv("--model", "tiny"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env,
+    ) as proc:  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()  # printed once the engine is loaded and the port bound
+            assert "http://127.0.0.1:" in line, proc.stderr.read() if proc.stderr else ""
+            proc.send_signal(signal.SIGTERM)
+            _out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and err.rstrip().endswith("perwatt: interrupted by SIGTERM")
+
+
+_SLOW_QUANTIZE = """
+import sys, time
+from pathlib import Path
+import perwatt.engine.quant as q
+from perwatt.cli import main
+
+save = q.save_quantized
+def slow_save(path, *args, **kwargs):
+    save(path, *args, **kwargs)
+    Path(sys.argv[1]).write_text("saved")  # the weights are in the temporary directory now
+    time.sleep(120)
+q.save_quantized = slow_save
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_quantize_sigterm_leaves_no_half_written_directory(tmp_path: Path) -> None:
+    """SIGTERM while quantize writes: the temporary directory is removed and nothing appears
+    at --out, as on Ctrl-C (it used to die at once and leave `.OUT.*.tmp` behind)."""
+    marker, out = tmp_path / "saved", tmp_path / "models" / "tiny-int8"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_QUANTIZE, str(marker), "quantize", "--model", "tiny",
+         "--precision", "int8", "--device", "cpu", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert marker.exists(), proc.communicate()[1]
+        assert list(out.parent.glob(".tiny-int8.*.tmp"))  # mid-write
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and "perwatt: interrupted by SIGTERM" in err
+    assert not out.parent.exists()  # the parent it created is gone too

@@ -342,3 +342,144 @@ def test_env_reports_the_planner_build_and_torch(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(frontier_mod, "_compiled_sweep", None)
     assert "was not built (no C compiler" in "\n".join(environment_components())
     assert "perwatt components" not in format_environment(describe_environment())
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("signals", [(signal.SIGINT, signal.SIGINT), (signal.SIGTERM,)])
+def test_interrupt_stops_the_whole_command_not_just_the_shell(
+    signals: tuple[signal.Signals, ...],
+) -> None:
+    """`perwatt meter -- sh -c 'trap "" INT; sleep 100'` then two Ctrl-C (or one SIGTERM): the
+    shell's child `sleep` must not outlive perwatt (it did: only the shell was signalled)."""
+    e = {k: v for k, v in os.environ.items() if k != "PERWATT_FAKE_NVML"}
+    p = subprocess.Popen(
+        [sys.executable, "-m", "perwatt", "meter", "--source", "simulated", "--",
+         "sh", "-c", 'trap "" INT; sleep 100; echo survived'],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e, cwd=ROOT,
+    )  # fmt: skip
+    grandchildren: list[int] = []
+    try:
+        deadline = time.monotonic() + 30
+        while not grandchildren and time.monotonic() < deadline:
+            grandchildren = [g for c in _children(p.pid) for g in _children(c)]
+            time.sleep(0.05)
+        assert grandchildren, "the shell never started sleep"
+        for sig in signals:
+            p.send_signal(sig)  # to perwatt alone, as a terminal's Ctrl-C now reaches it
+            time.sleep(0.3)
+        _out, err = p.communicate(timeout=30)
+        time.sleep(0.2)  # the kernel tears a killed process down asynchronously
+        survivors = [g for g in grandchildren if _alive(g)]
+    finally:
+        for g in grandchildren:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(g, signal.SIGKILL)
+        if p.poll() is None:
+            p.kill()
+    assert survivors == [], err
+    assert "PARTIAL: interrupted" in err and "Traceback" not in err
+    assert p.returncode in (130, 143), err  # the shell died of the SIGTERM or SIGKILL sent
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for a reaper (a killed orphan is reaped by init)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z"
+
+
+def _in_terminal(argv: list[str], ready: Path, keys: list[bytes]) -> tuple[int, str]:
+    """Run `perwatt ARGV` on a pseudo-terminal, as from an interactive shell; once ``ready``
+    exists, type ``keys`` (0.5 s apart); return the exit code and what the terminal showed."""
+    import pty
+    import select
+
+    env = {k: v for k, v in os.environ.items() if k != "PERWATT_FAKE_NVML"}
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: a session leader whose controlling terminal is the pty
+        try:
+            os.chdir(ROOT)
+            os.execve(sys.executable, [sys.executable, "-m", "perwatt", *argv], env)
+        finally:
+            os._exit(127)
+    out = b""
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            if keys and ready.exists():
+                time.sleep(0.5)
+                os.write(fd, keys.pop(0))
+            if select.select([fd], [], [], 0.1)[0]:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:  # EIO: every process on the terminal has closed it
+                    break
+                if not chunk:
+                    break
+                out += chunk
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(fd)
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_two_ctrl_c_on_a_terminal_leave_no_grandchild(tmp_path: Path) -> None:
+    """The issue's case, on a real (pseudo-)terminal: Ctrl-C twice to a shell that ignores it."""
+    pid_file = tmp_path / "sleep.pid"
+    # `sleep 100` in the foreground of a shell that ignores Ctrl-C (it inherits that), as in
+    # the report; `exec` from an inner shell only so that its pid can be written down
+    cmd = f"trap '' INT; sh -c 'echo $$ > {pid_file}; exec sleep 100'; echo the shell goes on"
+    try:
+        code, shown = _in_terminal(
+            ["meter", "--source", "simulated", "--", "sh", "-c", cmd], pid_file, [b"\x03", b"\x03"]
+        )
+        time.sleep(0.2)
+        sleep_pid = int(pid_file.read_text())
+        survived = _alive(sleep_pid)
+    finally:
+        with contextlib.suppress(ProcessLookupError, ValueError, OSError):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    assert not survived, shown
+    assert "PARTIAL: interrupted" in shown and "interrupted by Ctrl-C" in shown
+    assert code in (130, 143), shown
+
+
+def test_a_command_can_still_read_the_terminal(tmp_path: Path) -> None:
+    """The command runs in its own process group; reading the terminal from there would stop
+    it (SIGTTIN) and hang perwatt: it must get the terminal, as a shell's `fg` gives it."""
+    ready = tmp_path / "ready"
+    code, shown = _in_terminal(
+        ["meter", "--source", "simulated", "--", "sh", "-c", f": > {ready}; read x; echo got $x"],
+        ready,
+        [b"hello\n"],
+    )
+    assert code == 0, shown
+    assert "got hello" in shown and "exit code   0" in shown
+
+
+def test_select_meters_the_chosen_gpus_of_a_dcgm_exporter(tmp_path: Path) -> None:
+    from perwatt.meter.fake_dcgm import FakeDCGMExporter
+
+    with FakeDCGMExporter("node1", (100.0, 200.0, 300.0), collect_interval_s=0.1) as exp:
+        r = perwatt(
+            "meter", "--source", f"dcgm:{exp.url}", "--select", "0,2", "--json", "--",
+            sys.executable, "-c", "import time; time.sleep(0.5)",
+        )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert sorted(d["energy_j"]) == ["node1/gpu0", "node1/gpu2"]
+    assert "node1/gpu0, node1/gpu2" in d["source_descriptions"][0]
+    assert set(d["methods"]) == {"node1/gpu0", "node1/gpu2"}
+
+
+def test_select_on_a_local_source_is_a_one_line_error() -> None:
+    r = perwatt("meter", "--source", "simulated", "--select", "0", "--", "true")
+    assert r.returncode == 2
+    assert "--select chooses GPUs of dcgm:URL and prometheus:URL" in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1

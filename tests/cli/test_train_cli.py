@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import json
 import re
 from pathlib import Path
@@ -14,7 +15,7 @@ from perwatt.cli import main
 
 DATA = Path(__file__).resolve().parents[1] / "train" / "data"
 TINY = str(DATA / "tiny_profile.csv")
-SHARED = Path(__file__).resolve().parents[3] / "shared/data/perseus-sosp24"
+PERSEUS = Path(__file__).resolve().parents[2] / "data/perseus-sosp24"
 
 
 def test_plan_fastest_text(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -108,10 +109,8 @@ def test_max_slowdown_percent(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_done_means_gpt3_a100_mb24(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    prof = SHARED / "stage_profile/gpt3-175b+a100_sxm_bf16.csv"
-    ref = SHARED / "iteration_time_energy/a100_sxm/gpt3-175b_bf16_mb24.csv"
-    if not prof.exists():
-        pytest.skip(f"shared Perseus data not found at {SHARED}")
+    prof = PERSEUS / "stage_profile/gpt3-175b+a100_sxm_bf16.csv"
+    ref = PERSEUS / "iteration_time_energy/a100_sxm/gpt3-175b_bf16_mb24.csv.gz"
     out = tmp_path / "OUT.csv"
     rc = main(
         [
@@ -132,7 +131,7 @@ def test_done_means_gpt3_a100_mb24(capsys: pytest.CaptureFixture[str], tmp_path:
     )
     assert rc == 0
     assert "straggler ratio 1.2" in capsys.readouterr().out
-    with out.open() as a, ref.open() as b:
+    with out.open() as a, gzip.open(ref, "rt") as b:
         mine, theirs = list(csv.reader(a)), list(csv.reader(b))
     assert mine[0] == theirs[0] == ["time", "energy"]
     assert len(mine) == len(theirs)
@@ -196,21 +195,73 @@ def test_profile_script_uses_fake_nvml_from_env_and_says_so(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PERWATT_FAKE_NVML", "A100")
+    # Each instruction outlasts the fake's 100 ms energy counter, so every window sees a tick.
+    script = tmp_path / "train.py"
+    script.write_text(_SCRIPT.replace("sum(range(1000))", "__import__('time').sleep(0.12)"))
+    out = tmp_path / "s0.csv"
     sweep = ["--min-freq", "1395", "--warmup", "0", "--iterations", "1"]
-    rc = main(_profile_args(tmp_path, _FLAG, *sweep))
+    rc = main(["train", "profile", "--script", str(script), "--out", str(out), _FLAG, *sweep])
     assert rc == 0
-    out = capsys.readouterr().out
-    assert "FAKE GPU (PERWATT_FAKE_NVML): figures are simulated, not measured" in out
-    assert "[source: simulated]" in out
-    # A few ms per clock against a 100 ms counter: the figures are flagged, not trusted.
-    assert "less than two energy-counter periods" in out
-    rows = list(csv.reader((tmp_path / "s0.csv").read_text().splitlines()))
+    printed = capsys.readouterr().out
+    assert "FAKE GPU (PERWATT_FAKE_NVML): figures are simulated, not measured" in printed
+    assert "[source: simulated]" in printed
+    rows = list(csv.reader(out.read_text().splitlines()))
     assert [r[:3] for r in rows[1:]] == [
         ["0", "forward", "1410"],
         ["0", "backward", "1410"],
         ["0", "forward", "1395"],
         ["0", "backward", "1395"],
     ]
+    assert all(float(r[4]) > 0 for r in rows[1:])
+
+
+def test_profile_script_refuses_rows_the_planner_cannot_read(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 9: a few µs per clock against a 100 ms counter wrote 0 J rows ("flagged, not
+    # trusted"), which `train plan` then rejected. Now nothing is written, and the line says why.
+    monkeypatch.setenv("PERWATT_FAKE_NVML", "A100")
+    sweep = ["--min-freq", "1395", "--warmup", "0", "--iterations", "1"]
+    rc = main(_profile_args(tmp_path, _FLAG, *sweep))
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "less than two energy-counter periods" in err and "cannot use" in err
+    assert not list(tmp_path.glob("s0*.csv"))
+
+
+def test_profile_script_that_raises_shows_its_traceback_once_then_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 9: the user's traceback came wrapped in perwatt's and runpy's frames, with no line
+    # saying what happened to the sweep. Now: their frames once, then one perwatt line.
+    monkeypatch.setenv("PERWATT_FAKE_NVML", "A100")
+    script = tmp_path / "train.py"
+    script.write_text(
+        _DIVERGE
+        + _SCRIPT.replace("sum(range(1000))", "__import__('time').sleep(0.12)").replace(
+            "    n += 1\n", "    n += 1\n    if n == 2:\n        diverge()\n"
+        )
+    )
+    out = tmp_path / "s0.csv"
+    sweep = ["--warmup", "0", "--iterations", "1"]
+    rc = main(["train", "profile", "--script", str(script), "--out", str(out), _FLAG, *sweep])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert err.count("Traceback (most recent call last)") == 1
+    assert f'File "{script}", line' in err and "in diverge" in err
+    assert "profiler.py" not in err and "runpy" not in err
+    last = err.splitlines()[-1]
+    assert last.startswith(f"perwatt: error: training script {script} raised ValueError: ")
+    # two iterations, one per clock (1410 and 1395 MHz): a forward and a backward row each
+    assert "loss is NaN; the 4 rows measured before it are in" in last
+    assert last.endswith("s0.partial.csv") and (tmp_path / "s0.partial.csv").exists()
+
+
+_DIVERGE = """
+def diverge():
+    raise ValueError("loss is NaN")
+"""
 
 
 @pytest.mark.parametrize("fake", ["missing", "A100", None])
@@ -450,15 +501,11 @@ def test_simulate_every_schedule_draws_one_bar_per_instruction(
     assert b0 == pytest.approx((30.0 if "--recompute" in extra else 20.0) / chunks, abs=0.005)
 
 
-@pytest.mark.skipif(
-    not (SHARED / "stage_profile/gpt3-175b+a100_sxm_bf16.csv").exists(),
-    reason="shared Perseus data not present",
-)
 @pytest.mark.parametrize("command", ["plan", "simulate"])
 def test_gpt3_interleaved_needs_microbatches_a_multiple_of_stages(
     capsys: pytest.CaptureFixture[str], command: str
 ) -> None:
-    prof = str(SHARED / "stage_profile/gpt3-175b+a100_sxm_bf16.csv")
+    prof = str(PERSEUS / "stage_profile/gpt3-175b+a100_sxm_bf16.csv")
     args = ["--stages", "8", "--microbatches", "12", "--p-block", "83.64"]
     rc = main(["train", command, prof, *args, "--schedule", "interleaved", "--chunks", "2"])
     err = capsys.readouterr().err
@@ -526,3 +573,147 @@ def test_profile_simulate_notes_one_line_per_kind(
     notes = [line for line in capsys.readouterr().out.splitlines() if "note:" in line]
     assert len(notes) == 1, notes
     assert "shorter than the counter period" in notes[0] and "more like it" in notes[0]
+
+
+def test_simulate_far_deadline_is_not_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    # Issue 9: a RuntimeError from an exact float comparison ("3924.0856 J vs 3924.0856 J").
+    prof = str(PERSEUS / "stage_profile/gpt3-175b+a100_sxm_bf16.csv")
+    args = ["--stages", "8", "--microbatches", "24", "--p-block", "83.64", "--deadline", "1e8"]
+    assert main(["train", "simulate", prof, *args]) == 0
+    assert "saved 3,924.1 J per iteration = 0.00% of the before energy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["plan", "simulate"])
+def test_profile_with_a_byte_order_mark(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, command: str
+) -> None:
+    bom = tmp_path / "excel.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + Path(TINY).read_bytes())
+    args = ["--stages", "2", "--microbatches", "3", "--p-block", "50"]
+    assert main(["train", command, str(bom), *args]) == 0, capsys.readouterr().err
+
+
+def _gpt3_in(tmp_path: Path, *, time_x: float = 1.0, energy_x: float = 1.0) -> str:
+    rows = (PERSEUS / "stage_profile/gpt3-175b+a100_sxm_bf16.csv").read_text().splitlines()
+    lines = [rows[0]]
+    for row in rows[1:]:
+        s, inst, f, t, e = row.split(",")
+        lines.append(f"{s},{inst},{f},{float(t) * time_x!r},{float(e) * energy_x!r}")
+    out = tmp_path / "wrong-units.csv"
+    out.write_text("\n".join(lines) + "\n")
+    return str(out)
+
+
+@pytest.mark.parametrize("command", ["plan", "simulate"])
+@pytest.mark.parametrize(
+    ("scale", "p_block", "message"),
+    [
+        ({"time_x": 1e3}, "83.64", "these look like milliseconds"),
+        ({"energy_x": 1e-3}, "83.64", "these look like kilojoules"),
+        ({}, "83640", "is it in milliwatts (83.64 W)?"),
+    ],
+)
+def test_wrong_units_are_refused_in_one_line(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    command: str,
+    scale: dict[str, float],
+    p_block: str,
+    message: str,
+) -> None:
+    # Issue 9: profiles in ms or kJ, and --p-block 83640, used to print confident savings.
+    args = ["--stages", "8", "--microbatches", "24", "--p-block", p_block]
+    assert main(["train", command, _gpt3_in(tmp_path, **scale), *args]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert message in captured.err and captured.err.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", ["plan", "simulate"])
+def test_unbounded_sizes_are_one_line_and_immediate(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    # Issue 9: `train plan --microbatches 100000` ran for days with no output.
+    import perwatt.train.plan as plan_mod
+
+    def no_schedule(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the size must be refused before the schedule is built")
+
+    monkeypatch.setattr(plan_mod, "one_f_one_b", no_schedule)
+    prof = str(PERSEUS / "stage_profile/gpt3-175b+a100_sxm_bf16.csv")
+    args = ["--stages", "8", "--microbatches", "100000", "--p-block", "83.64"]
+    assert main(["train", command, prof, *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "1,600,000 instructions per iteration" in err
+
+
+@pytest.mark.parametrize("command", ["plan", "simulate"])
+def test_long_solves_show_progress_on_stderr(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    import perwatt.cli.train as train_cli
+
+    monkeypatch.setattr(train_cli, "PROGRESS_EVERY_S", 0.0)  # every report, for the test
+    prof = str(PERSEUS / "stage_profile/gpt3-175b+a100_sxm_bf16.csv")
+    args = ["--stages", "8", "--microbatches", "12", "--p-block", "83.64"]
+    assert main(["train", command, prof, *args]) == 0
+    captured = capsys.readouterr()
+    lines = [x for x in captured.err.splitlines() if x.startswith("perwatt: solving the frontier")]
+    assert [x.split(": ")[2].split("%")[0] for x in lines] == ["40", "80"]
+    assert "solving" not in captured.out
+
+
+# 120 ms instructions: a row shorter than the counter period is refused (issue 9 §3).
+_ENDLESS_SCRIPT = """
+import sys, time
+from pathlib import Path
+from perwatt.train import profiler
+n = 0
+while not profiler.done():
+    for inst in ("forward", "backward"):
+        profiler.on_instruction_begin(inst)
+        time.sleep(0.12)
+        profiler.on_instruction_end(inst)
+    profiler.on_iteration_end()
+    n += 1
+    if n == 2:
+        Path(sys.argv[1]).write_text("measuring")
+"""
+
+
+def test_profile_script_sigterm_keeps_the_rows_and_says_so(tmp_path: Path) -> None:
+    """SIGTERM mid-sweep (a scheduler's time limit): the rows measured so far are written as
+    *.partial.csv, the clocks restored, and perwatt says so and exits 143 (it died at once)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script, marker = tmp_path / "train.py", tmp_path / "measuring"
+    script.write_text(_ENDLESS_SCRIPT)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "perwatt", "train", "profile", "--script", str(script),
+         "--out", str(tmp_path / "s0.csv"), _FLAG, "--warmup", "0", "--iterations", "1000",
+         "--", str(marker)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=Path(__file__).parents[2], env={**os.environ, "PERWATT_FAKE_NVML": "A100"},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline and p.poll() is None:
+            time.sleep(0.05)
+        assert marker.exists(), p.communicate()[1]
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 143, err
+    assert "Traceback" not in err and "perwatt: interrupted by SIGTERM" in err
+    partial = tmp_path / "s0.partial.csv"
+    rows = list(csv.reader(partial.read_text().splitlines()))
+    assert rows[0][:3] == ["stage", "instruction", "frequency"] and len(rows) >= 3
+    assert f"wrote {partial}: {len(rows) - 1} rows" in out
+    assert "PARTIAL: interrupted by SIGTERM" in out
+    assert not (tmp_path / "s0.csv").exists()

@@ -173,11 +173,13 @@ def test_failed_points_are_recorded_and_the_sweep_continues(
     def load(model: str, precision: str, *, batch: int, seq_len: int, **kw: Any) -> Any:
         if batch == 3:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+        if precision == "fp16":  # as plan_precision does for a precision this device lacks
+            raise ConfigError("fp16 is not supported on this device")
         return real_load(model, precision, batch=batch, seq_len=seq_len, **kw)
 
     monkeypatch.setattr(B, "_load", load)
     paths = B.run_builtin_bench(
-        precisions="fp7,bf16",
+        precisions="fp16,bf16",
         batches="1,3",
         result_dir=tmp_path,
         energy_source=SimulatedSource(power_w=POWER_W),
@@ -185,9 +187,9 @@ def test_failed_points_are_recorded_and_the_sweep_continues(
     )
     by_name = {p.name: load_result(p) for p in paths}
     assert len(by_name) == 4
-    bad_prec = by_name["builtin-tiny-fp7_b1.json"]
+    bad_prec = by_name["builtin-tiny-fp16_b1.json"]
     assert bad_prec["status"] == "failed"
-    assert "fp7" in (bad_prec["partial_reason"] or "")
+    assert "fp16" in (bad_prec["partial_reason"] or "")
     oom = by_name["builtin-tiny-bf16_b3.json"]
     assert oom["status"] == "failed"
     assert "smaller --batch" in (oom["partial_reason"] or "")
@@ -213,6 +215,36 @@ def test_unresolvable_model_is_one_error_before_the_sweep(tmp_path: Path, model:
             **{**SMALL, "model": model},
         )
     assert not out.exists() or not list(out.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("kw", "needle"),
+    [
+        ({"precisions": "bf16,bogus"}, "--precision 'bogus' is unknown"),
+        ({"reference_precision": "fp7"}, "reference precision 'fp7' is unknown"),
+        ({"input_len": 100_000_000}, "exceed the model's 2048 positions"),
+        ({"min_window_s": float("nan")}, "--min-window-s"),
+        ({"min_window_s": 1e9}, "--min-window-s"),
+        ({"idle_seconds": float("inf")}, "--idle-seconds"),
+        ({"pue": float("nan")}, "pue"),
+    ],
+)
+def test_bad_options_fail_before_anything_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kw: dict[str, Any], needle: str
+) -> None:
+    """Issue 9 §4: an invalid precision was caught only after the reference model's load."""
+
+    def no_load(*a: Any, **k: Any) -> Any:
+        raise AssertionError("a model was loaded before the options were checked")
+
+    monkeypatch.setattr(B, "_load", no_load)
+    monkeypatch.setattr(B, "reference_run", no_load)
+    monkeypatch.setattr(B, "_open_meter", no_load)
+    out = tmp_path / "out"
+    args: dict[str, Any] = {**SMALL, "precisions": "bf16", "batches": "1", **kw}
+    with pytest.raises(ConfigError, match=needle):
+        B.run_builtin_bench(result_dir=out, energy_source=SimulatedSource(power_w=1.0), **args)
+    assert not out.exists()
 
 
 def test_cpu_allocator_failure_is_reported_as_out_of_memory() -> None:
@@ -572,3 +604,20 @@ def test_server_and_builtin_documents_share_one_header(
     assert tuple(server["conditions"]) == (*schema_keys, "energy_source_detail")
     same = ("host", "cpu", "python", "torch", "energy_source", "gpus")
     assert {k: server["conditions"][k] for k in same} == {k: builtin["conditions"][k] for k in same}
+
+
+def test_point_line_gives_the_guard_verdict_and_marks_emulation() -> None:
+    """Issue 9: int4 top-1 0.25 was printed with no verdict; emulated fp8 J/token unmarked."""
+    from perwatt.bench.guard import GuardThresholds
+    from perwatt.bench.result import example_result
+
+    doc: Any = example_result()
+    doc["config"]["precision"] = "int4"
+    doc["config"]["batch_size"] = 4
+    doc["accuracy"] = {"reference": "fp32", "kl_mean": 0.103, "top1_agreement": 0.25}
+    doc["builtin"] = {"decode": {"tokens_per_s": 100.0}, "emulated": True}
+    line = B.format_point(doc)
+    assert "guard FAIL (top-1 0.25 < 0.9; KL 0.103 > 0.1)" in line
+    assert "tok/J (simulated) (emulated: no energy claim)" in line
+    off = GuardThresholds(min_top1_agreement=None, max_kl_mean=0.5)
+    assert "guard pass" in B.format_point(doc, off)

@@ -496,7 +496,25 @@ class FakePrometheus:
         if self.override is not None:
             return self.override
         query = q.get("query", [""])[0]
-        if path == "/api/v1/query":
+        if path == "/api/v1/query" and query.startswith("{__name__=~"):
+            # The meter's one query per sample: both fields, newest samples with their times.
+            result = []
+            for key in self.gpus:
+                for metric, fn in zip(
+                    ("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "DCGM_FI_DEV_POWER_USAGE"),
+                    self.gpus[key],
+                    strict=True,
+                ):
+                    if fn is None or not self._matches(query, key[0]):
+                        continue
+                    result.append(
+                        {
+                            "metric": {"__name__": metric, **_series(*key)},
+                            "values": [[self.now, repr(fn(self.now))]],
+                        }
+                    )
+            data = {"resultType": "matrix", "result": result}
+        elif path == "/api/v1/query":
             result = []
             for key in self.gpus:
                 fn = self._metric_fn(query, key)
@@ -763,3 +781,178 @@ def test_exporter_hanging_mid_command_keeps_the_energy_measured_before(serve: An
     assert d["partial"] is True and d["partial_reason"] == cm.partial_reason
     text = format_command_measurement(cm)
     assert "PARTIAL: power source failed" in text and "the command exited 0" in text
+
+
+# ------------------------------------------- the meter on remote telemetry (issue 15)
+from perwatt.meter.fake_dcgm import FakeDCGMExporter  # noqa: E402
+from perwatt.meter.testing import FakeClock  # noqa: E402
+
+
+def _sample_until(meter: Meter, clock: FakeClock, t_end: float, dt: float = 0.1) -> None:
+    while clock() < t_end - 1e-9:
+        clock.advance(dt)
+        meter.sample_now()
+
+
+def test_dcgm_35s_window_on_a_30s_exporter_is_not_inflated() -> None:
+    """The issue's +71 %: a 35 s window straddling two 30 s refreshes. Four GPUs at ~1 kW."""
+    clock = FakeClock(1000.0)
+    exp = FakeDCGMExporter(
+        "node1", (1030.0, 1030.0, 1030.0, 1030.0), clock=clock, collect_interval_s=30.0
+    )
+    src = DCGMSource(exp.url, reuse_s=0.0)  # dcgm-exporter's default 30 s interval
+    meter = Meter(src, sampler=False, sync_cuda=False, clock=clock)
+    try:
+        meter.start()
+        _sample_until(meter, clock, 1029.9)
+        meter.begin("w")
+        _sample_until(meter, clock, 1064.9)
+        m = meter.end("w")
+    finally:
+        meter.close()
+        exp.close()
+    truth = 4 * 1030.0 * 35.0
+    assert m.total_energy_j == pytest.approx(truth, rel=0.01)  # raw counter: +71 %
+    assert m.avg_power_w <= (m.peak_power_w or 0.0) * 1.001  # was 6,460 W beside 4,122 W
+    assert set(m.methods.values()) == {"power-integral"}
+    assert all(m.uncertainty_j[d] < 0.01 * m.energy_j[d] for d in m.energy_j)
+    assert any("integrated power is tighter and was used" in w for w in m.warnings)
+
+
+def test_dcgm_hung_exporter_serving_its_last_page_is_partial() -> None:
+    exp = FakeDCGMExporter("node1", (300.0,), collect_interval_s=0.2)
+    src = DCGMSource(exp.url, collect_interval_s=0.2, reuse_s=0.0)
+    meter = Meter(src, sample_interval_s=0.05, sync_cuda=False)
+    try:
+        meter.start()
+        meter.begin("w")
+        time.sleep(0.8)
+        exp.hang()
+        time.sleep(3.0)  # the counter stands still for over 2 s: stale
+        m = meter.end("w")
+    finally:
+        meter.close()
+        exp.close()
+    dev = "node1/gpu0"
+    assert dev in m.partial_devices and "stale page" in m.partial_devices[dev]
+    assert m.energy_j[dev] < 0.6 * 300.0 * m.duration_s  # only what was read, and it says so
+
+
+def test_dcgm_exporter_down_for_part_of_the_run_is_a_gap_the_counter_spans() -> None:
+    exp = FakeDCGMExporter("node1", (300.0, 450.0), collect_interval_s=0.1)
+    src = DCGMSource(exp.url, collect_interval_s=0.1, reuse_s=0.0, timeout_s=0.5)
+    meter = Meter(src, sample_interval_s=0.05, sync_cuda=False)
+    try:
+        meter.start()
+        meter.begin("w")
+        time.sleep(0.8)
+        exp.go_down()
+        time.sleep(1.0)
+        exp.come_up()
+        time.sleep(1.2)
+        m = meter.end("w")
+    finally:
+        meter.close()
+        exp.close()
+    assert {g.device for g in m.gaps} == {"node1/gpu0", "node1/gpu1"}, m.gaps
+    assert all("dcgm-exporter at" in g.reason for g in m.gaps), m.gaps  # refused, or reset
+    assert all(g.duration_s is not None and g.duration_s >= 0.8 for g in m.gaps), m.gaps
+    assert any("spanned by the energy counter" in w for w in m.warnings)
+    assert not m.partial
+    for gpu, watts in ((0, 300.0), (1, 450.0)):
+        dev = f"node1/gpu{gpu}"
+        true_j = exp.true_energy_j(gpu, m.start_s, m.end_s)
+        assert m.methods[dev] == "counter"
+        assert abs(m.energy_j[dev] - true_j) <= m.uncertainty_j[dev] + 0.01 * true_j
+        assert m.energy_j[dev] == pytest.approx(watts * m.duration_s, rel=0.06)
+
+
+def test_dcgm_counter_reset_reaches_the_warnings_with_the_energy_lost() -> None:
+    exp = FakeDCGMExporter("node1", (300.0,), collect_interval_s=0.1)
+    src = DCGMSource(exp.url, collect_interval_s=0.1, reuse_s=0.0)
+    meter = Meter(src, sample_interval_s=0.05, sync_cuda=False)
+    try:
+        meter.start()
+        meter.begin("w")
+        time.sleep(1.0)
+        exp.reset_counter(0)
+        time.sleep(1.0)
+        m = meter.end("w")
+    finally:
+        meter.close()
+        exp.close()
+    said = [w for w in (*m.warnings, *m.partial_devices.values()) if "restarted from zero" in w]
+    assert said and "J by integrated power" in said[0]
+
+
+def test_dcgm_select_by_label_and_index(serve: Any) -> None:
+    exp = FakeDCGMExporter("node1", (100.0, 200.0, 300.0), pods={2: ("llm", "vllm-0", "vllm")})
+    try:
+        src = DCGMSource(exp.url, select='pod=~"vllm-.*"')
+        assert src.devices == ("node1/gpu2",)
+        assert "selected by" in src.describe() and "node1/gpu2" in src.describe()
+        src.close()
+        src = DCGMSource(exp.url, select="0,1")
+        assert src.devices == ("node1/gpu0", "node1/gpu1")
+        src.close()
+        with pytest.raises(UnknownDeviceError, match="matches no GPU"):
+            DCGMSource(exp.url, select='Hostname="node9"')
+    finally:
+        exp.close()
+
+
+class _Starting:
+    """Prometheus while it replays its WAL: HTTP 503 "Service Unavailable" for a while."""
+
+    def __init__(self, prom: FakePrometheus, first_503: int) -> None:
+        self.prom = prom
+        self.left = first_503
+
+    def route(self, path: str, q: dict[str, list[str]]) -> Reply:
+        if self.left > 0:
+            self.left -= 1
+            return Reply(503, "Service Unavailable\n")
+        return self.prom.route(path, q)
+
+
+def test_prometheus_503_while_starting_is_retried_then_reported(serve: Any) -> None:
+    prom = FakePrometheus()
+    prom.gpus[("node1", 0)] = (lambda t: 1e6, lambda t: 100.0)
+    srv = serve(_Starting(prom, 3).route)
+    src = PrometheusSource(srv.base, startup_wait_s=10.0)
+    assert src.devices == ("node1/gpu0",)
+    src.close()
+    srv = serve(_Starting(prom, 10**6).route)
+    with pytest.raises(RemoteSourceError, match=r"is starting .*HTTP 503.*-/ready") as ei:
+        PrometheusSource(srv.base, startup_wait_s=0.3)
+    assert "not a Prometheus server" not in str(ei.value)
+
+
+def test_prometheus_one_query_per_sample_for_the_selection_only(serve: Any) -> None:
+    prom = FakePrometheus()
+    prom.gpus[("node1", 0)] = (lambda t: 1e6 + 300e3 * (t - 1.7e9), lambda t: 300.0)
+    prom.gpus[("node2", 0)] = (lambda t: 1e6, lambda t: 100.0)
+    srv = serve(prom.route)
+    src = PrometheusSource(srv.base, select='Hostname="node1"')
+    clock = FakeClock(0.0)
+    meter = Meter(src, sampler=False, sync_cuda=False, clock=clock)
+    try:
+        meter.start()
+        before = len(srv.requests)
+        for _ in range(10):
+            clock.advance(0.1)
+            meter.sample_now()
+        made = srv.requests[before:]
+    finally:
+        meter.close()
+    assert len(made) == 10
+    assert all('Hostname="node1"' in q["query"][0] for _, q in made)
+
+
+def test_prometheus_without_selection_refuses_a_cluster(serve: Any) -> None:
+    prom = FakePrometheus()
+    prom.gpus[("node1", 0)] = (lambda t: 1e6, lambda t: 100.0)
+    prom.gpus[("node2", 0)] = (lambda t: 1e6, lambda t: 100.0)
+    srv = serve(prom.route)
+    with pytest.raises(ConfigError, match=r"2 hosts \(node1, node2\).*--select"):
+        PrometheusSource(srv.base)

@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from perwatt.errors import ConfigError, DataFormatError
-from perwatt.meter import Meter, PowerSource, ReplaySource, SimulatedSource, load_trace
+from perwatt.meter import (
+    Meter,
+    PowerSource,
+    ReplaySource,
+    SimulatedSource,
+    is_measured,
+    load_trace,
+)
 
 
 class Clock:
@@ -85,7 +92,9 @@ def test_timeline_round_trip_through_replay(tmp_path: Path) -> None:
         clock.advance(13.75)
         meter.sample_now()
         m = meter.end("w")
-    assert m.sources == {"gpu0": "replay", "cpu0-package": "replay"}
+    # The trace's source column travels: the replayed figures keep their origin.
+    assert m.sources == {"gpu0": "replay(simulated)", "cpu0-package": "replay(rapl)"}
+    assert m.source == "mixed(replay(rapl),replay(simulated))"
     assert not m.measured
     for dev in ("gpu0", "cpu0-package"):
         assert m.energy_j[dev] == pytest.approx(want.energy_j[dev], rel=1e-6)
@@ -218,3 +227,64 @@ def test_binary_trace_is_a_data_format_error(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(DataFormatError, match="cannot read trace"):
         load_trace(tmp_path / "absent.csv")
+
+
+def test_replay_keeps_the_original_source_label(tmp_path: Path) -> None:
+    """A replay of simulated or FAKE data must never read as plain ``replay`` (issue 9)."""
+    path = tmp_path / "t.csv"
+    path.write_text(
+        "time_s,device,power_w,energy_j,source\n"
+        "0,gpu0,100,0,nvml-counter\n1,gpu0,100,100,nvml-counter\n"
+        "0,sim0,50,,simulated\n1,sim0,50,,simulated\n"
+    )
+    src = ReplaySource(path)
+    assert src.device_label("gpu0", counter=True) == "replay(nvml-counter)"
+    assert src.device_label("sim0", counter=False) == "replay(simulated)"
+    assert src.energy_label == "mixed(replay(nvml-counter),replay(simulated))"
+    assert not is_measured(src.energy_label)
+    assert not is_measured("replay(nvml-counter)")
+
+
+def test_replay_without_source_column_is_plain_replay(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("time_s,device,power_w\n0,gpu0,100\n1,gpu0,100\n")
+    assert ReplaySource(path).device_label("gpu0", counter=True) == "replay"
+
+
+def test_replay_of_a_replay_keeps_the_innermost_origin(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text(
+        "time_s,device,power_w,source\n0,gpu0,100,replay(simulated)\n1,gpu0,100,replay(simulated)\n"
+    )
+    assert ReplaySource(path).device_label("gpu0", counter=True) == "replay(simulated)"
+
+
+def test_replay_rejects_an_unknown_source_label(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("time_s,device,power_w,source\n0,gpu0,100,magic\n1,gpu0,100,magic\n")
+    with pytest.raises(DataFormatError, match="'magic' is not a perwatt source label"):
+        load_trace(path)
+
+
+@pytest.mark.parametrize(
+    ("label", "measured"),
+    [
+        ("nvml-counter", True),
+        ("mixed(nvml-counter,rapl)", True),
+        ("replay", False),
+        ("replay(simulated)", False),
+        ("replay(nvml-counter)", False),
+        ("mixed(rapl,replay(nvml-counter))", False),
+        ("mixed(rapl,simulated)", False),
+        ("mixed()", False),
+    ],
+)
+def test_is_measured_on_compound_labels(label: str, measured: bool) -> None:
+    assert is_measured(label) is measured
+
+
+def test_trace_with_a_byte_order_mark(tmp_path: Path) -> None:
+    """A CSV saved by Excel starts with a UTF-8 BOM: the first column is still 'time_s'."""
+    p = tmp_path / "excel.csv"
+    p.write_bytes(b"\xef\xbb\xbf" + b"time_s,device,power_w\n0,g,100\n1,g,100\n")
+    assert load_trace(p).energy_between_j(0.0, 1.0) == {"g": pytest.approx(100.0)}

@@ -12,6 +12,7 @@ import pytest
 from perwatt.bench.result import example_result
 from perwatt.errors import ConfigError, DataFormatError
 from perwatt.report import pareto_front, render_html_report, write_html_report
+from perwatt.report.html import written_by_perwatt
 
 DATA = Path(__file__).parents[1] / "bench" / "data"
 RUNS = sorted(DATA.glob("*.json"))
@@ -162,3 +163,102 @@ def test_pareto_front() -> None:
     assert pareto_front(pts) == [0, 1, 2]
     assert pareto_front([(1.0, 1.0), (1.0, 1.0)]) == [0, 1]  # ties dominate neither
     assert pareto_front([]) == []
+
+
+# ---------------------------------------------------------------- issue 9: what the user sees
+def test_cpu_estimate_is_not_titled_gpu_power() -> None:
+    from perwatt.report.html import power_axis_label
+
+    doc: Any = _doc(DATA / "bf16_c4.json")
+    doc["energy"]["source"] = "estimated"
+    doc["energy"]["whole_run"]["energy_j"] = {"cpu": 12.0}
+    text = render_html_report([doc])
+    assert "machine CPU power, estimated (W)" in text
+    assert "total GPU power (W)" not in text
+    doc["energy"]["source"] = "rapl"
+    doc["energy"]["whole_run"]["energy_j"] = {"cpu0-package": 1.0, "cpu0-dram": 1.0}
+    assert power_axis_label(doc) == "total CPU power (W)"
+    doc["energy"]["source"] = "nvml-counter"
+    doc["energy"]["whole_run"]["energy_j"] = {"gpu0": 1.0}
+    assert power_axis_label(doc) == "total GPU power (W)"
+    doc["energy"]["source"] = "replay(nvml-counter)"
+    assert power_axis_label(doc) == "total GPU power, replay(nvml-counter) (W)"
+
+
+def test_conditions_never_print_python_none() -> None:
+    doc: Any = example_result()  # torch None, precision None, no GPUs
+    text = render_html_report([doc])
+    cond = text.split("<h2>Conditions</h2>")[1]
+    assert "None" not in cond
+    assert "example-model / –" in cond
+
+
+def test_failed_run_is_marked_and_not_plotted() -> None:
+    ok = _doc(DATA / "bf16_c4.json")
+    failed: Any = _doc(DATA / "fp8_c4.json")
+    failed["status"] = "failed"
+    failed["partial_reason"] = "every request failed (http_500: 24)"
+    failed["energy"]["output_tokens_per_j"] = 0.0
+    failed["energy"]["j_per_output_token"] = None
+    text = render_html_report([ok, failed])
+    assert "failed: no successful request, not plotted" in text
+    assert "Not plotted above: result 2 (no successful request" in text
+    charts = text.split("<h2>Efficiency across load</h2>")[1].split("<h2>Power timelines</h2>")[0]
+    assert "result 2" not in charts.split("Not plotted above")[0]  # no point, no tooltip
+    assert "0 tok/J" not in charts
+
+
+def test_a_file_given_twice_is_one_row(tmp_path: Path) -> None:
+    from perwatt.report import dedupe_results
+
+    a = DATA / "bf16_c4.json"
+    unique, dropped = dedupe_results([a, DATA / "." / "bf16_c4.json", DATA / "fp8_c4.json"])
+    assert unique == [a, DATA / "fp8_c4.json"] and dropped == [str(DATA / "." / "bf16_c4.json")]
+    text = render_html_report([a, a])
+    summary = text.split("<h2>Summary</h2>")[1].split("</table>")[0]
+    assert len(summary.split("<tr")) - 2 == 1  # header + one run
+
+
+def test_guard_failure_is_marked_next_to_the_energy_figures() -> None:
+    doc: Any = _doc(DATA / "fp8_c4.json")
+    doc["accuracy"] = {
+        "reference": "bf16",
+        "kl_mean": 0.103,
+        "top1_agreement": 0.25,
+        "max_rel_err": None,
+        "exact_match": None,
+        "logprob_agreement": None,
+        "perplexity": None,
+        "note": "teacher-forced",
+    }
+    text = render_html_report([_doc(DATA / "bf16_c4.json"), doc])
+    assert "FAIL the accuracy guard" in text
+    summary = text.split("<h2>Summary</h2>")[1].split("</table>")[0]
+    assert "<tr class=fail>" in summary and "top-1 0.25 &lt; 0.9" in summary
+    assert "accuracy guard" in summary
+    from perwatt.bench.guard import GuardThresholds
+
+    lenient = render_html_report([doc], thresholds=GuardThresholds(min_top1_agreement=0.2))
+    assert "FAIL the accuracy guard" in lenient  # KL 0.103 > 0.1 still fails
+    off = GuardThresholds(min_top1_agreement=None, max_kl_mean=None)
+    assert "FAIL the accuracy guard" not in render_html_report([doc], thresholds=off)
+
+
+def test_out_may_replace_only_a_perwatt_report_and_never_an_input(tmp_path: Path) -> None:
+    run = tmp_path / "run.json"
+    run.write_bytes(RUNS[0].read_bytes())
+    with pytest.raises(ConfigError, match="is one of the input files"):
+        write_html_report([run], tmp_path / "." / "run.json")
+    assert run.read_bytes() == RUNS[0].read_bytes()
+    other = tmp_path / "other.txt"
+    other.write_text("keep me")
+    with pytest.raises(ConfigError, match="not a report perwatt wrote"):
+        write_html_report([run], other)
+    assert other.read_text() == "keep me"
+    assert written_by_perwatt(write_html_report([run], other, force=True))
+    # through a symlink: the report goes where it points, the link stays a link
+    real = write_html_report([run], tmp_path / "real.html")
+    link = tmp_path / "latest.html"
+    link.symlink_to(real)
+    write_html_report([run], link, title="again")
+    assert link.is_symlink() and "<title>again</title>" in real.read_text()

@@ -291,3 +291,17 @@ def test_forked_child_cannot_stop_the_worker(tmp_path: Path) -> None:
         assert c._proc.is_alive() and "reset" not in _journal(j)
         c._owner_pid = os.getpid()
     assert _journal(j)[-1] == "reset"
+
+
+def test_no_supported_clock_list_is_a_clear_error() -> None:
+    from perwatt.errors import DeviceError
+
+    def no_clocks() -> FakeNVML:
+        fake = H100()
+        fake.fail("nvmlDeviceGetSupportedGraphicsClocks", 3)  # NVML_ERROR_NOT_SUPPORTED
+        return fake
+
+    c = FrequencyController(PLAN, allow_clock_changes=True, nvml_factory=no_clocks)
+    with pytest.raises(DeviceError, match="no supported SM clocks"):
+        c.start()
+    assert c._proc is None

@@ -14,6 +14,7 @@ from perwatt.errors import ConfigError, DataFormatError
 from perwatt.train.frontier import (
     Frontier,
     NoisyProfileWarning,
+    Solver,
     compiled_solver_available,
     compute_frontier,
     operation_options,
@@ -23,7 +24,7 @@ from perwatt.train.profile import StageProfile, load_profile
 from perwatt.train.schedule import Schedule, gpipe, interleaved_one_f_one_b, one_f_one_b
 
 DATA = Path(__file__).resolve().parent / "data"
-SHARED = Path(__file__).resolve().parents[3] / "shared/data/perseus-sosp24"
+PERSEUS = Path(__file__).resolve().parents[2] / "data/perseus-sosp24"
 
 
 @pytest.fixture(scope="module")
@@ -121,9 +122,7 @@ def test_frontier_against_exact_discrete_optimum() -> None:
     every plan (the slowest clock within each planned duration) is a feasible discrete
     solution, so it upper-bounds it. The gap is printed (see BENCHMARKS.md).
     """
-    path = SHARED / "stage_profile/gpt3-175b+a100_sxm_bf16.csv"
-    if not path.exists():
-        pytest.skip(f"shared Perseus data not found at {SHARED}")
+    path = PERSEUS / "stage_profile/gpt3-175b+a100_sxm_bf16.csv"
     full = load_profile(path)
     prof = StageProfile(entries={k: v for k, v in full.entries.items() if k[0] < 3})
     schedule = one_f_one_b(3, 3)
@@ -311,7 +310,7 @@ def test_large_network_path_matches_small(
     for plan, as the plain-Python augmentation (small ones)."""
     import perwatt.train.frontier as frontier_mod
 
-    prof = load_profile(SHARED / "stage_profile/gpt3-175b+a100_sxm_bf16.csv")
+    prof = load_profile(PERSEUS / "stage_profile/gpt3-175b+a100_sxm_bf16.csv")
     n_prof = schedule.num_stages * schedule.chunks
     prof = StageProfile(entries={k: v for k, v in prof.entries.items() if k[0] < n_prof})
     monkeypatch.setattr(frontier_mod, "_PY_BFS_MAX_ARCS", 10**9)
@@ -347,7 +346,7 @@ def test_batched_exponential_fits_match_one_by_one() -> None:
 
 
 def _gpt3(stages: int) -> StageProfile:
-    prof = load_profile(SHARED / "stage_profile/gpt3-175b+a100_sxm_bf16.csv")
+    prof = load_profile(PERSEUS / "stage_profile/gpt3-175b+a100_sxm_bf16.csv")
     return StageProfile(entries={k: v for k, v in prof.entries.items() if k[0] < stages})
 
 
@@ -546,3 +545,24 @@ def test_compiled_sweep_matches_python_on_random_profiles(seed: int) -> None:
             return
         c = compute_frontier(prof, schedule, solver="compiled", **kw)  # type: ignore[arg-type]
     _assert_same_frontier(c, py)
+
+
+@pytest.mark.parametrize(
+    "solver", [pytest.param("compiled", marks=COMPILED), pytest.param("python")]
+)
+def test_progress_is_the_same_from_both_sweeps(solver: Solver) -> None:
+    # The compiled and the Python sweep report at the same steps with the same share swept;
+    # an error raised by the callback stops the sweep (as Ctrl-C does).
+    prof = _gpt3(8)
+    seen: list[float] = []
+    fr = compute_frontier(
+        prof, one_f_one_b(8, 12), p_block_w=83.64, solver=solver, progress=seen.append
+    )
+    assert len(seen) == len(fr.points) // 256 == 2
+    assert seen == pytest.approx([256 / 641.0, 512 / 641.0], abs=2 / 641)
+
+    def stop(fraction: float) -> None:
+        raise RuntimeError(f"stopped at {fraction:.2f}")
+
+    with pytest.raises(RuntimeError, match=r"stopped at 0\.40"):
+        compute_frontier(prof, one_f_one_b(8, 12), p_block_w=83.64, solver=solver, progress=stop)

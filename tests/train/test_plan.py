@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from perwatt.train.plan import (
 
 DATA = Path(__file__).resolve().parent / "data"
 TINY = DATA / "tiny_profile.csv"
+PERSEUS = Path(__file__).resolve().parents[2] / "data/perseus-sosp24"
 
 
 @pytest.fixture(scope="module")
@@ -163,10 +165,7 @@ def test_fastest_plan_slower_than_max_clock_is_explained() -> None:
     """At a 1 ms quantum the GPT-3/A100 "fastest" plan picks clocks whose real time rounds down
     to the top clock's, and replays 0.11% slower than all-max; the output says so and names the
     fix, and a 0.1 ms quantum removes the gap."""
-    shared = Path(__file__).resolve().parents[3] / "shared/data/perseus-sosp24"
-    path = shared / "stage_profile/gpt3-175b+a100_sxm_bf16.csv"
-    if not path.exists():
-        pytest.skip("shared Perseus data not found")
+    path = PERSEUS / "stage_profile/gpt3-175b+a100_sxm_bf16.csv"
     prof = load_profile(path)
     coarse = compute_frontier(prof, one_f_one_b(8, 12), p_block_w=83.64)
     c = choose_plan(coarse, target="fastest")
@@ -182,10 +181,7 @@ def test_note_on_skipped_points_tells_the_true_reason() -> None:
     """A cheaper point just under T′ can be skipped because its replay overshoots (1 ms
     quantum): the note must say that, not that slower points cost more (review finding:
     GPT-3/A100, 4 stages x 6 microbatches, straggler ratio 1.015)."""
-    shared = Path(__file__).resolve().parents[3] / "shared/data/perseus-sosp24"
-    path = shared / "stage_profile/gpt3-175b+a100_sxm_bf16.csv"
-    if not path.exists():
-        pytest.skip("shared Perseus data not found")
+    path = PERSEUS / "stage_profile/gpt3-175b+a100_sxm_bf16.csv"
     from perwatt.train import StageProfile
 
     full = load_profile(path)
@@ -201,3 +197,88 @@ def test_note_on_skipped_points_tells_the_true_reason() -> None:
         assert ("slower points up to" in text) == (bool(skipped) and not cheaper)
         seen.add(cheaper)
     assert seen == {True, False}  # both notes exercised
+
+
+def _gpt3_frontier() -> Frontier:
+    prof = load_profile(PERSEUS / "stage_profile/gpt3-175b+a100_sxm_bf16.csv")
+    return compute_frontier(prof, one_f_one_b(8, 24), p_block_w=83.64)
+
+
+def test_saving_is_exact_under_a_far_deadline() -> None:
+    # Issue 9: at a 1e8 s deadline both plans' energies up to the horizon are ~6.7e10 J, and
+    # subtracting them lost the 3,924 J saving to rounding (a RuntimeError in `train simulate`).
+    fr = _gpt3_frontier()
+    near = choose_plan(fr, deadline_s=100.0)
+    far = choose_plan(fr, deadline_s=1e8)
+    assert far.point == near.point
+    assert far.vs_baseline.saved_j == pytest.approx(near.vs_baseline.saved_j, rel=1e-12)
+    assert far.vs_baseline.saved_j == pytest.approx(3924.0856, abs=1e-3)
+    # The percentage is of the reference's energy up to the horizon, so it shrinks.
+    assert far.vs_baseline.saved_pct < near.vs_baseline.saved_pct < 26.86
+
+
+def _energy(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+def test_text_prints_the_figures_the_saving_is_computed_from() -> None:
+    # Issue 9: "saved 26.86% (3924.1 J)" next to energies that differ by 3,507 J. Each compared
+    # plan's energy up to the horizon is printed, and they subtract to the saving printed.
+    fr = _gpt3_frontier()
+    for choice in ({"straggler_ratio": 1.2}, {"deadline_s": 1e8}, {"target": "fastest"}):
+        c = choose_plan(fr, **choice)  # type: ignore[arg-type]
+        text = format_choice(c, fr)
+        totals = {
+            m[1]: _energy(m[2])
+            for m in re.finditer(r"^  (.+?): +[\d.]+ s, .* = ([\d,.]+) J$", text, re.M)
+        }
+        assert set(totals) == {"chosen plan", "all GPUs at max clock", "frontier's fastest point"}
+        for sv in (c.vs_baseline, c.vs_fastest):
+            m = re.search(
+                rf"saved vs {re.escape(sv.reference)}: ([\d,.]+) J/iteration = ([\d.]+)% of its "
+                r"([\d,.]+) J up to ",
+                text,
+            )
+            assert m is not None, text
+            saved, pct, of = _energy(m[1]), float(m[2]), _energy(m[3])
+            assert of == totals[sv.reference]
+            assert saved == pytest.approx(totals[sv.reference] - totals["chosen plan"], abs=0.11)
+            assert pct == pytest.approx(100 * saved / of, abs=0.006)
+        assert ("percentages are of the energy up to the time limit" in text) == (
+            "deadline_s" in choice or "straggler_ratio" in choice
+        )
+    doc = choice_as_dict(c, fr)["vs_baseline"]
+    assert isinstance(doc, dict) and doc["saved_pct_of"].startswith("reference_energy_j")
+    assert doc["reference_energy_j"] == pytest.approx(
+        doc["reference_replay_energy_j"] + doc["reference_blocked_to_horizon_j"]
+    )
+
+
+def test_sizes_beyond_sane_bounds_fail_before_any_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 9: `train plan --microbatches 100000` ran for days without a word.
+    import perwatt.train.plan as plan_mod
+
+    def no_schedule(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the size must be refused before the schedule is built")
+
+    monkeypatch.setattr(plan_mod, "one_f_one_b", no_schedule)
+    path = PERSEUS / "stage_profile/gpt3-175b+a100_sxm_bf16.csv"
+    with pytest.raises(ConfigError, match=r"1,600,000 instructions per iteration; .* 65,536"):
+        plan_pipeline([path], stages=8, microbatches=100_000, p_block_w=83.64)
+
+
+def test_a_quantum_too_fine_for_the_range_is_refused() -> None:
+    path = PERSEUS / "stage_profile/gpt3-175b+a100_sxm_bf16.csv"
+    with pytest.raises(ConfigError, match=r"~10,5\d\d,\d\d\d frontier points; .*--quantum-ms"):
+        plan_pipeline([path], stages=8, microbatches=24, p_block_w=83.64, time_quantum_s=1e-7)
+
+
+def test_progress_reports_the_share_swept() -> None:
+    seen: list[float] = []
+    plan_pipeline([TINY], stages=2, microbatches=3, p_block_w=50.0, progress=seen.append)
+    assert seen == []  # a few hundred steps at most: nothing to report
+    path = PERSEUS / "stage_profile/gpt3-175b+a100_sxm_bf16.csv"
+    report = plan_pipeline([path], stages=8, microbatches=48, p_block_w=83.64, progress=seen.append)
+    # one report every 256 sweep steps, each the share of [T_min, T_max] swept so far
+    assert len(seen) == len(report.frontier.points) // 256
+    assert seen == sorted(seen) and seen[0] > 0 and seen[-1] <= 1

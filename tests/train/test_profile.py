@@ -11,7 +11,7 @@ from perwatt.errors import DataFormatError
 from perwatt.train.profile import StageProfile, combine_ranks, load_profile
 
 DATA = Path(__file__).resolve().parent / "data"
-SHARED = Path(__file__).resolve().parents[3] / "shared/data/perseus-sosp24"
+PERSEUS = Path(__file__).resolve().parents[2] / "data/perseus-sosp24"
 HEADER = "stage,instruction,frequency,time,energy\n"
 
 
@@ -32,9 +32,7 @@ def test_load_tiny_profile() -> None:
 
 
 def test_load_perseus_profile() -> None:
-    path = SHARED / "stage_profile/gpt3-175b+a100_sxm_bf16.csv"
-    if not path.exists():
-        pytest.skip(f"shared Perseus data not found at {SHARED}")
+    path = PERSEUS / "stage_profile/gpt3-175b+a100_sxm_bf16.csv"
     prof = load_profile(path)
     assert prof.num_stages == 8
     assert len(prof[(0, "forward")].freq_mhz) == 38
@@ -139,3 +137,10 @@ def test_heterogeneous_stages_may_differ_in_clocks(tmp_path: Path) -> None:
     )
     prof = load_profile(_write(tmp_path, body))
     assert prof.frequencies(0) == [1410] and prof.frequencies(1) == [1740]
+
+
+def test_byte_order_mark_is_not_part_of_the_header(tmp_path: Path) -> None:
+    # Issue 9: a CSV saved by Excel starts with a UTF-8 BOM, which gave "missing column 'stage'".
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + (DATA / "tiny_profile.csv").read_bytes())
+    assert load_profile(path).num_stages == load_profile(DATA / "tiny_profile.csv").num_stages

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from perwatt.errors import ConfigError, DataFormatError
+from perwatt.errors import ConfigError, DataFormatError, PartialRunError
 from perwatt.meter import Meter
 from perwatt.train import profiler as prof_mod
 from perwatt.train.profiler import (
@@ -25,7 +25,7 @@ from perwatt.train.profiler import (
 )
 from perwatt.train.simgpu import SimulatedGPU, default_stage_models
 
-SHARED = Path(__file__).resolve().parents[3] / "shared/data/perseus-sosp24/stage_profile"
+PERSEUS = Path(__file__).resolve().parents[2] / "data/perseus-sosp24/stage_profile"
 
 
 def _exact(stage: int, stages: int, inst: str, freq: int) -> tuple[float, float]:
@@ -176,16 +176,15 @@ def test_unsupported_frequency_is_refused() -> None:
         StageProfiler(stage=0, meter=meter, clocks=gpu, config=SweepConfig(min_freq_mhz=5000))
 
 
-def test_csv_format_matches_shared_profile(tmp_path: Path) -> None:
+def test_csv_format_matches_perseus_profile(tmp_path: Path) -> None:
     res = profile_simulated_pipeline(
         num_stages=2, microbatches=2, config=SweepConfig(frequencies_mhz=(1410, 1395))
     )
     out = write_profile_csv(res.rows, tmp_path / "p.csv")
     lines = out.read_text().splitlines()
     assert lines[0] == ",".join(CSV_HEADER)
-    shared = SHARED / "gpt3-175b+a100_sxm_bf16.csv"
-    if shared.exists():
-        assert shared.read_text().splitlines()[0] == lines[0]
+    perseus = PERSEUS / "gpt3-175b+a100_sxm_bf16.csv"
+    assert perseus.read_text().splitlines()[0] == lines[0]
     recs = list(csv.reader(lines[1:]))
     assert [r[:3] for r in recs[:4]] == [
         ["0", "forward", "1410"],
@@ -366,7 +365,9 @@ while not profiler.done():
 def _fake_nvml() -> Any:
     from perwatt.meter.testing import FakeNVML
 
-    return FakeNVML.with_gpus(["A100"])
+    # An exact energy counter: the scripts' 1 ms instructions under NVML's ~100 ms counter
+    # measure 0 J, which the profiler refuses to write (test_zero_joule_rows_are_not_written).
+    return FakeNVML.with_gpus(["A100"], counter_period_s=0.0)
 
 
 def test_profile_script_on_fake_nvml(tmp_path: Path) -> None:
@@ -423,7 +424,13 @@ def test_profile_script_refusals_and_partial(tmp_path: Path) -> None:
     )
     nvml = _fake_nvml()
     cfg = SweepConfig(frequencies_mhz=(1410, 1395, 1380), warmup_iterations=0, measure_iterations=1)
-    with pytest.raises(RuntimeError, match="OOM"):
+    # The script's own error is the cause of a PartialRunError that says what was kept (the
+    # CLI prints the script's traceback, then this line); it used to escape as is.
+    with pytest.raises(
+        PartialRunError,
+        match=r"fail\.py raised RuntimeError: OOM; the 4 rows measured before it are in "
+        r".*f\.partial\.csv",
+    ) as failed:
         prof_mod.profile_script(
             failing,
             ["--lr", "0.1"],
@@ -433,6 +440,7 @@ def test_profile_script_refusals_and_partial(tmp_path: Path) -> None:
             allow_clock_changes=True,
             nvml=nvml,
         )
+    assert isinstance(failed.value.__cause__, RuntimeError)
     assert not (tmp_path / "f.csv").exists()
     assert len(read_profile_rows(tmp_path / "f.partial.csv")) == 4
     assert nvml.state_restored()
@@ -511,3 +519,53 @@ def test_noise_tolerance_keeps_a_coarse_counter_from_stopping_early() -> None:
         assert abs(min(pair, key=lambda f: pair[f]) - true_best) <= 2 * 45
     with pytest.raises(ConfigError, match="noise_tolerance"):
         SweepConfig(noise_tolerance=1.0)
+
+
+def test_read_profile_rows_accepts_a_byte_order_mark(tmp_path: Path) -> None:
+    plain = write_profile_csv(
+        profile_simulated_pipeline(
+            num_stages=1, microbatches=2, config=SweepConfig(frequencies_mhz=(1410, 1395))
+        ).rows,
+        tmp_path / "p.csv",
+    )
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    assert read_profile_rows(bom) == read_profile_rows(plain)
+
+
+def test_zero_joule_rows_are_not_written(tmp_path: Path) -> None:
+    # Issue 9: 1 ms instructions on a fake GPU with NVML's 100 ms counter wrote 0 J rows, which
+    # `perwatt train plan` then rejected. Refused at the source, saying why.
+    from perwatt.meter.testing import FakeNVML
+
+    script = tmp_path / "train.py"
+    script.write_text(_SCRIPT)
+    cfg = SweepConfig(frequencies_mhz=(1410, 1395), warmup_iterations=0, measure_iterations=1)
+    nvml = FakeNVML.with_gpus(["A100"], counter_period_s=0.1)
+    with pytest.raises(
+        ConfigError,
+        match=r"refusing to write .*s3\.csv: \d+ of 4 rows measured 0 J .* less than two "
+        r"energy-counter periods \(100 ms each\).*--iterations \d+ or more",
+    ):
+        prof_mod.profile_script(
+            script,
+            ["--lr", "0.1"],
+            stage=3,
+            out=tmp_path / "s3.csv",
+            config=cfg,
+            allow_clock_changes=True,
+            nvml=nvml,
+        )
+    assert not list(tmp_path.glob("s3*.csv"))
+    assert nvml.state_restored()
+
+
+def test_sizes_beyond_sane_bounds_are_refused_before_any_work() -> None:
+    # Issue 9 (unbounded work): a simulated pipeline the planner could never plan, or
+    # thousands of iterations per clock, ran for hours without a word.
+    with pytest.raises(ConfigError, match=r"1,600,000 instructions per iteration"):
+        profile_simulated_pipeline(num_stages=100_000, microbatches=8)
+    with pytest.raises(ConfigError, match=r"--iterations 1000000 is more than 1,000"):
+        SweepConfig(measure_iterations=1_000_000)
+    with pytest.raises(ConfigError, match=r"--warmup 5000 is more than 1,000"):
+        SweepConfig(warmup_iterations=5000)

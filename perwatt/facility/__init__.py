@@ -1,0 +1,75 @@
+"""Site power: the power tree, GPU power–performance, workloads, policies, simulator, capacity.
+
+A site's power is fixed by its grid connection; how many GPUs it runs and how many tokens it
+sells depend on how that budget is shared. This package models the tree (utility feed →
+switchboard/UPS → PDU/RPP → rack → node → GPUs, with capacities, efficiencies, redundancy and
+oversubscription), what GPUs do under a power cap per phase of work, the workloads on them, and
+the policies that share the power — one interface (:class:`~perwatt.facility.policy.Policy`)
+for the simulator and a live controller alike. Every energy figure it produces is simulated and
+labelled so.
+
+    from perwatt.facility import make_policy, preset_site, preset_workload, simulate
+    r = simulate(preset_site("site-96mw"), preset_workload("mixed"), make_policy("realloc"))
+"""
+
+from __future__ import annotations
+
+from perwatt.facility.allocate import Allocation, AllocTree, reallocate
+from perwatt.facility.capacity import CapacityRow, capacity
+from perwatt.facility.cooling import CoolingModel, Weather, load_weather, synthetic_weather
+from perwatt.facility.curves import GPUModel, PhaseCurve, calibrate_from_bench, gpu_model
+from perwatt.facility.loaders import load_site, site_from_dict, to_dps
+from perwatt.facility.placement import Placement, place
+from perwatt.facility.policies import POLICIES, make_policy
+from perwatt.facility.policy import Policy, Snapshot
+from perwatt.facility.presets import SITES, SYSTEMS, build_site, preset_site
+from perwatt.facility.result import JobResult, LevelStress, PolicyResult, write_results
+from perwatt.facility.simulate import SimConfig, simulate
+from perwatt.facility.topology import Element, Topology, expand
+from perwatt.facility.traces import TokenTrace, diurnal, load_azure_trace
+from perwatt.facility.workload import Job, Workload, load_workload, preset_workload
+
+__all__ = [
+    "POLICIES",
+    "SITES",
+    "SYSTEMS",
+    "AllocTree",
+    "Allocation",
+    "CapacityRow",
+    "CoolingModel",
+    "Element",
+    "GPUModel",
+    "Job",
+    "JobResult",
+    "LevelStress",
+    "PhaseCurve",
+    "Placement",
+    "Policy",
+    "PolicyResult",
+    "SimConfig",
+    "Snapshot",
+    "TokenTrace",
+    "Topology",
+    "Weather",
+    "Workload",
+    "build_site",
+    "calibrate_from_bench",
+    "capacity",
+    "diurnal",
+    "expand",
+    "gpu_model",
+    "load_azure_trace",
+    "load_site",
+    "load_weather",
+    "load_workload",
+    "make_policy",
+    "place",
+    "preset_site",
+    "preset_workload",
+    "reallocate",
+    "simulate",
+    "site_from_dict",
+    "synthetic_weather",
+    "to_dps",
+    "write_results",
+]
