@@ -732,7 +732,7 @@ def _measure_point(
     doc["builtin"] = {
         "device": device,
         "torch_threads": torch.get_num_threads() if torch is not None else None,
-        # how idle OpenMP threads wait: it changes CPU decode speed (BENCHMARKS.md section 8)
+        # how idle OpenMP threads wait: it changes CPU decode speed (BENCHMARKS.md section 10)
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "emulated": emulated,
         "engine": info,
