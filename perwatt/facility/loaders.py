@@ -1,4 +1,5 @@
-"""Read a site from a file: perwatt's own JSON, or NVIDIA DPS topology JSON (``dcpower_0.1``).
+"""Read a site from a file: perwatt's own JSON (or the same in YAML), or NVIDIA DPS topology JSON
+(``dcpower_0.1``).
 
 **perwatt's format** (``"schema": "perwatt.site/1"``)::
 
@@ -34,12 +35,12 @@ refused in one line. If a real DPS file does not load, the message names the fie
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
 from perwatt.errors import ConfigError, DataFormatError
+from perwatt.facility.files import read_document
 from perwatt.facility.topology import Element, Topology, element_from_dict
 
 PERWATT_SCHEMA: Final = "perwatt.site/1"
@@ -73,14 +74,7 @@ _UNITS: Final = {"w": 1.0, "kw": 1e3, "mw": 1e6, "va": 1.0, "kva": 1e3, "mva": 1
 def load_site(path: str | Path) -> Topology:
     """Load a site file, detecting the format; errors name the file and the element."""
     p = Path(path)
-    try:
-        doc = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: no such site file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataFormatError(f"{p}: cannot read: {e}") from e
-    except json.JSONDecodeError as e:
-        raise DataFormatError(f"{p}: not JSON: {e.msg} at line {e.lineno}") from e
+    doc = read_document(p, "site file")
     try:
         return site_from_dict(doc, source=str(p))
     except ConfigError as e:

@@ -29,7 +29,6 @@ Batch jobs (``"kind": "batch"``): constant compute-bound ``utilization``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from perwatt.errors import ConfigError, DataFormatError
+from perwatt.facility.files import read_document
 from perwatt.facility.traces import TokenTrace, diurnal, load_azure_trace
 
 F64 = npt.NDArray[np.float64]
@@ -202,14 +202,9 @@ def workload_from_dict(doc: Any, *, source: str = "<dict>", base_dir: str = ".")
 
 
 def load_workload(path: str | Path) -> Workload:
-    """Load a workload JSON file; errors name the file and the job."""
+    """Load a workload file (JSON, or YAML for ``*.yaml``); errors name the file and the job."""
     p = Path(path)
-    try:
-        doc = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: no such workload file") from None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataFormatError(f"{p}: cannot read workload: {e}") from None
+    doc = read_document(p, "workload file")
     try:
         w = workload_from_dict(doc, source=str(p), base_dir=str(p.parent))
         for j in w.jobs:
