@@ -33,6 +33,7 @@ end), ``compliant``. A **breach** alert is raised while the site is over its tar
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -247,10 +248,8 @@ def _from_csv(p: Path, text: str, origin: datetime | None) -> list[LoadTarget]:
     if origin is None:
         starts = []
         for r in rows:
-            try:
+            with contextlib.suppress(ValueError):  # seconds, not a time: no origin needed
                 starts.append(datetime.fromisoformat(str(r["start"]).replace("Z", "+00:00")))
-            except ValueError:
-                pass
         aware = [s for s in starts if s.tzinfo is not None]
         origin = min(aware) if aware else None
     out = []
