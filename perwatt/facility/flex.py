@@ -334,7 +334,7 @@ def solve_lp(opt: FlexOptimiser, budget_w: float) -> float:
     """The same allocation as an LP for SciPy's HiGHS: the optimal value (test oracle)."""
     from scipy.optimize import linprog  # heavy import, only for the oracle
 
-    jj, ln, sl = opt.segments()
+    _, ln, sl = opt.segments()
     fw = opt.floor_w
     rest = budget_w - float(fw.sum())
     base = float(
