@@ -237,6 +237,7 @@ class FlexDecision:
     budget_w: float
     shortfall_w: float  # > 0: even every job at its floor exceeds the budget
     value: float
+    below_floor: tuple[str, ...] = ()  # jobs taken below their tier's floor (strict targets)
 
     @property
     def feasible(self) -> bool:
@@ -267,18 +268,24 @@ class FlexOptimiser:
 
     @property
     def floor_w(self) -> F64:
+        """Least power per job that keeps its tier's throughput floor."""
         return np.array([c.power_for(j.floor) for j, c in zip(self.jobs, self.curves, strict=True)])
+
+    @property
+    def min_w(self) -> F64:
+        """Least power per job with the tier floors ignored (every action at its limit)."""
+        return np.array([c.power_w[0] for c in self.curves])
 
     @property
     def weights(self) -> F64:
         return np.array([j.value * j.gpus for j in self.jobs], dtype=np.float64)
 
-    def segments(self) -> tuple[F64, F64, F64]:
+    def segments(self, *, relax: bool = False) -> tuple[F64, F64, F64]:
         """Hull segments above each job's floor: (job index, length W, value per W)."""
         jj: list[int] = []
         ln: list[float] = []
         sl: list[float] = []
-        fw = self.floor_w
+        fw = self.min_w if relax else self.floor_w
         wt = self.weights
         for i, c in enumerate(self.curves):
             p, t = c.power_w, c.thr
@@ -291,17 +298,27 @@ class FlexOptimiser:
                 sl.append(wt[i] * (t[k + 1] - t[k]) / (p[k + 1] - p[k]))
         return np.array(jj, dtype=np.float64), np.array(ln), np.array(sl)
 
-    def solve(self, budget_w: float) -> FlexDecision:
-        """Best per-job power under ``budget_w`` (GPU power of all the jobs together)."""
+    def solve(self, budget_w: float, *, strict: bool = False) -> FlexDecision:
+        """Best per-job power under ``budget_w`` (GPU power of all the jobs together).
+
+        When even every job at its tier floor is over the budget, a ``strict`` target (a grid
+        obligation) is met by going below the floors, still losing the least value; otherwise
+        the jobs stay at their floors and the shortfall is reported.
+        """
+        if strict and budget_w < float(self.floor_w.sum()):
+            return self._solve(budget_w, relax=True)
+        return self._solve(budget_w, relax=False)
+
+    def _solve(self, budget_w: float, *, relax: bool) -> FlexDecision:
         full = self.full_w
-        fw = self.floor_w
+        fw = self.min_w if relax else self.floor_w
         power = fw.copy()
         rest = budget_w - float(fw.sum())
         short = max(0.0, -rest)
         if budget_w >= float(full.sum()):
             power = full.copy()
         elif rest > 0:
-            jj, ln, sl = self.segments()
+            jj, ln, sl = self.segments(relax=relax)
             for o in np.argsort(-sl, kind="stable"):
                 if rest <= 0:
                     break
@@ -327,15 +344,18 @@ class FlexOptimiser:
             budget_w=budget_w,
             shortfall_w=short,
             value=float((self.weights * thr).sum()),
+            below_floor=tuple(
+                j.name for j, t in zip(self.jobs, thr, strict=True) if t < j.floor - 1e-9
+            ),
         )
 
 
-def solve_lp(opt: FlexOptimiser, budget_w: float) -> float:
+def solve_lp(opt: FlexOptimiser, budget_w: float, *, relax: bool = False) -> float:
     """The same allocation as an LP for SciPy's HiGHS: the optimal value (test oracle)."""
     from scipy.optimize import linprog  # heavy import, only for the oracle
 
-    _, ln, sl = opt.segments()
-    fw = opt.floor_w
+    _, ln, sl = opt.segments(relax=relax)
+    fw = opt.min_w if relax else opt.floor_w
     rest = budget_w - float(fw.sum())
     base = float(
         (

@@ -91,3 +91,15 @@ def test_from_site_job() -> None:
     j = Job(name="pre", kind="training", share=0.5, flex=0.25, compute_fraction=0.7)
     f = FlexJob.from_job(j, 16, sku="H100-SXM")
     assert (f.gpus, f.flex, f.compute_fraction, f.sku) == (16, 0.25, 0.7, "H100-SXM")
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_strict_below_floors_matches_highs(seed: int) -> None:
+    opt = FlexOptimiser(_jobs(np.random.default_rng(100 + seed)))
+    lo, fl = float(opt.min_w.sum()), float(opt.floor_w.sum())
+    budget = lo + 0.5 * (fl - lo)
+    soft = opt.solve(budget)
+    assert not soft.feasible and soft.shortfall_w == pytest.approx(fl - budget)
+    d = opt.solve(budget, strict=True)
+    assert d.feasible and d.power_w.sum() <= budget * (1 + 1e-9)
+    assert d.value == pytest.approx(solve_lp(opt, budget, relax=True), rel=1e-7)
