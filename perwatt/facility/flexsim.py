@@ -199,7 +199,7 @@ def simulate_flex(sc: FlexScenario, strategy: str = "flex") -> FlexResult:
     J = len(sc.jobs)
     dt = sc.step_s
     n = math.ceil(sc.duration_s / dt)
-    t_axis = np.arange(n) * dt
+    t_axis: F64 = np.arange(n, dtype=np.float64) * dt
     other = sc.other_w_per_gpu * sc.gpus
     weights = opt.weights
     cur = full.copy()

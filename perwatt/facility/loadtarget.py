@@ -39,7 +39,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Final
 
@@ -108,7 +108,7 @@ def _time(v: Any, field: str, where: str, origin: datetime | None) -> float:
         raise DataFormatError(f"{where}: {field} {v!r} is not an RFC 3339 time") from None
     if t.tzinfo is None:
         raise DataFormatError(f"{where}: {field} {v!r} has no time zone (use Z or +00:00)")
-    base = origin or datetime(1970, 1, 1, tzinfo=UTC)
+    base = origin or datetime(1970, 1, 1, tzinfo=timezone.utc)
     return (t - base).total_seconds()
 
 

@@ -69,7 +69,8 @@ class SmoothingProfile:
     secondary_floor_w: float = 0.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.profile_id, bool) or not 0 <= self.profile_id < MAX_PROFILES:
+        pid = self.profile_id
+        if isinstance(pid, bool) or not isinstance(pid, int) or not 0 <= pid < MAX_PROFILES:
             raise ConfigError(f"smoothing profile_id must be 0..{MAX_PROFILES - 1}")
         if not 0 <= self.percent_tmp_floor <= 100:
             raise ConfigError(
@@ -218,8 +219,8 @@ def _swing(p: F64, dt: float, window_s: float) -> float:
 def spectrum(p: F64, dt: float) -> tuple[F64, F64]:
     """One-sided power spectrum of ``p`` minus its mean: (frequency Hz, power)."""
     x = p - p.mean()
-    s = np.abs(np.fft.rfft(x)) ** 2
-    f = np.fft.rfftfreq(len(x), dt)
+    s: F64 = (np.abs(np.fft.rfft(x)) ** 2).astype(np.float64)
+    f: F64 = np.fft.rfftfreq(len(x), dt).astype(np.float64)
     return f, s
 
 
@@ -473,9 +474,8 @@ def profiles_from(d: Mapping[str, Any], where: str = "gpu_smoothing") -> GPUSmoo
         if bad:
             raise ConfigError(f"{where}.profiles[{i}]: unknown field(s) {', '.join(bad)}")
         try:
-            profs.append(
-                SmoothingProfile(**{k: _f(v) if k != "profile_id" else v for k, v in p.items()})
-            )
+            kw: dict[str, Any] = {k: v if k == "profile_id" else _f(v) for k, v in p.items()}
+            profs.append(SmoothingProfile(**kw))
         except ConfigError as e:
             raise ConfigError(f"{where}.profiles[{i}]: {e}") from None
     try:

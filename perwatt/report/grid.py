@@ -47,7 +47,8 @@ def _chart(
         if any(v is None for v in ys):
             dx, dy = list(xs), list(ys)
         else:
-            dx, dy = svg.decimate(list(xs), [float(v) for v in ys if v is not None])
+            fx, fy = svg.decimate(list(xs), [float(v) for v in ys if v is not None])
+            dx, dy = fx, list[float | None](fy)
         parts.append(svg.line(frame, dx, dy, color=c, dash="6 4" if name in dashed else None))
         entries.append((name, c, "dashed" if name in dashed else "line"))
     parts.append(svg.legend(frame, entries, position="right"))
@@ -55,7 +56,7 @@ def _chart(
 
 
 def _page(title: str, meta: str, body: Sequence[str]) -> str:
-    now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return "\n".join(
         [
             "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
