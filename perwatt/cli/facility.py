@@ -107,6 +107,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="telemetry outage window, e.g. 3h-3h10m (policies see stale data)",
     )
     sim.add_argument(
+        "--targets",
+        metavar="FILE",
+        help="grid load targets (DSX Flex CloudEvents JSONL or CSV, absolute values): every "
+        "policy sees the feed limited to the target while one is in force",
+    )
+    sim.add_argument(
         "--out",
         default="facility-run",
         metavar="DIR",
@@ -258,7 +264,11 @@ def _config(args: argparse.Namespace, site: Any) -> Any:
         if not sep:
             raise ConfigError(f"--telemetry-loss {tl!r}: use FROM-TO, e.g. 3h-3h10m")
         loss = (_dur_or_zero(a), parse_duration_s(b))
+    targets: tuple[Any, ...] = ()
+    if getattr(args, "targets", None):
+        targets = load_targets(args.targets, capacity_w=float(site.root.capacity_w))
     return SimConfig(
+        grid_targets=targets,
         duration_s=parse_duration_s(args.duration),
         step_s=parse_duration_s(args.step),
         control_interval_s=parse_duration_s(args.control_interval)
@@ -332,6 +342,10 @@ def run_simulate(args: argparse.Namespace) -> int:
         print(res_path.read_text())
     else:
         _print_summary(results)
+        for r in results:
+            for g in r.grid_targets:
+                state = "MET" if g["met"] else f"MISSED by up to {g['max_over_w'] / 1e6:.3f} MW"
+                print(f"{r.policy:12s} grid target {g['id']}: {g['target_w'] / 1e6:g} MW {state}")
         print(f"\nwrote {res_path}, {out / 'timeline.csv'}, {html} (all figures simulated)")
     partial = next((r.partial for r in results if r.partial), None)
     if partial:
