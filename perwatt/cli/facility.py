@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from perwatt.facility.cooling import load_weather
 from perwatt.facility.curves import calibrate_from_bench, gpu_model
 from perwatt.facility.flexsim import STRATEGIES, load_flex_scenario, simulate_flex
 from perwatt.facility.loaders import load_site
-from perwatt.facility.loadtarget import load_targets
+from perwatt.facility.loadtarget import load_targets, status_event
 from perwatt.facility.policies import POLICIES, make_policy
 from perwatt.facility.presets import SITES, SYSTEMS, preset_site
 from perwatt.facility.result import write_results
@@ -500,6 +501,24 @@ def run_flex(args: argparse.Namespace) -> int:
     res = out / "result.json"
     res.write_text(json.dumps(doc, indent=1, allow_nan=False))
     html = write_flex_html(out / "report.html", docs, scenario=meta)
+    status_path = out / "status.jsonl"
+    with status_path.open("w") as fh:
+        for r in results:
+            if r.strategy != "flex":
+                continue
+            for i, (t, state) in enumerate(r.status_changes):
+                k = min(len(r.site_w) - 1, round(t / r.step_s))
+                tw = float(r.target_w[k])
+                ev = status_event(
+                    feed=sc.feed,
+                    state=state,
+                    power_w=float(r.site_w[k]),
+                    target_w=tw if tw == tw else None,  # NaN: no target in force
+                    at=sc.origin + timedelta(seconds=t) if sc.origin else None,
+                    seq=i,
+                    time_s=t,
+                )
+                fh.write(json.dumps(ev) + "\n")
     if args.json:
         print(res.read_text())
         return 0
@@ -514,7 +533,7 @@ def run_flex(args: argparse.Namespace) -> int:
                 f"({1 - o.target_w / o.baseline_w:.0%} cut) {state}, response {resp}; "
                 f"weighted throughput {o.weighted_throughput:.3f} ({thr})"
             )
-    print(f"wrote {res}, {html} (all figures simulated)")
+    print(f"wrote {res}, {html}, {status_path} (all figures simulated)")
     return 0 if all(r.all_met for r in results if r.strategy == "flex") else 1
 
 

@@ -67,6 +67,7 @@ class FlexScenario:
     source: str = "<python>"
     published: Mapping[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    origin: datetime | None = None  # wall-clock time of the run's t = 0, when known
 
     def __post_init__(self) -> None:
         for k in ("duration_s", "step_s", "control_interval_s"):
@@ -455,6 +456,7 @@ def _scenario(doc: Any, p: Path) -> FlexScenario:
         source=str(p),
         published=doc.get("published", {}),
         notes=(str(doc["note"]),) if "note" in doc else (),
+        origin=origin,
     )
 
 

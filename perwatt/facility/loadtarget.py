@@ -343,26 +343,41 @@ def breach(power_w: float, target_w: float) -> str | None:
 
 
 def status_event(
-    *, feed: str, state: str, power_w: float, target_w: float | None, at: str, seq: int
+    *,
+    feed: str,
+    state: str,
+    power_w: float,
+    target_w: float | None,
+    at: datetime | None,
+    seq: int,
+    time_s: float | None = None,
 ) -> dict[str, Any]:
-    """A ``grid.powerstate.status.v1`` CloudEvent (structured mode) for one status change."""
+    """A ``grid.powerstate.status.v1`` CloudEvent (structured mode) for one status change.
+
+    ``at`` becomes the CloudEvents ``time`` (RFC 3339, UTC); without it the attribute, which
+    CloudEvents 1.0 makes optional, is left out. ``time_s`` (seconds into the run) goes in data.
+    """
     if state not in STATES:
         raise ConfigError(f"status must be one of {', '.join(STATES)}")
     data: dict[str, Any] = {"feedId": feed, "state": state, "powerW": power_w}
+    if time_s is not None:
+        data["timeS"] = time_s
     if target_w is not None:
         data["targetW"] = target_w
         b = breach(power_w, target_w)
         if b:
             data["breach"] = b
-    return {
+    ev: dict[str, Any] = {
         "specversion": "1.0",
         "type": STATUS_TYPE,
         "source": "perwatt/facility",
         "id": f"status-{seq}",
-        "time": at,
         "datacontenttype": "application/json",
         "data": data,
     }
+    if at is not None:
+        ev["time"] = at.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return ev
 
 
 __all__ = [

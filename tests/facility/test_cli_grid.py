@@ -32,6 +32,10 @@ def test_flex_phoenix_writes_result_and_report(tmp_path: Path) -> None:
     html = (tmp_path / "o/report.html").read_text()
     assert "<svg" in html and "Simulated" in html and "MET" in html
     assert "2507.00909" in html
+    events = [json.loads(x) for x in (tmp_path / "o/status.jsonl").read_text().splitlines()]
+    assert [e["data"]["state"] for e in events][:3] == ["in-flight", "target-set", "compliant"]
+    assert all(e["type"] == "grid.powerstate.status.v1" for e in events)
+    assert events[1]["time"] == "2025-05-03T22:00:00Z"
 
 
 def test_flex_missed_target_exits_nonzero(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -135,5 +136,16 @@ def test_status_and_breach() -> None:
         status(time_s=-1, target=None, target_w=None, power_w=1, previous_w=1, pending=True)
         == "in-flight"
     )
-    ev = status_event(feed="f", state="target-set", power_w=130.0, target_w=100.0, at="t", seq=1)
+    ev = status_event(
+        feed="f",
+        state="target-set",
+        power_w=130.0,
+        target_w=100.0,
+        at=datetime(2025, 5, 3, 22, tzinfo=timezone.utc),
+        seq=1,
+    )
     assert ev["type"] == "grid.powerstate.status.v1" and ev["data"]["breach"] == "critical"
+    assert ev["time"] == "2025-05-03T22:00:00Z"
+    assert "time" not in status_event(
+        feed="f", state="compliant", power_w=1.0, target_w=None, at=None, seq=2
+    )
