@@ -12,7 +12,10 @@ GPU of a stage simulated on its own must give the same site trace.
 Part 2: the Phoenix flex scenarios (flex optimiser vs uniform capping) and the smoothing
 scenarios' tables, as BENCHMARKS.md prints them.
 
-    taskset -c 0,1 python benchmarks/facility_grid.py
+Part 3: the five site policies of ``perwatt facility simulate`` answering one absolute grid
+target through the feed limit in their snapshot.
+
+    taskset -c 0,1 python benchmarks/facility_grid.py [1] [2] [3]
 """
 
 from __future__ import annotations
@@ -127,11 +130,38 @@ def part2() -> None:
         )
 
 
+def part3() -> None:
+    """The five site policies answering one absolute target through the snapshot's feed limit."""
+    from perwatt.facility.loadtarget import LoadTarget
+    from perwatt.facility.policies import make_policy
+    from perwatt.facility.presets import eight_rack
+    from perwatt.facility.simulate import SimConfig, simulate
+    from perwatt.facility.workload import preset_workload
+
+    site, wl = eight_rack(), preset_workload("mixed")
+    base = simulate(site, wl, make_policy("static"), SimConfig(duration_s=3600.0))
+    tw = 0.8 * base.mean_facility_w
+    tg = (LoadTarget(id="cut", feed="site", start_s=1200, end_s=2400, issued_s=0, value_w=tw),)
+    print(
+        f"test-8rack, mixed, 1 h at 1 s; target {tw / 1e3:.1f} kW (80% of static mean) 1200-2400 s"
+    )
+    for name in ("static", "uniform", "realloc", "polca", "thunderbolt"):
+        r = simulate(site, wl, make_policy(name), SimConfig(duration_s=3600.0, grid_targets=tg))
+        g = r.grid_targets[0]
+        thr = " | ".join(f"{j.throughput:.3f}" for j in r.jobs)
+        print(
+            f"| {name} | {'met' if g['met'] else 'MISSED'} | {g['response_s']} | "
+            f"{g['max_over_w'] / 1e3:.1f} | {g['breach_critical_s']:.0f} | {thr} |"
+        )
+
+
 if __name__ == "__main__":
     print(
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus visible, "
         f"affinity {len(os.sched_getaffinity(0))}, Python {platform.python_version()}, "
         f"NumPy {np.__version__}"
     )
-    part1()
-    part2()
+    which = sys.argv[1:] or ["1", "2", "3"]
+    for k, f in (("1", part1), ("2", part2), ("3", part3)):
+        if k in which:
+            f()
