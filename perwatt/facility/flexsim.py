@@ -252,9 +252,17 @@ def simulate_flex(sc: FlexScenario, strategy: str = "flex") -> FlexResult:
                 )
                 goal = d.power_w
                 delays = d.delay_s if strategy == "flex" else np.full(J, sc.latency.cap_s)
-            pending = [
-                (t + float(delays[j]), j, float(goal[j])) for j in range(J) if goal[j] != cur[j]
-            ]
+            # a change already on its way to the same power keeps its time: re-deciding every
+            # control interval must not postpone an action slower than the interval
+            was = {j: (eff, p) for eff, j, p in pending}
+            pending = []
+            for j in range(J):
+                g = float(goal[j])
+                if abs(g - cur[j]) <= 1e-9:
+                    continue
+                prev = was.get(j)
+                same = prev is not None and abs(prev[1] - g) <= 1e-6 * max(1.0, abs(g))
+                pending.append((prev[0] if same and prev else t + float(delays[j]), j, g))
             next_decision = t + sc.control_interval_s
         if pending:
             keep = []

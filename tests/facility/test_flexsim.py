@@ -112,3 +112,18 @@ def test_bad_scenario_one_line(tmp_path: Path, patch: dict[str, object], match: 
     with pytest.raises(DataFormatError, match=match) as e:
         load_flex_scenario(p)
     assert "\n" not in str(e.value)
+
+
+def test_slow_action_is_not_postponed_by_re_deciding() -> None:
+    # pausing takes 90 s, longer than the 30 s control interval: it must still happen
+    jobs = (
+        FlexJob(name="chat", kind="inference", gpus=16, flex=0.0, load=0.9),
+        FlexJob(name="pre", kind="training", gpus=32, flex=0.5, actions=("pause",)),
+    )
+    t = (LoadTarget(id="a", feed="f", start_s=300, end_s=900, issued_s=0, reduction=0.5),)
+    from perwatt.facility.flex import Latency
+
+    sc = _sc(jobs=jobs, targets=t, control_interval_s=30.0, latency=Latency(pause_s=90.0))
+    o = simulate_flex(sc, "flex").outcomes[0]
+    assert o.response_s is not None and 85 <= o.response_s <= 95
+    assert o.throughput["pre"] < 0.9
