@@ -382,14 +382,12 @@ def uniform_cap(
 ) -> FlexDecision:
     """The baseline: one power cap for every GPU, the highest that fits ``budget_w``."""
     ms = [(models or {}).get(j.sku) or gpu_model(j.sku) for j in jobs]
-    capped = [FlexJob(**{**_fields(j), "actions": ("cap",)}) for j in jobs]
 
     def at(cap: float) -> tuple[F64, F64]:
         pw, th = [], []
-        for j, m in zip(capped, ms, strict=True):
+        for j, m in zip(jobs, ms, strict=True):
             c = min(max(cap, m.sku.min_limit_w), m.sku.max_limit_w)
-            one = FlexJob(**{**_fields(j), "actions": ("cap",)})
-            p, t = _cap_point(one, m, c)
+            p, t = _cap_point(j, m, c)  # caps only, whatever else the job allows
             pw.append(p)
             th.append(t)
         return np.array(pw), np.array(th)
@@ -416,10 +414,6 @@ def uniform_cap(
         shortfall_w=max(0.0, float(pw.sum()) - budget_w),
         value=float((wt * th).sum()),
     )
-
-
-def _fields(j: FlexJob) -> dict[str, Any]:
-    return {k: getattr(j, k) for k in FlexJob.__dataclass_fields__}
 
 
 def _cap_point(job: FlexJob, m: GPUModel, cap: float) -> tuple[float, float]:
