@@ -112,6 +112,17 @@ def part2() -> None:
                     f"| {sc.name} | {s} | {'met' if o.met else 'MISSED'} | {o.response_s} s | "
                     f"{o.weighted_throughput:.3f} | {thr} |"
                 )
+    # sensitivity: uncappable host power per GPU, and fine-tuning valued 3x (a tier priority)
+    sc = load_flex_scenario(DATA / "flex_phoenix.json")
+    for ow in (0.0, 50.0, 100.0):
+        for vft in (1.0, 3.0):
+            jobs = tuple(replace(j, value=vft if j.name == "fine-tuning" else 1.0) for j in sc.jobs)
+            s2 = replace(sc, jobs=jobs, other_w_per_gpu=ow)
+            for strat in ("flex", "uniform") if vft == 1.0 else ("flex",):
+                o = simulate_flex(s2, strat).outcomes[0]
+                gw = sum(j.gpus * o.throughput[j.name] for j in sc.jobs) / sc.gpus
+                thr = " | ".join(f"{v:.3f}" for v in o.throughput.values())
+                print(f"| {ow:g} W | FT value {vft:g} | {strat} | {gw:.3f} | {thr} |")
     for f in ("smooth_perseus.json", "smooth_parametric.json"):
         r = run_smooth(load_smooth_scenario(DATA / f))
         peak = float(r.baseline_w.max())
