@@ -481,7 +481,7 @@ def run_flex(args: argparse.Namespace) -> int:
     path = _scenario_path(args.scenario, FLEX_PRESETS)
     sc = load_flex_scenario(path)
     if args.targets:
-        sc = replace(sc, targets=load_targets(args.targets, capacity_w=None))
+        sc = replace(sc, targets=load_targets(args.targets, floor_w=sc.floor_w))
     names = [x.strip() for x in args.strategy.split(",") if x.strip()]
     bad = [x for x in names if x not in STRATEGIES]
     if bad or not names:

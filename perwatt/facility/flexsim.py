@@ -90,6 +90,11 @@ class FlexScenario:
     def gpus(self) -> int:
         return sum(j.gpus for j in self.jobs)
 
+    @property
+    def floor_w(self) -> float:
+        """The least the site can draw: every job at its lowest power, plus other power."""
+        return self.site_w(float(FlexOptimiser(list(self.jobs)).min_w.sum()))
+
     def site_w(self, gpu_w: float) -> float:
         return (gpu_w + self.other_w_per_gpu * self.gpus) * self.overhead
 

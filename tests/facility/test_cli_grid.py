@@ -87,3 +87,13 @@ def test_smooth_bad_input_is_one_line(
     assert r.returncode != 0
     err = r.stderr.strip()
     assert field in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_flex_target_below_site_floor_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "low.csv").write_text(
+        "feed,start,end,value,unit,mode\nphoenix-cluster,600,1200,10,kilowatt,strict\n"
+    )
+    r = _run("flex", "phoenix", "--targets", "low.csv", cwd=tmp_path)
+    assert r.returncode != 0
+    err = r.stderr.strip()
+    assert "low.csv" in err and "below the site's floor" in err and len(err.splitlines()) == 1
