@@ -14,6 +14,8 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +24,18 @@ from perwatt.errors import ConfigError
 from perwatt.facility.capacity import capacity
 from perwatt.facility.cooling import load_weather
 from perwatt.facility.curves import calibrate_from_bench, gpu_model
+from perwatt.facility.flexsim import STRATEGIES, load_flex_scenario, simulate_flex
 from perwatt.facility.loaders import load_site
+from perwatt.facility.loadtarget import load_targets, status_event
 from perwatt.facility.policies import POLICIES, make_policy
 from perwatt.facility.presets import SITES, SYSTEMS, preset_site
 from perwatt.facility.result import write_results
 from perwatt.facility.simulate import SimConfig, simulate
+from perwatt.facility.smoothrun import load_smooth_scenario, run_smooth
 from perwatt.facility.sweep import grid, parse_params, run_sweep
 from perwatt.facility.workload import WORKLOADS, load_workload, preset_workload
 from perwatt.report.facility import write_facility_html
+from perwatt.report.grid import write_flex_html, write_smooth_html
 from perwatt.report.svg import fmt
 
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
@@ -42,6 +48,8 @@ examples:
   perwatt facility capacity site-96mw mixed --max-loss 5%
   perwatt facility sweep --sites site-96mw --workloads mixed,inference \\
       --param polca.t1=0.85,0.9 --duration 6h --workers 2 [--ray auto]
+  perwatt facility flex phoenix            (or a flex scenario file; --targets FILE)
+  perwatt facility smooth smooth-perseus   (or a smoothing scenario file)
   perwatt facility presets
 
 SITE is a preset name or a site file (perwatt JSON or NVIDIA DPS dcpower_0.1 JSON);
@@ -100,6 +108,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="telemetry outage window, e.g. 3h-3h10m (policies see stale data)",
     )
     sim.add_argument(
+        "--targets",
+        metavar="FILE",
+        help="grid load targets (DSX Flex CloudEvents JSONL or CSV, absolute values): every "
+        "policy sees the feed limited to the target while one is in force",
+    )
+    sim.add_argument(
         "--out",
         default="facility-run",
         metavar="DIR",
@@ -144,6 +158,38 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     sw.add_argument("--out", default="sweep.csv", metavar="CSV", help="rows (default sweep.csv)")
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
     sw.set_defaults(func=run_sweep_cmd)
+
+    fx = sub.add_parser(
+        "flex",
+        help="answer grid load targets (DSX Flex semantics): flex optimiser vs uniform capping",
+    )
+    fx.add_argument(
+        "scenario",
+        metavar="SCENARIO",
+        help=f"flex scenario file or preset ({', '.join(FLEX_PRESETS)})",
+    )
+    fx.add_argument("--targets", metavar="FILE", help="load targets (CloudEvents JSONL or CSV)")
+    fx.add_argument(
+        "--strategy", default="flex,uniform", help="flex, uniform or both (default both)"
+    )
+    fx.add_argument("--out", default="flex-run", metavar="DIR", help="result.json, report.html")
+    fx.add_argument("--json", action="store_true", help="print the result JSON")
+    fx.set_defaults(func=run_flex)
+
+    sm = sub.add_parser(
+        "smooth",
+        help="training power swings seen by the grid, and GPU smoothing / filler / storage",
+    )
+    sm.add_argument(
+        "scenario",
+        metavar="SCENARIO",
+        help=f"smoothing scenario file or preset ({', '.join(SMOOTH_PRESETS)})",
+    )
+    sm.add_argument("--duration", help="simulated time (default: the scenario's)")
+    sm.add_argument("--no-size", action="store_true", help="skip the smallest-storage search")
+    sm.add_argument("--out", default="smooth-run", metavar="DIR", help="result.json, report.html")
+    sm.add_argument("--json", action="store_true", help="print the result JSON")
+    sm.set_defaults(func=run_smooth_cmd)
 
     pre = sub.add_parser("presets", help="list shipped sites, systems, workloads and policies")
     pre.set_defaults(func=run_presets)
@@ -219,7 +265,11 @@ def _config(args: argparse.Namespace, site: Any) -> Any:
         if not sep:
             raise ConfigError(f"--telemetry-loss {tl!r}: use FROM-TO, e.g. 3h-3h10m")
         loss = (_dur_or_zero(a), parse_duration_s(b))
+    targets: tuple[Any, ...] = ()
+    if getattr(args, "targets", None):
+        targets = load_targets(args.targets, capacity_w=float(site.root.capacity_w))
     return SimConfig(
+        grid_targets=targets,
         duration_s=parse_duration_s(args.duration),
         step_s=parse_duration_s(args.step),
         control_interval_s=parse_duration_s(args.control_interval)
@@ -293,6 +343,10 @@ def run_simulate(args: argparse.Namespace) -> int:
         print(res_path.read_text())
     else:
         _print_summary(results)
+        for r in results:
+            for g in r.grid_targets:
+                state = "MET" if g["met"] else f"MISSED by up to {g['max_over_w'] / 1e6:.3f} MW"
+                print(f"{r.policy:12s} grid target {g['id']}: {g['target_w'] / 1e6:g} MW {state}")
         print(f"\nwrote {res_path}, {out / 'timeline.csv'}, {html} (all figures simulated)")
     partial = next((r.partial for r in results if r.partial), None)
     if partial:
@@ -406,6 +460,119 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+_DATA = Path(__file__).resolve().parents[1] / "facility" / "data"
+FLEX_PRESETS = {"phoenix": "flex_phoenix.json", "phoenix-30s": "flex_phoenix_30s.json"}
+SMOOTH_PRESETS = {
+    "smooth-perseus": "smooth_perseus.json",
+    "smooth-parametric": "smooth_parametric.json",
+}
+
+
+def _scenario_path(name: str, presets: dict[str, str]) -> Path:
+    if name in presets:
+        return _DATA / presets[name]
+    p = Path(name)
+    if not p.exists():
+        raise ConfigError(f"{name}: no such scenario file or preset ({', '.join(presets)})")
+    return p
+
+
+def run_flex(args: argparse.Namespace) -> int:
+    path = _scenario_path(args.scenario, FLEX_PRESETS)
+    sc = load_flex_scenario(path)
+    if args.targets:
+        sc = replace(sc, targets=load_targets(args.targets, floor_w=sc.floor_w))
+    names = [x.strip() for x in args.strategy.split(",") if x.strip()]
+    bad = [x for x in names if x not in STRATEGIES]
+    if bad or not names:
+        raise ConfigError(f"--strategy: choose from {', '.join(STRATEGIES)}")
+    results = [simulate_flex(sc, n) for n in names]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "name": sc.name,
+        "source": sc.source,
+        "gpus": sc.gpus,
+        "published": dict(sc.published),
+        "notes": list(sc.notes),
+    }
+    docs = [r.to_dict() for r in results]
+    doc = {"schema": "perwatt.flex-run/1", "source": "simulated", "scenario": meta, "results": docs}
+    res = out / "result.json"
+    res.write_text(json.dumps(doc, indent=1, allow_nan=False))
+    html = write_flex_html(out / "report.html", docs, scenario=meta)
+    status_path = out / "status.jsonl"
+    with status_path.open("w") as fh:
+        for r in results:
+            if r.strategy != "flex":
+                continue
+            for i, (t, state) in enumerate(r.status_changes):
+                k = min(len(r.site_w) - 1, round(t / r.step_s))
+                tw = float(r.target_w[k])
+                ev = status_event(
+                    feed=sc.feed,
+                    state=state,
+                    power_w=float(r.site_w[k]),
+                    target_w=tw if tw == tw else None,  # NaN: no target in force
+                    at=sc.origin + timedelta(seconds=t) if sc.origin else None,
+                    seq=i,
+                    time_s=t,
+                )
+                fh.write(json.dumps(ev) + "\n")
+    if args.json:
+        print(res.read_text())
+        return 0
+    print(f"scenario {sc.name}: {sc.gpus} GPUs, {len(sc.targets)} target(s) (simulated)")
+    for r in results:
+        for o in r.outcomes:
+            resp = "never" if o.response_s is None else f"{o.response_s:g} s"
+            state = "MET" if o.met else f"MISSED by up to {o.max_over_w / 1e3:.1f} kW"
+            thr = ", ".join(f"{k} {v:.3f}" for k, v in o.throughput.items())
+            print(
+                f"{r.strategy:8s} {o.id}: target {o.target_w / 1e3:.1f} kW "
+                f"({1 - o.target_w / o.baseline_w:.0%} cut) {state}, response {resp}; "
+                f"weighted throughput {o.weighted_throughput:.3f} ({thr})"
+            )
+    print(f"wrote {res}, {html}, {status_path} (all figures simulated)")
+    return 0 if all(r.all_met for r in results if r.strategy == "flex") else 1
+
+
+def run_smooth_cmd(args: argparse.Namespace) -> int:
+    path = _scenario_path(args.scenario, SMOOTH_PRESETS)
+    sc = load_smooth_scenario(path)
+    if args.duration:
+        sc = replace(sc, duration_s=parse_duration_s(args.duration))
+    r = run_smooth(sc, size_storage=not args.no_size)
+    doc = r.to_dict()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    res = out / "result.json"
+    res.write_text(json.dumps(doc, indent=1, allow_nan=False))
+    html = write_smooth_html(out / "report.html", doc)
+    if args.json:
+        print(res.read_text())
+        return 0
+    print(f"scenario {sc.name}: {sc.gpus} x {sc.sku}, {r.waveform} (simulated)")
+    print(
+        f"{'mitigation':30s} {'peak MW':>8s} {'MW/s':>7s} {'MW/min':>7s} {'range':>7s} "
+        f"{'band':>5s} {'RMS MW':>7s} {'limits':>6s} {'extra E':>7s}"
+    )
+    for m in doc["mitigations"]:
+        g = m["grid"]
+        ok = "-" if g["meets_limits"] is None else ("yes" if g["meets_limits"] else "NO")
+        print(
+            f"{m['mitigation']:30s} {g['peak_mw']:8.1f} {g['ramp_mw_per_s']:7.2f} "
+            f"{g['ramp_mw_per_min']:7.2f} {g['dynamic_range_mw']:7.2f} {g['band_fraction']:5.2f} "
+            f"{g['band_rms_mw']:7.2f} {ok:>6s} {m['cost']['extra_energy_fraction']:7.1%}"
+        )
+    s = doc["smallest_storage"]
+    if s["for"]:
+        cap = "none found" if s["capacity_kwh"] is None else f"{s['capacity_kwh']:.0f} kWh"
+        print(f"smallest storage meeting the limits for {s['for']!r}: {cap}")
+    print(f"wrote {res}, {html} (all figures simulated)")
+    return 0
+
+
 def run_presets(args: argparse.Namespace) -> int:
 
     for name, f in SITES.items():
@@ -416,4 +583,6 @@ def run_presets(args: argparse.Namespace) -> int:
         print(f"system    {name:12s} {e.gpu_count:8d} GPUs, {e.nameplate_w / 1e3:g} kW nameplate")
     print(f"workloads {', '.join(WORKLOADS)}")
     print(f"policies  {', '.join(POLICIES)}")
+    print(f"flex      {', '.join(FLEX_PRESETS)}")
+    print(f"smooth    {', '.join(SMOOTH_PRESETS)}")
     return 0

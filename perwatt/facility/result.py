@@ -116,6 +116,7 @@ class PolicyResult:
     timeline: Mapping[str, Sequence[float]] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     partial: str | None = None
+    grid_targets: tuple[Mapping[str, Any], ...] = ()  # per grid load target: met or missed
 
     def __post_init__(self) -> None:
         for name in ("it_energy_j", "facility_energy_j", "duration_s"):
@@ -185,6 +186,7 @@ class PolicyResult:
             "levels": [lv.to_dict() for lv in self.levels],
             "timeline": {"source": SOURCE, **{k: list(v) for k, v in self.timeline.items()}},
             "notes": list(self.notes),
+            "grid_targets": [dict(g) for g in self.grid_targets],
         }
 
 

@@ -45,6 +45,7 @@ from perwatt.errors import ConfigError
 from perwatt.facility.allocate import AllocTree
 from perwatt.facility.cooling import CoolingModel, Weather, annualized_pue, synthetic_weather
 from perwatt.facility.curves import GPUModel, gpu_model
+from perwatt.facility.loadtarget import LoadTarget, breach
 from perwatt.facility.placement import Placement, place
 from perwatt.facility.policy import Policy, Snapshot
 from perwatt.facility.result import JobResult, LevelStress, PolicyResult
@@ -71,6 +72,11 @@ class SimConfig:
     timeline_points: int = 1_440
     models: dict[str, GPUModel] = field(default_factory=dict)
     per_gpu: bool = False  # one cohort per GPU instead of per node element (for checks)
+    # grid load targets (DSX Flex semantics, perwatt.facility.loadtarget): the feed's limit
+    # becomes min(capacity, target) while one is in force; absolute targets only here, and the
+    # site has one feed, so every target applies to it whatever its feed id
+    grid_targets: tuple[LoadTarget, ...] = ()
+    grid_response_s: float = 60.0
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.duration_s) and self.duration_s > 0):
@@ -86,6 +92,14 @@ class SimConfig:
         check_price(self.price_per_kwh)
         if self.timeline_points < 2:
             raise ConfigError("timeline_points must be >= 2")
+        for t in self.grid_targets:
+            if t.value_w is None:
+                raise ConfigError(
+                    f"grid target {t.id!r}: the site simulator takes absolute targets; a % "
+                    "reduction needs `perwatt facility flex`"
+                )
+        if not self.grid_response_s >= 0:
+            raise ConfigError("grid_response_s must be >= 0")
 
     @property
     def steps(self) -> int:
@@ -343,6 +357,7 @@ def simulate(
     anc = fl.ancestors_matrix().astype(np.float64)[:, co.leaf]  # [E, C]
     node_in = S[co.element] / S[fl.parent[co.element]]  # 1 / the node's own efficiency
     feed_cap = float(fl.capacity_w[0])
+    feed_lim = _feed_limit(cfg, T, feed_cap)
     jobs = workload.jobs
     J = len(jobs)
     cj = np.maximum(co.job, 0)
@@ -401,7 +416,9 @@ def simulate(
                     req[dec] = np.where(src[:, None] >= 0, rq[np.maximum(src, 0)], held[0])
                 held = (req[dec][-1], co.other_w)
                 cap = cap_ref[None, :] - (oth[dec] * co.gain) @ anc.T
-                cap[:, 0] = feed_cap / (1.0 + overhead[s + dec] * rho) - (oth[dec] * co.gain).sum(1)
+                cap[:, 0] = feed_lim[s + dec] / (1.0 + overhead[s + dec] * rho) - (
+                    oth[dec] * co.gain
+                ).sum(1)
                 snap = Snapshot(
                     time_s=s * dt,
                     tree=AllocTree(parent=fl.parent, depth=fl.depth, capacity=cap),
@@ -444,7 +461,7 @@ def simulate(
                     S,
                     node_in,
                     overhead[s:e],
-                    feed_cap,
+                    feed_lim[s:e],
                     rho,
                     util,
                     (last_req, last_pow, last_other),
@@ -519,7 +536,7 @@ def _util_rows(
     cap_w: F64,
     node_in: F64,
     overhead: F64,
-    feed_cap: float,
+    feed_cap: float | F64,
 ) -> F64:
     """Each element's load / capacity per step (the feed includes cooling)."""
     load = st.power_w * co.gpus + st.other_w
@@ -549,7 +566,7 @@ def _closed_loop(
     S: F64,
     node_in: F64,
     overhead: F64,
-    feed_cap: float,
+    feed_lim: F64,  # the feed's limit per step of the chunk (capacity or grid target)
     rho: float,
     util: F64,
     last: tuple[F64, F64, F64],
@@ -582,7 +599,7 @@ def _closed_loop(
         for f in _FIELDS:
             getattr(cur, f)[k0:k1] = getattr(rest, f)
         u_rows[k0:k1] = _util_rows(
-            rest, co, anc, S, fl.capacity_w, node_in, overhead[k0:k1], feed_cap
+            rest, co, anc, S, fl.capacity_w, node_in, overhead[k0:k1], feed_lim[k0:k1]
         )
         return k1
 
@@ -594,7 +611,7 @@ def _closed_loop(
                 util = u_rows[k - 1]
             oth = co.other_w * co.gain  # non-GPU power is reserved at its maximum
             cap1 = cap_ref - anc @ oth
-            cap1[0] = feed_cap / (1.0 + overhead[k] * rho) - float(oth.sum())
+            cap1[0] = feed_lim[k] / (1.0 + overhead[k] * rho) - float(oth.sum())
             snap = Snapshot(
                 time_s=(s + k) * dt,
                 tree=AllocTree(parent=fl.parent, depth=fl.depth, capacity=cap1),
@@ -620,6 +637,61 @@ def _closed_loop(
             h = evaluate(k)
     cur.caps = cap_now
     return cur
+
+
+def _feed_limit(cfg: SimConfig, T: int, feed_cap: float) -> F64:
+    """The feed's limit per step: its capacity, or a grid target in force (most recent wins)."""
+    lim = np.full(T, feed_cap)
+    t = np.arange(T) * cfg.step_s
+    for g in sorted(cfg.grid_targets, key=lambda x: x.issued_s):
+        assert g.value_w is not None  # checked by SimConfig
+        win = (t >= g.start_s) & (t < g.end_s)
+        lim[win] = np.minimum(feed_cap, g.value_w)
+    return lim
+
+
+def grid_outcomes(
+    targets: tuple[LoadTarget, ...], facility_w: F64, step_s: float, response_s: float
+) -> tuple[dict[str, Any], ...]:
+    """Per target: met only if facility power is at or under it at every step from its start
+    plus ``response_s`` to its end (the steps where it is the most recent target)."""
+    n = len(facility_w)
+    t = np.arange(n) * step_s
+    owner = np.full(n, -1)
+    order = sorted(range(len(targets)), key=lambda i: targets[i].issued_s)
+    for i in order:
+        g = targets[i]
+        owner[(t >= g.start_s) & (t < g.end_s)] = i
+    out = []
+    for i, g in enumerate(targets):
+        idx = np.flatnonzero(owner == i)
+        if len(idx) == 0:
+            continue
+        assert g.value_w is not None
+        tw = g.value_w
+        p = facility_w[idx]
+        under = p <= tw * (1 + 1e-9)
+        judged = t[idx] >= g.start_s + response_s
+        over = np.maximum(p[judged] - tw, 0.0)
+        lv = [breach(float(x), tw) for x in p]
+        out.append(
+            {
+                "id": g.id,
+                "feed": g.feed,
+                "mode": g.mode,
+                "start_s": g.start_s,
+                "end_s": g.end_s,
+                "target_w": tw,
+                "met": bool(judged.any() and over.max() <= tw * 1e-9),
+                "response_s": float(t[idx[np.argmax(under)]] - g.start_s) if under.any() else None,
+                "max_over_w": float(over.max()) if len(over) else 0.0,
+                "over_energy_j": float(over.sum() * step_s),
+                "breach_warning_s": float(sum(x == "warning" for x in lv) * step_s),
+                "breach_critical_s": float(sum(x == "critical" for x in lv) * step_s),
+                "source": "simulated",
+            }
+        )
+    return tuple(out)
 
 
 @dataclass(slots=True)
@@ -822,6 +894,7 @@ def _result(
         seconds_over_capacity=acc.any_over_s,
         notes=tuple(all_notes),
         partial=partial,
+        grid_targets=grid_outcomes(cfg.grid_targets, acc.fac_w[:n], dt, cfg.grid_response_s),
     )
 
 
