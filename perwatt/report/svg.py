@@ -86,7 +86,9 @@ def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
         raise ConfigError(f"need at least 2 ticks, got {n}")
     if hi < lo:
         lo, hi = hi, lo
-    if hi == lo:
+    # A range within float noise of its magnitude (a simulated PUE of 1.2 and 1.2 + 1e-13) has
+    # no round steps that survive rounding: draw it as the flat series it is.
+    if hi - lo <= 1e-9 * max(abs(lo), abs(hi)):
         pad = abs(lo) * 0.1 or 1.0
         lo, hi = lo - pad, hi + pad
     step = _nice(_nice(hi - lo, round_=False) / (n - 1), round_=True)
@@ -200,7 +202,8 @@ def make_frame(
     if len(y_ticks) >= 2 and y_ticks[-1] - max(fy) < 0.02 * (y_ticks[-1] - y_ticks[0]):
         # The highest value sits on the top edge, where a flat series (a power cap, a
         # simulated constant) would merge with the frame: add one tick of headroom.
-        y_ticks.append(round(2 * y_ticks[-1] - y_ticks[-2], 12))
+        step = y_ticks[-1] - y_ticks[-2]
+        y_ticks.append(round(y_ticks[-1] + step, max(0, -math.floor(math.log10(step)) + 1)))
     return Frame(
         width=width,
         height=height,

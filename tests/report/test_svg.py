@@ -35,6 +35,15 @@ def test_nice_ticks_degenerate_and_bad() -> None:
         svg.nice_ticks(0.0, math.inf)
 
 
+@pytest.mark.parametrize("noise", [1e-15, 1e-13, 1e-10])
+def test_a_flat_series_with_float_noise_gets_a_frame(noise: float) -> None:
+    """A simulated PUE of 1.2 that drifts by 1e-13 over a day: the facility report's chart
+    raised "ticks must increase" (rounded ticks collapsed onto each other)."""
+    frame = svg.make_frame([0.0, 2.0], [1.2, 1.2 + noise], y_zero=False)
+    assert all(b > a for a, b in zip(frame.y_ticks, frame.y_ticks[1:], strict=False))
+    assert frame.y_ticks[0] <= 1.2 <= 1.2 + noise <= frame.y_ticks[-1]
+
+
 def test_fmt() -> None:
     assert svg.fmt(0.30000000000000004) == "0.3"
     assert svg.fmt(1234.5678) == "1235"
