@@ -133,7 +133,7 @@ def environment_components() -> tuple[str, ...]:
     from importlib.util import find_spec
 
     from perwatt.bench.result import torch_version
-    from perwatt.train.frontier import compiled_solver_available
+    from perwatt.train.solver import compiled_solver_available
 
     torch = torch_version()
     scipy = find_spec("scipy") is not None
