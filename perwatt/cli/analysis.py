@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 from perwatt.bench.compare import MAX_RESAMPLES
 from perwatt.bench.stats import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES
-from perwatt.cli._numbers import number
 from perwatt.cli.guard_flags import add_guard_flags, guard_thresholds
+from perwatt.cli.options import number
 
 #: From this many resamples on, compare prints its progress (10x the default: seconds per
 #: interval on large runs).

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from perwatt.cli._numbers import number
 from perwatt.cli.guard_flags import add_guard_flags, guard_thresholds
+from perwatt.cli.options import endpoint, number
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -151,17 +151,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(func=run_bench)
 
 
-def _endpoint(text: str) -> str:
-    from perwatt.errors import ConfigError
-
-    t = text.strip().lower().rstrip("/")
-    if t in ("completions", "/v1/completions", "openai"):
-        return "completions"
-    if t in ("chat", "chat/completions", "/v1/chat/completions", "openai-chat"):
-        return "chat"
-    raise ConfigError(f"--endpoint {text!r}: use completions or chat")
-
-
 def _builtin(args: argparse.Namespace) -> list[Path]:
     from perwatt.errors import ConfigError
 
@@ -233,7 +222,7 @@ def _server(args: argparse.Namespace) -> list[Path]:
     )
     config = ServerBenchConfig(
         url=args.url,
-        endpoint=_endpoint(args.endpoint),  # type: ignore[arg-type]
+        endpoint=endpoint(args.endpoint),  # type: ignore[arg-type]
         model=args.model,
         api_key=args.api_key,
         stream=not args.no_stream,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from perwatt._signals import interrupts_deferred
+from perwatt.cli.options import check_output_path
 from perwatt.errors import ConfigError
 from perwatt.meter.detect import SPEC_HELP
 
@@ -206,9 +206,9 @@ def run_meter(args: argparse.Namespace) -> int:
         raise ConfigError(f"--interval must be positive, got {interval}")
     # A bad output path found after a long command would cost the run: refuse it up front.
     if args.output:
-        _check_output_path(args.output, "-o/--output", make_parents=True)
+        check_output_path(args.output, "-o/--output", make_parents=True)
     if args.timeline:
-        _check_output_path(args.timeline, "--timeline", make_parents=False)
+        check_output_path(args.timeline, "--timeline", make_parents=False)
     sources = open_sources(args.source, select=args.select)
     try:
         meter = Meter(sources, sample_interval_s=interval, subtract_idle=args.subtract_idle)
@@ -234,14 +234,3 @@ def run_meter(args: argparse.Namespace) -> int:
         if args.timeline:
             meter.write_timeline(args.timeline)  # the samples outlive close()
     return result.exit_code
-
-
-def _check_output_path(path: str, flag: str, *, make_parents: bool) -> None:
-    p = Path(path)
-    if p.is_dir():
-        raise ConfigError(f"{flag} {path} is a directory; give a file name, e.g. {p / 'out'}")
-    parent = next((a for a in (p.parent, *p.parent.parents) if a.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise ConfigError(f"{flag} {path}: {parent} is a file, not a directory")
-    if not make_parents and not p.parent.is_dir():
-        raise ConfigError(f"{flag} {path}: directory {p.parent} does not exist")

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from perwatt._signals import interrupt_exit_code, interrupt_reason
-from perwatt.cli.train import (
+from perwatt.cli.options import (
     SolveProgress,
     accept_negative_values,
     add_model_options,

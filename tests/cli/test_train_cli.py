@@ -651,9 +651,9 @@ def test_unbounded_sizes_are_one_line_and_immediate(
 def test_long_solves_show_progress_on_stderr(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, command: str
 ) -> None:
-    import perwatt.cli.train as train_cli
+    import perwatt.cli.options as options_cli
 
-    monkeypatch.setattr(train_cli, "PROGRESS_EVERY_S", 0.0)  # every report, for the test
+    monkeypatch.setattr(options_cli, "PROGRESS_EVERY_S", 0.0)  # every report, for the test
     prof = str(PERSEUS / "stage_profile/gpt3-175b+a100_sxm_bf16.csv")
     args = ["--stages", "8", "--microbatches", "12", "--p-block", "83.64"]
     assert main(["train", command, prof, *args]) == 0
