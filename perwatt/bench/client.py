@@ -589,6 +589,7 @@ def fetch_models(
     """Model ids served at ``base_url`` (``GET /models``). Raises :class:`ConfigError` when the
     server cannot be reached or does not answer like an OpenAI-compatible server.
     """
+    # lazy: httpx costs ~0.1 s of start-up; only talking to a server needs it
     import httpx
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}

@@ -990,6 +990,7 @@ def render_comparison(cmp: Comparison, console: Any | None = None) -> None:
     intervals go under the ratio, and verdicts are one word. Every column says its unit or
     source; an "accuracy guard" row gives each run's pass/FAIL beside its energy figures.
     """
+    # lazy: rich costs ~30 ms of start-up and only this output uses it
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table

@@ -50,6 +50,7 @@ from perwatt.bench.result import (
     empty_percentiles,
 )
 from perwatt.bench.stats import summarize
+from perwatt.economics import cost_per_million_tokens_usd, tokens_per_mwh
 from perwatt.errors import ConfigError
 from perwatt.meter.meter import Measurement
 
@@ -309,7 +310,6 @@ def _economics(
 ) -> tuple[float | None, float | None]:
     if energy_j <= 0 or tokens <= 0:
         return None, None
-    from perwatt.economics import cost_per_million_tokens_usd, tokens_per_mwh
 
     return (
         cost_per_million_tokens_usd(energy_j, tokens, price_per_kwh=price_per_kwh, pue=pue),

@@ -43,9 +43,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, Literal, TypedDict, cast
 
+from perwatt import __version__
 from perwatt._files import atomic_write_text
 from perwatt.errors import DataFormatError
-from perwatt.meter.detect import cpu_model
+from perwatt.meter.detect import cpu_model, nvml_module
+from perwatt.meter.nvml import gpu_inventory
 
 SCHEMA_VERSION: Final = "perwatt.bench.result/1"
 
@@ -224,12 +226,7 @@ def utc_now() -> str:
 
 
 def _perwatt_version() -> str:
-    try:
-        from perwatt import __version__
-
-        return str(__version__)
-    except ImportError:  # pragma: no cover - the package always has it
-        return "unknown"
+    return str(__version__)
 
 
 def torch_version() -> str | None:
@@ -246,9 +243,6 @@ def torch_version() -> str | None:
 def local_gpu_conditions() -> list[GPUConditions]:
     """Name, driver, power limit and clocks of this machine's GPUs from NVML; [] if it fails."""
     try:
-        from perwatt.meter.detect import nvml_module
-        from perwatt.meter.nvml import gpu_inventory
-
         inv = gpu_inventory(nvml=nvml_module())
     except Exception:  # conditions are descriptive; a failing query must not lose the run
         return []

@@ -53,6 +53,7 @@ from perwatt.bench.result import (
     Conditions,
     GoodputSLO,
     LoadKind,
+    load_result,
     new_result,
     run_conditions,
     write_result,
@@ -64,8 +65,11 @@ from perwatt.bench.workload import (
     from_file,
     synthetic,
 )
+from perwatt.economics import DEFAULT_PRICE_PER_KWH_USD, check_price, check_pue
 from perwatt.errors import ConfigError
+from perwatt.meter.detect import close_sources, open_sources
 from perwatt.meter.meter import Measurement, Meter
+from perwatt.meter.served import probe_served_power
 from perwatt.meter.simulated import SimulatedSource
 from perwatt.meter.source import PowerSource
 
@@ -100,8 +104,6 @@ _SAY_BUILDING_FROM = 2_000_000
 
 
 def _default_price() -> float:
-    from perwatt.economics import DEFAULT_PRICE_PER_KWH_USD
-
     return float(DEFAULT_PRICE_PER_KWH_USD)
 
 
@@ -152,8 +154,6 @@ class ServerBenchConfig:
     log: Callable[[str], None] | None = None
 
     def __post_init__(self) -> None:
-        from perwatt.economics import check_price, check_pue
-
         if self.endpoint not in ("completions", "chat"):
             raise ConfigError(f"--endpoint must be completions or chat, got {self.endpoint!r}")
         if self.num_prompts < 1:
@@ -243,8 +243,6 @@ def _open_sources(config: ServerBenchConfig) -> tuple[tuple[PowerSource, ...], b
         if not config.sources:
             raise ConfigError("sources= is empty")
         return tuple(config.sources), False
-    from perwatt.meter.detect import open_sources
-    from perwatt.meter.served import probe_served_power
 
     if config.energy_source.strip().lower() == "simulated":
         # perwatt's test server simulates its own power (it knows its precision and batch):
@@ -339,6 +337,7 @@ class _Progress:
         self._task: Any = None
         if not enabled:
             return
+        # lazy: rich costs ~30 ms of start-up and only this output uses it
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -541,8 +540,6 @@ def _max_failed_fraction(doc: Mapping[str, Any]) -> float:
 def exit_code(paths: Sequence[Path]) -> int:
     """``perwatt bench``'s exit code over its result files: 1 when a level failed, stopped early
     or has more failed requests than its ``max_failed_fraction`` allows, else 0."""
-    from perwatt.bench.result import load_result
-
     for p in paths:
         d = load_result(p)
         if d["status"] in ("failed", "partial"):
@@ -743,8 +740,6 @@ def run_server_bench(config: ServerBenchConfig) -> list[Path]:
         return paths
     finally:
         if opened:
-            from perwatt.meter.detect import close_sources
-
             close_sources(sources)
 
 
@@ -887,9 +882,8 @@ def summary_tables(
     they do not fit ``width`` (the terminal's) they continue in further tables rather than being
     cut. ``width=None``: one table.
     """
+    # lazy: rich costs ~30 ms of start-up and only this output uses it
     from rich.table import Table
-
-    from perwatt.bench.result import load_result
 
     docs: list[Mapping[str, Any]] = [load_result(p) for p in paths]
     rows = _summary_rows(docs, thresholds)
@@ -933,8 +927,6 @@ def summary_notes(
 ) -> list[str]:
     """One line per noteworthy fact: errors by kind, token counting, why a run is partial,
     emulated precisions, accuracy-guard failures."""
-    from perwatt.bench.result import load_result
-
     lines: list[str] = []
     judged = False
     for p in paths:

@@ -21,6 +21,7 @@ import select
 import sys
 from collections.abc import Sequence
 
+from perwatt import __version__
 from perwatt._signals import interrupt_exit_code, interrupt_reason, sigterm_as_interrupt
 from perwatt.errors import CLEAN_EXIT_ERRORS, UserError
 
@@ -37,8 +38,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="perwatt",
         description="Measure and raise tokens per joule: GPUs, inference servers, training, sites.",
     )
-    from perwatt import __version__
-
     parser.add_argument("--version", action="version", version=f"perwatt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for area in _AREAS:

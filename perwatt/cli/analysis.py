@@ -15,10 +15,12 @@ import sys
 import time
 from collections.abc import Callable
 
+from perwatt._signals import interrupt_exit_code
 from perwatt.bench.compare import MAX_RESAMPLES
 from perwatt.bench.stats import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES
 from perwatt.cli.guard_flags import add_guard_flags, guard_thresholds
 from perwatt.cli.options import number
+from perwatt.errors import ConfigError
 
 #: From this many resamples on, compare prints its progress (10x the default: seconds per
 #: interval on large runs).
@@ -210,6 +212,7 @@ def _bootstrap_progress(n_resamples: int) -> Callable[[int, int], None]:
 
 
 def run_compare(args: argparse.Namespace) -> int:
+    # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
     from perwatt.bench.compare import compare_results, render_comparison
 
     confidence = number(args.confidence, "--confidence")  # the range is compare_results
@@ -234,6 +237,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
     from perwatt.report import dedupe_results, write_html_report
 
     _unique, dropped = dedupe_results(args.results)
@@ -252,7 +256,7 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_quality(args: argparse.Namespace) -> int:
-    from perwatt._signals import interrupt_exit_code
+    # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
     from perwatt.bench.quality import (
         QualityInterrupted,
         attach_accuracy,
@@ -261,7 +265,6 @@ def run_quality(args: argparse.Namespace) -> int:
         quality_verdict,
         run_quality,
     )
-    from perwatt.errors import ConfigError
 
     thresholds = guard_thresholds(args)
     if args.prompts is None:

@@ -10,14 +10,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from perwatt._signals import interrupt_exit_code, interrupt_reason
 from perwatt.cli.guard_flags import add_guard_flags, guard_thresholds
 from perwatt.cli.options import endpoint, number
+from perwatt.economics import DEFAULT_PRICE_PER_KWH_USD
+from perwatt.errors import ConfigError
+from perwatt.meter.detect import SPEC_HELP
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from perwatt.economics import DEFAULT_PRICE_PER_KWH_USD
-    from perwatt.meter.detect import SPEC_HELP
-
     p = subparsers.add_parser(
         "bench",
         help="tokens per joule of an OpenAI-compatible server (or the built-in engine)",
@@ -152,14 +153,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _builtin(args: argparse.Namespace) -> list[Path]:
-    from perwatt.errors import ConfigError
-
     if not args.model:
         raise ConfigError("--engine builtin needs --model SHAPE_OR_DIR")
     try:
         import torch  # noqa: F401
     except ImportError:
         raise ConfigError("--engine builtin needs PyTorch: pip install 'perwatt[engine]'") from None
+    # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
     from perwatt.bench.runner import parse_int_list
     from perwatt.engine.bench import run_builtin_bench
 
@@ -196,6 +196,7 @@ def _builtin(args: argparse.Namespace) -> list[Path]:
 
 
 def _server(args: argparse.Namespace) -> list[Path]:
+    # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
     from perwatt.bench.metrics import parse_goodput
     from perwatt.bench.runner import (
         ServerBenchConfig,
@@ -203,7 +204,6 @@ def _server(args: argparse.Namespace) -> list[Path]:
         parse_rate_list,
         run_server_bench,
     )
-    from perwatt.errors import ConfigError
 
     if not args.url:
         raise ConfigError("--url is required, e.g. --url http://127.0.0.1:8000/v1")
@@ -262,7 +262,7 @@ def _server(args: argparse.Namespace) -> list[Path]:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from perwatt._signals import interrupt_exit_code, interrupt_reason
+    # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
     from perwatt.bench.result import BenchInterrupted
     from perwatt.bench.runner import exit_code, summary_notes, summary_tables
 
@@ -275,6 +275,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([str(p) for p in paths]))
     elif paths:
+        # lazy: rich costs ~30 ms of start-up and only this output uses it
         from rich.console import Console
 
         console = Console()

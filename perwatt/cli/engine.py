@@ -80,6 +80,7 @@ def _register_serve(subparsers: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
     from perwatt.engine.server import serve
 
     return serve(
@@ -149,6 +150,7 @@ def _register_quantize(subparsers: Any) -> None:
 def _quantize(args: argparse.Namespace) -> int:
     import json
 
+    # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
     from perwatt.engine.quant import quantize_model
 
     qm = quantize_model(

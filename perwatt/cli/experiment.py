@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from perwatt._signals import interrupt_exit_code, interrupt_reason
+from perwatt.errors import ConfigError
 
 _DESCRIPTION = """\
 Run an experiment file: launch each server configuration, wait until it is
@@ -79,6 +80,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _print_answer(files: object, as_json: bool) -> None:
+    # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
     from perwatt.report.experiment import ExperimentFiles
 
     assert isinstance(files, ExperimentFiles)
@@ -116,6 +118,7 @@ def _print_answer(files: object, as_json: bool) -> None:
 
 
 def run_experiment_cmd(args: argparse.Namespace) -> int:
+    # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
     from perwatt.bench.experiment import ExperimentInterrupted, load_experiment, run_experiment
     from perwatt.report.experiment import write_experiment_outputs
 
@@ -154,8 +157,8 @@ def run_experiment_cmd(args: argparse.Namespace) -> int:
 
 
 def report_experiment_cmd(args: argparse.Namespace) -> int:
+    # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
     from perwatt.bench.experiment import load_experiment
-    from perwatt.errors import ConfigError
     from perwatt.report.experiment import write_experiment_outputs
 
     config = load_experiment(args.file)

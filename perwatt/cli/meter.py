@@ -9,7 +9,20 @@ import sys
 from perwatt._signals import interrupts_deferred
 from perwatt.cli.options import check_output_path
 from perwatt.errors import ConfigError
-from perwatt.meter.detect import SPEC_HELP
+from perwatt.meter.detect import (
+    SPEC_HELP,
+    close_sources,
+    describe_environment,
+    format_environment,
+    open_sources,
+)
+from perwatt.meter.meter import Meter
+from perwatt.meter.run import (
+    format_command_measurement,
+    measure_command,
+    watch_power,
+    write_json,
+)
 
 _METER_DESCRIPTION = """\
 Run CMD and print its energy per device and in total, average and peak power, and
@@ -132,6 +145,7 @@ def environment_components() -> tuple[str, ...]:
     """Optional parts that change what perwatt can do or how fast (no heavy imports here)."""
     from importlib.util import find_spec
 
+    # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
     from perwatt.bench.result import torch_version
     from perwatt.train.solver import compiled_solver_available
 
@@ -152,8 +166,6 @@ def environment_components() -> tuple[str, ...]:
 
 
 def run_env(args: argparse.Namespace) -> int:
-    from perwatt.meter.detect import describe_environment, format_environment
-
     report = describe_environment(environment_components())
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -163,15 +175,6 @@ def run_env(args: argparse.Namespace) -> int:
 
 
 def run_meter(args: argparse.Namespace) -> int:
-    from perwatt.meter.detect import close_sources, open_sources
-    from perwatt.meter.meter import Meter
-    from perwatt.meter.run import (
-        format_command_measurement,
-        measure_command,
-        watch_power,
-        write_json,
-    )
-
     cmd = list(args.cmd)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]

@@ -80,6 +80,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run_plan(args: argparse.Namespace) -> int:
+    # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
     from perwatt.train.plan import choice_as_dict, format_choice, plan_pipeline
 
     model = model_kwargs(args)

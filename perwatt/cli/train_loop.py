@@ -27,7 +27,7 @@ from perwatt.cli.options import (
     one_line_warnings,
     target_kwargs,
 )
-from perwatt.errors import PartialRunError
+from perwatt.errors import ConfigError, PartialRunError
 
 if TYPE_CHECKING:
     from perwatt.train.profiler import ProfileRow
@@ -180,6 +180,7 @@ def register(train_subparsers: argparse._SubParsersAction[argparse.ArgumentParse
 
 
 def _sweep_config(args: argparse.Namespace) -> object:
+    # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
     from perwatt.train.profiler import SweepConfig
 
     return SweepConfig(
@@ -227,8 +228,6 @@ def _given(args: argparse.Namespace, flags: dict[str, str]) -> list[str]:
 def _check_mode(args: argparse.Namespace) -> list[str]:
     """The options of the other mode are an error, not silently ignored. Returns the
     arguments for --script (without a leading ``--``)."""
-    from perwatt.errors import ConfigError
-
     extra = list(args.script_args)
     if extra[:1] == ["--"]:
         extra = extra[1:]
@@ -255,6 +254,7 @@ def _check_mode(args: argparse.Namespace) -> list[str]:
 
 
 def run_profile(args: argparse.Namespace) -> int:
+    # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
     from perwatt.train import profiler
 
     extra = _check_mode(args)
@@ -323,7 +323,7 @@ def run_profile(args: argparse.Namespace) -> int:
 
 
 def run_simulate(args: argparse.Namespace) -> int:
-    from perwatt.errors import ConfigError
+    # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
     from perwatt.report.gantt import write_html
     from perwatt.train.simulate import run_simulation
 

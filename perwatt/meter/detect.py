@@ -40,8 +40,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from perwatt.errors import ConfigError, DeviceError, RemoteSourceError, SourceUnavailableError
+from perwatt.errors import (
+    ConfigError,
+    DeviceError,
+    PerwattError,
+    RemoteSourceError,
+    SourceUnavailableError,
+)
+from perwatt.hardware import lookup_gpu
+from perwatt.meter.estimated import EstimatedCPUSource
+from perwatt.meter.nvml import gpu_inventory, open_nvml_sources
+from perwatt.meter.rapl import RAPLSource
+from perwatt.meter.replay import ReplaySource
+from perwatt.meter.simulated import SimulatedSource
 from perwatt.meter.source import PowerSource
+from perwatt.meter.testing import fake_from_env
 
 #: Environment variable that swaps the real NVML for the fake (tests and demos only).
 FAKE_NVML_ENV = "PERWATT_FAKE_NVML"
@@ -69,7 +82,6 @@ def nvml_module() -> Any | None:
     spec = os.environ.get(FAKE_NVML_ENV)
     if spec is None:
         return None
-    from perwatt.meter.testing import fake_from_env
 
     return fake_from_env(spec)
 
@@ -83,14 +95,13 @@ def detect_sources(*, allow_estimated: bool = True, include_cpu: bool = False) -
     found: list[PowerSource] = []
     skipped: list[str] = []
     try:
-        from perwatt.meter.nvml import open_nvml_sources
-
         found.extend(open_nvml_sources(nvml=nvml_module()))
     except (SourceUnavailableError, DeviceError) as e:
         skipped.append(f"nvml: {e}")
     url = os.environ.get("PERWATT_DCGM_URL")
     if url and not found:
         try:
+            # lazy: pulls httpx (~0.1 s of start-up); only this source needs it
             from perwatt.meter.dcgm import DCGMSource
 
             found.append(DCGMSource(url))
@@ -104,8 +115,6 @@ def detect_sources(*, allow_estimated: bool = True, include_cpu: bool = False) -
             ) from None
     if include_cpu or not found:
         try:
-            from perwatt.meter.rapl import RAPLSource
-
             found.append(RAPLSource())
         except SourceUnavailableError as e:
             skipped.append(f"rapl: {e}")
@@ -115,7 +124,6 @@ def detect_sources(*, allow_estimated: bool = True, include_cpu: bool = False) -
                 "no power source found (" + "; ".join(skipped) + "); "
                 "use --source simulated for a demo or --source replay:FILE"
             )
-        from perwatt.meter.estimated import EstimatedCPUSource
 
         found.append(EstimatedCPUSource())
     return Detection(tuple(found), tuple(skipped))
@@ -151,37 +159,30 @@ def open_sources(spec: str, *, select: str | None = None) -> tuple[PowerSource, 
     if kind == "auto" and not sep:
         return detect_sources().sources
     if kind == "nvml":
-        from perwatt.meter.nvml import open_nvml_sources
-
         indices = _parse_indices(arg, spec) if sep else None
         return open_nvml_sources(indices, nvml=nvml_module())
     if kind == "rapl":
-        from perwatt.meter.rapl import RAPLSource
-
         return (RAPLSource(arg) if sep else RAPLSource(),)
+    # lazy: pulls httpx (~0.1 s of start-up); only this source needs it
     if kind == "dcgm" and sep:
         from perwatt.meter.dcgm import DCGMSource
 
+        # lazy: pulls httpx (~0.1 s of start-up); only this source needs it
         return (DCGMSource(arg, select=select),)
     if kind == "prometheus" and sep:
         from perwatt.meter.dcgm import PrometheusSource
 
         return (PrometheusSource(arg, select=select),)
     if kind == "replay" and sep:
-        from perwatt.meter.replay import ReplaySource
-
         return (ReplaySource(arg),)
     if kind == "simulated" and sep and arg.strip().lower().startswith(("http://", "https://")):
+        # lazy: pulls httpx (~0.1 s of start-up); only this source needs it
         from perwatt.meter.served import ServedSimulatedSource
 
         return (ServedSimulatedSource(arg),)
     if kind == "simulated" and not sep:
-        from perwatt.meter.simulated import SimulatedSource
-
         return (SimulatedSource(),)
     if kind == "estimated" and not sep:
-        from perwatt.meter.estimated import EstimatedCPUSource
-
         return (EstimatedCPUSource(),)
     if kind in ("dcgm", "prometheus", "replay"):
         what = "FILE" if kind == "replay" else "URL"
@@ -261,10 +262,6 @@ def describe_environment(components: Sequence[str] = ()) -> EnvReport:
 
     ``components``: lines about other parts of perwatt to report alongside (the CLI passes the
     planner's build and the engine's torch; the meter itself imports nothing from them)."""
-    from perwatt.errors import PerwattError
-    from perwatt.hardware import lookup_gpu
-    from perwatt.meter.nvml import gpu_inventory
-
     fake = nvml_module()
     gpus: tuple[Any, ...] = ()
     gpu_error: str | None = None
@@ -280,8 +277,6 @@ def describe_environment(components: Sequence[str] = ()) -> EnvReport:
     rapl_domains: tuple[str, ...] = ()
     rapl_error: str | None = None
     try:
-        from perwatt.meter.rapl import RAPLSource
-
         rapl = RAPLSource()
         try:
             rapl_domains = tuple(rapl.devices)

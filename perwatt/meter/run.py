@@ -419,6 +419,7 @@ def watch_power(
     On a terminal the table refreshes in place (rich Live); elsewhere one table is printed per
     refresh, so logs and tests see every reading. Returns the number of refreshes shown.
     """
+    # lazy: rich costs ~30 ms of start-up and only this output uses it
     from rich.console import Console
     from rich.live import Live
     from rich.table import Table

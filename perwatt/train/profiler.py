@@ -89,9 +89,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from perwatt.errors import ConfigError, DataFormatError, PartialRunError, PerwattError
+from perwatt.errors import (
+    ConfigError,
+    DataFormatError,
+    NoPermissionError,
+    NVMLNotFoundError,
+    PartialRunError,
+    PerwattError,
+)
 from perwatt.meter import Meter
+from perwatt.meter.detect import FAKE_NVML_ENV, nvml_module
+from perwatt.meter.nvml import NVMLSource
 from perwatt.train.plan import MAX_INSTRUCTIONS
+from perwatt.train.simgpu import SimulatedGPU, default_stage_models, one_f_one_b_order
 
 INSTRUCTIONS = ("forward", "backward")
 _MAX_ITERATIONS_PER_CLOCK = 1000
@@ -753,8 +763,6 @@ def profile_simulated_pipeline(
     fake training loop executes the stage's 1F1B order with ``comm_gap_s`` idle between
     instructions (point-to-point communication) and calls the profiler's hooks. Every figure is
     labelled ``simulated``."""
-    from perwatt.train.simgpu import SimulatedGPU, default_stage_models, one_f_one_b_order
-
     if comm_gap_s < 0:
         raise ConfigError(f"communication gap must be ≥ 0, got {comm_gap_s}")
     instructions = 2 * num_stages * microbatches
@@ -871,10 +879,6 @@ def profile_script(
     """
     import runpy
     import sys
-
-    from perwatt.errors import NoPermissionError, NVMLNotFoundError
-    from perwatt.meter.detect import FAKE_NVML_ENV, nvml_module
-    from perwatt.meter.nvml import NVMLSource
 
     if not allow_clock_changes:
         raise ConfigError(

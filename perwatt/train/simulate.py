@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from perwatt.errors import ConfigError
+from perwatt.train.plan import plan_pipeline
 
 if TYPE_CHECKING:
     from perwatt.train.frontier import CostModel
@@ -463,8 +464,6 @@ def run_simulation(
     ``interleaved`` with ``chunks``; ``recompute``), solves the frontier and picks the plan
     here too. ``p_block_w``: one blocking power for every stage, or one per stage.
     """
-    from perwatt.train.plan import plan_pipeline
-
     pb = [p_block_w] * stages if isinstance(p_block_w, (int, float)) else list(p_block_w)
     if not all(math.isfinite(p) and p >= 0 for p in pb):
         raise ConfigError(f"--p-block must be a non-negative number of watts, got {p_block_w}")

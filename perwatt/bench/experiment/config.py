@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from perwatt.economics import DEFAULT_PRICE_PER_KWH_USD, DEFAULT_PUE
 from perwatt.errors import ConfigError, DataFormatError
 
 if sys.version_info >= (3, 11):
@@ -505,8 +506,6 @@ def parse_experiment(
     doc: Mapping[str, Any], *, base_dir: Path, path: Path | None = None
 ) -> ExperimentConfig:
     """Validate a parsed experiment document (see the module docstring)."""
-    from perwatt.economics import DEFAULT_PRICE_PER_KWH_USD, DEFAULT_PUE
-
     _keys(doc, _TOP, "")
     ex = _table(doc, "experiment")
     _keys(ex, _EXPERIMENT_KEYS, "experiment")
