@@ -42,6 +42,7 @@ from typing import Any, Final, Literal
 
 import numpy as np
 
+from perwatt.bench.conditions import CONDITIONS
 from perwatt.bench.guard import (
     DEFAULT_THRESHOLDS,
     NO_VERDICT,
@@ -520,42 +521,6 @@ def _load_rows(run: _Run) -> None:
 
 
 # --------------------------------------------------------------------------- conditions
-def _gpu_field(doc: BenchResult, key: str) -> str:
-    gpus = doc["conditions"].get("gpus") or []
-    vals = [g.get(key) for g in gpus]  # type: ignore[attr-defined]
-    if not vals:
-        return "unknown"
-    uniq = sorted({str(v) for v in vals})
-    return f"{len(vals)}x {uniq[0]}" if len(uniq) == 1 else ", ".join(str(v) for v in vals)
-
-
-# (name, getter, loud): loud differences change what the ratio measures.
-_CONDITIONS: Final[tuple[tuple[str, Any, bool], ...]] = (
-    ("GPU", lambda d: _gpu_field(d, "name"), True),
-    ("power limit (W)", lambda d: _gpu_field(d, "power_limit_w"), True),
-    ("SM clock (MHz)", lambda d: _gpu_field(d, "sm_clock_mhz"), True),
-    ("max SM clock (MHz)", lambda d: _gpu_field(d, "max_sm_clock_mhz"), True),
-    ("driver", lambda d: _gpu_field(d, "driver"), False),
-    ("input length", lambda d: d["config"]["input_len"], True),
-    ("output length", lambda d: d["config"]["output_len"], True),
-    ("workload", lambda d: json.dumps(d["config"]["workload"], sort_keys=True), True),
-    ("num prompts", lambda d: d["config"]["num_prompts"], False),
-    ("seed", lambda d: d["config"]["seed"], False),
-    ("num GPUs", lambda d: d["config"]["num_gpus"], True),
-    ("endpoint", lambda d: d["config"]["endpoint"], True),
-    ("energy source", lambda d: d["energy"]["source"] if d["energy"] else "none", True),
-    ("idle subtracted", lambda d: d["energy"]["idle_subtracted"] if d["energy"] else None, True),
-    ("energy basis", lambda d: d["energy"]["basis"] if d["energy"] else None, True),
-    ("token count source", lambda d: d["metrics"]["token_count_source"], True),
-    ("price per kWh", lambda d: d["config"]["price_per_kwh"], False),
-    ("PUE", lambda d: d["config"]["pue"], True),
-    ("host", lambda d: d["conditions"]["host"], False),
-    ("engine", lambda d: d["config"]["engine"], False),
-    ("model", lambda d: d["config"]["model"], False),
-    ("precision", lambda d: d["config"]["precision"], False),
-)
-
-
 def _condition_diffs(runs: list[_Run]) -> tuple[list[str], list[str]]:
     """(loud, informational) differences between series *at the same load level*.
 
@@ -567,18 +532,18 @@ def _condition_diffs(runs: list[_Run]) -> tuple[list[str], list[str]]:
         levels.setdefault(r.level, []).append(r)
     loud: list[str] = []
     info: list[str] = []
-    for name, get, is_loud in _CONDITIONS:
+    for cond in CONDITIONS:
         found: dict[str, list[str]] = {}  # description of the difference -> load levels
         for (kind, value), group in sorted(levels.items()):
             if len({r.series for r in group}) < 2:
                 continue
-            per_series = {r.series: str(get(r.doc)) for r in group}
+            per_series = {r.series: cond.text(r.doc) for r in group}
             if len(set(per_series.values())) > 1:
                 desc = "; ".join(f"{k}={v}" for k, v in per_series.items())
                 found.setdefault(desc, []).append(f"{kind} {value:g}")
         for desc, where in found.items():
-            text = f"{name} differs: {desc} (at {', '.join(where)})"
-            (loud if is_loud else info).append(text)
+            text = f"{cond.name} differs: {desc} (at {', '.join(where)})"
+            (loud if cond.loud else info).append(text)
     return loud, info
 
 

@@ -33,7 +33,6 @@ import csv
 import ipaddress
 import math
 import os
-import re
 import socket
 import sys
 import time
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import IO, Any, Literal, cast
 from urllib.parse import urlsplit
 
+from perwatt._files import slug
 from perwatt._signals import interrupt_reason, interrupts_deferred
 from perwatt.bench import metrics as M
 from perwatt.bench.client import Endpoint, OpenAIClient, RequestRecord, resolve_model
@@ -71,7 +71,7 @@ from perwatt.meter.detect import close_sources, open_sources
 from perwatt.meter.meter import Measurement, Meter
 from perwatt.meter.served import probe_served_power
 from perwatt.meter.simulated import SimulatedSource
-from perwatt.meter.source import PowerSource
+from perwatt.meter.source import PowerSource, mixed_label
 
 CSV_COLUMNS = (
     "index",
@@ -206,11 +206,6 @@ class ServerBenchConfig:
 
 
 # --------------------------------------------------------------------------- helpers
-def _slug(text: str) -> str:
-    s = re.sub(r"[^A-Za-z0-9._-]+", "-", text.strip()).strip("-.")
-    return s or "run"
-
-
 def _unique(path: Path) -> Path:
     """``path``, or ``name-2.json``, ``name-3.json`` … if taken: never overwrite a result."""
     if not path.exists():
@@ -224,8 +219,7 @@ def _unique(path: Path) -> Path:
 
 
 def _source_label(sources: Sequence[PowerSource]) -> str:
-    labels = sorted({s.energy_label if s.has_energy_counter else s.power_label for s in sources})
-    return labels[0] if len(labels) == 1 else f"mixed({','.join(labels)})"
+    return mixed_label(s.energy_label if s.has_energy_counter else s.power_label for s in sources)
 
 
 def _is_local_host(host: str) -> bool:
@@ -698,7 +692,7 @@ def run_server_bench(config: ServerBenchConfig) -> list[Path]:
             f"warning: {workload.skipped_rows} of {workload.rows_read} rows skipped in "
             f"{workload.source} (e.g. {workload.bad_row_examples[0]}); counted in the result"
         )
-    label = _slug(config.label or model.rstrip("/").split("/")[-1])
+    label = slug(config.label or model.rstrip("/").split("/")[-1])
     sources, opened = _open_sources(config)
     try:
         meter = Meter(

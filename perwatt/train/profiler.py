@@ -99,6 +99,7 @@ from perwatt.errors import (
 )
 from perwatt.meter import Meter
 from perwatt.meter.detect import FAKE_NVML_ENV, nvml_module
+from perwatt.meter.meter import sync_cuda
 from perwatt.meter.nvml import NVMLSource
 from perwatt.train.plan import MAX_INSTRUCTIONS
 from perwatt.train.simgpu import SimulatedGPU, default_stage_models, one_f_one_b_order
@@ -237,16 +238,6 @@ def estimate_state_power(
     return power, time_s
 
 
-def _sync_cuda() -> None:
-    """Wait for queued GPU work before reading a counter (never imports torch itself)."""
-    import sys
-
-    torch = sys.modules.get("torch")
-    cuda = getattr(torch, "cuda", None) if torch is not None else None
-    if cuda is not None and cuda.is_available() and cuda.is_initialized():
-        cuda.synchronize()
-
-
 def _frequency_list(clocks: ClockControl, config: SweepConfig) -> tuple[int, ...]:
     supported = sorted({int(f) for f in clocks.supported_sm_clocks_mhz()}, reverse=True)
     if not supported:
@@ -368,7 +359,7 @@ class StageProfiler:
     def _edge(self, state: int) -> float:
         """Read the meter once at a hook edge; the state holds from now on. Returns the time."""
         if self.meter.sync_cuda:
-            _sync_cuda()
+            sync_cuda()
         sample = self.meter.sample_now()
         f = self.frequencies_mhz[self._index]
         step = self._steps.setdefault(f, _Step(freq_mhz=f))
