@@ -213,7 +213,8 @@ def _bootstrap_progress(n_resamples: int) -> Callable[[int, int], None]:
 
 def run_compare(args: argparse.Namespace) -> int:
     # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
-    from perwatt.bench.compare import compare_results, render_comparison
+    from perwatt.bench.compare import compare_results
+    from perwatt.report.compare import render_comparison
 
     confidence = number(args.confidence, "--confidence")  # the range is compare_results
     cmp = compare_results(
