@@ -66,7 +66,7 @@ from perwatt.bench.workload import (
     synthetic,
 )
 from perwatt.economics import DEFAULT_PRICE_PER_KWH_USD, check_price, check_pue
-from perwatt.errors import ConfigError
+from perwatt.errors import ConfigError, FieldError
 from perwatt.meter.detect import close_sources, open_sources
 from perwatt.meter.meter import Measurement, Meter
 from perwatt.meter.served import probe_served_power
@@ -154,10 +154,13 @@ class ServerBenchConfig:
     log: Callable[[str], None] | None = None
 
     def __post_init__(self) -> None:
+        # Errors name this config's fields; `perwatt bench` says its flags (cli/options.py).
         if self.endpoint not in ("completions", "chat"):
-            raise ConfigError(f"--endpoint must be completions or chat, got {self.endpoint!r}")
+            raise FieldError(
+                f"{{f}} must be completions or chat, got {self.endpoint!r}", f="endpoint"
+            )
         if self.num_prompts < 1:
-            raise ConfigError(f"--num-prompts must be >= 1, got {self.num_prompts}")
+            raise FieldError(f"{{f}} must be >= 1, got {self.num_prompts}", f="num_prompts")
         # Sizes first: a typo like --input-len 100000000 took minutes and gigabytes to build.
         check_synthetic_size(
             num_prompts=self.num_prompts,
@@ -165,36 +168,43 @@ class ServerBenchConfig:
             output_len=self.output_len,
         )
         if self.num_gpus < 1:
-            raise ConfigError(f"--num-gpus must be >= 1, got {self.num_gpus}")
+            raise FieldError(f"{{f}} must be >= 1, got {self.num_gpus}", f="num_gpus")
         if not (0 <= self.idle_seconds <= MAX_IDLE_S):
             # nan slips past "< 0" and then skips the idle measurement without a word.
-            raise ConfigError(
-                f"--idle-seconds must be a finite number >= 0 (at most {MAX_IDLE_S:g} s), "
-                f"got {self.idle_seconds}"
+            raise FieldError(
+                f"{{f}} must be a finite number >= 0 (at most {MAX_IDLE_S:g} s), "
+                f"got {self.idle_seconds}",
+                f="idle_seconds",
             )
         if self.subtract_idle and self.idle_seconds <= 0:
-            raise ConfigError("--subtract-idle needs an idle baseline: pass --idle-seconds N")
+            raise FieldError(
+                "{s} needs an idle baseline: pass {i} N", s="subtract_idle", i="idle_seconds"
+            )
         if not (0 < self.timeout_s <= MAX_TIMEOUT_S):
-            raise ConfigError(
-                f"--timeout must be > 0 and at most {MAX_TIMEOUT_S:g} s (a day), "
-                f"got {self.timeout_s}"
+            raise FieldError(
+                f"{{f}} must be > 0 and at most {MAX_TIMEOUT_S:g} s (a day), got {self.timeout_s}",
+                f="timeout_s",
             )
         if not 0 <= self.max_failed_fraction <= 1:
-            raise ConfigError(
-                "--max-failed-fraction must be a fraction in [0, 1] (0: any failed request "
-                f"fails the run), got {self.max_failed_fraction}"
+            raise FieldError(
+                "{f} must be a fraction in [0, 1] (0: any failed request "
+                f"fails the run), got {self.max_failed_fraction}",
+                f="max_failed_fraction",
             )
         check_pue(self.pue)
         check_price(self.price_per_kwh)
         if not self.request_rates or not self.max_concurrencies:
-            raise ConfigError("give at least one --request-rate and --max-concurrency value")
+            raise FieldError(
+                "give at least one {r} and {c} value", r="request_rates", c="max_concurrencies"
+            )
         if len(self.request_rates) > 1 and len(self.max_concurrencies) > 1:
-            raise ConfigError(
-                "sweep one of --request-rate or --max-concurrency at a time "
-                "(results are matched by one load axis)"
+            raise FieldError(
+                "sweep one of {r} or {c} at a time (results are matched by one load axis)",
+                r="request_rates",
+                c="max_concurrencies",
             )
         if self.dataset is None and self.output_len is None:
-            raise ConfigError("--output-len is needed for a synthetic workload")
+            raise FieldError("{f} is needed for a synthetic workload", f="output_len")
         self.levels()  # validates each level
 
     def levels(self) -> list[LoadLevel]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from perwatt._signals import interrupt_exit_code, interrupt_reason
 from perwatt.cli.guard_flags import add_guard_flags, guard_thresholds
-from perwatt.cli.options import endpoint, number
+from perwatt.cli.options import BENCH_FLAGS, endpoint, flags_for, number
 from perwatt.economics import DEFAULT_PRICE_PER_KWH_USD
 from perwatt.errors import ConfigError
 from perwatt.meter.detect import SPEC_HELP
@@ -269,7 +269,8 @@ def run_bench(args: argparse.Namespace) -> int:
     thresholds = guard_thresholds(args)  # a bad threshold fails before the run, not after
     interrupted: BenchInterrupted | None = None
     try:
-        paths = _builtin(args) if args.engine == "builtin" else _server(args)
+        with flags_for(BENCH_FLAGS):
+            paths = _builtin(args) if args.engine == "builtin" else _server(args)
     except BenchInterrupted as e:  # Ctrl-C or SIGTERM: show what was kept, then exit 130/143
         paths, interrupted = list(e.paths), e
     if args.json:

@@ -18,11 +18,14 @@ import re
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 
-from perwatt.errors import ConfigError
+from perwatt.errors import ConfigError, FieldError
+
+if TYPE_CHECKING:
+    from perwatt.train.pipeline import PipelineSpec
 
 
 def number(
@@ -132,7 +135,7 @@ SCHEDULES = ("1f1b", "gpipe", "interleaved")
 
 
 def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
-    """The pipeline: size, blocking power and schedule (checked by :func:`model_kwargs`)."""
+    """The pipeline: size, blocking power and schedule (checked by :func:`pipeline_spec`)."""
     parser.add_argument("--stages", type=int, required=True, help="pipeline stages")
     parser.add_argument(
         "--microbatches", type=int, required=True, help="microbatches per iteration"
@@ -227,47 +230,85 @@ def _supported_freqs(text: str | None) -> list[int] | None:
     return [int(f) for f in freqs]
 
 
-def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """Checked ``stages``, ``microbatches``, ``p_block_w``, ``schedule``, ``chunks``,
-    ``recompute``, ``time_quantum_s``, ``cost_model``, ``noise_factor`` and
-    ``supported_freqs_mhz``: bad values fail here, before any frontier is solved."""
-    for flag, value in (("--stages", args.stages), ("--microbatches", args.microbatches)):
-        if value < 1:
-            raise ConfigError(f"{flag} must be a whole number ≥ 1, got {value}")
-    if args.chunks < 1:
-        raise ConfigError(f"--chunks must be a whole number ≥ 1, got {args.chunks}")
-    if args.chunks > 1 and args.schedule != "interleaved":
-        raise ConfigError(
-            f"--chunks {args.chunks} needs --schedule interleaved (the {args.schedule} "
-            "schedule runs one model chunk per GPU)"
+#: What ``perwatt bench`` calls each ServerBenchConfig / workload field.
+BENCH_FLAGS: Final[Mapping[str, str]] = {
+    "endpoint": "--endpoint",
+    "num_prompts": "--num-prompts",
+    "input_len": "--input-len",
+    "output_len": "--output-len",
+    "num_gpus": "--num-gpus",
+    "idle_seconds": "--idle-seconds",
+    "subtract_idle": "--subtract-idle",
+    "timeout_s": "--timeout",
+    "max_failed_fraction": "--max-failed-fraction",
+    "request_rates": "--request-rate",
+    "max_concurrencies": "--max-concurrency",
+}
+
+
+@contextlib.contextmanager
+def flags_for(names: Mapping[str, str]) -> Iterator[None]:
+    """Library errors about config fields (:class:`FieldError`) said with a command's flags
+    (``names``: field → flag): ``stages must be …`` becomes ``--stages must be …``."""
+    try:
+        yield
+    except FieldError as e:
+        raise ConfigError(e.naming(names)) from None
+
+
+#: What the training commands call each PipelineSpec field (their messages name flags).
+TRAIN_FLAGS: Final[Mapping[str, str]] = {
+    "stages": "--stages",
+    "microbatches": "--microbatches",
+    "chunks": "--chunks",
+    "schedule": "--schedule",
+    "p_block_w": "--p-block",
+    "time_quantum_s": "--quantum-ms",
+    "noise_factor": "--noise-factor",
+    "cost_model": "--cost-model",
+    "supported_freqs_mhz": "--supported-freqs",
+}
+
+
+def train_flags() -> contextlib.AbstractContextManager[None]:
+    """:func:`flags_for` the training commands' flags."""
+    return flags_for(TRAIN_FLAGS)
+
+
+def pipeline_spec(args: argparse.Namespace, *, time_quantum_s: float | None = None) -> PipelineSpec:
+    """The checked :class:`~perwatt.train.pipeline.PipelineSpec` of ``train plan``/``simulate``
+    flags (``time_quantum_s``: the quantum when given another way than ``--quantum-ms``): bad
+    values fail here, before any frontier is solved."""
+    # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
+    from perwatt.train.pipeline import PipelineSpec
+
+    if time_quantum_s is None:
+        quantum_ms = number(
+            "1" if args.quantum_ms is None else args.quantum_ms,
+            "--quantum-ms",
+            low=0.0,
+            low_open=True,
+            what="milliseconds > 0, e.g. 1",
         )
-    quantum_ms = number(
-        "1" if args.quantum_ms is None else args.quantum_ms,
-        "--quantum-ms",
-        low=0.0,
-        low_open=True,
-        what="milliseconds > 0, e.g. 1",
-    )
+        time_quantum_s = quantum_ms / 1e3
     p_block = _p_block(args.p_block)
-    if isinstance(p_block, list) and len(p_block) != args.stages:
-        raise ConfigError(
-            f"--p-block has {len(p_block)} values but --stages is {args.stages}: give one "
-            "value, or one per stage"
+    noise_factor = number(
+        args.noise_factor, "--noise-factor", low=1.0, what="a number ≥ 1, e.g. 1.02"
+    )
+    supported = _supported_freqs(args.supported_freqs)
+    with train_flags():
+        return PipelineSpec(
+            stages=args.stages,
+            microbatches=args.microbatches,
+            p_block_w=p_block if isinstance(p_block, float) else tuple(p_block),
+            schedule=args.schedule,
+            chunks=args.chunks,
+            recompute=args.recompute,
+            time_quantum_s=time_quantum_s,
+            cost_model=args.cost_model,
+            noise_factor=noise_factor,
+            supported_freqs_mhz=None if supported is None else tuple(supported),
         )
-    return {
-        "stages": args.stages,
-        "microbatches": args.microbatches,
-        "p_block_w": p_block,
-        "schedule": args.schedule,
-        "chunks": args.chunks,
-        "recompute": args.recompute,
-        "time_quantum_s": quantum_ms / 1e3,
-        "cost_model": args.cost_model,
-        "noise_factor": number(
-            args.noise_factor, "--noise-factor", low=1.0, what="a number ≥ 1, e.g. 1.02"
-        ),
-        "supported_freqs_mhz": _supported_freqs(args.supported_freqs),
-    }
 
 
 def target_kwargs(args: argparse.Namespace) -> dict[str, Any]:

@@ -16,10 +16,11 @@ from perwatt.cli.options import (
     add_model_options,
     add_pipeline_options,
     add_target_options,
-    model_kwargs,
     not_a_directory,
     one_line_warnings,
+    pipeline_spec,
     target_kwargs,
+    train_flags,
 )
 
 _EPILOG = """\
@@ -83,13 +84,13 @@ def run_plan(args: argparse.Namespace) -> int:
     # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
     from perwatt.train.plan import choice_as_dict, format_choice, plan_pipeline
 
-    model = model_kwargs(args)
+    pipeline = pipeline_spec(args)
     choice = target_kwargs(args)
     not_a_directory(args.frontier, "--frontier")
-    with one_line_warnings():
+    with one_line_warnings(), train_flags():
         report = plan_pipeline(
             args.profile,
-            **model,
+            pipeline,
             frontier_csv=args.frontier,
             plans_path=args.plans,
             progress=SolveProgress(),

@@ -21,11 +21,12 @@ from perwatt.cli.options import (
     add_model_options,
     add_pipeline_options,
     add_target_options,
-    model_kwargs,
     not_a_directory,
     number,
     one_line_warnings,
+    pipeline_spec,
     target_kwargs,
+    train_flags,
 )
 from perwatt.errors import ConfigError, PartialRunError
 
@@ -327,25 +328,26 @@ def run_simulate(args: argparse.Namespace) -> int:
     from perwatt.report.gantt import write_html
     from perwatt.train.simulate import run_simulation
 
-    model = model_kwargs(args)
+    time_quantum_s = None
     if args.time_quantum is not None:
         if args.quantum_ms is not None:
             raise ConfigError(
                 "give the time quantum once: --quantum-ms MS (or the old --time-quantum S)"
             )
-        model["time_quantum_s"] = number(
+        time_quantum_s = number(
             args.time_quantum,
             "--time-quantum",
             low=0,
             low_open=True,
             what="seconds > 0, e.g. 0.001",
         )
+    pipeline = pipeline_spec(args, time_quantum_s=time_quantum_s)
     choice = target_kwargs(args)
     not_a_directory(args.out, "--out")
     if "target" in choice and choice["target"] is None:
         choice["target"] = "fastest"
-    with one_line_warnings():
-        report = run_simulation(args.profile, **model, progress=SolveProgress(), **choice)
+    with one_line_warnings(), train_flags():
+        report = run_simulation(args.profile, pipeline, progress=SolveProgress(), **choice)
     for line in report.summary_lines():
         print(line)
     if args.out:
