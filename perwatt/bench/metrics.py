@@ -56,7 +56,7 @@ from perwatt.meter.meter import Measurement
 
 #: Shortest steady-state window whose energy is used (shorter: whole run, with a note).
 MIN_STEADY_STATE_S = 1.0
-#: Windows below this get a note: GUIDE.md asks >= 5 s for published figures (counter ~100 ms).
+#: Windows below this get a note: ARCHITECTURE.md: >= 5 s for published figures (counter ~100 ms).
 RECOMMENDED_WINDOW_S = 5.0
 
 SLO_KEYS = ("ttft", "tpot", "e2el")

@@ -1,9 +1,12 @@
 """The ``perwatt`` command: a thin layer over the library.
 
-Each area registers its subcommands from its own module (``perwatt.cli.meter`` for ``env`` and
-``meter``, ``perwatt.cli.bench`` for ``bench``/``compare``/``report``, ``perwatt.cli.train``, and
-``perwatt.cli.engine`` for ``serve`` and ``quantize``). Those modules parse arguments and call one public library
-function each; no logic lives here.
+Each area registers its subcommands from its own module: ``perwatt.cli.meter`` for ``env`` and
+``meter``, ``perwatt.cli.bench`` for ``bench``, ``perwatt.cli.analysis`` for ``compare``,
+``report`` and ``quality``, ``perwatt.cli.train`` (with ``train_loop``) for ``train``,
+``perwatt.cli.engine`` for ``serve`` and ``quantize``, ``perwatt.cli.experiment`` for
+``experiment``; option parsing they share is in ``perwatt.cli.options``. Those modules parse
+arguments and call the public library; no logic lives here. The package's layout and one-way
+flow: ARCHITECTURE.md.
 
 Errors the user can act on (see :mod:`perwatt.errors`) print as one line on stderr with a non-zero
 exit code and no traceback. Ctrl-C and SIGTERM (``timeout``, Slurm, systemd, Kubernetes) both stop a

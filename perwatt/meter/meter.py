@@ -10,7 +10,7 @@ How a window is measured::
 
 * Devices with an energy counter (NVML Volta+, RAPL, DCGM, replay, simulated): energy is the
   difference of the counter read at the two edges. The counter on an H100 changes about every
-  100 ms (GUIDE.md probe), so a window shorter than the source's ``counter_period_s`` is flagged
+  100 ms (ARCHITECTURE.md, measured facts), so a window shorter than the source's ``counter_period_s`` is flagged
   and measured from the power timeline instead.
 * Devices without a counter (pre-Volta GPUs): energy is the trapezoid integral of the sampled
   instant power, with the edges interpolated.

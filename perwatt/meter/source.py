@@ -119,7 +119,7 @@ class PowerSource(abc.ABC):
     energy_label: str = "estimated"
     #: Label for energy integrated from instant power.
     power_label: str = "estimated"
-    #: How often the counter's value changes, if known (NVML on H100: ~0.1 s, see GUIDE.md).
+    #: How often the counter's value changes, if known (NVML on H100: ~0.1 s, see ARCHITECTURE.md).
     counter_period_s: float | None = None
 
     @property

@@ -20,7 +20,7 @@ power in tests). ``f_sm`` is the maximum supported clock, or the upper bound of 
 
 The energy counter (``nvmlDeviceGetTotalEnergyConsumption``, Volta and newer presets only) is the
 exact integral of that power, published only at multiples of ``counter_period_s`` (0.1 s by
-default, as the H100 counter behaved in GUIDE.md's probe), so short windows see the same
+default, as the H100 counter behaved in ARCHITECTURE.md's measured facts), so short windows see the same
 quantisation as on real hardware.
 
 Failures are injectable: :meth:`FakeNVML.fail` makes a function raise an NVML error code (once,

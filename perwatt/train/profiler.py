@@ -42,7 +42,7 @@ iterations (optimizer step, data loading; excluded). Interval energy is the coun
 GPUs without a counter (pre-Volta) use the instant power read as each interval ends.
 
 Why aggregate: a microbatch's forward or backward takes 10–100 ms, while the NVML energy counter
-of an H100 only changes about every 100 ms (GUIDE.md probe) and instant power is a ~50 ms
+of an H100 only changes about every 100 ms (ARCHITECTURE.md, measured facts) and instant power is a ~50 ms
 average. A single instruction's counter difference is therefore quantised to the counter's
 period and can be off by ±100%. The profiler never uses one interval alone: at each frequency
 it sums the energy and the time of every forward (and every backward) over all measured
@@ -68,7 +68,7 @@ The gap intervals also give the power the GPU draws while blocked on communicati
 :meth:`StageProfiler.blocking_power_w` — a measured ``P_block`` for the planner.
 
 Overhead: one CUDA synchronisation and one meter read per edge (a counter read took ~4 ms on an
-H100, GUIDE.md), only while profiling.
+H100, ARCHITECTURE.md), only while profiling.
 
 PyTorch pipelining: :func:`attach_to_pipeline_stage` wraps a ``torch.distributed.pipelining``
 stage's ``forward_one_chunk`` / ``backward_one_chunk`` so the built-in schedules (``Schedule1F1B``,
