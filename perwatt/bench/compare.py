@@ -400,6 +400,8 @@ class LevelComparison:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UnmatchedLevel:
+    """A load level that some series have and others lack (not compared)."""
+
     load_kind: str
     load_value: float
     present_in: tuple[str, ...]

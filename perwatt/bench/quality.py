@@ -1,4 +1,4 @@
-"""Accuracy guard: do two servers give the same answers? (e.g. BF16 reference vs FP8 candidate)
+"""Accuracy guard: do two servers give the same answers (e.g. BF16 reference vs FP8 candidate)?
 
 A setting that raises tokens per joule by changing the answers is not a free win. This module
 sends a fixed prompt set, with greedy decoding (``temperature=0``, ``top_p=1``, fixed

@@ -352,6 +352,7 @@ def approx_tokens(text: str) -> int:
 
 
 def synthetic_prompt(rng: random.Random, n_tokens: int) -> str:
+    """``n_tokens`` random words from the word list (one word ≈ one token)."""
     return " ".join(rng.choice(WORDS) for _ in range(n_tokens))
 
 

@@ -37,6 +37,7 @@ _AREAS = ("meter", "bench", "analysis", "train", "engine", "experiment")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``perwatt`` argument parser with every area's subcommands."""
     parser = argparse.ArgumentParser(
         prog="perwatt",
         description="Measure and raise tokens per joule: GPUs, inference servers, training, sites.",
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``perwatt`` with ``argv``; returns the exit code (user errors: one line, 2)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

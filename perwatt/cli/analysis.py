@@ -55,6 +55,7 @@ example:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``compare``, ``report`` and ``quality`` to the ``perwatt`` parser."""
     cmp = subparsers.add_parser(
         "compare",
         help="compare bench results side by side: ratios with bootstrap CIs, matched by load",
@@ -212,6 +213,7 @@ def _bootstrap_progress(n_resamples: int) -> Callable[[int, int], None]:
 
 
 def run_compare(args: argparse.Namespace) -> int:
+    """``perwatt compare``: print (or write) the comparison of result files."""
     # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
     from perwatt.bench.compare import compare_results
     from perwatt.report.compare import render_comparison
@@ -238,6 +240,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    """``perwatt report``: write the HTML report of result files."""
     # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
     from perwatt.report import dedupe_results, write_html_report
 
@@ -257,6 +260,7 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_quality(args: argparse.Namespace) -> int:
+    """``perwatt quality``: the accuracy guard between two servers."""
     # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
     from perwatt.bench.quality import (
         QualityInterrupted,

@@ -19,6 +19,7 @@ from perwatt.meter.detect import SPEC_HELP
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``bench`` to the ``perwatt`` parser."""
     p = subparsers.add_parser(
         "bench",
         help="tokens per joule of an OpenAI-compatible server (or the built-in engine)",
@@ -262,6 +263,7 @@ def _server(args: argparse.Namespace) -> list[Path]:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    """``perwatt bench``: run the sweep, print the summary tables, return the exit code."""
     # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
     from perwatt.bench.result import BenchInterrupted
     from perwatt.bench.runner import exit_code, summary_notes, summary_tables

@@ -16,6 +16,7 @@ from perwatt.cli.options import port, positive_int
 
 
 def register(subparsers: Any) -> None:
+    """Add ``serve`` and ``quantize`` to the ``perwatt`` parser."""
     _register_serve(subparsers)
     _register_quantize(subparsers)
 

@@ -61,6 +61,7 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``env`` and ``meter`` to the ``perwatt`` parser."""
     env = subparsers.add_parser(
         "env",
         help="what is on this machine: GPUs, clocks, power limits, RAPL, CPU, chosen source",
@@ -166,6 +167,7 @@ def environment_components() -> tuple[str, ...]:
 
 
 def run_env(args: argparse.Namespace) -> int:
+    """``perwatt env``: what this machine can measure and control, read-only."""
     report = describe_environment(environment_components())
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -175,6 +177,7 @@ def run_env(args: argparse.Namespace) -> int:
 
 
 def run_meter(args: argparse.Namespace) -> int:
+    """``perwatt meter -- CMD``: run CMD and print its energy; returns CMD's exit code."""
     cmd = list(args.cmd)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]

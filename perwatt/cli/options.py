@@ -159,6 +159,7 @@ def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The planner's model flags: time quantum, cost model, noise factor, supported clocks."""
     parser.add_argument("--quantum-ms", metavar="MS", help="time quantum in ms (default 1)")
     parser.add_argument(
         "--cost-model",
@@ -179,6 +180,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_target_options(parser: argparse.ArgumentParser) -> None:
+    """The plan's target: fastest, a straggler, a deadline or a slowdown (one of them)."""
     tgt = parser.add_mutually_exclusive_group()
     tgt.add_argument("--target", choices=("fastest",), help="no slowdown (the default)")
     tgt.add_argument(

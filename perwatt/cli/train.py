@@ -49,6 +49,7 @@ saved versus all GPUs at max clock and versus the frontier's fastest point.
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``train`` (``plan``, ``profile``, ``simulate``) to the ``perwatt`` parser."""
     train = subparsers.add_parser(
         "train",
         help="training energy: frequency plans for pipeline parallelism (Perseus-class)",
@@ -81,6 +82,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run_plan(args: argparse.Namespace) -> int:
+    """``perwatt train plan``: solve the frontier, pick the plan, print and write it."""
     # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
     from perwatt.train.plan import choice_as_dict, format_choice, plan_pipeline
 

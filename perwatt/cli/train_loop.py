@@ -74,6 +74,7 @@ _SCRIPT_FLAGS = {
 
 
 def register(train_subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``profile`` and ``simulate`` to ``perwatt train``."""
     prof = train_subparsers.add_parser(
         "profile",
         help="measure each stage's forward/backward time and energy at each SM clock",
@@ -255,6 +256,8 @@ def _check_mode(args: argparse.Namespace) -> list[str]:
 
 
 def run_profile(args: argparse.Namespace) -> int:
+    """``perwatt train profile``: sweep SM clocks over a training script (or a simulated
+    pipeline)."""
     # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
     from perwatt.train import profiler
 
@@ -324,6 +327,7 @@ def run_profile(args: argparse.Namespace) -> int:
 
 
 def run_simulate(args: argparse.Namespace) -> int:
+    """``perwatt train simulate``: replay the chosen plan against all-max clocks."""
     # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
     from perwatt.report.gantt import write_html
     from perwatt.train.simulate import run_simulation

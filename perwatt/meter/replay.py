@@ -37,6 +37,8 @@ _TIME_KEYS = ("time_s", "timestamp_s", "t_s")
 
 @dataclass(frozen=True, slots=True)
 class DeviceTrace:
+    """One device of a recorded trace: times, power, cumulative energy, and its origin."""
+
     times_s: tuple[float, ...]
     power_w: tuple[float, ...]
     energy_j: tuple[float, ...]  # cumulative, from the trace's counter or the trapezoid rule

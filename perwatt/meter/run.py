@@ -147,7 +147,7 @@ def _exited(proc: subprocess.Popen[bytes], timeout_s: float | None) -> bool:
 
 
 def _terminal_fd() -> int | None:
-    """perwatt's stdin (which the command shares) if it is a terminal perwatt holds in the
+    """The stdin of perwatt (which the command shares) if it is a terminal perwatt holds in the
     foreground; None otherwise (no terminal, or perwatt itself runs in the background)."""
     try:
         return 0 if os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp() else None

@@ -297,6 +297,8 @@ class FrontierPoint:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PlannedInstruction:
+    """One instruction of a stage's plan: what it is, and the SM clock it runs at."""
+
     instruction: InstructionName
     microbatch: int
     freq_mhz: int

@@ -348,6 +348,7 @@ def write_plans(frontier: Frontier, path: str | Path) -> int:
 
 
 def choice_as_dict(choice: PlanChoice, frontier: Frontier) -> dict[str, object]:
+    """The chosen plan, its point and its savings as a JSON-ready dict (``--json``)."""
     return {
         "target": choice.target,
         "time_limit_s": choice.time_limit_s,

@@ -652,6 +652,7 @@ def activate(hooks: Any) -> None:
 
 
 def deactivate(hooks: Any) -> None:
+    """Stop ``hooks`` receiving the module-level hooks (no-op when it does not)."""
     if hooks in _active:
         _active.remove(hooks)
 
@@ -663,11 +664,13 @@ def on_instruction_begin(name: str) -> None:
 
 
 def on_instruction_end(name: str) -> None:
+    """Module-level hook for training scripts: forwards to the active profiler/controller."""
     for h in _active:
         h.on_instruction_end(name)
 
 
 def on_iteration_end() -> None:
+    """Module-level hook for training scripts: forwards to the active profiler/controller."""
     for h in _active:
         h.on_iteration_end()
 

@@ -395,9 +395,11 @@ def _same_network(
     ends: IntArray,
     n: int,
 ) -> bool:
-    """True when the critical sub-DAG has exactly the arcs of ``net``. (Equal arc counts are
-    not enough: an instruction can stop ending a critical path in the step where a new
-    critical edge appears, and a stale network then cuts the wrong arcs.)"""
+    """True when the critical sub-DAG has exactly the arcs of ``net``.
+
+    Equal arc counts are not enough: an instruction can stop ending a critical path in the
+    step where a new critical edge appears, and a stale network then cuts the wrong arcs.
+    """
     if len(net["tails"]) != len(cn) + len(ce) + len(starts) + len(ends):
         return False
     tails, heads = _arcs(cn, ce, starts, ends, n)

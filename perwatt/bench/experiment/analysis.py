@@ -71,6 +71,8 @@ def latency_value(doc: Mapping[str, Any], key: str) -> float | None:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QualityVerdict:
+    """The accuracy check of one server against the experiment's reference server."""
+
     server: str
     reference: str
     exact_match: float | None
@@ -197,6 +199,8 @@ class RatioWithCI:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Savings:
+    """Energy per token saved by the best point against the baseline point."""
+
     baseline_point: str
     best_point: str
     baseline_j_per_token: float
