@@ -43,6 +43,7 @@ from typing import Any, Final, Literal
 import numpy as np
 
 from perwatt.bench.conditions import CONDITIONS
+from perwatt.bench.defaults import MAX_RESAMPLES
 from perwatt.bench.guard import (
     DEFAULT_THRESHOLDS,
     NO_VERDICT,
@@ -64,10 +65,6 @@ Better = Literal["lower", "higher"]
 Verdict = Literal["within noise", "better", "worse", "no interval", "n/a"]
 
 MIN_ROWS_FOR_CI: Final = 5
-#: Most bootstrap resamples accepted: 500x the default. The interval's Monte Carlo error is
-#: already far below its width at the default; 10^9 resamples (8 GB per array) ran for hours
-#: with no output.
-MAX_RESAMPLES: Final = 1_000_000
 MIN_BLOCKS: Final = 4
 MAX_BLOCKS: Final = 40
 

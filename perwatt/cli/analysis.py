@@ -16,8 +16,7 @@ import time
 from collections.abc import Callable
 
 from perwatt._signals import interrupt_exit_code
-from perwatt.bench.compare import MAX_RESAMPLES
-from perwatt.bench.stats import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES
+from perwatt.bench.defaults import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, MAX_RESAMPLES
 from perwatt.cli.guard_flags import add_guard_flags, guard_thresholds
 from perwatt.cli.options import number
 from perwatt.errors import ConfigError

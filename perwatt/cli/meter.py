@@ -16,13 +16,6 @@ from perwatt.meter.detect import (
     format_environment,
     open_sources,
 )
-from perwatt.meter.meter import Meter
-from perwatt.meter.run import (
-    format_command_measurement,
-    measure_command,
-    watch_power,
-    write_json,
-)
 
 _METER_DESCRIPTION = """\
 Run CMD and print its energy per device and in total, average and peak power, and
@@ -178,6 +171,15 @@ def run_env(args: argparse.Namespace) -> int:
 
 def run_meter(args: argparse.Namespace) -> int:
     """``perwatt meter -- CMD``: run CMD and print its energy; returns CMD's exit code."""
+    # lazy: the meter loads when a command is metered, not for `perwatt --help`/--version
+    from perwatt.meter.meter import Meter
+    from perwatt.meter.run import (
+        format_command_measurement,
+        measure_command,
+        watch_power,
+        write_json,
+    )
+
     cmd = list(args.cmd)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]

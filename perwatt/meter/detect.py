@@ -47,14 +47,7 @@ from perwatt.errors import (
     RemoteSourceError,
     SourceUnavailableError,
 )
-from perwatt.hardware import lookup_gpu
-from perwatt.meter.estimated import EstimatedCPUSource
-from perwatt.meter.nvml import gpu_inventory, open_nvml_sources
-from perwatt.meter.rapl import RAPLSource
-from perwatt.meter.replay import ReplaySource
-from perwatt.meter.simulated import SimulatedSource
 from perwatt.meter.source import PowerSource
-from perwatt.meter.testing import fake_from_env
 
 #: Environment variable that swaps the real NVML for the fake (tests and demos only).
 FAKE_NVML_ENV = "PERWATT_FAKE_NVML"
@@ -82,6 +75,8 @@ def nvml_module() -> Any | None:
     spec = os.environ.get(FAKE_NVML_ENV)
     if spec is None:
         return None
+    # lazy: the fake NVML loads only when PERWATT_FAKE_NVML asks for it
+    from perwatt.meter.testing import fake_from_env
 
     return fake_from_env(spec)
 
@@ -95,6 +90,9 @@ def detect_sources(*, allow_estimated: bool = True, include_cpu: bool = False) -
     found: list[PowerSource] = []
     skipped: list[str] = []
     try:
+        # lazy: load only the source asked for (every command imports this module)
+        from perwatt.meter.nvml import open_nvml_sources
+
         found.extend(open_nvml_sources(nvml=nvml_module()))
     except (SourceUnavailableError, DeviceError) as e:
         skipped.append(f"nvml: {e}")
@@ -115,6 +113,9 @@ def detect_sources(*, allow_estimated: bool = True, include_cpu: bool = False) -
             ) from None
     if include_cpu or not found:
         try:
+            # lazy: load only the source asked for (every command imports this module)
+            from perwatt.meter.rapl import RAPLSource
+
             found.append(RAPLSource())
         except SourceUnavailableError as e:
             skipped.append(f"rapl: {e}")
@@ -124,6 +125,8 @@ def detect_sources(*, allow_estimated: bool = True, include_cpu: bool = False) -
                 "no power source found (" + "; ".join(skipped) + "); "
                 "use --source simulated for a demo or --source replay:FILE"
             )
+        # lazy: load only the source asked for (every command imports this module)
+        from perwatt.meter.estimated import EstimatedCPUSource
 
         found.append(EstimatedCPUSource())
     return Detection(tuple(found), tuple(skipped))
@@ -159,21 +162,30 @@ def open_sources(spec: str, *, select: str | None = None) -> tuple[PowerSource, 
     if kind == "auto" and not sep:
         return detect_sources().sources
     if kind == "nvml":
+        # lazy: load only the source asked for (every command imports this module)
+        from perwatt.meter.nvml import open_nvml_sources
+
         indices = _parse_indices(arg, spec) if sep else None
         return open_nvml_sources(indices, nvml=nvml_module())
     if kind == "rapl":
+        # lazy: load only the source asked for (every command imports this module)
+        from perwatt.meter.rapl import RAPLSource
+
         return (RAPLSource(arg) if sep else RAPLSource(),)
-    # lazy: pulls httpx (~0.1 s of start-up); only this source needs it
     if kind == "dcgm" and sep:
+        # lazy: pulls httpx (~0.1 s of start-up); only this source needs it
         from perwatt.meter.dcgm import DCGMSource
 
-        # lazy: pulls httpx (~0.1 s of start-up); only this source needs it
         return (DCGMSource(arg, select=select),)
     if kind == "prometheus" and sep:
+        # lazy: pulls httpx (~0.1 s of start-up); only this source needs it
         from perwatt.meter.dcgm import PrometheusSource
 
         return (PrometheusSource(arg, select=select),)
     if kind == "replay" and sep:
+        # lazy: load only the source asked for (every command imports this module)
+        from perwatt.meter.replay import ReplaySource
+
         return (ReplaySource(arg),)
     if kind == "simulated" and sep and arg.strip().lower().startswith(("http://", "https://")):
         # lazy: pulls httpx (~0.1 s of start-up); only this source needs it
@@ -181,8 +193,14 @@ def open_sources(spec: str, *, select: str | None = None) -> tuple[PowerSource, 
 
         return (ServedSimulatedSource(arg),)
     if kind == "simulated" and not sep:
+        # lazy: load only the source asked for (every command imports this module)
+        from perwatt.meter.simulated import SimulatedSource
+
         return (SimulatedSource(),)
     if kind == "estimated" and not sep:
+        # lazy: load only the source asked for (every command imports this module)
+        from perwatt.meter.estimated import EstimatedCPUSource
+
         return (EstimatedCPUSource(),)
     if kind in ("dcgm", "prometheus", "replay"):
         what = "FILE" if kind == "replay" else "URL"
@@ -262,6 +280,10 @@ def describe_environment(components: Sequence[str] = ()) -> EnvReport:
 
     ``components``: lines about other parts of perwatt to report alongside (the CLI passes the
     planner's build and the engine's torch; the meter itself imports nothing from them)."""
+    # lazy: keeps the start-up of every command light (used by `perwatt env` only)
+    from perwatt.hardware import lookup_gpu
+    from perwatt.meter.nvml import gpu_inventory
+
     fake = nvml_module()
     gpus: tuple[Any, ...] = ()
     gpu_error: str | None = None
@@ -277,6 +299,9 @@ def describe_environment(components: Sequence[str] = ()) -> EnvReport:
     rapl_domains: tuple[str, ...] = ()
     rapl_error: str | None = None
     try:
+        # lazy: load only the source asked for (every command imports this module)
+        from perwatt.meter.rapl import RAPLSource
+
         rapl = RAPLSource()
         try:
             rapl_domains = tuple(rapl.devices)
