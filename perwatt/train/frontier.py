@@ -558,7 +558,7 @@ def compute_frontier(
     if profile.num_stages not in expected:
         raise DataFormatError(
             f"profile has {profile.num_stages} stages but the schedule has {schedule.num_stages}; "
-            "pass --stages matching the profile"
+            "the pipeline's stages must match the profile"
         )
     S = schedule.num_stages
     if isinstance(p_block_w, (int, float)):

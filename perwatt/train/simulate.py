@@ -36,7 +36,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from perwatt.errors import ConfigError
+from perwatt.errors import ConfigError, FieldError
 from perwatt.train.pipeline import PipelineSpec
 from perwatt.train.plan import plan_pipeline
 
@@ -146,9 +146,10 @@ def _stage_plans(plan: Any, num_stages: int) -> list[list[_Entry]]:
     else:
         raise ConfigError(f"cannot read a frequency plan from {type(plan).__name__}")
     if len(rows) != num_stages:
-        raise ConfigError(
+        raise FieldError(
             f"the plan has {len(rows)} stages but the schedule has {num_stages}: plan, profile "
-            "and --stages must describe the same pipeline"
+            "and {s} must describe the same pipeline",
+            s="stages",
         )
     return rows
 
@@ -190,10 +191,11 @@ def simulate_plan(
     if len(pb) != S or any(not (math.isfinite(p) and p >= 0) for p in pb):
         raise ConfigError(f"need one non-negative blocking power per stage ({S}), got {p_block_w}")
     if profile.num_stages not in (S, S * chunks):
-        raise ConfigError(
+        raise FieldError(
             f"the profile has {profile.num_stages} stages but the schedule has {S}"
             + (f" (x{chunks} chunks)" if chunks > 1 else "")
-            + ": pass --stages to match the profile"
+            + ": give {s} to match the profile",
+            s="stages",
         )
     virtual_profile = chunks > 1 and profile.num_stages == S * chunks
     scale = 1.0 / chunks if chunks > 1 and not virtual_profile else 1.0
