@@ -36,7 +36,7 @@ some other path's slack could have run out; (2) while the critical sub-DAG is on
 cut is its cheapest instruction — no flow at all; (3) otherwise the previous step's maximum
 flow stays feasible (convex costs), so each step only augments it; (4) the whole sweep runs
 in C (``_sweep.c``, built at install time when a compiler is present: a few µs per step).
-Without the C build, :func:`_sweep` does the same in Python: plain-Python Dinic on small
+Without the C build, ``perwatt.train.solver._sweep`` does the same in Python: plain-Python Dinic on small
 networks, one call of SciPy's compiled max-flow on the residual network on mid-sized ones,
 one SciPy BFS per augmenting path on the largest, longest paths as NumPy passes over
 topological levels. Both take the unique *minimal* minimum cut (the source side reachable in
