@@ -1,3 +1,5 @@
+"""``python -m perwatt``: the same command as ``perwatt``."""
+
 import sys
 
 from perwatt.cli import main

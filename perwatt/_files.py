@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 
 
@@ -40,3 +41,10 @@ def same_file(a: str | Path, b: str | Path) -> bool:
         return os.path.samefile(pa, pb)
     except OSError:  # one of them does not exist (yet): then they are not one file
         return False
+
+
+def slug(text: str, *, default: str = "run") -> str:
+    """``text`` as a file-name part: runs of anything but letters, digits, ``.``, ``_`` and
+    ``-`` become one ``-``; ``default`` when nothing is left."""
+    s = re.sub(r"[^A-Za-z0-9._-]+", "-", text.strip()).strip("-.")
+    return s or default

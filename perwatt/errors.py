@@ -22,6 +22,8 @@ The CLI prints ``UserError`` subclasses as one line and exits non-zero without a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class PerwattError(Exception):
     """Base of every error perwatt raises on purpose."""
@@ -33,6 +35,25 @@ class UserError(PerwattError):
 
 class ConfigError(UserError):
     """An invalid argument, flag combination or spec string."""
+
+
+class FieldError(ConfigError):
+    """A bad value of a named field of a config object (``PipelineSpec.stages`` …).
+
+    The message names the library's fields (``stages must be a whole number ≥ 1, got 0``); a
+    front end that calls them something else (the CLI's ``--stages``) says its own names with
+    :meth:`naming`, so the library never speaks in flags and the CLI never speaks in fields.
+    """
+
+    def __init__(self, template: str, **fields: str) -> None:
+        #: ``template`` with ``{key}`` placeholders, each standing for field ``fields[key]``
+        self.template = template
+        self.fields = fields
+        super().__init__(template.format(**fields))
+
+    def naming(self, names: Mapping[str, str]) -> str:
+        """The message with each field called by ``names[field]`` (unlisted: the field name)."""
+        return self.template.format(**{k: names.get(v, v) for k, v in self.fields.items()})
 
 
 class DataFormatError(UserError):

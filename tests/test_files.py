@@ -29,3 +29,11 @@ def test_failed_rename_removes_the_temp_file(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         atomic_write_text(target, "text\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_directory"]
+
+
+def test_slug_keeps_file_name_characters_only() -> None:
+    from perwatt._files import slug
+
+    assert slug(" Llama 3/8B: fp8 ") == "Llama-3-8B-fp8"
+    assert slug("...") == "run"
+    assert slug("", default="x") == "x"

@@ -5,17 +5,17 @@ levels while a :class:`perwatt.meter.Meter` records energy, and writes one resul
 level (:mod:`perwatt.bench.result`). :mod:`perwatt.bench.testing` ships a real loopback server
 that streams like the real engines, for tests and for benchmarking the load generator itself.
 
-The runner is imported lazily so that readers of result files (compare, report) do not pay for
-the load generator.
+Its names are imported on first use, so that readers of result files (compare, report) do not
+pay for the load generator, nor the CLI's start-up for either.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from perwatt.bench.result import SCHEMA_VERSION, BenchResult, load_result, write_result
-
 if TYPE_CHECKING:
+    from perwatt.bench.result import SCHEMA_VERSION, BenchResult, load_result, write_result
     from perwatt.bench.runner import ServerBenchConfig, run_server_bench
 
 __all__ = [
@@ -28,9 +28,19 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in ("ServerBenchConfig", "run_server_bench"):
-        from perwatt.bench import runner
+# Loaded on first use: every command imports perwatt.bench (the guard's flags), few need more.
+_WHERE = {
+    "SCHEMA_VERSION": "perwatt.bench.result",
+    "BenchResult": "perwatt.bench.result",
+    "ServerBenchConfig": "perwatt.bench.runner",
+    "load_result": "perwatt.bench.result",
+    "run_server_bench": "perwatt.bench.runner",
+    "write_result": "perwatt.bench.result",
+}
 
-        return getattr(runner, name)
-    raise AttributeError(f"module 'perwatt.bench' has no attribute {name!r}")
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'perwatt.bench' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -338,7 +338,7 @@ class OpenAIClient:
         if status != 200:
             text = await body.read_all()
             rec.error_kind = f"http_{status}"
-            rec.error_detail = _error_message(text)
+            rec.error_detail = error_message(text)
             return not close and body.done
         if stream and not json_body:
             await self._read_sse(body, rec, chat)
@@ -389,7 +389,7 @@ class OpenAIClient:
                     return
                 if "error" in obj and not obj.get("choices"):
                     rec.error_kind = "server_error_event"
-                    rec.error_detail = _error_message(data)
+                    rec.error_detail = error_message(data)
                     return
                 choices = obj.get("choices")
                 if choices and isinstance(choices[0], dict):
@@ -573,14 +573,19 @@ class _Body:
             parts.append(p)
 
 
-def _error_message(text: bytes) -> str:
+def error_message(body: bytes | str, *, limit: int = 300) -> str:
+    """A server's own error text on one line: an OpenAI ``error.message`` (or ``message``),
+    else the body; at most ``limit`` characters."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
     try:
         obj = json.loads(text)
-        err = obj.get("error", obj) if isinstance(obj, dict) else obj
-        msg = err.get("message", err) if isinstance(err, dict) else err
-        return str(msg)[:300]
     except ValueError:
-        return text[:300].decode("utf-8", "replace")
+        obj = text
+    err = obj.get("error", obj) if isinstance(obj, dict) else obj
+    msg = err.get("message", err) if isinstance(err, dict) else err
+    if isinstance(msg, dict) or msg is None:  # JSON, but no message in it: show the body
+        msg = text
+    return " ".join(str(msg).split())[:limit]
 
 
 def fetch_models(
@@ -589,6 +594,7 @@ def fetch_models(
     """Model ids served at ``base_url`` (``GET /models``). Raises :class:`ConfigError` when the
     server cannot be reached or does not answer like an OpenAI-compatible server.
     """
+    # lazy: httpx costs ~0.1 s of start-up; only talking to a server needs it
     import httpx
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}

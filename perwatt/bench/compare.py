@@ -42,6 +42,8 @@ from typing import Any, Final, Literal
 
 import numpy as np
 
+from perwatt.bench.conditions import CONDITIONS
+from perwatt.bench.defaults import MAX_RESAMPLES
 from perwatt.bench.guard import (
     DEFAULT_THRESHOLDS,
     NO_VERDICT,
@@ -63,10 +65,6 @@ Better = Literal["lower", "higher"]
 Verdict = Literal["within noise", "better", "worse", "no interval", "n/a"]
 
 MIN_ROWS_FOR_CI: Final = 5
-#: Most bootstrap resamples accepted: 500x the default. The interval's Monte Carlo error is
-#: already far below its width at the default; 10^9 resamples (8 GB per array) ran for hours
-#: with no output.
-MAX_RESAMPLES: Final = 1_000_000
 MIN_BLOCKS: Final = 4
 MAX_BLOCKS: Final = 40
 
@@ -399,6 +397,8 @@ class LevelComparison:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UnmatchedLevel:
+    """A load level that some series have and others lack (not compared)."""
+
     load_kind: str
     load_value: float
     present_in: tuple[str, ...]
@@ -520,42 +520,6 @@ def _load_rows(run: _Run) -> None:
 
 
 # --------------------------------------------------------------------------- conditions
-def _gpu_field(doc: BenchResult, key: str) -> str:
-    gpus = doc["conditions"].get("gpus") or []
-    vals = [g.get(key) for g in gpus]  # type: ignore[attr-defined]
-    if not vals:
-        return "unknown"
-    uniq = sorted({str(v) for v in vals})
-    return f"{len(vals)}x {uniq[0]}" if len(uniq) == 1 else ", ".join(str(v) for v in vals)
-
-
-# (name, getter, loud): loud differences change what the ratio measures.
-_CONDITIONS: Final[tuple[tuple[str, Any, bool], ...]] = (
-    ("GPU", lambda d: _gpu_field(d, "name"), True),
-    ("power limit (W)", lambda d: _gpu_field(d, "power_limit_w"), True),
-    ("SM clock (MHz)", lambda d: _gpu_field(d, "sm_clock_mhz"), True),
-    ("max SM clock (MHz)", lambda d: _gpu_field(d, "max_sm_clock_mhz"), True),
-    ("driver", lambda d: _gpu_field(d, "driver"), False),
-    ("input length", lambda d: d["config"]["input_len"], True),
-    ("output length", lambda d: d["config"]["output_len"], True),
-    ("workload", lambda d: json.dumps(d["config"]["workload"], sort_keys=True), True),
-    ("num prompts", lambda d: d["config"]["num_prompts"], False),
-    ("seed", lambda d: d["config"]["seed"], False),
-    ("num GPUs", lambda d: d["config"]["num_gpus"], True),
-    ("endpoint", lambda d: d["config"]["endpoint"], True),
-    ("energy source", lambda d: d["energy"]["source"] if d["energy"] else "none", True),
-    ("idle subtracted", lambda d: d["energy"]["idle_subtracted"] if d["energy"] else None, True),
-    ("energy basis", lambda d: d["energy"]["basis"] if d["energy"] else None, True),
-    ("token count source", lambda d: d["metrics"]["token_count_source"], True),
-    ("price per kWh", lambda d: d["config"]["price_per_kwh"], False),
-    ("PUE", lambda d: d["config"]["pue"], True),
-    ("host", lambda d: d["conditions"]["host"], False),
-    ("engine", lambda d: d["config"]["engine"], False),
-    ("model", lambda d: d["config"]["model"], False),
-    ("precision", lambda d: d["config"]["precision"], False),
-)
-
-
 def _condition_diffs(runs: list[_Run]) -> tuple[list[str], list[str]]:
     """(loud, informational) differences between series *at the same load level*.
 
@@ -567,18 +531,18 @@ def _condition_diffs(runs: list[_Run]) -> tuple[list[str], list[str]]:
         levels.setdefault(r.level, []).append(r)
     loud: list[str] = []
     info: list[str] = []
-    for name, get, is_loud in _CONDITIONS:
+    for cond in CONDITIONS:
         found: dict[str, list[str]] = {}  # description of the difference -> load levels
         for (kind, value), group in sorted(levels.items()):
             if len({r.series for r in group}) < 2:
                 continue
-            per_series = {r.series: str(get(r.doc)) for r in group}
+            per_series = {r.series: cond.text(r.doc) for r in group}
             if len(set(per_series.values())) > 1:
                 desc = "; ".join(f"{k}={v}" for k, v in per_series.items())
                 found.setdefault(desc, []).append(f"{kind} {value:g}")
         for desc, where in found.items():
-            text = f"{name} differs: {desc} (at {', '.join(where)})"
-            (loud if is_loud else info).append(text)
+            text = f"{cond.name} differs: {desc} (at {', '.join(where)})"
+            (loud if cond.loud else info).append(text)
     return loud, info
 
 
@@ -944,165 +908,6 @@ def _info(r: _Run, guard: GuardThresholds = DEFAULT_THRESHOLDS) -> RunInfo:
     )
 
 
-# --------------------------------------------------------------------------- rendering
-def _fmt(v: float | None) -> str:
-    if v is None or not math.isfinite(v):
-        return "–"
-    a = abs(v)
-    if a == 0:
-        return "0"
-    if a >= 1e5 or a < 1e-3:
-        return f"{v:.3e}"
-    if a >= 100:
-        return f"{v:,.1f}"
-    if a >= 1:
-        return f"{v:.3f}"
-    return f"{v:.4f}"
-
-
-def _ratio_text(r: RatioEstimate | None, pct: float, *, narrow: bool = False) -> str:
-    if r is None:
-        return "–"
-    if r.ci is None:
-        return f"{r.ratio:.3f}"
-    sep = "\n" if narrow else " "
-    return f"{r.ratio:.3f}{sep}[{r.ci.low:.3f}, {r.ci.high:.3f}]"
-
-
-_VERDICT_STYLE: Final = {
-    "better": "bold green",
-    "worse": "bold red",
-    "within noise": "yellow",
-    "no interval": "dim",
-}
-# Narrow terminals: one-word verdicts, explained once under the tables.
-_VERDICT_SHORT: Final = {"within noise": "noise", "no interval": "no CI"}
-#: Below this many columns the tables put sources in the headers and wrap ratios.
-NARROW_COLUMNS: Final = 120
-
-
-def render_comparison(cmp: Comparison, console: Any | None = None) -> None:
-    """Print the comparison as rich tables (one per load level) with warnings first.
-
-    Fits the console's width: below :data:`NARROW_COLUMNS` columns (an 80-column terminal) the
-    energy source is named once, under each run's name in its column header (it is always there),
-    rather than in every energy cell too; ratio
-    intervals go under the ratio, and verdicts are one word. Every column says its unit or
-    source; an "accuracy guard" row gives each run's pass/FAIL beside its energy figures.
-    """
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
-    con = console
-    if con is None:
-        con = Console()
-        if not con.is_terminal:
-            # Piped into a file or a CI log: 80 columns would wrap every metric name.
-            con = Console(width=180)
-    narrow = con.width < NARROW_COLUMNS
-    for w in cmp.warnings:
-        # Upper-case first word (MIXED, CONDITIONS, PARTIAL, RUNNING, FAILED): changes what the
-        # ratios mean, so red; the rest are notes, yellow.
-        first = w.split()[0] if w.split() else ""
-        style = "bold red" if len(first) > 1 and first.isupper() else "yellow"
-        con.print(f"[{style}]⚠ {escape(w)}[/]", highlight=False)
-    info = [d for d in cmp.condition_diffs if f"CONDITIONS DIFFER: {d}" not in cmp.warnings]
-    for d in info:
-        con.print(f"[dim]· {escape(d)}[/]", highlight=False)
-    pct = round(cmp.confidence * 100)
-    any_guard = False
-    for lv in cmp.levels:
-        t = Table(
-            title=escape(
-                f"{lv.load_text}  —  B/A with {pct}% bootstrap CI, baseline A = {cmp.baseline}"
-            ),
-            title_justify="left",
-            show_lines=False,
-        )
-        t.add_column("metric\n(unit)", no_wrap=not narrow, min_width=12)
-        sources: list[str] = []
-        for s, run in zip(cmp.series, lv.runs, strict=True):
-            src = run.energy_source if run else "–"
-            sources.append(src)
-            # The status itself: a failed or still-running run is not "PARTIAL".
-            flag = f" {run.status.upper()}" if run is not None and run.partial else ""
-            t.add_column(escape(f"{s}{flag}\n({src})"), justify="right")
-        for s in cmp.series[1:]:
-            t.add_column(escape(f"{s} / {cmp.baseline}\n{pct}% CI"), justify="right")
-            t.add_column("verdict")
-        energy_rows = [k for k, m in enumerate(lv.metrics) if m.energy]
-        last_energy = energy_rows[-1] if energy_rows else -1
-        show_guard = any(run is not None and run.guard.status != "none" for run in lv.runs)
-        any_guard = any_guard or show_guard
-        for k, m in enumerate(lv.metrics):
-            cells = []
-            for v, src in zip(m.values, sources, strict=True):
-                txt = _fmt(v)
-                wide_src = m.energy and v is not None and not narrow
-                cells.append(escape(f"{txt} ({src})") if wide_src else txt)
-            row = [escape(f"{m.name} ({m.unit})"), *cells]
-            for r in m.ratios:
-                row.append(escape(_ratio_text(r, pct, narrow=narrow)))
-                if r is None:
-                    row.append("")
-                else:
-                    style = _VERDICT_STYLE.get(r.verdict, "")
-                    word = _VERDICT_SHORT.get(r.verdict, r.verdict) if narrow else r.verdict
-                    extra = escape(f" ⚠ {r.note}") if r.note else ""
-                    row.append(f"[{style}]{word}[/]{extra}" if style else word + extra)
-            t.add_row(*row)
-            if k == last_energy and show_guard:
-                guard_cells = []
-                for run in lv.runs:
-                    g = run.guard if run is not None else NO_VERDICT
-                    guard_cells.append(
-                        "[bold red]FAIL[/]" if g.failed else ("pass" if g.passed else "–")
-                    )
-                t.add_row("accuracy guard", *guard_cells, *([""] * (2 * (len(cmp.series) - 1))))
-        con.print(t)
-        for w in lv.warnings:
-            con.print(f"[yellow]  {escape(w)}[/]", highlight=False)
-    if narrow and cmp.levels:
-        con.print(
-            "[dim]noise: the interval contains 1 (within noise); no CI: too few samples or "
-            "requests for an interval[/]",
-            highlight=False,
-        )
-    if cmp.unmatched:
-        con.print("[bold]Unmatched load levels[/] (not in every series):")
-        for u in cmp.unmatched:
-            con.print(
-                escape(
-                    f"  {u.load_kind} {u.load_value:g}: in {', '.join(u.present_in)}; "
-                    f"missing in {', '.join(u.missing_in)}"
-                ),
-                highlight=False,
-            )
-    for path, acc in cmp.accuracy:
-        parts = [
-            f"{k}={_fmt(acc.get(k))}"
-            for k in ("exact_match", "top1_agreement", "logprob_agreement", "kl_mean")
-            if acc.get(k) is not None
-        ]
-        verdict = judge(acc, cmp.thresholds)
-        style = "bold red" if verdict.failed else ""
-        text = escape(
-            f"accuracy of {path} vs {acc.get('reference')}: {', '.join(parts) or 'no figures'}"
-            f" — guard {verdict.text}"
-        )
-        con.print(f"[{style}]{text}[/]" if style else text, highlight=False)
-    if cmp.accuracy or any_guard:
-        con.print(
-            escape(
-                f"accuracy guard: {cmp.thresholds.describe()} (--min-top1, --max-kl, "
-                "--min-logprob-agreement, --min-exact-match, --max-rel-err)"
-            ),
-            highlight=False,
-        )
-    con.print(f"[dim]{escape(cmp.method)}[/]", highlight=False)
-
-
 __all__ = [
     "METRICS",
     "Comparison",
@@ -1116,5 +921,4 @@ __all__ = [
     "compare_results",
     "energy_blocks",
     "load_requests_csv",
-    "render_comparison",
 ]

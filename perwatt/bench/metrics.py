@@ -50,12 +50,13 @@ from perwatt.bench.result import (
     empty_percentiles,
 )
 from perwatt.bench.stats import summarize
+from perwatt.economics import cost_per_million_tokens_usd, tokens_per_mwh
 from perwatt.errors import ConfigError
 from perwatt.meter.meter import Measurement
 
 #: Shortest steady-state window whose energy is used (shorter: whole run, with a note).
 MIN_STEADY_STATE_S = 1.0
-#: Windows below this get a note: GUIDE.md asks >= 5 s for published figures (counter ~100 ms).
+#: Windows below this get a note: ARCHITECTURE.md: >= 5 s for published figures (counter ~100 ms).
 RECOMMENDED_WINDOW_S = 5.0
 
 SLO_KEYS = ("ttft", "tpot", "e2el")
@@ -309,7 +310,6 @@ def _economics(
 ) -> tuple[float | None, float | None]:
     if energy_j <= 0 or tokens <= 0:
         return None, None
-    from perwatt.economics import cost_per_million_tokens_usd, tokens_per_mwh
 
     return (
         cost_per_million_tokens_usd(energy_j, tokens, price_per_kwh=price_per_kwh, pue=pue),

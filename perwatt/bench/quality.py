@@ -1,4 +1,4 @@
-"""Accuracy guard: do two servers give the same answers? (e.g. BF16 reference vs FP8 candidate)
+"""Accuracy guard: do two servers give the same answers (e.g. BF16 reference vs FP8 candidate)?
 
 A setting that raises tokens per joule by changing the answers is not a free win. This module
 sends a fixed prompt set, with greedy decoding (``temperature=0``, ``top_p=1``, fixed
@@ -40,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,8 +48,9 @@ from typing import Any, Final, Literal
 
 import httpx
 
-from perwatt._files import atomic_write_text
+from perwatt._files import atomic_write_text, same_file
 from perwatt._signals import interrupt_reason, interrupts_deferred
+from perwatt.bench.client import error_message
 from perwatt.bench.guard import (
     DEFAULT_THRESHOLDS,
     NO_VERDICT,
@@ -265,7 +265,7 @@ def _generate(
             )
         else:
             hint = f"check its --url; does it serve {'chat' if chat else 'text'} completions?"
-        said = _error_message(r)
+        said = error_message(r.content, limit=200)
         raise ConfigError(
             f"the {server.role} server answered HTTP 404 for {url}"
             + (f" ({said})" if said else "")
@@ -630,13 +630,13 @@ def run_quality(
     if out is not None:
         # The report is written at the first checkpoint, before any prompt: it must not
         # overwrite the prompt set or a bench result it is about to be attached to.
-        if _same_file(out, prompts_file):
+        if same_file(out, prompts_file):
             raise ConfigError(
                 f"--out {out} is the prompt file; the report would overwrite it: "
                 "choose another --out"
             )
         for target in attach:
-            if _same_file(out, target):
+            if same_file(out, target):
                 raise ConfigError(
                     f"--out {out} is also an --attach target; the report would overwrite that "
                     "bench result: choose another --out (e.g. quality.json)"
@@ -750,18 +750,6 @@ def generate_answers(
     return gens, tuple(srv.notes)
 
 
-def _same_file(a: str | Path, b: str | Path) -> bool:
-    """Whether two paths name one file: the same resolved path, or (hard link, bind mount) the
-    same inode."""
-    pa, pb = Path(a).expanduser(), Path(b).expanduser()
-    if pa.resolve() == pb.resolve():
-        return True
-    try:
-        return os.path.samefile(pa, pb)
-    except OSError:  # one of them does not exist yet
-        return False
-
-
 def _probe(client: httpx.Client, srv: _Server) -> None:
     """Reach the server before any prompt is sent; learn its model name if none was given.
 
@@ -797,16 +785,6 @@ def _probe(client: httpx.Client, srv: _Server) -> None:
     srv.listed = ids
     if srv.model is None:
         srv.model = ids[0] if ids else None
-
-
-def _error_message(r: httpx.Response) -> str:
-    """The server's own error text on one line: an OpenAI ``error.message``, else the body."""
-    try:
-        err = r.json().get("error")
-        text = str(err.get("message") if isinstance(err, dict) else err or r.text)
-    except (ValueError, AttributeError):
-        text = r.text
-    return " ".join(text.split())[:200]
 
 
 def _why(e: httpx.HTTPError) -> str:

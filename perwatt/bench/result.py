@@ -43,9 +43,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, Literal, TypedDict, cast
 
+from perwatt import __version__
 from perwatt._files import atomic_write_text
 from perwatt.errors import DataFormatError
-from perwatt.meter.detect import cpu_model
+from perwatt.meter.detect import cpu_model, nvml_module
+from perwatt.meter.nvml import gpu_inventory
 
 SCHEMA_VERSION: Final = "perwatt.bench.result/1"
 
@@ -73,12 +75,16 @@ class Percentiles(TypedDict):
 
 
 class GoodputSLO(TypedDict, total=False):
+    """The latency limits a request must meet to count towards goodput (ms)."""
+
     ttft: float
     tpot: float
     e2el: float
 
 
 class RunConfig(TypedDict):
+    """What was asked of the run: server, model, workload, load and energy settings."""
+
     engine: Literal["server", "builtin"]
     url: str | None
     endpoint: Literal["completions", "chat"]
@@ -107,6 +113,8 @@ class Load(TypedDict):
 
 
 class GPUConditions(TypedDict, total=False):
+    """One GPU as the run found it: name, driver, power limit, clocks."""
+
     name: str
     uuid: str
     driver: str
@@ -116,6 +124,8 @@ class GPUConditions(TypedDict, total=False):
 
 
 class Conditions(TypedDict):
+    """Where and when the run happened: host, CPU, software versions, GPUs."""
+
     gpus: list[GPUConditions]
     host: str
     cpu: str
@@ -126,6 +136,8 @@ class Conditions(TypedDict):
 
 
 class Metrics(TypedDict):
+    """Throughput and latency figures of the run's requests."""
+
     completed: int
     failed: int
     duration_s: float
@@ -144,6 +156,8 @@ class Metrics(TypedDict):
 
 
 class Energy(TypedDict):
+    """The run's energy figures and where they came from (source, basis, window)."""
+
     source: str
     measured: bool
     idle_subtracted: bool
@@ -162,6 +176,8 @@ class Energy(TypedDict):
 
 
 class Economics(TypedDict):
+    """Cost and tokens per MWh derived from the energy figures."""
+
     usd_per_million_output_tokens: float | None
     output_tokens_per_mwh: float | None
     price_per_kwh: float
@@ -170,6 +186,8 @@ class Economics(TypedDict):
 
 
 class Accuracy(TypedDict):
+    """Agreement with a reference server, when a quality run was attached."""
+
     reference: str
     kl_mean: float | None
     top1_agreement: float | None
@@ -181,11 +199,15 @@ class Accuracy(TypedDict):
 
 
 class Timeline(TypedDict):
+    """The power timeline file written beside the result, if any."""
+
     t_s: list[float]
     power_w: list[float]
 
 
 class BenchResult(TypedDict):
+    """One result file of ``perwatt bench``: one load level of one run."""
+
     schema: str
     status: Status
     partial_reason: str | None
@@ -224,12 +246,7 @@ def utc_now() -> str:
 
 
 def _perwatt_version() -> str:
-    try:
-        from perwatt import __version__
-
-        return str(__version__)
-    except ImportError:  # pragma: no cover - the package always has it
-        return "unknown"
+    return str(__version__)
 
 
 def torch_version() -> str | None:
@@ -246,9 +263,6 @@ def torch_version() -> str | None:
 def local_gpu_conditions() -> list[GPUConditions]:
     """Name, driver, power limit and clocks of this machine's GPUs from NVML; [] if it fails."""
     try:
-        from perwatt.meter.detect import nvml_module
-        from perwatt.meter.nvml import gpu_inventory
-
         inv = gpu_inventory(nvml=nvml_module())
     except Exception:  # conditions are descriptive; a failing query must not lose the run
         return []

@@ -33,7 +33,6 @@ import csv
 import ipaddress
 import math
 import os
-import re
 import socket
 import sys
 import time
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import IO, Any, Literal, cast
 from urllib.parse import urlsplit
 
+from perwatt._files import slug
 from perwatt._signals import interrupt_reason, interrupts_deferred
 from perwatt.bench import metrics as M
 from perwatt.bench.client import Endpoint, OpenAIClient, RequestRecord, resolve_model
@@ -53,6 +53,7 @@ from perwatt.bench.result import (
     Conditions,
     GoodputSLO,
     LoadKind,
+    load_result,
     new_result,
     run_conditions,
     write_result,
@@ -64,10 +65,13 @@ from perwatt.bench.workload import (
     from_file,
     synthetic,
 )
-from perwatt.errors import ConfigError
+from perwatt.economics import DEFAULT_PRICE_PER_KWH_USD, check_price, check_pue
+from perwatt.errors import ConfigError, FieldError
+from perwatt.meter.detect import close_sources, open_sources
 from perwatt.meter.meter import Measurement, Meter
+from perwatt.meter.served import probe_served_power
 from perwatt.meter.simulated import SimulatedSource
-from perwatt.meter.source import PowerSource
+from perwatt.meter.source import PowerSource, mixed_label
 
 CSV_COLUMNS = (
     "index",
@@ -100,8 +104,6 @@ _SAY_BUILDING_FROM = 2_000_000
 
 
 def _default_price() -> float:
-    from perwatt.economics import DEFAULT_PRICE_PER_KWH_USD
-
     return float(DEFAULT_PRICE_PER_KWH_USD)
 
 
@@ -152,12 +154,13 @@ class ServerBenchConfig:
     log: Callable[[str], None] | None = None
 
     def __post_init__(self) -> None:
-        from perwatt.economics import check_price, check_pue
-
+        # Errors name this config's fields; `perwatt bench` says its flags (cli/options.py).
         if self.endpoint not in ("completions", "chat"):
-            raise ConfigError(f"--endpoint must be completions or chat, got {self.endpoint!r}")
+            raise FieldError(
+                f"{{f}} must be completions or chat, got {self.endpoint!r}", f="endpoint"
+            )
         if self.num_prompts < 1:
-            raise ConfigError(f"--num-prompts must be >= 1, got {self.num_prompts}")
+            raise FieldError(f"{{f}} must be >= 1, got {self.num_prompts}", f="num_prompts")
         # Sizes first: a typo like --input-len 100000000 took minutes and gigabytes to build.
         check_synthetic_size(
             num_prompts=self.num_prompts,
@@ -165,36 +168,43 @@ class ServerBenchConfig:
             output_len=self.output_len,
         )
         if self.num_gpus < 1:
-            raise ConfigError(f"--num-gpus must be >= 1, got {self.num_gpus}")
+            raise FieldError(f"{{f}} must be >= 1, got {self.num_gpus}", f="num_gpus")
         if not (0 <= self.idle_seconds <= MAX_IDLE_S):
             # nan slips past "< 0" and then skips the idle measurement without a word.
-            raise ConfigError(
-                f"--idle-seconds must be a finite number >= 0 (at most {MAX_IDLE_S:g} s), "
-                f"got {self.idle_seconds}"
+            raise FieldError(
+                f"{{f}} must be a finite number >= 0 (at most {MAX_IDLE_S:g} s), "
+                f"got {self.idle_seconds}",
+                f="idle_seconds",
             )
         if self.subtract_idle and self.idle_seconds <= 0:
-            raise ConfigError("--subtract-idle needs an idle baseline: pass --idle-seconds N")
+            raise FieldError(
+                "{s} needs an idle baseline: pass {i} N", s="subtract_idle", i="idle_seconds"
+            )
         if not (0 < self.timeout_s <= MAX_TIMEOUT_S):
-            raise ConfigError(
-                f"--timeout must be > 0 and at most {MAX_TIMEOUT_S:g} s (a day), "
-                f"got {self.timeout_s}"
+            raise FieldError(
+                f"{{f}} must be > 0 and at most {MAX_TIMEOUT_S:g} s (a day), got {self.timeout_s}",
+                f="timeout_s",
             )
         if not 0 <= self.max_failed_fraction <= 1:
-            raise ConfigError(
-                "--max-failed-fraction must be a fraction in [0, 1] (0: any failed request "
-                f"fails the run), got {self.max_failed_fraction}"
+            raise FieldError(
+                "{f} must be a fraction in [0, 1] (0: any failed request "
+                f"fails the run), got {self.max_failed_fraction}",
+                f="max_failed_fraction",
             )
         check_pue(self.pue)
         check_price(self.price_per_kwh)
         if not self.request_rates or not self.max_concurrencies:
-            raise ConfigError("give at least one --request-rate and --max-concurrency value")
+            raise FieldError(
+                "give at least one {r} and {c} value", r="request_rates", c="max_concurrencies"
+            )
         if len(self.request_rates) > 1 and len(self.max_concurrencies) > 1:
-            raise ConfigError(
-                "sweep one of --request-rate or --max-concurrency at a time "
-                "(results are matched by one load axis)"
+            raise FieldError(
+                "sweep one of {r} or {c} at a time (results are matched by one load axis)",
+                r="request_rates",
+                c="max_concurrencies",
             )
         if self.dataset is None and self.output_len is None:
-            raise ConfigError("--output-len is needed for a synthetic workload")
+            raise FieldError("{f} is needed for a synthetic workload", f="output_len")
         self.levels()  # validates each level
 
     def levels(self) -> list[LoadLevel]:
@@ -206,11 +216,6 @@ class ServerBenchConfig:
 
 
 # --------------------------------------------------------------------------- helpers
-def _slug(text: str) -> str:
-    s = re.sub(r"[^A-Za-z0-9._-]+", "-", text.strip()).strip("-.")
-    return s or "run"
-
-
 def _unique(path: Path) -> Path:
     """``path``, or ``name-2.json``, ``name-3.json`` … if taken: never overwrite a result."""
     if not path.exists():
@@ -224,8 +229,7 @@ def _unique(path: Path) -> Path:
 
 
 def _source_label(sources: Sequence[PowerSource]) -> str:
-    labels = sorted({s.energy_label if s.has_energy_counter else s.power_label for s in sources})
-    return labels[0] if len(labels) == 1 else f"mixed({','.join(labels)})"
+    return mixed_label(s.energy_label if s.has_energy_counter else s.power_label for s in sources)
 
 
 def _is_local_host(host: str) -> bool:
@@ -243,8 +247,6 @@ def _open_sources(config: ServerBenchConfig) -> tuple[tuple[PowerSource, ...], b
         if not config.sources:
             raise ConfigError("sources= is empty")
         return tuple(config.sources), False
-    from perwatt.meter.detect import open_sources
-    from perwatt.meter.served import probe_served_power
 
     if config.energy_source.strip().lower() == "simulated":
         # perwatt's test server simulates its own power (it knows its precision and batch):
@@ -339,6 +341,7 @@ class _Progress:
         self._task: Any = None
         if not enabled:
             return
+        # lazy: rich costs ~30 ms of start-up and only this output uses it
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -541,8 +544,6 @@ def _max_failed_fraction(doc: Mapping[str, Any]) -> float:
 def exit_code(paths: Sequence[Path]) -> int:
     """``perwatt bench``'s exit code over its result files: 1 when a level failed, stopped early
     or has more failed requests than its ``max_failed_fraction`` allows, else 0."""
-    from perwatt.bench.result import load_result
-
     for p in paths:
         d = load_result(p)
         if d["status"] in ("failed", "partial"):
@@ -701,7 +702,7 @@ def run_server_bench(config: ServerBenchConfig) -> list[Path]:
             f"warning: {workload.skipped_rows} of {workload.rows_read} rows skipped in "
             f"{workload.source} (e.g. {workload.bad_row_examples[0]}); counted in the result"
         )
-    label = _slug(config.label or model.rstrip("/").split("/")[-1])
+    label = slug(config.label or model.rstrip("/").split("/")[-1])
     sources, opened = _open_sources(config)
     try:
         meter = Meter(
@@ -743,8 +744,6 @@ def run_server_bench(config: ServerBenchConfig) -> list[Path]:
         return paths
     finally:
         if opened:
-            from perwatt.meter.detect import close_sources
-
             close_sources(sources)
 
 
@@ -887,9 +886,8 @@ def summary_tables(
     they do not fit ``width`` (the terminal's) they continue in further tables rather than being
     cut. ``width=None``: one table.
     """
+    # lazy: rich costs ~30 ms of start-up and only this output uses it
     from rich.table import Table
-
-    from perwatt.bench.result import load_result
 
     docs: list[Mapping[str, Any]] = [load_result(p) for p in paths]
     rows = _summary_rows(docs, thresholds)
@@ -933,8 +931,6 @@ def summary_notes(
 ) -> list[str]:
     """One line per noteworthy fact: errors by kind, token counting, why a run is partial,
     emulated precisions, accuracy-guard failures."""
-    from perwatt.bench.result import load_result
-
     lines: list[str] = []
     judged = False
     for p in paths:

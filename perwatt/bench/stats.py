@@ -30,13 +30,12 @@ from typing import Any, Final, Literal
 import numpy as np
 import numpy.typing as npt
 
+from perwatt.bench.defaults import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES
 from perwatt.errors import ConfigError
 
 FloatArray = npt.NDArray[np.float64]
 Statistic = Literal["mean", "median", "sum"] | float  # a float is a percentile in [0, 100]
 
-DEFAULT_RESAMPLES: Final = 2000
-DEFAULT_CONFIDENCE: Final = 0.95
 PERCENTILE_KEYS: Final = ("mean", "median", "p50", "p90", "p95", "p99", "min", "max")
 # Elements per resampling chunk: 4e6 float64 = 32 MB.
 _CHUNK_ELEMENTS: Final = 4_000_000

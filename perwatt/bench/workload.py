@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from perwatt.errors import ConfigError, DataFormatError
+from perwatt.errors import ConfigError, DataFormatError, FieldError
 
 # Very frequent English words. BPE vocabularies trained on English text (GPT-2, Llama, Mistral)
 # merge such words, with their leading space, into single tokens; this list was not verified
@@ -217,17 +217,24 @@ MAX_SPREAD = 10.0
 
 
 def check_synthetic_size(*, num_prompts: int, input_len: int, output_len: int | None) -> None:
-    """Refuse a synthetic workload too large to build or to send (one line naming the flag)."""
+    """Refuse a synthetic workload too large to build or to send (one line naming the field;
+    the CLI names its flag)."""
     if not 1 <= num_prompts <= MAX_NUM_PROMPTS:
-        raise ConfigError(f"--num-prompts must be in 1..{MAX_NUM_PROMPTS:,}, got {num_prompts:,}")
-    for flag, n in (("--input-len", input_len), ("--output-len", output_len)):
+        raise FieldError(
+            f"{{f}} must be in 1..{MAX_NUM_PROMPTS:,}, got {num_prompts:,}", f="num_prompts"
+        )
+    for name, n in (("input_len", input_len), ("output_len", output_len)):
         if n is not None and not 1 <= n <= MAX_TOKENS_PER_REQUEST:
-            raise ConfigError(f"{flag} must be in 1..{MAX_TOKENS_PER_REQUEST:,} tokens, got {n:,}")
+            raise FieldError(
+                f"{{f}} must be in 1..{MAX_TOKENS_PER_REQUEST:,} tokens, got {n:,}", f=name
+            )
     if num_prompts * input_len > MAX_SYNTHETIC_WORDS:
-        raise ConfigError(
-            f"--num-prompts {num_prompts:,} x --input-len {input_len:,} = "
+        raise FieldError(
+            f"{{n}} {num_prompts:,} x {{i}} {input_len:,} = "
             f"{num_prompts * input_len:,} prompt tokens, more than {MAX_SYNTHETIC_WORDS:,} "
-            "(the prompts alone would take gigabytes to build); use fewer or shorter prompts"
+            "(the prompts alone would take gigabytes to build); use fewer or shorter prompts",
+            n="num_prompts",
+            i="input_len",
         )
 
 
@@ -345,6 +352,7 @@ def approx_tokens(text: str) -> int:
 
 
 def synthetic_prompt(rng: random.Random, n_tokens: int) -> str:
+    """``n_tokens`` random words from the word list (one word ≈ one token)."""
     return " ".join(rng.choice(WORDS) for _ in range(n_tokens))
 
 

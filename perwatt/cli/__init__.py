@@ -1,9 +1,12 @@
 """The ``perwatt`` command: a thin layer over the library.
 
-Each area registers its subcommands from its own module (``perwatt.cli.meter`` for ``env`` and
-``meter``, ``perwatt.cli.bench`` for ``bench``/``compare``/``report``, ``perwatt.cli.train``, and
-``perwatt.cli.engine`` for ``serve`` and ``quantize``). Those modules parse arguments and call one public library
-function each; no logic lives here.
+Each area registers its subcommands from its own module: ``perwatt.cli.meter`` for ``env`` and
+``meter``, ``perwatt.cli.bench`` for ``bench``, ``perwatt.cli.analysis`` for ``compare``,
+``report`` and ``quality``, ``perwatt.cli.train`` (with ``train_loop``) for ``train``,
+``perwatt.cli.engine`` for ``serve`` and ``quantize``, ``perwatt.cli.experiment`` for
+``experiment``; option parsing they share is in ``perwatt.cli.options``. Those modules parse
+arguments and call the public library; no logic lives here. The package's layout and one-way
+flow: ARCHITECTURE.md.
 
 Errors the user can act on (see :mod:`perwatt.errors`) print as one line on stderr with a non-zero
 exit code and no traceback. Ctrl-C and SIGTERM (``timeout``, Slurm, systemd, Kubernetes) both stop a
@@ -21,6 +24,7 @@ import select
 import sys
 from collections.abc import Sequence
 
+from perwatt import __version__
 from perwatt._signals import interrupt_exit_code, interrupt_reason, sigterm_as_interrupt
 from perwatt.errors import CLEAN_EXIT_ERRORS, UserError
 
@@ -33,12 +37,11 @@ _AREAS = ("meter", "bench", "analysis", "train", "engine", "experiment", "facili
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``perwatt`` argument parser with every area's subcommands."""
     parser = argparse.ArgumentParser(
         prog="perwatt",
         description="Measure and raise tokens per joule: GPUs, inference servers, training, sites.",
     )
-    from perwatt import __version__
-
     parser.add_argument("--version", action="version", version=f"perwatt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for area in _AREAS:
@@ -47,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``perwatt`` with ``argv``; returns the exit code (user errors: one line, 2)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

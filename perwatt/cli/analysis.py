@@ -15,10 +15,11 @@ import sys
 import time
 from collections.abc import Callable
 
-from perwatt.bench.compare import MAX_RESAMPLES
-from perwatt.bench.stats import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES
-from perwatt.cli._numbers import number
+from perwatt._signals import interrupt_exit_code
+from perwatt.bench.defaults import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, MAX_RESAMPLES
 from perwatt.cli.guard_flags import add_guard_flags, guard_thresholds
+from perwatt.cli.options import number
+from perwatt.errors import ConfigError
 
 #: From this many resamples on, compare prints its progress (10x the default: seconds per
 #: interval on large runs).
@@ -53,6 +54,7 @@ example:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``compare``, ``report`` and ``quality`` to the ``perwatt`` parser."""
     cmp = subparsers.add_parser(
         "compare",
         help="compare bench results side by side: ratios with bootstrap CIs, matched by load",
@@ -210,7 +212,10 @@ def _bootstrap_progress(n_resamples: int) -> Callable[[int, int], None]:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from perwatt.bench.compare import compare_results, render_comparison
+    """``perwatt compare``: print (or write) the comparison of result files."""
+    # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
+    from perwatt.bench.compare import compare_results
+    from perwatt.report.compare import render_comparison
 
     confidence = number(args.confidence, "--confidence")  # the range is compare_results
     cmp = compare_results(
@@ -234,6 +239,8 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    """``perwatt report``: write the HTML report of result files."""
+    # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
     from perwatt.report import dedupe_results, write_html_report
 
     _unique, dropped = dedupe_results(args.results)
@@ -252,7 +259,8 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_quality(args: argparse.Namespace) -> int:
-    from perwatt._signals import interrupt_exit_code
+    """``perwatt quality``: the accuracy guard between two servers."""
+    # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
     from perwatt.bench.quality import (
         QualityInterrupted,
         attach_accuracy,
@@ -261,7 +269,6 @@ def run_quality(args: argparse.Namespace) -> int:
         quality_verdict,
         run_quality,
     )
-    from perwatt.errors import ConfigError
 
     thresholds = guard_thresholds(args)
     if args.prompts is None:

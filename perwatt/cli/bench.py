@@ -10,14 +10,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from perwatt.cli._numbers import number
+from perwatt._signals import interrupt_exit_code, interrupt_reason
 from perwatt.cli.guard_flags import add_guard_flags, guard_thresholds
+from perwatt.cli.options import BENCH_FLAGS, endpoint, flags_for, number
+from perwatt.economics import DEFAULT_PRICE_PER_KWH_USD
+from perwatt.errors import ConfigError
+from perwatt.meter.detect import SPEC_HELP
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from perwatt.economics import DEFAULT_PRICE_PER_KWH_USD
-    from perwatt.meter.detect import SPEC_HELP
-
+    """Add ``bench`` to the ``perwatt`` parser."""
     p = subparsers.add_parser(
         "bench",
         help="tokens per joule of an OpenAI-compatible server (or the built-in engine)",
@@ -151,20 +153,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(func=run_bench)
 
 
-def _endpoint(text: str) -> str:
-    from perwatt.errors import ConfigError
-
-    t = text.strip().lower().rstrip("/")
-    if t in ("completions", "/v1/completions", "openai"):
-        return "completions"
-    if t in ("chat", "chat/completions", "/v1/chat/completions", "openai-chat"):
-        return "chat"
-    raise ConfigError(f"--endpoint {text!r}: use completions or chat")
-
-
 def _builtin(args: argparse.Namespace) -> list[Path]:
-    from perwatt.errors import ConfigError
-
     if not args.model:
         raise ConfigError("--engine builtin needs --model SHAPE_OR_DIR")
     try:
@@ -173,6 +162,7 @@ def _builtin(args: argparse.Namespace) -> list[Path]:
         import perwatt.engine  # noqa: F401  (before torch: it sets the OpenMP wait policy)
     except ImportError:
         raise ConfigError("--engine builtin needs PyTorch: pip install 'perwatt[engine]'") from None
+    # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
     from perwatt.bench.runner import parse_int_list
     from perwatt.engine.bench import run_builtin_bench
 
@@ -209,6 +199,7 @@ def _builtin(args: argparse.Namespace) -> list[Path]:
 
 
 def _server(args: argparse.Namespace) -> list[Path]:
+    # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
     from perwatt.bench.metrics import parse_goodput
     from perwatt.bench.runner import (
         ServerBenchConfig,
@@ -216,7 +207,6 @@ def _server(args: argparse.Namespace) -> list[Path]:
         parse_rate_list,
         run_server_bench,
     )
-    from perwatt.errors import ConfigError
 
     if not args.url:
         raise ConfigError("--url is required, e.g. --url http://127.0.0.1:8000/v1")
@@ -235,7 +225,7 @@ def _server(args: argparse.Namespace) -> list[Path]:
     )
     config = ServerBenchConfig(
         url=args.url,
-        endpoint=_endpoint(args.endpoint),  # type: ignore[arg-type]
+        endpoint=endpoint(args.endpoint),  # type: ignore[arg-type]
         model=args.model,
         api_key=args.api_key,
         stream=not args.no_stream,
@@ -275,19 +265,22 @@ def _server(args: argparse.Namespace) -> list[Path]:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from perwatt._signals import interrupt_exit_code, interrupt_reason
+    """``perwatt bench``: run the sweep, print the summary tables, return the exit code."""
+    # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
     from perwatt.bench.result import BenchInterrupted
     from perwatt.bench.runner import exit_code, summary_notes, summary_tables
 
     thresholds = guard_thresholds(args)  # a bad threshold fails before the run, not after
     interrupted: BenchInterrupted | None = None
     try:
-        paths = _builtin(args) if args.engine == "builtin" else _server(args)
+        with flags_for(BENCH_FLAGS):
+            paths = _builtin(args) if args.engine == "builtin" else _server(args)
     except BenchInterrupted as e:  # Ctrl-C or SIGTERM: show what was kept, then exit 130/143
         paths, interrupted = list(e.paths), e
     if args.json:
         print(json.dumps([str(p) for p in paths]))
     elif paths:
+        # lazy: rich costs ~30 ms of start-up and only this output uses it
         from rich.console import Console
 
         console = Console()

@@ -24,6 +24,7 @@ result (simulated figures, labelled so). Energy cost only: no hardware, staff or
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``perwatt cost`` to the command line."""
     p = subparsers.add_parser(
         "cost",
         help="$ per million tokens, tokens per MW, and what a tokens/J gain is worth per year",
@@ -77,6 +78,7 @@ def _from_result(path: str, policy: str | None) -> tuple[float, float, float, st
 
 
 def run_cost(args: argparse.Namespace) -> int:
+    """``perwatt cost``: $/Mtok, tokens per MW and the yearly worth of a tokens/J gain."""
     label = "given"
     if args.result:
         power, tpj, pue, pol = _from_result(args.result, args.policy)

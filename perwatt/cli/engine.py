@@ -12,28 +12,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
-
-
-def _port(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 0 <= v <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be 0..65535 (0 = any free port), got {v}")
-    return v
+from perwatt.cli.options import port, positive_int
 
 
 def register(subparsers: Any) -> None:
+    """Add ``serve`` and ``quantize`` to the ``perwatt`` parser."""
     _register_serve(subparsers)
     _register_quantize(subparsers)
 
@@ -67,16 +50,16 @@ def _register_serve(subparsers: Any) -> None:
         default="127.0.0.1",
         help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0: every interface)",
     )
-    p.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000; 0 = any free)")
+    p.add_argument("--port", type=port, default=8000, help="TCP port (default 8000; 0 = any free)")
     p.add_argument(
         "--max-batch-size",
-        type=_positive_int,
+        type=positive_int,
         default=8,
         help="KV-cache slots = requests decoded together (default 8); more requests queue",
     )
     p.add_argument(
         "--max-seq-len",
-        type=_positive_int,
+        type=positive_int,
         default=2048,
         help="prompt + completion tokens per request (default 2048)",
     )
@@ -98,6 +81,7 @@ def _register_serve(subparsers: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
     from perwatt.engine.server import serve
 
     return serve(
@@ -143,7 +127,7 @@ def _register_quantize(subparsers: Any) -> None:
     )
     p.add_argument(
         "--group-size",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="int4 group size: 32, 64 or 128 (default: the largest that divides every layer)",
     )
@@ -167,6 +151,7 @@ def _register_quantize(subparsers: Any) -> None:
 def _quantize(args: argparse.Namespace) -> int:
     import json
 
+    # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
     from perwatt.engine.quant import quantize_model
 
     qm = quantize_model(

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from perwatt._signals import interrupt_exit_code, interrupt_reason
+from perwatt.errors import ConfigError
 
 _DESCRIPTION = """\
 Run an experiment file: launch each server configuration, wait until it is
@@ -34,6 +35,7 @@ anything is launched; 130 Ctrl-C (what was measured is kept; re-run to finish)."
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``experiment run`` and ``experiment report`` to the ``perwatt`` parser."""
     ex = subparsers.add_parser(
         "experiment",
         help="launch server configurations x GPU settings x load; find the most tokens/J "
@@ -79,6 +81,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _print_answer(files: object, as_json: bool) -> None:
+    # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
     from perwatt.report.experiment import ExperimentFiles
 
     assert isinstance(files, ExperimentFiles)
@@ -116,6 +119,8 @@ def _print_answer(files: object, as_json: bool) -> None:
 
 
 def run_experiment_cmd(args: argparse.Namespace) -> int:
+    """``perwatt experiment run``: run (or resume) an experiment and write its outputs."""
+    # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
     from perwatt.bench.experiment import ExperimentInterrupted, load_experiment, run_experiment
     from perwatt.report.experiment import write_experiment_outputs
 
@@ -154,8 +159,9 @@ def run_experiment_cmd(args: argparse.Namespace) -> int:
 
 
 def report_experiment_cmd(args: argparse.Namespace) -> int:
+    """``perwatt experiment report``: rewrite an experiment's outputs from its points."""
+    # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
     from perwatt.bench.experiment import load_experiment
-    from perwatt.errors import ConfigError
     from perwatt.report.experiment import write_experiment_outputs
 
     config = load_experiment(args.file)

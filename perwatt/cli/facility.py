@@ -70,6 +70,7 @@ def parse_duration_s(text: str) -> float:
 
 
 def parse_fraction(text: str) -> float:
+    """A fraction from ``0.05`` or ``5%``; argparse type for loss and share flags."""
     t = text.strip()
     try:
         v = float(t[:-1]) / 100 if t.endswith("%") else float(t)
@@ -79,6 +80,7 @@ def parse_fraction(text: str) -> float:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``perwatt facility …`` to the command line."""
     fac = subparsers.add_parser(
         "facility",
         help="site power: simulate policies, capacity per policy (simulated)",
@@ -322,7 +324,7 @@ def _progress(enabled: bool, label: str) -> Iterator[Callable[[int, int], None]]
 
 
 def run_simulate(args: argparse.Namespace) -> int:
-
+    """``perwatt facility simulate``: run each policy, write result JSON, timeline and report."""
     site, wl = _load(args)
     cfg = _config(args, site)
     names = _policies(args.policy)
@@ -408,7 +410,7 @@ def _print_summary(results: list[Any]) -> None:
 
 
 def run_capacity(args: argparse.Namespace) -> int:
-
+    """``perwatt facility capacity``: how many GPUs fit under the site cap, per policy."""
     site, wl = _load(args)
     cfg = _config(args, site)
     names = _policies(args.policy)
@@ -433,6 +435,7 @@ def run_capacity(args: argparse.Namespace) -> int:
 
 
 def run_sweep_cmd(args: argparse.Namespace) -> int:
+    """``perwatt facility sweep``: policies × parameters × scenarios, locally or on Ray."""
     points = grid(
         [x.strip() for x in args.sites.split(",") if x.strip()],
         [x.strip() for x in args.workloads.split(",") if x.strip()],
@@ -478,6 +481,7 @@ def _scenario_path(name: str, presets: dict[str, str]) -> Path:
 
 
 def run_flex(args: argparse.Namespace) -> int:
+    """``perwatt facility flex``: meet grid load targets with the least value lost."""
     path = _scenario_path(args.scenario, FLEX_PRESETS)
     sc = load_flex_scenario(path)
     if args.targets:
@@ -538,6 +542,7 @@ def run_flex(args: argparse.Namespace) -> int:
 
 
 def run_smooth_cmd(args: argparse.Namespace) -> int:
+    """``perwatt facility smooth``: training power swings before/after each mitigation."""
     path = _scenario_path(args.scenario, SMOOTH_PRESETS)
     sc = load_smooth_scenario(path)
     if args.duration:
@@ -574,7 +579,7 @@ def run_smooth_cmd(args: argparse.Namespace) -> int:
 
 
 def run_presets(args: argparse.Namespace) -> int:
-
+    """``perwatt facility presets``: the shipped sites, systems, workloads and policies."""
     for name, f in SITES.items():
         t = f()
         print(f"site      {name:12s} {t.gpu_count:8d} GPUs, feed {t.root.capacity_w / 1e6:g} MW")

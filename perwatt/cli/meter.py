@@ -5,11 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from perwatt._signals import interrupts_deferred
+from perwatt.cli.options import check_output_path
 from perwatt.errors import ConfigError
-from perwatt.meter.detect import SPEC_HELP
+from perwatt.meter.detect import (
+    SPEC_HELP,
+    close_sources,
+    describe_environment,
+    format_environment,
+    open_sources,
+)
 
 _METER_DESCRIPTION = """\
 Run CMD and print its energy per device and in total, average and peak power, and
@@ -48,6 +54,7 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``env`` and ``meter`` to the ``perwatt`` parser."""
     env = subparsers.add_parser(
         "env",
         help="what is on this machine: GPUs, clocks, power limits, RAPL, CPU, chosen source",
@@ -132,8 +139,9 @@ def environment_components() -> tuple[str, ...]:
     """Optional parts that change what perwatt can do or how fast (no heavy imports here)."""
     from importlib.util import find_spec
 
+    # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
     from perwatt.bench.result import torch_version
-    from perwatt.train.frontier import compiled_solver_available
+    from perwatt.train.solver import compiled_solver_available
 
     torch = torch_version()
     scipy = find_spec("scipy") is not None
@@ -152,8 +160,7 @@ def environment_components() -> tuple[str, ...]:
 
 
 def run_env(args: argparse.Namespace) -> int:
-    from perwatt.meter.detect import describe_environment, format_environment
-
+    """``perwatt env``: what this machine can measure and control, read-only."""
     report = describe_environment(environment_components())
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -163,7 +170,8 @@ def run_env(args: argparse.Namespace) -> int:
 
 
 def run_meter(args: argparse.Namespace) -> int:
-    from perwatt.meter.detect import close_sources, open_sources
+    """``perwatt meter -- CMD``: run CMD and print its energy; returns CMD's exit code."""
+    # lazy: the meter loads when a command is metered, not for `perwatt --help`/--version
     from perwatt.meter.meter import Meter
     from perwatt.meter.run import (
         format_command_measurement,
@@ -206,9 +214,9 @@ def run_meter(args: argparse.Namespace) -> int:
         raise ConfigError(f"--interval must be positive, got {interval}")
     # A bad output path found after a long command would cost the run: refuse it up front.
     if args.output:
-        _check_output_path(args.output, "-o/--output", make_parents=True)
+        check_output_path(args.output, "-o/--output", make_parents=True)
     if args.timeline:
-        _check_output_path(args.timeline, "--timeline", make_parents=False)
+        check_output_path(args.timeline, "--timeline", make_parents=False)
     sources = open_sources(args.source, select=args.select)
     try:
         meter = Meter(sources, sample_interval_s=interval, subtract_idle=args.subtract_idle)
@@ -234,14 +242,3 @@ def run_meter(args: argparse.Namespace) -> int:
         if args.timeline:
             meter.write_timeline(args.timeline)  # the samples outlive close()
     return result.exit_code
-
-
-def _check_output_path(path: str, flag: str, *, make_parents: bool) -> None:
-    p = Path(path)
-    if p.is_dir():
-        raise ConfigError(f"{flag} {path} is a directory; give a file name, e.g. {p / 'out'}")
-    parent = next((a for a in (p.parent, *p.parent.parents) if a.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise ConfigError(f"{flag} {path}: {parent} is a file, not a directory")
-    if not make_parents and not p.parent.is_dir():
-        raise ConfigError(f"{flag} {path}: directory {p.parent} does not exist")

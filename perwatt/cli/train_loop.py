@@ -15,19 +15,20 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from perwatt._signals import interrupt_exit_code, interrupt_reason
-from perwatt.cli.train import (
+from perwatt.cli.options import (
     SolveProgress,
     accept_negative_values,
     add_model_options,
     add_pipeline_options,
     add_target_options,
-    model_kwargs,
     not_a_directory,
     number,
     one_line_warnings,
+    pipeline_spec,
     target_kwargs,
+    train_flags,
 )
-from perwatt.errors import PartialRunError
+from perwatt.errors import ConfigError, PartialRunError
 
 if TYPE_CHECKING:
     from perwatt.train.profiler import ProfileRow
@@ -73,6 +74,7 @@ _SCRIPT_FLAGS = {
 
 
 def register(train_subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``profile`` and ``simulate`` to ``perwatt train``."""
     prof = train_subparsers.add_parser(
         "profile",
         help="measure each stage's forward/backward time and energy at each SM clock",
@@ -180,6 +182,7 @@ def register(train_subparsers: argparse._SubParsersAction[argparse.ArgumentParse
 
 
 def _sweep_config(args: argparse.Namespace) -> object:
+    # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
     from perwatt.train.profiler import SweepConfig
 
     return SweepConfig(
@@ -227,8 +230,6 @@ def _given(args: argparse.Namespace, flags: dict[str, str]) -> list[str]:
 def _check_mode(args: argparse.Namespace) -> list[str]:
     """The options of the other mode are an error, not silently ignored. Returns the
     arguments for --script (without a leading ``--``)."""
-    from perwatt.errors import ConfigError
-
     extra = list(args.script_args)
     if extra[:1] == ["--"]:
         extra = extra[1:]
@@ -255,6 +256,9 @@ def _check_mode(args: argparse.Namespace) -> list[str]:
 
 
 def run_profile(args: argparse.Namespace) -> int:
+    """``perwatt train profile``: sweep SM clocks over a training script (or a simulated
+    pipeline)."""
+    # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
     from perwatt.train import profiler
 
     extra = _check_mode(args)
@@ -323,29 +327,31 @@ def run_profile(args: argparse.Namespace) -> int:
 
 
 def run_simulate(args: argparse.Namespace) -> int:
-    from perwatt.errors import ConfigError
+    """``perwatt train simulate``: replay the chosen plan against all-max clocks."""
+    # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
     from perwatt.report.gantt import write_html
     from perwatt.train.simulate import run_simulation
 
-    model = model_kwargs(args)
+    time_quantum_s = None
     if args.time_quantum is not None:
         if args.quantum_ms is not None:
             raise ConfigError(
                 "give the time quantum once: --quantum-ms MS (or the old --time-quantum S)"
             )
-        model["time_quantum_s"] = number(
+        time_quantum_s = number(
             args.time_quantum,
             "--time-quantum",
             low=0,
             low_open=True,
             what="seconds > 0, e.g. 0.001",
         )
+    pipeline = pipeline_spec(args, time_quantum_s=time_quantum_s)
     choice = target_kwargs(args)
     not_a_directory(args.out, "--out")
     if "target" in choice and choice["target"] is None:
         choice["target"] = "fastest"
-    with one_line_warnings():
-        report = run_simulation(args.profile, **model, progress=SolveProgress(), **choice)
+    with one_line_warnings(), train_flags():
+        report = run_simulation(args.profile, pipeline, progress=SolveProgress(), **choice)
     for line in report.summary_lines():
         print(line)
     if args.out:

@@ -63,6 +63,8 @@ from types import FrameType
 from typing import Any
 
 from perwatt.errors import ConfigError, DeviceError, NoPermissionError, PerwattError
+from perwatt.meter.detect import nvml_module
+from perwatt.meter.nvml import NVMLSession
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +94,6 @@ class Action:
 
 
 def _open_session(nvml_factory: Callable[[], Any] | None, indices: Sequence[int]) -> Any:
-    from perwatt.meter.detect import nvml_module
-    from perwatt.meter.nvml import NVMLSession
-
     # No factory: PERWATT_FAKE_NVML (the demo/test hook) when set, else the real pynvml.
     return NVMLSession(list(indices), nvml=nvml_factory() if nvml_factory else nvml_module())
 

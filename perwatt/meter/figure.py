@@ -66,6 +66,8 @@ class DeviceData:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Figure:
+    """One device's energy over a window, how it was obtained, and its error bound."""
+
     energy_j: float
     method: str  # "counter", "power-integral" or "none"
     bound_j: float | None  # worst-case error under the module's assumptions; None: unknown

@@ -10,7 +10,7 @@ How a window is measured::
 
 * Devices with an energy counter (NVML Volta+, RAPL, DCGM, replay, simulated): energy is the
   difference of the counter read at the two edges. The counter on an H100 changes about every
-  100 ms (GUIDE.md probe), so a window shorter than the source's ``counter_period_s`` is flagged
+  100 ms (ARCHITECTURE.md, measured facts), so a window shorter than the source's ``counter_period_s`` is flagged
   and measured from the power timeline instead.
 * Devices without a counter (pre-Volta GPUs): energy is the trapezoid integral of the sampled
   instant power, with the edges interpolated.
@@ -48,7 +48,7 @@ from perwatt.errors import ConfigError
 from perwatt.meter.figure import DeviceData, device_figure
 from perwatt.meter.integrate import interpolate, trapezoid_between
 from perwatt.meter.remote import RemoteSource
-from perwatt.meter.source import PowerSource, is_measured
+from perwatt.meter.source import PowerSource, is_measured, mixed_label
 
 Clock = Callable[[], float]
 
@@ -122,8 +122,7 @@ class Measurement:
     @property
     def source(self) -> str:
         """One label for the whole measurement: the common label, or ``mixed(a,b)``."""
-        labels = sorted(set(self.sources.values()))
-        return labels[0] if len(labels) == 1 else f"mixed({','.join(labels)})"
+        return mixed_label(self.sources.values())
 
     @property
     def measured(self) -> bool:
@@ -196,7 +195,7 @@ class WindowHandle:
         return self.measurement
 
 
-def _sync_cuda() -> None:
+def sync_cuda() -> None:
     """Wait for queued GPU work so the edge reading covers it. Never imports torch itself."""
     torch = sys.modules.get("torch")
     if torch is None:
@@ -541,7 +540,7 @@ class Meter:
         if self._thread is None and not self._samples:
             self.start()
         if self.sync_cuda:
-            _sync_cuda()
+            sync_cuda()
         t, counters = self._timed_counters()
         self._open[name] = _OpenWindow(name, t, counters)
 
@@ -551,7 +550,7 @@ class Meter:
         if win is None:
             raise ConfigError(f"window {name!r} was never begun (open: {sorted(self._open)})")
         if self.sync_cuda:
-            _sync_cuda()
+            sync_cuda()
         t, counters = self._timed_counters()
         warnings: list[str] = []
         # Only windows that were open when the sampler failed have a gap in their timeline.

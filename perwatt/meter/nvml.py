@@ -4,7 +4,7 @@ Two ways to get a GPU's energy, chosen per device when the source opens:
 
 * **Energy counter** (Volta and newer): ``nvmlDeviceGetTotalEnergyConsumption`` returns millijoules
   since the driver loaded. A window's energy is the difference of two reads; labelled
-  ``nvml-counter``. On an H100 the counter changed about every 100 ms in GUIDE.md's probe, hence
+  ``nvml-counter``. On an H100 the counter changed about every 100 ms (ARCHITECTURE.md, measured facts), hence
   ``counter_period_s = 0.1``: shorter windows are flagged by the meter and integrated instead.
 * **Instant power** (every generation): ``nvmlDeviceGetFieldValues(NVML_FI_DEV_POWER_INSTANT)``
   where the driver has that field, else ``nvmlDeviceGetPowerUsage``, both milliwatts. The meter
@@ -74,7 +74,7 @@ _LOST: Final = frozenset({15, 16, 999})  # GpuIsLost, ResetRequired, Unknown
 _INVALID_ARGUMENT: Final = 2
 _NOT_FOUND: Final = 6
 
-#: Counter update period: the H100 counter changed about every 100 ms (GUIDE.md probe).
+#: Counter update period: the H100 counter changed about every 100 ms (ARCHITECTURE.md, measured facts).
 COUNTER_PERIOD_S: Final = 0.1
 #: Read several GPUs' counters concurrently when reading them one after another takes longer.
 _CONCURRENT_READ_THRESHOLD_S: Final = 0.5e-3
@@ -715,7 +715,7 @@ class NVMLSource(PowerSource):
             self.session.close()
             raise
         self.counter_period_s = COUNTER_PERIOD_S if self._counter_gpus else None
-        # A counter read takes ~4 ms on an H100 (GUIDE.md probe). NVML is thread-safe and ctypes
+        # A counter read takes ~4 ms on an H100 (ARCHITECTURE.md, measured facts). NVML is thread-safe and ctypes
         # releases the GIL during the call, so several GPUs can be read at once and a window
         # edge then costs about one read, not one per GPU. A thread pool costs ~20 µs per GPU,
         # so by default (None) it is used only when one serial read of all counters is slower

@@ -1,4 +1,4 @@
-"""A strict parser for the Prometheus text exposition format (version 0.0.4).
+r"""A strict parser for the Prometheus text exposition format (version 0.0.4).
 
 dcgm-exporter serves its ``/metrics`` page in this format, and we want every byte of a scrape
 accounted for: a page we cannot parse is an exporter we cannot trust, so a malformed line raises
@@ -6,13 +6,13 @@ accounted for: a page we cannot parse is an exporter we cannot trust, so a malfo
 skipped. The grammar, from the Prometheus "Exposition formats" document
 (https://prometheus.io/docs/instrumenting/exposition_formats/#text-based-format)::
 
-    # HELP <metric_name> <docstring>          docstring escapes: \\\\ and \\n
+    # HELP <metric_name> <docstring>          docstring escapes: \\ and \n
     # TYPE <metric_name> counter|gauge|histogram|summary|untyped
     # any other comment                       ignored
     <metric_name>[{<label>="<value>"[,...][,]}] <value> [<timestamp_ms>]
 
 * metric names match ``[a-zA-Z_:][a-zA-Z0-9_:]*``, label names ``[a-zA-Z_][a-zA-Z0-9_]*``;
-* label values are double-quoted with three escapes: ``\\\\``, ``\\"`` and ``\\n``;
+* label values are double-quoted with three escapes: ``\\``, ``\"`` and ``\n``;
 * values are Go floats: ``1.234e+09``, ``NaN``, ``+Inf``, ``-Inf``;
 * the optional timestamp is an integer, milliseconds since the Unix epoch;
 * spaces or tabs may separate tokens (older dcgm-exporter releases wrote ``{gpu="0", UUID=...}``).

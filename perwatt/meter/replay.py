@@ -30,13 +30,15 @@ from pathlib import Path
 
 from perwatt.errors import ConfigError, DataFormatError
 from perwatt.meter.integrate import cumulative_trapezoid, interpolate
-from perwatt.meter.source import PowerSource, is_known_label, replay_label
+from perwatt.meter.source import PowerSource, is_known_label, mixed_label, replay_label
 
 _TIME_KEYS = ("time_s", "timestamp_s", "t_s")
 
 
 @dataclass(frozen=True, slots=True)
 class DeviceTrace:
+    """One device of a recorded trace: times, power, cumulative energy, and its origin."""
+
     times_s: tuple[float, ...]
     power_w: tuple[float, ...]
     energy_j: tuple[float, ...]  # cumulative, from the trace's counter or the trapezoid rule
@@ -181,9 +183,7 @@ def load_trace(path: str | Path) -> PowerTrace:
         labels = sorted(origins.get(dev, ()))
         # One device's rows can switch between counter and integrated-power labels (the first
         # row of a counter-only source): keep every origin the device's figures rest on.
-        origin = (
-            None if not labels else labels[0] if len(labels) == 1 else f"mixed({','.join(labels)})"
-        )
+        origin = mixed_label(labels) if labels else None
         devices[dev] = DeviceTrace(tuple(ts), tuple(ps), tuple(es), has_counter, origin)
     return PowerTrace(devices)
 
@@ -213,8 +213,7 @@ class ReplaySource(PowerSource):
         self._t0 = clock()
         # One label for the source as a whole (run conditions, `perwatt env`): the origins of
         # all its devices; per-device figures carry their own (device_label).
-        origins = sorted({replay_label(d.origin) for d in self.trace.devices.values()})
-        whole = origins[0] if len(origins) == 1 else f"mixed({','.join(origins)})"
+        whole = mixed_label(replay_label(d.origin) for d in self.trace.devices.values())
         self.energy_label = self.power_label = whole
 
     @property

@@ -147,7 +147,7 @@ def _exited(proc: subprocess.Popen[bytes], timeout_s: float | None) -> bool:
 
 
 def _terminal_fd() -> int | None:
-    """perwatt's stdin (which the command shares) if it is a terminal perwatt holds in the
+    """The stdin of perwatt (which the command shares) if it is a terminal perwatt holds in the
     foreground; None otherwise (no terminal, or perwatt itself runs in the background)."""
     try:
         return 0 if os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp() else None
@@ -419,6 +419,7 @@ def watch_power(
     On a terminal the table refreshes in place (rich Live); elsewhere one table is printed per
     refresh, so logs and tests see every reading. Returns the number of refreshes shown.
     """
+    # lazy: rich costs ~30 ms of start-up and only this output uses it
     from rich.console import Console
     from rich.live import Live
     from rich.table import Table

@@ -19,6 +19,9 @@ from perwatt.meter.source import PowerSource
 
 
 class SimulatedSource(PowerSource):
+    """A deterministic power model of ``num_devices`` GPUs (idle or busy power, or one fixed
+    figure): labelled ``simulated``, never a measurement."""
+
     name = "simulated"
     energy_label = "simulated"
     power_label = "simulated"

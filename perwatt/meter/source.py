@@ -22,7 +22,7 @@ background sampler); sources with mutable state guard it with a lock.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Final
 
 # Where a figure came from. Every energy number perwatt prints or writes carries one of these.
@@ -41,6 +41,23 @@ SOURCE_LABELS: Final = (
 MEASURED_LABELS: Final = frozenset({"nvml-counter", "nvml-power-integral", "rapl", "dcgm"})
 
 
+def mixed_label(labels: Iterable[str]) -> str:
+    """One label for figures resting on several sources: the common label, or ``mixed(a,b)``
+    (each label once, sorted). :func:`label_parts` splits it again."""
+    unique = sorted(set(labels))
+    if not unique:
+        raise ValueError("mixed_label needs at least one label")
+    return unique[0] if len(unique) == 1 else f"mixed({','.join(unique)})"
+
+
+def label_parts(label: str) -> list[str]:
+    """The labels a ``mixed(a,b)`` label combines (``[]`` for ``mixed()``); ``[label]`` for a
+    plain one."""
+    if label.startswith("mixed(") and label.endswith(")"):
+        return split_label_list(label[len("mixed(") : -1])
+    return [label]
+
+
 def is_measured(label: str) -> bool:
     """True when ``label`` names a measurement of real hardware (not replay/simulated/estimated).
 
@@ -48,8 +65,8 @@ def is_measured(label: str) -> bool:
     ``mixed(rapl,simulated)`` is not. A replay is never a measurement, whatever it replays
     (``replay(nvml-counter)`` is a recording played back now, not this run's hardware).
     """
-    if label.startswith("mixed(") and label.endswith(")"):
-        parts = split_label_list(label[len("mixed(") : -1])
+    parts = label_parts(label)
+    if parts != [label]:
         return bool(parts) and all(is_measured(p) for p in parts)
     return label in MEASURED_LABELS
 
@@ -102,7 +119,7 @@ class PowerSource(abc.ABC):
     energy_label: str = "estimated"
     #: Label for energy integrated from instant power.
     power_label: str = "estimated"
-    #: How often the counter's value changes, if known (NVML on H100: ~0.1 s, see GUIDE.md).
+    #: How often the counter's value changes, if known (NVML on H100: ~0.1 s, see ARCHITECTURE.md).
     counter_period_s: float | None = None
 
     @property

@@ -20,7 +20,7 @@ power in tests). ``f_sm`` is the maximum supported clock, or the upper bound of 
 
 The energy counter (``nvmlDeviceGetTotalEnergyConsumption``, Volta and newer presets only) is the
 exact integral of that power, published only at multiples of ``counter_period_s`` (0.1 s by
-default, as the H100 counter behaved in GUIDE.md's probe), so short windows see the same
+default, as the H100 counter behaved in ARCHITECTURE.md's measured facts), so short windows see the same
 quantisation as on real hardware.
 
 Failures are injectable: :meth:`FakeNVML.fail` makes a function raise an NVML error code (once,
@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from perwatt.errors import ConfigError
+from perwatt.hardware import GPUS
 
 # ---------------------------------------------------------------------------------------------
 # Constants, with the values of nvidia-ml-py 12.x/13.x (pynvml.py).
@@ -177,9 +178,10 @@ def nvml_error(code: int) -> NVMLError:
 
 
 # ---------------------------------------------------------------------------------------------
-# Presets. Names are what nvmlDeviceGetName returns on each SKU. Clock lists and power-limit
-# ranges follow the published specs (see perwatt.hardware for sources); idle power is a round
-# number for the model only.
+# Presets. Names are what nvmlDeviceGetName returns on each SKU. Rated power, SM clock range and
+# energy counter come from perwatt.hardware's catalog (with its sources) for the GPUs it lists;
+# K80 and P100 (pre-Volta, not in the catalog) carry their own. Power-limit ranges follow the
+# published specs; idle power is a round number for the model only.
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -204,6 +206,24 @@ class GPUPreset:
         """Supported graphics clocks, highest first, as nvmlDeviceGetSupportedGraphicsClocks."""
         clocks = range(self.max_sm_clock_mhz, self.min_sm_clock_mhz - 1, -self.sm_clock_step_mhz)
         return tuple(clocks)
+
+
+def _from_catalog(catalog_key: str, **fake: Any) -> GPUPreset:
+    """A preset whose rated power, SM clock range and energy counter are those of
+    :data:`perwatt.hardware.GPUS` (one catalog, cited there); ``fake`` gives the rest (the name
+    NVML reports, power-limit range, idle power, memory clocks, clock step), and the lowest
+    clock where the catalog has no driver listing for it."""
+    spec = GPUS[catalog_key]
+    if spec.max_sm_clock_mhz is None:
+        raise ValueError(f"{catalog_key}: the catalog has no max SM clock")
+    if spec.min_sm_clock_mhz is not None:
+        fake["min_sm_clock_mhz"] = spec.min_sm_clock_mhz
+    return GPUPreset(
+        tdp_w=spec.tdp_w,
+        max_sm_clock_mhz=spec.max_sm_clock_mhz,
+        has_energy_counter=spec.has_energy_counter,
+        **fake,
+    )
 
 
 PRESETS: dict[str, GPUPreset] = {
@@ -240,64 +260,53 @@ PRESETS: dict[str, GPUPreset] = {
             has_energy_counter=False,
             has_power_instant_field=False,
         ),
-        GPUPreset(
+        _from_catalog(
+            "V100-SXM2",
             key="V100",
             name="Tesla V100-SXM2-16GB",
             architecture=NVML_DEVICE_ARCH_VOLTA,
-            tdp_w=300.0,
             min_limit_w=150.0,
             max_limit_w=300.0,
             idle_w=40.0,
             mem_clocks_mhz=(877,),
-            max_sm_clock_mhz=1530,
             min_sm_clock_mhz=135,
             sm_clock_step_mhz=15,
-            has_energy_counter=True,
             has_power_instant_field=False,
         ),
-        GPUPreset(
+        _from_catalog(
+            "A100-SXM4-40GB",
             key="A100",
             name="NVIDIA A100-SXM4-40GB",
             architecture=NVML_DEVICE_ARCH_AMPERE,
-            tdp_w=400.0,
             min_limit_w=100.0,
             max_limit_w=400.0,
             idle_w=55.0,
             mem_clocks_mhz=(1215,),
-            max_sm_clock_mhz=1410,
-            min_sm_clock_mhz=210,
             sm_clock_step_mhz=15,
-            has_energy_counter=True,
             has_power_instant_field=True,
         ),
-        GPUPreset(
+        _from_catalog(
+            "A40",
             key="A40",
             name="NVIDIA A40",
             architecture=NVML_DEVICE_ARCH_AMPERE,
-            tdp_w=300.0,
             min_limit_w=100.0,
             max_limit_w=300.0,
             idle_w=30.0,
             mem_clocks_mhz=(7251, 405),
-            max_sm_clock_mhz=1740,
-            min_sm_clock_mhz=210,
             sm_clock_step_mhz=15,
-            has_energy_counter=True,
             has_power_instant_field=True,
         ),
-        GPUPreset(
+        _from_catalog(
+            "H100-SXM",
             key="H100",
             name="NVIDIA H100 80GB HBM3",
             architecture=NVML_DEVICE_ARCH_HOPPER,
-            tdp_w=700.0,
             min_limit_w=200.0,
             max_limit_w=700.0,
             idle_w=70.0,
             mem_clocks_mhz=(2619,),
-            max_sm_clock_mhz=1980,
-            min_sm_clock_mhz=345,
             sm_clock_step_mhz=15,
-            has_energy_counter=True,
             has_power_instant_field=True,
         ),
     )

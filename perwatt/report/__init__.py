@@ -2,7 +2,8 @@
 
 ``write_html_report(["a.json", "b.json"], "report.html")`` writes one self-contained file (inline
 CSS and SVG, no scripts) that opens offline; see :mod:`perwatt.report.html`. The plot primitives
-are in :mod:`perwatt.report.svg`.
+are in :mod:`perwatt.report.svg`; ``perwatt compare``'s terminal tables in
+:mod:`perwatt.report.compare`.
 """
 
 from perwatt.report.html import (

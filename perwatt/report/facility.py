@@ -186,6 +186,7 @@ def render_facility_html(
 def write_facility_html(
     path: str | Path, results: Sequence[PolicyResult], *, assumptions: Sequence[str] = ()
 ) -> Path:
+    """Write the site simulation report (one offline HTML file) atomically; returns its path."""
     p = Path(path)
     atomic_write_text(p, render_facility_html(results, assumptions=assumptions))
     return p

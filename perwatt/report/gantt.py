@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from perwatt._files import atomic_write_text
+from perwatt.report.svg import ticks_inside as nice_ticks
 from perwatt.train.simulate import SimulationReport, Timeline
 
 # Five anchors of each map; colours in between are linear interpolations in sRGB.
@@ -58,22 +59,6 @@ def _text_colour(fill: str) -> str:
     r, g, b = _hex(fill)
     # Relative luminance (ITU-R BT.709 weights) decides black or white text.
     return "#000" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 140 else "#fff"
-
-
-def nice_ticks(lo: float, hi: float, n: int = 6) -> list[float]:
-    """About ``n`` round tick values covering [lo, hi] (1-2-5 steps)."""
-    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
-        return [lo]
-    raw = (hi - lo) / max(1, n)
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    start = math.ceil(lo / step - 1e-9) * step
-    ticks = []
-    t = start
-    while t <= hi + 1e-9 * step:
-        ticks.append(round(t, 12))
-        t += step
-    return ticks
 
 
 def _fmt(v: float) -> str:

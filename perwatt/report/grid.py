@@ -269,12 +269,14 @@ def render_smooth_html(doc: Mapping[str, Any]) -> str:
 def write_flex_html(
     path: str | Path, results: Sequence[Mapping[str, Any]], *, scenario: Mapping[str, Any]
 ) -> Path:
+    """Write the grid-flex report (one offline HTML file) atomically; returns its path."""
     p = Path(path)
     atomic_write_text(p, render_flex_html(results, scenario=scenario))
     return p
 
 
 def write_smooth_html(path: str | Path, doc: Mapping[str, Any]) -> Path:
+    """Write the power-smoothing report (one offline HTML file) atomically; returns its path."""
     p = Path(path)
     atomic_write_text(p, render_smooth_html(doc))
     return p

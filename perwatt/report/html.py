@@ -38,6 +38,7 @@ from typing import Any, Final
 from perwatt import __version__
 from perwatt import economics as eco
 from perwatt._files import atomic_write_text, same_file
+from perwatt.bench.conditions import CONDITIONS, gpu_values
 from perwatt.bench.guard import (
     DEFAULT_THRESHOLDS,
     NO_VERDICT,
@@ -118,17 +119,11 @@ class _Run:
     @property
     def measured(self) -> bool:
         e = self.doc["energy"]
-        return bool(e is not None and e["measured"] and is_measured_label(e["source"]))
-
-
-def is_measured_label(label: str) -> bool:
-    """Measured only when every part of a (possibly ``mixed(a,b)``) label is a measurement;
-    ``replay(...)`` of anything never is (:func:`perwatt.meter.source.is_measured`)."""
-    return is_measured(label)
+        return bool(e is not None and e["measured"] and is_measured(e["source"]))
 
 
 def _src(label: str) -> str:
-    cls = "measured" if is_measured_label(label) else "model"
+    cls = "measured" if is_measured(label) else "model"
     return f'<span class="src {cls}">{esc(label)}</span>'
 
 
@@ -244,25 +239,7 @@ def _banners(runs: Sequence[_Run], thresholds: GuardThresholds = DEFAULT_THRESHO
 
 
 def _gpu_summary(doc: BenchResult, key: str) -> str:
-    gpus: list[Any] = list(doc["conditions"].get("gpus") or [])
-    vals = [g.get(key) for g in gpus]
-    if not vals:
-        return "–"
-    uniq = sorted({str(v) for v in vals})
-    return f"{len(vals)}× {uniq[0]}" if len(uniq) == 1 else ", ".join(str(v) for v in vals)
-
-
-_COND_KEYS: Final[tuple[tuple[str, Any], ...]] = (
-    ("GPU", lambda d: _gpu_summary(d, "name")),
-    ("power limit (W)", lambda d: _gpu_summary(d, "power_limit_w")),
-    ("SM clock (MHz)", lambda d: _gpu_summary(d, "sm_clock_mhz")),
-    ("input length", lambda d: d["config"]["input_len"]),
-    ("output length", lambda d: d["config"]["output_len"]),
-    ("energy source", lambda d: d["energy"]["source"] if d["energy"] else "none"),
-    ("idle subtracted", lambda d: d["energy"]["idle_subtracted"] if d["energy"] else None),
-    ("energy basis", lambda d: d["energy"]["basis"] if d["energy"] else None),
-    ("PUE", lambda d: d["config"]["pue"]),
-)
+    return gpu_values(doc, key).text(times="×", unknown="–")
 
 
 def _condition_diffs(runs: Sequence[_Run]) -> list[str]:
@@ -276,16 +253,18 @@ def _condition_diffs(runs: Sequence[_Run]) -> list[str]:
     for r in runs:
         levels.setdefault(_load_text(r.doc), []).append(r)
     out = []
-    for name, get in _COND_KEYS:
+    for cond in CONDITIONS:
+        if not cond.loud:  # the report warns of what changes a comparison (compare notes the rest)
+            continue
         for load, group in levels.items():
             if len({r.series for r in group}) < 2:
                 continue
             vals: dict[str, list[str]] = {}
             for r in group:
-                vals.setdefault(str(get(r.doc)), []).append(r.name)
+                vals.setdefault(cond.text(r.doc, times="×", unknown="–"), []).append(r.name)
             if len(vals) > 1:
                 out.append(
-                    f"{name} at {load}: "
+                    f"{cond.name} at {load}: "
                     + "; ".join(f"{v} ({', '.join(ns)})" for v, ns in vals.items())
                 )
     return out
@@ -574,7 +553,7 @@ def power_axis_label(doc: BenchResult) -> str:
         # EstimatedCPUSource: the whole machine's CPU load x rated power.
         return "machine CPU power, estimated (W)"
     total = "total " if len(devices) > 1 or kind == "GPU" else ""
-    if is_measured_label(source):
+    if is_measured(source):
         return f"{total}{kind} power (W)"
     return f"{total}{kind} power, {source} (W)"
 

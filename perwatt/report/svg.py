@@ -78,6 +78,24 @@ def _nice(x: float, *, round_: bool) -> float:
     return nf * 10.0**exp
 
 
+def _tick_step(lo: float, hi: float, n: int) -> float:
+    """The round step (1, 2 or 5 x 10^k) that puts about ``n`` ticks on [lo, hi]."""
+    return _nice(_nice(hi - lo, round_=False) / (n - 1), round_=True)
+
+
+def ticks_inside(lo: float, hi: float, n: int = 6) -> list[float]:
+    """About ``n`` round tick values inside [lo, hi], for an axis whose range is fixed (a
+    timeline from 0 to its end): the steps of :func:`nice_ticks`, none outside the range.
+    ``[lo]`` when the range is empty or not finite."""
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo or n < 2:
+        return [lo]
+    step = _tick_step(lo, hi, n)
+    first = math.ceil(lo / step - 1e-9)
+    last = math.floor(hi / step + 1e-9)
+    decimals = max(0, -math.floor(math.log10(step)) + 1)
+    return [round(k * step, decimals) + 0.0 for k in range(first, last + 1)]
+
+
 def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     """About ``n`` round tick values covering [lo, hi] (steps of 1, 2 or 5 x 10^k)."""
     if not (math.isfinite(lo) and math.isfinite(hi)):
@@ -91,7 +109,7 @@ def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     if hi - lo <= 1e-9 * max(abs(lo), abs(hi)):
         pad = abs(lo) * 0.1 or 1.0
         lo, hi = lo - pad, hi + pad
-    step = _nice(_nice(hi - lo, round_=False) / (n - 1), round_=True)
+    step = _tick_step(lo, hi, n)
     start = math.floor(lo / step) * step
     stop = math.ceil(hi / step) * step
     decimals = max(0, -math.floor(math.log10(step)) + 1)
@@ -513,4 +531,5 @@ __all__ = [
     "make_frame",
     "nice_ticks",
     "scatter",
+    "ticks_inside",
 ]

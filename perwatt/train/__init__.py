@@ -26,6 +26,7 @@ from perwatt.train.frontier import (
     PlannedInstruction,
     compute_frontier,
 )
+from perwatt.train.pipeline import PipelineSpec
 from perwatt.train.plan import PlanChoice, Savings, choose_plan
 from perwatt.train.profile import InstructionProfile, StageProfile, combine_ranks, load_profile
 from perwatt.train.schedule import (
@@ -43,6 +44,7 @@ __all__ = [
     "InstructionProfile",
     "Node",
     "NoisyProfileWarning",
+    "PipelineSpec",
     "PlanChoice",
     "PlannedInstruction",
     "Savings",

@@ -584,7 +584,7 @@ static PyObject *as_bytes(buf_t *b) {
 PyDoc_STRVAR(sweep_doc,
              "sweep(order, pred_ptr, pred_idx, succ_ptr, succ_idx, edge_u, edge_v, qmin, qmax,"
              " flat, base, stop_q, progress=None)\n--\n\n"
-             "Phillips-Dessouky sweep (see perwatt.train.frontier._sweep). Arrays are int64,"
+             "Phillips-Dessouky sweep (see perwatt.train.solver._sweep). Arrays are int64,"
              " flat float64, all C-contiguous. Returns (steps_t, steps_cost, change_ptr,"
              " change_node, change_delta, final_d, complete): bytes of int64/float64 and a"
              " bool. progress, if not None, is called with the current makespan (quanta)"

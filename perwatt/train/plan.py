@@ -31,20 +31,20 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from perwatt._files import atomic_write_text
-from perwatt.errors import ConfigError
+from perwatt.errors import ConfigError, FieldError
 from perwatt.train.frontier import (
-    CostModel,
     FrequencyPlan,
     Frontier,
     FrontierPoint,
     compute_frontier,
     time_bounds,
 )
+from perwatt.train.pipeline import MAX_INSTRUCTIONS, PipelineSpec
 from perwatt.train.plausibility import check_p_block, check_profile_units
 from perwatt.train.profile import combine_ranks, load_profile
-from perwatt.train.schedule import gpipe, interleaved_one_f_one_b, one_f_one_b
 
 __all__ = [
     "ENERGY_SOURCE",
@@ -62,13 +62,8 @@ __all__ = [
 ]
 
 ENERGY_SOURCE = "simulated (profile replay)"
-# Sane upper bounds on the size of a plan, checked before any work. The sweep's time grows with
-# (frontier points) × (instructions): GPT-3/A100 at 8 stages took 5.4 s for 500 microbatches
-# (8,000 instructions, 17,231 points) and 110 s for 2,000 (32,000, 68,231) on a 2-core VM, so
-# 65,536 instructions is several minutes there, and 100,000 microbatches would be days. Perseus
-# plans 12–96 microbatches per iteration.
-MAX_INSTRUCTIONS = 65_536
-# Each point keeps its plan's changes; beyond this many the quantum is finer than any clock
+# Sane upper bound on the frontier, checked before any work (the bound on instructions,
+# MAX_INSTRUCTIONS, is PipelineSpec's). Each point keeps its plan's changes; beyond this many the quantum is finer than any clock
 # change can matter (1 µs steps over a 1 s range is a million points).
 MAX_FRONTIER_POINTS = 2_000_000
 # Candidates whose replay is checked against a time limit before falling back to T_min.
@@ -353,6 +348,7 @@ def write_plans(frontier: Frontier, path: str | Path) -> int:
 
 
 def choice_as_dict(choice: PlanChoice, frontier: Frontier) -> dict[str, object]:
+    """The chosen plan, its point and its savings as a JSON-ready dict (``--json``)."""
     return {
         "target": choice.target,
         "time_limit_s": choice.time_limit_s,
@@ -503,17 +499,8 @@ class PlanReport:
 
 def plan_pipeline(
     profile_paths: Sequence[str | Path],
+    pipeline: PipelineSpec | None = None,
     *,
-    stages: int,
-    microbatches: int,
-    p_block_w: float | Sequence[float],
-    schedule: str = "1f1b",
-    chunks: int = 1,
-    recompute: bool = False,
-    time_quantum_s: float = 1e-3,
-    cost_model: CostModel = "exponential",
-    noise_factor: float = 1.0,
-    supported_freqs_mhz: Sequence[int] | None = None,
     frontier_csv: str | Path | None = None,
     plans_path: str | Path | None = None,
     target: str | None = None,
@@ -522,73 +509,64 @@ def plan_pipeline(
     deadline_s: float | None = None,
     max_slowdown_pct: float | None = None,
     progress: Callable[[float], object] | None = None,
+    **fields: Any,
 ) -> PlanReport:
     """Profile(s) → schedule → frontier → chosen plan, writing the frontier and plans.
 
+    ``pipeline`` describes the pipeline (:class:`~perwatt.train.pipeline.PipelineSpec`); or give
+    its fields as keywords (``stages=8, microbatches=24, p_block_w=83.64`` …), checked the same.
     Several profiles are the data/tensor-parallel ranks of one pipeline: they are combined
     (max time, summed energy) and each stage's blocking power is counted once per rank.
     A pipeline or quantum beyond :data:`MAX_INSTRUCTIONS` / :data:`MAX_FRONTIER_POINTS` is
     refused before any work; ``progress`` is passed to :func:`compute_frontier` (the fraction
     of the iteration-time range swept, now and then during a long solve).
     """
+    if pipeline is None:
+        pipeline = PipelineSpec(**fields)
+    elif fields:
+        raise TypeError(f"give a PipelineSpec or its fields, not both: {sorted(fields)}")
     if not profile_paths:
         raise ConfigError("give at least one profile CSV")
-    instructions = 2 * stages * microbatches * max(chunks, 1)  # a forward and a backward each
-    if instructions > MAX_INSTRUCTIONS:
-        raise ConfigError(
-            f"--stages {stages} × --microbatches {microbatches}"
-            + (f" × --chunks {chunks}" if chunks > 1 else "")
-            + f" is {instructions:,} instructions per iteration; the planner takes up to "
-            f"{MAX_INSTRUCTIONS:,} (its time grows with the square of the pipeline: 32,000 took "
-            "110 s on a 2-core VM); Perseus plans 12–96 microbatches"
-        )
+    spec = pipeline
     profiles = [load_profile(p) for p in profile_paths]
     # Units first (one GPU per file, before ranks are summed): a profile in ms or kJ, or a
     # P_block in mW, is refused here, not solved into a confident, wrong saving.
     for prof in profiles:
         check_profile_units(prof)
-    check_p_block(profiles[0], p_block_w)
+    check_p_block(profiles[0], spec.p_block_w)
     profile = profiles[0] if len(profiles) == 1 else combine_ranks(profiles)
-    if supported_freqs_mhz is not None:
-        profile.check_supported(supported_freqs_mhz)
-    expected = {stages, stages * chunks}
-    if profile.num_stages not in expected:
-        raise ConfigError(
-            f"{profile_paths[0]} has {profile.num_stages} stages but --stages is {stages}; "
-            "they must match"
+    if spec.supported_freqs_mhz is not None:
+        profile.check_supported(spec.supported_freqs_mhz)
+    if profile.num_stages not in {spec.stages, spec.stages * spec.chunks}:
+        raise FieldError(
+            f"{profile_paths[0]} has {profile.num_stages} stages but {{s}} is {spec.stages}; "
+            "they must match",
+            s="stages",
         )
-    if schedule == "1f1b":
-        sched = one_f_one_b(stages, microbatches, recompute=recompute)
-    elif schedule == "gpipe":
-        sched = gpipe(stages, microbatches, recompute=recompute)
-    elif schedule == "interleaved":
-        sched = interleaved_one_f_one_b(stages, microbatches, chunks, recompute=recompute)
-    else:
-        raise ConfigError(f"unknown schedule {schedule!r}; use 1f1b, gpipe or interleaved")
+    sched = spec.build_schedule()
+    quantum_s = spec.time_quantum_s
     t_min, t_start = time_bounds(
-        profile, sched, time_quantum_s=time_quantum_s, noise_factor=noise_factor
+        profile, sched, time_quantum_s=quantum_s, noise_factor=spec.noise_factor
     )
-    points = round((t_start - t_min) / time_quantum_s)
+    points = round((t_start - t_min) / quantum_s)
     if points > MAX_FRONTIER_POINTS:
-        coarser = time_quantum_s * points / MAX_FRONTIER_POINTS
-        raise ConfigError(
-            f"a {time_quantum_s * 1e3:g} ms time quantum over {t_min:.4f}–{t_start:.4f} s makes "
+        coarser = quantum_s * points / MAX_FRONTIER_POINTS
+        raise FieldError(
+            f"a {quantum_s * 1e3:g} ms time quantum over {t_min:.4f}–{t_start:.4f} s makes "
             f"~{points:,} frontier points; the planner takes up to {MAX_FRONTIER_POINTS:,}: use "
-            f"--quantum-ms {coarser * 1e3:.2g} or more"
+            f"a time quantum of {coarser * 1e3:.2g} ms or more ({{q}})",
+            q="time_quantum_s",
         )
     ranks = len(profiles)
-    if isinstance(p_block_w, (int, float)):
-        pb: float | list[float] = float(p_block_w) * ranks
-    else:
-        pb = [float(x) * ranks for x in p_block_w]
+    pb = [x * ranks for x in spec.p_block_per_stage_w]
     t0 = time.perf_counter()
     frontier = compute_frontier(
         profile,
         sched,
         p_block_w=pb,
-        time_quantum_s=time_quantum_s,
-        cost_model=cost_model,
-        noise_factor=noise_factor,
+        time_quantum_s=quantum_s,
+        cost_model=spec.cost_model,
+        noise_factor=spec.noise_factor,
         progress=progress,
     )
     solve_s = time.perf_counter() - t0

@@ -42,7 +42,7 @@ iterations (optimizer step, data loading; excluded). Interval energy is the coun
 GPUs without a counter (pre-Volta) use the instant power read as each interval ends.
 
 Why aggregate: a microbatch's forward or backward takes 10–100 ms, while the NVML energy counter
-of an H100 only changes about every 100 ms (GUIDE.md probe) and instant power is a ~50 ms
+of an H100 only changes about every 100 ms (ARCHITECTURE.md, measured facts) and instant power is a ~50 ms
 average. A single instruction's counter difference is therefore quantised to the counter's
 period and can be off by ±100%. The profiler never uses one interval alone: at each frequency
 it sums the energy and the time of every forward (and every backward) over all measured
@@ -68,7 +68,7 @@ The gap intervals also give the power the GPU draws while blocked on communicati
 :meth:`StageProfiler.blocking_power_w` — a measured ``P_block`` for the planner.
 
 Overhead: one CUDA synchronisation and one meter read per edge (a counter read took ~4 ms on an
-H100, GUIDE.md), only while profiling.
+H100, ARCHITECTURE.md), only while profiling.
 
 PyTorch pipelining: :func:`attach_to_pipeline_stage` wraps a ``torch.distributed.pipelining``
 stage's ``forward_one_chunk`` / ``backward_one_chunk`` so the built-in schedules (``Schedule1F1B``,
@@ -89,9 +89,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from perwatt.errors import ConfigError, DataFormatError, PartialRunError, PerwattError
+from perwatt.errors import (
+    ConfigError,
+    DataFormatError,
+    NoPermissionError,
+    NVMLNotFoundError,
+    PartialRunError,
+    PerwattError,
+)
 from perwatt.meter import Meter
+from perwatt.meter.detect import FAKE_NVML_ENV, nvml_module
+from perwatt.meter.meter import sync_cuda
+from perwatt.meter.nvml import NVMLSource
 from perwatt.train.plan import MAX_INSTRUCTIONS
+from perwatt.train.simgpu import SimulatedGPU, default_stage_models, one_f_one_b_order
 
 INSTRUCTIONS = ("forward", "backward")
 _MAX_ITERATIONS_PER_CLOCK = 1000
@@ -227,16 +238,6 @@ def estimate_state_power(
     return power, time_s
 
 
-def _sync_cuda() -> None:
-    """Wait for queued GPU work before reading a counter (never imports torch itself)."""
-    import sys
-
-    torch = sys.modules.get("torch")
-    cuda = getattr(torch, "cuda", None) if torch is not None else None
-    if cuda is not None and cuda.is_available() and cuda.is_initialized():
-        cuda.synchronize()
-
-
 def _frequency_list(clocks: ClockControl, config: SweepConfig) -> tuple[int, ...]:
     supported = sorted({int(f) for f in clocks.supported_sm_clocks_mhz()}, reverse=True)
     if not supported:
@@ -358,7 +359,7 @@ class StageProfiler:
     def _edge(self, state: int) -> float:
         """Read the meter once at a hook edge; the state holds from now on. Returns the time."""
         if self.meter.sync_cuda:
-            _sync_cuda()
+            sync_cuda()
         sample = self.meter.sample_now()
         f = self.frequencies_mhz[self._index]
         step = self._steps.setdefault(f, _Step(freq_mhz=f))
@@ -651,6 +652,7 @@ def activate(hooks: Any) -> None:
 
 
 def deactivate(hooks: Any) -> None:
+    """Stop ``hooks`` receiving the module-level hooks (no-op when it does not)."""
     if hooks in _active:
         _active.remove(hooks)
 
@@ -662,11 +664,13 @@ def on_instruction_begin(name: str) -> None:
 
 
 def on_instruction_end(name: str) -> None:
+    """Module-level hook for training scripts: forwards to the active profiler/controller."""
     for h in _active:
         h.on_instruction_end(name)
 
 
 def on_iteration_end() -> None:
+    """Module-level hook for training scripts: forwards to the active profiler/controller."""
     for h in _active:
         h.on_iteration_end()
 
@@ -753,8 +757,6 @@ def profile_simulated_pipeline(
     fake training loop executes the stage's 1F1B order with ``comm_gap_s`` idle between
     instructions (point-to-point communication) and calls the profiler's hooks. Every figure is
     labelled ``simulated``."""
-    from perwatt.train.simgpu import SimulatedGPU, default_stage_models, one_f_one_b_order
-
     if comm_gap_s < 0:
         raise ConfigError(f"communication gap must be ≥ 0, got {comm_gap_s}")
     instructions = 2 * num_stages * microbatches
@@ -871,10 +873,6 @@ def profile_script(
     """
     import runpy
     import sys
-
-    from perwatt.errors import NoPermissionError, NVMLNotFoundError
-    from perwatt.meter.detect import FAKE_NVML_ENV, nvml_module
-    from perwatt.meter.nvml import NVMLSource
 
     if not allow_clock_changes:
         raise ConfigError(

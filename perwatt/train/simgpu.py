@@ -29,7 +29,7 @@ The GPU runs on *virtual time*: :meth:`SimulatedGPU.run` advances its clock by t
 duration instantly, so a profiling sweep over dozens of frequencies takes milliseconds in tests.
 :class:`SimulatedGPUSource` exposes its energy counter to :class:`perwatt.meter.Meter` (build the
 meter with ``clock=gpu.clock`` and ``sampler=False``); ``counter_period_s`` reproduces the
-quantised counter of real GPUs (~100 ms on an H100, GUIDE.md).
+quantised counter of real GPUs (~100 ms on an H100, ARCHITECTURE.md).
 
 The GPU also offers the clock-control calls of perwatt's NVML wrapper (``supported_sm_clocks_mhz``,
 ``lock_sm_clocks``, ``reset_sm_clocks``, ``can_set_clocks``), so the profiler and the frequency
@@ -311,7 +311,7 @@ class SimulatedGPUSource(PowerSource):
     """Energy counter of a :class:`SimulatedGPU`, labelled ``simulated``.
 
     With ``counter_period_s`` the counter only publishes its value at multiples of that period
-    of virtual time, like the NVML counter on an H100 (~100 ms, GUIDE.md). The source is
+    of virtual time, like the NVML counter on an H100 (~100 ms, ARCHITECTURE.md). The source is
     counter-only (no instant power), so the meter always takes counter differences and flags
     windows shorter than the period.
     """

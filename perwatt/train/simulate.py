@@ -32,14 +32,16 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from perwatt.errors import ConfigError
+from perwatt.errors import ConfigError, FieldError
+from perwatt.train.pipeline import PipelineSpec
+from perwatt.train.plan import plan_pipeline
 
 if TYPE_CHECKING:
-    from perwatt.train.frontier import CostModel
+    pass
 
 SOURCE = "simulated"  # a replay of the profile, not a measurement
 
@@ -144,9 +146,10 @@ def _stage_plans(plan: Any, num_stages: int) -> list[list[_Entry]]:
     else:
         raise ConfigError(f"cannot read a frequency plan from {type(plan).__name__}")
     if len(rows) != num_stages:
-        raise ConfigError(
+        raise FieldError(
             f"the plan has {len(rows)} stages but the schedule has {num_stages}: plan, profile "
-            "and --stages must describe the same pipeline"
+            "and {s} must describe the same pipeline",
+            s="stages",
         )
     return rows
 
@@ -188,10 +191,11 @@ def simulate_plan(
     if len(pb) != S or any(not (math.isfinite(p) and p >= 0) for p in pb):
         raise ConfigError(f"need one non-negative blocking power per stage ({S}), got {p_block_w}")
     if profile.num_stages not in (S, S * chunks):
-        raise ConfigError(
+        raise FieldError(
             f"the profile has {profile.num_stages} stages but the schedule has {S}"
             + (f" (x{chunks} chunks)" if chunks > 1 else "")
-            + ": pass --stages to match the profile"
+            + ": give {s} to match the profile",
+            s="stages",
         )
     virtual_profile = chunks > 1 and profile.num_stages == S * chunks
     scale = 1.0 / chunks if chunks > 1 and not virtual_profile else 1.0
@@ -440,54 +444,27 @@ class SimulationReport:
 
 def run_simulation(
     profile_path: str | Path,
+    pipeline: PipelineSpec | None = None,
     *,
-    stages: int,
-    microbatches: int,
-    p_block_w: float | Sequence[float],
-    schedule: str = "1f1b",
-    chunks: int = 1,
-    recompute: bool = False,
-    time_quantum_s: float = 1e-3,
-    cost_model: CostModel = "exponential",
-    noise_factor: float = 1.0,
-    supported_freqs_mhz: Sequence[int] | None = None,
     progress: Callable[[float], object] | None = None,
-    **choice: Any,
+    **choice_or_fields: Any,
 ) -> SimulationReport:
-    """Profile → frontier → chosen plan (``choice`` goes to ``choose_plan``: ``target=``,
-    ``straggler_ratio=`` …) → simulated timelines before/after. Checks the replay against the
-    planner's own figures and fails loudly if they disagree.
+    """Profile → frontier → chosen plan → simulated timelines before/after. Checks the replay
+    against the planner's own figures and fails loudly if they disagree.
 
-    Every argument means what it means to :func:`perwatt.train.plan.plan_pipeline` (what
-    ``perwatt train plan`` runs), which builds the schedule (``1f1b``, ``gpipe`` or
-    ``interleaved`` with ``chunks``; ``recompute``), solves the frontier and picks the plan
-    here too. ``p_block_w``: one blocking power for every stage, or one per stage.
+    ``pipeline`` is what :func:`perwatt.train.plan.plan_pipeline` (what ``perwatt train plan``
+    runs) takes, which builds the schedule, solves the frontier and picks the plan here too; or
+    give its fields as keywords (``stages=``, ``p_block_w=`` …). The other keywords go to
+    ``choose_plan`` (``target=``, ``straggler_ratio=`` …).
     """
-    from perwatt.train.plan import plan_pipeline
-
-    pb = [p_block_w] * stages if isinstance(p_block_w, (int, float)) else list(p_block_w)
-    if not all(math.isfinite(p) and p >= 0 for p in pb):
-        raise ConfigError(f"--p-block must be a non-negative number of watts, got {p_block_w}")
-    if len(pb) != stages:
-        raise ConfigError(
-            f"--p-block has {len(pb)} values but --stages is {stages}: give one value, or one "
-            "per stage"
-        )
-    planned = plan_pipeline(
-        [profile_path],
-        stages=stages,
-        microbatches=microbatches,
-        p_block_w=[float(p) for p in pb],
-        schedule=schedule,
-        chunks=chunks,
-        recompute=recompute,
-        time_quantum_s=time_quantum_s,
-        cost_model=cost_model,
-        noise_factor=noise_factor,
-        supported_freqs_mhz=supported_freqs_mhz,
-        progress=progress,
-        **choice,
-    )
+    names = {f.name for f in fields(PipelineSpec)}
+    spec_fields = {k: v for k, v in choice_or_fields.items() if k in names}
+    choice = {k: v for k, v in choice_or_fields.items() if k not in spec_fields}
+    if pipeline is None:
+        pipeline = PipelineSpec(**spec_fields)
+    elif spec_fields:
+        raise TypeError(f"give a PipelineSpec or its fields, not both: {sorted(spec_fields)}")
+    planned = plan_pipeline([profile_path], pipeline, progress=progress, **choice)
     frontier, picked = planned.frontier, planned.choice
     sched, profile = frontier.schedule, frontier.profile
     pb = list(frontier.p_block_w)
@@ -530,8 +507,8 @@ def run_simulation(
     return SimulationReport(
         profile_path=str(profile_path),
         schedule_name=sched.name,
-        num_stages=stages,
-        num_microbatches=microbatches,
+        num_stages=pipeline.stages,
+        num_microbatches=pipeline.microbatches,
         chunks=sched.chunks,
         recompute=sched.recompute,
         p_block_w=tuple(float(p) for p in pb),

@@ -465,3 +465,13 @@ def test_single_slot_server_cuts_streams_at_concurrency_2(server: FakeOpenAIServ
     assert len(truncated) >= 3
     assert server.stats.cut == len(truncated)
     assert all(1 <= r.output_tokens < 16 for r in truncated)
+
+
+def test_error_message_is_the_servers_text_on_one_line() -> None:
+    from perwatt.bench.client import error_message
+
+    assert error_message(b'{"error": {"message": "model\\n  not found"}}') == "model not found"
+    assert error_message(b'{"error": "overloaded"}') == "overloaded"
+    assert error_message(b'{"detail": "x"}') == '{"detail": "x"}'
+    assert error_message(b"<html>\n502 Bad Gateway</html>") == "<html> 502 Bad Gateway</html>"
+    assert len(error_message(b"x" * 1000, limit=200)) == 200

@@ -16,10 +16,10 @@ from perwatt.bench.compare import (
     compare_results,
     energy_blocks,
     load_requests_csv,
-    render_comparison,
 )
 from perwatt.bench.result import load_result, write_result
 from perwatt.errors import ConfigError, DataFormatError
+from perwatt.report.compare import render_comparison
 
 DATA = Path(__file__).parent / "data"
 FAST = {"n_resamples": 400}

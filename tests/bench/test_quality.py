@@ -5,7 +5,6 @@ import json
 import math
 import shutil
 import threading
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import pytest
 from perwatt.bench import quality as q
 from perwatt.bench.result import load_result
 from perwatt.errors import ConfigError, DataFormatError, RemoteSourceError
+from tests.conftest import Loopback
 
 DATA = Path(__file__).parent / "data"
 VOCAB = ["the", " cat", " sat", " on", " a", " mat", ".", " It", " was", " warm"]
@@ -88,7 +88,27 @@ class ToyLM:
         return {"id": "x", "object": "text_completion", "model": "toy", "choices": [choice]}
 
 
-def _serve(lm: ToyLM) -> tuple[ThreadingHTTPServer, str]:
+def _serve(loopback: Loopback, lm: ToyLM) -> str:
+    """Mount ``lm`` as an OpenAI-compatible server on the session's loopback; its /v1 URL."""
+
+    def app(method: str, path: str, raw: bytes) -> tuple[int, Any]:
+        if method == "GET":
+            if path == "/v1/models":
+                return 200, {"object": "list", "data": [{"id": "toy-model"}]}
+            return 404, {"error": "not found"}
+        body = json.loads(raw)
+        if path not in ("/v1/completions", "/v1/chat/completions"):
+            return 404, {"error": "not found"}
+        if not lm.logprobs and body.get("logprobs") not in (None, False):
+            return 400, {"error": {"message": "logprobs not supported"}}
+        return 200, lm.answer(body, path.endswith("chat/completions"))
+
+    return loopback.mount(app) + "/v1"
+
+
+def _own_server(lm: ToyLM) -> tuple[ThreadingHTTPServer, str]:
+    """A server of its own, for the one test that makes it die mid-run."""
+
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: Any) -> None:
             pass
@@ -123,15 +143,10 @@ def _serve(lm: ToyLM) -> tuple[ThreadingHTTPServer, str]:
 
 
 @pytest.fixture
-def servers() -> Iterator[tuple[ToyLM, str, ToyLM, str]]:
+def servers(loopback: Loopback) -> tuple[ToyLM, str, ToyLM, str]:
     ref = ToyLM()
     cand = ToyLM(diverge_at={"Name a colour.": 3}, logprob_shift=-0.02)
-    s1, u1 = _serve(ref)
-    s2, u2 = _serve(cand)
-    yield ref, u1, cand, u2
-    for s in (s1, s2):
-        s.shutdown()
-        s.server_close()
+    return ref, _serve(loopback, ref), cand, _serve(loopback, cand)
 
 
 def _prompts(tmp: Path) -> Path:
@@ -178,17 +193,11 @@ def test_agreement_between_two_servers(
     json.dumps(rep.to_dict(), allow_nan=False)
 
 
-def test_server_without_logprobs_falls_back_to_words(tmp_path: Path) -> None:
+def test_server_without_logprobs_falls_back_to_words(tmp_path: Path, loopback: Loopback) -> None:
     ref = ToyLM()
     cand = ToyLM(logprobs=False, diverge_at={"Say hello.": 0})
-    s1, u1 = _serve(ref)
-    s2, u2 = _serve(cand)
-    try:
-        rep = q.run_quality(_prompts(tmp_path), u1, u2, max_tokens=6)
-    finally:
-        for s in (s1, s2):
-            s.shutdown()
-            s.server_close()
+    u1, u2 = _serve(loopback, ref), _serve(loopback, cand)
+    rep = q.run_quality(_prompts(tmp_path), u1, u2, max_tokens=6)
     assert rep.summary.unit == "word"
     assert rep.summary.mean_abs_dlogprob is None and rep.summary.logprob_agreement is None
     assert any("logprobs rejected" in n for n in rep.notes)
@@ -196,16 +205,10 @@ def test_server_without_logprobs_falls_back_to_words(tmp_path: Path) -> None:
     assert {p.id: p.exact for p in rep.prompts}["a"] is False
 
 
-def test_control_reveals_a_nondeterministic_reference(tmp_path: Path) -> None:
+def test_control_reveals_a_nondeterministic_reference(tmp_path: Path, loopback: Loopback) -> None:
     ref = ToyLM(flaky=True)  # its last token changes from one call to the next
-    s1, u1 = _serve(ref)
-    s2, u2 = _serve(ToyLM())
-    try:
-        rep = q.run_quality(_prompts(tmp_path), u1, u2, max_tokens=4, control=True)
-    finally:
-        for s in (s1, s2):
-            s.shutdown()
-            s.server_close()
+    u1, u2 = _serve(loopback, ref), _serve(loopback, ToyLM())
+    rep = q.run_quality(_prompts(tmp_path), u1, u2, max_tokens=4, control=True)
     assert rep.control is not None and rep.control.exact_match == 0.0
     assert rep.control.top1_agreement == pytest.approx(3 / 4)
 
@@ -349,17 +352,14 @@ class _Interrupting(ToyLM):
         return super().answer(body, chat)
 
 
-def test_ctrl_c_writes_the_prompts_finished_marked_partial(tmp_path: Path) -> None:
-    s1, u1 = _serve(ToyLM())
-    s2, u2 = _serve(_Interrupting(after=2))  # the 3rd candidate answer is interrupted
+def test_ctrl_c_writes_the_prompts_finished_marked_partial(
+    tmp_path: Path, loopback: Loopback
+) -> None:
+    u1 = _serve(loopback, ToyLM())
+    u2 = _serve(loopback, _Interrupting(after=2))  # the 3rd candidate answer is interrupted
     out = tmp_path / "q.json"
-    try:
-        with pytest.raises(q.QualityInterrupted) as ei:
-            q.run_quality(_prompts(tmp_path), u1, u2, max_tokens=4, out=out)
-    finally:
-        for s in (s1, s2):
-            s.shutdown()
-            s.server_close()
+    with pytest.raises(q.QualityInterrupted) as ei:
+        q.run_quality(_prompts(tmp_path), u1, u2, max_tokens=4, out=out)
     rep = ei.value.report
     assert rep.status == "partial" and rep.partial_reason is not None
     assert "interrupted" in rep.partial_reason and "2 of 4 prompts" in rep.partial_reason
@@ -373,7 +373,7 @@ def test_ctrl_c_writes_the_prompts_finished_marked_partial(tmp_path: Path) -> No
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def test_server_dying_mid_run_keeps_what_was_compared(tmp_path: Path) -> None:
+def test_server_dying_mid_run_keeps_what_was_compared(tmp_path: Path, loopback: Loopback) -> None:
     class _Dying(ToyLM):
         """Stops listening (as a crashed server would) after its first answer."""
 
@@ -385,17 +385,13 @@ def test_server_dying_mid_run_keeps_what_was_compared(tmp_path: Path) -> None:
                 self.server.server_close()
             return super().answer(body, chat)
 
-    s1, u1 = _serve(ToyLM())
+    u1 = _serve(loopback, ToyLM())
     dying = _Dying()
-    s2, u2 = _serve(dying)
+    s2, u2 = _own_server(dying)
     dying.server = s2
     out = tmp_path / "q.json"
-    try:
-        with pytest.raises(RemoteSourceError) as ei:
-            q.run_quality(_prompts(tmp_path), u1, u2, max_tokens=4, out=out)
-    finally:
-        s1.shutdown()
-        s1.server_close()
+    with pytest.raises(RemoteSourceError) as ei:
+        q.run_quality(_prompts(tmp_path), u1, u2, max_tokens=4, out=out)
     assert str(out) in str(ei.value) and "partial" in str(ei.value)
     doc = json.loads(out.read_text())
     assert doc["status"] == "partial" and "1 of 4 prompts" in doc["partial_reason"]
@@ -414,7 +410,7 @@ def test_complete_run_file_says_complete(
     assert doc["accuracy"]["exact_match"] == rep.summary.exact_match
 
 
-def test_report_is_checkpointed_while_running(tmp_path: Path) -> None:
+def test_report_is_checkpointed_while_running(tmp_path: Path, loopback: Loopback) -> None:
     """A kill -9 mid-run still leaves the prompts done so far on disk, marked running."""
     out = tmp_path / "q.json"
     seen: list[dict[str, Any]] = []
@@ -424,14 +420,8 @@ def test_report_is_checkpointed_while_running(tmp_path: Path) -> None:
             seen.append(json.loads(out.read_text()))  # what a crash now would leave behind
             return super().answer(body, chat)
 
-    s1, u1 = _serve(ToyLM())
-    s2, u2 = _serve(_Peeking())
-    try:
-        q.run_quality(_prompts(tmp_path), u1, u2, max_tokens=4, out=out, checkpoint_interval_s=0)
-    finally:
-        for s in (s1, s2):
-            s.shutdown()
-            s.server_close()
+    u1, u2 = _serve(loopback, ToyLM()), _serve(loopback, _Peeking())
+    q.run_quality(_prompts(tmp_path), u1, u2, max_tokens=4, out=out, checkpoint_interval_s=0)
     assert [d["status"] for d in seen] == ["running"] * 4
     assert [len(d["prompts"]) for d in seen] == [0, 1, 2, 3]
     assert seen[0]["summary"] is None and seen[1]["summary"]["n_prompts"] == 1

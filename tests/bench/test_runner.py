@@ -291,7 +291,7 @@ def test_config_validation(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="idle"):
         cfg("http://x/v1", tmp_path, subtract_idle=True)
     for bad in (math.nan, math.inf, -1.0):
-        with pytest.raises(ConfigError, match="--idle-seconds must be a finite number"):
+        with pytest.raises(ConfigError, match="idle_seconds must be a finite number"):
             cfg("http://x/v1", tmp_path, idle_seconds=bad, subtract_idle=True)
     with pytest.raises(ConfigError, match="endpoint"):
         cfg("http://x/v1", tmp_path, endpoint="embeddings")

@@ -54,9 +54,9 @@ def test_length_dist_parse_errors() -> None:
 
 
 def test_synthetic_bad_args() -> None:
-    with pytest.raises(ConfigError, match="num-prompts"):
+    with pytest.raises(ConfigError, match="num_prompts"):
         synthetic(num_prompts=0, input_len=1, output_len=1)
-    with pytest.raises(ConfigError, match="input-len"):
+    with pytest.raises(ConfigError, match="input_len"):
         synthetic(num_prompts=1, input_len=0, output_len=1)
 
 

@@ -329,17 +329,17 @@ def test_sigterm_is_forwarded_and_the_command_not_orphaned() -> None:
 def test_env_reports_the_planner_build_and_torch(monkeypatch: pytest.MonkeyPatch) -> None:
     """`perwatt env` says whether the compiled frontier sweep was built (a user whose plans
     take seconds needs to know), and whether the engine's torch is there."""
-    import perwatt.train.frontier as frontier_mod
+    import perwatt.train.solver as solver_mod
     from perwatt.cli.meter import environment_components
     from perwatt.meter.detect import describe_environment, format_environment
 
     env = describe_environment(environment_components())
     text = format_environment(env)
-    built = frontier_mod.compiled_solver_available()
+    built = solver_mod.compiled_solver_available()
     assert ("compiled frontier sweep (perwatt/train/_sweep.c)" in text) == built
     assert "built-in engine: torch" in text
     assert env.to_dict()["components"] == list(env.components)
-    monkeypatch.setattr(frontier_mod, "_compiled_sweep", None)
+    monkeypatch.setattr(solver_mod, "_compiled_sweep", None)
     assert "was not built (no C compiler" in "\n".join(environment_components())
     assert "perwatt components" not in format_environment(describe_environment())
 

@@ -634,12 +634,12 @@ def test_unbounded_sizes_are_one_line_and_immediate(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, command: str
 ) -> None:
     # Issue 9: `train plan --microbatches 100000` ran for days with no output.
-    import perwatt.train.plan as plan_mod
+    import perwatt.train.pipeline as pipeline_mod
 
     def no_schedule(*args: object, **kwargs: object) -> None:
         raise AssertionError("the size must be refused before the schedule is built")
 
-    monkeypatch.setattr(plan_mod, "one_f_one_b", no_schedule)
+    monkeypatch.setattr(pipeline_mod, "one_f_one_b", no_schedule)
     prof = str(PERSEUS / "stage_profile/gpt3-175b+a100_sxm_bf16.csv")
     args = ["--stages", "8", "--microbatches", "100000", "--p-block", "83.64"]
     assert main(["train", command, prof, *args]) == 2
@@ -651,9 +651,9 @@ def test_unbounded_sizes_are_one_line_and_immediate(
 def test_long_solves_show_progress_on_stderr(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, command: str
 ) -> None:
-    import perwatt.cli.train as train_cli
+    import perwatt.cli.options as options_cli
 
-    monkeypatch.setattr(train_cli, "PROGRESS_EVERY_S", 0.0)  # every report, for the test
+    monkeypatch.setattr(options_cli, "PROGRESS_EVERY_S", 0.0)  # every report, for the test
     prof = str(PERSEUS / "stage_profile/gpt3-175b+a100_sxm_bf16.csv")
     args = ["--stages", "8", "--microbatches", "12", "--p-block", "83.64"]
     assert main(["train", command, prof, *args]) == 0
@@ -717,3 +717,13 @@ def test_profile_script_sigterm_keeps_the_rows_and_says_so(tmp_path: Path) -> No
     assert f"wrote {partial}: {len(rows) - 1} rows" in out
     assert "PARTIAL: interrupted by SIGTERM" in out
     assert not (tmp_path / "s0.csv").exists()
+
+
+def test_library_field_errors_are_said_with_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    """PipelineSpec and plan_pipeline name fields (``stages``); the CLI names its flags."""
+    prof = str(PERSEUS / "stage_profile/gpt3-175b+a100_sxm_bf16.csv")
+    args = ["--stages", "4", "--microbatches", "12", "--p-block", "83.64"]
+    assert main(["train", "plan", prof, *args]) == 2
+    err = capsys.readouterr().err
+    assert "has 8 stages but --stages is 4; they must match" in err
+    assert err.count("\n") == 1

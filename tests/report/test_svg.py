@@ -139,3 +139,11 @@ def test_empty_chart() -> None:
     doc = svg.empty_chart(f, "no timeline")
     assert "no timeline" in doc
     _parse(doc)
+
+
+def test_ticks_inside_stay_within_a_fixed_axis() -> None:
+    assert svg.ticks_inside(0.0, 1.0) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    ticks = svg.ticks_inside(2.8, 3.4)
+    assert ticks[0] >= 2.8 and ticks[-1] <= 3.4 and len(ticks) >= 3
+    assert svg.ticks_inside(1.0, 1.0) == [1.0]
+    assert svg.ticks_inside(0.0, math.inf) == [0.0]

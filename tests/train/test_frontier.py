@@ -308,16 +308,16 @@ def test_large_network_path_matches_small(
     """The SciPy paths (one max-flow call per step for mid-sized critical networks, one BFS
     per augmenting path for the largest) give the same frontier, point for point and plan
     for plan, as the plain-Python augmentation (small ones)."""
-    import perwatt.train.frontier as frontier_mod
+    import perwatt.train.solver as solver_mod
 
     prof = load_profile(PERSEUS / "stage_profile/gpt3-175b+a100_sxm_bf16.csv")
     n_prof = schedule.num_stages * schedule.chunks
     prof = StageProfile(entries={k: v for k, v in prof.entries.items() if k[0] < n_prof})
-    monkeypatch.setattr(frontier_mod, "_PY_BFS_MAX_ARCS", 10**9)
+    monkeypatch.setattr(solver_mod, "_PY_BFS_MAX_ARCS", 10**9)
     small = compute_frontier(prof, schedule, p_block_w=83.64, solver="python")
     for maxflow_max_arcs in (10**9, 0):  # one max-flow call per step; one BFS per path
-        monkeypatch.setattr(frontier_mod, "_PY_BFS_MAX_ARCS", 0)
-        monkeypatch.setattr(frontier_mod, "_MAXFLOW_MAX_ARCS", maxflow_max_arcs)
+        monkeypatch.setattr(solver_mod, "_PY_BFS_MAX_ARCS", 0)
+        monkeypatch.setattr(solver_mod, "_MAXFLOW_MAX_ARCS", maxflow_max_arcs)
         large = compute_frontier(prof, schedule, p_block_w=83.64, solver="python")
         assert large.solver == "python"
         assert [p.time_s for p in small.points] == [p.time_s for p in large.points]
@@ -426,9 +426,9 @@ def test_compiled_sweep_is_built() -> None:
 def test_compiled_solver_missing_is_a_clear_error(
     monkeypatch: pytest.MonkeyPatch, tiny: StageProfile
 ) -> None:
-    import perwatt.train.frontier as frontier_mod
+    import perwatt.train.solver as solver_mod
 
-    monkeypatch.setattr(frontier_mod, "_compiled_sweep", None)
+    monkeypatch.setattr(solver_mod, "_compiled_sweep", None)
     with pytest.raises(ConfigError, match="compiled frontier sweep is not built"):
         compute_frontier(tiny, one_f_one_b(2, 3), p_block_w=50.0, solver="compiled")
     fr = compute_frontier(tiny, one_f_one_b(2, 3), p_block_w=50.0)  # auto falls back

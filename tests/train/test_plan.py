@@ -256,12 +256,12 @@ def test_text_prints_the_figures_the_saving_is_computed_from() -> None:
 
 def test_sizes_beyond_sane_bounds_fail_before_any_work(monkeypatch: pytest.MonkeyPatch) -> None:
     # Issue 9: `train plan --microbatches 100000` ran for days without a word.
-    import perwatt.train.plan as plan_mod
+    import perwatt.train.pipeline as pipeline_mod
 
     def no_schedule(*args: object, **kwargs: object) -> None:
         raise AssertionError("the size must be refused before the schedule is built")
 
-    monkeypatch.setattr(plan_mod, "one_f_one_b", no_schedule)
+    monkeypatch.setattr(pipeline_mod, "one_f_one_b", no_schedule)
     path = PERSEUS / "stage_profile/gpt3-175b+a100_sxm_bf16.csv"
     with pytest.raises(ConfigError, match=r"1,600,000 instructions per iteration; .* 65,536"):
         plan_pipeline([path], stages=8, microbatches=100_000, p_block_w=83.64)
@@ -269,7 +269,9 @@ def test_sizes_beyond_sane_bounds_fail_before_any_work(monkeypatch: pytest.Monke
 
 def test_a_quantum_too_fine_for_the_range_is_refused() -> None:
     path = PERSEUS / "stage_profile/gpt3-175b+a100_sxm_bf16.csv"
-    with pytest.raises(ConfigError, match=r"~10,5\d\d,\d\d\d frontier points; .*--quantum-ms"):
+    with pytest.raises(
+        ConfigError, match=r"~10,5\d\d,\d\d\d frontier points; .*\(time_quantum_s\)"
+    ):
         plan_pipeline([path], stages=8, microbatches=24, p_block_w=83.64, time_quantum_s=1e-7)
 
 

@@ -143,7 +143,7 @@ def test_mismatches_are_clear(tmp_path: Path) -> None:
         simulate_plan(sched, profile, swapped, p_block_w=1.0)
     with pytest.raises(ConfigError, match="profile has 2 stages but the schedule has 3"):
         simulate_plan(one_f_one_b(3, 2), profile, plan, p_block_w=1.0)
-    with pytest.raises(ConfigError, match="has 2 stages but --stages is 4"):
+    with pytest.raises(ConfigError, match="has 2 stages but stages is 4"):
         run_simulation(prof_path, stages=4, microbatches=2, p_block_w=1.0, target="fastest")
     with pytest.raises(ConfigError, match="blocking power"):
         simulate_plan(sched, profile, plan, p_block_w=[1.0])

@@ -40,6 +40,7 @@ from perwatt import economics as eco
 from perwatt.bench.compare import compare_results, energy_blocks, load_requests_csv
 from perwatt.bench.experiment.config import SLO_KEYS, ExperimentConfig, Point
 from perwatt.bench.experiment.store import is_finished, point_dir, read_point
+from perwatt.bench.quality import Generation, agreement, summarize_agreement
 from perwatt.bench.result import BenchResult, load_result
 from perwatt.bench.stats import bootstrap_ratio_of_sums_ci
 from perwatt.errors import PerwattError
@@ -70,6 +71,8 @@ def latency_value(doc: Mapping[str, Any], key: str) -> float | None:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QualityVerdict:
+    """The accuracy check of one server against the experiment's reference server."""
+
     server: str
     reference: str
     exact_match: float | None
@@ -196,6 +199,8 @@ class RatioWithCI:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Savings:
+    """Energy per token saved by the best point against the baseline point."""
+
     baseline_point: str
     best_point: str
     baseline_j_per_token: float
@@ -278,8 +283,6 @@ def pareto_indices(points: Sequence[tuple[float, float]]) -> list[int]:
 
 
 def _quality(config: ExperimentConfig, out_dir: Path) -> dict[str, QualityVerdict]:
-    from perwatt.bench.quality import Generation, agreement, summarize_agreement
-
     q = config.quality
     if q is None:
         return {}

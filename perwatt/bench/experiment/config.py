@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from perwatt.economics import DEFAULT_PRICE_PER_KWH_USD, DEFAULT_PUE
 from perwatt.errors import ConfigError, DataFormatError
 
 if sys.version_info >= (3, 11):
@@ -165,6 +166,8 @@ class GPUSetting:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LoadSpec:
+    """One load level: a concurrency, or a request rate (None: as fast as possible)."""
+
     kind: Literal["concurrency", "rate"]
     value: float | None  # rate None = inf
 
@@ -177,6 +180,8 @@ class LoadSpec:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkloadSpec:
+    """The prompts every point is measured with (as ``perwatt bench``'s workload flags)."""
+
     endpoint: Literal["completions", "chat"] = "completions"
     num_prompts: int = 100
     input_len: int = 1024
@@ -191,6 +196,8 @@ class WorkloadSpec:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EconomicsSpec:
+    """Electricity price, PUE and site size for the cost figures."""
+
     price_per_kwh: float
     pue: float
     site_gpus: int = 1000
@@ -199,6 +206,8 @@ class EconomicsSpec:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QualitySpec:
+    """The accuracy check between servers: prompts, tokens, and pass thresholds."""
+
     prompts: Path
     max_tokens: int = 64
     min_top1_agreement: float | None = None
@@ -505,8 +514,6 @@ def parse_experiment(
     doc: Mapping[str, Any], *, base_dir: Path, path: Path | None = None
 ) -> ExperimentConfig:
     """Validate a parsed experiment document (see the module docstring)."""
-    from perwatt.economics import DEFAULT_PRICE_PER_KWH_USD, DEFAULT_PUE
-
     _keys(doc, _TOP, "")
     ex = _table(doc, "experiment")
     _keys(ex, _EXPERIMENT_KEYS, "experiment")

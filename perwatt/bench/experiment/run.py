@@ -53,7 +53,9 @@ from perwatt.bench.experiment.store import (
     read_point,
     write_json,
 )
+from perwatt.bench.quality import generate_answers, load_prompts
 from perwatt.bench.result import load_result
+from perwatt.bench.runner import ServerBenchConfig, run_server_bench
 from perwatt.errors import ConfigError, PerwattError, SourceUnavailableError
 from perwatt.meter.actuation import GPUActuator, check_gpu_settings, read_gpu_facts
 from perwatt.meter.detect import close_sources, open_sources
@@ -160,8 +162,6 @@ def check_before_launch(
 
 # --------------------------------------------------------------------------- quality
 def _record_answers(config: ExperimentConfig, spec: ServerSpec, out_dir: Path) -> dict[str, Any]:
-    from perwatt.bench.quality import generate_answers, load_prompts
-
     q = config.quality
     assert q is not None
     prompts = load_prompts(q.prompts)
@@ -275,8 +275,6 @@ def _run_point(
     ctx: _Ctx, point: Point, server: ServerProcess | None, extra: dict[str, Any]
 ) -> bool:
     """Measure one point; False when the server is gone (the caller fails the rest)."""
-    from perwatt.bench.runner import ServerBenchConfig, run_server_bench
-
     cfg = ctx.config
     w = cfg.workload
     d = point_dir(ctx.out_dir, point)

@@ -22,10 +22,12 @@ FINISHED: Final = ("complete", "failed")
 
 
 def point_dir(out_dir: Path, point: Point) -> Path:
+    """The folder of one point's files under the experiment's output folder."""
     return out_dir / "points" / point.server.label / point.setting.tag / point.load.tag
 
 
 def read_point(out_dir: Path, point: Point) -> dict[str, Any] | None:
+    """The point's ``point.json``, or None when it is missing, unreadable or of another schema."""
     p = point_dir(out_dir, point) / "point.json"
     try:
         doc = json.loads(p.read_text())
@@ -35,6 +37,7 @@ def read_point(out_dir: Path, point: Point) -> dict[str, Any] | None:
 
 
 def write_json(path: Path, doc: dict[str, Any]) -> None:
+    """Write ``doc`` as indented JSON, atomically, creating the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(doc, indent=2, allow_nan=False, default=str) + "\n")
 
@@ -49,6 +52,7 @@ def point_doc(
     tail: str = "",
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The ``point.json`` document of a point that ended with ``status`` (and ``reason``)."""
     doc: dict[str, Any] = {
         "schema": POINT_SCHEMA,
         "id": point.id,
@@ -73,6 +77,7 @@ def point_doc(
 
 
 def is_finished(config: ExperimentConfig, doc: dict[str, Any] | None, point: Point) -> bool:
+    """Whether ``doc`` records this point as finished under the experiment's current fingerprint."""
     return (
         doc is not None
         and doc.get("status") in FINISHED

@@ -1,4 +1,4 @@
-"""The command line's number parsing (perwatt/cli/_numbers.py)."""
+"""The command line's number parsing (perwatt/cli/options.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from perwatt.cli._numbers import number
+from perwatt.cli.options import number
 from perwatt.errors import ConfigError
 
 
