@@ -42,15 +42,13 @@ if TYPE_CHECKING:
         total_params,
     )
     from perwatt.engine.generate import (
-        PRECISIONS,
         Engine,
         GenerationResult,
-        PrecisionPlan,
         load_engine,
-        plan_precision,
         resolve_device,
         sample,
     )
+    from perwatt.engine.precision import PRECISIONS, PrecisionPlan, plan_precision
 
 _CONFIG_NAMES = (
     "ModelConfig",
@@ -65,15 +63,13 @@ _CONFIG_NAMES = (
     "total_params",
 )
 _GENERATE_NAMES = (
-    "PRECISIONS",
     "Engine",
     "GenerationResult",
-    "PrecisionPlan",
     "load_engine",
-    "plan_precision",
     "resolve_device",
     "sample",
 )
+_PRECISION_NAMES = ("PRECISIONS", "PrecisionPlan", "plan_precision")
 
 
 def __getattr__(name: str) -> Any:
@@ -81,6 +77,8 @@ def __getattr__(name: str) -> Any:
         module = "perwatt.engine.config"  # shape arithmetic: no torch needed
     elif name in _GENERATE_NAMES:
         module = "perwatt.engine.generate"
+    elif name in _PRECISION_NAMES:
+        module = "perwatt.engine.precision"
     else:
         raise AttributeError(f"module 'perwatt.engine' has no attribute {name!r}")
     try:

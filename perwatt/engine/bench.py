@@ -866,7 +866,8 @@ def run_builtin_bench(
     check_price(price_per_kwh)
     check_pue(pue)
     require_engine_deps()
-    from perwatt.engine.generate import PRECISIONS, resolve_device
+    from perwatt.engine.generate import resolve_device
+    from perwatt.engine.precision import PRECISIONS
 
     resolve_device(device)  # a CUDA device on a machine without one fails here, not per point
     for p in [*(precs or ()), *([reference_precision] if reference_precision else [])]:

@@ -42,18 +42,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from perwatt.engine import weights as W
 from perwatt.engine.config import ModelConfig, get_config, total_params
 from perwatt.engine.model import Transformer
+from perwatt.engine.precision import QUANTIZED_PRECISIONS, plan_precision
+from perwatt.engine.quant import load_quantized_into, quantize_in_place
 from perwatt.engine.tokenizer import Tokenizer, load_tokenizer
 from perwatt.errors import ConfigError, UnknownDeviceError
-
-FLOAT_DTYPES: dict[str, torch.dtype] = {
-    "fp32": torch.float32,
-    "fp16": torch.float16,
-    "bf16": torch.bfloat16,
-}
-QUANTIZED_PRECISIONS = ("fp8", "int8", "int4", "nvfp4")
-PRECISIONS = (*FLOAT_DTYPES, *QUANTIZED_PRECISIONS)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -82,52 +77,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if dev.type != "cpu":
         raise ConfigError(f"unsupported device type {dev.type!r}: use cpu or cuda")
     return dev
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PrecisionPlan:
-    """How a precision runs on a device: the dtype of the unquantized parts, whether the result is
-    an emulation (numerics only; its speed and energy say nothing about the real format), and which
-    kernel the linear layers use."""
-
-    precision: str
-    compute_dtype: torch.dtype
-    emulated: bool
-    kernel: str
-    note: str = ""
-
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {self.precision!r}")
-
-
-def _capability(device: torch.device) -> tuple[int, int] | None:
-    if device.type != "cuda":
-        return None
-    major, minor = torch.cuda.get_device_capability(device)
-    return int(major), int(minor)
-
-
-def plan_precision(
-    precision: str, device: torch.device, *, allow_emulated: bool = True
-) -> PrecisionPlan:
-    """Check ``precision`` against ``device``; :class:`ConfigError` names an alternative."""
-    p = precision.strip().lower()
-    if p not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
-    cap = _capability(device)
-    if p in FLOAT_DTYPES:
-        if p == "bf16" and cap is not None and cap < (8, 0):
-            raise ConfigError(
-                f"bf16 needs compute capability 8.0+ (Ampere), this GPU is sm_{cap[0]}{cap[1]}; "
-                "use --precision fp16"
-            )
-        return PrecisionPlan(
-            precision=p, compute_dtype=FLOAT_DTYPES[p], emulated=False, kernel="dense"
-        )
-    from perwatt.engine.quant import plan_quantized
-
-    return plan_quantized(p, device, cap, allow_emulated=allow_emulated)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -308,8 +257,6 @@ class Engine:
         quantized_path: str | Path | None,
         group_size: int | None,
     ) -> Transformer:
-        from perwatt.engine import weights as W
-
         quantized = self.precision in QUANTIZED_PRECISIONS
         with torch.device("meta"):
             model = Transformer(self.cfg)
@@ -320,8 +267,6 @@ class Engine:
                     raise ConfigError(
                         f"a quantized file needs a quantized precision, not {self.precision}"
                     )
-                from perwatt.engine.quant import load_quantized_into
-
                 self.group_size = load_quantized_into(
                     model,
                     quantized_path,
@@ -332,8 +277,6 @@ class Engine:
             elif weights_dir is None and quantized:
                 # Random weights, quantized one layer at a time: the full-precision model never
                 # exists at once, so shapes larger than memory in bf16 still load.
-                from perwatt.engine.quant import quantize_in_place
-
                 def source(pname: str, shape: torch.Size) -> Tensor:
                     if pname == "output.weight" and self.cfg.tie_embeddings:
                         pname = "tok_embeddings.weight"
@@ -356,8 +299,6 @@ class Engine:
                 else:
                     W.init_random_(model, self.seed)
                 if quantized:
-                    from perwatt.engine.quant import quantize_in_place
-
                     self.group_size = quantize_in_place(
                         model, self.precision, plan=self.plan, group_size=group_size
                     )
@@ -677,9 +618,7 @@ def load_engine(
     weights_dir: Path | None = None
     path = Path(model).expanduser()
     if path.is_dir():
-        from perwatt.engine.weights import read_hf_config
-
-        cfg = read_hf_config(path)
+        cfg = W.read_hf_config(path)
         weights_dir = path
     else:
         cfg = get_config(model)

@@ -53,11 +53,10 @@ from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from perwatt.engine.config import ModelConfig, RopeScaling
-from perwatt.engine.generate import PrecisionPlan
 from perwatt.engine.model import Experts
+from perwatt.engine.precision import PrecisionPlan, plan_precision
 from perwatt.errors import ConfigError, DataFormatError
 
-NO_ENERGY_CLAIM = "emulated, no energy claim"
 FP8_MAX = 448.0  # largest finite float8_e4m3fn value
 INT4_GROUP_SIZES = (128, 64, 32)
 NVFP4_BLOCK = 16
@@ -418,95 +417,6 @@ class QuantExperts(nn.Module):
 
     def prepare_input(self, x: Tensor) -> Tensor:
         return fake_quant_fp8_rows(x) if self.precision == "fp8" else x
-
-
-# ----------------------------------------------------------------------------- planning
-
-
-def _probe_scaled_mm(device: torch.device) -> str | None:
-    """None when row-wise ``torch._scaled_mm`` runs on ``device``, else the reason."""
-    try:
-        a = torch.zeros(16, 32, device=device).to(torch.float8_e4m3fn)
-        b = torch.zeros(16, 32, device=device).to(torch.float8_e4m3fn)
-        torch._scaled_mm(
-            a,
-            b.t(),
-            scale_a=torch.ones(16, 1, device=device),
-            scale_b=torch.ones(1, 16, device=device),
-            out_dtype=torch.bfloat16,
-        )
-    except (RuntimeError, NotImplementedError) as e:
-        return str(e).splitlines()[0]
-    return None
-
-
-def plan_quantized(
-    precision: str,
-    device: torch.device,
-    cap: tuple[int, int] | None,
-    *,
-    allow_emulated: bool = True,
-) -> PrecisionPlan:
-    """How ``precision`` runs on ``device`` (compute capability ``cap``, None on CPU)."""
-    # CPU: fp32 (bf16 matmuls are slow there and the CPU reference is fp32); GPUs: bf16 where
-    # the tensor cores have it (sm_80+), else fp16.
-    dtype = torch.float32 if cap is None else torch.bfloat16 if cap >= (8, 0) else torch.float16
-    where = "CPU" if cap is None else f"sm_{cap[0]}{cap[1]}"
-    if precision == "int8":
-        return PrecisionPlan(
-            precision="int8", compute_dtype=dtype, emulated=False, kernel="int8 weight-only"
-        )
-    if precision == "int4":
-        if cap is None:
-            kernel = "int4pack-cpu"
-        elif cap >= (8, 0):
-            kernel = "tinygemm"
-        else:
-            kernel = "dequant"
-        return PrecisionPlan(
-            precision="int4",
-            compute_dtype=dtype,
-            emulated=False,
-            kernel=f"int4 weight-only ({kernel}; dequantize where a layer's shape does not fit)",
-            note="" if kernel != "dequant" else "int4 dequantized in the matmul (no int4 kernel)",
-        )
-    if precision == "fp8":
-        why = f"no FP8 tensor cores on {where} (needs sm_89+: Ada, Hopper or newer)"
-        if cap is not None and cap >= (8, 9):
-            failure = _probe_scaled_mm(device)
-            if failure is None:
-                return PrecisionPlan(
-                    precision="fp8",
-                    compute_dtype=dtype,
-                    emulated=False,
-                    kernel="torch._scaled_mm row-wise",
-                )
-            why = f"row-wise torch._scaled_mm failed on {where}: {failure}"
-        if not allow_emulated:
-            raise ConfigError(f"fp8: {why}; use int8 or bf16 here, or allow emulation")
-        return PrecisionPlan(
-            precision="fp8",
-            compute_dtype=dtype,
-            emulated=True,
-            kernel="fp8 emulated (dequantize)",
-            note=f"fp8 {NO_ENERGY_CLAIM}: {why}",
-        )
-    if precision == "nvfp4":
-        why = (
-            "native NVFP4 matmul is not implemented in this engine yet"
-            if cap is not None and cap >= (10, 0)
-            else f"no FP4 tensor cores on {where} (needs Blackwell, sm_100)"
-        )
-        if not allow_emulated:
-            raise ConfigError(f"nvfp4: {why}; use fp8 or int4, or allow emulation")
-        return PrecisionPlan(
-            precision="nvfp4",
-            compute_dtype=dtype,
-            emulated=True,
-            kernel="nvfp4 weight-only emulation (dequantize)",
-            note=f"nvfp4 {NO_ENERGY_CLAIM}: {why}",
-        )
-    raise ConfigError(f"not a quantized precision: {precision!r}")
 
 
 # ----------------------------------------------------------------------------- phase 1
@@ -1052,7 +962,6 @@ def _build_quantized(
     (same seeded values, same order), without a KV cache or a tokenizer, and without the
     device kernels' weight copies (it is only saved)."""
     from perwatt.engine import weights as W
-    from perwatt.engine.generate import plan_precision
     from perwatt.engine.model import Transformer
 
     plan = plan_precision(precision, device, allow_emulated=True)  # storage is the same
