@@ -362,7 +362,7 @@ def _quantized_source(
     values than the CPU one); otherwise the points run without the accuracy guard and say why.
     """
     from perwatt.engine.generate import resolve_device
-    from perwatt.engine.quant import resolve_quantized
+    from perwatt.engine.quantized_dir import resolve_quantized
 
     load_model, default_prec, qpath, qm = resolve_quantized(model, None, quantized_path)
     if qm is None:

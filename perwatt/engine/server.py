@@ -985,7 +985,7 @@ def serve(
     require_server_deps()
     import uvicorn
 
-    from perwatt.engine.quant import resolve_quantized
+    from perwatt.engine.quantized_dir import resolve_quantized
 
     served = model
     model, precision, quantized_path, _ = resolve_quantized(model, precision, quantized_path)
