@@ -59,6 +59,7 @@ from perwatt.economics import (
     check_pue,
     economics_for_run,
 )
+from perwatt.engine.oom import is_oom
 from perwatt.errors import ConfigError, DataFormatError, PerwattError
 from perwatt.meter.meter import Measurement, Meter
 from perwatt.meter.source import PowerSource, is_measured
@@ -114,21 +115,6 @@ def make_prompts(n: int, length: int, vocab_size: int, seed: int) -> list[list[i
     return [[rng.randrange(vocab_size) for _ in range(length)] for _ in range(n)]
 
 
-def _is_oom(e: BaseException) -> bool:
-    if isinstance(e, MemoryError):
-        return True
-    torch = sys.modules.get("torch")
-    oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None) if torch else None
-    if oom is not None and isinstance(e, oom):
-        return True
-    # torch's CPU allocator raises a plain RuntimeError ("DefaultCPUAllocator: can't allocate
-    # memory: ..." as of torch 2.13), not OutOfMemoryError, so match its text as well.
-    text = str(e).lower()
-    return isinstance(e, RuntimeError) and (
-        "out of memory" in text or "can't allocate memory" in text or "not enough memory" in text
-    )
-
-
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
@@ -136,7 +122,7 @@ def _first_line(e: BaseException) -> str:
 
 def failure_reason(e: BaseException, spec: PointSpec) -> str:
     """One line saying what failed and which knob fixes it."""
-    if _is_oom(e):
+    if is_oom(e):
         return (
             f"out of memory at {spec.precision} batch {spec.batch_size}: use a smaller --batch, "
             "a lower-memory precision (int8, int4) or shorter --input-len/--output-len"
@@ -167,7 +153,7 @@ def reference_failure_reason(
         f"the {precision} accuracy reference ({_prompts(n_prompts)} of {prompt_len} tokens, "
         f"{steps} decode steps)"
     )
-    if _is_oom(e):
+    if is_oom(e):
         return (
             f"out of memory running {what}: the {precision} model does not fit on this device; "
             "points are measured without the accuracy guard"

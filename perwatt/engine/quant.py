@@ -48,12 +48,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from perwatt.engine.config import ModelConfig, RopeScaling
 from perwatt.engine.model import Experts
 from perwatt.engine.precision import PrecisionPlan
+from perwatt.engine.weights import materialize_meta_
 from perwatt.errors import ConfigError, DataFormatError
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn value
@@ -530,8 +532,6 @@ def save_quantized(
     group_size: int | None = None,
 ) -> Path:
     """Write a quantized state dict as one safetensors file (``.tmp`` then rename)."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     seen: dict[tuple[int, int], str] = {}  # (storage pointer, offset) -> first name
     tensors: dict[str, Tensor] = {}
@@ -554,8 +554,6 @@ def save_quantized(
 
 def read_quantized_metadata(path: str | Path) -> dict[str, Any]:
     """``{"precision", "group_size", "model"}`` from a file written by :func:`save_quantized`."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt", device="cpu") as fh:
             meta = fh.metadata() or {}
@@ -676,10 +674,6 @@ def load_quantized_into(
 ) -> int:
     """Phase 2: swap empty quantized modules into ``model`` (built on the meta device, already in
     the compute dtype), materialise it on ``device`` and load ``path``. Returns the group size."""
-    from safetensors.torch import load_file
-
-    from perwatt.engine.weights import materialize_meta_
-
     meta = read_quantized_metadata(path)
     if meta["precision"] != precision:
         raise ConfigError(

@@ -33,6 +33,7 @@ from perwatt.engine import weights as W
 from perwatt.engine.config import ModelConfig, get_config
 from perwatt.engine.generate import resolve_device
 from perwatt.engine.model import Transformer
+from perwatt.engine.oom import is_oom
 from perwatt.engine.precision import plan_precision
 from perwatt.engine.quant import quantize_in_place, read_quantized_metadata, save_quantized
 from perwatt.errors import ConfigError, DataFormatError
@@ -409,12 +410,7 @@ def _quantize_into(
     except OSError as e:
         raise ConfigError(f"cannot write --out {out_dir}: {e.strerror or e}") from e
     except (MemoryError, RuntimeError) as e:
-        # torch.OutOfMemoryError is a RuntimeError; the CPU allocator raises a plain one
-        # ("DefaultCPUAllocator: can't allocate memory", torch 2.13).
-        text = str(e).lower()
-        if not (
-            isinstance(e, MemoryError) or "out of memory" in text or "can't allocate memory" in text
-        ):
+        if not is_oom(e):
             raise
         other = "a GPU (--device cuda)" if dev.type == "cpu" else "--device cpu"
         raise ConfigError(

@@ -50,6 +50,7 @@ from perwatt.engine.detokenize import (
     VisibleByteTokenizer,
     serving_tokenizer,
 )
+from perwatt.engine.oom import is_oom
 from perwatt.engine.openai_bridge import BatcherBridge
 from perwatt.engine.openai_request import APIError, RequestParser, render_chat
 from perwatt.errors import ConfigError
@@ -173,6 +174,7 @@ def serve(
     ``model`` may be a directory written by ``perwatt quantize``; ``precision`` None is that
     directory's precision, else bf16."""
     require_server_deps()
+    # Lazy: uvicorn is the optional server extra, and quantized_dir and generate load torch.
     import uvicorn
 
     from perwatt.engine.quantized_dir import resolve_quantized
@@ -199,9 +201,7 @@ def serve(
                 quantized_path=quantized_path,
             )
         except Exception as e:
-            from perwatt.engine.bench import _is_oom
-
-            if not _is_oom(e):
+            if not is_oom(e):
                 raise
             # The KV cache is max_batch_size x max_seq_len: those are the knobs that fit it.
             # Saved quantized weights are loaded at the precision they hold, so another
