@@ -46,37 +46,11 @@ from perwatt.engine import weights as W
 from perwatt.engine.config import ModelConfig, get_config, total_params
 from perwatt.engine.model import Transformer
 from perwatt.engine.precision import QUANTIZED_PRECISIONS, plan_precision
+from perwatt.engine.precision import resolve_device as resolve_device  # re-exported
 from perwatt.engine.quant import load_quantized_into, quantize_in_place
+from perwatt.engine.resolve import ResolvedModel, resolve_as_given
 from perwatt.engine.tokenizer import Tokenizer, load_tokenizer
-from perwatt.errors import ConfigError, UnknownDeviceError
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` → the first CUDA GPU if there is one, else the CPU."""
-    if isinstance(device, torch.device):
-        dev = device
-    elif device == "auto":
-        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            dev = torch.device(device)
-        except RuntimeError as e:
-            raise ConfigError(f"bad device {device!r}: use auto, cpu, cuda or cuda:N") from e
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UnknownDeviceError(
-                f"device {device!r} asked for, but torch sees no CUDA GPU here; "
-                "use --device cpu (or auto)"
-            )
-        index = dev.index if dev.index is not None else torch.cuda.current_device()
-        if index >= torch.cuda.device_count():
-            raise UnknownDeviceError(
-                f"no GPU {index}: this machine has {torch.cuda.device_count()} (0-based)"
-            )
-        return torch.device("cuda", index)
-    if dev.type != "cpu":
-        raise ConfigError(f"unsupported device type {dev.type!r}: use cpu or cuda")
-    return dev
+from perwatt.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -602,9 +576,9 @@ class Engine:
 
 
 def load_engine(
-    model: str,
+    model: str | ResolvedModel,
     *,
-    precision: str = "bf16",
+    precision: str | None = None,
     device: str = "auto",
     max_batch_size: int = 1,
     max_seq_len: int | None = None,
@@ -614,23 +588,26 @@ def load_engine(
     compile: bool | None = None,
     allow_emulated: bool = True,
 ) -> Engine:
-    """An :class:`Engine` for a preset shape name (random weights) or a local HF directory."""
-    weights_dir: Path | None = None
-    path = Path(model).expanduser()
-    if path.is_dir():
-        cfg = W.read_hf_config(path)
-        weights_dir = path
+    """An :class:`Engine` for a model resolved once (:func:`~perwatt.engine.resolve.resolve_model`),
+    or for a preset shape name (random weights) or a local HF directory, resolved here.
+    ``precision`` None is the resolved model's precision, and bf16 for a name."""
+    if isinstance(model, ResolvedModel):
+        if quantized_path is not None:
+            raise ConfigError(
+                "quantized_path belongs to resolve_model(), not to load_engine() of a resolved model"
+            )
+        resolved = model
     else:
-        cfg = get_config(model)
+        resolved = resolve_as_given(model, precision or "bf16", quantized_path)
     return Engine(
-        cfg,
-        precision=precision,
+        resolved.cfg,
+        precision=precision or resolved.precision,
         device=device,
         max_batch_size=max_batch_size,
         max_seq_len=max_seq_len,
         seed=seed,
-        weights_dir=weights_dir,
-        quantized_path=quantized_path,
+        weights_dir=resolved.weights_dir,
+        quantized_path=resolved.quantized_path,
         group_size=group_size,
         compile=compile,
         allow_emulated=allow_emulated,

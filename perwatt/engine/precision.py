@@ -1,4 +1,4 @@
-"""Precisions and how each runs on a device: :class:`PrecisionPlan` and :func:`plan_precision`.
+"""Devices and precisions: :func:`resolve_device`, :class:`PrecisionPlan` and :func:`plan_precision`.
 
 Float precisions (``fp32``/``fp16``/``bf16``) set the dtype of everything. Quantized ones
 (``fp8``, ``int8``, ``int4``, ``nvfp4``; formats in :mod:`perwatt.engine.quant`) keep the
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from perwatt.errors import ConfigError
+from perwatt.errors import ConfigError, UnknownDeviceError
 
 NO_ENERGY_CLAIM = "emulated, no energy claim"
 FLOAT_DTYPES: dict[str, torch.dtype] = {
@@ -24,6 +24,34 @@ FLOAT_DTYPES: dict[str, torch.dtype] = {
 }
 QUANTIZED_PRECISIONS = ("fp8", "int8", "int4", "nvfp4")
 PRECISIONS = (*FLOAT_DTYPES, *QUANTIZED_PRECISIONS)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` → the first CUDA GPU if there is one, else the CPU."""
+    if isinstance(device, torch.device):
+        dev = device
+    elif device == "auto":
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            dev = torch.device(device)
+        except RuntimeError as e:
+            raise ConfigError(f"bad device {device!r}: use auto, cpu, cuda or cuda:N") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UnknownDeviceError(
+                f"device {device!r} asked for, but torch sees no CUDA GPU here; "
+                "use --device cpu (or auto)"
+            )
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        if index >= torch.cuda.device_count():
+            raise UnknownDeviceError(
+                f"no GPU {index}: this machine has {torch.cuda.device_count()} (0-based)"
+            )
+        return torch.device("cuda", index)
+    if dev.type != "cpu":
+        raise ConfigError(f"unsupported device type {dev.type!r}: use cpu or cuda")
+    return dev
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -31,10 +31,9 @@ from torch import Tensor, nn
 from perwatt import __version__
 from perwatt.engine import weights as W
 from perwatt.engine.config import ModelConfig, get_config
-from perwatt.engine.generate import resolve_device
 from perwatt.engine.model import Transformer
 from perwatt.engine.oom import is_oom
-from perwatt.engine.precision import plan_precision
+from perwatt.engine.precision import plan_precision, resolve_device
 from perwatt.engine.quant import quantize_in_place, read_quantized_metadata, save_quantized
 from perwatt.errors import ConfigError, DataFormatError
 

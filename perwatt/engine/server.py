@@ -174,14 +174,14 @@ def serve(
     ``model`` may be a directory written by ``perwatt quantize``; ``precision`` None is that
     directory's precision, else bf16."""
     require_server_deps()
-    # Lazy: uvicorn is the optional server extra, and quantized_dir and generate load torch.
+    # Lazy: uvicorn is the optional server extra, and resolve and generate load torch.
     import uvicorn
 
-    from perwatt.engine.quantized_dir import resolve_quantized
+    from perwatt.engine.resolve import resolve_model
 
-    served = model
-    model, precision, quantized_path, _ = resolve_quantized(model, precision, quantized_path)
-    quantized = quantized_path is not None
+    resolved = resolve_model(model, precision, quantized_path)
+    precision = resolved.precision
+    quantized = resolved.quantized_path is not None
     if max_batch_size < 1:
         raise ConfigError(f"--max-batch-size must be at least 1, got {max_batch_size}")
     if max_seq_len < 2:
@@ -192,13 +192,12 @@ def serve(
 
         try:
             engine = load_engine(
-                model,
+                resolved,
                 precision=precision,
                 device=device,
                 max_batch_size=max_batch_size,
                 max_seq_len=max_seq_len,
                 seed=seed,
-                quantized_path=quantized_path,
             )
         except Exception as e:
             if not is_oom(e):
@@ -213,7 +212,7 @@ def serve(
             else:
                 lower = ", or quantize to int4 (perwatt quantize --precision int4)"
             raise ConfigError(
-                f"out of memory loading {served} at {precision} with {max_batch_size} slots x "
+                f"out of memory loading {model} at {precision} with {max_batch_size} slots x "
                 f"{max_seq_len} tokens: use a smaller --max-batch-size or --max-seq-len{lower}"
             ) from e
         tokenizer = serving_tokenizer(engine.tokenizer)
@@ -223,7 +222,7 @@ def serve(
             max_seq_len=max_seq_len,
             eos_token_ids=_eos_ids(engine, tokenizer),
         )
-        name = served_model_name or served
+        name = served_model_name or model
         server = OpenAIServer(
             batcher,
             tokenizer,
