@@ -32,9 +32,9 @@ file with the precision, group size and shape in its metadata). Phase 2:
 file. :func:`quantize_in_place` does both in memory, one layer at a time, so a model whose bf16
 weights would not fit can still be quantized from random weights.
 
-``perwatt quantize`` is :func:`~perwatt.engine.quantized_dir.quantize_model`: phase 1 into a directory (weights, a manifest
-and, for a checkpoint, its config and tokenizer) that ``perwatt serve --model DIR`` and
-``perwatt bench --engine builtin --model DIR`` load through :func:`resolve_quantized`.
+``perwatt quantize`` (:mod:`perwatt.engine.quantized_dir`) writes phase 1 into a directory
+(weights, a manifest and, for a checkpoint, its config and tokenizer) that ``perwatt serve --model
+DIR`` and ``perwatt bench --engine builtin --model DIR`` load.
 """
 
 from __future__ import annotations
