@@ -30,11 +30,9 @@ ALLOWED: dict[str, frozenset[str]] = {
     "__main__": frozenset({"cli"}),
 }
 
-# Circles known and scheduled (issue 11: the engine is being rewritten; this entry goes when
-# generate.py and quant.py share a precision-plan module). A circle not listed here fails.
-KNOWN_CIRCLES: frozenset[frozenset[str]] = frozenset(
-    {frozenset({"perwatt.engine.generate", "perwatt.engine.quant"})}
-)
+# Circles known and scheduled for removal; a circle not listed here fails. Empty since
+# engine/precision.py took the precision plan that generate.py and quant.py used to trade.
+KNOWN_CIRCLES: frozenset[frozenset[str]] = frozenset()
 
 
 def _module_name(path: Path) -> str:

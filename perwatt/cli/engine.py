@@ -2,7 +2,7 @@
 (quantize a model once, save it for serve and bench).
 
 Parses arguments and calls :func:`perwatt.engine.server.serve` or
-:func:`perwatt.engine.quant.quantize_model`; nothing else lives here. torch, starlette and
+:func:`perwatt.engine.quantized_dir.quantize_model`; nothing else lives here. torch, starlette and
 uvicorn are imported only when a command runs, so ``perwatt --help`` stays fast and works without
 the ``engine``/``server`` extras.
 """
@@ -152,7 +152,7 @@ def _quantize(args: argparse.Namespace) -> int:
     import json
 
     # lazy: keeps `perwatt --help` fast (this pulls NumPy/httpx/torch; see ARCHITECTURE.md)
-    from perwatt.engine.quant import quantize_model
+    from perwatt.engine.quantized_dir import quantize_model
 
     qm = quantize_model(
         args.model,

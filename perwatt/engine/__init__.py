@@ -1,12 +1,15 @@
 """perwatt's built-in inference engine: a small, fast PyTorch decoder in the spirit of gpt-fast.
 
 Shapes (:mod:`~perwatt.engine.config`), the model with its slot KV cache
-(:mod:`~perwatt.engine.model`), weights (:mod:`~perwatt.engine.weights`), quantization
-(:mod:`~perwatt.engine.quant`), generation (:mod:`~perwatt.engine.generate`) and the accuracy
-guard (:mod:`~perwatt.engine.accuracy`).
+(:mod:`~perwatt.engine.model`), weights (:mod:`~perwatt.engine.weights`), precisions
+(:mod:`~perwatt.engine.precision`), quantization (:mod:`~perwatt.engine.quant`, and
+:mod:`~perwatt.engine.quantized_dir` for ``perwatt quantize``), generation
+(:mod:`~perwatt.engine.generate`) and the accuracy guard (:mod:`~perwatt.engine.accuracy`).
 
-The names below are imported lazily: ``import perwatt.engine.batcher`` (pure Python) works without
-PyTorch, and touching a torch-backed name without PyTorch installed raises a one-line
+The names in ``__all__`` load lazily, from the first of :data:`_HOMES` that defines them:
+``import perwatt.engine`` and ``import perwatt.engine.batcher`` (pure Python) work without
+PyTorch, the shape arithmetic of :mod:`~perwatt.engine.config` needs no torch either, and
+touching a torch-backed name without PyTorch installed raises a one-line
 :class:`~perwatt.errors.ConfigError` naming the fix.
 """
 
@@ -14,7 +17,9 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from perwatt.errors import ConfigError as _ConfigError
 
 # OpenMP threads wait passively (sleep) between parallel regions, unless the user chose
 # otherwise. PyTorch's CPU kernels run on libgomp, which by default spin-waits after every
@@ -28,70 +33,8 @@ from typing import TYPE_CHECKING, Any
 # set here: every engine module imports this package before it imports torch.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-if TYPE_CHECKING:
-    from perwatt.engine.config import (
-        ModelConfig,
-        RopeScaling,
-        active_params,
-        bandwidth_ceiling_tok_s,
-        decode_bytes_per_step,
-        energy_ceiling_tok_per_j,
-        flops_per_token,
-        get_config,
-        list_configs,
-        total_params,
-    )
-    from perwatt.engine.generate import (
-        PRECISIONS,
-        Engine,
-        GenerationResult,
-        PrecisionPlan,
-        load_engine,
-        plan_precision,
-        resolve_device,
-        sample,
-    )
-
-_CONFIG_NAMES = (
-    "ModelConfig",
-    "RopeScaling",
-    "active_params",
-    "bandwidth_ceiling_tok_s",
-    "decode_bytes_per_step",
-    "energy_ceiling_tok_per_j",
-    "flops_per_token",
-    "get_config",
-    "list_configs",
-    "total_params",
-)
-_GENERATE_NAMES = (
-    "PRECISIONS",
-    "Engine",
-    "GenerationResult",
-    "PrecisionPlan",
-    "load_engine",
-    "plan_precision",
-    "resolve_device",
-    "sample",
-)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _CONFIG_NAMES:
-        module = "perwatt.engine.config"  # shape arithmetic: no torch needed
-    elif name in _GENERATE_NAMES:
-        module = "perwatt.engine.generate"
-    else:
-        raise AttributeError(f"module 'perwatt.engine' has no attribute {name!r}")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except ModuleNotFoundError as e:
-        if e.name != "torch":
-            raise
-        from perwatt.errors import ConfigError
-
-        raise ConfigError("the built-in engine needs PyTorch: pip install 'perwatt[engine]'") from e
-
+# Where the names live, torch-free first: a config name never loads torch.
+_HOMES = ("perwatt.engine.config", "perwatt.engine.precision", "perwatt.engine.generate")
 
 __all__ = [
     "PRECISIONS",
@@ -113,3 +56,20 @@ __all__ = [
     "sample",
     "total_params",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in __all__:
+        raise AttributeError(f"module 'perwatt.engine' has no attribute {name!r}")
+    for home in _HOMES:
+        try:
+            module = importlib.import_module(home)
+        except ModuleNotFoundError as e:
+            if e.name != "torch":
+                raise
+            raise _ConfigError(
+                "the built-in engine needs PyTorch: pip install 'perwatt[engine]'"
+            ) from e
+        if hasattr(module, name):
+            return getattr(module, name)
+    raise AttributeError(f"module 'perwatt.engine' has no attribute {name!r}")  # a bad __all__

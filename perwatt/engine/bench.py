@@ -40,14 +40,13 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from perwatt._signals import interrupt_reason, interrupts_deferred
-from perwatt.bench.guard import DEFAULT_THRESHOLDS, GuardThresholds, judge
+from perwatt.bench.guard import DEFAULT_THRESHOLDS, GuardThresholds
 from perwatt.bench.result import (
     BenchInterrupted,
     Conditions,
-    load_result,
     new_result,
     run_conditions,
     write_result,
@@ -59,9 +58,16 @@ from perwatt.economics import (
     check_pue,
     economics_for_run,
 )
+from perwatt.engine.oom import is_oom
+from perwatt.engine.render import format_point
+from perwatt.engine.render import format_summary as format_summary  # re-exported
 from perwatt.errors import ConfigError, DataFormatError, PerwattError
+from perwatt.meter.detect import open_sources
 from perwatt.meter.meter import Measurement, Meter
 from perwatt.meter.source import PowerSource, is_measured
+
+if TYPE_CHECKING:  # resolve.py loads torch; this module must import without it
+    from perwatt.engine.resolve import ResolvedModel
 
 #: Decode window for figures meant for publication on a GPU (GUIDE.md: windows >= 5 s).
 GPU_MIN_WINDOW_S = 5.0
@@ -114,21 +120,6 @@ def make_prompts(n: int, length: int, vocab_size: int, seed: int) -> list[list[i
     return [[rng.randrange(vocab_size) for _ in range(length)] for _ in range(n)]
 
 
-def _is_oom(e: BaseException) -> bool:
-    if isinstance(e, MemoryError):
-        return True
-    torch = sys.modules.get("torch")
-    oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None) if torch else None
-    if oom is not None and isinstance(e, oom):
-        return True
-    # torch's CPU allocator raises a plain RuntimeError ("DefaultCPUAllocator: can't allocate
-    # memory: ..." as of torch 2.13), not OutOfMemoryError, so match its text as well.
-    text = str(e).lower()
-    return isinstance(e, RuntimeError) and (
-        "out of memory" in text or "can't allocate memory" in text or "not enough memory" in text
-    )
-
-
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
@@ -136,7 +127,7 @@ def _first_line(e: BaseException) -> str:
 
 def failure_reason(e: BaseException, spec: PointSpec) -> str:
     """One line saying what failed and which knob fixes it."""
-    if _is_oom(e):
+    if is_oom(e):
         return (
             f"out of memory at {spec.precision} batch {spec.batch_size}: use a smaller --batch, "
             "a lower-memory precision (int8, int4) or shorter --input-len/--output-len"
@@ -167,7 +158,7 @@ def reference_failure_reason(
         f"the {precision} accuracy reference ({_prompts(n_prompts)} of {prompt_len} tokens, "
         f"{steps} decode steps)"
     )
-    if _is_oom(e):
+    if is_oom(e):
         return (
             f"out of memory running {what}: the {precision} model does not fit on this device; "
             "points are measured without the accuracy guard"
@@ -226,7 +217,7 @@ def _merge(name: str, parts: Sequence[Measurement]) -> Measurement:
 
 
 def _summary(values: Sequence[float]) -> dict[str, float | None]:
-    from perwatt.bench.stats import summarize
+    from perwatt.bench.stats import summarize  # numpy: kept off the CLI's start-up path
 
     return summarize(values)
 
@@ -324,23 +315,12 @@ def require_engine_deps() -> None:
         raise ConfigError("the built-in engine needs torch: pip install perwatt[engine]") from None
 
 
-def _load(model: str, precision: str, *, batch: int, seq_len: int, **kw: Any) -> Any:
-    from perwatt.engine.generate import load_engine
+def _load(
+    model: str | ResolvedModel, precision: str, *, batch: int, seq_len: int, **kw: Any
+) -> Any:
+    from perwatt.engine.generate import load_engine  # torch: loaded only when a point runs
 
     return load_engine(model, precision=precision, max_batch_size=batch, max_seq_len=seq_len, **kw)
-
-
-def _check_model(model: str) -> int:
-    """Resolve ``model``'s config the way :func:`~perwatt.engine.generate.load_engine` does;
-    return its number of positions (``max_position_embeddings``)."""
-    path = Path(model).expanduser()
-    if path.is_dir():
-        from perwatt.engine.weights import read_hf_config
-
-        return read_hf_config(path).max_position_embeddings
-    from perwatt.engine.config import get_config
-
-    return get_config(model).max_position_embeddings
 
 
 def _quantized_source(
@@ -350,23 +330,25 @@ def _quantized_source(
     device: str,
     seed: int,
     quantized_path: str | None,
-) -> tuple[str, str | None, Any, str, int, str | None, str]:
-    """Where the points and the accuracy reference load from when ``model`` (or
-    ``quantized_path``) is a ``perwatt quantize`` directory.
+) -> tuple[ResolvedModel, str, int, str | None]:
+    """Where the points and the accuracy reference load from, ``model`` (or ``quantized_path``)
+    being perhaps a ``perwatt quantize`` directory.
 
-    Returns ``(model to load, quantized file, manifest or None, reference model, reference
-    seed, why there is no reference or None, default precision)``; the default precision is
-    the one the directory or quantized file holds, else bf16. The reference must hold the weights the
+    Returns ``(the model the points load, resolved once; reference model, reference seed, why
+    there is no reference or None)``; the resolved model's precision is the default one: the
+    one the directory or quantized file holds, else bf16. The reference must hold the weights the
     directory was quantized from: the checkpoint it names, or the shape's random weights with
     the seed it was written with, drawn on the same device type (a CUDA generator draws other
     values than the CPU one); otherwise the points run without the accuracy guard and say why.
     """
-    from perwatt.engine.generate import resolve_device
-    from perwatt.engine.quant import resolve_quantized
+    # Lazy: resolving reads config.json and safetensors metadata through torch-backed modules.
+    from perwatt.engine.precision import resolve_device
+    from perwatt.engine.resolve import resolve_model
 
-    load_model, default_prec, qpath, qm = resolve_quantized(model, None, quantized_path)
+    resolved = resolve_model(model, None, quantized_path)
+    qm = resolved.quantized
     if qm is None:
-        return load_model, qpath, None, model, seed, None, default_prec
+        return resolved, model, seed, None
     other = [p for p in precisions or () if p != qm.precision]
     if other:
         raise ConfigError(
@@ -389,7 +371,7 @@ def _quantized_source(
                 f"reference on {here} would draw different ones: quantize with --device {here} "
                 "for an accuracy guard"
             )
-    return load_model, qpath, qm, qm.source, ref_seed, skip, default_prec
+    return resolved, qm.source, ref_seed, skip
 
 
 def _free_all(engine: Any, slots: Sequence[int]) -> None:
@@ -515,7 +497,7 @@ def accuracy_guard(engine: Any, ref: AccuracyReference, chunk: int) -> dict[str,
     """
     import torch
 
-    from perwatt.engine.accuracy import compare_logits
+    from perwatt.engine.accuracy import compare_logits  # torch, like every engine module below
 
     _, logits = teacher_forced_logits(engine, ref.prompts, ref.forced, len(ref.forced), chunk)
     if not all(bool(t.isfinite().all()) for t in logits):
@@ -603,7 +585,7 @@ def _measure_point(
     doc: dict[str, Any],
     path: Path,
     engine_kw: dict[str, Any],
-    model: str,
+    model: ResolvedModel,
     spec: PointSpec,
     input_len: int,
     output_len: int,
@@ -775,8 +757,6 @@ def _open_meter(
     select: str | None = None,
 ) -> Meter:
     if isinstance(energy_source, str):
-        from perwatt.meter.detect import open_sources
-
         sources: Sequence[PowerSource] = open_sources(energy_source, select=select)
     elif isinstance(energy_source, PowerSource):
         sources = [energy_source]
@@ -866,7 +846,8 @@ def run_builtin_bench(
     check_price(price_per_kwh)
     check_pue(pue)
     require_engine_deps()
-    from perwatt.engine.generate import PRECISIONS, resolve_device
+    # torch loads here, after require_engine_deps() has said what to install without it.
+    from perwatt.engine.precision import PRECISIONS, resolve_device
 
     resolve_device(device)  # a CUDA device on a machine without one fails here, not per point
     for p in [*(precs or ()), *([reference_precision] if reference_precision else [])]:
@@ -875,21 +856,23 @@ def run_builtin_bench(
             raise ConfigError(f"{flag} {p!r} is unknown; known: {', '.join(PRECISIONS)}")
     # An unknown shape name or an unreadable config.json would fail every point the same way:
     # say so once, before metering, instead of writing one failed document per point.
-    load_model, qpath, qm, ref_model, ref_seed, ref_skip, default_prec = _quantized_source(
+    resolved, ref_model, ref_seed, ref_skip = _quantized_source(
         model, precs, device=device, seed=seed, quantized_path=quantized_path
     )
-    max_positions = _check_model(load_model)
+    qm = resolved.quantized
+    qpath = resolved.quantized_path
+    max_positions = resolved.cfg.max_position_embeddings
     if input_len + output_len > max_positions:
         raise ConfigError(
             f"--input-len {input_len} + --output-len {output_len} = {input_len + output_len} "
             f"tokens exceed the model's {max_positions} positions (max_position_embeddings)"
         )
     if precs is None:
-        precs = [default_prec]
+        precs = [resolved.precision]
     specs = [PointSpec(precision=p, batch_size=b) for p in precs for b in bs]
     out_dir = Path(result_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    engine_kw: dict[str, Any] = {"device": device, "seed": seed, "quantized_path": qpath}
+    engine_kw: dict[str, Any] = {"device": device, "seed": seed}
     base = label or f"builtin-{_model_slug(model)}"
     paths: list[Path] = []
 
@@ -953,7 +936,7 @@ def run_builtin_bench(
                     doc=doc,
                     path=path,
                     engine_kw=engine_kw,
-                    model=load_model,
+                    model=resolved,
                     spec=spec,
                     input_len=input_len,
                     output_len=output_len,
@@ -994,8 +977,9 @@ def run_builtin_bench(
 
 def default_reference_precision(device: str) -> str:
     """bf16 on a GPU, fp32 on the CPU (:func:`perwatt.engine.accuracy.reference_precision`)."""
+    # torch: this module itself imports without it.
     from perwatt.engine.accuracy import reference_precision
-    from perwatt.engine.generate import resolve_device
+    from perwatt.engine.precision import resolve_device
 
     return reference_precision(resolve_device(device))
 
@@ -1005,83 +989,3 @@ def _meter_label(meter: Meter) -> str:
         {s.energy_label if s.has_energy_counter else s.power_label for s in meter.sources}
     )
     return labels[0] if len(labels) == 1 else f"mixed({','.join(labels)})"
-
-
-# ---------------------------------------------------------------------- printing
-def _fmt(v: Any, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
-
-
-def _status(doc: Mapping[str, Any]) -> str:
-    if doc["status"] == "failed":
-        return f"failed: {doc['partial_reason']}"
-    if (doc.get("builtin") or {}).get("emulated"):
-        return f"{doc['status']} (emulated: no energy claim)"
-    return str(doc["status"])
-
-
-def format_point(doc: Mapping[str, Any], guard: GuardThresholds = DEFAULT_THRESHOLDS) -> str:
-    """One line: precision, batch, tokens/s, J/token and tokens/J with their source, accuracy."""
-    cfg = doc["config"]
-    head = f"{cfg['precision']:>5} b{cfg['batch_size']:<4}"
-    if doc["status"] == "failed":
-        return f"{head} FAILED: {doc.get('partial_reason')}"
-    e = doc["energy"] or {}
-    b = doc.get("builtin") or {}
-    acc = doc.get("accuracy") or {}
-    # Beside the energy figures: emulated precisions make no energy claim, and the accuracy
-    # guard's verdict (perwatt.bench.guard) says whether the saving counts.
-    emu = " (emulated: no energy claim)" if b.get("emulated") else ""
-    verdict = judge(doc.get("accuracy"), guard)
-    return (
-        f"{head} {_fmt((b.get('decode') or {}).get('tokens_per_s'), '10.1f')} tok/s  "
-        f"{_fmt(e.get('j_per_output_token'), '.4g')} J/tok  "
-        f"{_fmt(e.get('output_tokens_per_j'), '.4g')} tok/J ({e.get('source')}){emu}  "
-        f"KL {_fmt(acc.get('kl_mean'), '.2e')}  top1 {_fmt(acc.get('top1_agreement'), '.3f')}"
-        + (f"  guard {verdict.text}" if verdict.status != "none" else "")
-    )
-
-
-def format_summary(paths: Sequence[str | Path]) -> str:
-    """A table of a sweep's documents, the energy source beside every energy figure."""
-    rows = [
-        (
-            "precision",
-            "batch",
-            "status",
-            "decode tok/s",
-            "J/token",
-            "tokens/J",
-            "source",
-            "KL vs ref",
-            "top-1",
-        )
-    ]
-    for p in paths:
-        try:
-            doc: Mapping[str, Any] = load_result(p)
-        except DataFormatError as err:
-            rows.append((str(p), "", f"unreadable: {err}", "", "", "", "", "", ""))
-            continue
-        cfg = doc["config"]
-        e = doc["energy"] or {}
-        b: Mapping[str, Any] = doc.get("builtin") or {}  # type: ignore[assignment]
-        acc = doc["accuracy"] or {}
-        rows.append(
-            (
-                str(cfg["precision"]),
-                str(cfg["batch_size"]),
-                _status(doc),
-                _fmt((b.get("decode") or {}).get("tokens_per_s"), ".1f"),
-                _fmt(e.get("j_per_output_token"), ".4g"),
-                _fmt(e.get("output_tokens_per_j"), ".4g"),
-                str(e.get("source", "-")),
-                _fmt(acc.get("kl_mean"), ".2e"),
-                _fmt(acc.get("top1_agreement"), ".3f"),
-            )
-        )
-    widths = [max(len(r[i]) for r in rows if i < len(r)) for i in range(len(rows[0]))]
-    lines = []
-    for r in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())
-    return "\n".join(lines)

@@ -42,92 +42,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from perwatt.engine import weights as W
 from perwatt.engine.config import ModelConfig, get_config, total_params
 from perwatt.engine.model import Transformer
+from perwatt.engine.precision import QUANTIZED_PRECISIONS, plan_precision
+from perwatt.engine.precision import resolve_device as resolve_device  # re-exported
+from perwatt.engine.quant import load_quantized_into, quantize_in_place
+from perwatt.engine.resolve import ResolvedModel, resolve_as_given
 from perwatt.engine.tokenizer import Tokenizer, load_tokenizer
-from perwatt.errors import ConfigError, UnknownDeviceError
-
-FLOAT_DTYPES: dict[str, torch.dtype] = {
-    "fp32": torch.float32,
-    "fp16": torch.float16,
-    "bf16": torch.bfloat16,
-}
-QUANTIZED_PRECISIONS = ("fp8", "int8", "int4", "nvfp4")
-PRECISIONS = (*FLOAT_DTYPES, *QUANTIZED_PRECISIONS)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` → the first CUDA GPU if there is one, else the CPU."""
-    if isinstance(device, torch.device):
-        dev = device
-    elif device == "auto":
-        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            dev = torch.device(device)
-        except RuntimeError as e:
-            raise ConfigError(f"bad device {device!r}: use auto, cpu, cuda or cuda:N") from e
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UnknownDeviceError(
-                f"device {device!r} asked for, but torch sees no CUDA GPU here; "
-                "use --device cpu (or auto)"
-            )
-        index = dev.index if dev.index is not None else torch.cuda.current_device()
-        if index >= torch.cuda.device_count():
-            raise UnknownDeviceError(
-                f"no GPU {index}: this machine has {torch.cuda.device_count()} (0-based)"
-            )
-        return torch.device("cuda", index)
-    if dev.type != "cpu":
-        raise ConfigError(f"unsupported device type {dev.type!r}: use cpu or cuda")
-    return dev
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PrecisionPlan:
-    """How a precision runs on a device: the dtype of the unquantized parts, whether the result is
-    an emulation (numerics only; its speed and energy say nothing about the real format), and which
-    kernel the linear layers use."""
-
-    precision: str
-    compute_dtype: torch.dtype
-    emulated: bool
-    kernel: str
-    note: str = ""
-
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {self.precision!r}")
-
-
-def _capability(device: torch.device) -> tuple[int, int] | None:
-    if device.type != "cuda":
-        return None
-    major, minor = torch.cuda.get_device_capability(device)
-    return int(major), int(minor)
-
-
-def plan_precision(
-    precision: str, device: torch.device, *, allow_emulated: bool = True
-) -> PrecisionPlan:
-    """Check ``precision`` against ``device``; :class:`ConfigError` names an alternative."""
-    p = precision.strip().lower()
-    if p not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
-    cap = _capability(device)
-    if p in FLOAT_DTYPES:
-        if p == "bf16" and cap is not None and cap < (8, 0):
-            raise ConfigError(
-                f"bf16 needs compute capability 8.0+ (Ampere), this GPU is sm_{cap[0]}{cap[1]}; "
-                "use --precision fp16"
-            )
-        return PrecisionPlan(
-            precision=p, compute_dtype=FLOAT_DTYPES[p], emulated=False, kernel="dense"
-        )
-    from perwatt.engine.quant import plan_quantized
-
-    return plan_quantized(p, device, cap, allow_emulated=allow_emulated)
+from perwatt.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -308,8 +231,6 @@ class Engine:
         quantized_path: str | Path | None,
         group_size: int | None,
     ) -> Transformer:
-        from perwatt.engine import weights as W
-
         quantized = self.precision in QUANTIZED_PRECISIONS
         with torch.device("meta"):
             model = Transformer(self.cfg)
@@ -320,8 +241,6 @@ class Engine:
                     raise ConfigError(
                         f"a quantized file needs a quantized precision, not {self.precision}"
                     )
-                from perwatt.engine.quant import load_quantized_into
-
                 self.group_size = load_quantized_into(
                     model,
                     quantized_path,
@@ -332,8 +251,6 @@ class Engine:
             elif weights_dir is None and quantized:
                 # Random weights, quantized one layer at a time: the full-precision model never
                 # exists at once, so shapes larger than memory in bf16 still load.
-                from perwatt.engine.quant import quantize_in_place
-
                 def source(pname: str, shape: torch.Size) -> Tensor:
                     if pname == "output.weight" and self.cfg.tie_embeddings:
                         pname = "tok_embeddings.weight"
@@ -356,8 +273,6 @@ class Engine:
                 else:
                     W.init_random_(model, self.seed)
                 if quantized:
-                    from perwatt.engine.quant import quantize_in_place
-
                     self.group_size = quantize_in_place(
                         model, self.precision, plan=self.plan, group_size=group_size
                     )
@@ -661,9 +576,9 @@ class Engine:
 
 
 def load_engine(
-    model: str,
+    model: str | ResolvedModel,
     *,
-    precision: str = "bf16",
+    precision: str | None = None,
     device: str = "auto",
     max_batch_size: int = 1,
     max_seq_len: int | None = None,
@@ -673,25 +588,26 @@ def load_engine(
     compile: bool | None = None,
     allow_emulated: bool = True,
 ) -> Engine:
-    """An :class:`Engine` for a preset shape name (random weights) or a local HF directory."""
-    weights_dir: Path | None = None
-    path = Path(model).expanduser()
-    if path.is_dir():
-        from perwatt.engine.weights import read_hf_config
-
-        cfg = read_hf_config(path)
-        weights_dir = path
+    """An :class:`Engine` for a model resolved once (:func:`~perwatt.engine.resolve.resolve_model`),
+    or for a preset shape name (random weights) or a local HF directory, resolved here.
+    ``precision`` None is the resolved model's precision, and bf16 for a name."""
+    if isinstance(model, ResolvedModel):
+        if quantized_path is not None:
+            raise ConfigError(
+                "quantized_path belongs to resolve_model(), not to load_engine() of a resolved model"
+            )
+        resolved = model
     else:
-        cfg = get_config(model)
+        resolved = resolve_as_given(model, precision or "bf16", quantized_path)
     return Engine(
-        cfg,
-        precision=precision,
+        resolved.cfg,
+        precision=precision or resolved.precision,
         device=device,
         max_batch_size=max_batch_size,
         max_seq_len=max_seq_len,
         seed=seed,
-        weights_dir=weights_dir,
-        quantized_path=quantized_path,
+        weights_dir=resolved.weights_dir,
+        quantized_path=resolved.quantized_path,
         group_size=group_size,
         compile=compile,
         allow_emulated=allow_emulated,

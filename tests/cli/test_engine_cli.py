@@ -250,7 +250,7 @@ def test_serve_sigterm_shuts_down_like_ctrl_c() -> None:
 _SLOW_QUANTIZE = """
 import sys, time
 from pathlib import Path
-import perwatt.engine.quant as q
+import perwatt.engine.quantized_dir as q
 from perwatt.cli import main
 
 save = q.save_quantized

@@ -452,7 +452,7 @@ def test_accuracy_note_counts_prompts_and_positions(sweep: list[dict[str, Any]])
 # ---------------------------------------------------------------------- perwatt quantize dirs
 @pytest.fixture(scope="module")
 def qdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from perwatt.engine.quant import quantize_model
+    from perwatt.engine.quantized_dir import quantize_model
 
     return quantize_model(
         "tiny", "int4", tmp_path_factory.mktemp("quant") / "tiny-int4", seed=3, device="cpu"
@@ -541,7 +541,7 @@ def test_bench_of_a_quantize_dir_without_its_reference_says_why(tmp_path: Path) 
     import shutil
 
     from perwatt.engine.generate import load_engine
-    from perwatt.engine.quant import QUANTIZED_MANIFEST, quantize_model
+    from perwatt.engine.quantized_dir import QUANTIZED_MANIFEST, quantize_model
     from perwatt.engine.weights import export_hf
 
     # random weights drawn on another device type: a reference here would hold other values

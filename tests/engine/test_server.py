@@ -404,7 +404,7 @@ def test_serving_quantized_weights_defaults_and_oom_advice(
     import torch
 
     import perwatt.engine.generate as G
-    from perwatt.engine.quant import QUANTIZED_WEIGHTS, quantize_model
+    from perwatt.engine.quantized_dir import QUANTIZED_WEIGHTS, quantize_model
     from perwatt.engine.server import serve
     from perwatt.errors import ConfigError
 
