@@ -35,13 +35,13 @@ import csv
 import gc
 import os
 import random
-import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from perwatt._files import slug
 from perwatt._signals import interrupt_reason, interrupts_deferred
 from perwatt.bench.guard import DEFAULT_THRESHOLDS, GuardThresholds
 from perwatt.bench.result import (
@@ -69,7 +69,7 @@ from perwatt.meter.source import PowerSource, is_measured
 if TYPE_CHECKING:  # resolve.py loads torch; this module must import without it
     from perwatt.engine.resolve import ResolvedModel
 
-#: Decode window for figures meant for publication on a GPU (GUIDE.md: windows >= 5 s).
+#: Decode window for figures meant for publication on a GPU (ARCHITECTURE.md: windows >= 5 s).
 GPU_MIN_WINDOW_S = 5.0
 #: Rounds are repeated at most this many times to reach the window (a guard, not a target).
 MAX_ROUNDS = 10_000
@@ -104,13 +104,9 @@ class AccuracyReference:
 
 
 # ---------------------------------------------------------------------- helpers
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "model"
-
-
 def _model_slug(model: str) -> str:
     p = Path(model)
-    return _slug(p.name if p.exists() else model)
+    return slug(p.name if p.exists() else model, default="model")
 
 
 def make_prompts(n: int, length: int, vocab_size: int, seed: int) -> list[list[int]]:
@@ -917,7 +913,7 @@ def run_builtin_bench(
                 say(f"  accuracy reference unavailable: {ref_error}")
         for spec in specs:
             point_label = f"{base}-{spec.precision}"
-            path = out_dir / f"{_slug(point_label)}_b{spec.batch_size}.json"
+            path = out_dir / f"{slug(point_label, default='model')}_b{spec.batch_size}.json"
             doc = _base_doc(
                 label=point_label,
                 model=model,
