@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping
 from typing import Final
 
 from perwatt.errors import ConfigError
+from perwatt.facility.skus import SKUS
 from perwatt.facility.topology import Element, Topology
 
 FEED_EFFICIENCY: Final = 0.99
@@ -55,30 +56,27 @@ def _tray(name: str, gpu: str, gpus: int, per_gpu_w: float, rack_w: float, trays
     )
 
 
-def dgx_h100(name: str = "dgx-h100", count: int = 1) -> Element:
-    """A DGX H100 server (node): 8 x H100 SXM, 10.2 kW."""
+def _dgx(name: str, gpu: str, node_w: float, count: int) -> Element:
+    """An 8-GPU DGX node: what its rating leaves after 8 GPUs at TDP is the rest of the box."""
     return Element(
         name=name,
         kind="node",
-        capacity_w=10_200.0,
-        gpu="H100-SXM",
+        capacity_w=node_w,
+        gpu=gpu,
         gpus=8,
-        other_power_w=10_200.0 - 8 * 700.0,
+        other_power_w=node_w - 8 * SKUS[gpu].tdp_w,
         count=count,
     )
+
+
+def dgx_h100(name: str = "dgx-h100", count: int = 1) -> Element:
+    """A DGX H100 server (node): 8 x H100 SXM, 10.2 kW."""
+    return _dgx(name, "H100-SXM", 10_200.0, count)
 
 
 def dgx_b200(name: str = "dgx-b200", count: int = 1) -> Element:
     """A DGX B200 server (node): 8 x B200, 14.3 kW."""
-    return Element(
-        name=name,
-        kind="node",
-        capacity_w=14_300.0,
-        gpu="B200",
-        gpus=8,
-        other_power_w=14_300.0 - 8 * 1000.0,
-        count=count,
-    )
+    return _dgx(name, "B200", 14_300.0, count)
 
 
 def gb200_nvl72(name: str = "gb200-nvl72", count: int = 1) -> Element:
