@@ -47,8 +47,9 @@ def format_point(doc: Mapping[str, Any], guard: GuardThresholds = DEFAULT_THRESH
     )
 
 
-def format_summary(paths: Sequence[str | Path]) -> str:
-    """A table of a sweep's documents, the energy source beside every energy figure."""
+def format_summary(paths: Sequence[str | Path], guard: GuardThresholds = DEFAULT_THRESHOLDS) -> str:
+    """A table of a sweep's documents: the energy source and the accuracy guard's verdict
+    (as :func:`format_point` judges it) beside every energy figure."""
     rows = [
         (
             "precision",
@@ -60,13 +61,14 @@ def format_summary(paths: Sequence[str | Path]) -> str:
             "source",
             "KL vs ref",
             "top-1",
+            "guard",
         )
     ]
     for p in paths:
         try:
             doc: Mapping[str, Any] = load_result(p)
         except DataFormatError as err:
-            rows.append((str(p), "", f"unreadable: {err}", "", "", "", "", "", ""))
+            rows.append((str(p), "", f"unreadable: {err}", "", "", "", "", "", "", ""))
             continue
         cfg = doc["config"]
         e = doc["energy"] or {}
@@ -83,6 +85,7 @@ def format_summary(paths: Sequence[str | Path]) -> str:
                 str(e.get("source", "-")),
                 _fmt(acc.get("kl_mean"), ".2e"),
                 _fmt(acc.get("top1_agreement"), ".3f"),
+                judge(doc["accuracy"], guard).short,
             )
         )
     widths = [max(len(r[i]) for r in rows if i < len(r)) for i in range(len(rows[0]))]
