@@ -76,15 +76,18 @@ def test_every_point_has_tokens_per_joule_with_source(sweep: list[dict[str, Any]
         dec = doc["builtin"]["decode"]
         b = doc["config"]["batch_size"]
         assert dec["tokens"] == b * (3 - 1) * doc["builtin"]["rounds"]
-        # a constant 100 W source: energy is power x decode time (up to the few-µs gap between
-        # the meter reading its clock and the source reading its own, which CPU load stretches)
-        assert steady["total_energy_j"] == pytest.approx(POWER_W * steady["duration_s"], rel=1e-2)
-        assert e["output_tokens_per_j"] == pytest.approx(
-            dec["tokens"] / (POWER_W * steady["duration_s"]), rel=1e-2
-        )
+        # a constant 100 W source: energy is power x decode time, up to the gap between the
+        # meter stamping a window edge (midpoint of its read) and the source reading its own
+        # clock. Idle that gap is µs; on a loaded 2-core CI runner a preempted read stretched it
+        # to ~7 ms per edge, 1.7 % of a 0.87 s sum of decode windows. 5 % still fails a window
+        # that took in prefill (one more step of three) or lost a round.
+        assert steady["total_energy_j"] == pytest.approx(POWER_W * steady["duration_s"], rel=5e-2)
+        # the figures derived from that energy are exact
+        assert e["output_tokens_per_j"] == pytest.approx(dec["tokens"] / steady["total_energy_j"])
         assert e["j_per_output_token"] * e["output_tokens_per_j"] == pytest.approx(1.0)
         assert dec["tokens_per_s"] == pytest.approx(dec["tokens"] / steady["duration_s"])
-        assert e["avg_power_w"] == pytest.approx(POWER_W, rel=1e-2)
+        assert e["avg_power_w"] == pytest.approx(POWER_W, rel=5e-2)
+        assert e["avg_power_w"] == pytest.approx(steady["total_energy_j"] / steady["duration_s"])
         # prefill and warm-up are reported separately from the steady state
         assert doc["builtin"]["prefill"]["energy_j"] > 0
         assert doc["builtin"]["warmup"]["duration_s"] > 0
