@@ -44,7 +44,11 @@ COMMANDS = {
 def _time(cmd: list[str], tree: Path) -> float:
     """Wall time of one run of ``cmd`` with ``tree``'s perwatt."""
     argv = cmd if cmd[0] == "true" else [sys.executable, *cmd]
-    env = {**os.environ, "PYTHONPATH": str(tree)}
+    # Bytecode caches on, as on a user's machine (pip compiles them at install, and Python writes
+    # them on first import): a shell that sets PYTHONDONTWRITEBYTECODE (this VM's did) would
+    # otherwise recompile every perwatt module in every run, ~0.13 s of pure compile() here.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPATH"] = str(tree)
     t0 = time.perf_counter()
     # cwd = the tree too: `python -m` puts the working directory first on sys.path
     subprocess.run(argv, cwd=tree, env=env, check=True, capture_output=True)

@@ -31,27 +31,57 @@ from perwatt.errors import CLEAN_EXIT_ERRORS, UserError
 #: 128 + SIGPIPE: what a shell reports for a writer whose reader went away.
 EXIT_BROKEN_PIPE = 141
 
-# meter: env, meter · bench: bench · analysis: compare, report · train: train … · engine: serve,
-# quantize · experiment: experiment run|report · facility: facility … · cost: cost
-_AREAS = ("meter", "bench", "analysis", "train", "engine", "experiment", "facility", "cost")
+#: Which area module registers each command. Only the area of the command being run is imported
+#: (all of them for ``--help`` or a mistyped command), so ``perwatt meter`` never loads the
+#: facility simulator's NumPy models and ``perwatt --version`` loads none: pip keeps the same
+#: table (``pip._internal.commands.commands_dict``, a module path per command) for the same
+#: reason. tests/cli/test_main.py checks that the table and the areas agree.
+COMMAND_AREAS: dict[str, str] = {
+    "env": "meter",
+    "meter": "meter",
+    "bench": "bench",
+    "compare": "analysis",
+    "report": "analysis",
+    "quality": "analysis",
+    "train": "train",
+    "serve": "engine",
+    "quantize": "engine",
+    "experiment": "experiment",
+    "facility": "facility",
+    "cost": "cost",
+}
+_AREAS = tuple(dict.fromkeys(COMMAND_AREAS.values()))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``perwatt`` argument parser with every area's subcommands."""
+def _areas_for(argv: Sequence[str] | None) -> tuple[str, ...]:
+    """The areas whose subcommands ``argv`` can reach (every area when it is not one command)."""
+    if argv:
+        first = argv[0]
+        if first in COMMAND_AREAS:
+            return (COMMAND_AREAS[first],)
+        if first == "--version":
+            return ()
+    return _AREAS
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``perwatt`` argument parser: every area's subcommands, or those ``argv`` names."""
     parser = argparse.ArgumentParser(
         prog="perwatt",
         description="Measure and raise tokens per joule: GPUs, inference servers, training, sites.",
     )
     parser.add_argument("--version", action="version", version=f"perwatt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for area in _AREAS:
+    for area in _areas_for(argv):
         importlib.import_module(f"perwatt.cli.{area}").register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``perwatt`` with ``argv``; returns the exit code (user errors: one line, 2)."""
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         with sigterm_as_interrupt():

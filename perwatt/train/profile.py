@@ -60,7 +60,9 @@ class InstructionProfile:
             raise DataFormatError(f"{where}: time/energy has NaN or inf; re-profile those clocks")
         if np.any(self.time_s <= 0) or np.any(self.energy_j <= 0):
             raise DataFormatError(f"{where}: time and energy must be > 0")
-        if len(np.unique(self.freq_mhz)) != n:
+        # a set, not np.unique: np.unique imports numpy.ma on first use, 37 ms of `train plan`'s
+        # start-up (issue 11) for a check over a few dozen clocks
+        if len(set(self.freq_mhz.tolist())) != n:
             raise DataFormatError(f"{where}: duplicate frequencies; keep one row per clock")
         if np.any(np.diff(self.freq_mhz) >= 0):
             raise DataFormatError(f"{where}: frequencies must be sorted descending")
